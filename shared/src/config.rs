@@ -1,0 +1,341 @@
+//! Settings, read once from the environment into one flat struct.
+//!
+//! Names and defaults follow the seed documents (`POOL_MIN_IDLE`, `POOL_STUCK_TIMEOUT_MS`, ...).
+//! A missing or malformed value stops start-up with one line naming the setting.
+
+use std::fmt;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use serde::Deserialize;
+
+/// A value that must never reach a log line, a page or a public endpoint.
+#[derive(Clone, Deserialize, PartialEq, Eq)]
+#[serde(transparent)]
+pub struct Secret(String);
+
+impl Secret {
+    pub fn new(value: impl Into<String>) -> Self {
+        Self(value.into())
+    }
+
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+/// Compares two secrets in time that does not depend on where they differ.
+pub fn secrets_match(given: &str, expected: &str) -> bool {
+    use subtle::ConstantTimeEq;
+    given.as_bytes().ct_eq(expected.as_bytes()).into()
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Secret(***)")
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ProviderKind {
+    Local,
+    Railway,
+    Sprites,
+}
+
+impl ProviderKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ProviderKind::Local => "local",
+            ProviderKind::Railway => "railway",
+            ProviderKind::Sprites => "sprites",
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct Settings {
+    #[serde(default = "defaults::port")]
+    pub port: u16,
+    pub pool_api_key: Option<Secret>,
+    #[serde(default = "defaults::min_idle")]
+    pub pool_min_idle: u32,
+    #[serde(default = "defaults::max_total")]
+    pub pool_max_total: u32,
+    #[serde(default = "defaults::stuck_timeout_ms")]
+    pub pool_stuck_timeout_ms: u64,
+    #[serde(default = "defaults::tick_interval_ms")]
+    pub tick_interval_ms: u64,
+    /// A tick starts no new work once this much time has passed.
+    #[serde(default = "defaults::tick_budget_ms")]
+    pub tick_budget_ms: u64,
+    pub database_url: Option<Secret>,
+    #[serde(default = "defaults::database_max_connections")]
+    pub database_max_connections: u32,
+    /// A `claiming` row older than this was left by a replica that died mid-claim.
+    #[serde(default = "defaults::claim_timeout_ms")]
+    pub claim_timeout_ms: u64,
+    /// How many idle instances one claim may try before answering 502.
+    #[serde(default = "defaults::claim_max_attempts")]
+    pub claim_max_attempts: u32,
+    #[serde(default = "defaults::provision_timeout_ms")]
+    pub provision_timeout_ms: u64,
+    #[serde(default = "defaults::health_timeout_ms")]
+    pub health_timeout_ms: u64,
+    #[serde(default = "defaults::health_concurrency")]
+    pub health_concurrency: usize,
+    /// Consecutive failed health checks before an idle instance is replaced or a claimed one is
+    /// declared crashed. One blip is not a death.
+    #[serde(default = "defaults::health_failure_threshold")]
+    pub health_failure_threshold: u32,
+    #[serde(default = "defaults::provider")]
+    pub pool_provider: ProviderKind,
+    #[serde(default = "defaults::environment")]
+    pub pool_environment: String,
+    /// Prefix of every provider resource this pool creates; resources with it and no row are orphans.
+    #[serde(default = "defaults::name_prefix")]
+    pub pool_name_prefix: String,
+    /// Where the local provider keeps one record per stub agent it started.
+    pub local_state_dir: Option<PathBuf>,
+    /// The `agentpool` binary the local provider starts as `agentpool stub-agent`.
+    pub local_agent_bin: Option<PathBuf>,
+    pub openclaw_primary_model: Option<String>,
+    pub railway_git_branch: Option<String>,
+}
+
+mod defaults {
+    use super::ProviderKind;
+
+    pub fn port() -> u16 {
+        3001
+    }
+    pub fn min_idle() -> u32 {
+        3
+    }
+    pub fn max_total() -> u32 {
+        10
+    }
+    pub fn stuck_timeout_ms() -> u64 {
+        900_000
+    }
+    pub fn tick_interval_ms() -> u64 {
+        30_000
+    }
+    pub fn tick_budget_ms() -> u64 {
+        25_000
+    }
+    pub fn database_max_connections() -> u32 {
+        10
+    }
+    pub fn claim_timeout_ms() -> u64 {
+        120_000
+    }
+    pub fn claim_max_attempts() -> u32 {
+        3
+    }
+    pub fn provision_timeout_ms() -> u64 {
+        60_000
+    }
+    pub fn health_timeout_ms() -> u64 {
+        5_000
+    }
+    pub fn health_concurrency() -> usize {
+        40
+    }
+    pub fn health_failure_threshold() -> u32 {
+        3
+    }
+    pub fn provider() -> ProviderKind {
+        ProviderKind::Local
+    }
+    pub fn environment() -> String {
+        "dev".into()
+    }
+    pub fn name_prefix() -> String {
+        "agentpool-".into()
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+#[error("invalid setting {setting}: {problem}")]
+pub struct ConfigError {
+    pub setting: String,
+    pub problem: String,
+}
+
+impl ConfigError {
+    fn new(setting: &str, problem: impl Into<String>) -> Self {
+        Self {
+            setting: setting.into(),
+            problem: problem.into(),
+        }
+    }
+}
+
+impl Settings {
+    /// Reads the process environment.
+    pub fn from_env() -> Result<Self, ConfigError> {
+        Self::from_iter(std::env::vars())
+    }
+
+    pub fn from_iter(vars: impl IntoIterator<Item = (String, String)>) -> Result<Self, ConfigError> {
+        // An empty value means "not set", as it does in most .env files and compose files.
+        let vars = vars.into_iter().filter(|(_, v)| !v.is_empty());
+        let settings: Settings = envy::from_iter(vars).map_err(|e| match e {
+            envy::Error::MissingValue(field) => {
+                ConfigError::new(&field.to_ascii_uppercase(), "missing")
+            }
+            envy::Error::Custom(message) => {
+                let setting = message
+                    .rsplit_once("provided by ")
+                    .map(|(_, name)| name.trim().to_string())
+                    .unwrap_or_else(|| "environment".into());
+                ConfigError::new(&setting, message)
+            }
+        })?;
+        settings.validate()?;
+        Ok(settings)
+    }
+
+    fn validate(&self) -> Result<(), ConfigError> {
+        if self.pool_min_idle > self.pool_max_total {
+            return Err(ConfigError::new(
+                "POOL_MIN_IDLE",
+                format!(
+                    "{} is larger than POOL_MAX_TOTAL ({})",
+                    self.pool_min_idle, self.pool_max_total
+                ),
+            ));
+        }
+        if let Some(key) = &self.pool_api_key {
+            if key.expose().len() < 16 {
+                return Err(ConfigError::new(
+                    "POOL_API_KEY",
+                    "must be at least 16 characters",
+                ));
+            }
+        }
+        if self.claim_timeout_ms <= self.provision_timeout_ms {
+            return Err(ConfigError::new(
+                "CLAIM_TIMEOUT_MS",
+                format!(
+                    "must be longer than PROVISION_TIMEOUT_MS ({} ms), or live claims would be reaped",
+                    self.provision_timeout_ms
+                ),
+            ));
+        }
+        for (name, value) in [
+            ("TICK_INTERVAL_MS", self.tick_interval_ms),
+            ("TICK_BUDGET_MS", self.tick_budget_ms),
+            ("HEALTH_TIMEOUT_MS", self.health_timeout_ms),
+            ("PROVISION_TIMEOUT_MS", self.provision_timeout_ms),
+        ] {
+            if value == 0 {
+                return Err(ConfigError::new(name, "must be greater than 0"));
+            }
+        }
+        if self.health_concurrency == 0 {
+            return Err(ConfigError::new("HEALTH_CONCURRENCY", "must be greater than 0"));
+        }
+        if self.health_failure_threshold == 0 {
+            return Err(ConfigError::new(
+                "HEALTH_FAILURE_THRESHOLD",
+                "must be greater than 0",
+            ));
+        }
+        if self.claim_max_attempts == 0 {
+            return Err(ConfigError::new("CLAIM_MAX_ATTEMPTS", "must be greater than 0"));
+        }
+        if self.database_max_connections < 2 {
+            // The tick holds one connection for its lock and needs another to work.
+            return Err(ConfigError::new(
+                "DATABASE_MAX_CONNECTIONS",
+                "must be at least 2",
+            ));
+        }
+        let prefix_ok = !self.pool_name_prefix.is_empty()
+            && self
+                .pool_name_prefix
+                .chars()
+                .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-');
+        if !prefix_ok {
+            // Sprites names are lowercase [0-9a-z-]; one rule for every provider.
+            return Err(ConfigError::new(
+                "POOL_NAME_PREFIX",
+                "must be non-empty lowercase [0-9a-z-]",
+            ));
+        }
+        Ok(())
+    }
+
+    pub fn stuck_timeout(&self) -> Duration {
+        Duration::from_millis(self.pool_stuck_timeout_ms)
+    }
+    pub fn claim_timeout(&self) -> Duration {
+        Duration::from_millis(self.claim_timeout_ms)
+    }
+    pub fn tick_interval(&self) -> Duration {
+        Duration::from_millis(self.tick_interval_ms)
+    }
+    pub fn tick_budget(&self) -> Duration {
+        Duration::from_millis(self.tick_budget_ms)
+    }
+    pub fn provision_timeout(&self) -> Duration {
+        Duration::from_millis(self.provision_timeout_ms)
+    }
+    pub fn health_timeout(&self) -> Duration {
+        Duration::from_millis(self.health_timeout_ms)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn vars(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
+    }
+
+    #[test]
+    fn defaults_match_the_seed() {
+        let s = Settings::from_iter(vars(&[])).unwrap();
+        assert_eq!(s.port, 3001);
+        assert_eq!(s.pool_min_idle, 3);
+        assert_eq!(s.pool_max_total, 10);
+        assert_eq!(s.pool_stuck_timeout_ms, 900_000);
+        assert_eq!(s.tick_interval_ms, 30_000);
+        assert_eq!(s.pool_provider, ProviderKind::Local);
+        assert!(s.pool_api_key.is_none());
+    }
+
+    #[test]
+    fn malformed_value_names_the_setting() {
+        let err = Settings::from_iter(vars(&[("POOL_MIN_IDLE", "three")])).unwrap_err();
+        assert_eq!(err.setting, "POOL_MIN_IDLE", "{err}");
+        let err = Settings::from_iter(vars(&[("POOL_PROVIDER", "heroku")])).unwrap_err();
+        assert_eq!(err.setting, "POOL_PROVIDER", "{err}");
+    }
+
+    #[test]
+    fn inconsistent_values_are_refused() {
+        let err =
+            Settings::from_iter(vars(&[("POOL_MIN_IDLE", "11"), ("POOL_MAX_TOTAL", "10")]))
+                .unwrap_err();
+        assert_eq!(err.setting, "POOL_MIN_IDLE");
+        let err = Settings::from_iter(vars(&[("POOL_API_KEY", "short")])).unwrap_err();
+        assert_eq!(err.setting, "POOL_API_KEY");
+        assert!(!err.to_string().contains("short"), "the key leaked: {err}");
+        let err = Settings::from_iter(vars(&[("CLAIM_TIMEOUT_MS", "1000")])).unwrap_err();
+        assert_eq!(err.setting, "CLAIM_TIMEOUT_MS");
+    }
+
+    #[test]
+    fn secrets_do_not_debug_print() {
+        let s = Settings::from_iter(vars(&[("POOL_API_KEY", "0123456789abcdef-secret")])).unwrap();
+        assert!(!format!("{s:?}").contains("0123456789abcdef-secret"));
+    }
+}

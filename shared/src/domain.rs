@@ -1,0 +1,182 @@
+//! The pool's vocabulary: instance states, identifiers and the secrets minted per instance.
+
+use std::fmt;
+use std::str::FromStr;
+
+use chrono::{DateTime, Utc};
+use rand::distributions::{Alphanumeric, DistString};
+use rand::RngCore;
+use serde::Serialize;
+use sqlx::postgres::{PgTypeInfo, PgValueRef};
+use sqlx::{Decode, Encode, Postgres, Type};
+
+/// Where an instance is in its life.
+///
+/// `starting → idle → claiming → claimed`, `claimed → crashed` when its runtime dies,
+/// any state `→ destroying` (worked off by the tick, then the row goes), and for providers that
+/// restore a checkpoint `recycling → idle`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum InstanceStatus {
+    Starting,
+    Idle,
+    Claiming,
+    Claimed,
+    Crashed,
+    Destroying,
+    Recycling,
+}
+
+impl InstanceStatus {
+    pub const ALL: [InstanceStatus; 7] = [
+        InstanceStatus::Starting,
+        InstanceStatus::Idle,
+        InstanceStatus::Claiming,
+        InstanceStatus::Claimed,
+        InstanceStatus::Crashed,
+        InstanceStatus::Destroying,
+        InstanceStatus::Recycling,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            InstanceStatus::Starting => "starting",
+            InstanceStatus::Idle => "idle",
+            InstanceStatus::Claiming => "claiming",
+            InstanceStatus::Claimed => "claimed",
+            InstanceStatus::Crashed => "crashed",
+            InstanceStatus::Destroying => "destroying",
+            InstanceStatus::Recycling => "recycling",
+        }
+    }
+}
+
+impl fmt::Display for InstanceStatus {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+#[error("unknown instance status {0:?}")]
+pub struct UnknownStatus(String);
+
+impl FromStr for InstanceStatus {
+    type Err = UnknownStatus;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        InstanceStatus::ALL
+            .into_iter()
+            .find(|status| status.as_str() == s)
+            .ok_or_else(|| UnknownStatus(s.to_string()))
+    }
+}
+
+impl Type<Postgres> for InstanceStatus {
+    fn type_info() -> PgTypeInfo {
+        <&str as Type<Postgres>>::type_info()
+    }
+
+    fn compatible(ty: &PgTypeInfo) -> bool {
+        <&str as Type<Postgres>>::compatible(ty)
+    }
+}
+
+impl<'r> Decode<'r, Postgres> for InstanceStatus {
+    fn decode(value: PgValueRef<'r>) -> Result<Self, sqlx::error::BoxDynError> {
+        let text = <&str as Decode<Postgres>>::decode(value)?;
+        Ok(text.parse()?)
+    }
+}
+
+impl Encode<'_, Postgres> for InstanceStatus {
+    fn encode_by_ref(
+        &self,
+        buf: &mut sqlx::postgres::PgArgumentBuffer,
+    ) -> Result<sqlx::encode::IsNull, sqlx::error::BoxDynError> {
+        <&str as Encode<Postgres>>::encode(self.as_str(), buf)
+    }
+}
+
+/// Who caused a transition, as recorded in `instance_events`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Actor {
+    Tick,
+    Claim,
+    Operator,
+}
+
+impl Actor {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Actor::Tick => "tick",
+            Actor::Claim => "claim",
+            Actor::Operator => "operator",
+        }
+    }
+}
+
+/// 12 lowercase alphanumerics: short enough for a URL, valid in every provider's names.
+pub fn new_instance_id() -> String {
+    Alphanumeric
+        .sample_string(&mut rand::thread_rng(), 12)
+        .to_ascii_lowercase()
+}
+
+/// 32 random bytes as 64 hex chars.
+pub fn new_gateway_token() -> String {
+    let mut bytes = [0u8; 32];
+    rand::rngs::OsRng.fill_bytes(&mut bytes);
+    hex::encode(bytes)
+}
+
+/// One row of `instances`, as the API and the tick see it.
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct Instance {
+    pub id: String,
+    pub name: String,
+    pub url: Option<String>,
+    pub status: InstanceStatus,
+    pub status_since: DateTime<Utc>,
+    pub agent_name: Option<String>,
+    pub instructions: Option<String>,
+    pub join_url: Option<String>,
+    pub conversation_id: Option<String>,
+    pub invite_url: Option<String>,
+    pub template_id: Option<String>,
+    pub health_failures: i32,
+    pub destroy_attempts: i32,
+    pub next_attempt_at: Option<DateTime<Utc>>,
+    pub last_error: Option<String>,
+    pub created_at: DateTime<Utc>,
+    pub claimed_at: Option<DateTime<Utc>>,
+}
+
+/// The columns of [`Instance`], for `SELECT`s that read it.
+pub const INSTANCE_COLUMNS: &str = "id, name, url, status, status_since, agent_name, instructions, \
+     join_url, conversation_id, invite_url, template_id, health_failures, destroy_attempts, \
+     next_attempt_at, last_error, created_at, claimed_at";
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn status_round_trips_through_text() {
+        for status in InstanceStatus::ALL {
+            assert_eq!(status.as_str().parse::<InstanceStatus>().unwrap(), status);
+        }
+        assert!("deleted".parse::<InstanceStatus>().is_err());
+    }
+
+    #[test]
+    fn identifiers_have_the_promised_shape() {
+        let id = new_instance_id();
+        assert_eq!(id.len(), 12);
+        assert!(id.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit()));
+        let token = new_gateway_token();
+        assert_eq!(token.len(), 64);
+        assert!(token.chars().all(|c| c.is_ascii_hexdigit()));
+        assert_ne!(token, new_gateway_token());
+    }
+}

@@ -1,0 +1,236 @@
+//! Queries on `instances` shared by the API and the tick. Every transition is a compare-and-set
+//! on the current status and writes its `instance_events` row in the same statement.
+
+use std::collections::BTreeMap;
+
+use sqlx::PgPool;
+
+use crate::domain::{new_gateway_token, new_instance_id, Actor, Instance, InstanceStatus, INSTANCE_COLUMNS};
+use crate::error::{Error, Result};
+
+/// Serialises creations so that `POOL_MAX_TOTAL` holds across replicas.
+const CREATE_LOCK_KEY: i64 = 0x6167_706f_6f6c_0002;
+
+pub async fn counts(db: &PgPool) -> Result<BTreeMap<InstanceStatus, i64>> {
+    let rows: Vec<(InstanceStatus, i64)> =
+        sqlx::query_as("SELECT status, count(*) FROM instances GROUP BY status")
+            .fetch_all(db)
+            .await?;
+    let mut counts: BTreeMap<InstanceStatus, i64> =
+        InstanceStatus::ALL.into_iter().map(|s| (s, 0)).collect();
+    counts.extend(rows);
+    Ok(counts)
+}
+
+pub async fn list(db: &PgPool) -> Result<Vec<Instance>> {
+    Ok(sqlx::query_as(&format!(
+        "SELECT {INSTANCE_COLUMNS} FROM instances ORDER BY created_at, id"
+    ))
+    .fetch_all(db)
+    .await?)
+}
+
+pub async fn get(db: &PgPool, id: &str) -> Result<Instance> {
+    sqlx::query_as(&format!("SELECT {INSTANCE_COLUMNS} FROM instances WHERE id = $1"))
+        .bind(id)
+        .fetch_optional(db)
+        .await?
+        .ok_or_else(|| Error::NotFound(id.to_string()))
+}
+
+/// Moves each `(id, reason)` from `from` to `to` if it is still in `from`; returns the ids moved.
+/// One statement whatever the number of ids.
+pub async fn transition(
+    db: &PgPool,
+    from: InstanceStatus,
+    to: InstanceStatus,
+    moves: &[(String, String)],
+    actor: Actor,
+) -> Result<Vec<String>> {
+    if moves.is_empty() {
+        return Ok(Vec::new());
+    }
+    let (ids, reasons): (Vec<&str>, Vec<&str>) = moves
+        .iter()
+        .map(|(id, reason)| (id.as_str(), reason.as_str()))
+        .unzip();
+    let moved: Vec<String> = sqlx::query_scalar(
+        "WITH v AS (SELECT * FROM unnest($1::text[], $2::text[]) AS v(id, reason)),
+         t AS (
+           UPDATE instances i
+              SET status = $4, status_since = now(), health_failures = 0, claim_token = NULL,
+                  next_attempt_at = CASE WHEN $4 = 'destroying' THEN now() END
+             FROM v
+            WHERE i.id = v.id AND i.status = $3
+           RETURNING i.id, v.reason
+         ),
+         e AS (
+           INSERT INTO instance_events (instance_id, from_status, to_status, reason, actor)
+           SELECT id, $3, $4, reason, $5 FROM t
+         )
+         SELECT id FROM t",
+    )
+    .bind(&ids)
+    .bind(&reasons)
+    .bind(from)
+    .bind(to)
+    .bind(actor.as_str())
+    .fetch_all(db)
+    .await?;
+    Ok(moved)
+}
+
+/// Sends one instance to `destroying` from any of `allowed` states, for an operator.
+/// Unknown id → `NotFound`; any other state → `WrongState`.
+pub async fn request_destroy(
+    db: &PgPool,
+    id: &str,
+    allowed: &[InstanceStatus],
+    expected: &'static str,
+    reason: &str,
+) -> Result<InstanceStatus> {
+    let allowed: Vec<&str> = allowed.iter().map(|s| s.as_str()).collect();
+    let row: Option<(InstanceStatus, bool)> = sqlx::query_as(
+        "WITH old AS (SELECT id, status FROM instances WHERE id = $1 FOR UPDATE),
+         t AS (
+           UPDATE instances i
+              SET status = 'destroying', status_since = now(), claim_token = NULL,
+                  next_attempt_at = now()
+             FROM old
+            WHERE i.id = old.id AND old.status = ANY($2::text[])
+           RETURNING i.id, old.status
+         ),
+         e AS (
+           INSERT INTO instance_events (instance_id, from_status, to_status, reason, actor)
+           SELECT id, status, 'destroying', $3, 'operator' FROM t
+         )
+         SELECT old.status, EXISTS (SELECT 1 FROM t) FROM old",
+    )
+    .bind(id)
+    .bind(&allowed)
+    .bind(reason)
+    .fetch_optional(db)
+    .await?;
+    match row {
+        None => Err(Error::NotFound(id.to_string())),
+        Some((status, true)) => Ok(status),
+        Some((actual, false)) => Err(Error::WrongState {
+            id: id.to_string(),
+            actual,
+            expected,
+        }),
+    }
+}
+
+/// Sends up to `count` idle instances (newest first: the oldest are claimed first) to `destroying`.
+pub async fn drain(db: &PgPool, count: u32) -> Result<Vec<String>> {
+    Ok(sqlx::query_scalar(
+        "WITH picked AS (
+           SELECT id FROM instances WHERE status = 'idle'
+            ORDER BY created_at DESC, id DESC LIMIT $1 FOR UPDATE SKIP LOCKED
+         ),
+         t AS (
+           UPDATE instances i
+              SET status = 'destroying', status_since = now(), next_attempt_at = now()
+             FROM picked WHERE i.id = picked.id
+           RETURNING i.id
+         ),
+         e AS (
+           INSERT INTO instance_events (instance_id, from_status, to_status, reason, actor)
+           SELECT id, 'idle', 'destroying', 'drained', 'operator' FROM t
+         )
+         SELECT id FROM t",
+    )
+    .bind(i64::from(count))
+    .fetch_all(db)
+    .await?)
+}
+
+/// A row inserted as `starting`, whose provider resource is still to be created.
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct Reserved {
+    pub id: String,
+    pub name: String,
+    pub gateway_token: String,
+}
+
+/// Inserts up to `wanted` `starting` rows without exceeding `max_total` live (non-destroying)
+/// instances, atomically across replicas. The rows exist before their resources do, so no
+/// resource is ever created without a row that knows how to destroy it.
+pub async fn reserve(
+    db: &PgPool,
+    wanted: u32,
+    max_total: u32,
+    name_prefix: &str,
+    actor: Actor,
+    reason: &str,
+) -> Result<Vec<Reserved>> {
+    if wanted == 0 {
+        return Ok(Vec::new());
+    }
+    let mut tx = db.begin().await?;
+    sqlx::query("SELECT pg_advisory_xact_lock($1)")
+        .bind(CREATE_LOCK_KEY)
+        .execute(&mut *tx)
+        .await?;
+    let live: i64 =
+        sqlx::query_scalar("SELECT count(*) FROM instances WHERE status <> 'destroying'")
+            .fetch_one(&mut *tx)
+            .await?;
+    let room = (i64::from(max_total) - live).clamp(0, i64::from(wanted));
+    let (mut ids, mut names, mut tokens) = (Vec::new(), Vec::new(), Vec::new());
+    for _ in 0..room {
+        let id = new_instance_id();
+        names.push(format!("{name_prefix}{id}"));
+        ids.push(id);
+        tokens.push(new_gateway_token());
+    }
+    let reserved: Vec<Reserved> = sqlx::query_as(
+        "WITH t AS (
+           INSERT INTO instances (id, name, status, gateway_token)
+           SELECT id, name, 'starting', token FROM unnest($1::text[], $2::text[], $3::text[]) AS v(id, name, token)
+           RETURNING id, name, gateway_token
+         ),
+         e AS (
+           INSERT INTO instance_events (instance_id, from_status, to_status, reason, actor)
+           SELECT id, NULL, 'starting', $4, $5 FROM t
+         )
+         SELECT id, name, gateway_token FROM t",
+    )
+    .bind(&ids)
+    .bind(&names)
+    .bind(&tokens)
+    .bind(reason)
+    .bind(actor.as_str())
+    .fetch_all(&mut *tx)
+    .await?;
+    tx.commit().await?;
+    Ok(reserved)
+}
+
+/// Records where a freshly created resource lives, as soon as it exists.
+pub async fn record_infra(
+    db: &PgPool,
+    id: &str,
+    provider: &str,
+    resource_id: &str,
+    url: &str,
+    details: &serde_json::Value,
+) -> Result<()> {
+    sqlx::query(
+        "WITH f AS (
+           INSERT INTO instance_infra (instance_id, provider, resource_id, details)
+           VALUES ($1, $2, $3, $5)
+           ON CONFLICT (instance_id) DO UPDATE SET resource_id = EXCLUDED.resource_id, details = EXCLUDED.details
+         )
+         UPDATE instances SET url = $4 WHERE id = $1",
+    )
+    .bind(id)
+    .bind(provider)
+    .bind(resource_id)
+    .bind(url)
+    .bind(details)
+    .execute(db)
+    .await?;
+    Ok(())
+}

@@ -1,0 +1,63 @@
+//! agentpool's library: everything but HTTP routing.
+//!
+//! - [`claim`]: hand an idle instance to a user.
+//! - [`tick`]: reconcile the fleet and replenish the pool (snapshot → plan → execute).
+//! - [`providers`]: where instances run (`local` stub agents; Railway and Sprites to come).
+//! - [`runtime`]: client of the agent runtime contract; [`stub_agent`]: its reference server.
+//! - [`instances`]: the queries shared by the API and the tick; [`db`]: pool and migrations.
+
+pub mod claim;
+pub mod config;
+pub mod db;
+pub mod domain;
+pub mod error;
+pub mod instances;
+pub mod providers;
+pub mod runtime;
+pub mod stub_agent;
+pub mod tick;
+
+use std::sync::Arc;
+
+pub use config::Settings;
+pub use error::{Error, Result};
+
+use providers::Provider;
+use runtime::RuntimeClient;
+use sqlx::PgPool;
+
+/// Everything a handler or a tick needs, cheap to clone. Holds no state that matters across
+/// requests: that is all in Postgres.
+#[derive(Clone)]
+pub struct Pool {
+    pub db: PgPool,
+    pub settings: Arc<Settings>,
+    pub provider: Arc<dyn Provider>,
+    pub runtime: RuntimeClient,
+}
+
+impl Pool {
+    pub fn new(db: PgPool, settings: Settings, provider: Arc<dyn Provider>) -> Self {
+        let runtime = RuntimeClient::new(settings.health_timeout(), settings.provision_timeout());
+        Self {
+            db,
+            settings: Arc::new(settings),
+            provider,
+            runtime,
+        }
+    }
+
+    /// Connects to `DATABASE_URL`, migrates, and builds the configured provider.
+    pub async fn connect(settings: Settings) -> Result<Self> {
+        let url = settings.database_url.clone().ok_or_else(|| {
+            Error::Config(config::ConfigError {
+                setting: "DATABASE_URL".into(),
+                problem: "missing".into(),
+            })
+        })?;
+        let db = db::connect(url.expose(), settings.database_max_connections).await?;
+        db::migrate(&db).await?;
+        let provider = providers::from_settings(&settings)?;
+        Ok(Self::new(db, settings, provider))
+    }
+}

@@ -1,0 +1,265 @@
+//! The local provider: each instance is an `agentpool stub-agent` process on a free loopback port.
+//!
+//! Processes are detached (own process group) so that they outlive the replica that started them,
+//! as a Railway service outlives the replica that created it. Every replica on the host sees the
+//! same fleet through the state directory: one `<name>.json` record per process.
+
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use nix::sys::signal::{kill, Signal};
+use nix::unistd::Pid;
+use serde::{Deserialize, Serialize};
+use tokio::io::{AsyncBufReadExt, BufReader};
+
+use super::{CreateSpec, Created, ObservedResource, Provider, ResourceRef, ResourceStatus};
+use crate::config::{ProviderKind, Settings};
+use crate::error::{Error, Result};
+
+const KIND: &str = "local";
+const START_TIMEOUT: Duration = Duration::from_secs(10);
+const STOP_GRACE: Duration = Duration::from_secs(3);
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct Record {
+    name: String,
+    pid: i32,
+    url: String,
+}
+
+pub struct LocalProvider {
+    state_dir: PathBuf,
+    agent_bin: PathBuf,
+    /// `STUB_*` settings of this process, passed on to the agents it starts (and nothing else:
+    /// an agent never sees the pool's own secrets).
+    stub_env: Vec<(String, String)>,
+}
+
+impl LocalProvider {
+    pub fn from_settings(settings: &Settings) -> Result<Self> {
+        let state_dir = settings
+            .local_state_dir
+            .clone()
+            .unwrap_or_else(|| std::env::temp_dir().join("agentpool-local"));
+        let agent_bin = match &settings.local_agent_bin {
+            Some(bin) => bin.clone(),
+            None => default_agent_bin()?,
+        };
+        let stub_env = std::env::vars()
+            .filter(|(k, _)| k.starts_with("STUB_") || k == "RUST_LOG")
+            .collect();
+        Self::new(state_dir, agent_bin, stub_env)
+    }
+
+    pub fn new(
+        state_dir: PathBuf,
+        agent_bin: PathBuf,
+        stub_env: Vec<(String, String)>,
+    ) -> Result<Self> {
+        std::fs::create_dir_all(&state_dir).map_err(|e| {
+            Error::io(
+                format!("creating local state dir {}", state_dir.display()),
+                e,
+            )
+        })?;
+        Ok(Self {
+            state_dir,
+            agent_bin,
+            stub_env,
+        })
+    }
+
+    pub fn state_dir(&self) -> &Path {
+        &self.state_dir
+    }
+
+    fn record_path(&self, name: &str) -> PathBuf {
+        self.state_dir.join(format!("{name}.json"))
+    }
+
+    fn read_record(&self, name: &str) -> Option<Record> {
+        let bytes = std::fs::read(self.record_path(name)).ok()?;
+        serde_json::from_slice(&bytes).ok()
+    }
+
+    fn records(&self) -> Result<Vec<Record>> {
+        let entries = std::fs::read_dir(&self.state_dir)
+            .map_err(|e| Error::io(format!("reading {}", self.state_dir.display()), e))?;
+        Ok(entries
+            .filter_map(|entry| entry.ok())
+            .filter(|entry| entry.path().extension().is_some_and(|ext| ext == "json"))
+            .filter_map(|entry| std::fs::read(entry.path()).ok())
+            .filter_map(|bytes| serde_json::from_slice(&bytes).ok())
+            .collect())
+    }
+
+    /// Stops every agent this state directory knows of. Used by `agentpool dev` on shutdown.
+    pub async fn destroy_all(&self) -> Result<usize> {
+        let records = self.records()?;
+        let count = records.len();
+        for record in records {
+            self.destroy(&ResourceRef {
+                name: record.name,
+                resource_id: None,
+            })
+            .await?;
+        }
+        Ok(count)
+    }
+
+    /// The pid of a live agent, for tests that kill one behind the pool's back.
+    pub fn pid_of(&self, name: &str) -> Option<i32> {
+        self.read_record(name)
+            .filter(is_alive)
+            .map(|record| record.pid)
+    }
+
+    async fn spawn(&self, spec: &CreateSpec) -> Result<Record> {
+        let log = std::fs::File::create(self.state_dir.join(format!("{}.log", spec.name)))
+            .map_err(|e| Error::io("creating agent log", e))?;
+        let mut command = tokio::process::Command::new(&self.agent_bin);
+        command
+            .args(["stub-agent", "--name", &spec.name, "--port", "0"])
+            .env_clear()
+            .envs(self.stub_env.iter().map(|(k, v)| (k, v)))
+            .envs(spec.env.iter().map(|(k, v)| (k, v)))
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(log)
+            // Its own process group: a Ctrl-C meant for the pool does not reach the fleet.
+            .process_group(0)
+            .kill_on_drop(false);
+        let mut child = command.spawn().map_err(|e| {
+            Error::provider(
+                KIND,
+                format!("starting {}: {e}", self.agent_bin.display()),
+            )
+        })?;
+        let pid = child
+            .id()
+            .ok_or_else(|| Error::provider(KIND, "agent exited at once"))? as i32;
+        let stdout = child
+            .stdout
+            .take()
+            .ok_or_else(|| Error::provider(KIND, "agent stdout not captured"))?;
+        let mut first_line = String::new();
+        let read = tokio::time::timeout(
+            START_TIMEOUT,
+            BufReader::new(stdout).read_line(&mut first_line),
+        )
+        .await;
+        let addr = match read {
+            Ok(Ok(_)) => first_line.trim().strip_prefix("LISTENING ").map(str::to_string),
+            _ => None,
+        };
+        let Some(addr) = addr else {
+            let _ = child.start_kill();
+            return Err(Error::provider(
+                KIND,
+                format!("agent {} did not report its address", spec.name),
+            ));
+        };
+        // The handle is dropped; tokio reaps the process when it exits.
+        drop(child);
+        let record = Record {
+            name: spec.name.clone(),
+            pid,
+            url: format!("http://{addr}"),
+        };
+        let tmp = self.state_dir.join(format!(".{}.tmp", spec.name));
+        let bytes = serde_json::to_vec(&record).map_err(|e| Error::provider(KIND, e.to_string()))?;
+        std::fs::write(&tmp, bytes)
+            .and_then(|_| std::fs::rename(&tmp, self.record_path(&spec.name)))
+            .map_err(|e| Error::io("writing agent record", e))?;
+        Ok(record)
+    }
+}
+
+fn default_agent_bin() -> Result<PathBuf> {
+    let exe = std::env::current_exe().map_err(|e| Error::io("locating current executable", e))?;
+    if exe.file_stem().is_some_and(|stem| stem == "agentpool") {
+        return Ok(exe);
+    }
+    // agentpool-scheduler is installed next to agentpool.
+    Ok(exe.with_file_name("agentpool"))
+}
+
+/// Alive, not a zombie, and still the agent we started (pids get reused).
+fn is_alive(record: &Record) -> bool {
+    let proc_dir = PathBuf::from(format!("/proc/{}", record.pid));
+    let Ok(stat) = std::fs::read_to_string(proc_dir.join("stat")) else {
+        return false;
+    };
+    let state = stat
+        .rsplit_once(')')
+        .and_then(|(_, rest)| rest.trim_start().chars().next());
+    if matches!(state, Some('Z' | 'X') | None) {
+        return false;
+    }
+    std::fs::read(proc_dir.join("cmdline")).is_ok_and(|cmdline| {
+        let args: Vec<&[u8]> = cmdline.split(|b| *b == 0).collect();
+        args.contains(&b"stub-agent".as_slice()) && args.contains(&record.name.as_bytes())
+    })
+}
+
+#[async_trait]
+impl Provider for LocalProvider {
+    fn kind(&self) -> ProviderKind {
+        ProviderKind::Local
+    }
+
+    async fn create(&self, spec: &CreateSpec) -> Result<Created> {
+        let record = match self.read_record(&spec.name).filter(is_alive) {
+            Some(existing) => existing,
+            None => self.spawn(spec).await?,
+        };
+        Ok(Created {
+            resource_id: record.name.clone(),
+            url: record.url,
+            details: serde_json::json!({ "pid": record.pid }),
+        })
+    }
+
+    async fn destroy(&self, resource: &ResourceRef) -> Result<()> {
+        let Some(record) = self.read_record(&resource.name) else {
+            return Ok(());
+        };
+        if is_alive(&record) {
+            let pid = Pid::from_raw(record.pid);
+            let _ = kill(pid, Signal::SIGTERM);
+            let deadline = tokio::time::Instant::now() + STOP_GRACE;
+            while is_alive(&record) && tokio::time::Instant::now() < deadline {
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+            if is_alive(&record) {
+                let _ = kill(pid, Signal::SIGKILL);
+            }
+        }
+        for path in [
+            self.record_path(&resource.name),
+            self.state_dir.join(format!("{}.log", resource.name)),
+        ] {
+            match std::fs::remove_file(&path) {
+                Ok(()) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => return Err(Error::io(format!("removing {}", path.display()), e)),
+            }
+        }
+        Ok(())
+    }
+
+    async fn list(&self, prefix: &str) -> Result<Vec<ObservedResource>> {
+        Ok(self
+            .records()?
+            .into_iter()
+            .filter(|record| record.name.starts_with(prefix) && is_alive(record))
+            .map(|record| ObservedResource {
+                resource_id: record.name.clone(),
+                name: record.name,
+                status: ResourceStatus::Running,
+            })
+            .collect())
+    }
+}

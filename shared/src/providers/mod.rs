@@ -1,0 +1,85 @@
+//! Compute providers: where instances run.
+
+pub mod local;
+
+use std::fmt;
+use std::sync::Arc;
+
+use async_trait::async_trait;
+
+use crate::config::{ProviderKind, Settings};
+use crate::error::{Error, Result};
+
+/// What a provider is asked to create. `env` carries secrets (the gateway token), hence the
+/// hand-written `Debug`.
+pub struct CreateSpec {
+    pub name: String,
+    pub env: Vec<(String, String)>,
+}
+
+impl fmt::Debug for CreateSpec {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let keys: Vec<&str> = self.env.iter().map(|(k, _)| k.as_str()).collect();
+        f.debug_struct("CreateSpec")
+            .field("name", &self.name)
+            .field("env_keys", &keys)
+            .finish()
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct Created {
+    pub resource_id: String,
+    pub url: String,
+    pub details: serde_json::Value,
+}
+
+/// A resource to destroy. The resource id is unknown when a replica died between creating the
+/// resource and recording it; the name (unique, prefixed) is enough to find it then.
+#[derive(Debug, Clone)]
+pub struct ResourceRef {
+    pub name: String,
+    pub resource_id: Option<String>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ResourceStatus {
+    /// Deployed and running; its runtime can be health-checked.
+    Running,
+    /// Being built or deployed.
+    Deploying,
+    /// The provider reports a failed or crashed deployment.
+    Failed,
+}
+
+#[derive(Debug, Clone)]
+pub struct ObservedResource {
+    pub name: String,
+    pub resource_id: String,
+    pub status: ResourceStatus,
+}
+
+#[async_trait]
+pub trait Provider: Send + Sync {
+    fn kind(&self) -> ProviderKind;
+
+    /// Creates the resource `spec.name`, or returns it if it already exists.
+    async fn create(&self, spec: &CreateSpec) -> Result<Created>;
+
+    /// Destroys a resource. One that is already gone counts as destroyed.
+    async fn destroy(&self, resource: &ResourceRef) -> Result<()>;
+
+    /// Every resource whose name starts with `prefix`, with its status, in one batch. A row whose
+    /// resource is not listed has no resource; a listed resource without a row is an orphan.
+    async fn list(&self, prefix: &str) -> Result<Vec<ObservedResource>>;
+}
+
+pub fn from_settings(settings: &Settings) -> Result<Arc<dyn Provider>> {
+    match settings.pool_provider {
+        ProviderKind::Local => Ok(Arc::new(local::LocalProvider::from_settings(settings)?)),
+        other => Err(Error::Config(crate::config::ConfigError {
+            setting: "POOL_PROVIDER".into(),
+            problem: format!("provider {:?} is not available in this build", other.as_str()),
+        })),
+    }
+}

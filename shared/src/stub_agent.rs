@@ -1,0 +1,293 @@
+//! The reference runtime: serves the agent runtime contract on loopback with injectable faults.
+//!
+//! The local provider starts it as `agentpool stub-agent`; tests and benchmarks measure against
+//! it. Settings come from the environment (the provider passes them explicitly, never the pool's
+//! own environment):
+//!
+//! | variable | meaning |
+//! |---|---|
+//! | `OPENCLAW_GATEWAY_TOKEN` | required; Bearer token for every POST |
+//! | `STUB_READY_DELAY_MS` | `/pool/health` answers 503 until this long after start (default 0) |
+//! | `STUB_PROVISION_DELAY_MS` | `/pool/provision` waits this long before answering (default 0) |
+//! | `STUB_FAIL_PROVISION` | `true`: every provision answers 500 |
+//!
+//! Faults can also be switched at run time with `POST /stub/faults` (Bearer):
+//! `{"provision": "fail"|"ok", "health": "fail"|"ok", "exit": true, "provisionDelayMs": n}`.
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use axum::extract::State;
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use rand::RngCore;
+use serde::Deserialize;
+use serde_json::json;
+
+use crate::config::secrets_match;
+
+#[derive(Debug, Clone)]
+pub struct StubSettings {
+    pub gateway_token: String,
+    pub ready_delay: Duration,
+    pub provision_delay: Duration,
+    pub fail_provision: bool,
+}
+
+impl StubSettings {
+    pub fn from_env() -> Result<Self, String> {
+        let token = std::env::var("OPENCLAW_GATEWAY_TOKEN")
+            .map_err(|_| "OPENCLAW_GATEWAY_TOKEN is required".to_string())?;
+        if token.is_empty() {
+            return Err("OPENCLAW_GATEWAY_TOKEN is empty".into());
+        }
+        let millis = |name: &str| -> Result<Duration, String> {
+            match std::env::var(name) {
+                Ok(v) if !v.is_empty() => v
+                    .parse::<u64>()
+                    .map(Duration::from_millis)
+                    .map_err(|e| format!("{name}: {e}")),
+                _ => Ok(Duration::ZERO),
+            }
+        };
+        Ok(Self {
+            gateway_token: token,
+            ready_delay: millis("STUB_READY_DELAY_MS")?,
+            provision_delay: millis("STUB_PROVISION_DELAY_MS")?,
+            fail_provision: matches!(
+                std::env::var("STUB_FAIL_PROVISION").as_deref(),
+                Ok("true" | "1")
+            ),
+        })
+    }
+}
+
+struct Stub {
+    token: String,
+    ready_at: Instant,
+    fail_provision: AtomicBool,
+    fail_health: AtomicBool,
+    provision_delay_ms: AtomicU64,
+    /// One conversation per agent: a second provision is refused, which makes a double claim loud.
+    conversation: Mutex<Option<String>>,
+    exit: tokio::sync::Notify,
+}
+
+impl Stub {
+    fn authorized(&self, headers: &HeaderMap) -> bool {
+        headers
+            .get(axum::http::header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.strip_prefix("Bearer "))
+            .is_some_and(|given| secrets_match(given, &self.token))
+    }
+}
+
+fn unauthorized() -> Response {
+    (
+        StatusCode::UNAUTHORIZED,
+        Json(json!({"ok": false, "error": "bad gateway token"})),
+    )
+        .into_response()
+}
+
+async fn health(State(stub): State<Arc<Stub>>) -> Response {
+    let ready = Instant::now() >= stub.ready_at && !stub.fail_health.load(Ordering::Relaxed);
+    let body = json!({
+        "ready": ready,
+        "version": env!("CARGO_PKG_VERSION"),
+        "runtime": "agentpool-stub",
+    });
+    let status = if ready {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
+    (status, Json(body)).into_response()
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct ProvisionBody {
+    agent_name: String,
+    #[allow(dead_code)] // Part of the contract; the stub has no model to instruct.
+    instructions: String,
+    join_url: Option<String>,
+}
+
+async fn provision(
+    State(stub): State<Arc<Stub>>,
+    headers: HeaderMap,
+    body: Result<Json<ProvisionBody>, axum::extract::rejection::JsonRejection>,
+) -> Response {
+    if !stub.authorized(&headers) {
+        return unauthorized();
+    }
+    let Ok(Json(body)) = body else {
+        return (
+            StatusCode::BAD_REQUEST,
+            Json(json!({"ok": false, "error": "bad provision body"})),
+        )
+            .into_response();
+    };
+    let delay = stub.provision_delay_ms.load(Ordering::Relaxed);
+    if delay > 0 {
+        tokio::time::sleep(Duration::from_millis(delay)).await;
+    }
+    if stub.fail_provision.load(Ordering::Relaxed) {
+        return (
+            StatusCode::INTERNAL_SERVER_ERROR,
+            Json(json!({"ok": false, "error": "injected provision failure"})),
+        )
+            .into_response();
+    }
+    let mut conversation = match stub.conversation.lock() {
+        Ok(guard) => guard,
+        Err(poisoned) => poisoned.into_inner(),
+    };
+    if conversation.is_some() {
+        return (
+            StatusCode::CONFLICT,
+            Json(json!({"ok": false, "error": "already provisioned"})),
+        )
+            .into_response();
+    }
+    let mut bytes = [0u8; 8];
+    rand::thread_rng().fill_bytes(&mut bytes);
+    let fresh_id = hex::encode(bytes);
+    let (conversation_id, invite_url, joined) = match body.join_url {
+        Some(join_url) => {
+            let id = join_url
+                .split_once("i=")
+                .map(|(_, id)| id.to_string())
+                .unwrap_or(fresh_id);
+            (id, join_url, true)
+        }
+        None => (
+            fresh_id.clone(),
+            format!("https://convos.example/v2?i={fresh_id}"),
+            false,
+        ),
+    };
+    *conversation = Some(conversation_id.clone());
+    tracing::info!(agent_name = %body.agent_name, %conversation_id, joined, "provisioned");
+    Json(json!({
+        "ok": true,
+        "inviteUrl": invite_url,
+        "conversationId": conversation_id,
+        "joined": joined,
+        "status": if joined { "joined" } else { "created" },
+    }))
+    .into_response()
+}
+
+async fn restart(State(stub): State<Arc<Stub>>, headers: HeaderMap) -> Response {
+    if !stub.authorized(&headers) {
+        return unauthorized();
+    }
+    Json(json!({"ok": true})).into_response()
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+struct Faults {
+    provision: Option<Switch>,
+    health: Option<Switch>,
+    provision_delay_ms: Option<u64>,
+    #[serde(default)]
+    exit: bool,
+}
+
+#[derive(Deserialize, Clone, Copy)]
+#[serde(rename_all = "lowercase")]
+enum Switch {
+    Ok,
+    Fail,
+}
+
+async fn faults(
+    State(stub): State<Arc<Stub>>,
+    headers: HeaderMap,
+    body: Result<Json<Faults>, axum::extract::rejection::JsonRejection>,
+) -> Response {
+    if !stub.authorized(&headers) {
+        return unauthorized();
+    }
+    let Ok(Json(faults)) = body else {
+        return (
+            StatusCode::BAD_REQUEST,
+            Json(json!({"ok": false, "error": "bad faults body"})),
+        )
+            .into_response();
+    };
+    if let Some(switch) = faults.provision {
+        stub.fail_provision
+            .store(matches!(switch, Switch::Fail), Ordering::Relaxed);
+    }
+    if let Some(switch) = faults.health {
+        stub.fail_health
+            .store(matches!(switch, Switch::Fail), Ordering::Relaxed);
+    }
+    if let Some(ms) = faults.provision_delay_ms {
+        stub.provision_delay_ms.store(ms, Ordering::Relaxed);
+    }
+    if faults.exit {
+        stub.exit.notify_one();
+    }
+    Json(json!({"ok": true})).into_response()
+}
+
+/// Binds `addr`, prints `LISTENING <addr>` on stdout (the local provider reads it), serves until
+/// asked to exit or killed.
+pub async fn run(addr: SocketAddr, settings: StubSettings) -> std::io::Result<()> {
+    let stub = Arc::new(Stub {
+        token: settings.gateway_token,
+        ready_at: Instant::now() + settings.ready_delay,
+        fail_provision: AtomicBool::new(settings.fail_provision),
+        fail_health: AtomicBool::new(false),
+        provision_delay_ms: AtomicU64::new(settings.provision_delay.as_millis() as u64),
+        conversation: Mutex::new(None),
+        exit: tokio::sync::Notify::new(),
+    });
+    let app = Router::new()
+        .route("/pool/health", get(health))
+        .route("/pool/provision", post(provision))
+        .route("/pool/restart", post(restart))
+        .route("/stub/faults", post(faults))
+        .with_state(stub.clone());
+    let listener = tokio::net::TcpListener::bind(addr).await?;
+    let local = listener.local_addr()?;
+    {
+        use std::io::Write;
+        let mut out = std::io::stdout().lock();
+        writeln!(out, "LISTENING {local}")?;
+        out.flush()?;
+    }
+    axum::serve(listener, app)
+        .with_graceful_shutdown(async move {
+            tokio::select! {
+                _ = stub.exit.notified() => {}
+                _ = shutdown_signal() => {}
+            }
+        })
+        .await
+}
+
+async fn shutdown_signal() {
+    use tokio::signal::unix::{signal, SignalKind};
+    match signal(SignalKind::terminate()) {
+        Ok(mut term) => {
+            tokio::select! {
+                _ = term.recv() => {}
+                _ = tokio::signal::ctrl_c() => {}
+            }
+        }
+        Err(_) => {
+            let _ = tokio::signal::ctrl_c().await;
+        }
+    }
+}
