@@ -1,1 +1,124 @@
-fn main() {}
+use std::net::{Ipv4Addr, SocketAddr};
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+use agentpool::{dev, lambda, AppState};
+use agentpool_core::config::ConfigError;
+use agentpool_core::tick::{self, Mode};
+use agentpool_core::{db, stub_agent, Pool, Settings};
+
+/// Keeps AI agent instances pre-warmed and hands one out in a single API call.
+#[derive(Parser)]
+#[command(name = "agentpool", version)]
+struct Cli {
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Serve the HTTP API (the default; on AWS Lambda, serve through lambda_http).
+    Serve,
+    /// Everything on one laptop: a throwaway Postgres, the API, the tick loop, local stub agents.
+    Dev,
+    /// Apply database migrations and exit.
+    Migrate,
+    /// Run one tick, print what it did as JSON, exit.
+    Tick {
+        /// Reconcile only: no new instances.
+        #[arg(long)]
+        reconcile: bool,
+    },
+    /// The reference agent runtime (what the local provider starts).
+    StubAgent {
+        #[arg(long, default_value_t = 0)]
+        port: u16,
+        /// Instance name; lets the local provider recognise its processes.
+        #[arg(long)]
+        name: Option<String>,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    agentpool::init_tracing();
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(runtime) => runtime,
+        Err(e) => {
+            eprintln!("agentpool: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(run(cli.command.unwrap_or(Command::Serve))) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("agentpool: {e:#}");
+            ExitCode::from(2)
+        }
+    }
+}
+
+fn settings() -> anyhow::Result<Settings> {
+    Ok(Settings::from_env()?)
+}
+
+async fn run(command: Command) -> anyhow::Result<()> {
+    match command {
+        Command::Serve => serve().await,
+        Command::Dev => dev::run(settings()?).await,
+        Command::Migrate => {
+            let settings = settings()?;
+            let url = settings.database_url.ok_or_else(|| missing("DATABASE_URL"))?;
+            let pool = db::connect(url.expose(), 2).await?;
+            db::migrate(&pool).await?;
+            println!("{{\"migrated\":true}}");
+            Ok(())
+        }
+        Command::Tick { reconcile } => {
+            let pool = Pool::connect(settings()?).await?;
+            let mode = if reconcile { Mode::Reconcile } else { Mode::Full };
+            let report = tick::run(&pool, mode).await?;
+            println!("{}", serde_json::to_string_pretty(&report)?);
+            Ok(())
+        }
+        Command::StubAgent { port, name } => {
+            let settings = stub_agent::StubSettings::from_env().map_err(anyhow::Error::msg)?;
+            let _span = tracing::info_span!("stub_agent", name = name.as_deref().unwrap_or("-")).entered();
+            stub_agent::run(SocketAddr::from((Ipv4Addr::LOCALHOST, port)), settings).await?;
+            Ok(())
+        }
+    }
+}
+
+fn missing(setting: &str) -> ConfigError {
+    ConfigError {
+        setting: setting.into(),
+        problem: "missing".into(),
+    }
+}
+
+async fn serve() -> anyhow::Result<()> {
+    let settings = settings()?;
+    let api_key = settings.pool_api_key.clone().ok_or_else(|| ConfigError {
+        setting: "POOL_API_KEY".into(),
+        problem: "missing; `serve` refuses to start without an API key".into(),
+    })?;
+    let port = settings.port;
+    let pool = Pool::connect(settings).await?;
+    let state = AppState::new(pool.clone(), api_key);
+    if lambda::is_lambda() {
+        return lambda::serve(state).await.map_err(|e| anyhow::anyhow!(e));
+    }
+    let (stop, stopped) = tokio::sync::watch::channel(false);
+    let kicker = state.kicker.clone();
+    let ticks = tokio::spawn(async move { kicker.run_loop(pool, None, stopped).await });
+    let listener = tokio::net::TcpListener::bind((Ipv4Addr::UNSPECIFIED, port)).await?;
+    tracing::info!(addr = %listener.local_addr()?, "serving");
+    let served = axum::serve(listener, agentpool::router(state))
+        .with_graceful_shutdown(agentpool_core::shutdown_signal())
+        .await;
+    let _ = stop.send(true);
+    let _ = ticks.await;
+    Ok(served?)
+}

@@ -181,15 +181,22 @@ impl Settings {
 
     pub fn from_iter(vars: impl IntoIterator<Item = (String, String)>) -> Result<Self, ConfigError> {
         // An empty value means "not set", as it does in most .env files and compose files.
-        let vars = vars.into_iter().filter(|(_, v)| !v.is_empty());
-        let settings: Settings = envy::from_iter(vars).map_err(|e| match e {
+        let vars: Vec<(String, String)> = vars.into_iter().filter(|(_, v)| !v.is_empty()).collect();
+        let settings: Settings = envy::from_iter(vars.clone()).map_err(|e| match e {
             envy::Error::MissingValue(field) => {
                 ConfigError::new(&field.to_ascii_uppercase(), "missing")
             }
             envy::Error::Custom(message) => {
+                // envy names the variable for number parse errors only; for the others, find
+                // the one variable that fails on its own.
                 let setting = message
                     .rsplit_once("provided by ")
                     .map(|(_, name)| name.trim().to_string())
+                    .or_else(|| {
+                        vars.iter()
+                            .find(|pair| envy::from_iter::<_, Settings>([(*pair).clone()]).is_err())
+                            .map(|(name, _)| name.clone())
+                    })
                     .unwrap_or_else(|| "environment".into());
                 ConfigError::new(&setting, message)
             }

@@ -271,23 +271,8 @@ pub async fn run(addr: SocketAddr, settings: StubSettings) -> std::io::Result<()
         .with_graceful_shutdown(async move {
             tokio::select! {
                 _ = stub.exit.notified() => {}
-                _ = shutdown_signal() => {}
+                _ = crate::shutdown_signal() => {}
             }
         })
         .await
-}
-
-async fn shutdown_signal() {
-    use tokio::signal::unix::{signal, SignalKind};
-    match signal(SignalKind::terminate()) {
-        Ok(mut term) => {
-            tokio::select! {
-                _ = term.recv() => {}
-                _ = tokio::signal::ctrl_c() => {}
-            }
-        }
-        Err(_) => {
-            let _ = tokio::signal::ctrl_c().await;
-        }
-    }
 }

@@ -219,7 +219,7 @@ async fn delete_orphans(pool: &Pool, plan: &Plan, deadline: Instant, report: &mu
 }
 
 /// Inserts rows first, then creates each resource and records it as soon as it exists.
-pub(crate) async fn create_instances(pool: &Pool, wanted: u32, deadline: Instant, report: &mut TickReport) {
+async fn create_instances(pool: &Pool, wanted: u32, deadline: Instant, report: &mut TickReport) {
     if wanted == 0 {
         return;
     }
@@ -255,7 +255,7 @@ pub(crate) async fn create_instances(pool: &Pool, wanted: u32, deadline: Instant
 
 /// Creates the provider resources of reserved rows. A failure sends the row to `destroying`, so
 /// whatever part of it exists is cleaned up by the tick.
-pub(crate) async fn create_reserved(
+pub async fn create_reserved(
     pool: &Pool,
     reserved: Vec<instances::Reserved>,
 ) -> Vec<(String, crate::Result<()>)> {

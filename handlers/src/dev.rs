@@ -1,0 +1,123 @@
+//! `agentpool dev`: the whole service on one machine, from nothing but the installed Postgres
+//! server binaries. Ctrl-C stops the API, the tick loop, every stub agent and Postgres, in that
+//! order, leaving no process behind.
+
+use std::net::Ipv4Addr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+
+use agentpool_core::config::{ProviderKind, Secret};
+use agentpool_core::db::embedded::{create_database, EmbeddedPostgres};
+use agentpool_core::domain::new_gateway_token;
+use agentpool_core::providers::local::LocalProvider;
+use agentpool_core::{db, Pool, Settings};
+
+use crate::state::AppState;
+
+/// Dev ticks every second (unless `TICK_INTERVAL_MS` says otherwise) so the pool fills at once.
+const DEV_TICK_INTERVAL_MS: u64 = 1_000;
+
+pub async fn run(mut settings: Settings) -> anyhow::Result<()> {
+    if settings.pool_provider != ProviderKind::Local {
+        anyhow::bail!("invalid setting POOL_PROVIDER: `dev` runs the local provider only");
+    }
+    let workdir = tempfile::Builder::new()
+        .prefix("agentpool-dev-")
+        .tempdir()
+        .context("creating the dev work directory")?;
+    let generated_key = settings.pool_api_key.is_none();
+    let api_key = settings
+        .pool_api_key
+        .get_or_insert_with(|| Secret::new(new_gateway_token()))
+        .clone();
+    if std::env::var_os("TICK_INTERVAL_MS").is_none() {
+        settings.tick_interval_ms = DEV_TICK_INTERVAL_MS;
+    }
+    if settings.local_state_dir.is_none() {
+        settings.local_state_dir = Some(workdir.path().join("agents"));
+    }
+
+    let postgres = match &settings.database_url {
+        Some(_) => None,
+        None => {
+            let root = workdir.path().join("postgres");
+            std::fs::create_dir_all(&root)?;
+            let server = tokio::task::spawn_blocking(move || EmbeddedPostgres::start(&root))
+                .await?
+                .context("starting the throwaway Postgres")?;
+            create_database(&server.url("postgres"), "agentpool").await?;
+            settings.database_url = Some(Secret::new(server.url("agentpool")));
+            Some(server)
+        }
+    };
+    let local = Arc::new(LocalProvider::from_settings(&settings)?);
+    let outcome = serve(settings, api_key, generated_key, local.clone(), postgres.as_ref()).await;
+
+    match local.destroy_all().await {
+        Ok(n) => tracing::info!(agents = n, "stub agents stopped"),
+        Err(e) => tracing::error!(error = %e, "stopping stub agents"),
+    }
+    if let Some(server) = postgres {
+        tokio::task::spawn_blocking(move || server.stop()).await??;
+        tracing::info!("postgres stopped");
+    }
+    outcome
+}
+
+async fn serve(
+    settings: Settings,
+    api_key: Secret,
+    generated_key: bool,
+    local: Arc<LocalProvider>,
+    postgres: Option<&EmbeddedPostgres>,
+) -> anyhow::Result<()> {
+    let url = settings
+        .database_url
+        .clone()
+        .context("DATABASE_URL is set above")?;
+    let db = db::connect(url.expose(), settings.database_max_connections).await?;
+    db::migrate(&db).await?;
+    let port = settings.port;
+    let interval = Duration::from_millis(settings.tick_interval_ms);
+    let state_dir = local.state_dir().display().to_string();
+    let pool = Pool::new(db, settings, local);
+    let state = AppState::new(pool.clone(), api_key.clone());
+
+    let listener = tokio::net::TcpListener::bind((Ipv4Addr::LOCALHOST, port))
+        .await
+        .with_context(|| format!("binding 127.0.0.1:{port}"))?;
+    let base = format!("http://{}", listener.local_addr()?);
+    let key_note = if generated_key { "generated for this run" } else { "from POOL_API_KEY" };
+    let database = match postgres {
+        Some(server) => format!("{} (throwaway, pid {})", server.url("agentpool"), server.pid()),
+        None => "DATABASE_URL".to_string(),
+    };
+    // The banner is for a person at a terminal; dev prints the API key by design.
+    println!("agentpool dev");
+    println!("  listening on {base}");
+    println!("  api key:     {} ({key_note})", api_key.expose());
+    println!("  database:    {database}");
+    println!("  agents:      {state_dir}");
+    println!();
+    println!("  curl -s {base}/api/pool/counts");
+    println!(
+        "  curl -s -X POST {base}/api/pool/claim -H 'Authorization: Bearer {}' \\\n    -d '{{\"agentName\":\"demo\",\"instructions\":\"Say hello.\"}}'",
+        api_key.expose()
+    );
+    println!();
+    println!("Ctrl-C stops everything.");
+
+    let (stop, stopped) = tokio::sync::watch::channel(false);
+    let kicker = state.kicker.clone();
+    let ticks = tokio::spawn(async move { kicker.run_loop(pool, Some(interval), stopped).await });
+    state.kicker.kick();
+    let served = axum::serve(listener, crate::router(state))
+        .with_graceful_shutdown(agentpool_core::shutdown_signal())
+        .await;
+    tracing::info!("shutting down");
+    let _ = stop.send(true);
+    let _ = ticks.await;
+    Ok(served?)
+}

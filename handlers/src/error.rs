@@ -1,0 +1,121 @@
+//! The one mapping from errors to HTTP: `{"error": "<message>", "code": "<snake_case>"}`.
+//!
+//! A client mistake is a 4xx; a 5xx means the pool, a runtime or a provider failed. Internal
+//! details (SQL errors and the like) are logged, not returned.
+
+use axum::extract::rejection::BytesRejection;
+use axum::http::{header, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use serde_json::json;
+
+use agentpool_core::Error;
+
+#[derive(Debug)]
+pub struct ApiError {
+    status: StatusCode,
+    code: &'static str,
+    message: String,
+    retry_after: Option<u32>,
+}
+
+impl ApiError {
+    pub fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> Self {
+        Self {
+            status,
+            code,
+            message: message.into(),
+            retry_after: None,
+        }
+    }
+
+    pub fn bad_request(code: &'static str, message: impl Into<String>) -> Self {
+        Self::new(StatusCode::BAD_REQUEST, code, message)
+    }
+
+    pub fn unauthorized(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::UNAUTHORIZED, "unauthorized", message)
+    }
+
+    pub fn not_found(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::NOT_FOUND, "not_found", message)
+    }
+
+    fn retry_after(mut self, seconds: u32) -> Self {
+        self.retry_after = Some(seconds);
+        self
+    }
+}
+
+/// Seconds a client should wait before trying a claim again when nothing is idle.
+const NO_IDLE_RETRY_AFTER: u32 = 5;
+
+impl From<Error> for ApiError {
+    fn from(error: Error) -> Self {
+        match &error {
+            Error::Invalid(message) => Self::bad_request("invalid_request", message.clone()),
+            Error::NotFound(_) => Self::not_found(error.to_string()),
+            Error::WrongState { .. } => {
+                Self::new(StatusCode::CONFLICT, "wrong_state", error.to_string())
+            }
+            Error::NoIdle => Self::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "no_idle_instance",
+                "no idle instance available; the pool is refilling, try again shortly",
+            )
+            .retry_after(NO_IDLE_RETRY_AFTER),
+            Error::Runtime { .. } | Error::ClaimFailed { .. } => {
+                Self::new(StatusCode::BAD_GATEWAY, "runtime_failed", error.to_string())
+            }
+            Error::Provider { .. } => {
+                Self::new(StatusCode::BAD_GATEWAY, "provider_failed", error.to_string())
+            }
+            Error::Db(sqlx::Error::PoolTimedOut | sqlx::Error::Io(_) | sqlx::Error::PoolClosed) => {
+                tracing::error!(%error, "database unavailable");
+                Self::new(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "database_unavailable",
+                    "database unavailable, try again shortly",
+                )
+                .retry_after(1)
+            }
+            Error::Db(_) | Error::Migrate(_) | Error::Config(_) | Error::Io { .. } => {
+                tracing::error!(%error, "internal error");
+                Self::new(
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    "internal",
+                    "internal error",
+                )
+            }
+        }
+    }
+}
+
+impl From<BytesRejection> for ApiError {
+    fn from(rejection: BytesRejection) -> Self {
+        let status = rejection.status();
+        if status == StatusCode::PAYLOAD_TOO_LARGE {
+            Self::new(status, "body_too_large", "request body too large")
+        } else {
+            Self::bad_request("bad_body", rejection.body_text())
+        }
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let mut response = (
+            self.status,
+            Json(json!({"error": self.message, "code": self.code})),
+        )
+            .into_response();
+        if let Some(seconds) = self.retry_after {
+            response
+                .headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from(seconds));
+        }
+        response
+    }
+}
+
+pub type ApiResult<T> = Result<T, ApiError>;

@@ -1,0 +1,188 @@
+use std::collections::BTreeMap;
+
+use axum::extract::State;
+use axum::http::Request;
+use axum::Json;
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+use serde_json::{json, Value};
+
+use agentpool_core::domain::{Instance, InstanceStatus};
+use agentpool_core::tick::{self, Mode, TickReport};
+use agentpool_core::instances;
+
+use crate::auth::{identify, Caller};
+use crate::error::{ApiError, ApiResult};
+use crate::extract::{JsonBody, OptionalJsonBody};
+use crate::state::AppState;
+
+/// The most instances one replenish or drain request may ask for.
+const MAX_BATCH: u32 = 100;
+
+async fn counts_json(state: &AppState) -> ApiResult<BTreeMap<InstanceStatus, i64>> {
+    Ok(instances::counts(&state.pool.db).await?)
+}
+
+/// `GET /api/pool/counts` (public).
+pub async fn counts(State(state): State<AppState>) -> ApiResult<Json<BTreeMap<InstanceStatus, i64>>> {
+    counts_json(&state).await.map(Json)
+}
+
+/// An instance as an operator sees it. Never the gateway token.
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct InstanceView<'a> {
+    id: &'a str,
+    name: &'a str,
+    url: Option<&'a str>,
+    status: InstanceStatus,
+    status_since: DateTime<Utc>,
+    agent_name: Option<&'a str>,
+    instructions: Option<&'a str>,
+    join_url: Option<&'a str>,
+    conversation_id: Option<&'a str>,
+    invite_url: Option<&'a str>,
+    template_id: Option<&'a str>,
+    health_failures: i32,
+    destroy_attempts: i32,
+    last_error: Option<&'a str>,
+    created_at: DateTime<Utc>,
+    claimed_at: Option<DateTime<Utc>>,
+}
+
+impl<'a> From<&'a Instance> for InstanceView<'a> {
+    fn from(i: &'a Instance) -> Self {
+        Self {
+            id: &i.id,
+            name: &i.name,
+            url: i.url.as_deref(),
+            status: i.status,
+            status_since: i.status_since,
+            agent_name: i.agent_name.as_deref(),
+            instructions: i.instructions.as_deref(),
+            join_url: i.join_url.as_deref(),
+            conversation_id: i.conversation_id.as_deref(),
+            invite_url: i.invite_url.as_deref(),
+            template_id: i.template_id.as_deref(),
+            health_failures: i.health_failures,
+            destroy_attempts: i.destroy_attempts,
+            last_error: i.last_error.as_deref(),
+            created_at: i.created_at,
+            claimed_at: i.claimed_at,
+        }
+    }
+}
+
+/// What anyone may see of an agent: its name, state and times.
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct PublicAgent<'a> {
+    agent_name: Option<&'a str>,
+    status: InstanceStatus,
+    status_since: DateTime<Utc>,
+    created_at: DateTime<Utc>,
+    claimed_at: Option<DateTime<Utc>>,
+}
+
+/// `GET /api/pool/agents` (public): every instance, grouped by status. With the API key, the
+/// operator's view of each.
+pub async fn agents(State(state): State<AppState>, request: Request<axum::body::Body>) -> ApiResult<Json<Value>> {
+    let caller = identify(&state, &request, false)?;
+    let all = instances::list(&state.pool.db).await?;
+    let mut grouped: BTreeMap<InstanceStatus, Vec<Value>> =
+        InstanceStatus::ALL.into_iter().map(|s| (s, Vec::new())).collect();
+    for instance in &all {
+        let entry = match caller {
+            Caller::Operator => serde_json::to_value(InstanceView::from(instance)),
+            Caller::Anonymous => serde_json::to_value(PublicAgent {
+                agent_name: instance.agent_name.as_deref(),
+                status: instance.status,
+                status_since: instance.status_since,
+                created_at: instance.created_at,
+                claimed_at: instance.claimed_at,
+            }),
+        };
+        if let (Ok(entry), Some(group)) = (entry, grouped.get_mut(&instance.status)) {
+            group.push(entry);
+        }
+    }
+    Ok(Json(json!(grouped)))
+}
+
+/// `GET /api/pool/info` (public): nothing secret, by construction.
+pub async fn info(State(state): State<AppState>) -> Json<Value> {
+    let s = &state.pool.settings;
+    Json(json!({
+        "version": crate::VERSION,
+        "environment": s.pool_environment,
+        "branch": s.railway_git_branch,
+        "model": s.openclaw_primary_model,
+        "provider": s.pool_provider.as_str(),
+        "minIdle": s.pool_min_idle,
+        "maxTotal": s.pool_max_total,
+        "tickIntervalMs": s.tick_interval_ms,
+    }))
+}
+
+/// `GET /api/pool/status`: counts and every instance.
+pub async fn status(State(state): State<AppState>) -> ApiResult<Json<Value>> {
+    let all = instances::list(&state.pool.db).await?;
+    let views: Vec<InstanceView> = all.iter().map(InstanceView::from).collect();
+    Ok(Json(json!({"counts": counts_json(&state).await?, "instances": views})))
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct CountBody {
+    count: Option<u32>,
+}
+
+fn batch_size(count: Option<u32>) -> ApiResult<Option<u32>> {
+    match count {
+        Some(n) if n == 0 || n > MAX_BATCH => Err(ApiError::bad_request(
+            "invalid_request",
+            format!("count must be between 1 and {MAX_BATCH}"),
+        )),
+        other => Ok(other),
+    }
+}
+
+async fn with_counts(state: &AppState, report: TickReport) -> ApiResult<Json<Value>> {
+    let mut body = serde_json::to_value(&report).unwrap_or_else(|_| json!({}));
+    body["counts"] = json!(counts_json(state).await?);
+    Ok(Json(body))
+}
+
+/// `POST /api/pool/replenish`: a tick (poll + replenish), or with `{"count": N}` N new instances.
+pub async fn replenish(State(state): State<AppState>, OptionalJsonBody(body): OptionalJsonBody<CountBody>) -> ApiResult<Json<Value>> {
+    let report = match batch_size(body.count)? {
+        Some(count) => tick::create_now(&state.pool, count).await?,
+        None => tick::run(&state.pool, Mode::Full).await?,
+    };
+    with_counts(&state, report).await
+}
+
+/// `POST /api/pool/drain {"count": N}`: up to N idle instances go to `destroying`.
+pub async fn drain(State(state): State<AppState>, JsonBody(body): JsonBody<CountBody>) -> ApiResult<Json<Value>> {
+    let count = batch_size(body.count)?
+        .ok_or_else(|| ApiError::bad_request("invalid_request", "count is required"))?;
+    let ids = instances::drain(&state.pool.db, count).await?;
+    state.kicker.kick();
+    Ok(Json(json!({
+        "drained": ids.len(),
+        "instanceIds": ids,
+        "counts": counts_json(&state).await?,
+    })))
+}
+
+/// `POST /api/pool/reconcile`: check the fleet against the provider, clean up orphans.
+pub async fn reconcile(State(state): State<AppState>) -> ApiResult<Json<Value>> {
+    let report = tick::run(&state.pool, Mode::Reconcile).await?;
+    with_counts(&state, report).await
+}
+
+/// `POST /api/pool/tick`: one full tick, or `{"skipped": true}` if another one is running.
+pub async fn tick(State(state): State<AppState>) -> ApiResult<Json<Value>> {
+    let report = tick::run(&state.pool, Mode::Full).await?;
+    with_counts(&state, report).await
+}
