@@ -1,0 +1,385 @@
+//! Test harness: a real Postgres (started once per test process unless `DATABASE_URL` names one),
+//! a database per test, the real `agentpool` binary for stub agents and end-to-end runs, and an
+//! in-process API server per test on a free port.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::{Arc, OnceLock};
+use std::time::{Duration, SystemTime};
+
+use rand::distributions::{Alphanumeric, DistString};
+use reqwest::StatusCode;
+use serde_json::Value;
+use sqlx::PgPool;
+
+use agentpool::AppState;
+use agentpool_core::config::Secret;
+use agentpool_core::db::embedded::{create_database, EmbeddedPostgres};
+use agentpool_core::domain::{Instance, InstanceStatus};
+use agentpool_core::providers::local::LocalProvider;
+use agentpool_core::tick::{self, Mode, TickReport};
+use agentpool_core::{db, instances, Pool, Settings};
+
+const PG_DIR_PREFIX: &str = "agentpool-test-pg-";
+
+/// URL of a server where tests may create databases.
+fn admin_url() -> &'static str {
+    static URL: OnceLock<String> = OnceLock::new();
+    URL.get_or_init(|| {
+        if let Ok(url) = std::env::var("DATABASE_URL") {
+            return url;
+        }
+        sweep_stale_clusters();
+        let root = tempfile::Builder::new()
+            .prefix(PG_DIR_PREFIX)
+            .tempdir()
+            .expect("temp dir for test postgres")
+            .keep();
+        let server = EmbeddedPostgres::start(&root).expect("start test postgres");
+        let url = server.url("postgres");
+        // The server lives as long as this test process; its parent-death signal stops it after.
+        std::mem::forget(server);
+        url
+    })
+}
+
+/// Removes clusters left by earlier test processes (their servers died with them).
+fn sweep_stale_clusters() {
+    let Ok(entries) = std::fs::read_dir(std::env::temp_dir()) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let path = entry.path();
+        let is_ours = path
+            .file_name()
+            .and_then(|n| n.to_str())
+            .is_some_and(|n| n.starts_with(PG_DIR_PREFIX));
+        let old = entry
+            .metadata()
+            .and_then(|m| m.modified())
+            .ok()
+            .and_then(|t| SystemTime::now().duration_since(t).ok())
+            .is_some_and(|age| age > Duration::from_secs(600));
+        let server_alive = std::fs::read_to_string(path.join("data/postmaster.pid"))
+            .ok()
+            .and_then(|text| text.lines().next()?.trim().parse::<i32>().ok())
+            .is_some_and(|pid| Path::new(&format!("/proc/{pid}")).exists());
+        if is_ours && old && !server_alive {
+            let _ = std::fs::remove_dir_all(&path);
+        }
+    }
+}
+
+fn random_name(prefix: &str) -> String {
+    format!(
+        "{prefix}{}",
+        Alphanumeric
+            .sample_string(&mut rand::thread_rng(), 12)
+            .to_ascii_lowercase()
+    )
+}
+
+/// A fresh, migrated database of its own.
+pub struct TestDb {
+    pub url: String,
+    pub pool: PgPool,
+}
+
+impl TestDb {
+    pub async fn new() -> Self {
+        let db = Self::empty().await;
+        db::migrate(&db.pool).await.expect("migrate");
+        db
+    }
+
+    /// A fresh database with no tables yet.
+    pub async fn empty() -> Self {
+        let admin = admin_url();
+        let name = random_name("t_");
+        create_database(admin, &name).await.expect("create test database");
+        let (base, _) = admin.rsplit_once('/').expect("database url has a path");
+        let url = format!("{base}/{name}");
+        let pool = db::connect(&url, 20).await.expect("connect to test database");
+        Self { url, pool }
+    }
+}
+
+/// The `agentpool` binary, built once per test process.
+pub fn agentpool_bin() -> &'static Path {
+    static BIN: OnceLock<PathBuf> = OnceLock::new();
+    BIN.get_or_init(|| {
+        if let Ok(bin) = std::env::var("AGENTPOOL_BIN") {
+            return PathBuf::from(bin);
+        }
+        // target/<profile>/deps/<this test> → target/<profile>
+        let exe = std::env::current_exe().expect("current exe");
+        let profile_dir = exe
+            .parent()
+            .and_then(Path::parent)
+            .expect("test binary lives in target/<profile>/deps")
+            .to_path_buf();
+        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+        let mut build = Command::new(cargo);
+        build.args(["build", "-q", "-p", "agentpool", "--bin", "agentpool"]);
+        if profile_dir.file_name().is_some_and(|n| n == "release") {
+            build.arg("--release");
+        }
+        let status = build.status().expect("run cargo build");
+        assert!(status.success(), "building agentpool failed");
+        profile_dir.join("agentpool")
+    })
+}
+
+/// Settings for a test: small pool, fast failure detection, everything else default.
+pub fn settings(database_url: &str, state_dir: &Path, overrides: &[(&str, &str)]) -> Settings {
+    let mut vars: Vec<(String, String)> = vec![
+        ("POOL_API_KEY".into(), random_name("key-")),
+        ("DATABASE_URL".into(), database_url.into()),
+        ("POOL_MIN_IDLE".into(), "3".into()),
+        ("POOL_MAX_TOTAL".into(), "10".into()),
+        ("HEALTH_FAILURE_THRESHOLD".into(), "1".into()),
+        ("HEALTH_TIMEOUT_MS".into(), "2000".into()),
+        ("LOCAL_STATE_DIR".into(), state_dir.display().to_string()),
+        ("LOCAL_AGENT_BIN".into(), agentpool_bin().display().to_string()),
+    ];
+    for (k, v) in overrides {
+        vars.retain(|(name, _)| name != k);
+        vars.push((k.to_string(), v.to_string()));
+    }
+    Settings::from_iter(vars).expect("test settings")
+}
+
+/// One pool under test: its own database, its own stub agents, its own API server.
+pub struct TestPool {
+    pub db: TestDb,
+    pub pool: Pool,
+    pub local: Arc<LocalProvider>,
+    pub base: String,
+    pub key: String,
+    pub http: reqwest::Client,
+    _state_dir: tempfile::TempDir,
+}
+
+impl TestPool {
+    pub async fn start() -> Self {
+        Self::with(&[], &[]).await
+    }
+
+    /// `overrides` are settings; `stub_env` is handed to every stub agent started.
+    pub async fn with(overrides: &[(&str, &str)], stub_env: &[(&str, &str)]) -> Self {
+        let db = TestDb::new().await;
+        let state_dir = tempfile::Builder::new()
+            .prefix("agentpool-test-agents-")
+            .tempdir()
+            .expect("state dir");
+        let settings = settings(&db.url, state_dir.path(), overrides);
+        let key = settings
+            .pool_api_key
+            .as_ref()
+            .map(|k| k.expose().to_string())
+            .expect("key set");
+        let local = Arc::new(
+            LocalProvider::new(
+                state_dir.path().to_path_buf(),
+                agentpool_bin().to_path_buf(),
+                stub_env
+                    .iter()
+                    .map(|(k, v)| (k.to_string(), v.to_string()))
+                    .collect(),
+            )
+            .expect("local provider"),
+        );
+        let pool = Pool::new(db.pool.clone(), settings, local.clone());
+        let state = AppState::new(pool.clone(), Secret::new(key.clone()));
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let base = format!("http://{}", listener.local_addr().expect("addr"));
+        tokio::spawn(async move {
+            let _ = axum::serve(listener, agentpool::router(state)).await;
+        });
+        Self {
+            db,
+            pool,
+            local,
+            base,
+            key,
+            http: reqwest::Client::new(),
+            _state_dir: state_dir,
+        }
+    }
+
+    pub async fn tick(&self) -> TickReport {
+        tick::run(&self.pool, Mode::Full).await.expect("tick")
+    }
+
+    /// Ticks until `n` instances are idle: one tick creates them, the next sees them ready.
+    pub async fn fill(&self, n: i64) {
+        for _ in 0..5 {
+            if self.count(InstanceStatus::Idle).await >= n {
+                return;
+            }
+            self.tick().await;
+        }
+        panic!(
+            "pool did not reach {n} idle: {:?}",
+            instances::counts(&self.pool.db).await
+        );
+    }
+
+    pub async fn count(&self, status: InstanceStatus) -> i64 {
+        instances::counts(&self.pool.db).await.expect("counts")[&status]
+    }
+
+    pub async fn instance(&self, id: &str) -> Option<Instance> {
+        instances::get(&self.pool.db, id).await.ok()
+    }
+
+    pub async fn ids(&self, status: InstanceStatus) -> Vec<String> {
+        sqlx::query_scalar("SELECT id FROM instances WHERE status = $1 ORDER BY created_at, id")
+            .bind(status.as_str())
+            .fetch_all(&self.pool.db)
+            .await
+            .expect("ids")
+    }
+
+    pub async fn gateway_token(&self, id: &str) -> String {
+        sqlx::query_scalar("SELECT gateway_token FROM instances WHERE id = $1")
+            .bind(id)
+            .fetch_one(&self.pool.db)
+            .await
+            .expect("gateway token")
+    }
+
+    pub fn name_of(&self, id: &str) -> String {
+        format!("{}{id}", self.pool.settings.pool_name_prefix)
+    }
+
+    pub fn pid_of(&self, id: &str) -> Option<i32> {
+        self.local.pid_of(&self.name_of(id))
+    }
+
+    /// Switches faults on a stub agent (`POST /stub/faults`).
+    pub async fn fault(&self, id: &str, faults: Value) {
+        let instance = self.instance(id).await.expect("instance exists");
+        let url = instance.url.expect("instance has a url");
+        let response = self
+            .http
+            .post(format!("{url}/stub/faults"))
+            .bearer_auth(self.gateway_token(id).await)
+            .json(&faults)
+            .send()
+            .await
+            .expect("fault request");
+        assert!(response.status().is_success(), "fault refused: {response:?}");
+    }
+
+    /// Kills a stub agent behind the pool's back and waits until the provider sees it gone.
+    pub async fn kill_agent(&self, id: &str) {
+        let pid = self.pid_of(id).expect("agent is alive");
+        nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(pid),
+            nix::sys::signal::Signal::SIGKILL,
+        )
+        .expect("kill agent");
+        wait_until(Duration::from_secs(10), || async { self.pid_of(id).is_none() }).await;
+    }
+
+    pub async fn events(&self, id: &str) -> Vec<(Option<String>, String)> {
+        sqlx::query_as(
+            "SELECT from_status, to_status FROM instance_events WHERE instance_id = $1 ORDER BY id",
+        )
+        .bind(id)
+        .fetch_all(&self.pool.db)
+        .await
+        .expect("events")
+    }
+
+    pub async fn get(&self, path: &str) -> (StatusCode, Value) {
+        self.send(self.http.get(self.url(path)).bearer_auth(&self.key))
+            .await
+    }
+
+    pub async fn get_public(&self, path: &str) -> (StatusCode, Value) {
+        self.send(self.http.get(self.url(path))).await
+    }
+
+    pub async fn post(&self, path: &str, body: Value) -> (StatusCode, Value) {
+        self.send(
+            self.http
+                .post(self.url(path))
+                .bearer_auth(&self.key)
+                .json(&body),
+        )
+        .await
+    }
+
+    pub async fn delete(&self, path: &str) -> (StatusCode, Value) {
+        self.send(self.http.delete(self.url(path)).bearer_auth(&self.key))
+            .await
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("{}{path}", self.base)
+    }
+
+    /// Sends and reads the body as JSON; a body that is not JSON fails the test.
+    pub async fn send(&self, request: reqwest::RequestBuilder) -> (StatusCode, Value) {
+        let response = request.send().await.expect("request sent");
+        let status = response.status();
+        let text = response.text().await.expect("body read");
+        let json = serde_json::from_str(&text)
+            .unwrap_or_else(|e| panic!("{status}: body is not JSON ({e}): {text}"));
+        (status, json)
+    }
+
+    pub async fn claim(&self, name: &str) -> (StatusCode, Value) {
+        self.post(
+            "/api/pool/claim",
+            serde_json::json!({"agentName": name, "instructions": "Be helpful."}),
+        )
+        .await
+    }
+
+    /// Ids claimed more than once, according to the event history.
+    pub async fn double_claims(&self) -> Vec<String> {
+        sqlx::query_scalar(
+            "SELECT instance_id FROM instance_events WHERE to_status = 'claimed'
+              GROUP BY instance_id HAVING count(*) > 1",
+        )
+        .fetch_all(&self.pool.db)
+        .await
+        .expect("double claims")
+    }
+}
+
+impl Drop for TestPool {
+    fn drop(&mut self) {
+        self.local.kill_all();
+    }
+}
+
+/// Awaits a condition, checking every few milliseconds; fails the test past `limit`.
+pub async fn wait_until<F, Fut>(limit: Duration, mut condition: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = tokio::time::Instant::now() + limit;
+    while !condition().await {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "condition not met within {limit:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// True while a process with this pid exists and is not a zombie.
+pub fn process_alive(pid: i32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|stat| {
+        stat.rsplit_once(')')
+            .and_then(|(_, rest)| rest.trim_start().chars().next())
+            .is_some_and(|state| state != 'Z' && state != 'X')
+    })
+}

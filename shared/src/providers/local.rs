@@ -109,6 +109,16 @@ impl LocalProvider {
         Ok(count)
     }
 
+    /// Kills every agent this state directory knows of at once, without waiting. For teardown
+    /// paths that cannot wait (a test's `Drop`).
+    pub fn kill_all(&self) {
+        for record in self.records().unwrap_or_default() {
+            if is_alive(&record) {
+                let _ = kill(Pid::from_raw(record.pid), Signal::SIGKILL);
+            }
+        }
+    }
+
     /// The pid of a live agent, for tests that kill one behind the pool's back.
     pub fn pid_of(&self, name: &str) -> Option<i32> {
         self.read_record(name)

@@ -1,0 +1,195 @@
+//! The claim path against a real Postgres and real stub agents.
+
+use std::collections::HashSet;
+
+use agentpool_core::domain::InstanceStatus::*;
+use agentpool_tests::TestPool;
+use reqwest::StatusCode;
+use serde_json::json;
+
+#[tokio::test]
+async fn claim_creates_a_conversation_and_returns_seed_000_fields() {
+    let t = TestPool::start().await;
+    t.fill(3).await;
+
+    let (status, body) = t.claim("tokyo-trip-planner").await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let mut keys: Vec<&str> = body.as_object().unwrap().keys().map(String::as_str).collect();
+    keys.sort();
+    assert_eq!(
+        keys,
+        ["conversationId", "gatewayToken", "gatewayUrl", "instanceId", "inviteUrl", "joined"]
+    );
+    assert_eq!(body["joined"], false);
+    let id = body["instanceId"].as_str().unwrap();
+    let token = body["gatewayToken"].as_str().unwrap();
+    assert_eq!(token.len(), 64);
+    assert_eq!(token, t.gateway_token(id).await);
+
+    let instance = t.instance(id).await.unwrap();
+    assert_eq!(instance.status, Claimed);
+    assert_eq!(instance.agent_name.as_deref(), Some("tokyo-trip-planner"));
+    assert_eq!(instance.conversation_id.as_deref(), body["conversationId"].as_str());
+    assert_eq!(instance.invite_url.as_deref(), body["inviteUrl"].as_str());
+    assert_eq!(Some(body["gatewayUrl"].as_str().unwrap()), instance.url.as_deref());
+    assert!(instance.claimed_at.is_some());
+    let events: Vec<String> = t.events(id).await.into_iter().map(|(_, to)| to).collect();
+    assert_eq!(events, ["starting", "idle", "claiming", "claimed"]);
+
+    // The runtime really was provisioned: a second provision is refused by the stub.
+    let again = t
+        .http
+        .post(format!("{}/pool/provision", instance.url.unwrap()))
+        .bearer_auth(token)
+        .json(&json!({"agentName": "x", "instructions": "y"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(again.status(), StatusCode::CONFLICT);
+}
+
+#[tokio::test]
+async fn claim_with_join_url_joins_the_existing_conversation() {
+    let t = TestPool::start().await;
+    t.fill(1).await;
+    let join = "https://dev.convos.org/v2?i=existing-conversation";
+    let (status, body) = t
+        .post(
+            "/api/pool/claim",
+            json!({"agentName": "joiner", "instructions": "Join.", "joinUrl": join}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(body["joined"], true);
+    assert_eq!(body["conversationId"], "existing-conversation");
+    assert_eq!(body["inviteUrl"], join);
+    let instance = t.instance(body["instanceId"].as_str().unwrap()).await.unwrap();
+    assert_eq!(instance.join_url.as_deref(), Some(join));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn fifty_concurrent_claims_on_ten_idle_instances() {
+    let t = TestPool::with(&[("POOL_MIN_IDLE", "10"), ("POOL_MAX_TOTAL", "10")], &[]).await;
+    t.fill(10).await;
+
+    let claims = (0..50).map(|i| {
+        let request = t
+            .http
+            .post(t.url("/api/pool/claim"))
+            .bearer_auth(&t.key)
+            .json(&json!({"agentName": format!("agent-{i}"), "instructions": "Go."}));
+        async move {
+            let response = request.send().await.unwrap();
+            let status = response.status();
+            let retry_after = response.headers().get("retry-after").cloned();
+            let body: serde_json::Value = response.json().await.unwrap();
+            (status, retry_after, body)
+        }
+    });
+    let results = futures::future::join_all(claims).await;
+
+    let ok: Vec<_> = results.iter().filter(|(s, _, _)| *s == StatusCode::OK).collect();
+    let unavailable: Vec<_> = results
+        .iter()
+        .filter(|(s, _, _)| *s == StatusCode::SERVICE_UNAVAILABLE)
+        .collect();
+    assert_eq!(ok.len(), 10, "{results:?}");
+    assert_eq!(unavailable.len(), 40, "{results:?}");
+    for (_, retry_after, body) in &unavailable {
+        assert!(retry_after.is_some(), "503 without Retry-After");
+        assert_eq!(body["code"], "no_idle_instance");
+    }
+    let handed_out: HashSet<&str> = ok.iter().map(|(_, _, b)| b["instanceId"].as_str().unwrap()).collect();
+    assert_eq!(handed_out.len(), 10, "an instance was handed out twice");
+    let conversations: HashSet<&str> =
+        ok.iter().map(|(_, _, b)| b["conversationId"].as_str().unwrap()).collect();
+    assert_eq!(conversations.len(), 10);
+    assert_eq!(t.count(Claimed).await, 10);
+    assert_eq!(t.count(Claiming).await, 0);
+    assert!(t.double_claims().await.is_empty());
+}
+
+#[tokio::test]
+async fn a_failing_runtime_is_destroyed_and_the_claim_moves_on() {
+    let t = TestPool::start().await;
+    t.fill(3).await;
+    let idle = t.ids(Idle).await;
+    // The two oldest (claimed first) fail; the third answers.
+    for id in &idle[..2] {
+        t.fault(id, json!({"provision": "fail"})).await;
+    }
+
+    let (status, body) = t.claim("survivor").await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(body["instanceId"], idle[2].as_str());
+    for id in &idle[..2] {
+        let instance = t.instance(id).await.unwrap();
+        assert_eq!(instance.status, Destroying, "a failed runtime must never go back to idle");
+        assert!(instance.last_error.unwrap().contains("500"));
+    }
+    assert_eq!(t.count(Claiming).await, 0);
+    assert_eq!(t.count(Claimed).await, 1);
+
+    // The next tick destroys the failed ones and refills.
+    let report = t.tick().await;
+    assert_eq!(report.destroyed.len(), 2, "{report:?}");
+    for id in &idle[..2] {
+        assert!(t.instance(id).await.is_none());
+        assert!(t.pid_of(id).is_none(), "stub agent of {id} still running");
+    }
+    assert_eq!(report.created.len(), 3, "{report:?}");
+}
+
+#[tokio::test]
+async fn every_runtime_failing_answers_502_and_leaves_nothing_claiming() {
+    let t = TestPool::with(&[("CLAIM_MAX_ATTEMPTS", "2")], &[("STUB_FAIL_PROVISION", "true")]).await;
+    t.fill(3).await;
+    let (status, body) = t.claim("doomed").await;
+    assert_eq!(status, StatusCode::BAD_GATEWAY, "{body}");
+    assert_eq!(body["code"], "runtime_failed");
+    assert_eq!(t.count(Destroying).await, 2, "two attempts, two instances sent to destroying");
+    assert_eq!(t.count(Idle).await, 1);
+    assert_eq!(t.count(Claiming).await, 0);
+    assert_eq!(t.count(Claimed).await, 0);
+}
+
+#[tokio::test]
+async fn a_stalled_claimer_cannot_overwrite_the_reaper() {
+    // The runtime answers only after another replica's tick has reaped the claim.
+    let t = TestPool::start().await;
+    t.fill(3).await;
+    let id = t.ids(Idle).await.remove(0);
+    t.fault(&id, json!({"provisionDelayMs": 1000})).await;
+
+    let claim = tokio::spawn({
+        let request = t
+            .http
+            .post(t.url("/api/pool/claim"))
+            .bearer_auth(&t.key)
+            .json(&json!({"agentName": "slow", "instructions": "Wait."}));
+        async move { request.send().await.unwrap() }
+    });
+    agentpool_tests::wait_until(std::time::Duration::from_secs(5), || async {
+        t.count(Claiming).await == 1
+    })
+    .await;
+    let reaped = agentpool_core::instances::transition(
+        &t.pool.db,
+        Claiming,
+        Destroying,
+        &[(id.clone(), "claim timed out".into())],
+        agentpool_core::domain::Actor::Tick,
+    )
+    .await
+    .unwrap();
+    assert_eq!(reaped, [id.clone()]);
+
+    // The fenced claim gives that instance up and moves on to the next idle one.
+    let response = claim.await.unwrap();
+    assert_eq!(response.status(), StatusCode::OK);
+    let body: serde_json::Value = response.json().await.unwrap();
+    assert_ne!(body["instanceId"], id.as_str(), "{body}");
+    assert_eq!(t.instance(&id).await.unwrap().status, Destroying, "the reaper's decision stands");
+    let to: Vec<String> = t.events(&id).await.into_iter().map(|(_, to)| to).collect();
+    assert!(!to.contains(&"claimed".to_string()), "{to:?}");
+}
