@@ -12,7 +12,8 @@
 //! | `STUB_FAIL_PROVISION` | `true`: every provision answers 500 |
 //!
 //! Faults can also be switched at run time with `POST /stub/faults` (Bearer):
-//! `{"provision": "fail"|"ok", "health": "fail"|"ok", "exit": true, "provisionDelayMs": n}`.
+//! `{"provision": "fail"|"ok", "health": "fail"|"ok", "exit": true, "provisionDelayMs": n,
+//! "healthDelayMs": n}`.
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -71,6 +72,7 @@ struct Stub {
     ready_at: Instant,
     fail_provision: AtomicBool,
     fail_health: AtomicBool,
+    health_delay_ms: AtomicU64,
     provision_delay_ms: AtomicU64,
     /// One conversation per agent: a second provision is refused, which makes a double claim loud.
     conversation: Mutex<Option<String>>,
@@ -96,6 +98,10 @@ fn unauthorized() -> Response {
 }
 
 async fn health(State(stub): State<Arc<Stub>>) -> Response {
+    let delay = stub.health_delay_ms.load(Ordering::Relaxed);
+    if delay > 0 {
+        tokio::time::sleep(Duration::from_millis(delay)).await;
+    }
     let ready = Instant::now() >= stub.ready_at && !stub.fail_health.load(Ordering::Relaxed);
     let body = json!({
         "ready": ready,
@@ -198,6 +204,7 @@ struct Faults {
     provision: Option<Switch>,
     health: Option<Switch>,
     provision_delay_ms: Option<u64>,
+    health_delay_ms: Option<u64>,
     #[serde(default)]
     exit: bool,
 }
@@ -232,6 +239,9 @@ async fn faults(
         stub.fail_health
             .store(matches!(switch, Switch::Fail), Ordering::Relaxed);
     }
+    if let Some(ms) = faults.health_delay_ms {
+        stub.health_delay_ms.store(ms, Ordering::Relaxed);
+    }
     if let Some(ms) = faults.provision_delay_ms {
         stub.provision_delay_ms.store(ms, Ordering::Relaxed);
     }
@@ -249,6 +259,7 @@ pub async fn run(addr: SocketAddr, settings: StubSettings) -> std::io::Result<()
         ready_at: Instant::now() + settings.ready_delay,
         fail_provision: AtomicBool::new(settings.fail_provision),
         fail_health: AtomicBool::new(false),
+        health_delay_ms: AtomicU64::new(0),
         provision_delay_ms: AtomicU64::new(settings.provision_delay.as_millis() as u64),
         conversation: Mutex::new(None),
         exit: tokio::sync::Notify::new(),
