@@ -94,20 +94,17 @@ async fn serve(
         Some(server) => format!("{} (throwaway, pid {})", server.url("agentpool"), server.pid()),
         None => "DATABASE_URL".to_string(),
     };
-    // The banner is for a person at a terminal; dev prints the API key by design.
-    println!("agentpool dev");
-    println!("  listening on {base}");
-    println!("  api key:     {} ({key_note})", api_key.expose());
-    println!("  database:    {database}");
-    println!("  agents:      {state_dir}");
-    println!();
-    println!("  curl -s {base}/api/pool/counts");
-    println!(
-        "  curl -s -X POST {base}/api/pool/claim -H 'Authorization: Bearer {}' \\\n    -d '{{\"agentName\":\"demo\",\"instructions\":\"Say hello.\"}}'",
-        api_key.expose()
+    // The banner is for a person at a terminal; dev prints the API key by design. A closed
+    // stdout is no reason to stop serving, so write errors are ignored.
+    let key = api_key.expose();
+    let banner = format!(
+        "agentpool dev\n  listening on {base}\n  api key:     {key} ({key_note})\n  database:    {database}\n  agents:      {state_dir}\n\n  curl -s {base}/api/pool/counts\n  curl -s -X POST {base}/api/pool/claim -H 'Authorization: Bearer {key}' \\\n    -d '{{\"agentName\":\"demo\",\"instructions\":\"Say hello.\"}}'\n\nCtrl-C stops everything.\n"
     );
-    println!();
-    println!("Ctrl-C stops everything.");
+    {
+        use std::io::Write;
+        let mut out = std::io::stdout().lock();
+        let _ = out.write_all(banner.as_bytes()).and_then(|_| out.flush());
+    }
 
     let (stop, stopped) = tokio::sync::watch::channel(false);
     let kicker = state.kicker.clone();

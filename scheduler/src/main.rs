@@ -30,7 +30,8 @@ async fn main() -> ExitCode {
 
 async fn run() -> anyhow::Result<()> {
     let settings = Settings::from_env()?;
-    let interval = settings.tick_interval();
+    // tokio-cron-scheduler counts repeats in whole seconds: a shorter interval would not repeat.
+    let interval = settings.tick_interval().max(std::time::Duration::from_secs(1));
     let pool = Pool::connect(settings).await?;
     let scheduler = JobScheduler::new().await?;
     scheduler

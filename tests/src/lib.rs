@@ -104,7 +104,12 @@ impl TestDb {
     }
 }
 
-/// The `agentpool` binary, built once per test process.
+/// The `agentpool-scheduler` binary, next to `agentpool`.
+pub fn scheduler_bin() -> PathBuf {
+    agentpool_bin().with_file_name("agentpool-scheduler")
+}
+
+/// The `agentpool` (and `agentpool-scheduler`) binary, built once per test process.
 pub fn agentpool_bin() -> &'static Path {
     static BIN: OnceLock<PathBuf> = OnceLock::new();
     BIN.get_or_init(|| {
@@ -120,7 +125,7 @@ pub fn agentpool_bin() -> &'static Path {
             .to_path_buf();
         let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
         let mut build = Command::new(cargo);
-        build.args(["build", "-q", "-p", "agentpool", "--bin", "agentpool"]);
+        build.args(["build", "-q", "-p", "agentpool", "-p", "agentpool-scheduler", "--bins"]);
         // Cargo sets these for the test process; passed on, they make the build look dirty and
         // relink what the outer `cargo test` just built.
         for (name, _) in std::env::vars_os() {

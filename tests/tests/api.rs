@@ -1,0 +1,217 @@
+//! HTTP contract: JSON errors with the right status, auth rules, no secrets on public routes.
+
+use agentpool_core::domain::InstanceStatus::*;
+use agentpool_tests::TestPool;
+use reqwest::StatusCode;
+use serde_json::{json, Value};
+
+fn assert_error(status: StatusCode, body: &Value, expected: StatusCode, code: &str) {
+    assert_eq!(status, expected, "{body}");
+    assert_eq!(body["code"], code, "{body}");
+    assert!(body["error"].as_str().is_some_and(|m| !m.is_empty()), "{body}");
+}
+
+#[tokio::test]
+async fn public_routes_answer_without_a_key() {
+    let t = TestPool::start().await;
+    t.fill(3).await;
+    let (status, body) = t.get_public("/healthz").await;
+    assert_eq!((status, body), (StatusCode::OK, json!({"ok": true})));
+    let (status, body) = t.get_public("/version").await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(body["environment"], "dev");
+    let (status, body) = t.get_public("/api/pool/counts").await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(body["idle"], 3);
+    assert_eq!(body["claimed"], 0);
+    let (status, body) = t.get_public("/api/pool/info").await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(body["provider"], "local");
+    assert_eq!(body["minIdle"], 3);
+}
+
+#[tokio::test]
+async fn public_agents_show_names_status_and_times_only() {
+    let t = TestPool::start().await;
+    t.fill(3).await;
+    let (status, claim) = t.claim("public-agent").await;
+    assert_eq!(status, StatusCode::OK);
+    let token = claim["gatewayToken"].as_str().unwrap();
+
+    let response = t.http.get(t.url("/api/pool/agents")).send().await.unwrap();
+    assert_eq!(response.status(), StatusCode::OK);
+    let text = response.text().await.unwrap();
+    for secret in [token, &t.key, claim["gatewayUrl"].as_str().unwrap(), claim["inviteUrl"].as_str().unwrap()] {
+        assert!(!text.contains(secret), "public /api/pool/agents leaks {secret}: {text}");
+    }
+    let body: Value = serde_json::from_str(&text).unwrap();
+    let claimed = body["claimed"].as_array().unwrap();
+    assert_eq!(claimed.len(), 1);
+    let mut keys: Vec<&str> = claimed[0].as_object().unwrap().keys().map(String::as_str).collect();
+    keys.sort();
+    assert_eq!(keys, ["agentName", "claimedAt", "createdAt", "status", "statusSince"]);
+    assert_eq!(claimed[0]["agentName"], "public-agent");
+
+    // With the key: the operator's view, still without the gateway token.
+    let (status, body) = t.get("/api/pool/agents").await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(body["claimed"][0]["inviteUrl"], claim["inviteUrl"]);
+    assert!(!body.to_string().contains(token));
+    let (_, status_body) = t.get("/api/pool/status").await;
+    assert_eq!(status_body["counts"]["claimed"], 1);
+    assert_eq!(status_body["instances"].as_array().unwrap().len(), 3);
+    assert!(!status_body.to_string().contains(token), "status leaks a gateway token");
+}
+
+#[tokio::test]
+async fn operator_routes_need_the_key_in_the_header() {
+    let t = TestPool::start().await;
+    let routes: [(&str, &str); 9] = [
+        ("GET", "/api/pool/status"),
+        ("POST", "/api/pool/claim"),
+        ("POST", "/api/pool/replenish"),
+        ("POST", "/api/pool/drain"),
+        ("POST", "/api/pool/reconcile"),
+        ("POST", "/api/pool/tick"),
+        ("DELETE", "/api/pool/instances/abc"),
+        ("DELETE", "/api/pool/crashed/abc"),
+        ("GET", "/api/pool/replenish/stream"),
+    ];
+    for (method, path) in routes {
+        let method: reqwest::Method = method.parse().unwrap();
+        let (status, body) = t.send(t.http.request(method.clone(), t.url(path))).await;
+        assert_error(status, &body, StatusCode::UNAUTHORIZED, "unauthorized");
+        let (status, body) = t
+            .send(t.http.request(method.clone(), t.url(path)).bearer_auth("wrong-key-wrong-key"))
+            .await;
+        assert_error(status, &body, StatusCode::UNAUTHORIZED, "unauthorized");
+        let (status, body) = t
+            .send(t.http.request(method.clone(), t.url(path)).header("authorization", format!("Basic {}", t.key)))
+            .await;
+        assert_error(status, &body, StatusCode::UNAUTHORIZED, "unauthorized");
+        if !path.ends_with("/stream") {
+            let (status, body) = t
+                .send(t.http.request(method, t.url(&format!("{path}?key={}", t.key))))
+                .await;
+            assert_error(status, &body, StatusCode::UNAUTHORIZED, "unauthorized");
+            assert!(body["error"].as_str().unwrap().contains("SSE"), "{body}");
+        }
+    }
+    // A wrong key on a public route is refused too, rather than silently ignored.
+    let (status, body) = t.send(t.http.get(t.url("/api/pool/agents")).bearer_auth("nope")).await;
+    assert_error(status, &body, StatusCode::UNAUTHORIZED, "unauthorized");
+}
+
+#[tokio::test]
+async fn the_sse_stream_accepts_the_key_in_the_query_and_streams_progress() {
+    let t = TestPool::start().await;
+    let response = t
+        .http
+        .get(t.url(&format!("/api/pool/replenish/stream?count=2&key={}", t.key)))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::OK);
+    assert_eq!(response.headers()["content-type"], "text/event-stream");
+    let text = response.text().await.unwrap();
+    let events: Vec<Value> = text
+        .lines()
+        .filter_map(|line| line.strip_prefix("data: "))
+        .map(|data| serde_json::from_str(data).unwrap())
+        .collect();
+    let complete = events.last().unwrap();
+    assert_eq!(complete["type"], "complete", "{text}");
+    assert_eq!(complete["created"], 2);
+    assert_eq!(complete["failed"], 0);
+    assert_eq!(events.iter().filter(|e| e["type"] == "instance").count(), 2);
+    assert!(events.iter().any(|e| e["step"] == "openrouter" && e["status"] == "skip"));
+    assert!(events.iter().any(|e| e["step"] == "local" && e["status"] == "ok"));
+    assert_eq!(t.count(Starting).await, 2);
+
+    let (status, body) = t
+        .send(t.http.get(t.url(&format!("/api/pool/replenish/stream?count=zero&key={}", t.key))))
+        .await;
+    assert_error(status, &body, StatusCode::BAD_REQUEST, "invalid_request");
+}
+
+#[tokio::test]
+async fn client_mistakes_get_4xx_json_and_change_nothing() {
+    let t = TestPool::start().await;
+    t.fill(3).await;
+    let claim = |body: &'static str| {
+        t.http
+            .post(t.url("/api/pool/claim"))
+            .bearer_auth(&t.key)
+            .header("content-type", "application/json")
+            .body(body)
+    };
+    let cases: [(&str, &str); 12] = [
+        ("{not json", "bad_json"),
+        ("", "bad_json"),
+        ("[1,2]", "invalid_request"),
+        (r#"{"instructions": "x"}"#, "invalid_request"),
+        (r#"{"agentName": "a"}"#, "invalid_request"),
+        (r#"{"agentName": 7, "instructions": "x"}"#, "invalid_request"),
+        (r#"{"agentName": "", "instructions": "x"}"#, "invalid_request"),
+        (r#"{"agentName": "a", "instructions": "   "}"#, "invalid_request"),
+        (r#"{"agentName": "a", "instructions": "x", "joinUrl": "ftp://x"}"#, "invalid_request"),
+        (r#"{"agentName": "a", "instructions": "x", "joinUrl": 3}"#, "invalid_request"),
+        (r#"{"agentName": "a", "instructions": "x", "colour": "red"}"#, "invalid_request"),
+        (r#"{"agentName": "a", "instructions": "x", "metadata": "flat"}"#, "invalid_request"),
+    ];
+    for (body, code) in cases {
+        let (status, json) = t.send(claim(body)).await;
+        assert_error(status, &json, StatusCode::BAD_REQUEST, code);
+    }
+    let long_name = format!(r#"{{"agentName": "{}", "instructions": "x"}}"#, "n".repeat(101));
+    let (status, json) = t
+        .send(t.http.post(t.url("/api/pool/claim")).bearer_auth(&t.key).body(long_name))
+        .await;
+    assert_error(status, &json, StatusCode::BAD_REQUEST, "invalid_request");
+    let huge = format!(r#"{{"agentName": "a", "instructions": "{}"}}"#, "x".repeat(300 * 1024));
+    let (status, json) = t
+        .send(t.http.post(t.url("/api/pool/claim")).bearer_auth(&t.key).body(huge))
+        .await;
+    assert_error(status, &json, StatusCode::PAYLOAD_TOO_LARGE, "body_too_large");
+    assert_eq!(t.count(Idle).await, 3, "a rejected claim consumed an instance");
+
+    for (path, body) in [
+        ("/api/pool/drain", json!({})),
+        ("/api/pool/drain", json!({"count": 0})),
+        ("/api/pool/drain", json!({"count": -1})),
+        ("/api/pool/drain", json!({"count": "2"})),
+        ("/api/pool/replenish", json!({"count": 101})),
+        ("/api/pool/replenish", json!({"count": 1.5})),
+    ] {
+        let (status, json) = t.post(path, body.clone()).await;
+        assert_error(status, &json, StatusCode::BAD_REQUEST, "invalid_request");
+    }
+    assert_eq!(t.count(Idle).await, 3);
+    assert_eq!(t.count(Starting).await, 0);
+
+    let (status, body) = t.get("/api/pool/nope").await;
+    assert_error(status, &body, StatusCode::NOT_FOUND, "not_found");
+    let (status, body) = t.delete("/api/pool/instances/unknownid123").await;
+    assert_error(status, &body, StatusCode::NOT_FOUND, "not_found");
+    let (status, body) = t.delete("/api/pool/instances/..%2F..%2Fetc").await;
+    assert_error(status, &body, StatusCode::NOT_FOUND, "not_found");
+    let (status, body) = t.send(t.http.put(t.url("/api/pool/claim")).bearer_auth(&t.key)).await;
+    assert_error(status, &body, StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed");
+}
+
+#[tokio::test]
+async fn nothing_idle_is_503_with_retry_after() {
+    let t = TestPool::with(&[("POOL_MIN_IDLE", "0")], &[]).await;
+    let response = t
+        .http
+        .post(t.url("/api/pool/claim"))
+        .bearer_auth(&t.key)
+        .json(&json!({"agentName": "a", "instructions": "b"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::SERVICE_UNAVAILABLE);
+    assert!(response.headers().contains_key("retry-after"));
+    let body: Value = response.json().await.unwrap();
+    assert_eq!(body["code"], "no_idle_instance");
+}

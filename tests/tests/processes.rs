@@ -1,0 +1,260 @@
+//! The real binaries: `agentpool dev`, `serve`, `tick`, `migrate` and `agentpool-scheduler`.
+
+use std::io::{BufRead, BufReader};
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use agentpool_core::domain::InstanceStatus;
+use agentpool_core::instances;
+use agentpool_core::providers::local::LocalProvider;
+use agentpool_tests::{agentpool_bin, process_alive, scheduler_bin, wait_until, TestDb};
+use nix::sys::signal::{kill, Signal};
+use nix::unistd::Pid;
+use reqwest::StatusCode;
+use serde_json::Value;
+
+/// A command with nothing from this environment but PATH and HOME: no stray DATABASE_URL.
+fn clean(bin: &std::path::Path) -> Command {
+    let mut command = Command::new(bin);
+    command.env_clear();
+    for var in ["PATH", "HOME", "TMPDIR"] {
+        if let Some(value) = std::env::var_os(var) {
+            command.env(var, value);
+        }
+    }
+    command.env("RUST_LOG", "warn");
+    command
+}
+
+/// Every descendant of `pid`, from /proc.
+fn descendants(pid: i32) -> Vec<i32> {
+    let parents: Vec<(i32, i32)> = std::fs::read_dir("/proc")
+        .unwrap()
+        .flatten()
+        .filter_map(|entry| {
+            let child: i32 = entry.file_name().to_str()?.parse().ok()?;
+            let stat = std::fs::read_to_string(entry.path().join("stat")).ok()?;
+            let parent = stat.rsplit_once(')')?.1.split_whitespace().nth(1)?.parse().ok()?;
+            Some((child, parent))
+        })
+        .collect();
+    let mut found = vec![pid];
+    let mut i = 0;
+    while i < found.len() {
+        let current = found[i];
+        found.extend(parents.iter().filter(|(_, p)| *p == current).map(|(c, _)| *c));
+        i += 1;
+    }
+    found.remove(0);
+    found
+}
+
+/// Kills a child process when the test ends, passed or failed.
+struct Guarded(Child);
+
+impl Drop for Guarded {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// Kills the stub agents of a state directory when the test ends.
+struct KillAgents<'a>(&'a LocalProvider);
+
+impl Drop for KillAgents<'_> {
+    fn drop(&mut self) {
+        self.0.kill_all();
+    }
+}
+
+fn wait_exit(child: &mut Child, limit: Duration) -> std::process::ExitStatus {
+    let deadline = std::time::Instant::now() + limit;
+    loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            return status;
+        }
+        if std::time::Instant::now() > deadline {
+            let _ = child.kill();
+            panic!("process {} did not exit within {limit:?}", child.id());
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dev_serves_claimable_agents_and_leaves_nothing_behind() {
+    let mut dev = Guarded(
+        clean(agentpool_bin())
+            .arg("dev")
+            .env("PORT", "0")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    let pid = dev.0.id() as i32;
+    let stdout = dev.0.stdout.take().unwrap();
+    let (base, key) = tokio::task::spawn_blocking(move || {
+        let (mut base, mut key) = (None, None);
+        let mut lines = BufReader::new(stdout).lines();
+        for line in lines.by_ref() {
+            let line = line.unwrap();
+            if let Some(rest) = line.trim().strip_prefix("listening on ") {
+                base = Some(rest.to_string());
+            }
+            if let Some(rest) = line.trim().strip_prefix("api key:") {
+                key = rest.split_whitespace().next().map(str::to_string);
+            }
+            if base.is_some() && key.is_some() {
+                break;
+            }
+        }
+        // Keep reading so that dev never writes into a closed pipe.
+        std::thread::spawn(move || lines.for_each(drop));
+        (base.expect("dev printed its URL"), key.expect("dev printed its key"))
+    })
+    .await
+    .unwrap();
+    assert_eq!(key.len(), 64, "a generated key");
+
+    let http = reqwest::Client::new();
+    wait_until(Duration::from_secs(30), || async {
+        let counts: Value = http
+            .get(format!("{base}/api/pool/counts"))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        counts["idle"] == 3
+    })
+    .await;
+    let response = http
+        .post(format!("{base}/api/pool/claim"))
+        .bearer_auth(&key)
+        .body(r#"{"agentName":"demo","instructions":"Say hello."}"#)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::OK);
+    let claimed: Value = response.json().await.unwrap();
+    assert!(claimed["inviteUrl"].as_str().unwrap().starts_with("https://"));
+    // The in-process loop refills the pool after the claim.
+    wait_until(Duration::from_secs(30), || async {
+        let counts: Value = http.get(format!("{base}/api/pool/counts")).send().await.unwrap().json().await.unwrap();
+        counts["idle"] == 3 && counts["claimed"] == 1
+    })
+    .await;
+
+    let children = descendants(pid);
+    assert!(children.len() >= 5, "postgres and 4 stub agents expected, found {children:?}");
+    kill(Pid::from_raw(pid), Signal::SIGINT).unwrap();
+    let status = tokio::task::spawn_blocking(move || wait_exit(&mut dev.0, Duration::from_secs(60)))
+        .await
+        .unwrap();
+    assert!(status.success(), "dev exited with {status}");
+    let survivors: Vec<i32> = children.into_iter().filter(|p| process_alive(*p)).collect();
+    assert!(survivors.is_empty(), "processes left behind by dev: {survivors:?}");
+}
+
+#[test]
+fn serve_refuses_to_start_without_an_api_key() {
+    let output = clean(agentpool_bin())
+        .arg("serve")
+        .env("DATABASE_URL", "postgres://127.0.0.1:1/none")
+        .output()
+        .unwrap();
+    assert_eq!(output.status.code(), Some(2));
+    let stderr = String::from_utf8(output.stderr).unwrap();
+    assert_eq!(stderr.trim().lines().count(), 1, "{stderr}");
+    assert!(stderr.contains("POOL_API_KEY"), "{stderr}");
+}
+
+#[test]
+fn a_malformed_setting_stops_start_up_with_one_line_naming_it() {
+    for (name, value) in [("POOL_MIN_IDLE", "three"), ("PORT", "99999"), ("POOL_PROVIDER", "heroku")] {
+        let output = clean(agentpool_bin())
+            .arg("serve")
+            .env(name, value)
+            .env("POOL_API_KEY", "0123456789abcdef0123")
+            .output()
+            .unwrap();
+        assert_eq!(output.status.code(), Some(2));
+        let stderr = String::from_utf8(output.stderr).unwrap();
+        assert_eq!(stderr.trim().lines().count(), 1, "{stderr}");
+        assert!(stderr.contains(name), "{stderr}");
+    }
+}
+
+#[tokio::test]
+async fn replicas_starting_together_migrate_once() {
+    let db = TestDb::empty().await;
+    let children: Vec<Child> = (0..4)
+        .map(|_| {
+            clean(agentpool_bin())
+                .arg("migrate")
+                .env("DATABASE_URL", &db.url)
+                .stdout(Stdio::null())
+                .spawn()
+                .unwrap()
+        })
+        .collect();
+    for mut child in children {
+        let status = tokio::task::spawn_blocking(move || wait_exit(&mut child, Duration::from_secs(60)))
+            .await
+            .unwrap();
+        assert!(status.success());
+    }
+    let applied: i64 = sqlx::query_scalar("SELECT count(*) FROM _sqlx_migrations")
+        .fetch_one(&db.pool)
+        .await
+        .unwrap();
+    assert_eq!(applied as usize, agentpool_core::db::MIGRATOR.iter().count());
+}
+
+#[tokio::test]
+async fn tick_command_prints_its_report_and_the_scheduler_keeps_the_pool_full() {
+    let db = TestDb::new().await;
+    let agents = tempfile::tempdir().unwrap();
+    let local = LocalProvider::new(agents.path().to_path_buf(), agentpool_bin().to_path_buf(), vec![]).unwrap();
+    let _cleanup = KillAgents(&local);
+    let env = |command: &mut Command| {
+        command
+            .env("DATABASE_URL", &db.url)
+            .env("LOCAL_STATE_DIR", agents.path())
+            .env("LOCAL_AGENT_BIN", agentpool_bin());
+    };
+
+    let mut tick = clean(agentpool_bin());
+    tick.arg("tick");
+    env(&mut tick);
+    let output = tick.output().unwrap();
+    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    let report: Value = serde_json::from_slice(&output.stdout).unwrap();
+    assert_eq!(report["skipped"], false);
+    assert_eq!(report["created"].as_array().unwrap().len(), 3, "{report}");
+
+    let mut scheduler = clean(&scheduler_bin());
+    scheduler.env("TICK_INTERVAL_MS", "1000");
+    env(&mut scheduler);
+    let mut scheduler = Guarded(scheduler.stdout(Stdio::null()).stderr(Stdio::null()).spawn().unwrap());
+    wait_until(Duration::from_secs(30), || async {
+        instances::counts(&db.pool).await.unwrap()[&InstanceStatus::Idle] == 3
+    })
+    .await;
+    // A claim-like removal is refilled by the scheduler alone.
+    let drained = instances::drain(&db.pool, 1).await.unwrap();
+    assert_eq!(drained.len(), 1);
+    wait_until(Duration::from_secs(30), || async {
+        let counts = instances::counts(&db.pool).await.unwrap();
+        counts[&InstanceStatus::Idle] == 3 && counts[&InstanceStatus::Destroying] == 0
+    })
+    .await;
+    kill(Pid::from_raw(scheduler.0.id() as i32), Signal::SIGTERM).unwrap();
+    let status = tokio::task::spawn_blocking(move || wait_exit(&mut scheduler.0, Duration::from_secs(30)))
+        .await
+        .unwrap();
+    assert!(status.success(), "scheduler exited with {status}");
+}
