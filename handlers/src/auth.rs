@@ -30,14 +30,20 @@ fn query_key(request: &Request) -> Option<String> {
 }
 
 /// Identifies the caller; a wrong or malformed key is an error, no key is `Anonymous`.
-pub fn identify(state: &AppState, request: &Request, allow_query_key: bool) -> Result<Caller, ApiError> {
+pub fn identify(
+    state: &AppState,
+    request: &Request,
+    allow_query_key: bool,
+) -> Result<Caller, ApiError> {
     let expected = state.api_key.expose();
     if let Some(header) = request.headers().get(AUTHORIZATION) {
         let given = header
             .to_str()
             .ok()
             .and_then(|v| v.strip_prefix("Bearer "))
-            .ok_or_else(|| ApiError::unauthorized("Authorization must be `Bearer <POOL_API_KEY>`"))?;
+            .ok_or_else(|| {
+                ApiError::unauthorized("Authorization must be `Bearer <POOL_API_KEY>`")
+            })?;
         return if secrets_match(given.trim(), expected) {
             Ok(Caller::Operator)
         } else {
@@ -54,19 +60,34 @@ pub fn identify(state: &AppState, request: &Request, allow_query_key: bool) -> R
     }
 }
 
-async fn require(state: &AppState, request: Request, next: Next, allow_query_key: bool) -> Result<Response, ApiError> {
+async fn require(
+    state: &AppState,
+    request: Request,
+    next: Next,
+    allow_query_key: bool,
+) -> Result<Response, ApiError> {
     match identify(state, &request, allow_query_key)? {
         Caller::Operator => Ok(next.run(request).await),
-        Caller::Anonymous => Err(ApiError::unauthorized("missing API key: send Authorization: Bearer <POOL_API_KEY>")),
+        Caller::Anonymous => Err(ApiError::unauthorized(
+            "missing API key: send Authorization: Bearer <POOL_API_KEY>",
+        )),
     }
 }
 
 /// For every authenticated route except SSE.
-pub async fn require_key(State(state): State<AppState>, request: Request, next: Next) -> Result<Response, ApiError> {
+pub async fn require_key(
+    State(state): State<AppState>,
+    request: Request,
+    next: Next,
+) -> Result<Response, ApiError> {
     require(&state, request, next, false).await
 }
 
 /// For SSE routes: the header or `?key=`.
-pub async fn require_key_sse(State(state): State<AppState>, request: Request, next: Next) -> Result<Response, ApiError> {
+pub async fn require_key_sse(
+    State(state): State<AppState>,
+    request: Request,
+    next: Next,
+) -> Result<Response, ApiError> {
     require(&state, request, next, true).await
 }

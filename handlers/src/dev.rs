@@ -53,7 +53,14 @@ pub async fn run(mut settings: Settings) -> anyhow::Result<()> {
         }
     };
     let local = Arc::new(LocalProvider::from_settings(&settings)?);
-    let outcome = serve(settings, api_key, generated_key, local.clone(), postgres.as_ref()).await;
+    let outcome = serve(
+        settings,
+        api_key,
+        generated_key,
+        local.clone(),
+        postgres.as_ref(),
+    )
+    .await;
 
     match local.destroy_all().await {
         Ok(n) => tracing::info!(agents = n, "stub agents stopped"),
@@ -89,9 +96,17 @@ async fn serve(
         .await
         .with_context(|| format!("binding 127.0.0.1:{port}"))?;
     let base = format!("http://{}", listener.local_addr()?);
-    let key_note = if generated_key { "generated for this run" } else { "from POOL_API_KEY" };
+    let key_note = if generated_key {
+        "generated for this run"
+    } else {
+        "from POOL_API_KEY"
+    };
     let database = match postgres {
-        Some(server) => format!("{} (throwaway, pid {})", server.url("agentpool"), server.pid()),
+        Some(server) => format!(
+            "{} (throwaway, pid {})",
+            server.url("agentpool"),
+            server.pid()
+        ),
         None => "DATABASE_URL".to_string(),
     };
     // The banner is for a person at a terminal; dev prints the API key by design. A closed

@@ -67,9 +67,11 @@ impl From<Error> for ApiError {
             Error::Runtime { .. } | Error::ClaimFailed { .. } => {
                 Self::new(StatusCode::BAD_GATEWAY, "runtime_failed", error.to_string())
             }
-            Error::Provider { .. } => {
-                Self::new(StatusCode::BAD_GATEWAY, "provider_failed", error.to_string())
-            }
+            Error::Provider { .. } => Self::new(
+                StatusCode::BAD_GATEWAY,
+                "provider_failed",
+                error.to_string(),
+            ),
             Error::Db(sqlx::Error::PoolTimedOut | sqlx::Error::Io(_) | sqlx::Error::PoolClosed) => {
                 tracing::error!(%error, "database unavailable");
                 Self::new(

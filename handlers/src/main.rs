@@ -43,7 +43,10 @@ enum Command {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     agentpool::init_tracing();
-    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
         Ok(runtime) => runtime,
         Err(e) => {
             eprintln!("agentpool: cannot start the async runtime: {e}");
@@ -69,7 +72,9 @@ async fn run(command: Command) -> anyhow::Result<()> {
         Command::Dev => dev::run(settings()?).await,
         Command::Migrate => {
             let settings = settings()?;
-            let url = settings.database_url.ok_or_else(|| missing("DATABASE_URL"))?;
+            let url = settings
+                .database_url
+                .ok_or_else(|| missing("DATABASE_URL"))?;
             let pool = db::connect(url.expose(), 2).await?;
             db::migrate(&pool).await?;
             println!("{{\"migrated\":true}}");
@@ -77,14 +82,19 @@ async fn run(command: Command) -> anyhow::Result<()> {
         }
         Command::Tick { reconcile } => {
             let pool = Pool::connect(settings()?).await?;
-            let mode = if reconcile { Mode::Reconcile } else { Mode::Full };
+            let mode = if reconcile {
+                Mode::Reconcile
+            } else {
+                Mode::Full
+            };
             let report = tick::run(&pool, mode).await?;
             println!("{}", serde_json::to_string_pretty(&report)?);
             Ok(())
         }
         Command::StubAgent { port, name } => {
             let settings = stub_agent::StubSettings::from_env().map_err(anyhow::Error::msg)?;
-            let _span = tracing::info_span!("stub_agent", name = name.as_deref().unwrap_or("-")).entered();
+            let _span =
+                tracing::info_span!("stub_agent", name = name.as_deref().unwrap_or("-")).entered();
             stub_agent::run(SocketAddr::from((Ipv4Addr::LOCALHOST, port)), settings).await?;
             Ok(())
         }

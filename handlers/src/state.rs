@@ -41,7 +41,12 @@ impl Kicker {
 
     /// Runs ticks on every kick and, with `every`, on a fixed interval, until `stop` turns true.
     /// A tick in progress is never cut short: stopping waits for it.
-    pub async fn run_loop(&self, pool: Pool, every: Option<Duration>, mut stop: watch::Receiver<bool>) {
+    pub async fn run_loop(
+        &self,
+        pool: Pool,
+        every: Option<Duration>,
+        mut stop: watch::Receiver<bool>,
+    ) {
         loop {
             let period = async {
                 match every {

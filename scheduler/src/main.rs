@@ -31,30 +31,40 @@ async fn main() -> ExitCode {
 async fn run() -> anyhow::Result<()> {
     let settings = Settings::from_env()?;
     // tokio-cron-scheduler counts repeats in whole seconds: a shorter interval would not repeat.
-    let interval = settings.tick_interval().max(std::time::Duration::from_secs(1));
+    let interval = settings
+        .tick_interval()
+        .max(std::time::Duration::from_secs(1));
     let pool = Pool::connect(settings).await?;
     let scheduler = JobScheduler::new().await?;
     scheduler
-        .add(Job::new_repeated_async(interval, move |_id, _scheduler| {
-            let pool = pool.clone();
-            Box::pin(async move {
-                match tick::run(&pool, Mode::Full).await {
-                    Ok(report) if report.skipped => tracing::debug!("tick skipped: another process holds the lock"),
-                    Ok(report) => tracing::info!(
-                        duration_ms = report.duration_ms,
-                        created = report.created.len(),
-                        destroyed = report.destroyed.len(),
-                        transitions = report.transitions.len(),
-                        errors = report.errors.len(),
-                        "tick"
-                    ),
-                    Err(e) => tracing::warn!(error = %e, "tick failed"),
-                }
-            })
-        })?)
+        .add(Job::new_repeated_async(
+            interval,
+            move |_id, _scheduler| {
+                let pool = pool.clone();
+                Box::pin(async move {
+                    match tick::run(&pool, Mode::Full).await {
+                        Ok(report) if report.skipped => {
+                            tracing::debug!("tick skipped: another process holds the lock")
+                        }
+                        Ok(report) => tracing::info!(
+                            duration_ms = report.duration_ms,
+                            created = report.created.len(),
+                            destroyed = report.destroyed.len(),
+                            transitions = report.transitions.len(),
+                            errors = report.errors.len(),
+                            "tick"
+                        ),
+                        Err(e) => tracing::warn!(error = %e, "tick failed"),
+                    }
+                })
+            },
+        )?)
         .await?;
     scheduler.start().await?;
-    tracing::info!(interval_ms = interval.as_millis() as u64, "scheduler started");
+    tracing::info!(
+        interval_ms = interval.as_millis() as u64,
+        "scheduler started"
+    );
     agentpool_core::shutdown_signal().await;
     let mut scheduler = scheduler;
     scheduler.shutdown().await?;

@@ -36,7 +36,9 @@ impl ClaimRequest {
     ) -> Result<Self> {
         let agent_name = agent_name.trim().to_string();
         if agent_name.is_empty() {
-            return Err(Error::Invalid("agentName must be a non-empty string".into()));
+            return Err(Error::Invalid(
+                "agentName must be a non-empty string".into(),
+            ));
         }
         if agent_name.chars().count() > MAX_AGENT_NAME {
             return Err(Error::Invalid(format!(
@@ -189,7 +191,9 @@ async fn provision_taken(
     .await?;
     if finished.is_none() {
         // The tick reaped this claim while we waited on the runtime; its decision stands.
-        return Ok(Err("claim fenced out: instance was reaped during provision".into()));
+        return Ok(Err(
+            "claim fenced out: instance was reaped during provision".into(),
+        ));
     }
     Ok(Ok(Claimed {
         instance_id: taken.id.clone(),
@@ -269,7 +273,12 @@ mod tests {
             request("a", &"x".repeat(MAX_INSTRUCTIONS + 1), None),
             Err(Error::Invalid(_))
         ));
-        for bad in ["ftp://x.org/a", "not a url", "javascript:alert(1)", "https://"] {
+        for bad in [
+            "ftp://x.org/a",
+            "not a url",
+            "javascript:alert(1)",
+            "https://",
+        ] {
             assert!(
                 matches!(request("a", "x", Some(bad)), Err(Error::Invalid(_))),
                 "{bad} accepted"

@@ -176,10 +176,12 @@ impl ConfigError {
 impl Settings {
     /// Reads the process environment.
     pub fn from_env() -> Result<Self, ConfigError> {
-        Self::from_iter(std::env::vars())
+        Self::from_vars(std::env::vars())
     }
 
-    pub fn from_iter(vars: impl IntoIterator<Item = (String, String)>) -> Result<Self, ConfigError> {
+    pub fn from_vars(
+        vars: impl IntoIterator<Item = (String, String)>,
+    ) -> Result<Self, ConfigError> {
         // An empty value means "not set", as it does in most .env files and compose files.
         let vars: Vec<(String, String)> = vars.into_iter().filter(|(_, v)| !v.is_empty()).collect();
         let settings: Settings = envy::from_iter(vars.clone()).map_err(|e| match e {
@@ -243,7 +245,10 @@ impl Settings {
             }
         }
         if self.health_concurrency == 0 {
-            return Err(ConfigError::new("HEALTH_CONCURRENCY", "must be greater than 0"));
+            return Err(ConfigError::new(
+                "HEALTH_CONCURRENCY",
+                "must be greater than 0",
+            ));
         }
         if self.health_failure_threshold == 0 {
             return Err(ConfigError::new(
@@ -252,7 +257,10 @@ impl Settings {
             ));
         }
         if self.claim_max_attempts == 0 {
-            return Err(ConfigError::new("CLAIM_MAX_ATTEMPTS", "must be greater than 0"));
+            return Err(ConfigError::new(
+                "CLAIM_MAX_ATTEMPTS",
+                "must be greater than 0",
+            ));
         }
         if self.database_max_connections < 2 {
             // The tick holds one connection for its lock and needs another to work.
@@ -309,7 +317,7 @@ mod tests {
 
     #[test]
     fn defaults_match_the_seed() {
-        let s = Settings::from_iter(vars(&[])).unwrap();
+        let s = Settings::from_vars(vars(&[])).unwrap();
         assert_eq!(s.port, 3001);
         assert_eq!(s.pool_min_idle, 3);
         assert_eq!(s.pool_max_total, 10);
@@ -321,28 +329,27 @@ mod tests {
 
     #[test]
     fn malformed_value_names_the_setting() {
-        let err = Settings::from_iter(vars(&[("POOL_MIN_IDLE", "three")])).unwrap_err();
+        let err = Settings::from_vars(vars(&[("POOL_MIN_IDLE", "three")])).unwrap_err();
         assert_eq!(err.setting, "POOL_MIN_IDLE", "{err}");
-        let err = Settings::from_iter(vars(&[("POOL_PROVIDER", "heroku")])).unwrap_err();
+        let err = Settings::from_vars(vars(&[("POOL_PROVIDER", "heroku")])).unwrap_err();
         assert_eq!(err.setting, "POOL_PROVIDER", "{err}");
     }
 
     #[test]
     fn inconsistent_values_are_refused() {
-        let err =
-            Settings::from_iter(vars(&[("POOL_MIN_IDLE", "11"), ("POOL_MAX_TOTAL", "10")]))
-                .unwrap_err();
+        let err = Settings::from_vars(vars(&[("POOL_MIN_IDLE", "11"), ("POOL_MAX_TOTAL", "10")]))
+            .unwrap_err();
         assert_eq!(err.setting, "POOL_MIN_IDLE");
-        let err = Settings::from_iter(vars(&[("POOL_API_KEY", "short")])).unwrap_err();
+        let err = Settings::from_vars(vars(&[("POOL_API_KEY", "short")])).unwrap_err();
         assert_eq!(err.setting, "POOL_API_KEY");
         assert!(!err.to_string().contains("short"), "the key leaked: {err}");
-        let err = Settings::from_iter(vars(&[("CLAIM_TIMEOUT_MS", "1000")])).unwrap_err();
+        let err = Settings::from_vars(vars(&[("CLAIM_TIMEOUT_MS", "1000")])).unwrap_err();
         assert_eq!(err.setting, "CLAIM_TIMEOUT_MS");
     }
 
     #[test]
     fn secrets_do_not_debug_print() {
-        let s = Settings::from_iter(vars(&[("POOL_API_KEY", "0123456789abcdef-secret")])).unwrap();
+        let s = Settings::from_vars(vars(&[("POOL_API_KEY", "0123456789abcdef-secret")])).unwrap();
         assert!(!format!("{s:?}").contains("0123456789abcdef-secret"));
     }
 }

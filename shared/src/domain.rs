@@ -153,7 +153,8 @@ pub struct Instance {
 }
 
 /// The columns of [`Instance`], for `SELECT`s that read it.
-pub const INSTANCE_COLUMNS: &str = "id, name, url, status, status_since, agent_name, instructions, \
+pub const INSTANCE_COLUMNS: &str =
+    "id, name, url, status, status_since, agent_name, instructions, \
      join_url, conversation_id, invite_url, template_id, health_failures, destroy_attempts, \
      next_attempt_at, last_error, created_at, claimed_at";
 
@@ -173,7 +174,9 @@ mod tests {
     fn identifiers_have_the_promised_shape() {
         let id = new_instance_id();
         assert_eq!(id.len(), 12);
-        assert!(id.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit()));
+        assert!(id
+            .chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit()));
         let token = new_gateway_token();
         assert_eq!(token.len(), 64);
         assert!(token.chars().all(|c| c.is_ascii_hexdigit()));

@@ -5,7 +5,9 @@ use std::collections::BTreeMap;
 
 use sqlx::PgPool;
 
-use crate::domain::{new_gateway_token, new_instance_id, Actor, Instance, InstanceStatus, INSTANCE_COLUMNS};
+use crate::domain::{
+    new_gateway_token, new_instance_id, Actor, Instance, InstanceStatus, INSTANCE_COLUMNS,
+};
 use crate::error::{Error, Result};
 
 /// Serialises creations so that `POOL_MAX_TOTAL` holds across replicas.
@@ -31,11 +33,13 @@ pub async fn list(db: &PgPool) -> Result<Vec<Instance>> {
 }
 
 pub async fn get(db: &PgPool, id: &str) -> Result<Instance> {
-    sqlx::query_as(&format!("SELECT {INSTANCE_COLUMNS} FROM instances WHERE id = $1"))
-        .bind(id)
-        .fetch_optional(db)
-        .await?
-        .ok_or_else(|| Error::NotFound(id.to_string()))
+    sqlx::query_as(&format!(
+        "SELECT {INSTANCE_COLUMNS} FROM instances WHERE id = $1"
+    ))
+    .bind(id)
+    .fetch_optional(db)
+    .await?
+    .ok_or_else(|| Error::NotFound(id.to_string()))
 }
 
 /// Moves each `(id, reason)` from `from` to `to` if it is still in `from`; returns the ids moved.

@@ -70,7 +70,13 @@ impl RuntimeClient {
 
     pub async fn health(&self, base_url: &str) -> Health {
         let url = format!("{}/pool/health", base_url.trim_end_matches('/'));
-        let response = match self.http.get(&url).timeout(self.health_timeout).send().await {
+        let response = match self
+            .http
+            .get(&url)
+            .timeout(self.health_timeout)
+            .send()
+            .await
+        {
             Ok(response) => response,
             Err(_) => return Health::Unreachable,
         };

@@ -96,10 +96,14 @@ impl TestDb {
     pub async fn empty() -> Self {
         let admin = admin_url();
         let name = random_name("t_");
-        create_database(admin, &name).await.expect("create test database");
+        create_database(admin, &name)
+            .await
+            .expect("create test database");
         let (base, _) = admin.rsplit_once('/').expect("database url has a path");
         let url = format!("{base}/{name}");
-        let pool = db::connect(&url, 20).await.expect("connect to test database");
+        let pool = db::connect(&url, 20)
+            .await
+            .expect("connect to test database");
         Self { url, pool }
     }
 }
@@ -125,7 +129,15 @@ pub fn agentpool_bin() -> &'static Path {
             .to_path_buf();
         let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
         let mut build = Command::new(cargo);
-        build.args(["build", "-q", "-p", "agentpool", "-p", "agentpool-scheduler", "--bins"]);
+        build.args([
+            "build",
+            "-q",
+            "-p",
+            "agentpool",
+            "-p",
+            "agentpool-scheduler",
+            "--bins",
+        ]);
         // Cargo sets these for the test process; passed on, they make the build look dirty and
         // relink what the outer `cargo test` just built.
         for (name, _) in std::env::vars_os() {
@@ -134,7 +146,13 @@ pub fn agentpool_bin() -> &'static Path {
                 || name.starts_with("CARGO_MANIFEST_")
                 || name.starts_with("CARGO_CRATE_")
                 || name.starts_with("CARGO_BIN_")
-                || matches!(name.as_str(), "CARGO_PRIMARY_PACKAGE" | "CARGO_TARGET_TMPDIR" | "CARGO_RUSTC_CURRENT_DIR" | "OUT_DIR");
+                || matches!(
+                    name.as_str(),
+                    "CARGO_PRIMARY_PACKAGE"
+                        | "CARGO_TARGET_TMPDIR"
+                        | "CARGO_RUSTC_CURRENT_DIR"
+                        | "OUT_DIR"
+                );
             if per_crate {
                 build.env_remove(&name);
             }
@@ -158,13 +176,16 @@ pub fn settings(database_url: &str, state_dir: &Path, overrides: &[(&str, &str)]
         ("HEALTH_FAILURE_THRESHOLD".into(), "1".into()),
         ("HEALTH_TIMEOUT_MS".into(), "2000".into()),
         ("LOCAL_STATE_DIR".into(), state_dir.display().to_string()),
-        ("LOCAL_AGENT_BIN".into(), agentpool_bin().display().to_string()),
+        (
+            "LOCAL_AGENT_BIN".into(),
+            agentpool_bin().display().to_string(),
+        ),
     ];
     for (k, v) in overrides {
         vars.retain(|(name, _)| name != k);
         vars.push((k.to_string(), v.to_string()));
     }
-    Settings::from_iter(vars).expect("test settings")
+    Settings::from_vars(vars).expect("test settings")
 }
 
 /// One pool under test: its own database, its own stub agents, its own API server.
@@ -289,7 +310,10 @@ impl TestPool {
             .send()
             .await
             .expect("fault request");
-        assert!(response.status().is_success(), "fault refused: {response:?}");
+        assert!(
+            response.status().is_success(),
+            "fault refused: {response:?}"
+        );
     }
 
     /// Kills a stub agent behind the pool's back and waits until the provider sees it gone.
@@ -300,7 +324,10 @@ impl TestPool {
             nix::sys::signal::Signal::SIGKILL,
         )
         .expect("kill agent");
-        wait_until(Duration::from_secs(10), || async { self.pid_of(id).is_none() }).await;
+        wait_until(Duration::from_secs(10), || async {
+            self.pid_of(id).is_none()
+        })
+        .await;
     }
 
     pub async fn events(&self, id: &str) -> Vec<(Option<String>, String)> {

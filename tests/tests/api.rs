@@ -8,7 +8,10 @@ use serde_json::{json, Value};
 fn assert_error(status: StatusCode, body: &Value, expected: StatusCode, code: &str) {
     assert_eq!(status, expected, "{body}");
     assert_eq!(body["code"], code, "{body}");
-    assert!(body["error"].as_str().is_some_and(|m| !m.is_empty()), "{body}");
+    assert!(
+        body["error"].as_str().is_some_and(|m| !m.is_empty()),
+        "{body}"
+    );
 }
 
 #[tokio::test]
@@ -41,15 +44,37 @@ async fn public_agents_show_names_status_and_times_only() {
     let response = t.http.get(t.url("/api/pool/agents")).send().await.unwrap();
     assert_eq!(response.status(), StatusCode::OK);
     let text = response.text().await.unwrap();
-    for secret in [token, &t.key, claim["gatewayUrl"].as_str().unwrap(), claim["inviteUrl"].as_str().unwrap()] {
-        assert!(!text.contains(secret), "public /api/pool/agents leaks {secret}: {text}");
+    for secret in [
+        token,
+        &t.key,
+        claim["gatewayUrl"].as_str().unwrap(),
+        claim["inviteUrl"].as_str().unwrap(),
+    ] {
+        assert!(
+            !text.contains(secret),
+            "public /api/pool/agents leaks {secret}: {text}"
+        );
     }
     let body: Value = serde_json::from_str(&text).unwrap();
     let claimed = body["claimed"].as_array().unwrap();
     assert_eq!(claimed.len(), 1);
-    let mut keys: Vec<&str> = claimed[0].as_object().unwrap().keys().map(String::as_str).collect();
+    let mut keys: Vec<&str> = claimed[0]
+        .as_object()
+        .unwrap()
+        .keys()
+        .map(String::as_str)
+        .collect();
     keys.sort();
-    assert_eq!(keys, ["agentName", "claimedAt", "createdAt", "status", "statusSince"]);
+    assert_eq!(
+        keys,
+        [
+            "agentName",
+            "claimedAt",
+            "createdAt",
+            "status",
+            "statusSince"
+        ]
+    );
     assert_eq!(claimed[0]["agentName"], "public-agent");
 
     // With the key: the operator's view, still without the gateway token.
@@ -60,7 +85,10 @@ async fn public_agents_show_names_status_and_times_only() {
     let (_, status_body) = t.get("/api/pool/status").await;
     assert_eq!(status_body["counts"]["claimed"], 1);
     assert_eq!(status_body["instances"].as_array().unwrap().len(), 3);
-    assert!(!status_body.to_string().contains(token), "status leaks a gateway token");
+    assert!(
+        !status_body.to_string().contains(token),
+        "status leaks a gateway token"
+    );
 }
 
 #[tokio::test]
@@ -82,23 +110,36 @@ async fn operator_routes_need_the_key_in_the_header() {
         let (status, body) = t.send(t.http.request(method.clone(), t.url(path))).await;
         assert_error(status, &body, StatusCode::UNAUTHORIZED, "unauthorized");
         let (status, body) = t
-            .send(t.http.request(method.clone(), t.url(path)).bearer_auth("wrong-key-wrong-key"))
+            .send(
+                t.http
+                    .request(method.clone(), t.url(path))
+                    .bearer_auth("wrong-key-wrong-key"),
+            )
             .await;
         assert_error(status, &body, StatusCode::UNAUTHORIZED, "unauthorized");
         let (status, body) = t
-            .send(t.http.request(method.clone(), t.url(path)).header("authorization", format!("Basic {}", t.key)))
+            .send(
+                t.http
+                    .request(method.clone(), t.url(path))
+                    .header("authorization", format!("Basic {}", t.key)),
+            )
             .await;
         assert_error(status, &body, StatusCode::UNAUTHORIZED, "unauthorized");
         if !path.ends_with("/stream") {
             let (status, body) = t
-                .send(t.http.request(method, t.url(&format!("{path}?key={}", t.key))))
+                .send(
+                    t.http
+                        .request(method, t.url(&format!("{path}?key={}", t.key))),
+                )
                 .await;
             assert_error(status, &body, StatusCode::UNAUTHORIZED, "unauthorized");
             assert!(body["error"].as_str().unwrap().contains("SSE"), "{body}");
         }
     }
     // A wrong key on a public route is refused too, rather than silently ignored.
-    let (status, body) = t.send(t.http.get(t.url("/api/pool/agents")).bearer_auth("nope")).await;
+    let (status, body) = t
+        .send(t.http.get(t.url("/api/pool/agents")).bearer_auth("nope"))
+        .await;
     assert_error(status, &body, StatusCode::UNAUTHORIZED, "unauthorized");
 }
 
@@ -124,12 +165,19 @@ async fn the_sse_stream_accepts_the_key_in_the_query_and_streams_progress() {
     assert_eq!(complete["created"], 2);
     assert_eq!(complete["failed"], 0);
     assert_eq!(events.iter().filter(|e| e["type"] == "instance").count(), 2);
-    assert!(events.iter().any(|e| e["step"] == "openrouter" && e["status"] == "skip"));
-    assert!(events.iter().any(|e| e["step"] == "local" && e["status"] == "ok"));
+    assert!(events
+        .iter()
+        .any(|e| e["step"] == "openrouter" && e["status"] == "skip"));
+    assert!(events
+        .iter()
+        .any(|e| e["step"] == "local" && e["status"] == "ok"));
     assert_eq!(t.count(Starting).await, 2);
 
     let (status, body) = t
-        .send(t.http.get(t.url(&format!("/api/pool/replenish/stream?count=zero&key={}", t.key))))
+        .send(t.http.get(t.url(&format!(
+            "/api/pool/replenish/stream?count=zero&key={}",
+            t.key
+        ))))
         .await;
     assert_error(status, &body, StatusCode::BAD_REQUEST, "invalid_request");
 }
@@ -151,29 +199,75 @@ async fn client_mistakes_get_4xx_json_and_change_nothing() {
         ("[1,2]", "invalid_request"),
         (r#"{"instructions": "x"}"#, "invalid_request"),
         (r#"{"agentName": "a"}"#, "invalid_request"),
-        (r#"{"agentName": 7, "instructions": "x"}"#, "invalid_request"),
-        (r#"{"agentName": "", "instructions": "x"}"#, "invalid_request"),
-        (r#"{"agentName": "a", "instructions": "   "}"#, "invalid_request"),
-        (r#"{"agentName": "a", "instructions": "x", "joinUrl": "ftp://x"}"#, "invalid_request"),
-        (r#"{"agentName": "a", "instructions": "x", "joinUrl": 3}"#, "invalid_request"),
-        (r#"{"agentName": "a", "instructions": "x", "colour": "red"}"#, "invalid_request"),
-        (r#"{"agentName": "a", "instructions": "x", "metadata": "flat"}"#, "invalid_request"),
+        (
+            r#"{"agentName": 7, "instructions": "x"}"#,
+            "invalid_request",
+        ),
+        (
+            r#"{"agentName": "", "instructions": "x"}"#,
+            "invalid_request",
+        ),
+        (
+            r#"{"agentName": "a", "instructions": "   "}"#,
+            "invalid_request",
+        ),
+        (
+            r#"{"agentName": "a", "instructions": "x", "joinUrl": "ftp://x"}"#,
+            "invalid_request",
+        ),
+        (
+            r#"{"agentName": "a", "instructions": "x", "joinUrl": 3}"#,
+            "invalid_request",
+        ),
+        (
+            r#"{"agentName": "a", "instructions": "x", "colour": "red"}"#,
+            "invalid_request",
+        ),
+        (
+            r#"{"agentName": "a", "instructions": "x", "metadata": "flat"}"#,
+            "invalid_request",
+        ),
     ];
     for (body, code) in cases {
         let (status, json) = t.send(claim(body)).await;
         assert_error(status, &json, StatusCode::BAD_REQUEST, code);
     }
-    let long_name = format!(r#"{{"agentName": "{}", "instructions": "x"}}"#, "n".repeat(101));
+    let long_name = format!(
+        r#"{{"agentName": "{}", "instructions": "x"}}"#,
+        "n".repeat(101)
+    );
     let (status, json) = t
-        .send(t.http.post(t.url("/api/pool/claim")).bearer_auth(&t.key).body(long_name))
+        .send(
+            t.http
+                .post(t.url("/api/pool/claim"))
+                .bearer_auth(&t.key)
+                .body(long_name),
+        )
         .await;
     assert_error(status, &json, StatusCode::BAD_REQUEST, "invalid_request");
-    let huge = format!(r#"{{"agentName": "a", "instructions": "{}"}}"#, "x".repeat(300 * 1024));
+    let huge = format!(
+        r#"{{"agentName": "a", "instructions": "{}"}}"#,
+        "x".repeat(300 * 1024)
+    );
     let (status, json) = t
-        .send(t.http.post(t.url("/api/pool/claim")).bearer_auth(&t.key).body(huge))
+        .send(
+            t.http
+                .post(t.url("/api/pool/claim"))
+                .bearer_auth(&t.key)
+                .body(huge),
+        )
         .await;
-    assert_error(status, &json, StatusCode::PAYLOAD_TOO_LARGE, "body_too_large");
-    assert_eq!(t.count(Idle).await, 3, "a rejected claim consumed an instance");
+    assert_error(
+        status,
+        &json,
+        StatusCode::PAYLOAD_TOO_LARGE,
+        "body_too_large",
+    );
+    assert_eq!(
+        t.count(Idle).await,
+        3,
+        "a rejected claim consumed an instance"
+    );
 
     for (path, body) in [
         ("/api/pool/drain", json!({})),
@@ -195,8 +289,15 @@ async fn client_mistakes_get_4xx_json_and_change_nothing() {
     assert_error(status, &body, StatusCode::NOT_FOUND, "not_found");
     let (status, body) = t.delete("/api/pool/instances/..%2F..%2Fetc").await;
     assert_error(status, &body, StatusCode::NOT_FOUND, "not_found");
-    let (status, body) = t.send(t.http.put(t.url("/api/pool/claim")).bearer_auth(&t.key)).await;
-    assert_error(status, &body, StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed");
+    let (status, body) = t
+        .send(t.http.put(t.url("/api/pool/claim")).bearer_auth(&t.key))
+        .await;
+    assert_error(
+        status,
+        &body,
+        StatusCode::METHOD_NOT_ALLOWED,
+        "method_not_allowed",
+    );
 }
 
 #[tokio::test]

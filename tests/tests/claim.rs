@@ -14,11 +14,23 @@ async fn claim_creates_a_conversation_and_returns_seed_000_fields() {
 
     let (status, body) = t.claim("tokyo-trip-planner").await;
     assert_eq!(status, StatusCode::OK, "{body}");
-    let mut keys: Vec<&str> = body.as_object().unwrap().keys().map(String::as_str).collect();
+    let mut keys: Vec<&str> = body
+        .as_object()
+        .unwrap()
+        .keys()
+        .map(String::as_str)
+        .collect();
     keys.sort();
     assert_eq!(
         keys,
-        ["conversationId", "gatewayToken", "gatewayUrl", "instanceId", "inviteUrl", "joined"]
+        [
+            "conversationId",
+            "gatewayToken",
+            "gatewayUrl",
+            "instanceId",
+            "inviteUrl",
+            "joined"
+        ]
     );
     assert_eq!(body["joined"], false);
     let id = body["instanceId"].as_str().unwrap();
@@ -29,9 +41,15 @@ async fn claim_creates_a_conversation_and_returns_seed_000_fields() {
     let instance = t.instance(id).await.unwrap();
     assert_eq!(instance.status, Claimed);
     assert_eq!(instance.agent_name.as_deref(), Some("tokyo-trip-planner"));
-    assert_eq!(instance.conversation_id.as_deref(), body["conversationId"].as_str());
+    assert_eq!(
+        instance.conversation_id.as_deref(),
+        body["conversationId"].as_str()
+    );
     assert_eq!(instance.invite_url.as_deref(), body["inviteUrl"].as_str());
-    assert_eq!(Some(body["gatewayUrl"].as_str().unwrap()), instance.url.as_deref());
+    assert_eq!(
+        Some(body["gatewayUrl"].as_str().unwrap()),
+        instance.url.as_deref()
+    );
     assert!(instance.claimed_at.is_some());
     let events: Vec<String> = t.events(id).await.into_iter().map(|(_, to)| to).collect();
     assert_eq!(events, ["starting", "idle", "claiming", "claimed"]);
@@ -63,7 +81,10 @@ async fn claim_with_join_url_joins_the_existing_conversation() {
     assert_eq!(body["joined"], true);
     assert_eq!(body["conversationId"], "existing-conversation");
     assert_eq!(body["inviteUrl"], join);
-    let instance = t.instance(body["instanceId"].as_str().unwrap()).await.unwrap();
+    let instance = t
+        .instance(body["instanceId"].as_str().unwrap())
+        .await
+        .unwrap();
     assert_eq!(instance.join_url.as_deref(), Some(join));
 }
 
@@ -88,7 +109,10 @@ async fn fifty_concurrent_claims_on_ten_idle_instances() {
     });
     let results = futures::future::join_all(claims).await;
 
-    let ok: Vec<_> = results.iter().filter(|(s, _, _)| *s == StatusCode::OK).collect();
+    let ok: Vec<_> = results
+        .iter()
+        .filter(|(s, _, _)| *s == StatusCode::OK)
+        .collect();
     let unavailable: Vec<_> = results
         .iter()
         .filter(|(s, _, _)| *s == StatusCode::SERVICE_UNAVAILABLE)
@@ -99,10 +123,15 @@ async fn fifty_concurrent_claims_on_ten_idle_instances() {
         assert!(retry_after.is_some(), "503 without Retry-After");
         assert_eq!(body["code"], "no_idle_instance");
     }
-    let handed_out: HashSet<&str> = ok.iter().map(|(_, _, b)| b["instanceId"].as_str().unwrap()).collect();
+    let handed_out: HashSet<&str> = ok
+        .iter()
+        .map(|(_, _, b)| b["instanceId"].as_str().unwrap())
+        .collect();
     assert_eq!(handed_out.len(), 10, "an instance was handed out twice");
-    let conversations: HashSet<&str> =
-        ok.iter().map(|(_, _, b)| b["conversationId"].as_str().unwrap()).collect();
+    let conversations: HashSet<&str> = ok
+        .iter()
+        .map(|(_, _, b)| b["conversationId"].as_str().unwrap())
+        .collect();
     assert_eq!(conversations.len(), 10);
     assert_eq!(t.count(Claimed).await, 10);
     assert_eq!(t.count(Claiming).await, 0);
@@ -124,7 +153,10 @@ async fn a_failing_runtime_is_destroyed_and_the_claim_moves_on() {
     assert_eq!(body["instanceId"], idle[2].as_str());
     for id in &idle[..2] {
         let instance = t.instance(id).await.unwrap();
-        assert_eq!(instance.status, Destroying, "a failed runtime must never go back to idle");
+        assert_eq!(
+            instance.status, Destroying,
+            "a failed runtime must never go back to idle"
+        );
         assert!(instance.last_error.unwrap().contains("500"));
     }
     assert_eq!(t.count(Claiming).await, 0);
@@ -142,12 +174,20 @@ async fn a_failing_runtime_is_destroyed_and_the_claim_moves_on() {
 
 #[tokio::test]
 async fn every_runtime_failing_answers_502_and_leaves_nothing_claiming() {
-    let t = TestPool::with(&[("CLAIM_MAX_ATTEMPTS", "2")], &[("STUB_FAIL_PROVISION", "true")]).await;
+    let t = TestPool::with(
+        &[("CLAIM_MAX_ATTEMPTS", "2")],
+        &[("STUB_FAIL_PROVISION", "true")],
+    )
+    .await;
     t.fill(3).await;
     let (status, body) = t.claim("doomed").await;
     assert_eq!(status, StatusCode::BAD_GATEWAY, "{body}");
     assert_eq!(body["code"], "runtime_failed");
-    assert_eq!(t.count(Destroying).await, 2, "two attempts, two instances sent to destroying");
+    assert_eq!(
+        t.count(Destroying).await,
+        2,
+        "two attempts, two instances sent to destroying"
+    );
     assert_eq!(t.count(Idle).await, 1);
     assert_eq!(t.count(Claiming).await, 0);
     assert_eq!(t.count(Claimed).await, 0);
@@ -182,14 +222,18 @@ async fn a_stalled_claimer_cannot_overwrite_the_reaper() {
     )
     .await
     .unwrap();
-    assert_eq!(reaped, [id.clone()]);
+    assert_eq!(reaped, std::slice::from_ref(&id));
 
     // The fenced claim gives that instance up and moves on to the next idle one.
     let response = claim.await.unwrap();
     assert_eq!(response.status(), StatusCode::OK);
     let body: serde_json::Value = response.json().await.unwrap();
     assert_ne!(body["instanceId"], id.as_str(), "{body}");
-    assert_eq!(t.instance(&id).await.unwrap().status, Destroying, "the reaper's decision stands");
+    assert_eq!(
+        t.instance(&id).await.unwrap().status,
+        Destroying,
+        "the reaper's decision stands"
+    );
     let to: Vec<String> = t.events(&id).await.into_iter().map(|(_, to)| to).collect();
     assert!(!to.contains(&"claimed".to_string()), "{to:?}");
 }

@@ -34,7 +34,13 @@ fn descendants(pid: i32) -> Vec<i32> {
         .filter_map(|entry| {
             let child: i32 = entry.file_name().to_str()?.parse().ok()?;
             let stat = std::fs::read_to_string(entry.path().join("stat")).ok()?;
-            let parent = stat.rsplit_once(')')?.1.split_whitespace().nth(1)?.parse().ok()?;
+            let parent = stat
+                .rsplit_once(')')?
+                .1
+                .split_whitespace()
+                .nth(1)?
+                .parse()
+                .ok()?;
             Some((child, parent))
         })
         .collect();
@@ -42,7 +48,12 @@ fn descendants(pid: i32) -> Vec<i32> {
     let mut i = 0;
     while i < found.len() {
         let current = found[i];
-        found.extend(parents.iter().filter(|(_, p)| *p == current).map(|(c, _)| *c));
+        found.extend(
+            parents
+                .iter()
+                .filter(|(_, p)| *p == current)
+                .map(|(c, _)| *c),
+        );
         i += 1;
     }
     found.remove(0);
@@ -112,7 +123,10 @@ async fn dev_serves_claimable_agents_and_leaves_nothing_behind() {
         }
         // Keep reading so that dev never writes into a closed pipe.
         std::thread::spawn(move || lines.for_each(drop));
-        (base.expect("dev printed its URL"), key.expect("dev printed its key"))
+        (
+            base.expect("dev printed its URL"),
+            key.expect("dev printed its key"),
+        )
     })
     .await
     .unwrap();
@@ -140,23 +154,40 @@ async fn dev_serves_claimable_agents_and_leaves_nothing_behind() {
         .unwrap();
     assert_eq!(response.status(), StatusCode::OK);
     let claimed: Value = response.json().await.unwrap();
-    assert!(claimed["inviteUrl"].as_str().unwrap().starts_with("https://"));
+    assert!(claimed["inviteUrl"]
+        .as_str()
+        .unwrap()
+        .starts_with("https://"));
     // The in-process loop refills the pool after the claim.
     wait_until(Duration::from_secs(30), || async {
-        let counts: Value = http.get(format!("{base}/api/pool/counts")).send().await.unwrap().json().await.unwrap();
+        let counts: Value = http
+            .get(format!("{base}/api/pool/counts"))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
         counts["idle"] == 3 && counts["claimed"] == 1
     })
     .await;
 
     let children = descendants(pid);
-    assert!(children.len() >= 5, "postgres and 4 stub agents expected, found {children:?}");
+    assert!(
+        children.len() >= 5,
+        "postgres and 4 stub agents expected, found {children:?}"
+    );
     kill(Pid::from_raw(pid), Signal::SIGINT).unwrap();
-    let status = tokio::task::spawn_blocking(move || wait_exit(&mut dev.0, Duration::from_secs(60)))
-        .await
-        .unwrap();
+    let status =
+        tokio::task::spawn_blocking(move || wait_exit(&mut dev.0, Duration::from_secs(60)))
+            .await
+            .unwrap();
     assert!(status.success(), "dev exited with {status}");
     let survivors: Vec<i32> = children.into_iter().filter(|p| process_alive(*p)).collect();
-    assert!(survivors.is_empty(), "processes left behind by dev: {survivors:?}");
+    assert!(
+        survivors.is_empty(),
+        "processes left behind by dev: {survivors:?}"
+    );
 }
 
 #[test]
@@ -174,7 +205,11 @@ fn serve_refuses_to_start_without_an_api_key() {
 
 #[test]
 fn a_malformed_setting_stops_start_up_with_one_line_naming_it() {
-    for (name, value) in [("POOL_MIN_IDLE", "three"), ("PORT", "99999"), ("POOL_PROVIDER", "heroku")] {
+    for (name, value) in [
+        ("POOL_MIN_IDLE", "three"),
+        ("PORT", "99999"),
+        ("POOL_PROVIDER", "heroku"),
+    ] {
         let output = clean(agentpool_bin())
             .arg("serve")
             .env(name, value)
@@ -202,23 +237,32 @@ async fn replicas_starting_together_migrate_once() {
         })
         .collect();
     for mut child in children {
-        let status = tokio::task::spawn_blocking(move || wait_exit(&mut child, Duration::from_secs(60)))
-            .await
-            .unwrap();
+        let status =
+            tokio::task::spawn_blocking(move || wait_exit(&mut child, Duration::from_secs(60)))
+                .await
+                .unwrap();
         assert!(status.success());
     }
     let applied: i64 = sqlx::query_scalar("SELECT count(*) FROM _sqlx_migrations")
         .fetch_one(&db.pool)
         .await
         .unwrap();
-    assert_eq!(applied as usize, agentpool_core::db::MIGRATOR.iter().count());
+    assert_eq!(
+        applied as usize,
+        agentpool_core::db::MIGRATOR.iter().count()
+    );
 }
 
 #[tokio::test]
 async fn tick_command_prints_its_report_and_the_scheduler_keeps_the_pool_full() {
     let db = TestDb::new().await;
     let agents = tempfile::tempdir().unwrap();
-    let local = LocalProvider::new(agents.path().to_path_buf(), agentpool_bin().to_path_buf(), vec![]).unwrap();
+    let local = LocalProvider::new(
+        agents.path().to_path_buf(),
+        agentpool_bin().to_path_buf(),
+        vec![],
+    )
+    .unwrap();
     let _cleanup = KillAgents(&local);
     let env = |command: &mut Command| {
         command
@@ -231,7 +275,11 @@ async fn tick_command_prints_its_report_and_the_scheduler_keeps_the_pool_full() 
     tick.arg("tick");
     env(&mut tick);
     let output = tick.output().unwrap();
-    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
     let report: Value = serde_json::from_slice(&output.stdout).unwrap();
     assert_eq!(report["skipped"], false);
     assert_eq!(report["created"].as_array().unwrap().len(), 3, "{report}");
@@ -239,7 +287,13 @@ async fn tick_command_prints_its_report_and_the_scheduler_keeps_the_pool_full() 
     let mut scheduler = clean(&scheduler_bin());
     scheduler.env("TICK_INTERVAL_MS", "1000");
     env(&mut scheduler);
-    let mut scheduler = Guarded(scheduler.stdout(Stdio::null()).stderr(Stdio::null()).spawn().unwrap());
+    let mut scheduler = Guarded(
+        scheduler
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
     wait_until(Duration::from_secs(30), || async {
         instances::counts(&db.pool).await.unwrap()[&InstanceStatus::Idle] == 3
     })
@@ -253,8 +307,9 @@ async fn tick_command_prints_its_report_and_the_scheduler_keeps_the_pool_full() 
     })
     .await;
     kill(Pid::from_raw(scheduler.0.id() as i32), Signal::SIGTERM).unwrap();
-    let status = tokio::task::spawn_blocking(move || wait_exit(&mut scheduler.0, Duration::from_secs(30)))
-        .await
-        .unwrap();
+    let status =
+        tokio::task::spawn_blocking(move || wait_exit(&mut scheduler.0, Duration::from_secs(30)))
+            .await
+            .unwrap();
     assert!(status.success(), "scheduler exited with {status}");
 }

@@ -21,7 +21,10 @@ async fn an_empty_pool_fills_to_the_minimum() {
     assert_eq!(t.count(Idle).await, 3);
     // Full: nothing more to do.
     let report = t.tick().await;
-    assert!(report.created.is_empty() && report.transitions.is_empty(), "{report:?}");
+    assert!(
+        report.created.is_empty() && report.transitions.is_empty(),
+        "{report:?}"
+    );
 }
 
 #[tokio::test]
@@ -40,8 +43,14 @@ async fn a_claiming_row_left_by_a_dead_replica_is_recovered() {
     .unwrap();
 
     let report = t.tick().await;
-    assert!(report.transitions.iter().any(|m| m.id == id && m.from == Claiming && m.to == Destroying), "{report:?}");
-    assert_eq!(report.destroyed, [id.clone()]);
+    assert!(
+        report
+            .transitions
+            .iter()
+            .any(|m| m.id == id && m.from == Claiming && m.to == Destroying),
+        "{report:?}"
+    );
+    assert_eq!(report.destroyed, std::slice::from_ref(&id));
     assert!(t.instance(&id).await.is_none());
     assert!(t.pid_of(&id).is_none(), "its stub agent still runs");
     assert_eq!(t.count(Claiming).await, 0);
@@ -53,11 +62,13 @@ async fn a_fresh_claiming_row_is_left_alone() {
     let t = TestPool::start().await;
     t.fill(3).await;
     let id = t.ids(Idle).await.remove(0);
-    sqlx::query("UPDATE instances SET status = 'claiming', claim_token = gen_random_uuid() WHERE id = $1")
-        .bind(&id)
-        .execute(&t.pool.db)
-        .await
-        .unwrap();
+    sqlx::query(
+        "UPDATE instances SET status = 'claiming', claim_token = gen_random_uuid() WHERE id = $1",
+    )
+    .bind(&id)
+    .execute(&t.pool.db)
+    .await
+    .unwrap();
     let report = t.tick().await;
     assert!(report.transitions.is_empty(), "{report:?}");
     assert_eq!(t.instance(&id).await.unwrap().status, Claiming);
@@ -134,7 +145,13 @@ async fn a_dead_claimed_instance_crashes_and_is_dismissed() {
 
     t.kill_agent(&id).await;
     let report = t.tick().await;
-    assert!(report.transitions.iter().any(|m| m.id == id && m.to == Crashed), "{report:?}");
+    assert!(
+        report
+            .transitions
+            .iter()
+            .any(|m| m.id == id && m.to == Crashed),
+        "{report:?}"
+    );
     assert_eq!(t.instance(&id).await.unwrap().status, Crashed);
     // Crashed instances wait for an operator.
     t.tick().await;
@@ -151,7 +168,7 @@ async fn a_dead_claimed_instance_crashes_and_is_dismissed() {
     assert_eq!(status, StatusCode::ACCEPTED, "{body}");
     assert_eq!(body["previousStatus"], "crashed");
     let report = t.tick().await;
-    assert_eq!(report.destroyed, [id.clone()]);
+    assert_eq!(report.destroyed, std::slice::from_ref(&id));
     assert!(t.instance(&id).await.is_none());
     let (status, _) = t.delete(&format!("/api/pool/crashed/{id}")).await;
     assert_eq!(status, StatusCode::NOT_FOUND);
@@ -234,7 +251,11 @@ async fn orphans_are_deleted() {
     assert_eq!(status, StatusCode::OK, "{body}");
     assert_eq!(body["orphansDeleted"], json!([orphan]));
     assert!(t.local.pid_of(&orphan).is_none());
-    assert_eq!(t.count(Idle).await, 3, "reconcile touched healthy instances");
+    assert_eq!(
+        t.count(Idle).await,
+        3,
+        "reconcile touched healthy instances"
+    );
 }
 
 #[tokio::test]

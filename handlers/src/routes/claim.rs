@@ -32,7 +32,10 @@ pub struct ClaimReply {
 }
 
 /// `POST /api/pool/claim`.
-pub async fn claim(State(state): State<AppState>, JsonBody(body): JsonBody<ClaimBody>) -> ApiResult<Json<ClaimReply>> {
+pub async fn claim(
+    State(state): State<AppState>,
+    JsonBody(body): JsonBody<ClaimBody>,
+) -> ApiResult<Json<ClaimReply>> {
     let request = ClaimRequest::new(
         body.agent_name,
         body.instructions,

@@ -12,7 +12,10 @@ use crate::state::AppState;
 
 /// `DELETE /api/pool/instances/:id`: kill a launched instance, whatever its state. The tick
 /// destroys its resources; the reply says it is on its way.
-pub async fn kill(State(state): State<AppState>, Path(id): Path<String>) -> ApiResult<(StatusCode, Json<Value>)> {
+pub async fn kill(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+) -> ApiResult<(StatusCode, Json<Value>)> {
     use InstanceStatus::*;
     let id = plausible_id(&id)?;
     let previous = instances::request_destroy(
@@ -28,7 +31,10 @@ pub async fn kill(State(state): State<AppState>, Path(id): Path<String>) -> ApiR
 }
 
 /// `DELETE /api/pool/crashed/:id`: dismiss a crashed agent.
-pub async fn dismiss(State(state): State<AppState>, Path(id): Path<String>) -> ApiResult<(StatusCode, Json<Value>)> {
+pub async fn dismiss(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+) -> ApiResult<(StatusCode, Json<Value>)> {
     let id = plausible_id(&id)?;
     let previous = instances::request_destroy(
         &state.pool.db,

@@ -64,13 +64,22 @@ async fn not_found() -> Response {
 }
 
 async fn method_not_allowed() -> Response {
-    ApiError::new(StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed", "method not allowed on this route")
-        .into_response()
+    ApiError::new(
+        StatusCode::METHOD_NOT_ALLOWED,
+        "method_not_allowed",
+        "method not allowed on this route",
+    )
+    .into_response()
 }
 
 /// Instance ids are 12 lowercase alphanumerics; anything else cannot name an instance.
 fn plausible_id(id: &str) -> Result<&str, ApiError> {
-    if !id.is_empty() && id.len() <= 64 && id.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit()) {
+    if !id.is_empty()
+        && id.len() <= 64
+        && id
+            .chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit())
+    {
         Ok(id)
     } else {
         Err(ApiError::not_found(format!("instance {id:?} not found")))

@@ -8,8 +8,8 @@ use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 
 use agentpool_core::domain::{Instance, InstanceStatus};
-use agentpool_core::tick::{self, Mode, TickReport};
 use agentpool_core::instances;
+use agentpool_core::tick::{self, Mode, TickReport};
 
 use crate::auth::{identify, Caller};
 use crate::error::{ApiError, ApiResult};
@@ -24,7 +24,9 @@ async fn counts_json(state: &AppState) -> ApiResult<BTreeMap<InstanceStatus, i64
 }
 
 /// `GET /api/pool/counts` (public).
-pub async fn counts(State(state): State<AppState>) -> ApiResult<Json<BTreeMap<InstanceStatus, i64>>> {
+pub async fn counts(
+    State(state): State<AppState>,
+) -> ApiResult<Json<BTreeMap<InstanceStatus, i64>>> {
     counts_json(&state).await.map(Json)
 }
 
@@ -86,11 +88,16 @@ struct PublicAgent<'a> {
 
 /// `GET /api/pool/agents` (public): every instance, grouped by status. With the API key, the
 /// operator's view of each.
-pub async fn agents(State(state): State<AppState>, request: Request<axum::body::Body>) -> ApiResult<Json<Value>> {
+pub async fn agents(
+    State(state): State<AppState>,
+    request: Request<axum::body::Body>,
+) -> ApiResult<Json<Value>> {
     let caller = identify(&state, &request, false)?;
     let all = instances::list(&state.pool.db).await?;
-    let mut grouped: BTreeMap<InstanceStatus, Vec<Value>> =
-        InstanceStatus::ALL.into_iter().map(|s| (s, Vec::new())).collect();
+    let mut grouped: BTreeMap<InstanceStatus, Vec<Value>> = InstanceStatus::ALL
+        .into_iter()
+        .map(|s| (s, Vec::new()))
+        .collect();
     for instance in &all {
         let entry = match caller {
             Caller::Operator => serde_json::to_value(InstanceView::from(instance)),
@@ -128,7 +135,9 @@ pub async fn info(State(state): State<AppState>) -> Json<Value> {
 pub async fn status(State(state): State<AppState>) -> ApiResult<Json<Value>> {
     let all = instances::list(&state.pool.db).await?;
     let views: Vec<InstanceView> = all.iter().map(InstanceView::from).collect();
-    Ok(Json(json!({"counts": counts_json(&state).await?, "instances": views})))
+    Ok(Json(
+        json!({"counts": counts_json(&state).await?, "instances": views}),
+    ))
 }
 
 #[derive(Deserialize, Default)]
@@ -154,7 +163,10 @@ async fn with_counts(state: &AppState, report: TickReport) -> ApiResult<Json<Val
 }
 
 /// `POST /api/pool/replenish`: a tick (poll + replenish), or with `{"count": N}` N new instances.
-pub async fn replenish(State(state): State<AppState>, OptionalJsonBody(body): OptionalJsonBody<CountBody>) -> ApiResult<Json<Value>> {
+pub async fn replenish(
+    State(state): State<AppState>,
+    OptionalJsonBody(body): OptionalJsonBody<CountBody>,
+) -> ApiResult<Json<Value>> {
     let report = match batch_size(body.count)? {
         Some(count) => tick::create_now(&state.pool, count).await?,
         None => tick::run(&state.pool, Mode::Full).await?,
@@ -163,7 +175,10 @@ pub async fn replenish(State(state): State<AppState>, OptionalJsonBody(body): Op
 }
 
 /// `POST /api/pool/drain {"count": N}`: up to N idle instances go to `destroying`.
-pub async fn drain(State(state): State<AppState>, JsonBody(body): JsonBody<CountBody>) -> ApiResult<Json<Value>> {
+pub async fn drain(
+    State(state): State<AppState>,
+    JsonBody(body): JsonBody<CountBody>,
+) -> ApiResult<Json<Value>> {
     let count = batch_size(body.count)?
         .ok_or_else(|| ApiError::bad_request("invalid_request", "count is required"))?;
     let ids = instances::drain(&state.pool.db, count).await?;

@@ -35,7 +35,12 @@ pub async fn replenish(
             .parse()
             .ok()
             .filter(|n| (1..=100).contains(n))
-            .ok_or_else(|| ApiError::bad_request("invalid_request", "count must be an integer between 1 and 100"))?,
+            .ok_or_else(|| {
+                ApiError::bad_request(
+                    "invalid_request",
+                    "count must be an integer between 1 and 100",
+                )
+            })?,
     };
     let (tx, rx) = tokio::sync::mpsc::unbounded_channel::<Value>();
     // The work runs to its end whether or not the client stays to watch.
@@ -62,13 +67,15 @@ pub async fn replenish(
         let (mut created, mut failed) = (0, count as usize - reserved.len());
         for (index, row) in reserved.into_iter().enumerate() {
             let instance_num = index + 1;
-            let step = |step: &str, status: &str, message: String| {
-                json!({"type": "step", "instanceNum": instance_num, "step": step, "status": status, "message": message})
-            };
+            let step = |step: &str, status: &str, message: String| json!({"type": "step", "instanceNum": instance_num, "step": step, "status": status, "message": message});
             for tool in UNCONFIGURED_TOOLS {
                 let _ = tx.send(step(tool, "skip", format!("{tool} is not configured")));
             }
-            let _ = tx.send(step(provider_step, "active", format!("creating {}", row.name)));
+            let _ = tx.send(step(
+                provider_step,
+                "active",
+                format!("creating {}", row.name),
+            ));
             let id = row.id.clone();
             let outcome = tick::execute::create_reserved(pool, vec![row]).await;
             match outcome.into_iter().next() {
@@ -86,9 +93,12 @@ pub async fn replenish(
             }
         }
         let counts = instances::counts(&pool.db).await.ok();
-        let _ = tx.send(json!({"type": "complete", "created": created, "failed": failed, "counts": counts}));
+        let _ = tx.send(
+            json!({"type": "complete", "created": created, "failed": failed, "counts": counts}),
+        );
         state.kicker.kick();
     });
-    let events = UnboundedReceiverStream::new(rx).map(|message| Ok(Event::default().data(message.to_string())));
+    let events = UnboundedReceiverStream::new(rx)
+        .map(|message| Ok(Event::default().data(message.to_string())));
     Ok(Sse::new(events).keep_alive(KeepAlive::default()))
 }

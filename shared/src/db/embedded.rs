@@ -30,10 +30,7 @@ pub struct EmbeddedPostgres {
 }
 
 fn err(message: impl Into<String>) -> Error {
-    Error::io(
-        "embedded postgres",
-        std::io::Error::other(message.into()),
-    )
+    Error::io("embedded postgres", std::io::Error::other(message.into()))
 }
 
 /// The directory holding `initdb` and `postgres`: `POSTGRES_BIN_DIR`, else the newest
@@ -134,7 +131,16 @@ impl EmbeddedPostgres {
         initdb
             .arg("-D")
             .arg(&data_dir)
-            .args(["-U", "postgres", "-A", "trust", "-E", "UTF8", "--no-sync", "--locale=C"])
+            .args([
+                "-U",
+                "postgres",
+                "-A",
+                "trust",
+                "-E",
+                "UTF8",
+                "--no-sync",
+                "--locale=C",
+            ])
             .stdin(Stdio::null())
             .stdout(log.try_clone().map_err(|e| Error::io("initdb log", e))?)
             .stderr(log);

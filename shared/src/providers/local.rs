@@ -142,10 +142,7 @@ impl LocalProvider {
             .process_group(0)
             .kill_on_drop(false);
         let mut child = command.spawn().map_err(|e| {
-            Error::provider(
-                KIND,
-                format!("starting {}: {e}", self.agent_bin.display()),
-            )
+            Error::provider(KIND, format!("starting {}: {e}", self.agent_bin.display()))
         })?;
         let pid = child
             .id()
@@ -161,7 +158,10 @@ impl LocalProvider {
         )
         .await;
         let addr = match read {
-            Ok(Ok(_)) => first_line.trim().strip_prefix("LISTENING ").map(str::to_string),
+            Ok(Ok(_)) => first_line
+                .trim()
+                .strip_prefix("LISTENING ")
+                .map(str::to_string),
             _ => None,
         };
         let Some(addr) = addr else {
@@ -179,7 +179,8 @@ impl LocalProvider {
             url: format!("http://{addr}"),
         };
         let tmp = self.state_dir.join(format!(".{}.tmp", spec.name));
-        let bytes = serde_json::to_vec(&record).map_err(|e| Error::provider(KIND, e.to_string()))?;
+        let bytes =
+            serde_json::to_vec(&record).map_err(|e| Error::provider(KIND, e.to_string()))?;
         std::fs::write(&tmp, bytes)
             .and_then(|_| std::fs::rename(&tmp, self.record_path(&spec.name)))
             .map_err(|e| Error::io("writing agent record", e))?;

@@ -79,7 +79,10 @@ pub fn from_settings(settings: &Settings) -> Result<Arc<dyn Provider>> {
         ProviderKind::Local => Ok(Arc::new(local::LocalProvider::from_settings(settings)?)),
         other => Err(Error::Config(crate::config::ConfigError {
             setting: "POOL_PROVIDER".into(),
-            problem: format!("provider {:?} is not available in this build", other.as_str()),
+            problem: format!(
+                "provider {:?} is not available in this build",
+                other.as_str()
+            ),
         })),
     }
 }

@@ -22,7 +22,13 @@ use super::TickReport;
 const PROVIDER_CONCURRENCY: usize = 8;
 const MAX_BACKOFF: Duration = Duration::from_secs(600);
 
-pub async fn run(pool: &Pool, snapshot: &Snapshot, plan: Plan, deadline: Instant, report: &mut TickReport) {
+pub async fn run(
+    pool: &Pool,
+    snapshot: &Snapshot,
+    plan: Plan,
+    deadline: Instant,
+    report: &mut TickReport,
+) {
     if let Err(e) = set_health_failures(pool, &plan.health_failures).await {
         report.error(format!("recording health failures: {e}"));
     }
@@ -62,7 +68,8 @@ async fn set_health_failures(pool: &Pool, failures: &[(String, i32)]) -> crate::
     if failures.is_empty() {
         return Ok(());
     }
-    let (ids, counts): (Vec<&str>, Vec<i32>) = failures.iter().map(|(id, n)| (id.as_str(), *n)).unzip();
+    let (ids, counts): (Vec<&str>, Vec<i32>) =
+        failures.iter().map(|(id, n)| (id.as_str(), *n)).unzip();
     sqlx::query(
         "UPDATE instances i SET health_failures = v.n
            FROM unnest($1::text[], $2::int4[]) AS v(id, n)
@@ -76,8 +83,13 @@ async fn set_health_failures(pool: &Pool, failures: &[(String, i32)]) -> crate::
 }
 
 /// Applies transitions grouped by (from, to); returns the ids that actually moved.
-async fn apply_transitions(pool: &Pool, transitions: &[Transition], report: &mut TickReport) -> HashSet<String> {
-    let mut groups: BTreeMap<(InstanceStatus, InstanceStatus), Vec<(String, String)>> = BTreeMap::new();
+async fn apply_transitions(
+    pool: &Pool,
+    transitions: &[Transition],
+    report: &mut TickReport,
+) -> HashSet<String> {
+    let mut groups: BTreeMap<(InstanceStatus, InstanceStatus), Vec<(String, String)>> =
+        BTreeMap::new();
     for t in transitions {
         groups
             .entry((t.from, t.to))
@@ -116,7 +128,12 @@ struct ResourceTarget {
 
 /// Destroys each instance's resources, then its row. Failures are retried by later ticks with
 /// jittered exponential backoff; the row goes only when everything it owns is gone.
-async fn destroy_instances(pool: &Pool, targets: Vec<ResourceTarget>, deadline: Instant, report: &mut TickReport) {
+async fn destroy_instances(
+    pool: &Pool,
+    targets: Vec<ResourceTarget>,
+    deadline: Instant,
+    report: &mut TickReport,
+) {
     let (started, skipped) = within_budget(targets, deadline);
     if skipped > 0 {
         report.budget_exhausted = true;
@@ -135,7 +152,8 @@ async fn destroy_instances(pool: &Pool, targets: Vec<ResourceTarget>, deadline: 
         .await;
 
     let mut gone = Vec::new();
-    let (mut failed_ids, mut failed_errors, mut failed_delays) = (Vec::new(), Vec::new(), Vec::new());
+    let (mut failed_ids, mut failed_errors, mut failed_delays) =
+        (Vec::new(), Vec::new(), Vec::new());
     for (target, result) in results {
         match result {
             Ok(()) => gone.push(target.id),
@@ -294,7 +312,10 @@ async fn create_one(pool: &Pool, row: &instances::Reserved) -> crate::Result<()>
         env: vec![
             ("OPENCLAW_GATEWAY_TOKEN".into(), row.gateway_token.clone()),
             ("INSTANCE_ID".into(), row.id.clone()),
-            ("POOL_ENVIRONMENT".into(), pool.settings.pool_environment.clone()),
+            (
+                "POOL_ENVIRONMENT".into(),
+                pool.settings.pool_environment.clone(),
+            ),
         ],
     };
     let created = pool.provider.create(&spec).await?;

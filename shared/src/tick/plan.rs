@@ -58,7 +58,11 @@ enum Observed {
     Running(Option<Health>),
 }
 
-fn observe(row: &Row, resources: &HashMap<&str, &ObservedResource>, health: &HashMap<String, Health>) -> Observed {
+fn observe(
+    row: &Row,
+    resources: &HashMap<&str, &ObservedResource>,
+    health: &HashMap<String, Health>,
+) -> Observed {
     match resources.get(row.instance.name.as_str()).map(|r| r.status) {
         None => Observed::Absent,
         Some(ResourceStatus::Failed) => Observed::Failed,
@@ -159,7 +163,11 @@ pub fn decide(snapshot: &Snapshot, rules: &Rules, mode: Mode) -> Plan {
         }
     }
 
-    let known: HashSet<&str> = snapshot.rows.iter().map(|r| r.instance.name.as_str()).collect();
+    let known: HashSet<&str> = snapshot
+        .rows
+        .iter()
+        .map(|r| r.instance.name.as_str())
+        .collect();
     plan.orphans = snapshot
         .resources
         .iter()
@@ -187,7 +195,10 @@ fn replenish(snapshot: &Snapshot, plan: &Plan, rules: &Rules) -> u32 {
             .get(row.instance.id.as_str())
             .copied()
             .unwrap_or(row.instance.status);
-        if matches!(status, InstanceStatus::Idle | InstanceStatus::Starting | InstanceStatus::Recycling) {
+        if matches!(
+            status,
+            InstanceStatus::Idle | InstanceStatus::Starting | InstanceStatus::Recycling
+        ) {
             ready_or_coming += 1;
         }
         if status != InstanceStatus::Destroying {
@@ -280,7 +291,12 @@ mod tests {
         }
 
         fn failures(mut self, id: &str, n: i32) -> Self {
-            let row = self.snapshot.rows.iter_mut().find(|r| r.instance.id == id).unwrap();
+            let row = self
+                .snapshot
+                .rows
+                .iter_mut()
+                .find(|r| r.instance.id == id)
+                .unwrap();
             row.instance.health_failures = n;
             self
         }
@@ -300,7 +316,10 @@ mod tests {
     }
 
     fn moved(plan: &Plan) -> Vec<(&str, InstanceStatus)> {
-        plan.transitions.iter().map(|t| (t.id.as_str(), t.to)).collect()
+        plan.transitions
+            .iter()
+            .map(|t| (t.id.as_str(), t.to))
+            .collect()
     }
 
     use InstanceStatus::*;
@@ -326,7 +345,13 @@ mod tests {
     #[test]
     fn stuck_starting_is_destroyed_and_replaced() {
         let plan = Fixture::new()
-            .row("a", Starting, Duration::from_secs(901), Some(Running), Some(Health::NotReady))
+            .row(
+                "a",
+                Starting,
+                Duration::from_secs(901),
+                Some(Running),
+                Some(Health::NotReady),
+            )
             .row("b", Starting, Duration::from_secs(901), None, None)
             .row("c", Starting, MIN, None, None)
             .plan();
@@ -395,7 +420,13 @@ mod tests {
     #[test]
     fn stale_claiming_is_reaped_fresh_claiming_is_not() {
         let plan = Fixture::new()
-            .row("old", Claiming, Duration::from_secs(121), Some(Running), None)
+            .row(
+                "old",
+                Claiming,
+                Duration::from_secs(121),
+                Some(Running),
+                None,
+            )
             .row("new", Claiming, Duration::from_secs(5), Some(Running), None)
             .plan();
         assert_eq!(moved(&plan), vec![("old", Destroying)]);
@@ -406,7 +437,8 @@ mod tests {
         let mut fixture = Fixture::new()
             .row("due", Destroying, MIN, Some(Running), None)
             .row("later", Destroying, MIN, Some(Running), None);
-        fixture.snapshot.rows[1].instance.next_attempt_at = Some(now() + chrono::Duration::seconds(30));
+        fixture.snapshot.rows[1].instance.next_attempt_at =
+            Some(now() + chrono::Duration::seconds(30));
         let plan = fixture.plan();
         assert_eq!(plan.destroy, vec!["due"]);
         assert!(plan.transitions.is_empty());
@@ -426,7 +458,13 @@ mod tests {
     fn replenish_respects_the_maximum() {
         let mut fixture = Fixture::new();
         for i in 0..9 {
-            fixture = fixture.row(&format!("c{i}"), Claimed, MIN, Some(Running), Some(Health::Ready));
+            fixture = fixture.row(
+                &format!("c{i}"),
+                Claimed,
+                MIN,
+                Some(Running),
+                Some(Health::Ready),
+            );
         }
         // 9 live, max 10: only one more even though 3 are wanted.
         assert_eq!(fixture.plan().create, 1);
@@ -437,7 +475,10 @@ mod tests {
 
     #[test]
     fn reconcile_mode_never_creates() {
-        assert_eq!(decide(&Fixture::new().snapshot, &rules(), Mode::Reconcile).create, 0);
+        assert_eq!(
+            decide(&Fixture::new().snapshot, &rules(), Mode::Reconcile).create,
+            0
+        );
     }
 
     #[test]

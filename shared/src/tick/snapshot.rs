@@ -57,7 +57,9 @@ async fn read_rows(pool: &Pool) -> Result<(DateTime<Utc>, Vec<Row>)> {
     .fetch_all(&pool.db)
     .await?;
     // The database's clock, so that ages compare like with like across replicas.
-    let now: DateTime<Utc> = sqlx::query_scalar("SELECT now()").fetch_one(&pool.db).await?;
+    let now: DateTime<Utc> = sqlx::query_scalar("SELECT now()")
+        .fetch_one(&pool.db)
+        .await?;
     Ok((now, rows))
 }
 
