@@ -72,7 +72,7 @@ impl From<Error> for ApiError {
                 "provider_failed",
                 error.to_string(),
             ),
-            Error::Db(sqlx::Error::PoolTimedOut | sqlx::Error::Io(_) | sqlx::Error::PoolClosed) => {
+            Error::Db(db) if agentpool_core::db::unavailable(db) => {
                 tracing::error!(%error, "database unavailable");
                 Self::new(
                     StatusCode::SERVICE_UNAVAILABLE,

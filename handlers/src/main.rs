@@ -37,6 +37,9 @@ enum Command {
         /// Instance name; lets the local provider recognise its processes.
         #[arg(long)]
         name: Option<String>,
+        /// Write the local provider's record of this agent here once listening (needs --name).
+        #[arg(long, requires = "name")]
+        record: Option<std::path::PathBuf>,
     },
 }
 
@@ -91,11 +94,18 @@ async fn run(command: Command) -> anyhow::Result<()> {
             println!("{}", serde_json::to_string_pretty(&report)?);
             Ok(())
         }
-        Command::StubAgent { port, name } => {
+        Command::StubAgent { port, name, record } => {
             let settings = stub_agent::StubSettings::from_env().map_err(anyhow::Error::msg)?;
-            let _span =
-                tracing::info_span!("stub_agent", name = name.as_deref().unwrap_or("-")).entered();
-            stub_agent::run(SocketAddr::from((Ipv4Addr::LOCALHOST, port)), settings).await?;
+            let announce = match (name, record) {
+                (Some(name), Some(record)) => Some(stub_agent::Announce { name, record }),
+                _ => None,
+            };
+            stub_agent::run(
+                SocketAddr::from((Ipv4Addr::LOCALHOST, port)),
+                settings,
+                announce,
+            )
+            .await?;
             Ok(())
         }
     }

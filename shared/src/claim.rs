@@ -176,7 +176,8 @@ async fn provision_taken(
          ),
          e AS (
            INSERT INTO instance_events (instance_id, from_status, to_status, reason, actor)
-           SELECT id, 'claiming', 'claimed', 'provisioned', 'claim' FROM t
+           SELECT id, 'claiming', 'claimed', 'provisioned: conversation ' || coalesce($6, '-'), 'claim'
+             FROM t
          )
          SELECT id FROM t",
     )

@@ -251,9 +251,19 @@ async fn faults(
     Json(json!({"ok": true})).into_response()
 }
 
-/// Binds `addr`, prints `LISTENING <addr>` on stdout (the local provider reads it), serves until
+/// Where a stub agent announces itself to the local provider.
+pub struct Announce {
+    pub name: String,
+    pub record: std::path::PathBuf,
+}
+
+/// Binds `addr`, writes its record (if asked), prints `LISTENING <addr>` on stdout, serves until
 /// asked to exit or killed.
-pub async fn run(addr: SocketAddr, settings: StubSettings) -> std::io::Result<()> {
+pub async fn run(
+    addr: SocketAddr,
+    settings: StubSettings,
+    announce: Option<Announce>,
+) -> std::io::Result<()> {
     let stub = Arc::new(Stub {
         token: settings.gateway_token,
         ready_at: Instant::now() + settings.ready_delay,
@@ -272,6 +282,13 @@ pub async fn run(addr: SocketAddr, settings: StubSettings) -> std::io::Result<()
         .with_state(stub.clone());
     let listener = tokio::net::TcpListener::bind(addr).await?;
     let local = listener.local_addr()?;
+    if let Some(announce) = announce {
+        crate::providers::local::write_record(
+            &announce.record,
+            &announce.name,
+            &format!("http://{local}"),
+        )?;
+    }
     {
         use std::io::Write;
         let mut out = std::io::stdout().lock();

@@ -120,13 +120,12 @@ pub fn agentpool_bin() -> &'static Path {
         if let Ok(bin) = std::env::var("AGENTPOOL_BIN") {
             return PathBuf::from(bin);
         }
-        // target/<profile>/deps/<this test> → target/<profile>
+        // target/<profile>/deps/<test> or target/<profile>/<bin> → target/<profile>
         let exe = std::env::current_exe().expect("current exe");
-        let profile_dir = exe
-            .parent()
-            .and_then(Path::parent)
-            .expect("test binary lives in target/<profile>/deps")
-            .to_path_buf();
+        let mut profile_dir = exe.parent().expect("exe has a directory").to_path_buf();
+        if profile_dir.file_name().is_some_and(|n| n == "deps") {
+            profile_dir.pop();
+        }
         let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
         let mut build = Command::new(cargo);
         build.args([

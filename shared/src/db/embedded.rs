@@ -23,6 +23,9 @@ const READY_TIMEOUT: Duration = Duration::from_secs(30);
 const STOP_TIMEOUT: Duration = Duration::from_secs(15);
 
 pub struct EmbeddedPostgres {
+    bin: PathBuf,
+    root: PathBuf,
+    user: Option<User>,
     data_dir: PathBuf,
     pid: Pid,
     port: u16,
@@ -155,7 +158,7 @@ impl EmbeddedPostgres {
 
         let mut last_error = None;
         for _ in 0..START_ATTEMPTS {
-            match Self::launch(&bin, root, &data_dir, &user) {
+            match Self::launch(&bin, root, &data_dir, &user, free_port()?) {
                 Ok(server) => return Ok(server),
                 // Most likely another process took the port between our probe and the bind.
                 Err(e) => last_error = Some(e),
@@ -164,8 +167,13 @@ impl EmbeddedPostgres {
         Err(last_error.unwrap_or_else(|| err("could not start")))
     }
 
-    fn launch(bin: &Path, root: &Path, data_dir: &Path, user: &Option<User>) -> Result<Self> {
-        let port = free_port()?;
+    fn launch(
+        bin: &Path,
+        root: &Path,
+        data_dir: &Path,
+        user: &Option<User>,
+        port: u16,
+    ) -> Result<Self> {
         let log_path = root.join("postgres.log");
         let log = File::create(&log_path).map_err(|e| Error::io("creating postgres log", e))?;
         chown_tree(&log_path, user)?;
@@ -227,6 +235,9 @@ impl EmbeddedPostgres {
             .map_err(|_| err("postgres keeper thread died"))?
             .map_err(|e| Error::io(format!("starting {}", bin.join("postgres").display()), e))?;
         let server = Self {
+            bin: bin.to_path_buf(),
+            root: root.to_path_buf(),
+            user: user.clone(),
             data_dir: data_dir.to_path_buf(),
             pid: Pid::from_raw(pid as i32),
             port,
@@ -267,6 +278,20 @@ impl EmbeddedPostgres {
     /// URL of a database on this server (trust authentication, loopback only).
     pub fn url(&self, database: &str) -> String {
         format!("postgres://postgres@127.0.0.1:{}/{database}", self.port)
+    }
+
+    /// Stops the server and starts it again on the same data and port, as an operator's restart
+    /// would. Clients see their connections dropped and must reconnect.
+    pub fn restart(self) -> Result<Self> {
+        let (bin, root, user, data_dir, port) = (
+            self.bin.clone(),
+            self.root.clone(),
+            self.user.clone(),
+            self.data_dir.clone(),
+            self.port,
+        );
+        self.stop()?;
+        Self::launch(&bin, &root, &data_dir, &user, port)
     }
 
     /// Fast shutdown (disconnects clients), then waits for the server to exit.

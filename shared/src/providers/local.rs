@@ -2,7 +2,9 @@
 //!
 //! Processes are detached (own process group) so that they outlive the replica that started them,
 //! as a Railway service outlives the replica that created it. Every replica on the host sees the
-//! same fleet through the state directory: one `<name>.json` record per process.
+//! same fleet through the state directory: one `<name>.json` record per process, written by the
+//! agent itself as soon as it listens, so that an agent whose starter died at once is still found
+//! (and, without a row, deleted as an orphan).
 
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
@@ -27,6 +29,18 @@ struct Record {
     name: String,
     pid: i32,
     url: String,
+}
+
+/// Written by `agentpool stub-agent --record <path>` once it listens.
+pub fn write_record(path: &Path, name: &str, url: &str) -> std::io::Result<()> {
+    let record = Record {
+        name: name.to_string(),
+        pid: std::process::id() as i32,
+        url: url.to_string(),
+    };
+    let tmp = path.with_extension("json.tmp");
+    std::fs::write(&tmp, serde_json::to_vec(&record)?)?;
+    std::fs::rename(&tmp, path)
 }
 
 pub struct LocalProvider {
@@ -131,7 +145,15 @@ impl LocalProvider {
             .map_err(|e| Error::io("creating agent log", e))?;
         let mut command = tokio::process::Command::new(&self.agent_bin);
         command
-            .args(["stub-agent", "--name", &spec.name, "--port", "0"])
+            .args([
+                "stub-agent",
+                "--name",
+                &spec.name,
+                "--port",
+                "0",
+                "--record",
+            ])
+            .arg(self.record_path(&spec.name))
             .env_clear()
             .envs(self.stub_env.iter().map(|(k, v)| (k, v)))
             .envs(spec.env.iter().map(|(k, v)| (k, v)))
@@ -157,34 +179,20 @@ impl LocalProvider {
             BufReader::new(stdout).read_line(&mut first_line),
         )
         .await;
-        let addr = match read {
-            Ok(Ok(_)) => first_line
-                .trim()
-                .strip_prefix("LISTENING ")
-                .map(str::to_string),
-            _ => None,
-        };
-        let Some(addr) = addr else {
+        let listening = matches!(read, Ok(Ok(_))) && first_line.starts_with("LISTENING ");
+        if !listening {
             let _ = child.start_kill();
             return Err(Error::provider(
                 KIND,
                 format!("agent {} did not report its address", spec.name),
             ));
-        };
+        }
         // The handle is dropped; tokio reaps the process when it exits.
         drop(child);
-        let record = Record {
-            name: spec.name.clone(),
-            pid,
-            url: format!("http://{addr}"),
-        };
-        let tmp = self.state_dir.join(format!(".{}.tmp", spec.name));
-        let bytes =
-            serde_json::to_vec(&record).map_err(|e| Error::provider(KIND, e.to_string()))?;
-        std::fs::write(&tmp, bytes)
-            .and_then(|_| std::fs::rename(&tmp, self.record_path(&spec.name)))
-            .map_err(|e| Error::io("writing agent record", e))?;
-        Ok(record)
+        // The agent wrote its record before announcing itself.
+        self.read_record(&spec.name)
+            .filter(|record| record.pid == pid)
+            .ok_or_else(|| Error::provider(KIND, format!("agent {} left no record", spec.name)))
     }
 }
 
