@@ -26,6 +26,9 @@ impl AppState {
     }
 }
 
+/// The least time between the starts of two ticks of one loop.
+const KICK_SPACING: Duration = Duration::from_millis(500);
+
 /// Asks this process's tick loop for a tick soon (after a claim, a drain, a kill), so the pool
 /// refills without waiting for the schedule. Kicks coalesce; without a running loop they are
 /// no-ops, and the scheduler's tick does the work.
@@ -59,6 +62,7 @@ impl Kicker {
                 _ = period => {}
                 _ = stop.wait_for(|stop| *stop) => return,
             }
+            let began = tokio::time::Instant::now();
             match tick::run(&pool, Mode::Full).await {
                 Ok(report) if !report.skipped => tracing::debug!(
                     created = report.created.len(),
@@ -68,6 +72,12 @@ impl Kicker {
                 ),
                 Ok(_) => {}
                 Err(e) => tracing::warn!(error = %e, "tick failed"),
+            }
+            // A burst of claims needs one tick, not one per claim: kicks that arrive meanwhile
+            // coalesce into the next one.
+            tokio::select! {
+                _ = tokio::time::sleep_until(began + KICK_SPACING) => {}
+                _ = stop.wait_for(|stop| *stop) => return,
             }
         }
     }

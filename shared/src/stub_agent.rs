@@ -10,6 +10,7 @@
 //! | `STUB_READY_DELAY_MS` | `/pool/health` answers 503 until this long after start (default 0) |
 //! | `STUB_PROVISION_DELAY_MS` | `/pool/provision` waits this long before answering (default 0) |
 //! | `STUB_FAIL_PROVISION` | `true`: every provision answers 500 |
+//! | `STUB_SHARED` | `true`: answers for many instances, a fresh conversation per provision (benchmarks) |
 //!
 //! Faults can also be switched at run time with `POST /stub/faults` (Bearer):
 //! `{"provision": "fail"|"ok", "health": "fail"|"ok", "exit": true, "provisionDelayMs": n,
@@ -37,6 +38,11 @@ pub struct StubSettings {
     pub ready_delay: Duration,
     pub provision_delay: Duration,
     pub fail_provision: bool,
+    pub shared: bool,
+}
+
+fn flag(name: &str) -> bool {
+    matches!(std::env::var(name).as_deref(), Ok("true" | "1"))
 }
 
 impl StubSettings {
@@ -59,10 +65,8 @@ impl StubSettings {
             gateway_token: token,
             ready_delay: millis("STUB_READY_DELAY_MS")?,
             provision_delay: millis("STUB_PROVISION_DELAY_MS")?,
-            fail_provision: matches!(
-                std::env::var("STUB_FAIL_PROVISION").as_deref(),
-                Ok("true" | "1")
-            ),
+            fail_provision: flag("STUB_FAIL_PROVISION"),
+            shared: flag("STUB_SHARED"),
         })
     }
 }
@@ -76,6 +80,8 @@ struct Stub {
     provision_delay_ms: AtomicU64,
     /// One conversation per agent: a second provision is refused, which makes a double claim loud.
     conversation: Mutex<Option<String>>,
+    /// Standing in for many agents: every provision is a first one.
+    shared: bool,
     exit: tokio::sync::Notify,
 }
 
@@ -155,7 +161,7 @@ async fn provision(
         Ok(guard) => guard,
         Err(poisoned) => poisoned.into_inner(),
     };
-    if conversation.is_some() {
+    if conversation.is_some() && !stub.shared {
         return (
             StatusCode::CONFLICT,
             Json(json!({"ok": false, "error": "already provisioned"})),
@@ -272,6 +278,7 @@ pub async fn run(
         health_delay_ms: AtomicU64::new(0),
         provision_delay_ms: AtomicU64::new(settings.provision_delay.as_millis() as u64),
         conversation: Mutex::new(None),
+        shared: settings.shared,
         exit: tokio::sync::Notify::new(),
     });
     let app = Router::new()

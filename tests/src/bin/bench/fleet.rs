@@ -1,0 +1,253 @@
+//! Processes the benchmark starts: one shared stub agent, `agentpool serve` replicas, and cold
+//! starts of a replica for start-up time and idle memory.
+
+use std::io::{BufRead, BufReader};
+use std::net::TcpListener;
+use std::process::{Child, ChildStdout, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use serde::Serialize;
+
+use agentpool_tests::agentpool_bin;
+
+use crate::stats::ms;
+
+pub const API_KEY: &str = "bench-key-0123456789abcdef0123456789";
+
+/// Kills its process when dropped, by pid.
+pub struct Process {
+    child: Child,
+    _stdout: Option<ChildStdout>,
+}
+
+impl Process {
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Resident memory now, from /proc.
+    pub fn rss_kib(&self) -> Option<u64> {
+        proc_status_kib(self.pid(), "VmRSS")
+    }
+}
+
+impl Drop for Process {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+pub fn proc_status_kib(pid: u32, field: &str) -> Option<u64> {
+    proc_status_kib_in(&format!("/proc/{pid}/status"), field)
+}
+
+/// A `Field:   1234 kB` line of a /proc file.
+pub fn proc_status_kib_in(path: &str, field: &str) -> Option<u64> {
+    let status = std::fs::read_to_string(path).ok()?;
+    status
+        .lines()
+        .find_map(|line| line.strip_prefix(field)?.strip_prefix(':'))
+        .and_then(|rest| rest.trim().trim_end_matches("kB").trim().parse().ok())
+}
+
+/// One stub agent answering for every instance of the benchmark at once.
+pub struct SharedStub {
+    pub url: String,
+    pub token: String,
+    pub process: Process,
+}
+
+impl SharedStub {
+    pub async fn start() -> anyhow::Result<Self> {
+        let token = "b".repeat(64);
+        let mut child = Command::new(agentpool_bin())
+            .args(["stub-agent", "--port", "0"])
+            .env_clear()
+            .env("OPENCLAW_GATEWAY_TOKEN", &token)
+            .env("STUB_SHARED", "true")
+            .env("RUST_LOG", "warn")
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .context("starting the stub agent")?;
+        let stdout = child.stdout.take().context("stub agent stdout")?;
+        let (line, stdout) = tokio::task::spawn_blocking(move || {
+            let mut reader = BufReader::new(stdout);
+            let mut line = String::new();
+            reader
+                .read_line(&mut line)
+                .map(|_| (line, reader.into_inner()))
+        })
+        .await??;
+        let addr = line
+            .trim()
+            .strip_prefix("LISTENING ")
+            .with_context(|| format!("stub agent said {line:?}"))?;
+        Ok(Self {
+            url: format!("http://{addr}"),
+            token,
+            process: Process {
+                child,
+                _stdout: Some(stdout),
+            },
+        })
+    }
+}
+
+/// CPU seconds (user + system) a process has used, from `/proc/<pid>/stat`; with `family`, also
+/// its reaped children and the live ones (a Postgres server and its backends).
+pub fn cpu_seconds(pid: u32, family: bool) -> f64 {
+    // /proc reports in USER_HZ, which Linux fixes at 100 for user space.
+    const TICKS: f64 = 100.0;
+    let fields = |pid: u32| -> Option<Vec<u64>> {
+        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+        // The command name may hold spaces; the fields that follow it do not.
+        let rest = stat.rsplit_once(')')?.1;
+        Some(
+            rest.split_whitespace()
+                .map(|f| f.parse().unwrap_or(0))
+                .collect(),
+        )
+    };
+    // Counted from the state field: ppid 1, utime 11, stime 12, cutime 13, cstime 14.
+    let Some(own) = fields(pid) else {
+        return 0.0;
+    };
+    let mut ticks = own.get(11).copied().unwrap_or(0) + own.get(12).copied().unwrap_or(0);
+    if family {
+        ticks += own.get(13).copied().unwrap_or(0) + own.get(14).copied().unwrap_or(0);
+        let children = std::fs::read_dir("/proc")
+            .into_iter()
+            .flatten()
+            .flatten()
+            .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
+            .filter_map(fields)
+            .filter(|f| f.get(1).copied() == Some(u64::from(pid)));
+        for child in children {
+            ticks += child.get(11).copied().unwrap_or(0) + child.get(12).copied().unwrap_or(0);
+        }
+    }
+    ticks as f64 / TICKS
+}
+
+pub fn free_port() -> anyhow::Result<u16> {
+    Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
+}
+
+/// `agentpool serve` on a free port, with production defaults except where the benchmark needs
+/// otherwise: no minimum pool (the benchmark fills it) and no cap.
+pub struct Replica {
+    pub base: String,
+    pub process: Process,
+}
+
+impl Replica {
+    pub fn spawn(database_url: &str) -> anyhow::Result<(Self, Instant)> {
+        let port = free_port()?;
+        let started = Instant::now();
+        let child = Command::new(agentpool_bin())
+            .arg("serve")
+            .env_clear()
+            .env("DATABASE_URL", database_url)
+            .env("POOL_API_KEY", API_KEY)
+            .env("PORT", port.to_string())
+            .env("POOL_MIN_IDLE", "0")
+            .env("POOL_MAX_TOTAL", "1000000")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .context("starting agentpool serve")?;
+        Ok((
+            Self {
+                base: format!("http://127.0.0.1:{port}"),
+                process: Process {
+                    child,
+                    _stdout: None,
+                },
+            },
+            started,
+        ))
+    }
+
+    /// Starts a replica and returns once it answers.
+    pub async fn start(database_url: &str, http: &reqwest::Client) -> anyhow::Result<Self> {
+        let (replica, _) = Self::spawn(database_url)?;
+        replica.first_answer(http).await?;
+        Ok(replica)
+    }
+
+    /// Polls `/healthz` until it answers 200; returns when it did.
+    pub async fn first_answer(&self, http: &reqwest::Client) -> anyhow::Result<Instant> {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        let url = format!("{}/healthz", self.base);
+        loop {
+            if let Ok(response) = http.get(&url).send().await {
+                if response.status().is_success() {
+                    return Ok(Instant::now());
+                }
+            }
+            anyhow::ensure!(
+                Instant::now() < deadline,
+                "replica {} did not answer",
+                self.base
+            );
+            tokio::time::sleep(Duration::from_micros(500)).await;
+        }
+    }
+}
+
+#[derive(Debug, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ProcessFigures {
+    /// Spawn to first answered `/healthz`, each run: connect, migrate check, bind, serve.
+    pub start_to_first_response_ms: Vec<f64>,
+    pub start_to_first_response_median_ms: f64,
+    /// Resident memory of an idle replica two seconds after its first answer.
+    pub idle_rss_kib: Vec<u64>,
+    pub idle_rss_median_kib: u64,
+    pub binary_bytes: u64,
+}
+
+pub async fn process_figures(
+    database_url: &str,
+    scale: crate::Scale,
+) -> anyhow::Result<ProcessFigures> {
+    // A fresh connection per poll, as a load balancer's first request would make.
+    let http = reqwest::Client::builder()
+        .pool_max_idle_per_host(0)
+        .timeout(Duration::from_secs(2))
+        .build()?;
+    let mut starts = Vec::new();
+    let mut rss = Vec::new();
+    for _ in 0..scale.cold_starts {
+        let (replica, spawned) = Replica::spawn(database_url)?;
+        let answered = replica.first_answer(&http).await?;
+        starts.push(ms(answered - spawned));
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        rss.extend(replica.process.rss_kib());
+    }
+    let binary_bytes = std::fs::metadata(agentpool_bin())?.len();
+    Ok(ProcessFigures {
+        start_to_first_response_median_ms: median_f64(&starts),
+        start_to_first_response_ms: starts,
+        idle_rss_median_kib: median_u64(&rss),
+        idle_rss_kib: rss,
+        binary_bytes,
+    })
+}
+
+fn median_f64(values: &[f64]) -> f64 {
+    let mut sorted = values.to_vec();
+    sorted.sort_by(f64::total_cmp);
+    sorted.get(sorted.len() / 2).copied().unwrap_or(0.0)
+}
+
+fn median_u64(values: &[u64]) -> u64 {
+    let mut sorted = values.to_vec();
+    sorted.sort_unstable();
+    sorted.get(sorted.len() / 2).copied().unwrap_or(0)
+}

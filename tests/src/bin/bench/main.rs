@@ -1,0 +1,132 @@
+//! `agentpool-bench`: what the pool itself costs. Starts its own Postgres, stub agent and
+//! replicas, measures, and writes `benchmarks.json` and `benchmarks.md` (default: `docs/`).
+//!
+//! ```text
+//! cargo run --release -p agentpool-tests --bin agentpool-bench [-- --out DIR] [-- --quick]
+//! ```
+//!
+//! Figures are measured and reported, never asserted: the targets are in the report.
+
+mod claims;
+mod fleet;
+mod report;
+mod stats;
+mod tick;
+
+use std::path::PathBuf;
+use std::time::Instant;
+
+use anyhow::Context;
+use serde::Serialize;
+
+use agentpool_core::db;
+use agentpool_core::db::embedded::{create_database, EmbeddedPostgres};
+
+/// How much work each measurement does; `--quick` is for checking the tool itself.
+#[derive(Debug, Clone, Copy, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Scale {
+    /// Claims measured per (replicas, clients) cell; one client makes fewer.
+    pub claims: usize,
+    pub single_client_claims: usize,
+    pub tick_sizes: &'static [usize],
+    pub tick_runs: usize,
+    pub cold_starts: usize,
+}
+
+const FULL: Scale = Scale {
+    claims: 4_000,
+    single_client_claims: 1_000,
+    tick_sizes: &[100, 1_000, 10_000],
+    tick_runs: 5,
+    cold_starts: 10,
+};
+
+const QUICK: Scale = Scale {
+    claims: 300,
+    single_client_claims: 100,
+    tick_sizes: &[100, 1_000],
+    tick_runs: 2,
+    cold_starts: 3,
+};
+
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Report {
+    pub machine: report::Machine,
+    pub command: String,
+    pub scale: Scale,
+    pub claims_http: Vec<claims::HttpCell>,
+    pub claim_strategies: Vec<claims::StrategyCell>,
+    pub ticks: Vec<tick::TickCell>,
+    pub process: fleet::ProcessFigures,
+    pub total_seconds: f64,
+}
+
+fn main() -> anyhow::Result<()> {
+    let mut out = PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/../docs"));
+    let mut scale = FULL;
+    let mut args = std::env::args().skip(1);
+    while let Some(arg) = args.next() {
+        match arg.as_str() {
+            "--out" => out = PathBuf::from(args.next().context("--out needs a directory")?),
+            "--quick" => scale = QUICK,
+            other => anyhow::bail!("unknown argument {other:?}; use --out DIR and/or --quick"),
+        }
+    }
+    tick::install_query_counter();
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
+    runtime.block_on(run(out, scale))
+}
+
+async fn run(out: PathBuf, scale: Scale) -> anyhow::Result<()> {
+    let started = Instant::now();
+    let pg_root = tempfile::Builder::new()
+        .prefix("agentpool-bench-pg-")
+        .tempdir()?;
+    let root = pg_root.path().to_path_buf();
+    let postgres = tokio::task::spawn_blocking(move || EmbeddedPostgres::start(&root))
+        .await?
+        .context("starting postgres")?;
+    create_database(&postgres.url("postgres"), "bench").await?;
+    let url = postgres.url("bench");
+    let pool = db::connect(&url, 80).await?;
+    db::migrate(&pool).await?;
+
+    let stub = fleet::SharedStub::start().await?;
+    eprintln!("bench: postgres and stub agent up; claims over HTTP");
+    let claims_http = claims::http(&pool, &url, postgres.pid() as u32, &stub, scale).await?;
+    eprintln!("bench: claim strategies in-process");
+    let claim_strategies = claims::strategies(&pool, &url, &stub, scale).await?;
+    eprintln!("bench: ticks");
+    let ticks = tick::measure(&pool, &url, &stub, scale).await?;
+    eprintln!("bench: process start and memory");
+    let process = fleet::process_figures(&url, scale).await?;
+
+    let report = Report {
+        machine: report::Machine::detect(&pool).await,
+        command: "cargo run --release -p agentpool-tests --bin agentpool-bench".into(),
+        scale,
+        claims_http,
+        claim_strategies,
+        ticks,
+        process,
+        total_seconds: started.elapsed().as_secs_f64(),
+    };
+    std::fs::create_dir_all(&out)?;
+    std::fs::write(
+        out.join("benchmarks.json"),
+        serde_json::to_string_pretty(&report)?,
+    )?;
+    let markdown = report::markdown(&report);
+    std::fs::write(out.join("benchmarks.md"), &markdown)?;
+    println!("{markdown}");
+    eprintln!("bench: wrote {}", out.join("benchmarks.md").display());
+
+    drop(stub);
+    pool.close().await;
+    tokio::task::spawn_blocking(move || postgres.stop()).await??;
+    Ok(())
+}
