@@ -23,12 +23,18 @@ use crate::Scale;
 
 const REPLICAS: [usize; 3] = [1, 2, 4];
 const CLIENTS: [usize; 3] = [1, 16, 64];
+/// Besides the closed loops, 16 clients offering this many claims a second between them: the
+/// latency of a claim when the machine is not saturated.
+const PACED_RATE: f64 = 1000.0;
+const PACED_CLIENTS: usize = 16;
 
 #[derive(Debug, Serialize)]
 #[serde(rename_all = "camelCase")]
 pub struct HttpCell {
     pub replicas: usize,
     pub clients: usize,
+    /// Claims a second offered by paced clients; `None` for a closed loop.
+    pub offered_per_second: Option<f64>,
     pub claims: usize,
     pub errors: usize,
     pub seconds: f64,
@@ -83,8 +89,10 @@ struct Load {
     elapsed: Duration,
 }
 
-/// `clients` concurrent loops share `total` claims; each claim is timed on its own.
-async fn load<F, Fut>(clients: usize, total: usize, claim: F) -> Load
+/// `clients` concurrent loops share `total` claims; each claim is timed on its own. Unpaced, a
+/// client claims again as soon as it has its answer (a closed loop: the figures are at
+/// saturation); paced, each client starts one claim per `pace`.
+async fn load<F, Fut>(clients: usize, total: usize, pace: Option<Duration>, claim: F) -> Load
 where
     F: Fn(usize) -> Fut + Send + Sync + 'static,
     Fut: Future<Output = Outcome> + Send,
@@ -93,11 +101,21 @@ where
     let tickets = Arc::new(AtomicUsize::new(0));
     let started = Instant::now();
     let tasks: Vec<_> = (0..clients)
-        .map(|_| {
+        .map(|client| {
             let (claim, tickets) = (claim.clone(), tickets.clone());
             tokio::spawn(async move {
                 let mut samples = Vec::new();
+                let mut ticks = pace.map(|pace| {
+                    // Staggered: clients in step would arrive as bursts.
+                    let first = tokio::time::Instant::now() + pace * client as u32 / clients as u32;
+                    let mut ticks = tokio::time::interval_at(first, pace);
+                    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+                    ticks
+                });
                 loop {
+                    if let Some(ticks) = &mut ticks {
+                        ticks.tick().await;
+                    }
                     let ticket = tickets.fetch_add(1, Ordering::Relaxed);
                     if ticket >= total {
                         return samples;
@@ -181,7 +199,12 @@ pub async fn http(
             fleet.push(Replica::start(database_url, &http).await?);
         }
         let bases: Arc<Vec<String>> = Arc::new(fleet.iter().map(|r| r.base.clone()).collect());
-        for clients in CLIENTS {
+        let paced = Duration::from_secs_f64(PACED_CLIENTS as f64 / PACED_RATE);
+        let runs = CLIENTS
+            .map(|clients| (clients, None))
+            .into_iter()
+            .chain([(PACED_CLIENTS, Some(paced))]);
+        for (clients, pace) in runs {
             let total = if clients == 1 {
                 scale.single_client_claims
             } else {
@@ -196,9 +219,9 @@ pub async fn http(
                     async move { claim_over_http(&http, &bases[ticket % bases.len()]).await }
                 }
             };
-            load(clients, warmup, claim.clone()).await;
+            load(clients, warmup, None, claim.clone()).await;
             let cpu_before = cpu_now(postgres_pid, &fleet, stub);
-            let load = load(clients, total, claim).await;
+            let load = load(clients, total, pace, claim).await;
             let cpu = cpu_now(postgres_pid, &fleet, stub).per_claim_since(cpu_before, total);
             let errors = load.samples.iter().filter(|(_, o)| o.is_err()).count();
             if let Some((_, Err(first))) = load.samples.iter().find(|(_, o)| o.is_err()) {
@@ -207,6 +230,7 @@ pub async fn http(
             let cell = HttpCell {
                 replicas,
                 clients,
+                offered_per_second: pace.map(|_| PACED_RATE),
                 claims: total,
                 errors,
                 seconds: load.elapsed.as_secs_f64(),
@@ -216,7 +240,8 @@ pub async fn http(
                 replica_rss_kib: fleet.iter().filter_map(|r| r.process.rss_kib()).collect(),
             };
             eprintln!(
-                "bench: {replicas} replicas, {clients:>2} clients: {:>7.0} claims/s, p50 {} ms, p99 {} ms",
+                "bench: {replicas} replicas, {clients:>2} clients{}: {:>7.0} claims/s, p50 {} ms, p99 {} ms",
+                if pace.is_some() { " (paced)" } else { "" },
                 cell.claims_per_second, cell.latency.p50_ms, cell.latency.p99_ms
             );
             cells.push(cell);
@@ -294,7 +319,7 @@ pub async fn strategies(
             // Twice as many rows as claims: any "none idle" is spurious.
             fill(db, stub, 2 * total).await?;
             let pool = pool.clone();
-            let load = load(clients, total, move |_| {
+            let load = load(clients, total, None, move |_| {
                 let pool = pool.clone();
                 async move { claim_with(&pool, strategy).await }
             })

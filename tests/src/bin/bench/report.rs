@@ -94,10 +94,9 @@ pub fn markdown(report: &Report) -> String {
 
     // Targets first.
     let http = |replicas: usize, clients: usize| {
-        report
-            .claims_http
-            .iter()
-            .find(|c| c.replicas == replicas && c.clients == clients)
+        report.claims_http.iter().find(|c| {
+            c.replicas == replicas && c.clients == clients && c.offered_per_second.is_none()
+        })
     };
     let _ = writeln!(md, "## Targets\n");
     let _ = writeln!(md, "| target | measured | verdict |\n|---|---|---|");
@@ -105,6 +104,20 @@ pub fn markdown(report: &Report) -> String {
         let _ = writeln!(
             md,
             "| claim overhead at 16 clients (1 replica): p50 ≤ 2 ms, p99 ≤ 10 ms | p50 {} ms, p99 {} ms | {} |",
+            cell.latency.p50_ms,
+            cell.latency.p99_ms,
+            verdict(cell.latency.p50_ms <= 2.0 && cell.latency.p99_ms <= 10.0)
+        );
+    }
+    if let Some(cell) = report
+        .claims_http
+        .iter()
+        .find(|c| c.replicas == 1 && c.offered_per_second.is_some())
+    {
+        let _ = writeln!(
+            md,
+            "| the same, 16 clients offering {:.0} claims/s (not saturated) | p50 {} ms, p99 {} ms | {} |",
+            cell.offered_per_second.unwrap_or(0.0),
             cell.latency.p50_ms,
             cell.latency.p99_ms,
             verdict(cell.latency.p50_ms <= 2.0 && cell.latency.p99_ms <= 10.0)
@@ -172,7 +185,7 @@ pub fn markdown(report: &Report) -> String {
     );
     let _ = writeln!(
         md,
-        "| replicas | clients | claims/s | p50 ms | p95 ms | p99 ms | max ms | errors | CPU ms per claim: postgres / replicas / stub / load generator | replica RSS MB |\n|---|---|---|---|---|---|---|---|---|---|"
+        "| replicas | clients | offered/s | claims/s | p50 ms | p95 ms | p99 ms | max ms | errors | CPU ms per claim: postgres / replicas / stub / load generator | replica RSS MB |\n|---|---|---|---|---|---|---|---|---|---|---|"
     );
     for c in &report.claims_http {
         let rss: Vec<String> = c
@@ -182,9 +195,11 @@ pub fn markdown(report: &Report) -> String {
             .collect();
         let _ = writeln!(
             md,
-            "| {} | {} | {:.0} | {} | {} | {} | {} | {} | {} / {} / {} / {} | {} |",
+            "| {} | {} | {} | {:.0} | {} | {} | {} | {} | {} | {} / {} / {} / {} | {} |",
             c.replicas,
             c.clients,
+            c.offered_per_second
+                .map_or("as fast as answered".to_string(), |r| format!("{r:.0}")),
             c.claims_per_second,
             c.latency.p50_ms,
             c.latency.p95_ms,
