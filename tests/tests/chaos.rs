@@ -20,6 +20,10 @@ use serde_json::{json, Value};
 
 const SERVES: usize = 4;
 const SCHEDULERS: usize = 2;
+/// Slots never killed: one `serve` (slot 0) and one scheduler (the first after the serves) live
+/// through the Postgres restart, and after the storm they alone must heal the pool, which they can
+/// only do if they reconnected by themselves.
+const VETERANS: [usize; 2] = [0, SERVES];
 const CLIENTS: usize = 64;
 const CLAIMS: usize = 2_000;
 const MIN_IDLE: i64 = 24;
@@ -36,6 +40,8 @@ struct Slot {
     /// From the decision to kill to the process being reaped: a request to this slot that
     /// overlaps one of these was cut by the test.
     kills: Vec<(Instant, Instant)>,
+    /// Stopped on purpose after the storm.
+    stopped: bool,
 }
 
 struct Fleet {
@@ -80,6 +86,21 @@ impl Fleet {
         slot.kills.push((before, Instant::now()));
         let (command, port) = (slot.command.clone(), slot.port);
         self.slots[index].child = self.spawn(&command, port);
+    }
+}
+
+impl Fleet {
+    /// Kills a slot for good (no restart).
+    fn stop(&mut self, index: usize) {
+        let slot = &mut self.slots[index];
+        if let Ok(Some(status)) = slot.child.try_wait() {
+            self.exits
+                .push(format!("slot {index} exited by itself: {status}"));
+            return;
+        }
+        let _ = slot.child.kill();
+        let _ = slot.child.wait();
+        slot.stopped = true;
     }
 }
 
@@ -217,6 +238,7 @@ async fn replicas_under_fire_never_hand_out_an_instance_twice() {
             port: Some(*port),
             child,
             kills: Vec::new(),
+            stopped: false,
         });
     }
     for _ in 0..SCHEDULERS {
@@ -227,6 +249,7 @@ async fn replicas_under_fire_never_hand_out_an_instance_twice() {
             port: None,
             child,
             kills: Vec::new(),
+            stopped: false,
         });
     }
     let bases: Vec<String> = ports
@@ -285,10 +308,10 @@ async fn replicas_under_fire_never_hand_out_an_instance_twice() {
             while tickets.load(Ordering::SeqCst) < CLAIMS && started.elapsed() < STORM_LIMIT {
                 let (pause, victim) = {
                     let mut rng = rand::thread_rng();
-                    (
-                        rng.gen_range(700..1300),
-                        rng.gen_range(0..SERVES + SCHEDULERS),
-                    )
+                    let victims: Vec<usize> = (0..SERVES + SCHEDULERS)
+                        .filter(|slot| !VETERANS.contains(slot))
+                        .collect();
+                    (rng.gen_range(700..1300), *victims.choose(&mut rng).unwrap())
                 };
                 tokio::time::sleep(Duration::from_millis(pause)).await;
                 let fleet = fleet.clone();
@@ -316,7 +339,21 @@ async fn replicas_under_fire_never_hand_out_an_instance_twice() {
     let (postgres, kills, restarted_postgres) = killer.await.unwrap();
     let storm = started.elapsed();
 
-    // Heal: no claim left in flight, the pool back at its minimum, nothing left over.
+    // Only the veterans are left to heal the pool: no claim left in flight, the pool back at its
+    // minimum, nothing left over.
+    {
+        let fleet = fleet.clone();
+        tokio::task::spawn_blocking(move || {
+            let mut fleet = fleet.lock().unwrap();
+            for slot in 0..SERVES + SCHEDULERS {
+                if !VETERANS.contains(&slot) {
+                    fleet.stop(slot);
+                }
+            }
+        })
+        .await
+        .unwrap();
+    }
     let heal_deadline = Instant::now() + Duration::from_secs(90);
     loop {
         let rows: Vec<(String, i64)> =
@@ -344,12 +381,20 @@ async fn replicas_under_fire_never_hand_out_an_instance_twice() {
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
+    // The veteran replica, up since before Postgres restarted, reads the database again.
+    let status = http
+        .get(format!("{}/api/pool/status", bases[VETERANS[0]]))
+        .bearer_auth(&key)
+        .send()
+        .await
+        .expect("veteran replica answers");
+    assert_eq!(status.status(), 200, "{:?}", status.text().await);
 
     let outcomes = std::mem::take(&mut *outcomes.lock().unwrap());
     let (kill_times, exits) = {
         let mut guard = fleet.lock().unwrap();
         let Fleet { slots, exits, .. } = &mut *guard;
-        for (index, slot) in slots.iter_mut().enumerate() {
+        for (index, slot) in slots.iter_mut().enumerate().filter(|(_, s)| !s.stopped) {
             if let Ok(Some(status)) = slot.child.try_wait() {
                 exits.push(format!("slot {index} exited by itself: {status}"));
             }
