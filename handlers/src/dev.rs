@@ -84,8 +84,7 @@ async fn serve(
         .database_url
         .clone()
         .context("DATABASE_URL is set above")?;
-    let db = db::connect(url.expose(), settings.database_max_connections).await?;
-    db::migrate(&db).await?;
+    let db = db::open(url.expose(), settings.database_max_connections).await?;
     let port = settings.port;
     let interval = Duration::from_millis(settings.tick_interval_ms);
     let state_dir = local.state_dir().display().to_string();

@@ -59,7 +59,7 @@ fn main() -> ExitCode {
     match runtime.block_on(run(cli.command.unwrap_or(Command::Serve))) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("agentpool: {e:#}");
+            eprintln!("agentpool: {}", agentpool_core::error::describe(e.as_ref()));
             ExitCode::from(2)
         }
     }
@@ -78,8 +78,7 @@ async fn run(command: Command) -> anyhow::Result<()> {
             let url = settings
                 .database_url
                 .ok_or_else(|| missing("DATABASE_URL"))?;
-            let pool = db::connect(url.expose(), 2).await?;
-            db::migrate(&pool).await?;
+            db::open(url.expose(), 2).await?;
             println!("{{\"migrated\":true}}");
             Ok(())
         }

@@ -22,7 +22,10 @@ async fn main() -> ExitCode {
     match run().await {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("agentpool-scheduler: {e:#}");
+            eprintln!(
+                "agentpool-scheduler: {}",
+                agentpool_core::error::describe(e.as_ref())
+            );
             ExitCode::from(2)
         }
     }

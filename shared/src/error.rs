@@ -70,3 +70,36 @@ impl Error {
         }
     }
 }
+
+/// An error and its causes on one line, for a process's last words. Many errors repeat their
+/// source in their own message (sqlx's do); a cause already said is not said again.
+pub fn describe(error: &(dyn std::error::Error + 'static)) -> String {
+    let mut line = error.to_string();
+    let mut cause = error.source();
+    while let Some(e) = cause {
+        let text = e.to_string();
+        if !line.contains(&text) {
+            line.push_str(": ");
+            line.push_str(&text);
+        }
+        cause = e.source();
+    }
+    line
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn describe_says_each_cause_once() {
+        let io = std::io::Error::new(std::io::ErrorKind::ConnectionReset, "connection reset");
+        let error = Error::Db(sqlx::Error::Io(io));
+        assert_eq!(
+            describe(&error),
+            "database: error communicating with database: connection reset"
+        );
+        let nested = Error::io("reading state", std::io::Error::other("disk gone"));
+        assert_eq!(describe(&nested), "reading state: disk gone");
+    }
+}

@@ -55,8 +55,7 @@ impl Pool {
                 problem: "missing".into(),
             })
         })?;
-        let db = db::connect(url.expose(), settings.database_max_connections).await?;
-        db::migrate(&db).await?;
+        let db = db::open(url.expose(), settings.database_max_connections).await?;
         let provider = providers::from_settings(&settings)?;
         Ok(Self::new(db, settings, provider))
     }

@@ -29,6 +29,9 @@ const CLAIMS: usize = 2_000;
 const MIN_IDLE: i64 = 24;
 const CLAIM_TIMEOUT_MS: u64 = 4_000;
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(15);
+/// How long past `CLAIM_TIMEOUT_MS` a `claiming` row may be seen before the tick reaps it: a
+/// couple of tick intervals, a Postgres restart, and room for a loaded machine.
+const REAP_GRACE: Duration = Duration::from_secs(10);
 /// The whole storm stops here even if the claims are not all made.
 const STORM_LIMIT: Duration = Duration::from_secs(150);
 
@@ -299,6 +302,27 @@ async fn replicas_under_fire_never_hand_out_an_instance_twice() {
             }
         }));
     }
+    // Watches for `claiming` rows that outlive the claim timeout.
+    let oldest_claiming = {
+        let (pool, tickets) = (pool.clone(), tickets.clone());
+        tokio::spawn(async move {
+            let mut oldest = Duration::ZERO;
+            while tickets.load(Ordering::SeqCst) < CLAIMS && started.elapsed() < STORM_LIMIT {
+                let age: Result<f64, _> = sqlx::query_scalar(
+                    "SELECT coalesce(extract(epoch FROM max(now() - status_since)), 0)::float8
+                       FROM instances WHERE status = 'claiming'",
+                )
+                .fetch_one(&pool)
+                .await;
+                // While Postgres restarts there is nothing to read; the rows wait for it.
+                if let Ok(age) = age {
+                    oldest = oldest.max(Duration::from_secs_f64(age.max(0.0)));
+                }
+                tokio::time::sleep(Duration::from_millis(250)).await;
+            }
+            oldest
+        })
+    };
     let killer = {
         let (fleet, tickets) = (fleet.clone(), tickets.clone());
         tokio::spawn(async move {
@@ -338,6 +362,12 @@ async fn replicas_under_fire_never_hand_out_an_instance_twice() {
     }
     let (postgres, kills, restarted_postgres) = killer.await.unwrap();
     let storm = started.elapsed();
+
+    let oldest_claiming = oldest_claiming.await.unwrap();
+    assert!(
+        oldest_claiming < Duration::from_millis(CLAIM_TIMEOUT_MS) + REAP_GRACE,
+        "a claiming row lived {oldest_claiming:?}, past the claim timeout of {CLAIM_TIMEOUT_MS} ms"
+    );
 
     // Only the veterans are left to heal the pool: no claim left in flight, the pool back at its
     // minimum, nothing left over.
@@ -503,9 +533,10 @@ async fn replicas_under_fire_never_hand_out_an_instance_twice() {
     );
 
     println!(
-        "chaos: {} requests in {:.1}s, {} claimed, {} cut by kills, errors {:?}, {} replica kills, postgres restarted: {}",
+        "chaos: {} requests in {:.1}s, oldest claiming row {:.1}s, {} claimed, {} cut by kills, errors {:?}, {} replica kills, postgres restarted: {}",
         outcomes.len(),
         storm.as_secs_f64(),
+        oldest_claiming.as_secs_f64(),
         claimed.len(),
         cut,
         errors,

@@ -313,3 +313,96 @@ async fn tick_command_prints_its_report_and_the_scheduler_keeps_the_pool_full() 
             .unwrap();
     assert!(status.success(), "scheduler exited with {status}");
 }
+
+/// Forwards connections from `listener` to `target` until dropped: the database "appearing" at
+/// an address where nothing listened before.
+async fn forward(listener: tokio::net::TcpListener, target: String) {
+    loop {
+        let Ok((mut inbound, _)) = listener.accept().await else {
+            return;
+        };
+        let target = target.clone();
+        tokio::spawn(async move {
+            if let Ok(mut outbound) = tokio::net::TcpStream::connect(&target).await {
+                let _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound).await;
+            }
+        });
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn serve_waits_for_a_database_that_is_not_up_yet() {
+    let db = TestDb::empty().await;
+    let real = db.url.parse::<reqwest::Url>().unwrap();
+    let target = format!("127.0.0.1:{}", real.port().unwrap());
+    // An address where nothing listens yet.
+    let db_port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let mut late_url = real.clone();
+    late_url.set_port(Some(db_port)).unwrap();
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let agents = tempfile::tempdir().unwrap();
+    let mut serve = Guarded(
+        clean(agentpool_bin())
+            .arg("serve")
+            .env("DATABASE_URL", late_url.as_str())
+            .env("POOL_API_KEY", "0123456789abcdef0123")
+            .env("PORT", port.to_string())
+            .env("POOL_MIN_IDLE", "0")
+            .env("LOCAL_STATE_DIR", agents.path())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap(),
+    );
+    let stderr = serve.0.stderr.take().unwrap();
+    let (warned_tx, warned_rx) = tokio::sync::oneshot::channel();
+    std::thread::spawn(move || {
+        let mut warned_tx = Some(warned_tx);
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            if line.contains("database unavailable") {
+                if let Some(tx) = warned_tx.take() {
+                    let _ = tx.send(());
+                }
+            }
+        }
+    });
+    // It has found the database missing and is waiting, not exiting.
+    tokio::time::timeout(Duration::from_secs(30), warned_rx)
+        .await
+        .expect("serve said it is waiting for the database")
+        .unwrap();
+    assert!(serve.0.try_wait().unwrap().is_none(), "serve gave up");
+
+    let listener = tokio::net::TcpListener::bind(("127.0.0.1", db_port))
+        .await
+        .unwrap();
+    let forwarder = tokio::spawn(forward(listener, target));
+    let http = reqwest::Client::new();
+    let counts = format!("http://127.0.0.1:{port}/api/pool/counts");
+    wait_until(Duration::from_secs(30), || async {
+        http.get(&counts)
+            .send()
+            .await
+            .is_ok_and(|r| r.status() == StatusCode::OK)
+    })
+    .await;
+    // It migrated the database it waited for.
+    let applied: i64 = sqlx::query_scalar("SELECT count(*) FROM _sqlx_migrations")
+        .fetch_one(&db.pool)
+        .await
+        .unwrap();
+    assert_eq!(
+        applied as usize,
+        agentpool_core::db::MIGRATOR.iter().count()
+    );
+    drop(serve);
+    forwarder.abort();
+}
