@@ -223,6 +223,18 @@ fn a_malformed_setting_stops_start_up_with_one_line_naming_it() {
     }
 }
 
+/// Every migration applied, each exactly once.
+async fn assert_migrated_once(db: &TestDb) {
+    let applied: i64 = sqlx::query_scalar("SELECT count(*) FROM _sqlx_migrations")
+        .fetch_one(&db.pool)
+        .await
+        .unwrap();
+    assert_eq!(
+        applied as usize,
+        agentpool_core::db::MIGRATOR.iter().count()
+    );
+}
+
 #[tokio::test]
 async fn replicas_starting_together_migrate_once() {
     let db = TestDb::empty().await;
@@ -243,14 +255,7 @@ async fn replicas_starting_together_migrate_once() {
                 .unwrap();
         assert!(status.success());
     }
-    let applied: i64 = sqlx::query_scalar("SELECT count(*) FROM _sqlx_migrations")
-        .fetch_one(&db.pool)
-        .await
-        .unwrap();
-    assert_eq!(
-        applied as usize,
-        agentpool_core::db::MIGRATOR.iter().count()
-    );
+    assert_migrated_once(&db).await;
 }
 
 #[tokio::test]
@@ -395,14 +400,7 @@ async fn serve_waits_for_a_database_that_is_not_up_yet() {
     })
     .await;
     // It migrated the database it waited for.
-    let applied: i64 = sqlx::query_scalar("SELECT count(*) FROM _sqlx_migrations")
-        .fetch_one(&db.pool)
-        .await
-        .unwrap();
-    assert_eq!(
-        applied as usize,
-        agentpool_core::db::MIGRATOR.iter().count()
-    );
+    assert_migrated_once(&db).await;
     drop(serve);
     forwarder.abort();
 }
