@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use sqlx::migrate::MigrateError;
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
-use sqlx::PgPool;
+use sqlx::{Connection, PgPool};
 use tokio::time::Instant;
 
 use crate::error::Result;
@@ -17,6 +17,9 @@ pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("../migrations");
 /// How long start-up waits for an unreachable database before giving up: long enough to ride
 /// out a Postgres restart or failover, short enough that a wrong address fails visibly.
 const CONNECT_PATIENCE: Duration = Duration::from_secs(30);
+
+/// A pooled connection idle this long is pinged before it is handed out.
+const PING_AFTER_IDLE: Duration = Duration::from_secs(1);
 
 /// Opens the pool and checks one connection. A database that is down or restarting is retried
 /// with backoff for a while; a wrong URL, password or database name fails at once.
@@ -45,6 +48,19 @@ async fn connect_until(url: &str, max_connections: u32, deadline: Instant) -> Re
             // A request waits a little for a connection, then fails with a clear 503 instead of
             // hanging.
             .acquire_timeout(Duration::from_secs(5))
+            // sqlx pings every connection it hands out: a round trip per statement. A connection
+            // used within the last second is taken as alive; if it is not (Postgres restarted
+            // just then) the statement fails as `database unavailable` and the connection is
+            // dropped, which is what the ping would have found out anyway.
+            .test_before_acquire(false)
+            .before_acquire(|conn, meta| {
+                Box::pin(async move {
+                    if meta.idle_for >= PING_AFTER_IDLE {
+                        conn.ping().await?;
+                    }
+                    Ok(true)
+                })
+            })
             .connect_with(options.clone())
     })
     .await?;
