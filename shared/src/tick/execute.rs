@@ -134,22 +134,18 @@ async fn destroy_instances(
     deadline: Instant,
     report: &mut TickReport,
 ) {
-    let (started, skipped) = within_budget(targets, deadline);
-    if skipped > 0 {
+    let (results, left) = while_time_lasts(targets, before(deadline), |target| {
+        let span = tracing::info_span!("destroy", instance_id = %target.id);
+        async move {
+            let result = pool.provider.destroy(&target.resource).await;
+            (target, result)
+        }
+        .instrument(span)
+    })
+    .await;
+    if left > 0 {
         report.budget_exhausted = true;
     }
-    let results: Vec<(ResourceTarget, crate::Result<()>)> = futures::stream::iter(started)
-        .map(|target| {
-            let span = tracing::info_span!("destroy", instance_id = %target.id);
-            async move {
-                let result = pool.provider.destroy(&target.resource).await;
-                (target, result)
-            }
-            .instrument(span)
-        })
-        .buffer_unordered(PROVIDER_CONCURRENCY)
-        .collect()
-        .await;
 
     let mut gone = Vec::new();
     let (mut failed_ids, mut failed_errors, mut failed_delays) =
@@ -212,22 +208,22 @@ fn backoff(attempts: i32) -> Duration {
 }
 
 async fn delete_orphans(pool: &Pool, plan: &Plan, deadline: Instant, report: &mut TickReport) {
-    let (started, skipped) = within_budget(plan.orphans.clone(), deadline);
-    if skipped > 0 {
-        report.budget_exhausted = true;
-    }
-    let results: Vec<(String, crate::Result<()>)> = futures::stream::iter(started)
-        .map(|orphan| async move {
+    let (results, left) = while_time_lasts(
+        plan.orphans.clone(),
+        before(deadline),
+        |orphan| async move {
             let resource = ResourceRef {
                 name: orphan.name.clone(),
                 resource_id: Some(orphan.resource_id.clone()),
             };
             tracing::info!(resource = %orphan.name, "deleting orphan");
             (orphan.name, pool.provider.destroy(&resource).await)
-        })
-        .buffer_unordered(PROVIDER_CONCURRENCY)
-        .collect()
-        .await;
+        },
+    )
+    .await;
+    if left > 0 {
+        report.budget_exhausted = true;
+    }
     for (name, result) in results {
         match result {
             Ok(()) => report.orphans_deleted.push(name),
@@ -343,12 +339,68 @@ async fn create_one(pool: &Pool, row: &instances::Reserved) -> crate::Result<()>
     Ok(())
 }
 
-/// Splits work into what may still start before the deadline and how much is left for later.
-fn within_budget<T>(items: Vec<T>, deadline: Instant) -> (Vec<T>, usize) {
-    if Instant::now() < deadline {
-        (items, 0)
-    } else {
-        let skipped = items.len();
-        (Vec::new(), skipped)
+fn before(deadline: Instant) -> impl Fn() -> bool {
+    move || Instant::now() < deadline
+}
+
+/// Runs `work` on each item, `PROVIDER_CONCURRENCY` at a time. Each item is checked against the
+/// budget when its turn comes, not before the batch: an item whose turn comes too late is not
+/// started and waits for the next tick. Returns what finished and how many were left.
+async fn while_time_lasts<T, R, F, Fut>(
+    items: Vec<T>,
+    time_left: impl Fn() -> bool,
+    work: F,
+) -> (Vec<R>, usize)
+where
+    F: Fn(T) -> Fut,
+    Fut: std::future::Future<Output = R>,
+{
+    let outcomes: Vec<Option<R>> = futures::stream::iter(items)
+        // `buffer_unordered` pulls the next item only when a slot is free, so this check runs
+        // when the item would start.
+        .map(|item| {
+            let started = time_left().then(|| work(item));
+            async move {
+                match started {
+                    Some(work) => Some(work.await),
+                    None => None,
+                }
+            }
+        })
+        .buffer_unordered(PROVIDER_CONCURRENCY)
+        .collect()
+        .await;
+    let left = outcomes.iter().filter(|o| o.is_none()).count();
+    (outcomes.into_iter().flatten().collect(), left)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    use super::*;
+
+    #[tokio::test]
+    async fn items_whose_turn_comes_after_the_budget_are_left_for_the_next_tick() {
+        // The budget lasts for exactly 11 starts, more than one batch of PROVIDER_CONCURRENCY.
+        let checks = AtomicUsize::new(0);
+        let time_left = || checks.fetch_add(1, Ordering::SeqCst) < 11;
+        let (done, left) = while_time_lasts((0..30).collect(), time_left, |i: u32| async move {
+            tokio::task::yield_now().await;
+            i
+        })
+        .await;
+        assert_eq!((done.len(), left), (11, 19));
+        let mut done = done;
+        done.sort_unstable();
+        assert_eq!(done, (0..11).collect::<Vec<_>>());
+    }
+
+    #[tokio::test]
+    async fn with_time_to_spare_everything_runs() {
+        let (done, left) =
+            while_time_lasts(vec![1, 2, 3], || true, |i: u32| async move { i * 2 }).await;
+        assert_eq!(left, 0);
+        assert_eq!(done.iter().sum::<u32>(), 12);
     }
 }
