@@ -419,11 +419,41 @@ where
     }
 }
 
+/// The fields of `/proc/<pid>/stat` after the command name, from the state on: index 0 is the
+/// state, 1 the parent pid, 11 and 12 user and system time.
+pub fn proc_stat(pid: u32) -> Option<Vec<String>> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // The command name may hold spaces and parentheses; the fields after it do not.
+    let (_, rest) = stat.rsplit_once(')')?;
+    Some(rest.split_whitespace().map(String::from).collect())
+}
+
 /// True while a process with this pid exists and is not a zombie.
 pub fn process_alive(pid: i32) -> bool {
-    std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|stat| {
-        stat.rsplit_once(')')
-            .and_then(|(_, rest)| rest.trim_start().chars().next())
-            .is_some_and(|state| state != 'Z' && state != 'X')
-    })
+    u32::try_from(pid)
+        .ok()
+        .and_then(proc_stat)
+        .is_some_and(|fields| {
+            fields
+                .first()
+                .is_some_and(|state| state != "Z" && state != "X")
+        })
+}
+
+/// A loopback port that was free a moment ago.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|listener| listener.local_addr())
+        .expect("a free loopback port")
+        .port()
+}
+
+/// A child process killed and reaped when this is dropped, passed test or failed.
+pub struct Guarded(pub std::process::Child);
+
+impl Drop for Guarded {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
 }

@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 
 use agentpool_core::db;
 use agentpool_core::db::embedded::{create_database, EmbeddedPostgres};
-use agentpool_tests::{agentpool_bin, process_alive, scheduler_bin, wait_until};
+use agentpool_tests::{agentpool_bin, free_port, process_alive, scheduler_bin, wait_until};
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
 use rand::seq::SliceRandom;
@@ -76,34 +76,40 @@ impl Fleet {
         cmd.spawn().expect("spawn replica")
     }
 
-    fn kill_and_restart(&mut self, index: usize) {
-        let slot = &mut self.slots[index];
-        if let Ok(Some(status)) = slot.child.try_wait() {
-            self.exits
-                .push(format!("slot {index} exited by itself: {status}"));
+    /// False, and the exit recorded as a failure, if the slot's process died without the test
+    /// killing it.
+    fn running(&mut self, index: usize) -> bool {
+        match self.slots[index].child.try_wait() {
+            Ok(Some(status)) => {
+                self.exits
+                    .push(format!("slot {index} exited by itself: {status}"));
+                false
+            }
+            _ => true,
         }
+    }
+
+    fn kill(&mut self, index: usize) {
         let slot = &mut self.slots[index];
         let before = Instant::now();
         let _ = slot.child.kill();
         let _ = slot.child.wait();
         slot.kills.push((before, Instant::now()));
-        let (command, port) = (slot.command.clone(), slot.port);
+    }
+
+    fn kill_and_restart(&mut self, index: usize) {
+        self.running(index);
+        self.kill(index);
+        let (command, port) = (self.slots[index].command.clone(), self.slots[index].port);
         self.slots[index].child = self.spawn(&command, port);
     }
-}
 
-impl Fleet {
     /// Kills a slot for good (no restart).
     fn stop(&mut self, index: usize) {
-        let slot = &mut self.slots[index];
-        if let Ok(Some(status)) = slot.child.try_wait() {
-            self.exits
-                .push(format!("slot {index} exited by itself: {status}"));
-            return;
+        if self.running(index) {
+            self.kill(index);
         }
-        let _ = slot.child.kill();
-        let _ = slot.child.wait();
-        slot.stopped = true;
+        self.slots[index].stopped = true;
     }
 }
 
@@ -114,14 +120,6 @@ impl Drop for Fleet {
             let _ = slot.child.wait();
         }
     }
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
 }
 
 /// Stub agents of this pool that are running: name → pid, from /proc.
@@ -190,8 +188,7 @@ async fn replicas_under_fire_never_hand_out_an_instance_twice() {
         .await
         .unwrap();
     let url = postgres.url("chaos");
-    let pool = db::connect(&url, 5).await.unwrap();
-    db::migrate(&pool).await.unwrap();
+    let pool = db::open(&url, 5).await.unwrap();
 
     let agents_dir = tempfile::Builder::new()
         .prefix("agentpool-chaos-agents-")
@@ -422,15 +419,15 @@ async fn replicas_under_fire_never_hand_out_an_instance_twice() {
 
     let outcomes = std::mem::take(&mut *outcomes.lock().unwrap());
     let (kill_times, exits) = {
-        let mut guard = fleet.lock().unwrap();
-        let Fleet { slots, exits, .. } = &mut *guard;
-        for (index, slot) in slots.iter_mut().enumerate().filter(|(_, s)| !s.stopped) {
-            if let Ok(Some(status)) = slot.child.try_wait() {
-                exits.push(format!("slot {index} exited by itself: {status}"));
+        let mut fleet = fleet.lock().unwrap();
+        for index in 0..fleet.slots.len() {
+            if !fleet.slots[index].stopped {
+                fleet.running(index);
             }
         }
-        let kills: Vec<Vec<(Instant, Instant)>> = slots.iter().map(|s| s.kills.clone()).collect();
-        (kills, exits.clone())
+        let kills: Vec<Vec<(Instant, Instant)>> =
+            fleet.slots.iter().map(|s| s.kills.clone()).collect();
+        (kills, fleet.exits.clone())
     };
     let logs_of = |port: Option<u16>| {
         let log = std::fs::read_to_string(logs.path().join(format!("{}.log", port.unwrap_or(0))))

@@ -7,7 +7,9 @@ use std::time::Duration;
 use agentpool_core::domain::InstanceStatus;
 use agentpool_core::instances;
 use agentpool_core::providers::local::LocalProvider;
-use agentpool_tests::{agentpool_bin, process_alive, scheduler_bin, wait_until, TestDb};
+use agentpool_tests::{
+    agentpool_bin, free_port, proc_stat, process_alive, scheduler_bin, wait_until, Guarded, TestDb,
+};
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
 use reqwest::StatusCode;
@@ -33,14 +35,7 @@ fn descendants(pid: i32) -> Vec<i32> {
         .flatten()
         .filter_map(|entry| {
             let child: i32 = entry.file_name().to_str()?.parse().ok()?;
-            let stat = std::fs::read_to_string(entry.path().join("stat")).ok()?;
-            let parent = stat
-                .rsplit_once(')')?
-                .1
-                .split_whitespace()
-                .nth(1)?
-                .parse()
-                .ok()?;
+            let parent = proc_stat(child as u32)?.get(1)?.parse().ok()?;
             Some((child, parent))
         })
         .collect();
@@ -58,16 +53,6 @@ fn descendants(pid: i32) -> Vec<i32> {
     }
     found.remove(0);
     found
-}
-
-/// Kills a child process when the test ends, passed or failed.
-struct Guarded(Child);
-
-impl Drop for Guarded {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
 }
 
 /// Kills the stub agents of a state directory when the test ends.
@@ -341,18 +326,10 @@ async fn serve_waits_for_a_database_that_is_not_up_yet() {
     let real = db.url.parse::<reqwest::Url>().unwrap();
     let target = format!("127.0.0.1:{}", real.port().unwrap());
     // An address where nothing listens yet.
-    let db_port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
+    let db_port = free_port();
     let mut late_url = real.clone();
     late_url.set_port(Some(db_port)).unwrap();
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
+    let port = free_port();
     let agents = tempfile::tempdir().unwrap();
     let mut serve = Guarded(
         clean(agentpool_bin())

@@ -5,6 +5,7 @@
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::time::{Duration, Instant};
 
+use futures::future::OptionFuture;
 use futures::StreamExt;
 use rand::Rng;
 use tracing::Instrument;
@@ -358,15 +359,7 @@ where
     let outcomes: Vec<Option<R>> = futures::stream::iter(items)
         // `buffer_unordered` pulls the next item only when a slot is free, so this check runs
         // when the item would start.
-        .map(|item| {
-            let started = time_left().then(|| work(item));
-            async move {
-                match started {
-                    Some(work) => Some(work.await),
-                    None => None,
-                }
-            }
-        })
+        .map(|item| OptionFuture::from(time_left().then(|| work(item))))
         .buffer_unordered(PROVIDER_CONCURRENCY)
         .collect()
         .await;

@@ -17,7 +17,7 @@ use agentpool_core::runtime::ProvisionRequest;
 use agentpool_core::tick::TICK_LOCK_KEY;
 use agentpool_core::{Error, Pool};
 
-use crate::fleet::{cpu_seconds, Replica, SharedStub, API_KEY};
+use crate::fleet::{cpu_seconds, rss_kib, Replica, SharedStub, API_KEY};
 use crate::stats::Latency;
 use crate::Scale;
 
@@ -61,9 +61,9 @@ fn cpu_now(postgres_pid: u32, fleet: &[Replica], stub: &SharedStub) -> CpuSplit 
         postgres: cpu_seconds(postgres_pid, true),
         replicas: fleet
             .iter()
-            .map(|r| cpu_seconds(r.process.pid(), false))
+            .map(|r| cpu_seconds(r.process.0.id(), false))
             .sum(),
-        stub_agent: cpu_seconds(stub.process.pid(), false),
+        stub_agent: cpu_seconds(stub.process.0.id(), false),
         load_generator: cpu_seconds(std::process::id(), false),
     }
 }
@@ -237,7 +237,10 @@ pub async fn http(
                 claims_per_second: (total - errors) as f64 / load.elapsed.as_secs_f64(),
                 latency: Latency::of(load.samples.into_iter().map(|(d, _)| d).collect()),
                 cpu_ms_per_claim: cpu,
-                replica_rss_kib: fleet.iter().filter_map(|r| r.process.rss_kib()).collect(),
+                replica_rss_kib: fleet
+                    .iter()
+                    .filter_map(|r| rss_kib(r.process.0.id()))
+                    .collect(),
             };
             eprintln!(
                 "bench: {replicas} replicas, {clients:>2} clients{}: {:>7.0} claims/s, p50 {} ms, p99 {} ms",

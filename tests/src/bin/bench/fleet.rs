@@ -2,41 +2,21 @@
 //! starts of a replica for start-up time and idle memory.
 
 use std::io::{BufRead, BufReader};
-use std::net::TcpListener;
-use std::process::{Child, ChildStdout, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use serde::Serialize;
 
-use agentpool_tests::agentpool_bin;
+use agentpool_tests::{agentpool_bin, free_port, proc_stat, Guarded};
 
 use crate::stats::ms;
 
 pub const API_KEY: &str = "bench-key-0123456789abcdef0123456789";
 
-/// Kills its process when dropped, by pid.
-pub struct Process {
-    child: Child,
-    _stdout: Option<ChildStdout>,
-}
-
-impl Process {
-    pub fn pid(&self) -> u32 {
-        self.child.id()
-    }
-
-    /// Resident memory now, from /proc.
-    pub fn rss_kib(&self) -> Option<u64> {
-        proc_status_kib(self.pid(), "VmRSS")
-    }
-}
-
-impl Drop for Process {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
+/// Resident memory of a process now, from /proc.
+pub fn rss_kib(pid: u32) -> Option<u64> {
+    proc_status_kib(pid, "VmRSS")
 }
 
 pub fn proc_status_kib(pid: u32, field: &str) -> Option<u64> {
@@ -56,7 +36,7 @@ pub fn proc_status_kib_in(path: &str, field: &str) -> Option<u64> {
 pub struct SharedStub {
     pub url: String,
     pub token: String,
-    pub process: Process,
+    pub process: Guarded,
 }
 
 impl SharedStub {
@@ -86,13 +66,12 @@ impl SharedStub {
             .trim()
             .strip_prefix("LISTENING ")
             .with_context(|| format!("stub agent said {line:?}"))?;
+        // Kept open: the agent may still write, and a closed pipe would fail its writes.
+        child.stdout = Some(stdout);
         Ok(Self {
             url: format!("http://{addr}"),
             token,
-            process: Process {
-                child,
-                _stdout: Some(stdout),
-            },
+            process: Guarded(child),
         })
     }
 }
@@ -103,11 +82,9 @@ pub fn cpu_seconds(pid: u32, family: bool) -> f64 {
     // /proc reports in USER_HZ, which Linux fixes at 100 for user space.
     const TICKS: f64 = 100.0;
     let fields = |pid: u32| -> Option<Vec<u64>> {
-        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-        // The command name may hold spaces; the fields that follow it do not.
-        let rest = stat.rsplit_once(')')?.1;
         Some(
-            rest.split_whitespace()
+            proc_stat(pid)?
+                .iter()
                 .map(|f| f.parse().unwrap_or(0))
                 .collect(),
         )
@@ -133,20 +110,16 @@ pub fn cpu_seconds(pid: u32, family: bool) -> f64 {
     ticks as f64 / TICKS
 }
 
-pub fn free_port() -> anyhow::Result<u16> {
-    Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
-}
-
 /// `agentpool serve` on a free port, with production defaults except where the benchmark needs
 /// otherwise: no minimum pool (the benchmark fills it) and no cap.
 pub struct Replica {
     pub base: String,
-    pub process: Process,
+    pub process: Guarded,
 }
 
 impl Replica {
     pub fn spawn(database_url: &str) -> anyhow::Result<(Self, Instant)> {
-        let port = free_port()?;
+        let port = free_port();
         let started = Instant::now();
         let child = Command::new(agentpool_bin())
             .arg("serve")
@@ -164,10 +137,7 @@ impl Replica {
         Ok((
             Self {
                 base: format!("http://127.0.0.1:{port}"),
-                process: Process {
-                    child,
-                    _stdout: None,
-                },
+                process: Guarded(child),
             },
             started,
         ))
@@ -228,7 +198,7 @@ pub async fn process_figures(
         let answered = replica.first_answer(&http).await?;
         starts.push(ms(answered - spawned));
         tokio::time::sleep(Duration::from_secs(2)).await;
-        rss.extend(replica.process.rss_kib());
+        rss.extend(rss_kib(replica.process.0.id()));
     }
     let binary_bytes = std::fs::metadata(agentpool_bin())?.len();
     Ok(ProcessFigures {

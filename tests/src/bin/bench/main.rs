@@ -92,8 +92,7 @@ async fn run(out: PathBuf, scale: Scale) -> anyhow::Result<()> {
         .context("starting postgres")?;
     create_database(&postgres.url("postgres"), "bench").await?;
     let url = postgres.url("bench");
-    let pool = db::connect(&url, 80).await?;
-    db::migrate(&pool).await?;
+    let pool = db::open(&url, 80).await?;
 
     let stub = fleet::SharedStub::start().await?;
     eprintln!("bench: postgres and stub agent up; claims over HTTP");
