@@ -86,7 +86,10 @@ async fn serve(
         .context("DATABASE_URL is set above")?;
     let db = db::open(url.expose(), settings.database_max_connections).await?;
     let port = settings.port;
-    let interval = Duration::from_millis(settings.tick_interval_ms);
+    // `TICK_INTERVAL_MS=0` in dev would leave the pool to fill on kicks alone.
+    let interval = settings
+        .tick_interval()
+        .unwrap_or(Duration::from_millis(DEV_TICK_INTERVAL_MS));
     let state_dir = local.state_dir().display().to_string();
     let pool = Pool::new(db, settings, local);
     let state = AppState::new(pool.clone(), api_key.clone());
@@ -120,15 +123,6 @@ async fn serve(
         let _ = out.write_all(banner.as_bytes()).and_then(|_| out.flush());
     }
 
-    let (stop, stopped) = tokio::sync::watch::channel(false);
-    let kicker = state.kicker.clone();
-    let ticks = tokio::spawn(async move { kicker.run_loop(pool, Some(interval), stopped).await });
     state.kicker.kick();
-    let served = axum::serve(listener, crate::router(state))
-        .with_graceful_shutdown(agentpool_core::shutdown_signal())
-        .await;
-    tracing::info!("shutting down");
-    let _ = stop.send(true);
-    let _ = ticks.await;
-    Ok(served?)
+    crate::serve::until_signal(listener, state, Some(interval)).await
 }

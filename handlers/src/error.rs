@@ -17,6 +17,8 @@ pub struct ApiError {
     code: &'static str,
     message: String,
     retry_after: Option<u32>,
+    /// The instance a conflict is about (an agent already in the conversation).
+    instance_id: Option<String>,
 }
 
 impl ApiError {
@@ -26,6 +28,7 @@ impl ApiError {
             code,
             message: message.into(),
             retry_after: None,
+            instance_id: None,
         }
     }
 
@@ -52,44 +55,58 @@ const NO_IDLE_RETRY_AFTER: u32 = 5;
 
 impl From<Error> for ApiError {
     fn from(error: Error) -> Self {
-        match &error {
-            Error::Invalid(message) => Self::bad_request("invalid_request", message.clone()),
-            Error::NotFound(_) => Self::not_found(error.to_string()),
-            Error::WrongState { .. } => {
-                Self::new(StatusCode::CONFLICT, "wrong_state", error.to_string())
+        let status = match &error {
+            Error::Invalid(_) => StatusCode::BAD_REQUEST,
+            Error::NotFound(_) => StatusCode::NOT_FOUND,
+            Error::WrongState { .. } | Error::ConversationTaken { .. } | Error::ClaimInProgress => {
+                StatusCode::CONFLICT
             }
-            Error::NoIdle => Self::new(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "no_idle_instance",
-                "no idle instance available; the pool is refilling, try again shortly",
-            )
-            .retry_after(NO_IDLE_RETRY_AFTER),
-            Error::Runtime { .. } | Error::ClaimFailed { .. } => {
-                Self::new(StatusCode::BAD_GATEWAY, "runtime_failed", error.to_string())
+            Error::IdempotencyKeyReused => StatusCode::UNPROCESSABLE_ENTITY,
+            Error::NoIdle => {
+                return Self::new(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "no_idle_instance",
+                    "no idle instance available; the pool is refilling, try again shortly",
+                )
+                .retry_after(NO_IDLE_RETRY_AFTER)
             }
-            Error::Provider { .. } => Self::new(
-                StatusCode::BAD_GATEWAY,
-                "provider_failed",
-                error.to_string(),
-            ),
+            Error::ClaimFailed { .. } | Error::Provider { .. } => StatusCode::BAD_GATEWAY,
             Error::Db(db) if agentpool_core::db::unavailable(db) => {
                 tracing::error!(%error, "database unavailable");
-                Self::new(
+                return Self::new(
                     StatusCode::SERVICE_UNAVAILABLE,
                     "database_unavailable",
                     "database unavailable, try again shortly",
                 )
-                .retry_after(1)
+                .retry_after(1);
             }
             Error::Db(_) | Error::Migrate(_) | Error::Config(_) | Error::Io { .. } => {
-                tracing::error!(%error, "internal error");
-                Self::new(
-                    StatusCode::INTERNAL_SERVER_ERROR,
-                    "internal",
-                    "internal error",
-                )
+                StatusCode::INTERNAL_SERVER_ERROR
             }
+        };
+        if status.is_server_error() {
+            // The whole of it for the operator; the client gets the short cause.
+            tracing::error!(%error, code = error.code(), "request failed");
         }
+        let mut reply = Self::new(status, error.code(), error.public_message());
+        if let Error::ConversationTaken { instance_id, .. } = &error {
+            reply.instance_id = Some(instance_id.clone());
+        }
+        if matches!(error, Error::ClaimInProgress) {
+            reply = reply.retry_after(1);
+        }
+        reply
+    }
+}
+
+impl From<tokio::task::JoinError> for ApiError {
+    fn from(error: tokio::task::JoinError) -> Self {
+        tracing::error!(%error, "request task failed");
+        Self::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "internal",
+            "internal error",
+        )
     }
 }
 
@@ -106,11 +123,11 @@ impl From<BytesRejection> for ApiError {
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        let mut response = (
-            self.status,
-            Json(json!({"error": self.message, "code": self.code})),
-        )
-            .into_response();
+        let mut body = json!({"error": self.message, "code": self.code});
+        if let Some(id) = self.instance_id {
+            body["instanceId"] = json!(id);
+        }
+        let mut response = (self.status, Json(body)).into_response();
         if let Some(seconds) = self.retry_after {
             response
                 .headers_mut()

@@ -7,6 +7,7 @@ pub mod error;
 pub mod extract;
 pub mod lambda;
 pub mod routes;
+pub mod serve;
 pub mod state;
 
 pub use routes::router;

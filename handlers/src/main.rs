@@ -124,20 +124,13 @@ async fn serve() -> anyhow::Result<()> {
         problem: "missing; `serve` refuses to start without an API key".into(),
     })?;
     let port = settings.port;
+    let every = settings.tick_interval();
     let pool = Pool::connect(settings).await?;
     let state = AppState::new(pool.clone(), api_key);
     if lambda::is_lambda() {
         return lambda::serve(state).await.map_err(|e| anyhow::anyhow!(e));
     }
-    let (stop, stopped) = tokio::sync::watch::channel(false);
-    let kicker = state.kicker.clone();
-    let ticks = tokio::spawn(async move { kicker.run_loop(pool, None, stopped).await });
     let listener = tokio::net::TcpListener::bind((Ipv4Addr::UNSPECIFIED, port)).await?;
-    tracing::info!(addr = %listener.local_addr()?, "serving");
-    let served = axum::serve(listener, agentpool::router(state))
-        .with_graceful_shutdown(agentpool_core::shutdown_signal())
-        .await;
-    let _ = stop.send(true);
-    let _ = ticks.await;
-    Ok(served?)
+    tracing::info!(addr = %listener.local_addr()?, tick_interval_ms = every.map(|d| d.as_millis() as u64), "serving");
+    agentpool::serve::until_signal(listener, state, every).await
 }

@@ -3,7 +3,9 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::sync::{watch, Notify};
+use tokio::sync::Notify;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 
 use agentpool_core::config::Secret;
 use agentpool_core::tick::{self, Mode};
@@ -14,6 +16,11 @@ pub struct AppState {
     pub pool: Pool,
     pub api_key: Secret,
     pub kicker: Kicker,
+    /// Work a request started that must end even if its client goes away (a claim, creations):
+    /// it runs as a task here, and shutdown waits for these tasks.
+    pub tasks: TaskTracker,
+    /// Cancelled when the process starts shutting down: long work starts no new steps.
+    pub shutdown: CancellationToken,
 }
 
 impl AppState {
@@ -22,7 +29,24 @@ impl AppState {
             pool,
             api_key,
             kicker: Kicker::default(),
+            tasks: TaskTracker::new(),
+            shutdown: CancellationToken::new(),
         }
+    }
+
+    /// Runs `work` to its end whether or not the request that asked for it is still there.
+    pub async fn finish<T: Send + 'static>(
+        &self,
+        work: impl std::future::Future<Output = T> + Send + 'static,
+    ) -> Result<T, tokio::task::JoinError> {
+        self.tasks.spawn(work).await
+    }
+
+    /// Stops taking new work and waits for what requests started.
+    pub async fn drain(&self) {
+        self.shutdown.cancel();
+        self.tasks.close();
+        self.tasks.wait().await;
     }
 }
 
@@ -31,7 +55,7 @@ const KICK_SPACING: Duration = Duration::from_millis(500);
 
 /// Asks this process's tick loop for a tick soon (after a claim, a drain, a kill), so the pool
 /// refills without waiting for the schedule. Kicks coalesce; without a running loop they are
-/// no-ops, and the scheduler's tick does the work.
+/// no-ops, and the scheduled tick does the work.
 #[derive(Clone, Default)]
 pub struct Kicker {
     notify: Arc<Notify>,
@@ -42,32 +66,35 @@ impl Kicker {
         self.notify.notify_one();
     }
 
-    /// Runs ticks on every kick and, with `every`, on a fixed interval, until `stop` turns true.
-    /// A tick in progress is never cut short: stopping waits for it.
-    pub async fn run_loop(
-        &self,
-        pool: Pool,
-        every: Option<Duration>,
-        mut stop: watch::Receiver<bool>,
-    ) {
+    /// Runs a full tick every `every` (if set) and a kicked one (replenish, no fleet-wide health
+    /// checks) on each kick, until `stop` is cancelled. A tick in progress when `stop` comes starts
+    /// no new work and ends.
+    pub async fn run_loop(&self, pool: Pool, every: Option<Duration>, stop: CancellationToken) {
+        let mut timer = every.map(|period| {
+            let mut timer = tokio::time::interval(period);
+            timer.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            timer
+        });
         loop {
-            let period = async {
-                match every {
-                    Some(period) => tokio::time::sleep(period).await,
+            let timed = async {
+                match timer.as_mut() {
+                    Some(timer) => timer.tick().await,
                     None => std::future::pending().await,
                 }
             };
-            tokio::select! {
-                _ = self.notify.notified() => {}
-                _ = period => {}
-                _ = stop.wait_for(|stop| *stop) => return,
-            }
+            let mode = tokio::select! {
+                _ = self.notify.notified() => Mode::Kick,
+                _ = timed => Mode::Full,
+                _ = stop.cancelled() => return,
+            };
             let began = tokio::time::Instant::now();
-            match tick::run(&pool, Mode::Full).await {
+            match tick::run_until(&pool, mode, &stop).await {
                 Ok(report) if !report.skipped => tracing::debug!(
+                    ?mode,
                     created = report.created.len(),
                     destroyed = report.destroyed.len(),
                     transitions = report.transitions.len(),
+                    cut_short = ?report.cut_short,
                     "tick"
                 ),
                 Ok(_) => {}
@@ -77,7 +104,7 @@ impl Kicker {
             // coalesce into the next one.
             tokio::select! {
                 _ = tokio::time::sleep_until(began + KICK_SPACING) => {}
-                _ = stop.wait_for(|stop| *stop) => return,
+                _ = stop.cancelled() => return,
             }
         }
     }

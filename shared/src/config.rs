@@ -65,6 +65,8 @@ pub struct Settings {
     pub pool_max_total: u32,
     #[serde(default = "defaults::stuck_timeout_ms")]
     pub pool_stuck_timeout_ms: u64,
+    /// `serve` and `agentpool-scheduler` tick this often; `0` turns `serve`'s own timer off (for
+    /// deployments that tick with `agentpool-scheduler` or a Lambda schedule).
     #[serde(default = "defaults::tick_interval_ms")]
     pub tick_interval_ms: u64,
     /// A tick starts no new work once this much time has passed.
@@ -89,6 +91,15 @@ pub struct Settings {
     /// declared crashed. One blip is not a death.
     #[serde(default = "defaults::health_failure_threshold")]
     pub health_failure_threshold: u32,
+    /// Failed checks only condemn an instance whose last good check is older than this, and a
+    /// resource missing from the provider's listing is gone only once it is missing this long.
+    /// Ticks come as fast as claims kick them; time is what makes a failure lasting.
+    #[serde(default = "defaults::health_grace_ms")]
+    pub health_grace_ms: u64,
+    /// How long creating one instance's resources may take. A `starting` row that has no resource
+    /// recorded after this was left by a creator that died or was cut off, and is destroyed.
+    #[serde(default = "defaults::create_timeout_ms")]
+    pub create_timeout_ms: u64,
     #[serde(default = "defaults::provider")]
     pub pool_provider: ProviderKind,
     #[serde(default = "defaults::environment")]
@@ -145,6 +156,12 @@ mod defaults {
     }
     pub fn health_failure_threshold() -> u32 {
         3
+    }
+    pub fn health_grace_ms() -> u64 {
+        60_000
+    }
+    pub fn create_timeout_ms() -> u64 {
+        120_000
     }
     pub fn provider() -> ProviderKind {
         ProviderKind::Local
@@ -234,8 +251,26 @@ impl Settings {
                 ),
             ));
         }
+        if self.health_timeout_ms >= self.tick_budget_ms {
+            return Err(ConfigError::new(
+                "HEALTH_TIMEOUT_MS",
+                format!(
+                    "must be shorter than TICK_BUDGET_MS ({} ms), or no health check fits in a tick",
+                    self.tick_budget_ms
+                ),
+            ));
+        }
+        if self.create_timeout_ms >= self.pool_stuck_timeout_ms {
+            return Err(ConfigError::new(
+                "CREATE_TIMEOUT_MS",
+                format!(
+                    "must be shorter than POOL_STUCK_TIMEOUT_MS ({} ms)",
+                    self.pool_stuck_timeout_ms
+                ),
+            ));
+        }
         for (name, value) in [
-            ("TICK_INTERVAL_MS", self.tick_interval_ms),
+            ("CREATE_TIMEOUT_MS", self.create_timeout_ms),
             ("TICK_BUDGET_MS", self.tick_budget_ms),
             ("HEALTH_TIMEOUT_MS", self.health_timeout_ms),
             ("PROVISION_TIMEOUT_MS", self.provision_timeout_ms),
@@ -290,8 +325,15 @@ impl Settings {
     pub fn claim_timeout(&self) -> Duration {
         Duration::from_millis(self.claim_timeout_ms)
     }
-    pub fn tick_interval(&self) -> Duration {
-        Duration::from_millis(self.tick_interval_ms)
+    /// `None` when ticking on a timer is turned off.
+    pub fn tick_interval(&self) -> Option<Duration> {
+        (self.tick_interval_ms > 0).then(|| Duration::from_millis(self.tick_interval_ms))
+    }
+    pub fn health_grace(&self) -> Duration {
+        Duration::from_millis(self.health_grace_ms)
+    }
+    pub fn create_timeout(&self) -> Duration {
+        Duration::from_millis(self.create_timeout_ms)
     }
     pub fn tick_budget(&self) -> Duration {
         Duration::from_millis(self.tick_budget_ms)
@@ -322,7 +364,10 @@ mod tests {
         assert_eq!(s.pool_min_idle, 3);
         assert_eq!(s.pool_max_total, 10);
         assert_eq!(s.pool_stuck_timeout_ms, 900_000);
-        assert_eq!(s.tick_interval_ms, 30_000);
+        assert_eq!(s.tick_interval(), Some(Duration::from_secs(30)));
+        assert_eq!(s.health_grace(), Duration::from_secs(60));
+        let off = Settings::from_vars(vars(&[("TICK_INTERVAL_MS", "0")])).unwrap();
+        assert_eq!(off.tick_interval(), None);
         assert_eq!(s.pool_provider, ProviderKind::Local);
         assert!(s.pool_api_key.is_none());
     }
@@ -345,6 +390,10 @@ mod tests {
         assert!(!err.to_string().contains("short"), "the key leaked: {err}");
         let err = Settings::from_vars(vars(&[("CLAIM_TIMEOUT_MS", "1000")])).unwrap_err();
         assert_eq!(err.setting, "CLAIM_TIMEOUT_MS");
+        let err = Settings::from_vars(vars(&[("TICK_BUDGET_MS", "5000")])).unwrap_err();
+        assert_eq!(err.setting, "HEALTH_TIMEOUT_MS", "{err}");
+        let err = Settings::from_vars(vars(&[("CREATE_TIMEOUT_MS", "0")])).unwrap_err();
+        assert_eq!(err.setting, "CREATE_TIMEOUT_MS", "{err}");
     }
 
     #[test]

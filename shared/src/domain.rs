@@ -150,13 +150,53 @@ pub struct Instance {
     pub last_error: Option<String>,
     pub created_at: DateTime<Utc>,
     pub claimed_at: Option<DateTime<Utc>>,
+    pub last_checked_at: Option<DateTime<Utc>>,
+    pub last_healthy_at: Option<DateTime<Utc>>,
+    pub absent_since: Option<DateTime<Utc>>,
 }
 
 /// The columns of [`Instance`], for `SELECT`s that read it.
 pub const INSTANCE_COLUMNS: &str =
     "id, name, url, status, status_since, agent_name, instructions, \
      join_url, conversation_id, invite_url, template_id, health_failures, destroy_attempts, \
-     next_attempt_at, last_error, created_at, claimed_at";
+     next_attempt_at, last_error, created_at, claimed_at, last_checked_at, last_healthy_at, \
+     absent_since";
+
+/// What a runtime's `GET /pool/health` said.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Health {
+    /// 200 with `{"ready": true}`; a runtime that knows its conversation says which.
+    Ready { conversation_id: Option<String> },
+    /// Answered, but not ready (503, or `ready: false`).
+    NotReady,
+    /// No answer: refused, timed out, or garbage.
+    Unreachable,
+}
+
+impl Health {
+    pub fn is_ready(&self) -> bool {
+        matches!(self, Health::Ready { .. })
+    }
+}
+
+/// What a compute provider says of one resource.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ResourceStatus {
+    /// Deployed and running; its runtime can be health-checked.
+    Running,
+    /// Being built or deployed.
+    Deploying,
+    /// The provider reports a failed or crashed deployment.
+    Failed,
+}
+
+/// One resource in a provider's listing.
+#[derive(Debug, Clone)]
+pub struct ObservedResource {
+    pub name: String,
+    pub resource_id: String,
+    pub status: ResourceStatus,
+}
 
 #[cfg(test)]
 mod tests {

@@ -22,15 +22,27 @@ pub enum Error {
     #[error("no idle instance available")]
     NoIdle,
 
-    #[error("runtime of instance {instance_id} failed: {message}")]
-    Runtime {
-        instance_id: String,
-        message: String,
+    /// Every attempt of a claim reached a runtime and every runtime failed.
+    #[error("claim failed after {attempts} attempts; last: {last}")]
+    ClaimFailed {
+        attempts: u32,
+        last: crate::runtime::ProvisionError,
     },
 
-    /// Every attempt of a claim reached a runtime and every runtime failed.
-    #[error("claim failed after {attempts} attempts; last error: {last}")]
-    ClaimFailed { attempts: u32, last: String },
+    /// An agent is already in (or joining) the conversation a claim asked to join.
+    #[error("instance {instance_id} is already {status} for this joinUrl")]
+    ConversationTaken {
+        instance_id: String,
+        status: InstanceStatus,
+    },
+
+    /// A claim with the same `Idempotency-Key` is still running.
+    #[error("a claim with this Idempotency-Key is in progress; retry shortly")]
+    ClaimInProgress,
+
+    /// The same `Idempotency-Key` came with a different request.
+    #[error("this Idempotency-Key was used for a different request")]
+    IdempotencyKeyReused,
 
     #[error("provider {provider}: {message}")]
     Provider {
@@ -56,6 +68,43 @@ pub enum Error {
 }
 
 impl Error {
+    /// A stable snake_case code for API replies, tick reports and SSE events.
+    pub fn code(&self) -> &'static str {
+        match self {
+            Error::Invalid(_) => "invalid_request",
+            Error::NotFound(_) => "not_found",
+            Error::WrongState { .. } => "wrong_state",
+            Error::NoIdle => "no_idle_instance",
+            Error::ClaimFailed { .. } => "runtime_failed",
+            Error::ConversationTaken { .. } => "conversation_taken",
+            Error::ClaimInProgress => "claim_in_progress",
+            Error::IdempotencyKeyReused => "idempotency_key_reused",
+            Error::Provider { .. } => "provider_failed",
+            Error::Db(e) if crate::db::unavailable(e) => "database_unavailable",
+            Error::Db(_) | Error::Migrate(_) | Error::Config(_) | Error::Io { .. } => "internal",
+        }
+    }
+
+    /// A short cause fit for a client: never SQL, a provider's own words, a path or a secret
+    /// (those stay in the log, from `Display`).
+    pub fn public_message(&self) -> String {
+        match self {
+            Error::Invalid(_)
+            | Error::NotFound(_)
+            | Error::WrongState { .. }
+            | Error::NoIdle
+            | Error::ClaimFailed { .. }
+            | Error::ConversationTaken { .. }
+            | Error::ClaimInProgress
+            | Error::IdempotencyKeyReused => self.to_string(),
+            Error::Provider { provider, .. } => format!("provider {provider} failed"),
+            Error::Db(e) if crate::db::unavailable(e) => "database unavailable".into(),
+            Error::Db(_) | Error::Migrate(_) | Error::Config(_) | Error::Io { .. } => {
+                "internal error".into()
+            }
+        }
+    }
+
     pub fn provider(provider: &'static str, message: impl Into<String>) -> Self {
         Error::Provider {
             provider,
@@ -90,6 +139,20 @@ pub fn describe(error: &(dyn std::error::Error + 'static)) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn public_messages_keep_internals_out() {
+        let provider = Error::provider("local", "starting /opt/agentpool/bin/agentpool: EACCES");
+        assert_eq!(provider.public_message(), "provider local failed");
+        assert_eq!(provider.code(), "provider_failed");
+        let io = Error::io("reading /var/lib/x.json", std::io::Error::other("disk"));
+        assert_eq!(io.public_message(), "internal error");
+        let db = Error::Db(sqlx::Error::Protocol("relation \"instances\" ...".into()));
+        assert_eq!(
+            (db.code(), db.public_message().as_str()),
+            ("internal", "internal error")
+        );
+    }
 
     #[test]
     fn describe_says_each_cause_once() {

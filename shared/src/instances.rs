@@ -3,6 +3,7 @@
 
 use std::collections::BTreeMap;
 
+use chrono::{DateTime, Utc};
 use sqlx::PgPool;
 
 use crate::domain::{
@@ -42,39 +43,52 @@ pub async fn get(db: &PgPool, id: &str) -> Result<Instance> {
     .ok_or_else(|| Error::NotFound(id.to_string()))
 }
 
-/// Moves each `(id, reason)` from `from` to `to` if it is still in `from`; returns the ids moved.
-/// One statement whatever the number of ids.
+/// One instance to move: its id, the `status_since` the decision was made on, and why.
+#[derive(Debug, Clone)]
+pub struct Move {
+    pub id: String,
+    pub since: DateTime<Utc>,
+    pub reason: String,
+}
+
+/// Moves each instance from `from` to `to` if it is still in `from` *since the same moment*:
+/// an instance that left `from` and came back (claimed and recycled, say) is another incarnation,
+/// and a decision made on the old one does not apply. Returns the ids moved. One statement
+/// whatever the number of ids.
 pub async fn transition(
     db: &PgPool,
     from: InstanceStatus,
     to: InstanceStatus,
-    moves: &[(String, String)],
+    moves: &[Move],
     actor: Actor,
 ) -> Result<Vec<String>> {
     if moves.is_empty() {
         return Ok(Vec::new());
     }
-    let (ids, reasons): (Vec<&str>, Vec<&str>) = moves
-        .iter()
-        .map(|(id, reason)| (id.as_str(), reason.as_str()))
-        .unzip();
+    let ids: Vec<&str> = moves.iter().map(|m| m.id.as_str()).collect();
+    let since: Vec<DateTime<Utc>> = moves.iter().map(|m| m.since).collect();
+    let reasons: Vec<&str> = moves.iter().map(|m| m.reason.as_str()).collect();
     let moved: Vec<String> = sqlx::query_scalar(
-        "WITH v AS (SELECT * FROM unnest($1::text[], $2::text[]) AS v(id, reason)),
+        "WITH v AS (
+           SELECT * FROM unnest($1::text[], $2::timestamptz[], $3::text[]) AS v(id, since, reason)
+         ),
          t AS (
            UPDATE instances i
-              SET status = $4, status_since = now(), health_failures = 0, claim_token = NULL,
-                  next_attempt_at = CASE WHEN $4 = 'destroying' THEN now() END
+              SET status = $5, status_since = now(), health_failures = 0, claim_token = NULL,
+                  absent_since = NULL,
+                  next_attempt_at = CASE WHEN $5 = 'destroying' THEN now() END
              FROM v
-            WHERE i.id = v.id AND i.status = $3
+            WHERE i.id = v.id AND i.status = $4 AND i.status_since = v.since
            RETURNING i.id, v.reason
          ),
          e AS (
            INSERT INTO instance_events (instance_id, from_status, to_status, reason, actor)
-           SELECT id, $3, $4, reason, $5 FROM t
+           SELECT id, $4, $5, reason, $6 FROM t
          )
          SELECT id FROM t",
     )
     .bind(&ids)
+    .bind(&since)
     .bind(&reasons)
     .bind(from)
     .bind(to)
@@ -156,6 +170,7 @@ pub struct Reserved {
     pub id: String,
     pub name: String,
     pub gateway_token: String,
+    pub status_since: DateTime<Utc>,
 }
 
 /// Inserts up to `wanted` `starting` rows without exceeding `max_total` live (non-destroying)
@@ -193,13 +208,13 @@ pub async fn reserve(
         "WITH t AS (
            INSERT INTO instances (id, name, status, gateway_token)
            SELECT id, name, 'starting', token FROM unnest($1::text[], $2::text[], $3::text[]) AS v(id, name, token)
-           RETURNING id, name, gateway_token
+           RETURNING id, name, gateway_token, status_since
          ),
          e AS (
            INSERT INTO instance_events (instance_id, from_status, to_status, reason, actor)
            SELECT id, NULL, 'starting', $4, $5 FROM t
          )
-         SELECT id, name, gateway_token FROM t",
+         SELECT id, name, gateway_token, status_since FROM t",
     )
     .bind(&ids)
     .bind(&names)

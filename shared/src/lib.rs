@@ -2,15 +2,19 @@
 //!
 //! - [`claim`]: hand an idle instance to a user.
 //! - [`tick`]: reconcile the fleet and replenish the pool (snapshot → plan → execute).
+//! - [`creation`]: the one pipeline that creates instances, for the tick and the API.
+//! - [`gate`]: when long work may start another step (budget, lock, shutdown).
 //! - [`providers`]: where instances run (`local` stub agents; Railway and Sprites to come).
 //! - [`runtime`]: client of the agent runtime contract; [`stub_agent`]: its reference server.
 //! - [`instances`]: the queries shared by the API and the tick; [`db`]: pool and migrations.
 
 pub mod claim;
 pub mod config;
+pub mod creation;
 pub mod db;
 pub mod domain;
 pub mod error;
+pub mod gate;
 pub mod instances;
 pub mod providers;
 pub mod runtime;

@@ -2,20 +2,33 @@
 //!
 //! Provision is not idempotent (it creates a conversation), so it is never retried: a failed or
 //! timed-out provision sends the instance to `destroying` and the claim moves on. Health checks
-//! are not retried either: the next tick asks again, and only consecutive failures count.
+//! are not retried either: the next tick asks again, and failures count only over time.
 
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Health {
-    /// 200 with `{"ready": true}`.
-    Ready,
-    /// Answered, but not ready (503, or `ready: false`).
-    NotReady,
-    /// No answer: refused, timed out, or garbage.
+use crate::domain::Health;
+
+/// Why a provision failed, short enough for a client and a report. The details (the runtime's
+/// own words) go to the log at the call site.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ProvisionError {
+    #[error("runtime unreachable")]
     Unreachable,
+    #[error("runtime timed out")]
+    TimedOut,
+    #[error("runtime answered HTTP {0}")]
+    Status(u16),
+    #[error("runtime reply unreadable")]
+    BadReply,
+    #[error("runtime refused the provision")]
+    Refused,
+    #[error("instance has no URL")]
+    NoUrl,
+    /// The claim was reaped while the runtime answered, or its idempotency key taken over.
+    #[error("claim fenced out while the runtime answered")]
+    FencedOut,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -43,8 +56,10 @@ pub struct ProvisionReply {
 }
 
 #[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase")]
 struct HealthReply {
     ready: bool,
+    conversation_id: Option<String>,
 }
 
 #[derive(Clone)]
@@ -82,20 +97,23 @@ impl RuntimeClient {
         };
         let status = response.status();
         match response.json::<HealthReply>().await {
-            Ok(reply) if status.is_success() && reply.ready => Health::Ready,
+            Ok(reply) if status.is_success() && reply.ready => Health::Ready {
+                conversation_id: reply.conversation_id,
+            },
             Ok(_) => Health::NotReady,
             Err(_) if status == reqwest::StatusCode::SERVICE_UNAVAILABLE => Health::NotReady,
             Err(_) => Health::Unreachable,
         }
     }
 
-    /// Calls `POST /pool/provision`. The error is a message fit for logs: it never carries the token.
+    /// Calls `POST /pool/provision`. What went wrong is logged here, in the caller's span; the
+    /// error says only what kind of failure it was (and never carries the token).
     pub async fn provision(
         &self,
         base_url: &str,
         gateway_token: &str,
         request: &ProvisionRequest,
-    ) -> Result<ProvisionReply, String> {
+    ) -> Result<ProvisionReply, ProvisionError> {
         let url = format!("{}/pool/provision", base_url.trim_end_matches('/'));
         let response = self
             .http
@@ -105,22 +123,32 @@ impl RuntimeClient {
             .json(request)
             .send()
             .await
-            .map_err(|e| format!("provision request failed: {}", e.without_url()))?;
+            .map_err(|e| {
+                let failure = if e.is_timeout() {
+                    ProvisionError::TimedOut
+                } else {
+                    ProvisionError::Unreachable
+                };
+                tracing::warn!(error = %e.without_url(), "provision request failed");
+                failure
+            })?;
         let status = response.status();
         if !status.is_success() {
             let body = response.text().await.unwrap_or_default();
             let body: String = body.chars().take(200).collect();
-            return Err(format!("provision answered {status}: {body}"));
+            tracing::warn!(%status, %body, "provision refused");
+            return Err(ProvisionError::Status(status.as_u16()));
         }
-        let reply: ProvisionReply = response
-            .json()
-            .await
-            .map_err(|e| format!("provision reply unreadable: {}", e.without_url()))?;
+        let reply: ProvisionReply = response.json().await.map_err(|e| {
+            tracing::warn!(error = %e.without_url(), "provision reply unreadable");
+            ProvisionError::BadReply
+        })?;
         if !reply.ok {
-            return Err("provision answered ok=false".into());
+            return Err(ProvisionError::Refused);
         }
         if reply.invite_url.is_none() && reply.conversation_id.is_none() {
-            return Err("provision reply carries neither inviteUrl nor conversationId".into());
+            tracing::warn!("provision reply carries neither inviteUrl nor conversationId");
+            return Err(ProvisionError::BadReply);
         }
         Ok(reply)
     }

@@ -11,10 +11,12 @@
 //! | `STUB_PROVISION_DELAY_MS` | `/pool/provision` waits this long before answering (default 0) |
 //! | `STUB_FAIL_PROVISION` | `true`: every provision answers 500 |
 //! | `STUB_SHARED` | `true`: answers for many instances, a fresh conversation per provision (benchmarks) |
+//! | `STUB_START_DELAY_MS` | wait this long before listening (a slow creation, default 0) |
 //!
 //! Faults can also be switched at run time with `POST /stub/faults` (Bearer):
 //! `{"provision": "fail"|"ok", "health": "fail"|"ok", "exit": true, "provisionDelayMs": n,
-//! "healthDelayMs": n}`.
+//! "healthDelayMs": n}`. `GET /stub/stats` says how many health checks are being answered, so a
+//! test can wait for a tick to be in the middle of one.
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -39,6 +41,7 @@ pub struct StubSettings {
     pub provision_delay: Duration,
     pub fail_provision: bool,
     pub shared: bool,
+    pub start_delay: Duration,
 }
 
 fn flag(name: &str) -> bool {
@@ -67,6 +70,7 @@ impl StubSettings {
             provision_delay: millis("STUB_PROVISION_DELAY_MS")?,
             fail_provision: flag("STUB_FAIL_PROVISION"),
             shared: flag("STUB_SHARED"),
+            start_delay: millis("STUB_START_DELAY_MS")?,
         })
     }
 }
@@ -78,6 +82,7 @@ struct Stub {
     fail_health: AtomicBool,
     health_delay_ms: AtomicU64,
     provision_delay_ms: AtomicU64,
+    health_in_flight: AtomicU64,
     /// One conversation per agent: a second provision is refused, which makes a double claim loud.
     conversation: Mutex<Option<String>>,
     /// Standing in for many agents: every provision is a first one.
@@ -103,16 +108,39 @@ fn unauthorized() -> Response {
         .into_response()
 }
 
+/// Counts a health request in flight for as long as it lives (a dropped request included).
+struct InFlight<'a>(&'a AtomicU64);
+
+impl<'a> InFlight<'a> {
+    fn enter(counter: &'a AtomicU64) -> Self {
+        counter.fetch_add(1, Ordering::SeqCst);
+        Self(counter)
+    }
+}
+
+impl Drop for InFlight<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
 async fn health(State(stub): State<Arc<Stub>>) -> Response {
+    let _in_flight = InFlight::enter(&stub.health_in_flight);
     let delay = stub.health_delay_ms.load(Ordering::Relaxed);
     if delay > 0 {
         tokio::time::sleep(Duration::from_millis(delay)).await;
     }
     let ready = Instant::now() >= stub.ready_at && !stub.fail_health.load(Ordering::Relaxed);
+    let conversation = match stub.conversation.lock() {
+        Ok(guard) => guard.clone(),
+        Err(poisoned) => poisoned.into_inner().clone(),
+    };
     let body = json!({
         "ready": ready,
         "version": env!("CARGO_PKG_VERSION"),
         "runtime": "agentpool-stub",
+        // Shared stubs stand in for many agents: no one conversation is theirs.
+        "conversationId": if stub.shared { None } else { conversation },
     });
     let status = if ready {
         StatusCode::OK
@@ -197,6 +225,10 @@ async fn provision(
     .into_response()
 }
 
+async fn stats(State(stub): State<Arc<Stub>>) -> Response {
+    Json(json!({"healthInFlight": stub.health_in_flight.load(Ordering::SeqCst)})).into_response()
+}
+
 async fn restart(State(stub): State<Arc<Stub>>, headers: HeaderMap) -> Response {
     if !stub.authorized(&headers) {
         return unauthorized();
@@ -277,6 +309,7 @@ pub async fn run(
         fail_health: AtomicBool::new(false),
         health_delay_ms: AtomicU64::new(0),
         provision_delay_ms: AtomicU64::new(settings.provision_delay.as_millis() as u64),
+        health_in_flight: AtomicU64::new(0),
         conversation: Mutex::new(None),
         shared: settings.shared,
         exit: tokio::sync::Notify::new(),
@@ -286,7 +319,9 @@ pub async fn run(
         .route("/pool/provision", post(provision))
         .route("/pool/restart", post(restart))
         .route("/stub/faults", post(faults))
+        .route("/stub/stats", get(stats))
         .with_state(stub.clone());
+    tokio::time::sleep(settings.start_delay).await;
     let listener = tokio::net::TcpListener::bind(addr).await?;
     let local = listener.local_addr()?;
     if let Some(announce) = announce {

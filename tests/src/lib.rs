@@ -173,6 +173,9 @@ pub fn settings(database_url: &str, state_dir: &Path, overrides: &[(&str, &str)]
         ("POOL_MIN_IDLE".into(), "3".into()),
         ("POOL_MAX_TOTAL".into(), "10".into()),
         ("HEALTH_FAILURE_THRESHOLD".into(), "1".into()),
+        // Tests decide when time has passed: a failure or an absence counts at once (absence
+        // still needs two listings).
+        ("HEALTH_GRACE_MS".into(), "0".into()),
         ("HEALTH_TIMEOUT_MS".into(), "2000".into()),
         ("LOCAL_STATE_DIR".into(), state_dir.display().to_string()),
         (

@@ -213,11 +213,16 @@ async fn a_stalled_claimer_cannot_overwrite_the_reaper() {
         t.count(Claiming).await == 1
     })
     .await;
+    let since = t.instance(&id).await.unwrap().status_since;
     let reaped = agentpool_core::instances::transition(
         &t.pool.db,
         Claiming,
         Destroying,
-        &[(id.clone(), "claim timed out".into())],
+        &[agentpool_core::instances::Move {
+            id: id.clone(),
+            since,
+            reason: "claim timed out".into(),
+        }],
         agentpool_core::domain::Actor::Tick,
     )
     .await

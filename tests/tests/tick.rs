@@ -107,17 +107,21 @@ async fn a_dead_idle_instance_is_replaced() {
     t.fill(3).await;
     let idle = t.ids(Idle).await;
 
-    // One process dies outright; another stops answering health checks.
+    // One process dies outright; another stops answering health checks (with no grace period,
+    // one failed check condemns it).
     t.kill_agent(&idle[0]).await;
     t.fault(&idle[1], json!({"health": "fail"})).await;
     let report = t.tick().await;
-    let mut destroyed = report.destroyed.clone();
-    destroyed.sort();
-    let mut expected = vec![idle[0].clone(), idle[1].clone()];
-    expected.sort();
-    assert_eq!(destroyed, expected, "{report:?}");
-    assert_eq!(report.created.len(), 2);
+    assert_eq!(report.destroyed, vec![idle[1].clone()], "{report:?}");
+    assert_eq!(report.created.len(), 1);
     assert!(t.pid_of(&idle[1]).is_none());
+    // A resource missing from one listing may be a blip; missing from a second, it is gone.
+    let missing = t.instance(&idle[0]).await.unwrap();
+    assert_eq!(missing.status, Idle);
+    assert!(missing.absent_since.is_some());
+    let report = t.tick().await;
+    assert_eq!(report.destroyed, vec![idle[0].clone()], "{report:?}");
+    assert_eq!(report.created.len(), 1);
     assert_eq!(t.instance(&idle[2]).await.unwrap().status, Idle);
 }
 
@@ -144,6 +148,11 @@ async fn a_dead_claimed_instance_crashes_and_is_dismissed() {
     let id = body["instanceId"].as_str().unwrap().to_string();
 
     t.kill_agent(&id).await;
+    let report = t.tick().await;
+    assert!(
+        report.transitions.is_empty(),
+        "gone after one listing: {report:?}"
+    );
     let report = t.tick().await;
     assert!(
         report

@@ -1,8 +1,9 @@
 use axum::extract::State;
+use axum::http::HeaderMap;
 use axum::Json;
-use serde::{Deserialize, Serialize};
+use serde::Deserialize;
 
-use agentpool_core::claim::{self, ClaimRequest};
+use agentpool_core::claim::{self, ClaimRequest, Claimed, IdempotencyKey};
 
 use crate::error::{ApiError, ApiResult};
 use crate::extract::JsonBody;
@@ -20,22 +21,18 @@ pub struct ClaimBody {
     metadata: Option<serde_json::Map<String, serde_json::Value>>,
 }
 
-#[derive(Serialize)]
-#[serde(rename_all = "camelCase")]
-pub struct ClaimReply {
-    invite_url: Option<String>,
-    conversation_id: Option<String>,
-    instance_id: String,
-    joined: bool,
-    gateway_token: String,
-    gateway_url: String,
-}
-
-/// `POST /api/pool/claim`.
+/// `POST /api/pool/claim`, with an optional `Idempotency-Key` header.
 pub async fn claim(
     State(state): State<AppState>,
+    headers: HeaderMap,
     JsonBody(body): JsonBody<ClaimBody>,
-) -> ApiResult<Json<ClaimReply>> {
+) -> ApiResult<Json<Claimed>> {
+    let key = match headers.get("idempotency-key") {
+        None => None,
+        Some(value) => Some(IdempotencyKey::new(value.to_str().map_err(|_| {
+            ApiError::bad_request("invalid_request", "Idempotency-Key must be visible ASCII")
+        })?)?),
+    };
     let request = ClaimRequest::new(
         body.agent_name,
         body.instructions,
@@ -46,24 +43,9 @@ pub async fn claim(
     // Run the claim to its end even if the client goes away: a claim dropped half-way would
     // leave a `claiming` row for the tick to reap, and a provisioned agent wasted.
     let pool = state.pool.clone();
-    let claimed = tokio::spawn(async move { claim::claim(&pool, &request).await })
-        .await
-        .map_err(|e| {
-            tracing::error!(error = %e, "claim task failed");
-            ApiError::new(
-                axum::http::StatusCode::INTERNAL_SERVER_ERROR,
-                "internal",
-                "internal error",
-            )
-        })?;
+    let claimed = state
+        .finish(async move { claim::claim(&pool, &request, key.as_ref()).await })
+        .await?;
     state.kicker.kick();
-    let claimed = claimed?;
-    Ok(Json(ClaimReply {
-        invite_url: claimed.invite_url,
-        conversation_id: claimed.conversation_id,
-        instance_id: claimed.instance_id,
-        joined: claimed.joined,
-        gateway_token: claimed.gateway_token,
-        gateway_url: claimed.gateway_url,
-    }))
+    Ok(Json(claimed?))
 }

@@ -7,9 +7,13 @@ use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 
-use agentpool_core::domain::{Instance, InstanceStatus};
+use agentpool_core::creation::{self, Outcome};
+use agentpool_core::domain::{Actor, Instance, InstanceStatus};
+use agentpool_core::gate::Gate;
 use agentpool_core::instances;
 use agentpool_core::tick::{self, Mode, TickReport};
+use agentpool_core::Pool;
+use tokio_util::sync::CancellationToken;
 
 use crate::auth::{identify, Caller};
 use crate::error::{ApiError, ApiResult};
@@ -168,10 +172,42 @@ pub async fn replenish(
     OptionalJsonBody(body): OptionalJsonBody<CountBody>,
 ) -> ApiResult<Json<Value>> {
     let report = match batch_size(body.count)? {
-        Some(count) => tick::create_now(&state.pool, count).await?,
-        None => tick::run(&state.pool, Mode::Full).await?,
+        Some(count) => {
+            let (pool, stop) = (state.pool.clone(), state.shutdown.clone());
+            state
+                .finish(async move { create_now(&pool, count, stop).await })
+                .await??
+        }
+        None => run_tick(&state, Mode::Full).await?,
     };
+    state.kicker.kick();
     with_counts(&state, report).await
+}
+
+/// Creates up to `count` instances now, within `POOL_MAX_TOTAL`; reports them like a tick.
+async fn create_now(
+    pool: &Pool,
+    count: u32,
+    stop: CancellationToken,
+) -> agentpool_core::Result<TickReport> {
+    let reserved = creation::reserve(pool, count, Actor::Operator, "replenish requested").await?;
+    let mut report = TickReport::default();
+    for (row, outcome) in creation::create_all(pool, reserved, &Gate::until(stop)).await {
+        match outcome {
+            Outcome::Created => report.created.push(row.id),
+            Outcome::Failed(e) => report.error("creating", Some(&row.id), &e),
+            Outcome::NotStarted(why) => report.cut(why),
+        }
+    }
+    Ok(report)
+}
+
+/// A tick runs to its end even if the client goes away; shutdown makes it stop starting work.
+async fn run_tick(state: &AppState, mode: Mode) -> ApiResult<TickReport> {
+    let (pool, stop) = (state.pool.clone(), state.shutdown.clone());
+    Ok(state
+        .finish(async move { tick::run_until(&pool, mode, &stop).await })
+        .await??)
 }
 
 /// `POST /api/pool/drain {"count": N}`: up to N idle instances go to `destroying`.
@@ -192,12 +228,12 @@ pub async fn drain(
 
 /// `POST /api/pool/reconcile`: check the fleet against the provider, clean up orphans.
 pub async fn reconcile(State(state): State<AppState>) -> ApiResult<Json<Value>> {
-    let report = tick::run(&state.pool, Mode::Reconcile).await?;
+    let report = run_tick(&state, Mode::Reconcile).await?;
     with_counts(&state, report).await
 }
 
 /// `POST /api/pool/tick`: one full tick, or `{"skipped": true}` if another one is running.
 pub async fn tick(State(state): State<AppState>) -> ApiResult<Json<Value>> {
-    let report = tick::run(&state.pool, Mode::Full).await?;
+    let report = run_tick(&state, Mode::Full).await?;
     with_counts(&state, report).await
 }

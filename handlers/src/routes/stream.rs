@@ -1,5 +1,6 @@
 //! `GET /api/pool/replenish/stream?count=N`: creates N instances and streams progress as SSE,
-//! for the admin dashboard's "+ Add" button.
+//! for the admin dashboard's "+ Add" button. Events: `step` (per instance and step: `active`, `ok`,
+//! `fail` or `skip`), `instance` (id, name, status, url), and always a final `complete`.
 
 use std::convert::Infallible;
 
@@ -8,11 +9,14 @@ use axum::response::sse::{Event, KeepAlive, Sse};
 use futures::Stream;
 use serde::Deserialize;
 use serde_json::{json, Value};
+use tokio::sync::mpsc::UnboundedSender;
 use tokio_stream::wrappers::UnboundedReceiverStream;
 use tokio_stream::StreamExt;
 
+use agentpool_core::creation;
 use agentpool_core::domain::Actor;
-use agentpool_core::{instances, tick};
+use agentpool_core::gate::Gate;
+use agentpool_core::instances;
 
 use crate::error::{ApiError, ApiResult};
 use crate::state::AppState;
@@ -43,62 +47,83 @@ pub async fn replenish(
             })?,
     };
     let (tx, rx) = tokio::sync::mpsc::unbounded_channel::<Value>();
-    // The work runs to its end whether or not the client stays to watch.
-    tokio::spawn(async move {
-        let pool = &state.pool;
-        let settings = &pool.settings;
-        let provider_step = pool.provider.kind().as_str();
-        let reserved = match instances::reserve(
-            &pool.db,
-            count,
-            settings.pool_max_total,
-            &settings.pool_name_prefix,
-            Actor::Operator,
-            "replenish requested (stream)",
-        )
-        .await
-        {
-            Ok(reserved) => reserved,
-            Err(e) => {
-                let _ = tx.send(json!({"type": "error", "message": e.to_string()}));
-                return;
-            }
-        };
-        let (mut created, mut failed) = (0, count as usize - reserved.len());
-        for (index, row) in reserved.into_iter().enumerate() {
-            let instance_num = index + 1;
-            let step = |step: &str, status: &str, message: String| json!({"type": "step", "instanceNum": instance_num, "step": step, "status": status, "message": message});
-            for tool in UNCONFIGURED_TOOLS {
-                let _ = tx.send(step(tool, "skip", format!("{tool} is not configured")));
-            }
-            let _ = tx.send(step(
-                provider_step,
-                "active",
-                format!("creating {}", row.name),
-            ));
-            let id = row.id.clone();
-            let outcome = tick::execute::create_reserved(pool, vec![row]).await;
-            match outcome.into_iter().next() {
-                Some((_, Ok(()))) => {
-                    created += 1;
-                    let _ = tx.send(step(provider_step, "ok", "created".into()));
-                    let _ = tx.send(step("done", "ok", "starting".into()));
-                    let _ = tx.send(json!({"type": "instance", "instanceNum": instance_num, "instance": {"id": id, "status": "starting"}}));
-                }
-                Some((_, Err(e))) => {
-                    failed += 1;
-                    let _ = tx.send(step(provider_step, "fail", e.to_string()));
-                }
-                None => failed += 1,
-            }
-        }
-        let counts = instances::counts(&pool.db).await.ok();
-        let _ = tx.send(
-            json!({"type": "complete", "created": created, "failed": failed, "counts": counts}),
-        );
-        state.kicker.kick();
-    });
+    // The work runs to its end whether or not the client stays to watch (and shutdown waits).
+    let worker = state.clone();
+    state
+        .tasks
+        .spawn(async move { create_streaming(&worker, count, &tx).await });
     let events = UnboundedReceiverStream::new(rx)
         .map(|message| Ok(Event::default().data(message.to_string())));
     Ok(Sse::new(events).keep_alive(KeepAlive::default()))
+}
+
+async fn create_streaming(state: &AppState, count: u32, tx: &UnboundedSender<Value>) {
+    // A client that left makes sends fail; the work goes on.
+    let send = |event: Value| {
+        let _ = tx.send(event);
+    };
+    let pool = &state.pool;
+    let provider_step = pool.provider.kind().as_str();
+    let mut created = 0usize;
+    let mut failed;
+    match creation::reserve(pool, count, Actor::Operator, "replenish requested (stream)").await {
+        Err(e) => {
+            tracing::warn!(error = %e, "reserving instances for the stream");
+            failed = count as usize;
+            send(json!({"type": "error", "code": e.code(), "message": e.public_message()}));
+        }
+        Ok(reserved) => {
+            failed = count as usize - reserved.len();
+            let gate = Gate::until(state.shutdown.clone());
+            for (index, row) in reserved.into_iter().enumerate() {
+                let instance_num = index + 1;
+                let step = |step: &str, status: &str, message: String| json!({"type": "step", "instanceNum": instance_num, "step": step, "status": status, "message": message});
+                for tool in UNCONFIGURED_TOOLS {
+                    send(step(tool, "skip", format!("{tool} is not configured")));
+                }
+                send(step(
+                    provider_step,
+                    "active",
+                    format!("creating {}", row.name),
+                ));
+                // One at a time, so that the steps of one instance arrive together.
+                let outcomes = creation::create_all(pool, vec![row], &gate).await;
+                let Some((row, outcome)) = outcomes.into_iter().next() else {
+                    failed += 1;
+                    continue;
+                };
+                match outcome {
+                    creation::Outcome::Created => {
+                        created += 1;
+                        send(step(provider_step, "ok", "created".into()));
+                        send(step("done", "ok", "starting".into()));
+                        let url = instances::get(&pool.db, &row.id)
+                            .await
+                            .ok()
+                            .and_then(|i| i.url);
+                        send(
+                            json!({"type": "instance", "instanceNum": instance_num, "instance": {
+                                "id": row.id, "name": row.name, "status": "starting", "url": url,
+                            }}),
+                        );
+                    }
+                    creation::Outcome::Failed(e) => {
+                        failed += 1;
+                        send(step(provider_step, "fail", e.public_message()));
+                    }
+                    creation::Outcome::NotStarted(_) => {
+                        failed += 1;
+                        send(step(
+                            provider_step,
+                            "fail",
+                            "not started: shutting down".into(),
+                        ));
+                    }
+                }
+            }
+        }
+    }
+    let counts = instances::counts(&pool.db).await.ok();
+    send(json!({"type": "complete", "created": created, "failed": failed, "counts": counts}));
+    state.kicker.kick();
 }

@@ -16,8 +16,9 @@ use nix::unistd::Pid;
 use serde::{Deserialize, Serialize};
 use tokio::io::{AsyncBufReadExt, BufReader};
 
-use super::{CreateSpec, Created, ObservedResource, Provider, ResourceRef, ResourceStatus};
+use super::{CreateSpec, Created, Provider, ResourceRef};
 use crate::config::{ProviderKind, Settings};
+use crate::domain::{ObservedResource, ResourceStatus};
 use crate::error::{Error, Result};
 
 const KIND: &str = "local";
@@ -93,20 +94,26 @@ impl LocalProvider {
         self.state_dir.join(format!("{name}.json"))
     }
 
-    fn read_record(&self, name: &str) -> Option<Record> {
-        let bytes = std::fs::read(self.record_path(name)).ok()?;
-        serde_json::from_slice(&bytes).ok()
+    /// The record of `name`: `None` only if there is none. A record that cannot be read is an
+    /// error, never "no agent": an agent taken for gone would be replaced and its process leaked.
+    fn read_record(&self, name: &str) -> Result<Option<Record>> {
+        read_record_at(&self.record_path(name))
     }
 
     fn records(&self) -> Result<Vec<Record>> {
         let entries = std::fs::read_dir(&self.state_dir)
             .map_err(|e| Error::io(format!("reading {}", self.state_dir.display()), e))?;
-        Ok(entries
-            .filter_map(|entry| entry.ok())
-            .filter(|entry| entry.path().extension().is_some_and(|ext| ext == "json"))
-            .filter_map(|entry| std::fs::read(entry.path()).ok())
-            .filter_map(|bytes| serde_json::from_slice(&bytes).ok())
-            .collect())
+        let mut records = Vec::new();
+        for entry in entries {
+            let path = entry
+                .map_err(|e| Error::io(format!("reading {}", self.state_dir.display()), e))?
+                .path();
+            if path.extension().is_some_and(|ext| ext == "json") {
+                // Removed since the directory was read: destroyed, explicitly.
+                records.extend(read_record_at(&path)?);
+            }
+        }
+        Ok(records)
     }
 
     /// Stops every agent this state directory knows of. Used by `agentpool dev` on shutdown.
@@ -127,7 +134,7 @@ impl LocalProvider {
     /// paths that cannot wait (a test's `Drop`).
     pub fn kill_all(&self) {
         for record in self.records().unwrap_or_default() {
-            if is_alive(&record) {
+            if is_alive(&record).unwrap_or(false) {
                 let _ = kill(Pid::from_raw(record.pid), Signal::SIGKILL);
             }
         }
@@ -136,7 +143,9 @@ impl LocalProvider {
     /// The pid of a live agent, for tests that kill one behind the pool's back.
     pub fn pid_of(&self, name: &str) -> Option<i32> {
         self.read_record(name)
-            .filter(is_alive)
+            .ok()
+            .flatten()
+            .filter(|record| is_alive(record).unwrap_or(false))
             .map(|record| record.pid)
     }
 
@@ -190,7 +199,7 @@ impl LocalProvider {
         // The handle is dropped; tokio reaps the process when it exits.
         drop(child);
         // The agent wrote its record before announcing itself.
-        self.read_record(&spec.name)
+        self.read_record(&spec.name)?
             .filter(|record| record.pid == pid)
             .ok_or_else(|| Error::provider(KIND, format!("agent {} left no record", spec.name)))
     }
@@ -205,22 +214,48 @@ fn default_agent_bin() -> Result<PathBuf> {
     Ok(exe.with_file_name("agentpool"))
 }
 
-/// Alive, not a zombie, and still the agent we started (pids get reused).
-fn is_alive(record: &Record) -> bool {
-    let proc_dir = PathBuf::from(format!("/proc/{}", record.pid));
-    let Ok(stat) = std::fs::read_to_string(proc_dir.join("stat")) else {
-        return false;
+fn read_record_at(path: &Path) -> Result<Option<Record>> {
+    let bytes = match std::fs::read(path) {
+        Ok(bytes) => bytes,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(Error::io(format!("reading {}", path.display()), e)),
     };
+    // Records are written whole (write, then rename), so a record that does not parse is damage
+    // to look at, not an agent to forget.
+    serde_json::from_slice(&bytes).map(Some).map_err(|e| {
+        Error::io(
+            format!("parsing {}", path.display()),
+            std::io::Error::new(std::io::ErrorKind::InvalidData, e),
+        )
+    })
+}
+
+/// Alive, not a zombie, and still the agent we started (pids get reused). A process that does not
+/// exist is `false`; a `/proc` that cannot be read is an error.
+fn is_alive(record: &Record) -> Result<bool> {
+    let proc_dir = PathBuf::from(format!("/proc/{}", record.pid));
+    let read = |file: &str| match std::fs::read(proc_dir.join(file)) {
+        Ok(bytes) => Ok(Some(bytes)),
+        // The process is gone (ESRCH shows when it exits while being read).
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound || e.raw_os_error() == Some(3) => {
+            Ok(None)
+        }
+        Err(e) => Err(Error::io(format!("reading /proc/{}/{file}", record.pid), e)),
+    };
+    let Some(stat) = read("stat")? else {
+        return Ok(false);
+    };
+    let stat = String::from_utf8_lossy(&stat);
     let state = stat
         .rsplit_once(')')
         .and_then(|(_, rest)| rest.trim_start().chars().next());
     if matches!(state, Some('Z' | 'X') | None) {
-        return false;
+        return Ok(false);
     }
-    std::fs::read(proc_dir.join("cmdline")).is_ok_and(|cmdline| {
+    Ok(read("cmdline")?.is_some_and(|cmdline| {
         let args: Vec<&[u8]> = cmdline.split(|b| *b == 0).collect();
         args.contains(&b"stub-agent".as_slice()) && args.contains(&record.name.as_bytes())
-    })
+    }))
 }
 
 #[async_trait]
@@ -230,8 +265,12 @@ impl Provider for LocalProvider {
     }
 
     async fn create(&self, spec: &CreateSpec) -> Result<Created> {
-        let record = match self.read_record(&spec.name).filter(is_alive) {
-            Some(existing) => existing,
+        let existing = match self.read_record(&spec.name)? {
+            Some(record) if is_alive(&record)? => Some(record),
+            _ => None,
+        };
+        let record = match existing {
+            Some(record) => record,
             None => self.spawn(spec).await?,
         };
         Ok(Created {
@@ -242,17 +281,17 @@ impl Provider for LocalProvider {
     }
 
     async fn destroy(&self, resource: &ResourceRef) -> Result<()> {
-        let Some(record) = self.read_record(&resource.name) else {
+        let Some(record) = self.read_record(&resource.name)? else {
             return Ok(());
         };
-        if is_alive(&record) {
+        if is_alive(&record)? {
             let pid = Pid::from_raw(record.pid);
             let _ = kill(pid, Signal::SIGTERM);
             let deadline = tokio::time::Instant::now() + STOP_GRACE;
-            while is_alive(&record) && tokio::time::Instant::now() < deadline {
+            while is_alive(&record)? && tokio::time::Instant::now() < deadline {
                 tokio::time::sleep(Duration::from_millis(10)).await;
             }
-            if is_alive(&record) {
+            if is_alive(&record)? {
                 let _ = kill(pid, Signal::SIGKILL);
             }
         }
@@ -270,15 +309,16 @@ impl Provider for LocalProvider {
     }
 
     async fn list(&self, prefix: &str) -> Result<Vec<ObservedResource>> {
-        Ok(self
-            .records()?
-            .into_iter()
-            .filter(|record| record.name.starts_with(prefix) && is_alive(record))
-            .map(|record| ObservedResource {
-                resource_id: record.name.clone(),
-                name: record.name,
-                status: ResourceStatus::Running,
-            })
-            .collect())
+        let mut listed = Vec::new();
+        for record in self.records()? {
+            if record.name.starts_with(prefix) && is_alive(&record)? {
+                listed.push(ObservedResource {
+                    resource_id: record.name.clone(),
+                    name: record.name,
+                    status: ResourceStatus::Running,
+                });
+            }
+        }
+        Ok(listed)
     }
 }

@@ -8,6 +8,7 @@ use std::sync::Arc;
 use async_trait::async_trait;
 
 use crate::config::{ProviderKind, Settings};
+use crate::domain::ObservedResource;
 use crate::error::{Error, Result};
 
 /// What a provider is asked to create. `env` carries secrets (the gateway token), hence the
@@ -42,23 +43,6 @@ pub struct ResourceRef {
     pub resource_id: Option<String>,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum ResourceStatus {
-    /// Deployed and running; its runtime can be health-checked.
-    Running,
-    /// Being built or deployed.
-    Deploying,
-    /// The provider reports a failed or crashed deployment.
-    Failed,
-}
-
-#[derive(Debug, Clone)]
-pub struct ObservedResource {
-    pub name: String,
-    pub resource_id: String,
-    pub status: ResourceStatus,
-}
-
 #[async_trait]
 pub trait Provider: Send + Sync {
     fn kind(&self) -> ProviderKind;
@@ -66,11 +50,13 @@ pub trait Provider: Send + Sync {
     /// Creates the resource `spec.name`, or returns it if it already exists.
     async fn create(&self, spec: &CreateSpec) -> Result<Created>;
 
-    /// Destroys a resource. One that is already gone counts as destroyed.
+    /// Destroys a resource. Only an explicit "not found" counts as already destroyed; any other
+    /// failure is an error, and the row waits for the next attempt.
     async fn destroy(&self, resource: &ResourceRef) -> Result<()>;
 
-    /// Every resource whose name starts with `prefix`, with its status, in one batch. A row whose
-    /// resource is not listed has no resource; a listed resource without a row is an orphan.
+    /// Every resource whose name starts with `prefix`, with its status, in one batch. The listing
+    /// is complete or an error: a resource the provider could not read must fail the listing,
+    /// never be left out, because a resource left out looks gone (and, twice, is destroyed).
     async fn list(&self, prefix: &str) -> Result<Vec<ObservedResource>>;
 }
 

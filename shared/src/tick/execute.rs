@@ -1,57 +1,74 @@
-//! Carries out a plan. Transitions are compare-and-set, so a claim that raced the snapshot wins
-//! over a decision made on stale state. Database work is batched: the number of queries depends
-//! on how much changes, not on how many instances there are.
+//! Carries out a plan. Every write waits for the gate: the tick stops starting work when its lease
+//! is lost, its budget spent or the process shuts down. Transitions are compare-and-set on the
+//! state the decision was made on, so a claim that raced the snapshot wins over a decision made
+//! on stale state. Database work is batched: the number of queries depends on how much changes,
+//! not on how many instances there are.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use futures::future::OptionFuture;
 use futures::StreamExt;
 use rand::Rng;
 use tracing::Instrument;
 
+use crate::creation::{self, Outcome};
 use crate::domain::{Actor, InstanceStatus};
-use crate::instances;
-use crate::providers::{CreateSpec, ResourceRef};
+use crate::gate::{CutShort, Gate};
+use crate::instances::{self, Move};
+use crate::providers::ResourceRef;
 use crate::Pool;
 
-use super::plan::{Plan, Transition};
-use super::snapshot::Snapshot;
+use super::plan::{Mode, Observation, Plan, PresenceMark, Transition};
+use super::snapshot::{Row, Snapshot};
 use super::TickReport;
 
 /// Provider calls in flight at once during a tick.
 const PROVIDER_CONCURRENCY: usize = 8;
 const MAX_BACKOFF: Duration = Duration::from_secs(600);
+/// How long an `Idempotency-Key` keeps its reply.
+const IDEMPOTENCY_RETENTION: &str = "24 hours";
 
 pub async fn run(
     pool: &Pool,
     snapshot: &Snapshot,
     plan: Plan,
-    deadline: Instant,
+    mode: Mode,
+    gate: &Gate<'_>,
     report: &mut TickReport,
 ) {
-    if let Err(e) = set_health_failures(pool, &plan.health_failures).await {
-        report.error(format!("recording health failures: {e}"));
+    if let Err(why) = carry_out(pool, snapshot, plan, mode, gate, report).await {
+        report.cut(why);
     }
-    let applied = apply_transitions(pool, &plan.transitions, report).await;
+}
 
-    let already_destroying: HashSet<&str> = snapshot
-        .rows
-        .iter()
-        .filter(|r| r.instance.status == InstanceStatus::Destroying)
-        .map(|r| r.instance.id.as_str())
-        .collect();
-    let by_id: HashMap<&str, &super::snapshot::Row> = snapshot
+async fn carry_out(
+    pool: &Pool,
+    snapshot: &Snapshot,
+    plan: Plan,
+    mode: Mode,
+    gate: &Gate<'_>,
+    report: &mut TickReport,
+) -> Result<(), CutShort> {
+    gate.admit().await?;
+    if let Err(e) = record_observations(pool, snapshot, &plan.observations, &plan.presence).await {
+        report.error("recording health observations", None, &e);
+    }
+    let applied = apply_transitions(pool, &plan.transitions, gate, report).await?;
+
+    let by_id: HashMap<&str, &Row> = snapshot
         .rows
         .iter()
         .map(|r| (r.instance.id.as_str(), r))
         .collect();
-    let targets: Vec<ResourceTarget> = plan
+    let targets: Vec<Target> = plan
         .destroy
         .iter()
-        .filter(|id| already_destroying.contains(id.as_str()) || applied.contains(id.as_str()))
-        .filter_map(|id| by_id.get(id.as_str()))
-        .map(|row| ResourceTarget {
+        .filter_map(|id| by_id.get(id.as_str()).copied())
+        .filter(|row| {
+            row.instance.status == InstanceStatus::Destroying
+                || applied.contains(row.instance.id.as_str())
+        })
+        .map(|row| Target {
             id: row.instance.id.clone(),
             attempts: row.instance.destroy_attempts,
             resource: ResourceRef {
@@ -60,26 +77,64 @@ pub async fn run(
             },
         })
         .collect();
-    destroy_instances(pool, targets, deadline, report).await;
-    delete_orphans(pool, &plan, deadline, report).await;
-    create_instances(pool, plan.create, deadline, report).await;
+    destroy_instances(pool, targets, gate, report).await?;
+    delete_orphans(pool, &plan, gate, report).await?;
+    create_instances(pool, plan.create, gate, report).await?;
+    if mode == Mode::Full {
+        gate.admit().await?;
+        if let Err(e) = forget_old_claim_requests(pool).await {
+            report.error("forgetting old idempotency keys", None, &e);
+        }
+    }
+    Ok(())
 }
 
-async fn set_health_failures(pool: &Pool, failures: &[(String, i32)]) -> crate::Result<()> {
-    if failures.is_empty() {
-        return Ok(());
+/// Records health answers relative to the row as it is now (never a count carried over from the
+/// snapshot), and only on the incarnation that was asked: same status, same `status_since`.
+async fn record_observations(
+    pool: &Pool,
+    snapshot: &Snapshot,
+    observations: &[Observation],
+    presence: &[PresenceMark],
+) -> crate::Result<()> {
+    if !observations.is_empty() {
+        let ids: Vec<&str> = observations.iter().map(|o| o.id.as_str()).collect();
+        let statuses: Vec<&str> = observations.iter().map(|o| o.status.as_str()).collect();
+        let since: Vec<_> = observations.iter().map(|o| o.since).collect();
+        let healthy: Vec<bool> = observations.iter().map(|o| o.healthy).collect();
+        sqlx::query(
+            "UPDATE instances i
+                SET last_checked_at = $5,
+                    health_failures = CASE WHEN v.healthy THEN 0 ELSE i.health_failures + 1 END,
+                    last_healthy_at = CASE WHEN v.healthy THEN $5 ELSE i.last_healthy_at END
+               FROM unnest($1::text[], $2::text[], $3::timestamptz[], $4::bool[])
+                    AS v(id, status, since, healthy)
+              WHERE i.id = v.id AND i.status = v.status AND i.status_since = v.since",
+        )
+        .bind(&ids)
+        .bind(&statuses)
+        .bind(&since)
+        .bind(&healthy)
+        .bind(snapshot.now)
+        .execute(&pool.db)
+        .await?;
     }
-    let (ids, counts): (Vec<&str>, Vec<i32>) =
-        failures.iter().map(|(id, n)| (id.as_str(), *n)).unzip();
-    sqlx::query(
-        "UPDATE instances i SET health_failures = v.n
-           FROM unnest($1::text[], $2::int4[]) AS v(id, n)
-          WHERE i.id = v.id AND i.status IN ('idle', 'claimed')",
-    )
-    .bind(&ids)
-    .bind(&counts)
-    .execute(&pool.db)
-    .await?;
+    // Rare: only when a resource goes missing or comes back.
+    if !presence.is_empty() {
+        let (ids, absent): (Vec<&str>, Vec<bool>) =
+            presence.iter().map(|p| (p.id.as_str(), p.absent)).unzip();
+        sqlx::query(
+            "UPDATE instances i
+                SET absent_since = CASE WHEN p.absent THEN coalesce(i.absent_since, $3) END
+               FROM unnest($1::text[], $2::bool[]) AS p(id, absent)
+              WHERE i.id = p.id",
+        )
+        .bind(&ids)
+        .bind(&absent)
+        .bind(snapshot.now)
+        .execute(&pool.db)
+        .await?;
+    }
     Ok(())
 }
 
@@ -87,41 +142,42 @@ async fn set_health_failures(pool: &Pool, failures: &[(String, i32)]) -> crate::
 async fn apply_transitions(
     pool: &Pool,
     transitions: &[Transition],
+    gate: &Gate<'_>,
     report: &mut TickReport,
-) -> HashSet<String> {
-    let mut groups: BTreeMap<(InstanceStatus, InstanceStatus), Vec<(String, String)>> =
-        BTreeMap::new();
+) -> Result<HashSet<String>, CutShort> {
+    let mut groups: BTreeMap<(InstanceStatus, InstanceStatus), Vec<Move>> = BTreeMap::new();
     for t in transitions {
-        groups
-            .entry((t.from, t.to))
-            .or_default()
-            .push((t.id.clone(), t.reason.clone()));
+        groups.entry((t.from, t.to)).or_default().push(Move {
+            id: t.id.clone(),
+            since: t.since,
+            reason: t.reason.clone(),
+        });
     }
     let mut applied = HashSet::new();
     for ((from, to), moves) in groups {
+        gate.admit().await?;
         match instances::transition(&pool.db, from, to, &moves, Actor::Tick).await {
             Ok(moved) => {
                 let moved: HashSet<String> = moved.into_iter().collect();
-                for (id, reason) in &moves {
-                    if moved.contains(id) {
-                        tracing::info!(instance_id = %id, %from, %to, %reason, "transition");
-                        report.transitions.push(super::Moved {
-                            id: id.clone(),
-                            from,
-                            to,
-                            reason: reason.clone(),
-                        });
-                    }
+                for m in moves.into_iter().filter(|m| moved.contains(&m.id)) {
+                    tracing::info!(instance_id = %m.id, %from, %to, reason = %m.reason, "transition");
+                    report.transitions.push(super::Moved {
+                        id: m.id,
+                        from,
+                        to,
+                        reason: m.reason,
+                    });
                 }
                 applied.extend(moved);
             }
-            Err(e) => report.error(format!("{from} → {to}: {e}")),
+            Err(e) => report.error(&format!("{from} → {to}"), None, &e),
         }
     }
-    applied
+    Ok(applied)
 }
 
-struct ResourceTarget {
+/// An instance whose resources to destroy.
+struct Target {
     id: String,
     attempts: i32,
     resource: ResourceRef,
@@ -131,11 +187,11 @@ struct ResourceTarget {
 /// jittered exponential backoff; the row goes only when everything it owns is gone.
 async fn destroy_instances(
     pool: &Pool,
-    targets: Vec<ResourceTarget>,
-    deadline: Instant,
+    targets: Vec<Target>,
+    gate: &Gate<'_>,
     report: &mut TickReport,
-) {
-    let (results, left) = while_time_lasts(targets, before(deadline), |target| {
+) -> Result<(), CutShort> {
+    let (results, cut) = each_while_open(targets, gate, |target| {
         let span = tracing::info_span!("destroy", instance_id = %target.id);
         async move {
             let result = pool.provider.destroy(&target.resource).await;
@@ -144,9 +200,6 @@ async fn destroy_instances(
         .instrument(span)
     })
     .await;
-    if left > 0 {
-        report.budget_exhausted = true;
-    }
 
     let mut gone = Vec::new();
     let (mut failed_ids, mut failed_errors, mut failed_delays) =
@@ -155,15 +208,17 @@ async fn destroy_instances(
         match result {
             Ok(()) => gone.push(target.id),
             Err(e) => {
-                tracing::warn!(instance_id = %target.id, error = %e, "destroy failed; will retry");
-                report.error(format!("destroying {}: {e}", target.id));
+                report.error("destroying", Some(&target.id), &e);
                 failed_delays.push(backoff(target.attempts + 1).as_millis() as i64);
                 failed_ids.push(target.id);
-                failed_errors.push(e.to_string());
+                failed_errors.push(e.public_message());
             }
         }
     }
+    // What was destroyed is recorded even past the budget: the resources are gone either way.
+    // A lost lease stops it: the next tick destroys again (idempotent), then deletes.
     if !gone.is_empty() {
+        gate.admit().await.or_else(allow_budget)?;
         let deleted: crate::Result<Vec<String>> = sqlx::query_scalar(
             "WITH d AS (
                DELETE FROM instances WHERE id = ANY($1::text[]) AND status = 'destroying' RETURNING id
@@ -180,10 +235,11 @@ async fn destroy_instances(
         .map_err(Into::into);
         match deleted {
             Ok(ids) => report.destroyed.extend(ids),
-            Err(e) => report.error(format!("deleting destroyed rows: {e}")),
+            Err(e) => report.error("deleting destroyed rows", None, &e),
         }
     }
     if !failed_ids.is_empty() {
+        gate.admit().await.or_else(allow_budget)?;
         let result = sqlx::query(
             "UPDATE instances i
                 SET destroy_attempts = destroy_attempts + 1, last_error = v.error,
@@ -197,8 +253,17 @@ async fn destroy_instances(
         .execute(&pool.db)
         .await;
         if let Err(e) = result {
-            report.error(format!("recording destroy failures: {e}"));
+            report.error("recording destroy failures", None, &e.into());
         }
+    }
+    cut.map_or(Ok(()), Err)
+}
+
+/// Bookkeeping for work already done may run past the budget; not past a lost lease or shutdown.
+fn allow_budget(why: CutShort) -> Result<(), CutShort> {
+    match why {
+        CutShort::Budget => Ok(()),
+        other => Err(other),
     }
 }
 
@@ -208,192 +273,137 @@ fn backoff(attempts: i32) -> Duration {
     base.mul_f64(rand::thread_rng().gen_range(0.75..1.25))
 }
 
-async fn delete_orphans(pool: &Pool, plan: &Plan, deadline: Instant, report: &mut TickReport) {
-    let (results, left) = while_time_lasts(
-        plan.orphans.clone(),
-        before(deadline),
-        |orphan| async move {
-            let resource = ResourceRef {
-                name: orphan.name.clone(),
-                resource_id: Some(orphan.resource_id.clone()),
-            };
-            tracing::info!(resource = %orphan.name, "deleting orphan");
-            (orphan.name, pool.provider.destroy(&resource).await)
-        },
-    )
+async fn delete_orphans(
+    pool: &Pool,
+    plan: &Plan,
+    gate: &Gate<'_>,
+    report: &mut TickReport,
+) -> Result<(), CutShort> {
+    let (results, cut) = each_while_open(plan.orphans.clone(), gate, |orphan| async move {
+        let resource = ResourceRef {
+            name: orphan.name.clone(),
+            resource_id: Some(orphan.resource_id.clone()),
+        };
+        tracing::info!(resource = %orphan.name, "deleting orphan");
+        (orphan, pool.provider.destroy(&resource).await)
+    })
     .await;
-    if left > 0 {
-        report.budget_exhausted = true;
-    }
-    for (name, result) in results {
+    for (orphan, result) in results {
         match result {
-            Ok(()) => report.orphans_deleted.push(name),
-            Err(e) => report.error(format!("deleting orphan {name}: {e}")),
+            Ok(()) => report.orphans_deleted.push(orphan.name),
+            Err(e) => report.error(&format!("deleting orphan {}", orphan.name), None, &e),
         }
     }
+    cut.map_or(Ok(()), Err)
 }
 
-/// Inserts rows first, then creates each resource and records it as soon as it exists.
-async fn create_instances(pool: &Pool, wanted: u32, deadline: Instant, report: &mut TickReport) {
+async fn create_instances(
+    pool: &Pool,
+    wanted: u32,
+    gate: &Gate<'_>,
+    report: &mut TickReport,
+) -> Result<(), CutShort> {
     if wanted == 0 {
-        return;
+        return Ok(());
     }
-    if Instant::now() >= deadline {
-        report.budget_exhausted = true;
-        return;
-    }
-    let settings = &pool.settings;
-    let reserved = match instances::reserve(
-        &pool.db,
-        wanted,
-        settings.pool_max_total,
-        &settings.pool_name_prefix,
-        Actor::Tick,
-        "replenish",
-    )
-    .await
-    {
+    gate.admit().await?;
+    let reserved = match creation::reserve(pool, wanted, Actor::Tick, "replenish").await {
         Ok(reserved) => reserved,
         Err(e) => {
-            report.error(format!("reserving instances: {e}"));
-            return;
+            report.error("reserving instances", None, &e);
+            return Ok(());
         }
     };
-    let outcomes = create_reserved(pool, reserved).await;
-    for (id, result) in outcomes {
-        match result {
-            Ok(()) => report.created.push(id),
-            Err(e) => report.error(format!("creating {id}: {e}")),
+    let mut cut = None;
+    for (row, outcome) in creation::create_all(pool, reserved, gate).await {
+        match outcome {
+            Outcome::Created => report.created.push(row.id),
+            Outcome::Failed(e) => report.error("creating", Some(&row.id), &e),
+            Outcome::NotStarted(why) => cut = Some(why),
         }
     }
+    cut.map_or(Ok(()), Err)
 }
 
-/// Creates the provider resources of reserved rows. A failure sends the row to `destroying`, so
-/// whatever part of it exists is cleaned up by the tick.
-pub async fn create_reserved(
-    pool: &Pool,
-    reserved: Vec<instances::Reserved>,
-) -> Vec<(String, crate::Result<()>)> {
-    futures::stream::iter(reserved)
-        .map(|row| {
-            let span = tracing::info_span!("create", instance_id = %row.id);
-            async move {
-                let result = create_one(pool, &row).await;
-                if let Err(e) = &result {
-                    tracing::warn!(error = %e, "create failed");
-                    let moves = [(row.id.clone(), format!("create failed: {e}"))];
-                    if let Err(e) = instances::transition(
-                        &pool.db,
-                        InstanceStatus::Starting,
-                        InstanceStatus::Destroying,
-                        &moves,
-                        Actor::Tick,
-                    )
-                    .await
-                    {
-                        tracing::error!(error = %e, "could not mark failed create for destruction");
-                    }
-                }
-                (row.id, result)
-            }
-            .instrument(span)
-        })
-        .buffer_unordered(PROVIDER_CONCURRENCY)
-        .collect()
-        .await
-}
-
-async fn create_one(pool: &Pool, row: &instances::Reserved) -> crate::Result<()> {
-    let spec = CreateSpec {
-        name: row.name.clone(),
-        env: vec![
-            ("OPENCLAW_GATEWAY_TOKEN".into(), row.gateway_token.clone()),
-            ("INSTANCE_ID".into(), row.id.clone()),
-            (
-                "POOL_ENVIRONMENT".into(),
-                pool.settings.pool_environment.clone(),
-            ),
-        ],
-    };
-    let created = pool.provider.create(&spec).await?;
-    let recorded = instances::record_infra(
-        &pool.db,
-        &row.id,
-        pool.provider.kind().as_str(),
-        &created.resource_id,
-        &created.url,
-        &created.details,
-    )
-    .await;
-    if let Err(e) = recorded {
-        // Without a record the resource would be found only as an orphan; remove it now.
-        let _ = pool
-            .provider
-            .destroy(&ResourceRef {
-                name: row.name.clone(),
-                resource_id: Some(created.resource_id),
-            })
-            .await;
-        return Err(e);
-    }
-    tracing::info!(url = %created.url, "created");
+async fn forget_old_claim_requests(pool: &Pool) -> crate::Result<()> {
+    sqlx::query(&format!(
+        "DELETE FROM claim_requests WHERE created_at < now() - interval '{IDEMPOTENCY_RETENTION}'"
+    ))
+    .execute(&pool.db)
+    .await?;
     Ok(())
 }
 
-fn before(deadline: Instant) -> impl Fn() -> bool {
-    move || Instant::now() < deadline
-}
-
-/// Runs `work` on each item, `PROVIDER_CONCURRENCY` at a time. Each item is checked against the
-/// budget when its turn comes, not before the batch: an item whose turn comes too late is not
-/// started and waits for the next tick. Returns what finished and how many were left.
-async fn while_time_lasts<T, R, F, Fut>(
-    items: Vec<T>,
-    time_left: impl Fn() -> bool,
+/// Runs `work` on each item, `PROVIDER_CONCURRENCY` at a time, asking the gate when each item's
+/// turn comes (not once for the batch): an item whose turn comes after the gate closed is not
+/// started and waits for the next tick. Returns what finished, and why the rest did not start.
+async fn each_while_open<I, T, R, F, Fut>(
+    items: I,
+    gate: &Gate<'_>,
     work: F,
-) -> (Vec<R>, usize)
+) -> (Vec<R>, Option<CutShort>)
 where
+    I: IntoIterator<Item = T>,
     F: Fn(T) -> Fut,
     Fut: std::future::Future<Output = R>,
 {
-    let outcomes: Vec<Option<R>> = futures::stream::iter(items)
-        // `buffer_unordered` pulls the next item only when a slot is free, so this check runs
+    let work = &work;
+    let outcomes: Vec<Result<R, CutShort>> = futures::stream::iter(items)
+        // `buffer_unordered` pulls the next item only when a slot is free, so the gate is asked
         // when the item would start.
-        .map(|item| OptionFuture::from(time_left().then(|| work(item))))
+        .map(|item| async move {
+            gate.admit().await?;
+            Ok(work(item).await)
+        })
         .buffer_unordered(PROVIDER_CONCURRENCY)
         .collect()
         .await;
-    let left = outcomes.iter().filter(|o| o.is_none()).count();
-    (outcomes.into_iter().flatten().collect(), left)
+    let mut done = Vec::new();
+    let mut cut = None;
+    for outcome in outcomes {
+        match outcome {
+            Ok(r) => done.push(r),
+            Err(why) => cut = Some(why),
+        }
+    }
+    (done, cut)
 }
 
 #[cfg(test)]
 mod tests {
-    use std::sync::atomic::{AtomicUsize, Ordering};
+    use tokio_util::sync::CancellationToken;
 
     use super::*;
 
     #[tokio::test]
-    async fn items_whose_turn_comes_after_the_budget_are_left_for_the_next_tick() {
-        // The budget lasts for exactly 11 starts, more than one batch of PROVIDER_CONCURRENCY.
-        let checks = AtomicUsize::new(0);
-        let time_left = || checks.fetch_add(1, Ordering::SeqCst) < 11;
-        let (done, left) = while_time_lasts((0..30).collect(), time_left, |i: u32| async move {
-            tokio::task::yield_now().await;
-            i
+    async fn items_whose_turn_comes_after_the_gate_closed_are_left_for_the_next_tick() {
+        // The gate closes after 11 starts, more than one batch of PROVIDER_CONCURRENCY.
+        let stop = CancellationToken::new();
+        let gate = Gate::until(stop.clone());
+        let started = std::sync::atomic::AtomicUsize::new(0);
+        let (done, cut) = each_while_open(0..30u32, &gate, |i| {
+            let n = started.fetch_add(1, std::sync::atomic::Ordering::SeqCst) + 1;
+            if n == 11 {
+                stop.cancel();
+            }
+            async move {
+                tokio::task::yield_now().await;
+                i
+            }
         })
         .await;
-        assert_eq!((done.len(), left), (11, 19));
+        assert_eq!(done.len(), 11);
+        assert_eq!(cut, Some(CutShort::Shutdown));
         let mut done = done;
         done.sort_unstable();
         assert_eq!(done, (0..11).collect::<Vec<_>>());
     }
 
     #[tokio::test]
-    async fn with_time_to_spare_everything_runs() {
-        let (done, left) =
-            while_time_lasts(vec![1, 2, 3], || true, |i: u32| async move { i * 2 }).await;
-        assert_eq!(left, 0);
+    async fn with_the_gate_open_everything_runs() {
+        let gate = Gate::until(CancellationToken::new());
+        let (done, cut) = each_while_open(vec![1u32, 2, 3], &gate, |i| async move { i * 2 }).await;
+        assert_eq!(cut, None);
         assert_eq!(done.iter().sum::<u32>(), 12);
     }
 }

@@ -1,21 +1,23 @@
 //! The tick: reconcile the fleet and replenish the pool.
 //!
-//! Whichever process takes `pg_try_advisory_xact_lock(TICK_LOCK_KEY)` runs it, holding the lock on
-//! one connection for the whole tick; every other caller skips at once. A process that dies drops
-//! its connection and with it the lock. The tick itself is snapshot → plan → execute: reading is
-//! separate from deciding (a pure function, tested without a network) and from acting.
+//! Whichever process takes the advisory lock `TICK_LOCK_KEY` runs it, holding the lock as a
+//! [`lease::Lease`] for the whole tick and checking it before each write; every other caller skips
+//! at once. The tick itself is snapshot → plan → execute: reading is separate from deciding (pure
+//! functions, tested without a network) and from acting.
 
 pub mod execute;
+pub mod lease;
 pub mod plan;
 pub mod snapshot;
 
-use std::time::Instant;
-
 use serde::Serialize;
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
 
-use crate::domain::{Actor, InstanceStatus};
-use crate::error::Result;
-use crate::{instances, Pool};
+use crate::domain::InstanceStatus;
+use crate::error::{Error, Result};
+use crate::gate::{CutShort, Gate};
+use crate::Pool;
 
 pub use plan::Mode;
 
@@ -28,6 +30,17 @@ pub struct Moved {
     pub from: InstanceStatus,
     pub to: InstanceStatus,
     pub reason: String,
+}
+
+/// One thing that went wrong, as a client may see it: a code and a short cause. The details are
+/// in the log, on a line with the same instance id.
+#[derive(Debug, Clone, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct TickError {
+    pub code: &'static str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub instance_id: Option<String>,
+    pub message: String,
 }
 
 /// What a tick did, as `POST /api/pool/tick` and `agentpool tick` print it.
@@ -45,8 +58,10 @@ pub struct TickReport {
     pub destroyed: Vec<String>,
     pub orphans_deleted: Vec<String>,
     pub created: Vec<String>,
-    pub errors: Vec<String>,
-    pub budget_exhausted: bool,
+    pub errors: Vec<TickError>,
+    /// Set when the tick stopped starting work early; what it left waits for the next tick.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cut_short: Option<CutShort>,
 }
 
 impl TickReport {
@@ -57,9 +72,21 @@ impl TickReport {
         }
     }
 
-    fn error(&mut self, message: String) {
-        tracing::warn!(%message, "tick error");
-        self.errors.push(message);
+    /// Records an error: the whole of it in the log, a code and a short cause in the report.
+    pub fn error(&mut self, doing: &str, instance_id: Option<&str>, error: &Error) {
+        tracing::warn!(instance_id, error = %error, "{doing} failed");
+        self.errors.push(TickError {
+            code: error.code(),
+            instance_id: instance_id.map(str::to_string),
+            message: format!("{doing}: {}", error.public_message()),
+        });
+    }
+
+    pub fn cut(&mut self, why: CutShort) {
+        if self.cut_short.is_none() {
+            tracing::warn!(?why, "tick cut short");
+            self.cut_short = Some(why);
+        }
     }
 }
 
@@ -69,60 +96,37 @@ pub fn rules(settings: &crate::config::Settings) -> plan::Rules {
         max_total: settings.pool_max_total,
         stuck_timeout: settings.stuck_timeout(),
         claim_timeout: settings.claim_timeout(),
+        create_timeout: settings.create_timeout(),
         health_failure_threshold: settings.health_failure_threshold,
+        health_grace: settings.health_grace(),
     }
 }
 
 /// Runs one tick, or reports `skipped` if another process holds the tick lock.
 pub async fn run(pool: &Pool, mode: Mode) -> Result<TickReport> {
-    let mut lock = pool.db.begin().await?;
-    let acquired: bool = sqlx::query_scalar("SELECT pg_try_advisory_xact_lock($1)")
-        .bind(TICK_LOCK_KEY)
-        .fetch_one(&mut *lock)
-        .await?;
-    if !acquired {
-        return Ok(TickReport::skipped());
-    }
-    let started = Instant::now();
-    let deadline = started + pool.settings.tick_budget();
-    let span = tracing::info_span!("tick", ?mode);
-    let report = async {
-        let snapshot = snapshot::take(pool).await?;
-        let plan = plan::decide(&snapshot, &rules(&pool.settings), mode);
-        let mut report = TickReport {
-            instances: Some(snapshot.rows.len()),
-            health_checked: Some(snapshot.health.len()),
-            ..TickReport::default()
-        };
-        execute::run(pool, &snapshot, plan, deadline, &mut report).await;
-        Ok::<_, crate::Error>(report)
-    };
-    let mut report = tracing::Instrument::instrument(report, span).await?;
-    report.duration_ms = Some(started.elapsed().as_millis() as u64);
-    // Ending the transaction releases the lock; if the connection is gone, so is the lock.
-    let _ = lock.commit().await;
-    Ok(report)
+    run_until(pool, mode, &CancellationToken::new()).await
 }
 
-/// `POST /api/pool/replenish {"count": N}`: create up to N instances now, within `POOL_MAX_TOTAL`.
-/// Returns the ids created and the errors met.
-pub async fn create_now(pool: &Pool, count: u32) -> Result<TickReport> {
-    let settings = &pool.settings;
-    let reserved = instances::reserve(
-        &pool.db,
-        count,
-        settings.pool_max_total,
-        &settings.pool_name_prefix,
-        Actor::Operator,
-        "replenish requested",
-    )
-    .await?;
-    let mut report = TickReport::default();
-    for (id, result) in execute::create_reserved(pool, reserved).await {
-        match result {
-            Ok(()) => report.created.push(id),
-            Err(e) => report.error(format!("creating {id}: {e}")),
-        }
-    }
+/// Runs one tick that starts no new work once `stop` is cancelled (shutdown).
+pub async fn run_until(pool: &Pool, mode: Mode, stop: &CancellationToken) -> Result<TickReport> {
+    let Some(lease) = lease::Lease::try_acquire(&pool.db, TICK_LOCK_KEY).await? else {
+        return Ok(TickReport::skipped());
+    };
+    let started = Instant::now();
+    let gate = Gate::tick(&lease, started + pool.settings.tick_budget(), stop.clone());
+    let span = tracing::info_span!("tick", ?mode);
+    let work = async {
+        let mut report = TickReport::default();
+        let snapshot = snapshot::take(pool, mode, &gate, &mut report).await?;
+        let plan = plan::decide(&snapshot, &rules(&pool.settings), mode);
+        report.instances = Some(snapshot.rows.len());
+        report.health_checked = Some(snapshot.health.len());
+        execute::run(pool, &snapshot, plan, mode, &gate, &mut report).await;
+        Ok::<_, Error>(report)
+    };
+    let outcome = tracing::Instrument::instrument(work, span).await;
+    lease.release().await;
+    let mut report = outcome?;
+    report.duration_ms = Some(started.elapsed().as_millis() as u64);
     Ok(report)
 }

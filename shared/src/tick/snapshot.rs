@@ -1,19 +1,27 @@
-//! Reads the state the tick decides on: rows, then the provider's resources, then runtime health.
+//! Reads the state the tick decides on: the provider's resources, then the rows, then runtime
+//! health.
 //!
-//! Rows are read before resources on purpose: every resource's row is committed before the
-//! resource is created, so a resource listed without a row in the snapshot really is an orphan.
+//! Resources are listed before rows are read, on purpose: a row is committed before its resource
+//! is created, so every resource in the listing has its row committed before the rows are read,
+//! and a listed resource without a row really is an orphan, however slow the listing and however
+//! many creations run meanwhile.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 
 use chrono::{DateTime, Utc};
+use futures::future::OptionFuture;
 use futures::StreamExt;
 use tracing::Instrument;
 
-use crate::domain::{Instance, InstanceStatus, INSTANCE_COLUMNS};
+use crate::domain::{
+    Health, Instance, InstanceStatus, ObservedResource, ResourceStatus, INSTANCE_COLUMNS,
+};
 use crate::error::Result;
-use crate::providers::{ObservedResource, ResourceStatus};
-use crate::runtime::Health;
+use crate::gate::Gate;
 use crate::Pool;
+
+use super::plan::Mode;
+use super::TickReport;
 
 #[derive(Debug, Clone, sqlx::FromRow)]
 pub struct Row {
@@ -24,17 +32,46 @@ pub struct Row {
 
 #[derive(Debug, Clone)]
 pub struct Snapshot {
+    /// The database's clock, so that ages compare like with like across replicas.
     pub now: DateTime<Utc>,
     pub rows: Vec<Row>,
-    pub resources: Vec<ObservedResource>,
-    /// Health of runtimes that were asked, by instance id.
+    /// The provider's resources; `None` when the listing failed or was not taken (a kicked
+    /// tick). Unknown is not empty: nothing is judged absent and nothing is an orphan then.
+    pub resources: Option<Vec<ObservedResource>>,
+    /// Answers of the runtimes asked this tick, by instance id. A runtime not asked (budget, or not
+    /// due) is not in here, which is not a failure.
     pub health: HashMap<String, Health>,
 }
 
-pub async fn take(pool: &Pool) -> Result<Snapshot> {
+pub async fn take(
+    pool: &Pool,
+    mode: Mode,
+    gate: &Gate<'_>,
+    report: &mut TickReport,
+) -> Result<Snapshot> {
+    let resources = match mode {
+        Mode::Kick => None,
+        Mode::Full | Mode::Reconcile => {
+            match pool.provider.list(&pool.settings.pool_name_prefix).await {
+                Ok(resources) => Some(resources),
+                Err(e) => {
+                    report.error("listing resources", None, &e);
+                    None
+                }
+            }
+        }
+    };
     let (now, rows) = read_rows(pool).await?;
-    let resources = pool.provider.list(&pool.settings.pool_name_prefix).await?;
-    let health = check_health(pool, &rows, &resources).await;
+    let targets = health_targets(&rows, resources.as_deref(), mode);
+    let due = targets.len();
+    // A check is started only if it can end within the budget: it may take HEALTH_TIMEOUT_MS.
+    let window = gate.closing_early(pool.settings.health_timeout());
+    let health = check_health(pool, targets, &window).await;
+    if health.len() < due {
+        if let Err(why) = window.peek() {
+            report.cut(why);
+        }
+    }
     Ok(Snapshot {
         now,
         rows,
@@ -56,46 +93,78 @@ async fn read_rows(pool: &Pool) -> Result<(DateTime<Utc>, Vec<Row>)> {
     ))
     .fetch_all(&pool.db)
     .await?;
-    // The database's clock, so that ages compare like with like across replicas.
     let now: DateTime<Utc> = sqlx::query_scalar("SELECT now()")
         .fetch_one(&pool.db)
         .await?;
     Ok((now, rows))
 }
 
-/// Asks every runtime that should answer, `HEALTH_CONCURRENCY` at a time, each within
-/// `HEALTH_TIMEOUT_MS`.
+/// Which runtimes to ask, least recently asked first, so that a tick cut short by its budget
+/// leaves the tail of the fleet for the next one to ask first. A kicked tick asks only `starting`
+/// runtimes (so new instances become idle quickly); the whole fleet is asked on the interval.
+/// A runtime whose resource the listing shows not running is not asked.
+pub fn health_targets(
+    rows: &[Row],
+    resources: Option<&[ObservedResource]>,
+    mode: Mode,
+) -> Vec<(String, String)> {
+    use InstanceStatus::*;
+    let not_running: Option<HashSet<&str>> = resources.map(|listed| {
+        let running: HashSet<&str> = listed
+            .iter()
+            .filter(|r| r.status == ResourceStatus::Running)
+            .map(|r| r.name.as_str())
+            .collect();
+        rows.iter()
+            .map(|row| row.instance.name.as_str())
+            .filter(|name| !running.contains(name))
+            .collect()
+    });
+    let mut targets: Vec<&Row> = rows
+        .iter()
+        .filter(|row| match (mode, row.instance.status) {
+            (_, Starting) => true,
+            (Mode::Full | Mode::Reconcile, Idle | Claimed | Crashed) => true,
+            _ => false,
+        })
+        .filter(|row| {
+            not_running
+                .as_ref()
+                .is_none_or(|skip| !skip.contains(row.instance.name.as_str()))
+        })
+        .filter(|row| row.instance.url.is_some())
+        .collect();
+    // `None` (never asked) sorts first.
+    targets.sort_by_key(|row| (row.instance.last_checked_at, row.instance.created_at));
+    targets
+        .into_iter()
+        .filter_map(|row| Some((row.instance.id.clone(), row.instance.url.clone()?)))
+        .collect()
+}
+
+/// Asks each runtime, `HEALTH_CONCURRENCY` at a time, each within `HEALTH_TIMEOUT_MS`, starting no
+/// check once the gate closes.
 async fn check_health(
     pool: &Pool,
-    rows: &[Row],
-    resources: &[ObservedResource],
+    targets: Vec<(String, String)>,
+    gate: &Gate<'_>,
 ) -> HashMap<String, Health> {
-    let running: std::collections::HashSet<&str> = resources
-        .iter()
-        .filter(|r| r.status == ResourceStatus::Running)
-        .map(|r| r.name.as_str())
-        .collect();
-    let targets: Vec<(String, String)> = rows
-        .iter()
-        .filter(|row| {
-            matches!(
-                row.instance.status,
-                InstanceStatus::Starting | InstanceStatus::Idle | InstanceStatus::Claimed
-            ) && running.contains(row.instance.name.as_str())
-        })
-        .filter_map(|row| Some((row.instance.id.clone(), row.instance.url.clone()?)))
-        .collect();
     futures::stream::iter(targets)
         .map(|(id, url)| {
-            let span = tracing::debug_span!("health", instance_id = %id);
-            async move {
-                let health = pool.runtime.health(&url).await;
-                tracing::debug!(?health);
-                (id, health)
-            }
-            .instrument(span)
+            // `buffer_unordered` pulls the next target only when a slot is free, so the gate is
+            // asked when the check would start.
+            OptionFuture::from(gate.peek().is_ok().then(|| {
+                let span = tracing::debug_span!("health", instance_id = %id);
+                async move {
+                    let health = pool.runtime.health(&url).await;
+                    tracing::debug!(?health);
+                    (id, health)
+                }
+                .instrument(span)
+            }))
         })
         .buffer_unordered(pool.settings.health_concurrency)
+        .filter_map(|checked| async move { checked })
         .collect()
         .await
 }

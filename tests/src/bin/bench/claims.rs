@@ -365,7 +365,7 @@ async fn claim_with(pool: &Pool, strategy: Strategy) -> Outcome {
     if strategy == Strategy::SkipLocked {
         let request = ClaimRequest::new("bench".into(), "Answer at once.".into(), None, None, None)
             .map_err(|e| e.to_string())?;
-        return match claim::claim(pool, &request).await {
+        return match claim::claim(pool, &request, None).await {
             Ok(claimed) => Ok(claimed.instance_id),
             Err(Error::NoIdle) => Err(NO_IDLE.into()),
             Err(e) => Err(e.to_string()),
@@ -430,7 +430,8 @@ async fn claim_with(pool: &Pool, strategy: Strategy) -> Outcome {
     let reply = pool
         .runtime
         .provision(&url, &gateway_token, &request)
-        .await?;
+        .await
+        .map_err(|e| e.to_string())?;
     sqlx::query(
         "WITH t AS (
            UPDATE instances

@@ -16,9 +16,8 @@ use tracing_subscriber::layer::{Context, SubscriberExt};
 use tracing_subscriber::Layer;
 
 use agentpool_core::config::ProviderKind;
-use agentpool_core::providers::{
-    CreateSpec, Created, ObservedResource, Provider, ResourceRef, ResourceStatus,
-};
+use agentpool_core::domain::{ObservedResource, ResourceStatus};
+use agentpool_core::providers::{CreateSpec, Created, Provider, ResourceRef};
 use agentpool_core::tick::{self, Mode};
 use agentpool_core::{db, Pool, Settings};
 

@@ -8,13 +8,22 @@
 //!
 //! A runtime that fails leaves its instance possibly half-configured, so it never goes back to
 //! `idle`: it goes to `destroying`, and the claim tries the next idle instance.
+//!
+//! Claims are idempotent two ways: one agent per conversation (`joinUrl`), and an optional
+//! `Idempotency-Key` that returns the same reply for 24 hours ([`idempotency`]).
 
+mod idempotency;
+
+use serde::{Deserialize, Serialize};
 use tracing::Instrument;
 use uuid::Uuid;
 
+use crate::domain::InstanceStatus;
 use crate::error::{Error, Result};
-use crate::runtime::ProvisionRequest;
+use crate::runtime::{ProvisionError, ProvisionRequest};
 use crate::Pool;
+
+pub use idempotency::IdempotencyKey;
 
 pub const MAX_AGENT_NAME: usize = 100;
 pub const MAX_INSTRUCTIONS: usize = 32 * 1024;
@@ -95,12 +104,14 @@ fn validate_http_url(field: &str, value: &str) -> Result<()> {
     Ok(())
 }
 
-/// What the claimer gets back: seed 000's reply, field for field.
-#[derive(Debug, Clone)]
+/// What the claimer gets back: seed 000's reply, field for field. Kept whole for an
+/// `Idempotency-Key`, so that a retry gets the very same reply.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
 pub struct Claimed {
-    pub instance_id: String,
     pub invite_url: Option<String>,
     pub conversation_id: Option<String>,
+    pub instance_id: String,
     pub joined: bool,
     pub gateway_token: String,
     pub gateway_url: String,
@@ -113,16 +124,42 @@ struct Taken {
     gateway_token: String,
 }
 
-pub async fn claim(pool: &Pool, request: &ClaimRequest) -> Result<Claimed> {
+/// Claims an idle instance for `request`. With an `Idempotency-Key`, a key seen before gets the
+/// reply it got then (or `ClaimInProgress` while that claim runs), and never a second agent.
+pub async fn claim(
+    pool: &Pool,
+    request: &ClaimRequest,
+    key: Option<&IdempotencyKey>,
+) -> Result<Claimed> {
+    let Some(key) = key else {
+        return claim_now(pool, request, None).await;
+    };
+    let fence = match idempotency::begin(pool, key, request).await? {
+        idempotency::Begun::Replay(claimed) => return Ok(claimed),
+        idempotency::Begun::Run(fence) => fence,
+    };
+    let outcome = claim_now(pool, request, Some(&fence)).await;
+    if outcome.is_err() {
+        // Nothing was handed out: a retry with this key may try again.
+        idempotency::forget(pool, &fence).await;
+    }
+    outcome
+}
+
+async fn claim_now(
+    pool: &Pool,
+    request: &ClaimRequest,
+    fence: Option<&idempotency::Fence>,
+) -> Result<Claimed> {
     let attempts = pool.settings.claim_max_attempts;
     let mut last_failure = None;
     for attempt in 1..=attempts {
         let token = Uuid::new_v4();
-        let Some(taken) = take_idle(pool, token).await? else {
+        let Some(taken) = take_idle(pool, token, request).await? else {
             break;
         };
         let span = tracing::info_span!("claim", instance_id = %taken.id, attempt);
-        match provision_taken(pool, request, token, &taken)
+        match provision_taken(pool, request, token, &taken, fence)
             .instrument(span.clone())
             .await?
         {
@@ -130,9 +167,9 @@ pub async fn claim(pool: &Pool, request: &ClaimRequest) -> Result<Claimed> {
                 span.in_scope(|| tracing::info!(agent_name = request.agent_name(), "claimed"));
                 return Ok(claimed);
             }
-            Err(message) => {
-                span.in_scope(|| tracing::warn!(%message, "claim attempt failed"));
-                last_failure = Some(message);
+            Err(failure) => {
+                span.in_scope(|| tracing::warn!(%failure, "claim attempt failed"));
+                last_failure = Some(failure);
             }
         }
     }
@@ -148,11 +185,12 @@ async fn provision_taken(
     request: &ClaimRequest,
     token: Uuid,
     taken: &Taken,
-) -> Result<Result<Claimed, String>> {
+    fence: Option<&idempotency::Fence>,
+) -> Result<Result<Claimed, ProvisionError>> {
     let Some(url) = taken.url.as_deref() else {
-        let message = "idle instance has no URL".to_string();
-        abandon(pool, &taken.id, token, &message).await?;
-        return Ok(Err(message));
+        let failure = ProvisionError::NoUrl;
+        abandon(pool, &taken.id, token, &failure).await?;
+        return Ok(Err(failure));
     };
     let reply = match pool
         .runtime
@@ -160,19 +198,40 @@ async fn provision_taken(
         .await
     {
         Ok(reply) => reply,
-        Err(message) => {
-            abandon(pool, &taken.id, token, &message).await?;
-            return Ok(Err(message));
+        Err(failure) => {
+            abandon(pool, &taken.id, token, &failure).await?;
+            return Ok(Err(failure));
         }
     };
+    let claimed = Claimed {
+        instance_id: taken.id.clone(),
+        invite_url: reply.invite_url,
+        conversation_id: reply.conversation_id,
+        joined: reply.joined,
+        gateway_token: taken.gateway_token.clone(),
+        gateway_url: url.to_string(),
+    };
+    let reply_json = serde_json::to_value(&claimed).map_err(|e| Error::Invalid(e.to_string()))?;
+    // The claim and its idempotent reply are written in one statement, both or neither: the
+    // key's row is locked first, so a takeover cannot slip in between.
     let finished: Option<String> = sqlx::query_scalar(
-        "WITH t AS (
+        "WITH k AS (
+           SELECT 1 FROM claim_requests
+            WHERE key = $8 AND attempt = $9 AND status = 'pending' FOR UPDATE
+         ),
+         t AS (
            UPDATE instances
               SET status = 'claimed', claim_token = NULL, status_since = now(), claimed_at = now(),
                   agent_name = $3, instructions = $4, join_url = $5,
-                  conversation_id = $6, invite_url = $7, health_failures = 0
+                  conversation_id = $6, invite_url = $7, health_failures = 0,
+                  last_healthy_at = now()
             WHERE id = $1 AND claim_token = $2 AND status = 'claiming'
+              AND ($8::text IS NULL OR EXISTS (SELECT 1 FROM k))
            RETURNING id
+         ),
+         r AS (
+           UPDATE claim_requests SET status = 'done', reply = $10, instance_id = $1
+            WHERE key = $8 AND attempt = $9 AND EXISTS (SELECT 1 FROM t)
          ),
          e AS (
            INSERT INTO instance_events (instance_id, from_status, to_status, reason, actor)
@@ -186,31 +245,30 @@ async fn provision_taken(
     .bind(&request.provision.agent_name)
     .bind(&request.provision.instructions)
     .bind(&request.provision.join_url)
-    .bind(&reply.conversation_id)
-    .bind(&reply.invite_url)
+    .bind(&claimed.conversation_id)
+    .bind(&claimed.invite_url)
+    .bind(fence.map(|f| f.key.as_str()))
+    .bind(fence.map(|f| f.attempt))
+    .bind(&reply_json)
     .fetch_optional(&pool.db)
     .await?;
     if finished.is_none() {
-        // The tick reaped this claim while we waited on the runtime; its decision stands.
-        return Ok(Err(
-            "claim fenced out: instance was reaped during provision".into(),
-        ));
+        // The tick reaped this claim while we waited on the runtime (its decision stands), or the
+        // key was taken over by a retry after CLAIM_TIMEOUT_MS.
+        return Ok(Err(ProvisionError::FencedOut));
     }
-    Ok(Ok(Claimed {
-        instance_id: taken.id.clone(),
-        invite_url: reply.invite_url,
-        conversation_id: reply.conversation_id,
-        joined: reply.joined,
-        gateway_token: taken.gateway_token.clone(),
-        gateway_url: url.to_string(),
-    }))
+    Ok(Ok(claimed))
 }
 
-async fn take_idle(pool: &Pool, token: Uuid) -> Result<Option<Taken>> {
-    Ok(sqlx::query_as(
+/// Takes the oldest idle instance and marks it `claiming`. A claim that joins a conversation
+/// writes its `joinUrl` here already: a unique index then lets only one agent per conversation be
+/// claiming, claimed or crashed, and a second claim finds the first.
+async fn take_idle(pool: &Pool, token: Uuid, request: &ClaimRequest) -> Result<Option<Taken>> {
+    let join_url = request.provision.join_url.as_deref();
+    let taken = sqlx::query_as(
         "WITH t AS (
            UPDATE instances
-              SET status = 'claiming', claim_token = $1, status_since = now()
+              SET status = 'claiming', claim_token = $1, status_since = now(), join_url = $2
             WHERE id = (SELECT id FROM instances WHERE status = 'idle'
                          ORDER BY created_at, id LIMIT 1 FOR UPDATE SKIP LOCKED)
            RETURNING id, url, gateway_token
@@ -222,11 +280,41 @@ async fn take_idle(pool: &Pool, token: Uuid) -> Result<Option<Taken>> {
          SELECT id, url, gateway_token FROM t",
     )
     .bind(token)
+    .bind(join_url)
     .fetch_optional(&pool.db)
-    .await?)
+    .await;
+    match (taken, join_url) {
+        (Err(sqlx::Error::Database(e)), Some(join_url))
+            if e.constraint() == Some(ONE_AGENT_PER_CONVERSATION) =>
+        {
+            Err(conversation_taken(pool, join_url).await)
+        }
+        (taken, _) => Ok(taken?),
+    }
 }
 
-async fn abandon(pool: &Pool, id: &str, token: Uuid, message: &str) -> Result<()> {
+const ONE_AGENT_PER_CONVERSATION: &str = "instances_one_agent_per_conversation";
+
+async fn conversation_taken(pool: &Pool, join_url: &str) -> Error {
+    let holder: std::result::Result<Option<(String, InstanceStatus)>, _> = sqlx::query_as(
+        "SELECT id, status FROM instances
+          WHERE join_url = $1 AND status IN ('claiming', 'claimed', 'crashed')",
+    )
+    .bind(join_url)
+    .fetch_optional(&pool.db)
+    .await;
+    match holder {
+        Ok(Some((instance_id, status))) => Error::ConversationTaken {
+            instance_id,
+            status,
+        },
+        // The holder left the conversation in between; the client may simply retry.
+        Ok(None) => Error::ClaimInProgress,
+        Err(e) => e.into(),
+    }
+}
+
+async fn abandon(pool: &Pool, id: &str, token: Uuid, failure: &ProvisionError) -> Result<()> {
     sqlx::query(
         "WITH t AS (
            UPDATE instances
@@ -240,7 +328,7 @@ async fn abandon(pool: &Pool, id: &str, token: Uuid, message: &str) -> Result<()
     )
     .bind(id)
     .bind(token)
-    .bind(message)
+    .bind(failure.to_string())
     .execute(&pool.db)
     .await?;
     Ok(())

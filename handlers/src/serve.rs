@@ -1,0 +1,33 @@
+//! Serving over HTTP with this process's own tick loop, and stopping cleanly.
+
+use crate::state::AppState;
+
+/// Serves with this process's tick loop until SIGTERM or SIGINT; then stops accepting requests,
+/// lets the running tick end without starting new work, and waits for the work requests started.
+pub async fn until_signal(
+    listener: tokio::net::TcpListener,
+    state: AppState,
+    every: Option<std::time::Duration>,
+) -> anyhow::Result<()> {
+    let shutdown = state.shutdown.clone();
+    let kicker = state.kicker.clone();
+    let pool = state.pool.clone();
+    let ticks = tokio::spawn({
+        let shutdown = shutdown.clone();
+        async move { kicker.run_loop(pool, every, shutdown).await }
+    });
+    tokio::spawn({
+        let shutdown = shutdown.clone();
+        async move {
+            agentpool_core::shutdown_signal().await;
+            tracing::info!("shutting down");
+            shutdown.cancel();
+        }
+    });
+    let served = axum::serve(listener, crate::router(state.clone()))
+        .with_graceful_shutdown(shutdown.cancelled_owned())
+        .await;
+    state.drain().await;
+    let _ = ticks.await;
+    Ok(served?)
+}

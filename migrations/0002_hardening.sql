@@ -1,0 +1,31 @@
+-- Health judged over time, absence believed slowly, claims made idempotent.
+
+-- When the tick last asked this runtime (answered or not): the oldest are asked first, so a tick
+-- cut short by its budget does not starve the tail of the fleet.
+ALTER TABLE instances ADD COLUMN last_checked_at TIMESTAMPTZ;
+-- When the runtime last answered ready. A run of failed checks only counts once this is older
+-- than HEALTH_GRACE_MS: ticks kicked by claims come fast, time does not.
+ALTER TABLE instances ADD COLUMN last_healthy_at TIMESTAMPTZ;
+-- When a provider listing first lacked this instance's resource. Only a second listing at least
+-- HEALTH_GRACE_MS later makes the resource gone; a failed listing says nothing either way.
+ALTER TABLE instances ADD COLUMN absent_since TIMESTAMPTZ;
+
+-- One agent per conversation: a second claim with the same joinUrl finds the first one.
+CREATE UNIQUE INDEX instances_one_agent_per_conversation ON instances (join_url)
+    WHERE join_url IS NOT NULL AND status IN ('claiming', 'claimed', 'crashed');
+
+-- `Idempotency-Key` of a claim: the same key gets the same reply for 24 hours.
+CREATE TABLE claim_requests (
+    key          TEXT PRIMARY KEY,
+    -- sha-256 of the request: the same key with another request is refused, not replayed.
+    fingerprint  TEXT NOT NULL,
+    -- Fences the finishing write: a claimer that stalled and was taken over cannot overwrite.
+    attempt      UUID NOT NULL,
+    status       TEXT NOT NULL CHECK (status IN ('pending', 'done')),
+    instance_id  TEXT,
+    reply        JSONB,
+    created_at   TIMESTAMPTZ NOT NULL DEFAULT now(),
+    CHECK ((status = 'done') = (reply IS NOT NULL))
+);
+
+CREATE INDEX claim_requests_created ON claim_requests (created_at);
