@@ -2,6 +2,8 @@
 //! a database per test, the real `agentpool` binary for stub agents and end-to-end runs, and an
 //! in-process API server per test on a free port.
 
+pub mod faults;
+
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::{Arc, OnceLock};
@@ -17,6 +19,7 @@ use agentpool_core::config::Secret;
 use agentpool_core::db::embedded::{create_database, EmbeddedPostgres};
 use agentpool_core::domain::{Instance, InstanceStatus};
 use agentpool_core::providers::local::LocalProvider;
+use agentpool_core::providers::Provider;
 use agentpool_core::tick::{self, Mode, TickReport};
 use agentpool_core::{db, instances, Pool, Settings};
 
@@ -208,6 +211,15 @@ impl TestPool {
 
     /// `overrides` are settings; `stub_env` is handed to every stub agent started.
     pub async fn with(overrides: &[(&str, &str)], stub_env: &[(&str, &str)]) -> Self {
+        Self::with_provider(overrides, stub_env, |local| local).await
+    }
+
+    /// As [`TestPool::with`], with the local provider wrapped by `wrap` (faults, delays).
+    pub async fn with_provider(
+        overrides: &[(&str, &str)],
+        stub_env: &[(&str, &str)],
+        wrap: impl FnOnce(Arc<LocalProvider>) -> Arc<dyn Provider>,
+    ) -> Self {
         let db = TestDb::new().await;
         let state_dir = tempfile::Builder::new()
             .prefix("agentpool-test-agents-")
@@ -230,7 +242,7 @@ impl TestPool {
             )
             .expect("local provider"),
         );
-        let pool = Pool::new(db.pool.clone(), settings, local.clone());
+        let pool = Pool::new(db.pool.clone(), settings, wrap(local.clone()));
         let state = AppState::new(pool.clone(), Secret::new(key.clone()));
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
             .await
@@ -330,6 +342,33 @@ impl TestPool {
             self.pid_of(id).is_none()
         })
         .await;
+    }
+
+    pub async fn tick_with(&self, mode: Mode) -> TickReport {
+        tick::run(&self.pool, mode).await.expect("tick")
+    }
+
+    /// Health checks a stub agent is answering right now.
+    pub async fn health_in_flight(&self, id: &str) -> u64 {
+        let url = self.instance(id).await.and_then(|i| i.url).expect("url");
+        let stats: Value = self
+            .http
+            .get(format!("{url}/stub/stats"))
+            .send()
+            .await
+            .expect("stats")
+            .json()
+            .await
+            .expect("stats json");
+        stats["healthInFlight"].as_u64().expect("healthInFlight")
+    }
+
+    /// Every row of `instance_events`, for "nothing was written" checks.
+    pub async fn event_count(&self) -> i64 {
+        sqlx::query_scalar("SELECT count(*) FROM instance_events")
+            .fetch_one(&self.pool.db)
+            .await
+            .expect("event count")
     }
 
     pub async fn events(&self, id: &str) -> Vec<(Option<String>, String)> {

@@ -381,3 +381,87 @@ async fn serve_waits_for_a_database_that_is_not_up_yet() {
     drop(serve);
     forwarder.abort();
 }
+
+/// Starts `command` (a `serve` or a scheduler) on a pool whose agents take 2 s to start, waits
+/// until its own timed tick is creating two of them, sends SIGTERM, and checks that the process
+/// let those creations end (each recorded its resource) before exiting cleanly.
+async fn sigterm_lets_the_running_tick_end(
+    mut command: Command,
+    db: &TestDb,
+    agents: &std::path::Path,
+) {
+    let mut process = Guarded(
+        command
+            .env("DATABASE_URL", &db.url)
+            .env("LOCAL_STATE_DIR", agents)
+            .env("LOCAL_AGENT_BIN", agentpool_bin())
+            .env("STUB_START_DELAY_MS", "2000")
+            .env("POOL_MIN_IDLE", "2")
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    wait_until(Duration::from_secs(30), || async {
+        instances::counts(&db.pool).await.unwrap()[&InstanceStatus::Starting] == 2
+    })
+    .await;
+    kill(Pid::from_raw(process.0.id() as i32), Signal::SIGTERM).unwrap();
+    let status =
+        tokio::task::spawn_blocking(move || wait_exit(&mut process.0, Duration::from_secs(30)))
+            .await
+            .unwrap();
+    assert!(status.success(), "exited with {status}");
+    let unrecorded: Vec<String> = sqlx::query_scalar(
+        "SELECT i.id FROM instances i LEFT JOIN instance_infra f ON f.instance_id = i.id
+          WHERE f.instance_id IS NULL",
+    )
+    .fetch_all(&db.pool)
+    .await
+    .unwrap();
+    assert!(
+        unrecorded.is_empty(),
+        "creations cut off by the exit: {unrecorded:?}"
+    );
+    assert_eq!(
+        instances::counts(&db.pool).await.unwrap()[&InstanceStatus::Starting],
+        2
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn serve_ticks_on_its_own_timer_and_lets_the_tick_end_on_sigterm() {
+    let db = TestDb::new().await;
+    let agents = tempfile::tempdir().unwrap();
+    let local = LocalProvider::new(
+        agents.path().to_path_buf(),
+        agentpool_bin().to_path_buf(),
+        vec![],
+    )
+    .unwrap();
+    let _cleanup = KillAgents(&local);
+    // No request reaches it: only its own timer can tick.
+    let mut serve = clean(agentpool_bin());
+    serve
+        .arg("serve")
+        .env("PORT", free_port().to_string())
+        .env("POOL_API_KEY", "0123456789abcdef0123")
+        .env("TICK_INTERVAL_MS", "500");
+    sigterm_lets_the_running_tick_end(serve, &db, agents.path()).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_scheduler_lets_its_running_tick_end_on_sigterm() {
+    let db = TestDb::new().await;
+    let agents = tempfile::tempdir().unwrap();
+    let local = LocalProvider::new(
+        agents.path().to_path_buf(),
+        agentpool_bin().to_path_buf(),
+        vec![],
+    )
+    .unwrap();
+    let _cleanup = KillAgents(&local);
+    let mut scheduler = clean(&scheduler_bin());
+    scheduler.env("TICK_INTERVAL_MS", "1000");
+    sigterm_lets_the_running_tick_end(scheduler, &db, agents.path()).await;
+}
