@@ -316,3 +316,129 @@ async fn nothing_idle_is_503_with_retry_after() {
     let body: Value = response.json().await.unwrap();
     assert_eq!(body["code"], "no_idle_instance");
 }
+
+/// Status, content type and body of a reply, whatever the body is: a plain-text rejection must
+/// fail an assertion here, not a JSON parse in the harness.
+async fn reply(request: reqwest::RequestBuilder) -> (StatusCode, String, String) {
+    let response = request.send().await.unwrap();
+    let status = response.status();
+    let content_type = response
+        .headers()
+        .get("content-type")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default()
+        .to_string();
+    (status, content_type, response.text().await.unwrap())
+}
+
+/// A JSON 400 with this code whose message gives away nothing of the server's insides.
+async fn assert_json_400(request: reqwest::RequestBuilder, code: &str, what: &str) {
+    let (status, content_type, text) = reply(request).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{what}: {text}");
+    assert_eq!(content_type, "application/json", "{what}: {text}");
+    let body: Value =
+        serde_json::from_str(&text).unwrap_or_else(|e| panic!("{what}: not JSON ({e}): {text}"));
+    assert_error(status, &body, StatusCode::BAD_REQUEST, code);
+    let message = body["error"].as_str().unwrap();
+    for internal in [
+        "String",
+        "u32",
+        "deserialize",
+        "Deserialize",
+        "axum",
+        "serde",
+        "%FF",
+        "\u{fffd}",
+    ] {
+        assert!(
+            !message.contains(internal),
+            "{what}: the message shows {internal:?}: {message}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn malformed_paths_and_queries_get_json_400() {
+    let t = TestPool::start().await;
+    for path in [
+        "/api/pool/instances/%FF",
+        "/api/pool/crashed/%FF",
+        "/api/pool/instances/%C3%28",
+    ] {
+        assert_json_400(
+            t.http.delete(t.url(path)).bearer_auth(&t.key),
+            "invalid_request",
+            path,
+        )
+        .await;
+    }
+    for path in ["/api/pool/replenish/stream?count=1&count=2"] {
+        assert_json_400(
+            t.http.get(t.url(path)).bearer_auth(&t.key),
+            "invalid_request",
+            path,
+        )
+        .await;
+    }
+    let path = format!("/api/pool/replenish/stream?count=1&count=2&key={}", t.key);
+    assert_json_400(
+        t.http.get(t.url(&path)),
+        "invalid_request",
+        "SSE, key in query",
+    )
+    .await;
+    assert_eq!(
+        t.count(Starting).await,
+        0,
+        "a refused stream created instances"
+    );
+}
+
+#[tokio::test]
+async fn the_bearer_scheme_is_case_insensitive() {
+    let t = TestPool::start().await;
+    for scheme in ["Bearer", "bearer", "BEARER", "bEaReR"] {
+        let (status, body) = t
+            .send(
+                t.http
+                    .get(t.url("/api/pool/status"))
+                    .header("authorization", format!("{scheme} {}", t.key)),
+            )
+            .await;
+        assert_eq!(status, StatusCode::OK, "{scheme}: {body}");
+        let (status, body) = t
+            .send(
+                t.http
+                    .get(t.url("/api/pool/status"))
+                    .header("authorization", format!("{scheme} wrong-key-wrong-key")),
+            )
+            .await;
+        assert_error(status, &body, StatusCode::UNAUTHORIZED, "unauthorized");
+    }
+    let (status, body) = t
+        .send(
+            t.http
+                .get(t.url("/api/pool/agents"))
+                .header("authorization", format!("bearer {}", t.key)),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert!(
+        body["idle"].is_array(),
+        "the operator's view with a lowercase scheme: {body}"
+    );
+    for header in [
+        format!("Bearer{}", t.key),
+        format!("Bearerx {}", t.key),
+        format!("Basic {}", t.key),
+    ] {
+        let (status, body) = t
+            .send(
+                t.http
+                    .get(t.url("/api/pool/status"))
+                    .header("authorization", header.clone()),
+            )
+            .await;
+        assert_error(status, &body, StatusCode::UNAUTHORIZED, "unauthorized");
+    }
+}
