@@ -12,6 +12,7 @@ pub mod db;
 pub mod domain;
 pub mod error;
 pub mod instances;
+pub mod listing;
 pub mod providers;
 pub mod runtime;
 pub mod stub_agent;
