@@ -3,6 +3,7 @@
 
 use axum::extract::{Request, State};
 use axum::http::header::AUTHORIZATION;
+use axum::http::HeaderValue;
 use axum::middleware::Next;
 use axum::response::Response;
 
@@ -29,6 +30,13 @@ fn query_key(request: &Request) -> Option<String> {
         .and_then(|query| query.0.key)
 }
 
+/// The credentials of `Authorization: Bearer <token>`. Auth schemes are case-insensitive
+/// (RFC 9110, section 11.1), so `bearer` and `BEARER` are the same scheme.
+fn bearer_token(header: &HeaderValue) -> Option<&str> {
+    let (scheme, token) = header.to_str().ok()?.trim().split_once(' ')?;
+    scheme.eq_ignore_ascii_case("bearer").then(|| token.trim())
+}
+
 /// Identifies the caller; a wrong or malformed key is an error, no key is `Anonymous`.
 pub fn identify(
     state: &AppState,
@@ -37,14 +45,10 @@ pub fn identify(
 ) -> Result<Caller, ApiError> {
     let expected = state.api_key.expose();
     if let Some(header) = request.headers().get(AUTHORIZATION) {
-        let given = header
-            .to_str()
-            .ok()
-            .and_then(|v| v.strip_prefix("Bearer "))
-            .ok_or_else(|| {
-                ApiError::unauthorized("Authorization must be `Bearer <POOL_API_KEY>`")
-            })?;
-        return if secrets_match(given.trim(), expected) {
+        let given = bearer_token(header).ok_or_else(|| {
+            ApiError::unauthorized("Authorization must be `Bearer <POOL_API_KEY>`")
+        })?;
+        return if secrets_match(given, expected) {
             Ok(Caller::Operator)
         } else {
             Err(ApiError::unauthorized("invalid API key"))

@@ -3,7 +3,7 @@
 //! A client mistake is a 4xx; a 5xx means the pool, a runtime or a provider failed. Internal
 //! details (SQL errors and the like) are logged, not returned.
 
-use axum::extract::rejection::BytesRejection;
+use axum::extract::rejection::{BytesRejection, PathRejection, QueryRejection};
 use axum::http::{header, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
@@ -118,6 +118,34 @@ impl From<BytesRejection> for ApiError {
         } else {
             Self::bad_request("bad_body", rejection.body_text())
         }
+    }
+}
+
+// The rejections' own texts name Rust types and repeat the raw input; the client gets a fixed
+// message, the log gets the detail.
+impl From<PathRejection> for ApiError {
+    fn from(rejection: PathRejection) -> Self {
+        if rejection.status().is_server_error() {
+            // A route whose parameters do not fit its handler: our mistake, not the client's.
+            tracing::error!(rejection = %rejection.body_text(), "path extraction failed");
+            return Self::new(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "internal",
+                "internal error",
+            );
+        }
+        tracing::debug!(rejection = %rejection.body_text(), "malformed path");
+        Self::bad_request("invalid_request", "malformed path segment")
+    }
+}
+
+impl From<QueryRejection> for ApiError {
+    fn from(rejection: QueryRejection) -> Self {
+        tracing::debug!(rejection = %rejection.body_text(), "malformed query string");
+        Self::bad_request(
+            "invalid_request",
+            "malformed query string: each parameter may appear once, with a value of its type",
+        )
     }
 }
 

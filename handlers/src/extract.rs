@@ -1,8 +1,13 @@
-//! Request body extraction with JSON errors. Content type is not insisted on: `curl -d` sends
-//! form encoding by default, and the body is what matters.
+//! Extractors whose rejections are [`ApiError`]s, so that a client mistake in the body, the path
+//! or the query string gets the same JSON 400 as any other. Handlers use these, never axum's own
+//! `Json`, `Path` or `Query`, whose rejections are plain text.
+//!
+//! Body content type is not insisted on: `curl -d` sends form encoding by default, and the body
+//! is what matters.
 
 use axum::body::Bytes;
-use axum::extract::{FromRequest, Request};
+use axum::extract::{FromRequest, FromRequestParts, Request};
+use axum::http::request::Parts;
 use serde::de::DeserializeOwned;
 
 use crate::error::ApiError;
@@ -46,5 +51,30 @@ impl<S: Send + Sync, T: DeserializeOwned + Default> FromRequest<S> for OptionalJ
             return Ok(OptionalJsonBody(T::default()));
         }
         parse(&bytes).map(OptionalJsonBody)
+    }
+}
+
+/// Path parameters.
+pub struct Path<T>(pub T);
+
+/// Query parameters.
+pub struct Query<T>(pub T);
+
+impl<S: Send + Sync, T: DeserializeOwned + Send> FromRequestParts<S> for Path<T> {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Self::Rejection> {
+        let axum::extract::Path(value) =
+            axum::extract::Path::<T>::from_request_parts(parts, state).await?;
+        Ok(Path(value))
+    }
+}
+
+impl<S: Send + Sync, T: DeserializeOwned> FromRequestParts<S> for Query<T> {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, _state: &S) -> Result<Self, Self::Rejection> {
+        let axum::extract::Query(value) = axum::extract::Query::<T>::try_from_uri(&parts.uri)?;
+        Ok(Query(value))
     }
 }

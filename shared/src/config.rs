@@ -402,3 +402,89 @@ mod tests {
         assert!(!format!("{s:?}").contains("0123456789abcdef-secret"));
     }
 }
+
+impl Settings {
+    /// The environment variables settings are read from, named by serde itself (the fields
+    /// `Settings` asks a deserializer for), so that a new setting cannot be left out. For checks
+    /// of deployment files against what the code reads.
+    pub fn variables() -> Vec<String> {
+        let fields = match Settings::deserialize(FieldNames) {
+            Err(FieldsAsked(fields)) => fields,
+            Ok(_) => &[],
+        };
+        fields.iter().map(|f| f.to_ascii_uppercase()).collect()
+    }
+}
+
+/// A deserializer that answers every request with an error, carrying the field names of the
+/// struct it was asked for.
+struct FieldNames;
+
+#[derive(Debug)]
+struct FieldsAsked(&'static [&'static str]);
+
+impl fmt::Display for FieldsAsked {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "fields {:?}", self.0)
+    }
+}
+
+impl std::error::Error for FieldsAsked {}
+
+impl serde::de::Error for FieldsAsked {
+    fn custom<T: fmt::Display>(_: T) -> Self {
+        FieldsAsked(&[])
+    }
+}
+
+impl<'de> serde::Deserializer<'de> for FieldNames {
+    type Error = FieldsAsked;
+
+    fn deserialize_any<V: serde::de::Visitor<'de>>(self, _: V) -> Result<V::Value, FieldsAsked> {
+        Err(FieldsAsked(&[]))
+    }
+
+    fn deserialize_struct<V: serde::de::Visitor<'de>>(
+        self,
+        _name: &'static str,
+        fields: &'static [&'static str],
+        _visitor: V,
+    ) -> Result<V::Value, FieldsAsked> {
+        Err(FieldsAsked(fields))
+    }
+
+    serde::forward_to_deserialize_any! {
+        bool i8 i16 i32 i64 i128 u8 u16 u32 u64 u128 f32 f64 char str string bytes byte_buf
+        option unit unit_struct newtype_struct seq tuple tuple_struct map enum identifier
+        ignored_any
+    }
+}
+
+#[cfg(test)]
+mod variables_tests {
+    use super::*;
+
+    #[test]
+    fn variables_are_the_settings_that_are_read() {
+        let names = Settings::variables();
+        for name in [
+            "PORT",
+            "DATABASE_URL",
+            "POOL_API_KEY",
+            "POOL_PROVIDER",
+            "TICK_INTERVAL_MS",
+        ] {
+            assert!(
+                names.contains(&name.to_string()),
+                "{name} missing: {names:?}"
+            );
+        }
+        // Every name is one from_vars takes: a malformed value is refused naming it.
+        for name in &names {
+            if let Err(err) = Settings::from_vars([(name.clone(), "\u{1}not a value".into())]) {
+                assert_eq!(&err.setting, name, "{err}");
+            }
+        }
+        assert!(!names.contains(&"RAILWAY_API_TOKEN".to_string()));
+    }
+}

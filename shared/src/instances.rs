@@ -25,14 +25,6 @@ pub async fn counts(db: &PgPool) -> Result<BTreeMap<InstanceStatus, i64>> {
     Ok(counts)
 }
 
-pub async fn list(db: &PgPool) -> Result<Vec<Instance>> {
-    Ok(sqlx::query_as(&format!(
-        "SELECT {INSTANCE_COLUMNS} FROM instances ORDER BY created_at, id"
-    ))
-    .fetch_all(db)
-    .await?)
-}
-
 pub async fn get(db: &PgPool, id: &str) -> Result<Instance> {
     sqlx::query_as(&format!(
         "SELECT {INSTANCE_COLUMNS} FROM instances WHERE id = $1"

@@ -16,6 +16,7 @@ pub mod domain;
 pub mod error;
 pub mod gate;
 pub mod instances;
+pub mod listing;
 pub mod providers;
 pub mod runtime;
 pub mod stub_agent;

@@ -316,3 +316,317 @@ async fn nothing_idle_is_503_with_retry_after() {
     let body: Value = response.json().await.unwrap();
     assert_eq!(body["code"], "no_idle_instance");
 }
+
+/// Status, content type and body of a reply, whatever the body is: a plain-text rejection must
+/// fail an assertion here, not a JSON parse in the harness.
+async fn reply(request: reqwest::RequestBuilder) -> (StatusCode, String, String) {
+    let response = request.send().await.unwrap();
+    let status = response.status();
+    let content_type = response
+        .headers()
+        .get("content-type")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default()
+        .to_string();
+    (status, content_type, response.text().await.unwrap())
+}
+
+/// A JSON 400 with this code whose message gives away nothing of the server's insides.
+async fn assert_json_400(request: reqwest::RequestBuilder, code: &str, what: &str) {
+    let (status, content_type, text) = reply(request).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{what}: {text}");
+    assert_eq!(content_type, "application/json", "{what}: {text}");
+    let body: Value =
+        serde_json::from_str(&text).unwrap_or_else(|e| panic!("{what}: not JSON ({e}): {text}"));
+    assert_error(status, &body, StatusCode::BAD_REQUEST, code);
+    let message = body["error"].as_str().unwrap();
+    for internal in [
+        "String",
+        "u32",
+        "deserialize",
+        "Deserialize",
+        "axum",
+        "serde",
+        "%FF",
+        "\u{fffd}",
+    ] {
+        assert!(
+            !message.contains(internal),
+            "{what}: the message shows {internal:?}: {message}"
+        );
+    }
+}
+
+/// Inserts `n` `starting` rows (no resources: listings only read rows) in one statement, so they
+/// share one `created_at` and only the id orders them.
+async fn reserve(t: &TestPool, n: u32) {
+    let rows = agentpool_core::instances::reserve(
+        &t.pool.db,
+        n,
+        100,
+        &t.pool.settings.pool_name_prefix,
+        agentpool_core::domain::Actor::Operator,
+        "listing test",
+    )
+    .await
+    .unwrap();
+    assert_eq!(rows.len(), n as usize);
+}
+
+/// Pages through `path` with `limit`, returning every page's body.
+async fn pages(t: &TestPool, path: &str, limit: u32, public: bool) -> Vec<Value> {
+    let mut bodies = Vec::new();
+    let mut after: Option<String> = None;
+    loop {
+        assert!(bodies.len() <= 10, "paging {path} does not end");
+        let mut url = format!("{path}?limit={limit}");
+        if let Some(cursor) = &after {
+            url.push_str(&format!("&after={cursor}"));
+        }
+        let (status, body) = if public {
+            t.get_public(&url).await
+        } else {
+            t.get(&url).await
+        };
+        assert_eq!(status, StatusCode::OK, "{url}: {body}");
+        let next = body
+            .get("nextCursor")
+            .unwrap_or_else(|| panic!("{url}: no nextCursor: {body}"));
+        after = match next {
+            Value::Null => None,
+            Value::String(cursor) => Some(cursor.clone()),
+            other => panic!("{url}: nextCursor is {other}"),
+        };
+        bodies.push(body);
+        if after.is_none() {
+            return bodies;
+        }
+    }
+}
+
+#[tokio::test]
+async fn listings_page_through_every_instance_once_in_order() {
+    let t = TestPool::with(&[("POOL_MIN_IDLE", "0")], &[]).await;
+    // Two batches: ties on created_at within a batch, and a later created_at after it.
+    reserve(&t, 4).await;
+    reserve(&t, 3).await;
+    let expected: Vec<String> =
+        sqlx::query_scalar("SELECT id FROM instances ORDER BY created_at, id")
+            .fetch_all(&t.pool.db)
+            .await
+            .unwrap();
+    assert_eq!(expected.len(), 7);
+    // Agent names that say where each row stands, so the public view (which shows no ids) can
+    // be checked for order too; instructions the public view must not show.
+    sqlx::query(
+        "UPDATE instances SET agent_name = 'agent-' || id, instructions = 'secret plan ' || id",
+    )
+    .execute(&t.pool.db)
+    .await
+    .unwrap();
+
+    let status_pages = pages(&t, "/api/pool/status", 3, false).await;
+    assert_eq!(status_pages.len(), 3, "7 instances in pages of 3");
+    let mut seen = Vec::new();
+    for page in &status_pages {
+        assert_eq!(page["counts"]["starting"], 7, "{page}");
+        let instances = page["instances"].as_array().unwrap();
+        assert!(instances.len() <= 3, "{page}");
+        seen.extend(
+            instances
+                .iter()
+                .map(|i| i["id"].as_str().unwrap().to_string()),
+        );
+        assert!(!page.to_string().contains("gatewayToken"), "{page}");
+    }
+    assert_eq!(seen, expected, "/api/pool/status pages");
+    assert!(status_pages[0]["instances"][0]["instructions"]
+        .as_str()
+        .unwrap()
+        .starts_with("secret plan "));
+
+    let names: Vec<String> = expected.iter().map(|id| format!("agent-{id}")).collect();
+    for public in [true, false] {
+        let agent_pages = pages(&t, "/api/pool/agents", 3, public).await;
+        assert_eq!(agent_pages.len(), 3);
+        let mut seen = Vec::new();
+        for page in &agent_pages {
+            let starting = page["starting"].as_array().unwrap();
+            assert!(starting.len() <= 3, "{page}");
+            assert_eq!(
+                page["idle"],
+                json!([]),
+                "the groups keep their shape: {page}"
+            );
+            for agent in starting {
+                seen.push(agent["agentName"].as_str().unwrap().to_string());
+                assert_eq!(
+                    agent.get("instructions").is_some(),
+                    !public,
+                    "public: {public}: {agent}"
+                );
+            }
+            if public {
+                assert!(!page.to_string().contains("secret plan"), "{page}");
+            }
+        }
+        assert_eq!(seen, names, "/api/pool/agents pages (public: {public})");
+    }
+
+    // A page exactly as large as what is left ends the listing; the default covers it all.
+    let (_, body) = t.get("/api/pool/status?limit=7").await;
+    assert_eq!(body["instances"].as_array().unwrap().len(), 7);
+    assert_eq!(body["nextCursor"], Value::Null);
+    let (_, body) = t.get("/api/pool/status").await;
+    assert_eq!(body["instances"].as_array().unwrap().len(), 7);
+    assert_eq!(body["nextCursor"], Value::Null);
+    let (status, body) = t.get_public("/api/pool/agents?limit=5000").await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(body["starting"].as_array().unwrap().len(), 7);
+
+    // Pages are read through an index in listing order, not by sorting the whole fleet.
+    let index: Option<String> = sqlx::query_scalar(
+        "SELECT indexdef FROM pg_indexes WHERE tablename = 'instances' AND indexdef LIKE '%(created_at, id)' AND indexdef NOT LIKE '%WHERE%'",
+    )
+    .fetch_optional(&t.pool.db)
+    .await
+    .unwrap();
+    assert!(index.is_some(), "no index on instances (created_at, id)");
+}
+
+#[tokio::test]
+async fn listings_refuse_bad_limits_and_cursors() {
+    let t = TestPool::with(&[("POOL_MIN_IDLE", "0")], &[]).await;
+    reserve(&t, 2).await;
+    let (_, first) = t.get("/api/pool/status?limit=1").await;
+    let cursor = first["nextCursor"].as_str().unwrap().to_string();
+    for query in [
+        "limit=0",
+        "limit=5001",
+        "limit=-1",
+        "limit=abc",
+        "limit=",
+        "limit=1.5",
+        "limit=99999999999999999999",
+        "after=",
+        "after=not-a-cursor",
+        "after=zz",
+        "after=313a",
+        "after=783a616263",
+        "after=313a2f",
+        &format!("after={cursor}0"),
+        &format!("after={cursor}00"),
+        &format!("after={cursor}2f"),
+    ] {
+        for path in ["/api/pool/status", "/api/pool/agents"] {
+            let url = t.url(&format!("{path}?{query}"));
+            assert_json_400(
+                t.http.get(&url).bearer_auth(&t.key),
+                "invalid_request",
+                &url,
+            )
+            .await;
+        }
+        let url = t.url(&format!("/api/pool/agents?{query}"));
+        assert_json_400(t.http.get(&url), "invalid_request", &url).await;
+    }
+    let (status, body) = t.get(&format!("/api/pool/status?after={cursor}")).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(body["instances"].as_array().unwrap().len(), 1);
+}
+
+#[tokio::test]
+async fn malformed_paths_and_queries_get_json_400() {
+    let t = TestPool::start().await;
+    for path in [
+        "/api/pool/instances/%FF",
+        "/api/pool/crashed/%FF",
+        "/api/pool/instances/%C3%28",
+    ] {
+        assert_json_400(
+            t.http.delete(t.url(path)).bearer_auth(&t.key),
+            "invalid_request",
+            path,
+        )
+        .await;
+    }
+    for path in [
+        "/api/pool/replenish/stream?count=1&count=2",
+        "/api/pool/status?limit=a&limit=b",
+        "/api/pool/agents?after=a&after=b",
+    ] {
+        assert_json_400(
+            t.http.get(t.url(path)).bearer_auth(&t.key),
+            "invalid_request",
+            path,
+        )
+        .await;
+    }
+    let path = format!("/api/pool/replenish/stream?count=1&count=2&key={}", t.key);
+    assert_json_400(
+        t.http.get(t.url(&path)),
+        "invalid_request",
+        "SSE, key in query",
+    )
+    .await;
+    assert_json_400(
+        t.http.get(t.url("/api/pool/agents?limit=a&limit=b")),
+        "invalid_request",
+        "public agents",
+    )
+    .await;
+    assert_eq!(
+        t.count(Starting).await,
+        0,
+        "a refused stream created instances"
+    );
+}
+
+#[tokio::test]
+async fn the_bearer_scheme_is_case_insensitive() {
+    let t = TestPool::start().await;
+    for scheme in ["Bearer", "bearer", "BEARER", "bEaReR"] {
+        let (status, body) = t
+            .send(
+                t.http
+                    .get(t.url("/api/pool/status"))
+                    .header("authorization", format!("{scheme} {}", t.key)),
+            )
+            .await;
+        assert_eq!(status, StatusCode::OK, "{scheme}: {body}");
+        let (status, body) = t
+            .send(
+                t.http
+                    .get(t.url("/api/pool/status"))
+                    .header("authorization", format!("{scheme} wrong-key-wrong-key")),
+            )
+            .await;
+        assert_error(status, &body, StatusCode::UNAUTHORIZED, "unauthorized");
+    }
+    let (status, body) = t
+        .send(
+            t.http
+                .get(t.url("/api/pool/agents"))
+                .header("authorization", format!("bearer {}", t.key)),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert!(
+        body["idle"].is_array(),
+        "the operator's view with a lowercase scheme: {body}"
+    );
+    for header in [
+        format!("Bearer{}", t.key),
+        format!("Bearerx {}", t.key),
+        format!("Basic {}", t.key),
+    ] {
+        let (status, body) = t
+            .send(
+                t.http
+                    .get(t.url("/api/pool/status"))
+                    .header("authorization", header.clone()),
+            )
+            .await;
+        assert_error(status, &body, StatusCode::UNAUTHORIZED, "unauthorized");
+    }
+}

@@ -1,4 +1,4 @@
-use axum::extract::{Path, State};
+use axum::extract::State;
 use axum::http::StatusCode;
 use axum::Json;
 use serde_json::{json, Value};
@@ -8,6 +8,7 @@ use agentpool_core::instances;
 
 use super::plausible_id;
 use crate::error::ApiResult;
+use crate::extract::Path;
 use crate::state::AppState;
 
 /// `DELETE /api/pool/instances/:id`: kill a launched instance, whatever its state. The tick

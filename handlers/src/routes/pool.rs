@@ -11,13 +11,14 @@ use agentpool_core::creation::{self, Outcome};
 use agentpool_core::domain::{Actor, Instance, InstanceStatus};
 use agentpool_core::gate::Gate;
 use agentpool_core::instances;
+use agentpool_core::listing::{self, Cursor, PublicAgent};
 use agentpool_core::tick::{self, Mode, TickReport};
 use agentpool_core::Pool;
 use tokio_util::sync::CancellationToken;
 
 use crate::auth::{identify, Caller};
 use crate::error::{ApiError, ApiResult};
-use crate::extract::{JsonBody, OptionalJsonBody};
+use crate::extract::{JsonBody, OptionalJsonBody, Query};
 use crate::state::AppState;
 
 /// The most instances one replenish or drain request may ask for.
@@ -82,7 +83,7 @@ impl<'a> From<&'a Instance> for InstanceView<'a> {
 /// What anyone may see of an agent: its name, state and times.
 #[derive(Serialize)]
 #[serde(rename_all = "camelCase")]
-struct PublicAgent<'a> {
+struct PublicAgentView<'a> {
     agent_name: Option<&'a str>,
     status: InstanceStatus,
     status_since: DateTime<Utc>,
@@ -90,34 +91,94 @@ struct PublicAgent<'a> {
     claimed_at: Option<DateTime<Utc>>,
 }
 
-/// `GET /api/pool/agents` (public): every instance, grouped by status. With the API key, the
-/// operator's view of each.
+impl<'a> From<&'a PublicAgent> for PublicAgentView<'a> {
+    fn from(a: &'a PublicAgent) -> Self {
+        Self {
+            agent_name: a.agent_name.as_deref(),
+            status: a.status,
+            status_since: a.status_since,
+            created_at: a.created_at,
+            claimed_at: a.claimed_at,
+        }
+    }
+}
+
+/// `?limit=N&after=<nextCursor>` of the listings. Strings, so that a bad value gets our message.
+#[derive(Deserialize)]
+pub struct PageQuery {
+    limit: Option<String>,
+    after: Option<String>,
+}
+
+impl PageQuery {
+    fn parse(&self) -> ApiResult<(Option<Cursor>, u32)> {
+        let limit = match self.limit.as_deref() {
+            None => listing::DEFAULT_LIMIT,
+            Some(raw) => raw
+                .parse::<u32>()
+                .ok()
+                .filter(|n| (1..=listing::MAX_LIMIT).contains(n))
+                .ok_or_else(|| {
+                    ApiError::bad_request(
+                        "invalid_request",
+                        format!(
+                            "limit must be an integer between 1 and {}",
+                            listing::MAX_LIMIT
+                        ),
+                    )
+                })?,
+        };
+        let after = self.after.as_deref().map(Cursor::decode).transpose()?;
+        Ok((after, limit))
+    }
+}
+
+fn status_groups() -> BTreeMap<InstanceStatus, Vec<Value>> {
+    InstanceStatus::ALL
+        .into_iter()
+        .map(|s| (s, Vec::new()))
+        .collect()
+}
+
+/// `GET /api/pool/agents` (public): a page of instances, grouped by status, and `nextCursor`.
+/// With the API key, the operator's view of each.
 pub async fn agents(
     State(state): State<AppState>,
+    Query(query): Query<PageQuery>,
     request: Request<axum::body::Body>,
 ) -> ApiResult<Json<Value>> {
     let caller = identify(&state, &request, false)?;
-    let all = instances::list(&state.pool.db).await?;
-    let mut grouped: BTreeMap<InstanceStatus, Vec<Value>> = InstanceStatus::ALL
-        .into_iter()
-        .map(|s| (s, Vec::new()))
-        .collect();
-    for instance in &all {
-        let entry = match caller {
-            Caller::Operator => serde_json::to_value(InstanceView::from(instance)),
-            Caller::Anonymous => serde_json::to_value(PublicAgent {
-                agent_name: instance.agent_name.as_deref(),
-                status: instance.status,
-                status_since: instance.status_since,
-                created_at: instance.created_at,
-                claimed_at: instance.claimed_at,
-            }),
-        };
-        if let (Ok(entry), Some(group)) = (entry, grouped.get_mut(&instance.status)) {
-            group.push(entry);
+    let (after, limit) = query.parse()?;
+    let mut grouped = status_groups();
+    let next = match caller {
+        Caller::Operator => {
+            let page = listing::operator_page(&state.pool.db, after.as_ref(), limit).await?;
+            for instance in &page.items {
+                if let (Ok(entry), Some(group)) = (
+                    serde_json::to_value(InstanceView::from(instance)),
+                    grouped.get_mut(&instance.status),
+                ) {
+                    group.push(entry);
+                }
+            }
+            page.next
         }
-    }
-    Ok(Json(json!(grouped)))
+        Caller::Anonymous => {
+            let page = listing::public_page(&state.pool.db, after.as_ref(), limit).await?;
+            for agent in &page.items {
+                if let (Ok(entry), Some(group)) = (
+                    serde_json::to_value(PublicAgentView::from(agent)),
+                    grouped.get_mut(&agent.status),
+                ) {
+                    group.push(entry);
+                }
+            }
+            page.next
+        }
+    };
+    let mut body = json!(grouped);
+    body["nextCursor"] = json!(next.map(|cursor| cursor.encode()));
+    Ok(Json(body))
 }
 
 /// `GET /api/pool/info` (public): nothing secret, by construction.
@@ -135,13 +196,19 @@ pub async fn info(State(state): State<AppState>) -> Json<Value> {
     }))
 }
 
-/// `GET /api/pool/status`: counts and every instance.
-pub async fn status(State(state): State<AppState>) -> ApiResult<Json<Value>> {
-    let all = instances::list(&state.pool.db).await?;
-    let views: Vec<InstanceView> = all.iter().map(InstanceView::from).collect();
-    Ok(Json(
-        json!({"counts": counts_json(&state).await?, "instances": views}),
-    ))
+/// `GET /api/pool/status`: counts, a page of instances and `nextCursor`.
+pub async fn status(
+    State(state): State<AppState>,
+    Query(query): Query<PageQuery>,
+) -> ApiResult<Json<Value>> {
+    let (after, limit) = query.parse()?;
+    let page = listing::operator_page(&state.pool.db, after.as_ref(), limit).await?;
+    let views: Vec<InstanceView> = page.items.iter().map(InstanceView::from).collect();
+    Ok(Json(json!({
+        "counts": counts_json(&state).await?,
+        "instances": views,
+        "nextCursor": page.next.map(|cursor| cursor.encode()),
+    })))
 }
 
 #[derive(Deserialize, Default)]

@@ -4,7 +4,7 @@
 
 use std::convert::Infallible;
 
-use axum::extract::{Query, State};
+use axum::extract::State;
 use axum::response::sse::{Event, KeepAlive, Sse};
 use futures::Stream;
 use serde::Deserialize;
@@ -19,6 +19,7 @@ use agentpool_core::gate::Gate;
 use agentpool_core::instances;
 
 use crate::error::{ApiError, ApiResult};
+use crate::extract::Query;
 use crate::state::AppState;
 
 #[derive(Deserialize)]
