@@ -204,6 +204,7 @@ async fn replicas_under_fire_never_hand_out_an_instance_twice() {
         ("POOL_MAX_TOTAL", "64"),
         ("CLAIM_TIMEOUT_MS", &CLAIM_TIMEOUT_MS.to_string()),
         // A `starting` row whose creator was killed before the resource existed waits this long.
+        ("CREATE_TIMEOUT_MS", "10000"),
         ("POOL_STUCK_TIMEOUT_MS", "15000"),
         ("PROVISION_TIMEOUT_MS", "3000"),
         ("HEALTH_TIMEOUT_MS", "2000"),

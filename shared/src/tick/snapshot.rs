@@ -122,10 +122,11 @@ pub fn health_targets(
     });
     let mut targets: Vec<&Row> = rows
         .iter()
-        .filter(|row| match (mode, row.instance.status) {
-            (_, Starting) => true,
-            (Mode::Full | Mode::Reconcile, Idle | Claimed | Crashed) => true,
-            _ => false,
+        .filter(|row| {
+            matches!(
+                (mode, row.instance.status),
+                (_, Starting) | (Mode::Full | Mode::Reconcile, Idle | Claimed | Crashed)
+            )
         })
         .filter(|row| {
             not_running
