@@ -37,7 +37,7 @@ pub enum Error {
     },
 
     /// A claim with the same `Idempotency-Key` is still running.
-    #[error("a claim with this Idempotency-Key is in progress; retry shortly")]
+    #[error("another claim with this Idempotency-Key or joinUrl is in progress; retry shortly")]
     ClaimInProgress,
 
     /// The same `Idempotency-Key` came with a different request.

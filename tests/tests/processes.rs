@@ -385,15 +385,20 @@ async fn serve_waits_for_a_database_that_is_not_up_yet() {
 /// Starts `command` (a `serve` or a scheduler) on a pool whose agents take 2 s to start, waits
 /// until its own timed tick is creating two of them, sends SIGTERM, and checks that the process
 /// let those creations end (each recorded its resource) before exiting cleanly.
-async fn sigterm_lets_the_running_tick_end(
-    mut command: Command,
-    db: &TestDb,
-    agents: &std::path::Path,
-) {
+async fn sigterm_lets_the_running_tick_end(mut command: Command) {
+    let db = TestDb::new().await;
+    let agents = tempfile::tempdir().unwrap();
+    let local = LocalProvider::new(
+        agents.path().to_path_buf(),
+        agentpool_bin().to_path_buf(),
+        vec![],
+    )
+    .unwrap();
+    let _cleanup = KillAgents(&local);
     let mut process = Guarded(
         command
             .env("DATABASE_URL", &db.url)
-            .env("LOCAL_STATE_DIR", agents)
+            .env("LOCAL_STATE_DIR", agents.path())
             .env("LOCAL_AGENT_BIN", agentpool_bin())
             .env("STUB_START_DELAY_MS", "2000")
             .env("POOL_MIN_IDLE", "2")
@@ -431,15 +436,6 @@ async fn sigterm_lets_the_running_tick_end(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn serve_ticks_on_its_own_timer_and_lets_the_tick_end_on_sigterm() {
-    let db = TestDb::new().await;
-    let agents = tempfile::tempdir().unwrap();
-    let local = LocalProvider::new(
-        agents.path().to_path_buf(),
-        agentpool_bin().to_path_buf(),
-        vec![],
-    )
-    .unwrap();
-    let _cleanup = KillAgents(&local);
     // No request reaches it: only its own timer can tick.
     let mut serve = clean(agentpool_bin());
     serve
@@ -447,21 +443,12 @@ async fn serve_ticks_on_its_own_timer_and_lets_the_tick_end_on_sigterm() {
         .env("PORT", free_port().to_string())
         .env("POOL_API_KEY", "0123456789abcdef0123")
         .env("TICK_INTERVAL_MS", "500");
-    sigterm_lets_the_running_tick_end(serve, &db, agents.path()).await;
+    sigterm_lets_the_running_tick_end(serve).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_scheduler_lets_its_running_tick_end_on_sigterm() {
-    let db = TestDb::new().await;
-    let agents = tempfile::tempdir().unwrap();
-    let local = LocalProvider::new(
-        agents.path().to_path_buf(),
-        agentpool_bin().to_path_buf(),
-        vec![],
-    )
-    .unwrap();
-    let _cleanup = KillAgents(&local);
     let mut scheduler = clean(&scheduler_bin());
     scheduler.env("TICK_INTERVAL_MS", "1000");
-    sigterm_lets_the_running_tick_end(scheduler, &db, agents.path()).await;
+    sigterm_lets_the_running_tick_end(scheduler).await;
 }

@@ -96,7 +96,7 @@ pub(super) async fn begin(
         Some((seen, _)) if seen != fingerprint => Err(Error::IdempotencyKeyReused),
         Some((_, Some(reply))) => serde_json::from_value(reply)
             .map(Begun::Replay)
-            .map_err(|e| Error::Invalid(format!("stored reply unreadable: {e}"))),
+            .map_err(|e| Error::io("reading a stored claim reply", std::io::Error::other(e))),
         // Pending, or forgotten by a failed claim a moment ago: a retry will tell.
         _ => Err(Error::ClaimInProgress),
     }

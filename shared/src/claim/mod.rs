@@ -211,7 +211,8 @@ async fn provision_taken(
         gateway_token: taken.gateway_token.clone(),
         gateway_url: url.to_string(),
     };
-    let reply_json = serde_json::to_value(&claimed).map_err(|e| Error::Invalid(e.to_string()))?;
+    let reply_json = serde_json::to_value(&claimed)
+        .map_err(|e| Error::io("serialising a claim reply", std::io::Error::other(e)))?;
     // The claim and its idempotent reply are written in one statement, both or neither: the
     // key's row is locked first, so a takeover cannot slip in between.
     let finished: Option<String> = sqlx::query_scalar(
@@ -265,53 +266,57 @@ async fn provision_taken(
 /// claiming, claimed or crashed, and a second claim finds the first.
 async fn take_idle(pool: &Pool, token: Uuid, request: &ClaimRequest) -> Result<Option<Taken>> {
     let join_url = request.provision.join_url.as_deref();
-    let taken = sqlx::query_as(
-        "WITH t AS (
-           UPDATE instances
-              SET status = 'claiming', claim_token = $1, status_since = now(), join_url = $2
-            WHERE id = (SELECT id FROM instances WHERE status = 'idle'
-                         ORDER BY created_at, id LIMIT 1 FOR UPDATE SKIP LOCKED)
-           RETURNING id, url, gateway_token
-         ),
-         e AS (
-           INSERT INTO instance_events (instance_id, from_status, to_status, reason, actor)
-           SELECT id, 'idle', 'claiming', 'claim started', 'claim' FROM t
-         )
-         SELECT id, url, gateway_token FROM t",
-    )
-    .bind(token)
-    .bind(join_url)
-    .fetch_optional(&pool.db)
-    .await;
-    match (taken, join_url) {
-        (Err(sqlx::Error::Database(e)), Some(join_url))
-            if e.constraint() == Some(ONE_AGENT_PER_CONVERSATION) =>
-        {
-            Err(conversation_taken(pool, join_url).await)
+    // The holder found by a conflict may leave the conversation before we look it up; then the
+    // take is simply tried again.
+    for _ in 0..3 {
+        let taken = sqlx::query_as(
+            "WITH t AS (
+               UPDATE instances
+                  SET status = 'claiming', claim_token = $1, status_since = now(), join_url = $2
+                WHERE id = (SELECT id FROM instances WHERE status = 'idle'
+                             ORDER BY created_at, id LIMIT 1 FOR UPDATE SKIP LOCKED)
+               RETURNING id, url, gateway_token
+             ),
+             e AS (
+               INSERT INTO instance_events (instance_id, from_status, to_status, reason, actor)
+               SELECT id, 'idle', 'claiming', 'claim started', 'claim' FROM t
+             )
+             SELECT id, url, gateway_token FROM t",
+        )
+        .bind(token)
+        .bind(join_url)
+        .fetch_optional(&pool.db)
+        .await;
+        match (taken, join_url) {
+            (Err(sqlx::Error::Database(e)), Some(join_url))
+                if e.constraint() == Some(ONE_AGENT_PER_CONVERSATION) =>
+            {
+                if let Some(holder) = conversation_holder(pool, join_url).await? {
+                    return Err(holder);
+                }
+            }
+            (taken, _) => return Ok(taken?),
         }
-        (taken, _) => Ok(taken?),
     }
+    Err(Error::ClaimInProgress)
 }
 
 const ONE_AGENT_PER_CONVERSATION: &str = "instances_one_agent_per_conversation";
 
-async fn conversation_taken(pool: &Pool, join_url: &str) -> Error {
-    let holder: std::result::Result<Option<(String, InstanceStatus)>, _> = sqlx::query_as(
+async fn conversation_holder(pool: &Pool, join_url: &str) -> Result<Option<Error>> {
+    let holder: Option<(String, InstanceStatus)> = sqlx::query_as(
         "SELECT id, status FROM instances
           WHERE join_url = $1 AND status IN ('claiming', 'claimed', 'crashed')",
     )
     .bind(join_url)
     .fetch_optional(&pool.db)
-    .await;
-    match holder {
-        Ok(Some((instance_id, status))) => Error::ConversationTaken {
+    .await?;
+    Ok(
+        holder.map(|(instance_id, status)| Error::ConversationTaken {
             instance_id,
             status,
-        },
-        // The holder left the conversation in between; the client may simply retry.
-        Ok(None) => Error::ClaimInProgress,
-        Err(e) => e.into(),
-    }
+        }),
+    )
 }
 
 async fn abandon(pool: &Pool, id: &str, token: Uuid, failure: &ProvisionError) -> Result<()> {

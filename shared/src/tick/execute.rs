@@ -28,20 +28,8 @@ const MAX_BACKOFF: Duration = Duration::from_secs(600);
 /// How long an `Idempotency-Key` keeps its reply.
 const IDEMPOTENCY_RETENTION: &str = "24 hours";
 
+/// Carries out `plan`; stops at the first step the gate refuses, and says why.
 pub async fn run(
-    pool: &Pool,
-    snapshot: &Snapshot,
-    plan: Plan,
-    mode: Mode,
-    gate: &Gate<'_>,
-    report: &mut TickReport,
-) {
-    if let Err(why) = carry_out(pool, snapshot, plan, mode, gate, report).await {
-        report.cut(why);
-    }
-}
-
-async fn carry_out(
     pool: &Pool,
     snapshot: &Snapshot,
     plan: Plan,

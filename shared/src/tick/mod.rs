@@ -121,7 +121,9 @@ pub async fn run_until(pool: &Pool, mode: Mode, stop: &CancellationToken) -> Res
         let plan = plan::decide(&snapshot, &rules(&pool.settings), mode);
         report.instances = Some(snapshot.rows.len());
         report.health_checked = Some(snapshot.health.len());
-        execute::run(pool, &snapshot, plan, mode, &gate, &mut report).await;
+        if let Err(why) = execute::run(pool, &snapshot, plan, mode, &gate, &mut report).await {
+            report.cut(why);
+        }
         Ok::<_, Error>(report)
     };
     let outcome = tracing::Instrument::instrument(work, span).await;
