@@ -113,6 +113,38 @@ pub struct Settings {
     pub local_agent_bin: Option<PathBuf>,
     pub openclaw_primary_model: Option<String>,
     pub railway_git_branch: Option<String>,
+    /// Timeout of one attempt of a call to an outside API (Railway, tools).
+    #[serde(default = "defaults::outbound_timeout_ms")]
+    pub outbound_timeout_ms: u64,
+    pub railway_api_token: Option<Secret>,
+    /// Several tokens, comma-separated, used in rotation when one is rate-limited.
+    pub railway_api_tokens: Option<Secret>,
+    #[serde(default = "defaults::railway_api_url")]
+    pub railway_api_url: String,
+    #[serde(default)]
+    pub railway_layout: RailwayLayout,
+    pub railway_project_id: Option<String>,
+    pub railway_environment_id: Option<String>,
+    pub railway_team_id: Option<String>,
+    #[serde(default = "defaults::railway_runtime_image")]
+    pub railway_runtime_image: String,
+    pub railway_start_command: Option<String>,
+    /// Mount path of a volume for each instance; none when unset.
+    pub railway_volume_mount: Option<String>,
+    /// `https` for Railway's domains; `http` against a local fake.
+    #[serde(default = "defaults::railway_public_scheme")]
+    pub railway_public_scheme: String,
+}
+
+/// How instances are laid out at Railway.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum RailwayLayout {
+    /// One service per instance in `RAILWAY_PROJECT_ID` (seed 000).
+    #[default]
+    Shared,
+    /// One project per instance in the workspace `RAILWAY_TEAM_ID` (seed 004).
+    Project,
 }
 
 mod defaults {
@@ -171,6 +203,18 @@ mod defaults {
     }
     pub fn name_prefix() -> String {
         "agentpool-".into()
+    }
+    pub fn outbound_timeout_ms() -> u64 {
+        30_000
+    }
+    pub fn railway_api_url() -> String {
+        "https://backboard.railway.com/graphql/v2".into()
+    }
+    pub fn railway_runtime_image() -> String {
+        "ghcr.io/xmtplabs/convos-runtime:latest".into()
+    }
+    pub fn railway_public_scheme() -> String {
+        "https".into()
     }
 }
 
@@ -334,6 +378,9 @@ impl Settings {
     }
     pub fn create_timeout(&self) -> Duration {
         Duration::from_millis(self.create_timeout_ms)
+    }
+    pub fn outbound_timeout(&self) -> Duration {
+        Duration::from_millis(self.outbound_timeout_ms)
     }
     pub fn tick_budget(&self) -> Duration {
         Duration::from_millis(self.tick_budget_ms)

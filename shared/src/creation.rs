@@ -119,6 +119,7 @@ async fn provision_resource(pool: &Pool, row: &Reserved) -> Result<()> {
             .destroy(&ResourceRef {
                 name: row.name.clone(),
                 resource_id: Some(created.resource_id),
+                details: created.details,
             })
             .await
         {

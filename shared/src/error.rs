@@ -50,6 +50,14 @@ pub enum Error {
         message: String,
     },
 
+    /// A call to an outside API failed, after the retries it was allowed.
+    #[error("{service} {step} failed: {failure}")]
+    Outbound {
+        service: &'static str,
+        step: &'static str,
+        failure: crate::outbound::Failure,
+    },
+
     #[error("database: {0}")]
     Db(#[from] sqlx::Error),
 
@@ -79,7 +87,7 @@ impl Error {
             Error::ConversationTaken { .. } => "conversation_taken",
             Error::ClaimInProgress => "claim_in_progress",
             Error::IdempotencyKeyReused => "idempotency_key_reused",
-            Error::Provider { .. } => "provider_failed",
+            Error::Provider { .. } | Error::Outbound { .. } => "provider_failed",
             Error::Db(e) if crate::db::unavailable(e) => "database_unavailable",
             Error::Db(_) | Error::Migrate(_) | Error::Config(_) | Error::Io { .. } => "internal",
         }
@@ -96,7 +104,8 @@ impl Error {
             | Error::ClaimFailed { .. }
             | Error::ConversationTaken { .. }
             | Error::ClaimInProgress
-            | Error::IdempotencyKeyReused => self.to_string(),
+            | Error::IdempotencyKeyReused
+            | Error::Outbound { .. } => self.to_string(),
             Error::Provider { provider, .. } => format!("provider {provider} failed"),
             Error::Db(e) if crate::db::unavailable(e) => "database unavailable".into(),
             Error::Db(_) | Error::Migrate(_) | Error::Config(_) | Error::Io { .. } => {
@@ -109,6 +118,18 @@ impl Error {
         Error::Provider {
             provider,
             message: message.into(),
+        }
+    }
+
+    pub fn outbound(
+        service: &'static str,
+        step: &'static str,
+        failure: crate::outbound::Failure,
+    ) -> Self {
+        Error::Outbound {
+            service,
+            step,
+            failure,
         }
     }
 

@@ -7,6 +7,7 @@ use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 
+use agentpool_core::config::ProviderKind;
 use agentpool_core::creation::{self, Outcome};
 use agentpool_core::domain::{Actor, Instance, InstanceStatus};
 use agentpool_core::gate::Gate;
@@ -193,6 +194,14 @@ pub async fn info(State(state): State<AppState>) -> Json<Value> {
         "minIdle": s.pool_min_idle,
         "maxTotal": s.pool_max_total,
         "tickIntervalMs": s.tick_interval_ms,
+        // Railway's ids are not secrets (the token is, and is never here).
+        "railway": (s.pool_provider == ProviderKind::Railway).then(|| json!({
+            "layout": s.railway_layout,
+            "projectId": s.railway_project_id,
+            "environmentId": s.railway_environment_id,
+            "teamId": s.railway_team_id,
+            "image": s.railway_runtime_image,
+        })),
     }))
 }
 

@@ -124,6 +124,7 @@ impl LocalProvider {
             self.destroy(&ResourceRef {
                 name: record.name,
                 resource_id: None,
+                details: serde_json::Value::Null,
             })
             .await?;
         }

@@ -1,6 +1,7 @@
 //! Compute providers: where instances run.
 
 pub mod local;
+pub mod railway;
 
 use std::fmt;
 use std::sync::Arc;
@@ -41,6 +42,8 @@ pub struct Created {
 pub struct ResourceRef {
     pub name: String,
     pub resource_id: Option<String>,
+    /// What the provider recorded at creation (`instance_infra.details`), or `Null`.
+    pub details: serde_json::Value,
 }
 
 #[async_trait]
@@ -63,6 +66,7 @@ pub trait Provider: Send + Sync {
 pub fn from_settings(settings: &Settings) -> Result<Arc<dyn Provider>> {
     match settings.pool_provider {
         ProviderKind::Local => Ok(Arc::new(local::LocalProvider::from_settings(settings)?)),
+        ProviderKind::Railway => Ok(Arc::new(railway::RailwayProvider::from_settings(settings)?)),
         other => Err(Error::Config(crate::config::ConfigError {
             setting: "POOL_PROVIDER".into(),
             problem: format!(

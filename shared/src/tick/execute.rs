@@ -62,6 +62,7 @@ pub async fn run(
             resource: ResourceRef {
                 name: row.instance.name.clone(),
                 resource_id: row.resource_id.clone(),
+                details: row.details.clone().unwrap_or_default(),
             },
         })
         .collect();
@@ -271,6 +272,7 @@ async fn delete_orphans(
         let resource = ResourceRef {
             name: orphan.name.clone(),
             resource_id: Some(orphan.resource_id.clone()),
+            details: serde_json::Value::Null,
         };
         tracing::info!(resource = %orphan.name, "deleting orphan");
         (orphan, pool.provider.destroy(&resource).await)

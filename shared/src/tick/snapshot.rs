@@ -28,6 +28,8 @@ pub struct Row {
     #[sqlx(flatten)]
     pub instance: Instance,
     pub resource_id: Option<String>,
+    /// What the provider recorded at creation (`instance_infra.details`).
+    pub details: Option<serde_json::Value>,
 }
 
 #[derive(Debug, Clone)]
@@ -87,7 +89,7 @@ async fn read_rows(pool: &Pool) -> Result<(DateTime<Utc>, Vec<Row>)> {
         .collect::<Vec<_>>()
         .join(", ");
     let rows: Vec<Row> = sqlx::query_as(&format!(
-        "SELECT {columns}, f.resource_id
+        "SELECT {columns}, f.resource_id, f.details
            FROM instances i LEFT JOIN instance_infra f ON f.instance_id = i.id
           ORDER BY i.created_at, i.id"
     ))

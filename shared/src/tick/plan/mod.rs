@@ -181,6 +181,7 @@ pub(crate) mod fixture {
                     absent_since: None,
                 },
                 resource_id: Some(format!("ap-{id}")),
+                details: None,
             });
             if let Some(status) = resource {
                 self = self.resource(&format!("ap-{id}"), status);
