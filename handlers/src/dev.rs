@@ -12,6 +12,7 @@ use agentpool_core::config::{ProviderKind, Secret};
 use agentpool_core::db::embedded::{create_database, EmbeddedPostgres};
 use agentpool_core::domain::new_gateway_token;
 use agentpool_core::providers::local::LocalProvider;
+use agentpool_core::providers::{self, Provider};
 use agentpool_core::{db, Pool, Settings};
 
 use crate::state::AppState;
@@ -20,9 +21,6 @@ use crate::state::AppState;
 const DEV_TICK_INTERVAL_MS: u64 = 1_000;
 
 pub async fn run(mut settings: Settings) -> anyhow::Result<()> {
-    if settings.pool_provider != ProviderKind::Local {
-        anyhow::bail!("invalid setting POOL_PROVIDER: `dev` runs the local provider only");
-    }
     let workdir = tempfile::Builder::new()
         .prefix("agentpool-dev-")
         .tempdir()
@@ -52,19 +50,34 @@ pub async fn run(mut settings: Settings) -> anyhow::Result<()> {
             Some(server)
         }
     };
-    let local = Arc::new(LocalProvider::from_settings(&settings)?);
+    // Local stub agents are this run's own and stop with it. Remote instances (Railway, or the
+    // fakes of `agentpool-fakes`) stay; the next run's tick finds them as orphans and deletes them.
+    let local = match settings.pool_provider {
+        ProviderKind::Local => Some(Arc::new(LocalProvider::from_settings(&settings)?)),
+        _ => None,
+    };
+    let (provider, agents): (Arc<dyn Provider>, String) = match &local {
+        Some(local) => (local.clone(), local.state_dir().display().to_string()),
+        None => (
+            providers::from_settings(&settings)?,
+            format!("{} provider", settings.pool_provider.as_str()),
+        ),
+    };
     let outcome = serve(
         settings,
         api_key,
         generated_key,
-        local.clone(),
+        provider,
+        agents,
         postgres.as_ref(),
     )
     .await;
 
-    match local.destroy_all().await {
-        Ok(n) => tracing::info!(agents = n, "stub agents stopped"),
-        Err(e) => tracing::error!(error = %e, "stopping stub agents"),
+    if let Some(local) = local {
+        match local.destroy_all().await {
+            Ok(n) => tracing::info!(agents = n, "stub agents stopped"),
+            Err(e) => tracing::error!(error = %e, "stopping stub agents"),
+        }
     }
     if let Some(server) = postgres {
         tokio::task::spawn_blocking(move || server.stop()).await??;
@@ -77,7 +90,8 @@ async fn serve(
     settings: Settings,
     api_key: Secret,
     generated_key: bool,
-    local: Arc<LocalProvider>,
+    provider: Arc<dyn Provider>,
+    agents: String,
     postgres: Option<&EmbeddedPostgres>,
 ) -> anyhow::Result<()> {
     let url = settings
@@ -90,8 +104,7 @@ async fn serve(
     let interval = settings
         .tick_interval()
         .unwrap_or(Duration::from_millis(DEV_TICK_INTERVAL_MS));
-    let state_dir = local.state_dir().display().to_string();
-    let pool = Pool::new(db, settings, local);
+    let pool = Pool::new(db, settings, provider);
     let state = AppState::new(pool.clone(), api_key.clone());
 
     let listener = tokio::net::TcpListener::bind((Ipv4Addr::LOCALHOST, port))
@@ -115,7 +128,7 @@ async fn serve(
     // stdout is no reason to stop serving, so write errors are ignored.
     let key = api_key.expose();
     let banner = format!(
-        "agentpool dev\n  listening on {base}\n  api key:     {key} ({key_note})\n  database:    {database}\n  agents:      {state_dir}\n\n  curl -s {base}/api/pool/counts\n  curl -s -X POST {base}/api/pool/claim -H 'Authorization: Bearer {key}' \\\n    -d '{{\"agentName\":\"demo\",\"instructions\":\"Say hello.\"}}'\n\nCtrl-C stops everything.\n"
+        "agentpool dev\n  listening on {base}\n  api key:     {key} ({key_note})\n  database:    {database}\n  agents:      {agents}\n\n  curl -s {base}/api/pool/counts\n  curl -s -X POST {base}/api/pool/claim -H 'Authorization: Bearer {key}' \\\n    -d '{{\"agentName\":\"demo\",\"instructions\":\"Say hello.\"}}'\n\nCtrl-C stops everything.\n"
     );
     {
         use std::io::Write;

@@ -399,6 +399,28 @@ impl RailwayProvider {
         Ok((url, volume))
     }
 
+    /// Removes what a failed creation made. What this cannot remove, the tick does: the row goes
+    /// to `destroying` and is destroyed by name.
+    async fn roll_back(&self, name: &str, project_id: &str, service_id: Option<&str>) {
+        let resource = match &self.layout {
+            Layout::ProjectPerAgent { .. } => Some(project_id.to_string()),
+            Layout::Shared { .. } => service_id.map(str::to_string),
+        };
+        let Some(resource_id) = resource else {
+            return;
+        };
+        let undo = self
+            .destroy(&ResourceRef {
+                name: name.to_string(),
+                resource_id: Some(resource_id),
+                details: Value::Null,
+            })
+            .await;
+        if let Err(e) = undo {
+            tracing::warn!(error = %e, "rolling back a failed creation; the tick will destroy it by name");
+        }
+    }
+
     async fn delete(&self, step: &'static str, query: &str, variables: Value) -> Result<()> {
         match self.gql(step, Replay::Safe, query, variables).await {
             Ok(_) | Err(Failure::NotFound) => Ok(()),
@@ -458,12 +480,26 @@ impl Provider for RailwayProvider {
                 self.create_project(workspace_id, &spec.name).await?
             }
         };
-        let service_id = self
+        let service_id = match self
             .create_service(&project_id, &environment_id, &spec.name)
-            .await?;
-        let (url, volume_id) = self
+            .await
+        {
+            Ok(id) => id,
+            Err(e) => {
+                self.roll_back(&spec.name, &project_id, None).await;
+                return Err(e);
+            }
+        };
+        let (url, volume_id) = match self
             .configure(spec, &project_id, &environment_id, &service_id)
-            .await?;
+            .await
+        {
+            Ok(configured) => configured,
+            Err(e) => {
+                self.roll_back(&spec.name, &project_id, Some(&service_id)).await;
+                return Err(e);
+            }
+        };
         let resource_id = match &self.layout {
             Layout::Shared { .. } => service_id.clone(),
             Layout::ProjectPerAgent { .. } => project_id.clone(),
