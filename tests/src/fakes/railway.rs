@@ -309,7 +309,7 @@ struct Volume {
 
 enum RuleScope {
     Next { op: Option<String>, remaining: u32 },
-    Rate { per_mille: u32, rng: StdRng },
+    Rate { per_mille: u32, rng: Box<StdRng> },
 }
 
 struct Rule {
@@ -545,16 +545,30 @@ impl RailwayFake {
 
     /// Every live service, oldest first.
     pub fn services(&self) -> Vec<ServiceView> {
-        self.inner.world().services.iter().map(Service::view).collect()
+        self.inner
+            .world()
+            .services
+            .iter()
+            .map(Service::view)
+            .collect()
     }
 
     pub fn service(&self, id: &str) -> Option<ServiceView> {
         let world = self.inner.world();
-        world.services.iter().find(|s| s.id == id).map(Service::view)
+        world
+            .services
+            .iter()
+            .find(|s| s.id == id)
+            .map(Service::view)
     }
 
     pub fn projects(&self) -> Vec<ProjectView> {
-        self.inner.world().projects.iter().map(project_view).collect()
+        self.inner
+            .world()
+            .projects
+            .iter()
+            .map(project_view)
+            .collect()
     }
 
     pub fn volumes(&self) -> Vec<VolumeView> {
@@ -693,7 +707,7 @@ fn inject(inner: &Inner, fault: Fault, scope: Scope) {
         },
         Scope::Rate { per_mille, seed } => RuleScope::Rate {
             per_mille,
-            rng: StdRng::seed_from_u64(seed),
+            rng: Box::new(StdRng::seed_from_u64(seed)),
         },
     };
     inner.world().rules.push(Rule { fault, scope });
@@ -1006,7 +1020,9 @@ fn service_domain_create(inner: &Inner, input: &Value) -> Result<Value, String> 
             domain
         }
     };
-    Ok(json!({"id": new_id(), "domain": domain, "environmentId": environment_id, "serviceId": service_id}))
+    Ok(
+        json!({"id": new_id(), "domain": domain, "environmentId": environment_id, "serviceId": service_id}),
+    )
 }
 
 fn volume_create(inner: &Inner, input: &Value) -> Result<Value, String> {
@@ -1068,17 +1084,22 @@ fn read_service_patch(service_id: &str, patch: &Value) -> Result<ServicePatch, S
         match patch.get(name) {
             None | Some(Value::Null) => Ok(None),
             Some(Value::Object(map)) => Ok(Some(map)),
-            Some(_) => Err(format!("patch: services.{service_id}.{name} must be an object")),
+            Some(_) => Err(format!(
+                "patch: services.{service_id}.{name} must be an object"
+            )),
         }
     };
-    let nullable_string = |map: &Map<String, Value>, key: &str| -> Result<Option<Option<String>>, String> {
-        match map.get(key) {
-            None => Ok(None),
-            Some(Value::Null) => Ok(Some(None)),
-            Some(Value::String(s)) => Ok(Some(Some(s.clone()))),
-            Some(_) => Err(format!("patch: services.{service_id}: {key} must be a string")),
-        }
-    };
+    let nullable_string =
+        |map: &Map<String, Value>, key: &str| -> Result<Option<Option<String>>, String> {
+            match map.get(key) {
+                None => Ok(None),
+                Some(Value::Null) => Ok(Some(None)),
+                Some(Value::String(s)) => Ok(Some(Some(s.clone()))),
+                Some(_) => Err(format!(
+                    "patch: services.{service_id}: {key} must be a string"
+                )),
+            }
+        };
     let image = match section("source")? {
         Some(source) => nullable_string(source, "image")?,
         None => None,
@@ -1205,7 +1226,12 @@ fn deploy(inner: &Arc<Inner>, service: &mut Service) -> Result<(), String> {
     let mut env = inner.config.stub_env.clone();
     // Committed variables win over the fake's defaults: they are what the service was given.
     env.retain(|(name, _)| !service.variables.contains_key(name));
-    env.extend(service.variables.iter().map(|(k, v)| (k.clone(), v.clone())));
+    env.extend(
+        service
+            .variables
+            .iter()
+            .map(|(k, v)| (k.clone(), v.clone())),
+    );
     let launch = Launch {
         service_id: service.id.clone(),
         deployment_id,
