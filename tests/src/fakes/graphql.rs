@@ -257,9 +257,11 @@ pub fn resolve(
                 Err(_) if raw.chars().all(|c| c.is_ascii_alphanumeric() || c == '_') => {
                     Value::String(raw.clone())
                 }
-                Err(_) => return Err(format!(
+                Err(_) => {
+                    return Err(format!(
                     "argument {name}: literal {raw} is not supported by the fake; pass a variable"
-                )),
+                ))
+                }
             },
         };
         out.insert(name.clone(), value);
