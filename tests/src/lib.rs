@@ -2,6 +2,7 @@
 //! a database per test, the real `agentpool` binary for stub agents and end-to-end runs, and an
 //! in-process API server per test on a free port.
 
+pub mod fakes;
 pub mod faults;
 
 use std::path::{Path, PathBuf};
