@@ -496,7 +496,8 @@ impl Provider for RailwayProvider {
         {
             Ok(configured) => configured,
             Err(e) => {
-                self.roll_back(&spec.name, &project_id, Some(&service_id)).await;
+                self.roll_back(&spec.name, &project_id, Some(&service_id))
+                    .await;
                 return Err(e);
             }
         };

@@ -1,0 +1,248 @@
+//! `POOL_PROVIDER=railway` end to end, against the stateful Railway fake: instances are services
+//! (or projects) whose deployments are real stub agents, so health checks and claims run for real.
+
+use std::sync::Arc;
+
+use agentpool_core::domain::InstanceStatus::*;
+use agentpool_core::providers::railway::RailwayProvider;
+use agentpool_core::providers::Provider;
+use agentpool_core::tick::Mode;
+use agentpool_core::Settings;
+use agentpool_tests::fakes::{FakeConfig, Fault, RailwayFake, Scope};
+use agentpool_tests::TestPool;
+use reqwest::StatusCode;
+use serde_json::json;
+
+const TOKEN: &str = "railway-test-token-0123456789";
+
+fn provider(fake: &RailwayFake, layout: &str, prefix: &str) -> Arc<RailwayProvider> {
+    let ids = fake.shared_ids();
+    let settings = Settings::from_vars(
+        [
+            ("POOL_PROVIDER", "railway"),
+            ("POOL_NAME_PREFIX", prefix),
+            ("RAILWAY_API_URL", &fake.url()),
+            ("RAILWAY_API_TOKENS", TOKEN),
+            ("RAILWAY_LAYOUT", layout),
+            ("RAILWAY_PROJECT_ID", &ids.project_id),
+            ("RAILWAY_ENVIRONMENT_ID", &ids.environment_id),
+            ("RAILWAY_TEAM_ID", &ids.workspace_id),
+            ("RAILWAY_PUBLIC_SCHEME", "http"),
+            ("OUTBOUND_TIMEOUT_MS", "2000"),
+        ]
+        .map(|(k, v)| (k.to_string(), v.to_string())),
+    )
+    .unwrap();
+    Arc::new(RailwayProvider::from_settings(&settings).unwrap())
+}
+
+async fn fake() -> RailwayFake {
+    RailwayFake::start(FakeConfig {
+        tokens: vec![TOKEN.into()],
+        ..FakeConfig::default()
+    })
+    .await
+}
+
+/// Names of ours the fake still holds: services (in any project) and projects. In the
+/// project-per-agent layout a project and its service share the instance's name.
+fn left(fake: &RailwayFake, prefix: &str) -> Vec<String> {
+    let names: std::collections::BTreeSet<String> = fake
+        .services()
+        .into_iter()
+        .map(|s| s.name)
+        .chain(fake.projects().into_iter().map(|p| p.name))
+        .filter(|name| name.starts_with(prefix))
+        .collect();
+    names.into_iter().collect()
+}
+
+async fn lifecycle(layout: &str) {
+    let fake = fake().await;
+    let prefix = "ap-";
+    let railway = provider(&fake, layout, prefix);
+    let t = TestPool::with_provider(
+        &[("POOL_MIN_IDLE", "0"), ("POOL_NAME_PREFIX", prefix)],
+        &[],
+        |_| railway,
+    )
+    .await;
+    let (status, body) = t.post("/api/pool/replenish", json!({"count": 2})).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(body["created"].as_array().unwrap().len(), 2, "{body}");
+    assert_eq!(left(&fake, prefix).len(), 2);
+    agentpool_tests::wait_until(std::time::Duration::from_secs(20), || async {
+        t.tick().await;
+        t.count(Idle).await == 2
+    })
+    .await;
+
+    let (status, claimed) = t.claim("railway-agent").await;
+    assert_eq!(status, StatusCode::OK, "{claimed}");
+    assert!(claimed["gatewayUrl"]
+        .as_str()
+        .unwrap()
+        .starts_with("http://127.0.0.1:"));
+    let id = claimed["instanceId"].as_str().unwrap();
+
+    let (status, _) = t.delete(&format!("/api/pool/instances/{id}")).await;
+    assert_eq!(status, StatusCode::ACCEPTED);
+    let (status, _) = t.post("/api/pool/drain", json!({"count": 10})).await;
+    assert_eq!(status, StatusCode::OK);
+    let report = t.tick().await;
+    assert_eq!(report.destroyed.len(), 2, "{report:?}");
+    assert!(report.errors.is_empty(), "{report:?}");
+    assert!(left(&fake, prefix).is_empty(), "{:?}", left(&fake, prefix));
+    let rows: i64 = sqlx::query_scalar("SELECT count(*) FROM instances")
+        .fetch_one(&t.pool.db)
+        .await
+        .unwrap();
+    assert_eq!(rows, 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_shared_project_lifecycle_leaves_nothing_behind() {
+    lifecycle("shared").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_project_per_agent_lifecycle_leaves_nothing_behind() {
+    lifecycle("project").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_creation_whose_reply_was_lost_is_found_not_made_twice() {
+    for layout in ["shared", "project"] {
+        let fake = fake().await;
+        let prefix = "lost-";
+        let railway = provider(&fake, layout, prefix);
+        let op = if layout == "shared" {
+            "serviceCreate"
+        } else {
+            "projectCreate"
+        };
+        fake.inject(
+            Fault::LostReply,
+            Scope::Next {
+                op: Some(op.into()),
+                count: 1,
+            },
+        );
+        let t = TestPool::with_provider(
+            &[("POOL_MIN_IDLE", "0"), ("POOL_NAME_PREFIX", prefix)],
+            &[],
+            |_| railway,
+        )
+        .await;
+        let (status, body) = t.post("/api/pool/replenish", json!({"count": 1})).await;
+        assert_eq!(status, StatusCode::OK, "{body}");
+        assert_eq!(
+            body["created"].as_array().unwrap().len(),
+            1,
+            "{layout}: {body}"
+        );
+        assert_eq!(fake.stats().faults_of("LostReply"), 1, "{layout}");
+        assert_eq!(
+            left(&fake, prefix).len(),
+            1,
+            "{layout}: {:?}",
+            left(&fake, prefix)
+        );
+        assert_eq!(fake.stats().requests_for(op), 1, "{layout}: created once");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failed_step_rolls_back_what_the_earlier_steps_made() {
+    let fake = fake().await;
+    let prefix = "rb-";
+    let railway = provider(&fake, "shared", prefix);
+    // The deploy commit fails for good (a GraphQL error is not retried).
+    fake.inject(
+        Fault::GraphqlError,
+        Scope::Next {
+            op: Some("environmentPatchCommit".into()),
+            count: 1,
+        },
+    );
+    let t = TestPool::with_provider(
+        &[("POOL_MIN_IDLE", "0"), ("POOL_NAME_PREFIX", prefix)],
+        &[],
+        |_| railway,
+    )
+    .await;
+    let (_, body) = t.post("/api/pool/replenish", json!({"count": 1})).await;
+    assert_eq!(body["errors"][0]["code"], "provider_failed", "{body}");
+    assert_eq!(
+        body["errors"][0]["message"], "creating: railway railway-deploy failed: request refused",
+        "the provider and the step are named: {body}"
+    );
+    assert!(left(&fake, prefix).is_empty(), "{:?}", left(&fake, prefix));
+    assert!(!body.to_string().contains(TOKEN));
+    t.tick().await;
+    assert_eq!(t.count(Destroying).await + t.count(Starting).await, 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_fleet_is_listed_in_one_request_per_page() {
+    let fake = fake().await;
+    let prefix = "many-";
+    let railway = provider(&fake, "shared", prefix);
+    let project = fake.shared_ids().project_id;
+    let mut figures = Vec::new();
+    let mut made = 0;
+    for fleet in [10, 100, 1000] {
+        while made < fleet {
+            fake.create_service_behind_our_back(&project, &format!("{prefix}{made:05}"));
+            made += 1;
+        }
+        let before = fake.stats().requests_for("project");
+        let listed = railway.list(prefix).await.unwrap();
+        assert_eq!(listed.len(), fleet);
+        figures.push((fleet, fake.stats().requests_for("project") - before));
+    }
+    // 500 services a page.
+    assert_eq!(figures, vec![(10, 1), (100, 1), (1000, 2)]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_crashed_deployment_crashes_the_claimed_agent_and_orphans_are_deleted() {
+    let fake = fake().await;
+    let prefix = "cr-";
+    let railway = provider(&fake, "shared", prefix);
+    let t = TestPool::with_provider(
+        &[("POOL_MIN_IDLE", "1"), ("POOL_NAME_PREFIX", prefix)],
+        &[],
+        |_| railway,
+    )
+    .await;
+    agentpool_tests::wait_until(std::time::Duration::from_secs(20), || async {
+        t.tick().await;
+        t.count(Idle).await == 1
+    })
+    .await;
+    let (status, claimed) = t.claim("fragile").await;
+    assert_eq!(status, StatusCode::OK, "{claimed}");
+    let id = claimed["instanceId"].as_str().unwrap().to_string();
+    let service = fake
+        .services()
+        .into_iter()
+        .find(|s| s.name == t.name_of(&id))
+        .unwrap();
+    assert!(fake.kill_process(&service.id).await);
+    let orphan = fake.create_service_behind_our_back(&fake.shared_ids().project_id, "cr-orphan");
+    let report = t.tick_with(Mode::Reconcile).await;
+    assert!(
+        report
+            .transitions
+            .iter()
+            .any(|m| m.id == id && m.to == Crashed),
+        "{report:?}"
+    );
+    assert_eq!(
+        report.orphans_deleted,
+        vec!["cr-orphan".to_string()],
+        "{report:?}"
+    );
+    assert!(fake.service(&orphan).is_none());
+}
