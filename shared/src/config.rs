@@ -134,6 +134,29 @@ pub struct Settings {
     /// `https` for Railway's domains; `http` against a local fake.
     #[serde(default = "defaults::railway_public_scheme")]
     pub railway_public_scheme: String,
+    /// Makes one OpenRouter key per instance; none when unset.
+    pub openrouter_management_key: Option<Secret>,
+    /// Credit limit of each key (USD).
+    pub openrouter_key_limit: Option<f64>,
+    /// `daily`, `weekly` or `monthly`.
+    pub openrouter_key_limit_reset: Option<String>,
+    #[serde(default = "defaults::openrouter_api_url")]
+    pub openrouter_api_url: String,
+    /// Makes one AgentMail inbox per instance; none when unset.
+    pub agentmail_api_key: Option<Secret>,
+    pub agentmail_domain: Option<String>,
+    #[serde(default = "defaults::agentmail_api_url")]
+    pub agentmail_api_url: String,
+    /// Orders one Telnyx number per instance; none when unset.
+    pub telnyx_api_key: Option<Secret>,
+    pub telnyx_messaging_profile_id: Option<String>,
+    #[serde(default = "defaults::telnyx_api_url")]
+    pub telnyx_api_url: String,
+    /// Handed to each instance for Bankr; none when unset.
+    pub bankr_api_key: Option<Secret>,
+    /// The XMTP network instances join.
+    #[serde(default = "defaults::xmtp_env")]
+    pub xmtp_env: String,
 }
 
 /// How instances are laid out at Railway.
@@ -215,6 +238,18 @@ mod defaults {
     }
     pub fn railway_public_scheme() -> String {
         "https".into()
+    }
+    pub fn openrouter_api_url() -> String {
+        "https://openrouter.ai/api/v1".into()
+    }
+    pub fn agentmail_api_url() -> String {
+        "https://api.agentmail.to/v0".into()
+    }
+    pub fn telnyx_api_url() -> String {
+        "https://api.telnyx.com/v2".into()
+    }
+    pub fn xmtp_env() -> String {
+        "dev".into()
     }
 }
 

@@ -7,6 +7,8 @@
 //! exists); a creator that dies leaves a `starting` row without a resource, which the tick finds
 //! after `CREATE_TIMEOUT_MS` and destroys by name.
 
+use std::sync::Arc;
+
 use futures::StreamExt;
 use tracing::Instrument;
 
@@ -14,7 +16,10 @@ use crate::domain::{Actor, InstanceStatus};
 use crate::error::{Error, Result};
 use crate::gate::{CutShort, Gate};
 use crate::instances::{self, Move, Reserved};
+use crate::outbound::Failure;
 use crate::providers::{CreateSpec, ResourceRef};
+use crate::services;
+use crate::tools::{Target, Tool};
 use crate::Pool;
 
 /// Provider creations in flight at once.
@@ -43,6 +48,29 @@ pub enum Outcome {
     NotStarted(CutShort),
 }
 
+/// How a creation step went, as the SSE stream reports it (seed 000).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum StepStatus {
+    Active,
+    Ok,
+    Fail,
+    Skip,
+}
+
+/// Hears about each step of one creation (`openrouter`, `agentmail`, `telnyx`, `wallet`,
+/// `bankr`, the provider's own steps, `done`).
+pub trait Progress: Send + Sync {
+    fn step(&self, step: &str, status: StepStatus, message: &str);
+}
+
+/// Progress nobody watches.
+pub struct Unwatched;
+
+impl Progress for Unwatched {
+    fn step(&self, _: &str, _: StepStatus, _: &str) {}
+}
+
 /// Creates the resources of reserved rows, `CONCURRENCY` at a time. A row whose turn comes after
 /// the gate closed is not started and goes to `destroying` at once, rather than waiting for
 /// `CREATE_TIMEOUT_MS` to be found.
@@ -53,16 +81,7 @@ pub async fn create_all(
 ) -> Vec<(Reserved, Outcome)> {
     futures::stream::iter(rows)
         .map(|row| async move {
-            let outcome = match gate.admit().await {
-                Ok(()) => match create_one(pool, &row).await {
-                    Ok(()) => Outcome::Created,
-                    Err(e) => Outcome::Failed(e),
-                },
-                Err(why) => {
-                    abandon(pool, &row, &format!("creation not started: {why:?}")).await;
-                    Outcome::NotStarted(why)
-                }
-            };
+            let outcome = create_gated(pool, &row, gate, Arc::new(Unwatched)).await;
             (row, outcome)
         })
         .buffer_unordered(CONCURRENCY)
@@ -70,15 +89,38 @@ pub async fn create_all(
         .await
 }
 
-/// Creates one reserved row's resources and records them. On failure the row goes to
-/// `destroying`, so that whatever part of it exists is cleaned up by the tick.
-pub async fn create_one(pool: &Pool, row: &Reserved) -> Result<()> {
+/// Creates one reserved row if the gate lets it start; otherwise sends it to `destroying`.
+pub async fn create_gated(
+    pool: &Pool,
+    row: &Reserved,
+    gate: &Gate<'_>,
+    progress: Arc<dyn Progress>,
+) -> Outcome {
+    match gate.admit().await {
+        Ok(()) => match create_one(pool, row, progress).await {
+            Ok(()) => Outcome::Created,
+            Err(e) => Outcome::Failed(e),
+        },
+        Err(why) => {
+            abandon(pool, row, &format!("creation not started: {why:?}")).await;
+            Outcome::NotStarted(why)
+        }
+    }
+}
+
+/// Creates one reserved row's tools, then its compute resource, recording each the moment it
+/// exists. On failure what the earlier steps made is destroyed and the row goes to `destroying`;
+/// whatever could not be destroyed at once is still recorded, and the tick finishes the job.
+pub async fn create_one(pool: &Pool, row: &Reserved, progress: Arc<dyn Progress>) -> Result<()> {
     let span = tracing::info_span!("create", instance_id = %row.id);
     async {
-        let result = provision_resource(pool, row).await;
-        if let Err(e) = &result {
-            tracing::warn!(error = %e, "create failed");
-            abandon(pool, row, &format!("create failed: {}", e.public_message())).await;
+        let result = provision(pool, row, progress.clone()).await;
+        match &result {
+            Ok(()) => progress.step("done", StepStatus::Ok, "starting"),
+            Err(e) => {
+                tracing::warn!(error = %e, "create failed");
+                abandon(pool, row, &format!("create failed: {}", e.public_message())).await;
+            }
         }
         result
     }
@@ -86,17 +128,112 @@ pub async fn create_one(pool: &Pool, row: &Reserved) -> Result<()> {
     .await
 }
 
-async fn provision_resource(pool: &Pool, row: &Reserved) -> Result<()> {
+async fn provision(pool: &Pool, row: &Reserved, progress: Arc<dyn Progress>) -> Result<()> {
+    for step in &pool.tools.skipped {
+        progress.step(step, StepStatus::Skip, &format!("{step} is not configured"));
+    }
+    let mut env = vec![
+        ("OPENCLAW_GATEWAY_TOKEN".into(), row.gateway_token.clone()),
+        ("INSTANCE_ID".into(), row.id.clone()),
+        (
+            "POOL_ENVIRONMENT".into(),
+            pool.settings.pool_environment.clone(),
+        ),
+        ("XMTP_ENV".into(), pool.settings.xmtp_env.clone()),
+    ];
+    if let Some(model) = &pool.settings.openclaw_primary_model {
+        env.push(("OPENCLAW_PRIMARY_MODEL".into(), model.clone()));
+    }
+    let target = Target {
+        instance_id: &row.id,
+        name: &row.name,
+    };
+    let mut made: Vec<(Arc<dyn Tool>, String)> = Vec::new();
+    for tool in &pool.tools.tools {
+        progress.step(tool.step(), StepStatus::Active, "provisioning");
+        match provision_tool(pool, tool, target).await {
+            Ok(provisioned) => {
+                progress.step(tool.step(), StepStatus::Ok, "provisioned");
+                env.extend(provisioned.env);
+                made.push((tool.clone(), provisioned.resource_id));
+            }
+            Err(e) => {
+                progress.step(tool.step(), StepStatus::Fail, &e.public_message());
+                roll_back(pool, &row.id, &made).await;
+                return Err(e);
+            }
+        }
+    }
+    if let Err(e) = provision_resource(pool, row, env, progress.clone()).await {
+        progress.step(
+            e.step().unwrap_or(pool.provider.kind().as_str()),
+            StepStatus::Fail,
+            &e.public_message(),
+        );
+        roll_back(pool, &row.id, &made).await;
+        return Err(e);
+    }
+    Ok(())
+}
+
+/// Creates one tool's resource and records it at once; a resource that cannot be recorded is
+/// destroyed again, so none is left that no row knows.
+async fn provision_tool(
+    pool: &Pool,
+    tool: &Arc<dyn Tool>,
+    target: Target<'_>,
+) -> Result<crate::tools::Provisioned> {
+    let provisioned = tokio::time::timeout(pool.settings.create_timeout(), tool.create(target))
+        .await
+        .map_err(|_| Error::outbound(tool.step(), tool.step(), Failure::TimedOut))??;
+    let recorded = services::record(
+        &pool.db,
+        target.instance_id,
+        tool.id(),
+        &provisioned.resource_id,
+        &provisioned.config,
+    )
+    .await;
+    if let Err(e) = recorded {
+        if let Err(undo) = tool.destroy(&provisioned.resource_id).await {
+            tracing::warn!(tool = tool.id(), error = %undo, "removing an unrecorded tool resource failed; left to the orphan pass");
+        }
+        return Err(e);
+    }
+    tracing::info!(tool = tool.id(), resource_id = %provisioned.resource_id, "tool provisioned");
+    Ok(provisioned)
+}
+
+/// Destroys the tools a failed creation made, forgetting each one destroyed. What fails stays
+/// recorded; the tick destroys it with the row.
+async fn roll_back(pool: &Pool, instance_id: &str, made: &[(Arc<dyn Tool>, String)]) {
+    for (tool, resource_id) in made {
+        match tool.destroy(resource_id).await {
+            Ok(()) => {
+                if let Err(e) =
+                    services::forget(&pool.db, instance_id, tool.id(), resource_id, "rolled back")
+                        .await
+                {
+                    tracing::warn!(tool = tool.id(), error = %e, "forgetting a rolled-back tool resource");
+                }
+            }
+            Err(e) => {
+                tracing::warn!(tool = tool.id(), error = %e, "rolling back a tool; the tick will destroy it")
+            }
+        }
+    }
+}
+
+async fn provision_resource(
+    pool: &Pool,
+    row: &Reserved,
+    env: Vec<(String, String)>,
+    progress: Arc<dyn Progress>,
+) -> Result<()> {
     let spec = CreateSpec {
         name: row.name.clone(),
-        env: vec![
-            ("OPENCLAW_GATEWAY_TOKEN".into(), row.gateway_token.clone()),
-            ("INSTANCE_ID".into(), row.id.clone()),
-            (
-                "POOL_ENVIRONMENT".into(),
-                pool.settings.pool_environment.clone(),
-            ),
-        ],
+        env,
+        progress,
     };
     let kind = pool.provider.kind().as_str();
     let created = tokio::time::timeout(pool.settings.create_timeout(), pool.provider.create(&spec))

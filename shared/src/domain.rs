@@ -190,6 +190,15 @@ pub enum ResourceStatus {
     Failed,
 }
 
+/// A tool's resource (a key, an inbox, a number) as the tool lists it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ToolResource {
+    pub tool_id: String,
+    pub resource_id: String,
+    /// The name or tag it carries: the instance's name.
+    pub name: String,
+}
+
 /// One resource in a provider's listing.
 #[derive(Debug, Clone)]
 pub struct ObservedResource {

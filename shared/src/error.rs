@@ -121,6 +121,14 @@ impl Error {
         }
     }
 
+    /// The creation step an error is about, where it says.
+    pub fn step(&self) -> Option<&'static str> {
+        match self {
+            Error::Outbound { step, .. } => Some(step),
+            _ => None,
+        }
+    }
+
     pub fn outbound(
         service: &'static str,
         step: &'static str,

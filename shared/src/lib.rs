@@ -20,8 +20,10 @@ pub mod listing;
 pub mod outbound;
 pub mod providers;
 pub mod runtime;
+pub mod services;
 pub mod stub_agent;
 pub mod tick;
+pub mod tools;
 
 use std::sync::Arc;
 
@@ -39,16 +41,19 @@ pub struct Pool {
     pub db: PgPool,
     pub settings: Arc<Settings>,
     pub provider: Arc<dyn Provider>,
+    pub tools: tools::Toolbox,
     pub runtime: RuntimeClient,
 }
 
 impl Pool {
     pub fn new(db: PgPool, settings: Settings, provider: Arc<dyn Provider>) -> Self {
         let runtime = RuntimeClient::new(settings.health_timeout(), settings.provision_timeout());
+        let tools = tools::Toolbox::from_settings(&settings);
         Self {
             db,
             settings: Arc::new(settings),
             provider,
+            tools,
             runtime,
         }
     }

@@ -252,6 +252,7 @@ async fn orphans_are_deleted() {
         .create(&CreateSpec {
             name: orphan.clone(),
             env: vec![("OPENCLAW_GATEWAY_TOKEN".into(), "x".repeat(64))],
+            progress: std::sync::Arc::new(agentpool_core::creation::Unwatched),
         })
         .await
         .unwrap();

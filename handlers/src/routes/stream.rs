@@ -3,6 +3,7 @@
 //! `fail` or `skip`), `instance` (id, name, status, url), and always a final `complete`.
 
 use std::convert::Infallible;
+use std::sync::Arc;
 
 use axum::extract::State;
 use axum::response::sse::{Event, KeepAlive, Sse};
@@ -13,7 +14,7 @@ use tokio::sync::mpsc::UnboundedSender;
 use tokio_stream::wrappers::UnboundedReceiverStream;
 use tokio_stream::StreamExt;
 
-use agentpool_core::creation;
+use agentpool_core::creation::{self, StepStatus};
 use agentpool_core::domain::Actor;
 use agentpool_core::gate::Gate;
 use agentpool_core::instances;
@@ -26,9 +27,6 @@ use crate::state::AppState;
 pub struct StreamQuery {
     count: Option<String>,
 }
-
-/// Tools this build provisions nothing for; reported as `skip` so an operator sees them.
-const UNCONFIGURED_TOOLS: [&str; 3] = ["openrouter", "agentmail", "telnyx"];
 
 pub async fn replenish(
     State(state): State<AppState>,
@@ -58,13 +56,27 @@ pub async fn replenish(
     Ok(Sse::new(events).keep_alive(KeepAlive::default()))
 }
 
+/// Steps of one instance's creation, as `step` events.
+struct Steps {
+    tx: UnboundedSender<Value>,
+    instance_num: usize,
+}
+
+impl creation::Progress for Steps {
+    fn step(&self, step: &str, status: StepStatus, message: &str) {
+        // A client that left makes sends fail; the work goes on.
+        let _ = self.tx.send(json!({
+            "type": "step", "instanceNum": self.instance_num,
+            "step": step, "status": status, "message": message,
+        }));
+    }
+}
+
 async fn create_streaming(state: &AppState, count: u32, tx: &UnboundedSender<Value>) {
-    // A client that left makes sends fail; the work goes on.
     let send = |event: Value| {
         let _ = tx.send(event);
     };
     let pool = &state.pool;
-    let provider_step = pool.provider.kind().as_str();
     let mut created = 0usize;
     let mut failed;
     match creation::reserve(pool, count, Actor::Operator, "replenish requested (stream)").await {
@@ -78,26 +90,14 @@ async fn create_streaming(state: &AppState, count: u32, tx: &UnboundedSender<Val
             let gate = Gate::until(state.shutdown.clone());
             for (index, row) in reserved.into_iter().enumerate() {
                 let instance_num = index + 1;
-                let step = |step: &str, status: &str, message: String| json!({"type": "step", "instanceNum": instance_num, "step": step, "status": status, "message": message});
-                for tool in UNCONFIGURED_TOOLS {
-                    send(step(tool, "skip", format!("{tool} is not configured")));
-                }
-                send(step(
-                    provider_step,
-                    "active",
-                    format!("creating {}", row.name),
-                ));
+                let steps = Arc::new(Steps {
+                    tx: tx.clone(),
+                    instance_num,
+                });
                 // One at a time, so that the steps of one instance arrive together.
-                let outcomes = creation::create_all(pool, vec![row], &gate).await;
-                let Some((row, outcome)) = outcomes.into_iter().next() else {
-                    failed += 1;
-                    continue;
-                };
-                match outcome {
+                match creation::create_gated(pool, &row, &gate, steps.clone()).await {
                     creation::Outcome::Created => {
                         created += 1;
-                        send(step(provider_step, "ok", "created".into()));
-                        send(step("done", "ok", "starting".into()));
                         let url = instances::get(&pool.db, &row.id)
                             .await
                             .ok()
@@ -108,17 +108,15 @@ async fn create_streaming(state: &AppState, count: u32, tx: &UnboundedSender<Val
                             }}),
                         );
                     }
-                    creation::Outcome::Failed(e) => {
-                        failed += 1;
-                        send(step(provider_step, "fail", e.public_message()));
-                    }
+                    creation::Outcome::Failed(_) => failed += 1,
                     creation::Outcome::NotStarted(_) => {
                         failed += 1;
-                        send(step(
-                            provider_step,
-                            "fail",
-                            "not started: shutting down".into(),
-                        ));
+                        creation::Progress::step(
+                            steps.as_ref(),
+                            "done",
+                            StepStatus::Fail,
+                            "not started: shutting down",
+                        );
                     }
                 }
             }

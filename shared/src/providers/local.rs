@@ -18,6 +18,7 @@ use tokio::io::{AsyncBufReadExt, BufReader};
 
 use super::{CreateSpec, Created, Provider, ResourceRef};
 use crate::config::{ProviderKind, Settings};
+use crate::creation::StepStatus;
 use crate::domain::{ObservedResource, ResourceStatus};
 use crate::error::{Error, Result};
 
@@ -266,6 +267,8 @@ impl Provider for LocalProvider {
     }
 
     async fn create(&self, spec: &CreateSpec) -> Result<Created> {
+        spec.progress
+            .step(KIND, StepStatus::Active, &format!("starting {}", spec.name));
         let existing = match self.read_record(&spec.name)? {
             Some(record) if is_alive(&record)? => Some(record),
             _ => None,
@@ -274,6 +277,7 @@ impl Provider for LocalProvider {
             Some(record) => record,
             None => self.spawn(spec).await?,
         };
+        spec.progress.step(KIND, StepStatus::Ok, "started");
         Ok(Created {
             resource_id: record.name.clone(),
             url: record.url,

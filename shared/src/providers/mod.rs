@@ -13,10 +13,11 @@ use crate::domain::ObservedResource;
 use crate::error::{Error, Result};
 
 /// What a provider is asked to create. `env` carries secrets (the gateway token), hence the
-/// hand-written `Debug`.
+/// hand-written `Debug`. The provider reports its steps to `progress`.
 pub struct CreateSpec {
     pub name: String,
     pub env: Vec<(String, String)>,
+    pub progress: Arc<dyn crate::creation::Progress>,
 }
 
 impl fmt::Debug for CreateSpec {

@@ -16,6 +16,7 @@ use serde_json::{json, Value};
 
 use super::{CreateSpec, Created, Provider, ResourceRef};
 use crate::config::{ProviderKind, RailwayLayout, Secret, Settings};
+use crate::creation::StepStatus;
 use crate::domain::{ObservedResource, ResourceStatus};
 use crate::error::{Error, Result};
 use crate::outbound::{Call, Failure, Outbound, Policy, Replay, Tokens};
@@ -342,6 +343,8 @@ impl RailwayProvider {
         environment_id: &str,
         service_id: &str,
     ) -> Result<(String, Option<String>)> {
+        spec.progress
+            .step("railway-domain", StepStatus::Active, "creating the domain");
         // Replaying makes at most a second domain, deleted with the service.
         let data = self
             .gql(
@@ -356,6 +359,8 @@ impl RailwayProvider {
             .as_str()
             .map(str::to_string)
             .ok_or_else(|| Error::outbound(SERVICE, "railway-domain", Failure::BadReply))?;
+        spec.progress
+            .step("railway-domain", StepStatus::Ok, &domain);
         let volume = match &self.volume_mount {
             None => None,
             Some(mount) => {
@@ -387,6 +392,11 @@ impl RailwayProvider {
             "deploy": deploy,
             "variables": variables,
         }}});
+        spec.progress.step(
+            "railway-deploy",
+            StepStatus::Active,
+            "committing image and variables",
+        );
         // The same full configuration committed twice is the same configuration.
         self.gql(
             "railway-deploy",
@@ -396,6 +406,8 @@ impl RailwayProvider {
         )
         .await
         .map_err(|f| Error::outbound(SERVICE, "railway-deploy", f))?;
+        spec.progress
+            .step("railway-deploy", StepStatus::Ok, "deploying");
         Ok((url, volume))
     }
 
@@ -477,9 +489,22 @@ impl Provider for RailwayProvider {
                 environment_id,
             } => (project_id.clone(), environment_id.clone()),
             Layout::ProjectPerAgent { workspace_id } => {
-                self.create_project(workspace_id, &spec.name).await?
+                spec.progress.step(
+                    "railway-project",
+                    StepStatus::Active,
+                    "creating the project",
+                );
+                let made = self.create_project(workspace_id, &spec.name).await?;
+                spec.progress
+                    .step("railway-project", StepStatus::Ok, "created");
+                made
             }
         };
+        spec.progress.step(
+            "railway-service",
+            StepStatus::Active,
+            "creating the service",
+        );
         let service_id = match self
             .create_service(&project_id, &environment_id, &spec.name)
             .await
@@ -490,6 +515,8 @@ impl Provider for RailwayProvider {
                 return Err(e);
             }
         };
+        spec.progress
+            .step("railway-service", StepStatus::Ok, "created");
         let (url, volume_id) = match self
             .configure(spec, &project_id, &environment_id, &service_id)
             .await

@@ -13,9 +13,11 @@ use tracing::Instrument;
 
 use crate::creation::{self, Outcome};
 use crate::domain::{Actor, InstanceStatus};
+use crate::error::Error;
 use crate::gate::{CutShort, Gate};
 use crate::instances::{self, Move};
 use crate::providers::ResourceRef;
+use crate::services;
 use crate::Pool;
 
 use super::plan::{Mode, Observation, Plan, PresenceMark, Transition};
@@ -64,10 +66,12 @@ pub async fn run(
                 resource_id: row.resource_id.clone(),
                 details: row.details.clone().unwrap_or_default(),
             },
+            services: Vec::new(),
         })
         .collect();
     destroy_instances(pool, targets, gate, report).await?;
     delete_orphans(pool, &plan, gate, report).await?;
+    delete_tool_orphans(pool, &plan, gate, report).await?;
     create_instances(pool, plan.create, gate, report).await?;
     if mode == Mode::Full {
         gate.admit().await?;
@@ -165,25 +169,71 @@ async fn apply_transitions(
     Ok(applied)
 }
 
-/// An instance whose resources to destroy.
+/// An instance whose resources to destroy: its tools' resources, then its compute resource.
 struct Target {
     id: String,
     attempts: i32,
     resource: ResourceRef,
+    services: Vec<services::Owned>,
+}
+
+/// Destroys what an instance owns, tools first, forgetting each tool resource as it goes (so a
+/// retry does not repeat what is done). The compute resource goes last: while it exists, the
+/// instance is found and retried.
+async fn destroy_target(pool: &Pool, target: &Target) -> crate::Result<()> {
+    for owned in &target.services {
+        let tool = pool.tools.get(&owned.tool_id).ok_or_else(|| {
+            Error::provider(
+                "tools",
+                format!(
+                    "tool {} is not configured: its resource cannot be destroyed",
+                    owned.tool_id
+                ),
+            )
+        })?;
+        tool.destroy(&owned.resource_id).await?;
+        services::forget(
+            &pool.db,
+            &target.id,
+            &owned.tool_id,
+            &owned.resource_id,
+            "destroyed",
+        )
+        .await?;
+    }
+    pool.provider.destroy(&target.resource).await
 }
 
 /// Destroys each instance's resources, then its row. Failures are retried by later ticks with
 /// jittered exponential backoff; the row goes only when everything it owns is gone.
 async fn destroy_instances(
     pool: &Pool,
-    targets: Vec<Target>,
+    mut targets: Vec<Target>,
     gate: &Gate<'_>,
     report: &mut TickReport,
 ) -> Result<(), CutShort> {
+    if targets.is_empty() {
+        return Ok(());
+    }
+    let ids: Vec<&str> = targets.iter().map(|t| t.id.as_str()).collect();
+    match services::owned_by(&pool.db, &ids).await {
+        Ok(owned) => {
+            for service in owned {
+                if let Some(target) = targets.iter_mut().find(|t| t.id == service.instance_id) {
+                    target.services.push(service);
+                }
+            }
+        }
+        Err(e) => {
+            // Without knowing its tools, no instance may go: try again next tick.
+            report.error("reading tool resources", None, &e);
+            return Ok(());
+        }
+    }
     let (results, cut) = each_while_open(targets, gate, |target| {
         let span = tracing::info_span!("destroy", instance_id = %target.id);
         async move {
-            let result = pool.provider.destroy(&target.resource).await;
+            let result = destroy_target(pool, &target).await;
             (target, result)
         }
         .instrument(span)
@@ -282,6 +332,31 @@ async fn delete_orphans(
         match result {
             Ok(()) => report.orphans_deleted.push(orphan.name),
             Err(e) => report.error(&format!("deleting orphan {}", orphan.name), None, &e),
+        }
+    }
+    cut.map_or(Ok(()), Err)
+}
+
+async fn delete_tool_orphans(
+    pool: &Pool,
+    plan: &Plan,
+    gate: &Gate<'_>,
+    report: &mut TickReport,
+) -> Result<(), CutShort> {
+    let (results, cut) = each_while_open(plan.tool_orphans.clone(), gate, |orphan| async move {
+        tracing::info!(tool = %orphan.tool_id, resource = %orphan.name, "deleting a tool orphan");
+        let result = match pool.tools.get(&orphan.tool_id) {
+            Some(tool) => tool.destroy(&orphan.resource_id).await,
+            None => Ok(()),
+        };
+        (orphan, result)
+    })
+    .await;
+    for (orphan, result) in results {
+        let label = format!("{}:{}", orphan.tool_id, orphan.resource_id);
+        match result {
+            Ok(()) => report.tool_orphans_deleted.push(label),
+            Err(e) => report.error(&format!("deleting orphan {label}"), None, &e),
         }
     }
     cut.map_or(Ok(()), Err)

@@ -57,6 +57,8 @@ pub struct TickReport {
     pub transitions: Vec<Moved>,
     pub destroyed: Vec<String>,
     pub orphans_deleted: Vec<String>,
+    /// Tool resources (keys, inboxes, numbers) that no row owned, as `<tool>:<resource id>`.
+    pub tool_orphans_deleted: Vec<String>,
     pub created: Vec<String>,
     pub errors: Vec<TickError>,
     /// Set when the tick stopped starting work early; what it left waits for the next tick.

@@ -14,7 +14,8 @@ use futures::StreamExt;
 use tracing::Instrument;
 
 use crate::domain::{
-    Health, Instance, InstanceStatus, ObservedResource, ResourceStatus, INSTANCE_COLUMNS,
+    Health, Instance, InstanceStatus, ObservedResource, ResourceStatus, ToolResource,
+    INSTANCE_COLUMNS,
 };
 use crate::error::Result;
 use crate::gate::Gate;
@@ -43,6 +44,11 @@ pub struct Snapshot {
     /// Answers of the runtimes asked this tick, by instance id. A runtime not asked (budget, or not
     /// due) is not in here, which is not a failure.
     pub health: HashMap<String, Health>,
+    /// Tool resources of ours, listed before the rows were read (tools whose listing failed are
+    /// left out: nothing of theirs is an orphan then).
+    pub tool_resources: Vec<ToolResource>,
+    /// `(tool_id, resource_id)` of every tool resource a row records.
+    pub recorded: HashSet<(String, String)>,
 }
 
 pub async fn take(
@@ -63,7 +69,31 @@ pub async fn take(
             }
         }
     };
+    let mut tool_resources = Vec::new();
+    if mode != Mode::Kick {
+        for tool in &pool.tools.tools {
+            match tool.list(&pool.settings.pool_name_prefix).await {
+                Ok(listed) => {
+                    tool_resources.extend(listed.into_iter().flatten().map(|l| ToolResource {
+                        tool_id: tool.id().to_string(),
+                        resource_id: l.resource_id,
+                        name: l.name,
+                    }))
+                }
+                Err(e) => report.error(&format!("listing {} resources", tool.step()), None, &e),
+            }
+        }
+    }
     let (now, rows) = read_rows(pool).await?;
+    let recorded: HashSet<(String, String)> = if tool_resources.is_empty() {
+        HashSet::new()
+    } else {
+        sqlx::query_as("SELECT tool_id, resource_id FROM instance_services")
+            .fetch_all(&pool.db)
+            .await?
+            .into_iter()
+            .collect()
+    };
     let targets = health_targets(&rows, resources.as_deref(), mode);
     let due = targets.len();
     // A check is started only if it can end within the budget: it may take HEALTH_TIMEOUT_MS.
@@ -79,6 +109,8 @@ pub async fn take(
         rows,
         resources,
         health,
+        tool_resources,
+        recorded,
     })
 }
 

@@ -16,7 +16,7 @@ use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 
-use crate::domain::{InstanceStatus, ObservedResource};
+use crate::domain::{InstanceStatus, ObservedResource, ToolResource};
 
 use super::snapshot::Snapshot;
 
@@ -67,6 +67,7 @@ pub struct Plan {
     /// by `transitions`.
     pub destroy: Vec<String>,
     pub orphans: Vec<ObservedResource>,
+    pub tool_orphans: Vec<ToolResource>,
     pub create: u32,
 }
 
@@ -80,6 +81,7 @@ pub fn decide(snapshot: &Snapshot, rules: &Rules, mode: Mode) -> Plan {
         observations: evidence::observations(snapshot),
         presence: evidence::presence_marks(snapshot),
         orphans: orphans::find(snapshot),
+        tool_orphans: orphans::tools(snapshot),
         transitions,
         destroy,
         create,
@@ -142,6 +144,8 @@ pub(crate) mod fixture {
                     rows: Vec::new(),
                     resources: Some(Vec::new()),
                     health: HashMap::new(),
+                    tool_resources: Vec::new(),
+                    recorded: Default::default(),
                 },
             }
         }

@@ -1,9 +1,9 @@
 //! Resources with our name prefix that no row owns. Only a listing taken (before the rows were
 //! read, see `snapshot`) can show one; without a listing there are none.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 
-use crate::domain::ObservedResource;
+use crate::domain::{InstanceStatus, ObservedResource, ToolResource};
 use crate::tick::snapshot::Snapshot;
 
 pub fn find(snapshot: &Snapshot) -> Vec<ObservedResource> {
@@ -22,6 +22,28 @@ pub fn find(snapshot: &Snapshot) -> Vec<ObservedResource> {
         .collect()
 }
 
+/// Tool resources no row records. One named for a `starting` instance is left alone: its creator
+/// may be between making it and recording it. A duplicate made by a retried creation, or one whose
+/// instance is gone, is an orphan.
+pub fn tools(snapshot: &Snapshot) -> Vec<ToolResource> {
+    let status: HashMap<&str, InstanceStatus> = snapshot
+        .rows
+        .iter()
+        .map(|r| (r.instance.name.as_str(), r.instance.status))
+        .collect();
+    snapshot
+        .tool_resources
+        .iter()
+        .filter(|r| {
+            !snapshot
+                .recorded
+                .contains(&(r.tool_id.clone(), r.resource_id.clone()))
+        })
+        .filter(|r| status.get(r.name.as_str()) != Some(&InstanceStatus::Starting))
+        .cloned()
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::super::fixture::*;
@@ -36,6 +58,38 @@ mod tests {
             .plan();
         let names: Vec<&str> = plan.orphans.iter().map(|r| r.name.as_str()).collect();
         assert_eq!(names, vec!["ap-ghost"]);
+    }
+
+    #[test]
+    fn unrecorded_tool_resources_are_orphans_unless_their_instance_is_starting() {
+        use crate::domain::InstanceStatus::Starting;
+        let mut fixture = Fixture::new().row("a", Idle, MIN, Some(Running), None).row(
+            "b",
+            Starting,
+            MIN,
+            Some(Running),
+            None,
+        );
+        let key = |hash: &str, name: &str| crate::domain::ToolResource {
+            tool_id: "openrouter".into(),
+            resource_id: hash.into(),
+            name: name.into(),
+        };
+        fixture.snapshot.tool_resources = vec![
+            key("recorded", "ap-a"),
+            key("duplicate", "ap-a"),
+            key("being-made", "ap-b"),
+            key("left-behind", "ap-gone"),
+        ];
+        fixture
+            .snapshot
+            .recorded
+            .insert(("openrouter".into(), "recorded".into()));
+        let orphans: Vec<String> = super::tools(&fixture.snapshot)
+            .into_iter()
+            .map(|r| r.resource_id)
+            .collect();
+        assert_eq!(orphans, vec!["duplicate", "left-behind"]);
     }
 
     #[test]

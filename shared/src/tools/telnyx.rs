@@ -1,0 +1,237 @@
+//! A Telnyx phone number per instance: search, order one picked at random (concurrent
+//! provisioners collide), search again when someone else took it, tag it with the instance's name
+//! (a fresh order answers 404 for a few seconds), release it on destroy.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use rand::seq::SliceRandom;
+use serde_json::{json, Value};
+
+use super::{Listed, Provisioned, Target, Tool};
+use crate::config::{Secret, Settings};
+use crate::error::{Error, Result};
+use crate::outbound::{Call, Failure, Outbound, Replay};
+
+const SERVICE: &str = "telnyx";
+/// Searches and orders before giving up on finding a free number.
+const ORDER_TRIES: usize = 3;
+/// How long a fresh number may answer 404 before it can be tagged.
+const TAG_PATIENCE: Duration = Duration::from_secs(10);
+
+pub struct Telnyx {
+    out: Arc<Outbound>,
+    api: String,
+    key: Secret,
+    messaging_profile_id: Option<String>,
+}
+
+impl Telnyx {
+    pub fn from_settings(settings: &Settings, out: Arc<Outbound>) -> Option<Self> {
+        Some(Self {
+            out,
+            api: settings.telnyx_api_url.trim_end_matches('/').to_string(),
+            key: settings.telnyx_api_key.clone()?,
+            messaging_profile_id: settings.telnyx_messaging_profile_id.clone(),
+        })
+    }
+
+    async fn call(
+        &self,
+        step: &'static str,
+        replay: Replay,
+        method: reqwest::Method,
+        url: String,
+        body: Option<Value>,
+    ) -> std::result::Result<Value, Failure> {
+        let call = Call {
+            service: SERVICE,
+            step,
+            replay,
+        };
+        self.out
+            .json(call, &url, |http| {
+                let request = http
+                    .request(method.clone(), &url)
+                    .bearer_auth(self.key.expose());
+                match &body {
+                    Some(body) => request.json(body),
+                    None => request,
+                }
+            })
+            .await
+    }
+
+    /// Orders a free number; returns its id and number.
+    async fn order(&self) -> Result<(String, String)> {
+        for _ in 0..ORDER_TRIES {
+            let found = self
+                .call(
+                    "telnyx",
+                    Replay::Safe,
+                    reqwest::Method::GET,
+                    format!(
+                        "{}/available_phone_numbers?filter[country_code]=US&filter[features][]=sms&filter[limit]=20",
+                        self.api
+                    ),
+                    None,
+                )
+                .await
+                .map_err(|f| Error::outbound(SERVICE, "telnyx", f))?;
+            let numbers: Vec<&str> = found["data"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .filter_map(|n| n["phone_number"].as_str())
+                .collect();
+            let Some(number) = numbers
+                .choose(&mut rand::thread_rng())
+                .map(|n| n.to_string())
+            else {
+                return Err(Error::outbound(SERVICE, "telnyx", Failure::NotFound));
+            };
+            let mut body = json!({"phone_numbers": [{"phone_number": number}]});
+            if let Some(profile) = &self.messaging_profile_id {
+                body["messaging_profile_id"] = json!(profile);
+            }
+            let ordered = self
+                .call(
+                    "telnyx",
+                    Replay::Unsafe,
+                    reqwest::Method::POST,
+                    format!("{}/number_orders", self.api),
+                    Some(body),
+                )
+                .await;
+            match ordered {
+                Ok(reply) => {
+                    let first = &reply["data"]["phone_numbers"][0];
+                    return match (first["id"].as_str(), first["phone_number"].as_str()) {
+                        (Some(id), Some(number)) => Ok((id.to_string(), number.to_string())),
+                        _ => Err(Error::outbound(SERVICE, "telnyx", Failure::BadReply)),
+                    };
+                }
+                // Someone else took it between the search and the order: search again.
+                Err(Failure::Status(409 | 422)) => continue,
+                Err(failure) => return Err(Error::outbound(SERVICE, "telnyx", failure)),
+            }
+        }
+        Err(Error::outbound(SERVICE, "telnyx", Failure::Status(422)))
+    }
+
+    async fn tag(&self, id: &str, tags: Value) -> std::result::Result<(), Failure> {
+        let deadline = tokio::time::Instant::now() + TAG_PATIENCE;
+        loop {
+            let tagged = self
+                .call(
+                    "telnyx-tag",
+                    Replay::Safe,
+                    reqwest::Method::PATCH,
+                    format!("{}/phone_numbers/{id}", self.api),
+                    Some(json!({"tags": tags})),
+                )
+                .await;
+            match tagged {
+                // A fresh order is not visible at once.
+                Err(Failure::NotFound) if tokio::time::Instant::now() < deadline => {
+                    tokio::time::sleep(Duration::from_millis(250)).await;
+                }
+                other => return other.map(drop),
+            }
+        }
+    }
+}
+
+#[async_trait]
+impl Tool for Telnyx {
+    fn id(&self) -> &'static str {
+        "sms"
+    }
+
+    fn step(&self) -> &'static str {
+        "telnyx"
+    }
+
+    async fn create(&self, target: Target<'_>) -> Result<Provisioned> {
+        let (id, number) = self.order().await?;
+        if let Err(failure) = self.tag(&id, json!([target.name])).await {
+            // Untagged, the orphan pass could not find it: release it now.
+            let _ = self.destroy(&id).await;
+            return Err(Error::outbound(SERVICE, "telnyx-tag", failure));
+        }
+        let mut env = vec![
+            ("TELNYX_PHONE_NUMBER".into(), number.clone()),
+            ("TELNYX_API_KEY".into(), self.key.expose().to_string()),
+        ];
+        if let Some(profile) = &self.messaging_profile_id {
+            env.push(("TELNYX_MESSAGING_PROFILE_ID".into(), profile.clone()));
+        }
+        Ok(Provisioned {
+            resource_id: id,
+            config: json!({"phoneNumber": number}),
+            env,
+        })
+    }
+
+    async fn update(&self, resource_id: &str, config: &Value) -> Result<()> {
+        self.tag(resource_id, config["tags"].clone())
+            .await
+            .map_err(|f| Error::outbound(SERVICE, "telnyx-tag", f))
+    }
+
+    async fn destroy(&self, resource_id: &str) -> Result<()> {
+        match self
+            .call(
+                "telnyx-destroy",
+                Replay::Safe,
+                reqwest::Method::DELETE,
+                format!("{}/phone_numbers/{resource_id}", self.api),
+                None,
+            )
+            .await
+        {
+            Ok(_) | Err(Failure::NotFound) => Ok(()),
+            Err(failure) => Err(Error::outbound(SERVICE, "telnyx-destroy", failure)),
+        }
+    }
+
+    async fn list(&self, prefix: &str) -> Result<Option<Vec<Listed>>> {
+        let mut listed = Vec::new();
+        let mut page = 1u32;
+        loop {
+            let reply = self
+                .call(
+                    "telnyx-list",
+                    Replay::Safe,
+                    reqwest::Method::GET,
+                    format!(
+                        "{}/phone_numbers?page[number]={page}&page[size]=250",
+                        self.api
+                    ),
+                    None,
+                )
+                .await
+                .map_err(|f| Error::outbound(SERVICE, "telnyx-list", f))?;
+            let numbers = reply["data"]
+                .as_array()
+                .ok_or_else(|| Error::outbound(SERVICE, "telnyx-list", Failure::BadReply))?;
+            listed.extend(numbers.iter().filter_map(|n| {
+                let tag = n["tags"]
+                    .as_array()?
+                    .iter()
+                    .filter_map(Value::as_str)
+                    .find(|t| t.starts_with(prefix))?;
+                Some(Listed {
+                    resource_id: n["id"].as_str()?.to_string(),
+                    name: tag.to_string(),
+                })
+            }));
+            let pages = reply["meta"]["total_pages"].as_u64().unwrap_or(1);
+            if numbers.is_empty() || u64::from(page) >= pages {
+                return Ok(Some(listed));
+            }
+            page += 1;
+        }
+    }
+}
