@@ -1,10 +1,14 @@
 //! Stateful fakes of the external APIs the providers talk to (see DESIGN.md, "Reference:
 //! external APIs"): in-process axum servers on loopback that keep what they were asked to create
-//! and can inject faults (the machinery all of them share is in [`faults`]).
+//! and can inject faults (the machinery all of them share, and the ops faults target, are in
+//! [`faults`]).
 
 pub mod faults;
 pub mod graphql;
+pub mod openrouter;
 pub mod railway;
+mod rest;
 
 pub use faults::{FakeStats, Fault, Scope};
+pub use openrouter::{KeyView, OpenRouterConfig, OpenRouterFake};
 pub use railway::{FakeConfig, ProjectView, RailwayFake, ServiceView, SharedIds, VolumeView};
