@@ -3,12 +3,14 @@
 //! and can inject faults (the machinery all of them share, and the ops faults target, are in
 //! [`faults`]).
 
+pub mod agentmail;
 pub mod faults;
 pub mod graphql;
 pub mod openrouter;
 pub mod railway;
 mod rest;
 
+pub use agentmail::{AgentMailConfig, AgentMailFake, InboxView};
 pub use faults::{FakeStats, Fault, Scope};
 pub use openrouter::{KeyView, OpenRouterConfig, OpenRouterFake};
 pub use railway::{FakeConfig, ProjectView, RailwayFake, ServiceView, SharedIds, VolumeView};
