@@ -302,7 +302,7 @@ where
 /// the request under its op and plays out its fault around the handler.
 pub async fn rest_gate<A: Fake>(
     State(api): State<Arc<A>>,
-    path: MatchedPath,
+    path: Option<MatchedPath>,
     request: Request,
     next: Next,
 ) -> Response {
@@ -310,7 +310,12 @@ pub async fn rest_gate<A: Fake>(
         api.faults().unauthorized();
         return api.error(StatusCode::UNAUTHORIZED, "Invalid or missing API key");
     }
-    let op = format!("{} {}", request.method(), path.as_str());
+    // Every route layer call sees a matched path; the raw path is only a fallback.
+    let template = match &path {
+        Some(path) => path.as_str(),
+        None => request.uri().path(),
+    };
+    let op = format!("{} {template}", request.method());
     let fault = api.faults().admit(&op);
     detached(async move { apply(&*api, fault, &op, next.run(request)).await }).await
 }
@@ -405,19 +410,6 @@ impl Drop for Server {
         // Aborting the accept loop drops the listener and, with it, the signal every connection
         // task watches: each finishes its request in flight and closes.
         self.task.abort();
-    }
-}
-
-/// The request body as JSON; an empty body reads as `{}` (creates whose fields are all
-/// optional).
-pub fn json_body(body: &[u8]) -> Result<Value, String> {
-    if body.iter().all(u8::is_ascii_whitespace) {
-        return Ok(json!({}));
-    }
-    match serde_json::from_slice(body) {
-        Ok(value @ Value::Object(_)) => Ok(value),
-        Ok(_) => Err("Body must be a JSON object".into()),
-        Err(e) => Err(format!("Body is not valid JSON: {e}")),
     }
 }
 

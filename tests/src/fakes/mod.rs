@@ -9,8 +9,10 @@ pub mod graphql;
 pub mod openrouter;
 pub mod railway;
 mod rest;
+pub mod telnyx;
 
 pub use agentmail::{AgentMailConfig, AgentMailFake, InboxView};
 pub use faults::{FakeStats, Fault, Scope};
 pub use openrouter::{KeyView, OpenRouterConfig, OpenRouterFake};
 pub use railway::{FakeConfig, ProjectView, RailwayFake, ServiceView, SharedIds, VolumeView};
+pub use telnyx::{NumberView, ProfileView, TelnyxConfig, TelnyxFake};
