@@ -12,25 +12,25 @@
 //! fields the provider selects and a few more); selections are not evaluated.
 
 use std::collections::BTreeMap;
-use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::Stdio;
 use std::sync::{Arc, Mutex, MutexGuard};
-use std::time::Duration;
 
-use axum::body::{Body, Bytes};
+use axum::body::Bytes;
 use axum::extract::State;
-use axum::http::{header, HeaderMap, StatusCode};
+use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
+use axum::routing::post;
 use axum::{Json, Router};
-use rand::rngs::StdRng;
-use rand::{Rng, SeedableRng};
-use serde::{Deserialize, Serialize};
+use serde::Serialize;
 use serde_json::{json, Map, Value};
 use tokio::io::{AsyncBufReadExt, AsyncRead, BufReader};
 use tokio::sync::watch;
 
+use super::faults::{
+    apply, bearer_in, control_routes, detached, new_id, now, Fake, Faults, Server,
+};
+pub use super::faults::{FakeStats, Fault, Scope};
 use super::graphql;
 
 /// Deployment statuses the fake sets itself (Railway has more; tests may set any with
@@ -78,84 +78,6 @@ impl Default for FakeConfig {
             agent_bin: None,
             port: 0,
         }
-    }
-}
-
-/// What goes wrong with a request. JSON (`POST /_fake/faults`): `{"kind": "RateLimited",
-/// "retryAfterSecs": 2}`.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(tag = "kind", rename_all_fields = "camelCase")]
-pub enum Fault {
-    /// HTTP 503 with an HTML body, as a proxy in front of the API answers.
-    ServerError,
-    /// HTTP 429 with `Retry-After`.
-    RateLimited { retry_after_secs: u64 },
-    /// HTTP 200 whose error says so: "You are creating volumes too quickly" for `volumeCreate`,
-    /// "Rate limit exceeded" otherwise. Nothing is done.
-    RateLimitMessage,
-    /// HTTP 200 with the error "Internal error". Nothing is done.
-    GraphqlError,
-    /// The operation runs and is answered after this delay. It runs even if the client gave up
-    /// meanwhile, as a real server finishes what it started.
-    Slow { ms: u64 },
-    /// The connection closes without any response. Nothing is done.
-    Drop,
-    /// The operation is carried out, then the connection closes without a response.
-    LostReply,
-}
-
-impl Fault {
-    pub fn kind(&self) -> &'static str {
-        match self {
-            Fault::ServerError => "ServerError",
-            Fault::RateLimited { .. } => "RateLimited",
-            Fault::RateLimitMessage => "RateLimitMessage",
-            Fault::GraphqlError => "GraphqlError",
-            Fault::Slow { .. } => "Slow",
-            Fault::Drop => "Drop",
-            Fault::LostReply => "LostReply",
-        }
-    }
-}
-
-/// Which requests a fault hits. JSON: `{"kind": "Next", "op": "serviceCreate", "count": 1}` or
-/// `{"kind": "Rate", "perMille": 100, "seed": 7}`.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(tag = "kind", rename_all_fields = "camelCase")]
-pub enum Scope {
-    /// The next `count` requests, or the next `count` of one operation (root field name).
-    Next {
-        #[serde(default)]
-        op: Option<String>,
-        count: u32,
-    },
-    /// This fraction of all requests, drawn from a generator seeded with `seed`, so the same
-    /// sequence of requests meets the same faults.
-    Rate { per_mille: u32, seed: u64 },
-}
-
-#[derive(Debug, Deserialize)]
-struct FaultRequest {
-    fault: Fault,
-    scope: Scope,
-}
-
-/// Counts since start: requests by operation, injected faults by kind.
-#[derive(Debug, Clone, Default, Serialize)]
-pub struct FakeStats {
-    pub requests: BTreeMap<String, u64>,
-    pub faults: BTreeMap<String, u64>,
-    /// Requests refused for their token (not counted in `requests`).
-    pub unauthorized: u64,
-}
-
-impl FakeStats {
-    pub fn requests_for(&self, op: &str) -> u64 {
-        self.requests.get(op).copied().unwrap_or(0)
-    }
-
-    pub fn faults_of(&self, kind: &str) -> u64 {
-        self.faults.get(kind).copied().unwrap_or(0)
     }
 }
 
@@ -307,24 +229,12 @@ struct Volume {
     mount_path: String,
 }
 
-enum RuleScope {
-    Next { op: Option<String>, remaining: u32 },
-    Rate { per_mille: u32, rng: Box<StdRng> },
-}
-
-struct Rule {
-    fault: Fault,
-    scope: RuleScope,
-}
-
 #[derive(Default)]
 struct World {
     next_seq: u64,
     projects: Vec<Project>,
     services: Vec<Service>,
     volumes: Vec<Volume>,
-    rules: Vec<Rule>,
-    stats: FakeStats,
 }
 
 impl World {
@@ -363,37 +273,6 @@ impl World {
             .find(|p| p.environments.iter().any(|e| e.id == environment_id))
     }
 
-    /// The first fault whose scope takes this request. Every rate rule draws on every request,
-    /// so each one's sequence depends only on its seed and the requests, not on other rules.
-    fn pick_fault(&mut self, op: &str) -> Option<Fault> {
-        let mut chosen = None;
-        for rule in &mut self.rules {
-            match &mut rule.scope {
-                RuleScope::Rate { per_mille, rng } => {
-                    let hit = rng.gen_range(0..1000) < *per_mille;
-                    if hit && chosen.is_none() {
-                        chosen = Some(rule.fault.clone());
-                    }
-                }
-                RuleScope::Next {
-                    op: only,
-                    remaining,
-                } => {
-                    if chosen.is_none()
-                        && *remaining > 0
-                        && only.as_deref().is_none_or(|only| only == op)
-                    {
-                        *remaining -= 1;
-                        chosen = Some(rule.fault.clone());
-                    }
-                }
-            }
-        }
-        self.rules
-            .retain(|rule| !matches!(rule.scope, RuleScope::Next { remaining: 0, .. }));
-        chosen
-    }
-
     /// Removes a service, stopping its process and deleting its volumes.
     fn remove_service(&mut self, id: &str) {
         if let Some(at) = self.services.iter().position(|s| s.id == id) {
@@ -420,14 +299,6 @@ fn kill(pid: u32) {
     }
 }
 
-fn now() -> String {
-    chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
-}
-
-fn new_id() -> String {
-    uuid::Uuid::new_v4().to_string()
-}
-
 /// A loopback port that was free a moment ago (the stub binds it later; a clash shows up as a
 /// crashed deployment, as a port clash would).
 fn free_port() -> Result<u16, String> {
@@ -441,6 +312,7 @@ struct Inner {
     config: FakeConfig,
     agent_bin: PathBuf,
     world: Mutex<World>,
+    faults: Faults,
 }
 
 impl Inner {
@@ -448,21 +320,48 @@ impl Inner {
     fn world(&self) -> MutexGuard<'_, World> {
         self.world.lock().unwrap_or_else(|e| e.into_inner())
     }
+}
+
+impl Fake for Inner {
+    fn faults(&self) -> &Faults {
+        &self.faults
+    }
 
     fn authorized(&self, headers: &HeaderMap) -> bool {
-        headers
-            .get(header::AUTHORIZATION)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.strip_prefix("Bearer "))
-            .is_some_and(|token| self.config.tokens.iter().any(|t| t == token))
+        bearer_in(headers, &self.config.tokens)
+    }
+
+    /// Railway's shape for errors sent with an HTTP error status (401, 429).
+    fn error(&self, status: StatusCode, message: &str) -> Response {
+        (status, Json(json!({"errors": [{"message": message}]}))).into_response()
+    }
+
+    fn state(&self) -> Value {
+        let world = self.world();
+        json!({
+            "projects": world.projects.iter().map(project_view).collect::<Vec<_>>(),
+            "services": world.services.iter().map(Service::view).collect::<Vec<_>>(),
+            "volumes": world.volumes.iter().map(volume_view).collect::<Vec<_>>(),
+        })
+    }
+
+    fn rate_limit_message(&self, op: &str) -> Response {
+        graphql_error(if op == "volumeCreate" {
+            "You are creating volumes too quickly"
+        } else {
+            "Rate limit exceeded"
+        })
+    }
+
+    fn internal_error(&self) -> Response {
+        graphql_error("Internal error")
     }
 }
 
 /// A running fake; every stub process it started is killed when it is dropped.
 pub struct RailwayFake {
     inner: Arc<Inner>,
-    addr: SocketAddr,
-    server: tokio::task::JoinHandle<()>,
+    server: Server,
 }
 
 impl RailwayFake {
@@ -484,42 +383,29 @@ impl RailwayFake {
                 name: "production".into(),
             }],
         });
-        let listener = tokio::net::TcpListener::bind(("127.0.0.1", config.port))
-            .await
-            .expect("bind the railway fake");
-        let addr = listener.local_addr().expect("fake address");
+        let port = config.port;
         let inner = Arc::new(Inner {
             config,
             agent_bin,
             world: Mutex::new(world),
+            faults: Faults::default(),
         });
         let app = Router::new()
             .route("/graphql/v2", post(graphql_route))
-            .route(
-                "/_fake/faults",
-                post(inject_route).delete(clear_faults_route),
-            )
-            .route("/_fake/stats", get(stats_route))
-            .route("/_fake/state", get(state_route))
+            .merge(control_routes())
             .with_state(inner.clone());
-        let server = tokio::spawn(async move {
-            let _ = axum::serve(listener, app).await;
-        });
-        Self {
-            inner,
-            addr,
-            server,
-        }
+        let server = Server::start("railway", port, app).await;
+        Self { inner, server }
     }
 
     /// The GraphQL endpoint.
     pub fn url(&self) -> String {
-        format!("http://{}/graphql/v2", self.addr)
+        format!("{}/graphql/v2", self.server.base_url())
     }
 
     /// `http://127.0.0.1:PORT`, for the `/_fake/...` control routes.
     pub fn base_url(&self) -> String {
-        format!("http://{}", self.addr)
+        self.server.base_url()
     }
 
     pub fn shared_ids(&self) -> SharedIds {
@@ -532,15 +418,15 @@ impl RailwayFake {
     }
 
     pub fn inject(&self, fault: Fault, scope: Scope) {
-        inject(&self.inner, fault, scope);
+        self.inner.faults.inject(fault, scope);
     }
 
     pub fn clear_faults(&self) {
-        self.inner.world().rules.clear();
+        self.inner.faults.clear();
     }
 
     pub fn stats(&self) -> FakeStats {
-        self.inner.world().stats.clone()
+        self.inner.faults.stats()
     }
 
     /// Every live service, oldest first.
@@ -657,7 +543,8 @@ impl RailwayFake {
 
 impl Drop for RailwayFake {
     fn drop(&mut self) {
-        self.server.abort();
+        // First, so no request deploys anything after the kills below.
+        self.server.stop();
         let mut world = self.inner.world();
         for service in &mut world.services {
             for deployment in &mut service.deployments {
@@ -699,20 +586,6 @@ fn volume_view(v: &Volume) -> VolumeView {
     }
 }
 
-fn inject(inner: &Inner, fault: Fault, scope: Scope) {
-    let scope = match scope {
-        Scope::Next { op, count } => RuleScope::Next {
-            op,
-            remaining: count,
-        },
-        Scope::Rate { per_mille, seed } => RuleScope::Rate {
-            per_mille,
-            rng: Box::new(StdRng::seed_from_u64(seed)),
-        },
-    };
-    inner.world().rules.push(Rule { fault, scope });
-}
-
 // ---------------------------------------------------------------------------------------------
 // HTTP
 
@@ -725,33 +598,12 @@ fn graphql_error(message: &str) -> Response {
     (StatusCode::OK, Json(errors_body(message))).into_response()
 }
 
-/// A response hyper cannot send: its body fails before the first byte, so hyper aborts the
-/// connection and the client sees it closed with no reply.
-fn dropped_connection() -> Response {
-    let body = futures::stream::once(async {
-        Err::<Bytes, std::io::Error>(std::io::Error::new(
-            std::io::ErrorKind::ConnectionAborted,
-            "injected fault: connection dropped",
-        ))
-    });
-    Response::new(Body::from_stream(body))
-}
-
 async fn graphql_route(
     State(inner): State<Arc<Inner>>,
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
-    // Detached, so a client that hangs up (a timeout, say) does not cancel an operation halfway
-    // through its delay: a real server finishes what it started.
-    match tokio::spawn(handle(inner, headers, body)).await {
-        Ok(response) => response,
-        Err(_) => (
-            StatusCode::INTERNAL_SERVER_ERROR,
-            Json(errors_body("fake: handler panicked")),
-        )
-            .into_response(),
-    }
+    detached(handle(inner, headers, body)).await
 }
 
 /// A request as read: its root field, arguments resolved, and the whole document for nested
@@ -788,112 +640,29 @@ fn parse_request(body: &[u8]) -> Result<Request, String> {
 
 async fn handle(inner: Arc<Inner>, headers: HeaderMap, body: Bytes) -> Response {
     if !inner.authorized(&headers) {
-        inner.world().stats.unauthorized += 1;
-        return (
-            StatusCode::UNAUTHORIZED,
-            Json(json!({"errors": [{"message": "Not Authorized"}]})),
-        )
-            .into_response();
+        inner.faults.unauthorized();
+        return inner.error(StatusCode::UNAUTHORIZED, "Not Authorized");
     }
     let request = match parse_request(&body) {
         Ok(request) => request,
         Err(message) => {
-            *inner
-                .world()
-                .stats
-                .requests
-                .entry("<invalid>".into())
-                .or_default() += 1;
+            inner.faults.count("<invalid>");
             return (StatusCode::BAD_REQUEST, Json(errors_body(&message))).into_response();
         }
     };
     let op = request.root.name.clone();
-    let fault = {
-        let mut world = inner.world();
-        *world.stats.requests.entry(op.clone()).or_default() += 1;
-        let fault = world.pick_fault(&op);
-        if let Some(fault) = &fault {
-            *world.stats.faults.entry(fault.kind().into()).or_default() += 1;
+    let fault = inner.faults.admit(&op);
+    apply(&*inner, fault, &op, async {
+        match execute(&inner, &request) {
+            Ok(value) => {
+                let mut data = Map::new();
+                data.insert(request.root.response_key().to_string(), value);
+                Json(json!({"data": data})).into_response()
+            }
+            Err(message) => graphql_error(&message),
         }
-        fault
-    };
-    match fault {
-        None => {}
-        Some(Fault::ServerError) => {
-            return (
-                StatusCode::SERVICE_UNAVAILABLE,
-                [(header::CONTENT_TYPE, "text/html")],
-                "<html><body><h1>503 Service Temporarily Unavailable</h1></body></html>",
-            )
-                .into_response()
-        }
-        Some(Fault::RateLimited { retry_after_secs }) => {
-            return (
-                StatusCode::TOO_MANY_REQUESTS,
-                [(header::RETRY_AFTER, retry_after_secs.to_string())],
-                Json(json!({"errors": [{"message": "Rate limit exceeded"}]})),
-            )
-                .into_response()
-        }
-        Some(Fault::RateLimitMessage) => {
-            return graphql_error(if op == "volumeCreate" {
-                "You are creating volumes too quickly"
-            } else {
-                "Rate limit exceeded"
-            })
-        }
-        Some(Fault::GraphqlError) => return graphql_error("Internal error"),
-        Some(Fault::Slow { ms }) => tokio::time::sleep(Duration::from_millis(ms)).await,
-        Some(Fault::Drop) => return dropped_connection(),
-        Some(Fault::LostReply) => {
-            let _ = execute(&inner, &request);
-            return dropped_connection();
-        }
-    }
-    match execute(&inner, &request) {
-        Ok(value) => {
-            let mut data = Map::new();
-            data.insert(request.root.response_key().to_string(), value);
-            Json(json!({"data": data})).into_response()
-        }
-        Err(message) => graphql_error(&message),
-    }
-}
-
-async fn inject_route(
-    State(inner): State<Arc<Inner>>,
-    body: Result<Json<FaultRequest>, axum::extract::rejection::JsonRejection>,
-) -> Response {
-    match body {
-        Ok(Json(request)) => {
-            inject(&inner, request.fault, request.scope);
-            Json(json!({"ok": true})).into_response()
-        }
-        Err(e) => (
-            StatusCode::BAD_REQUEST,
-            Json(json!({"ok": false, "error": e.body_text()})),
-        )
-            .into_response(),
-    }
-}
-
-async fn clear_faults_route(State(inner): State<Arc<Inner>>) -> Response {
-    inner.world().rules.clear();
-    Json(json!({"ok": true})).into_response()
-}
-
-async fn stats_route(State(inner): State<Arc<Inner>>) -> Response {
-    Json(inner.world().stats.clone()).into_response()
-}
-
-async fn state_route(State(inner): State<Arc<Inner>>) -> Response {
-    let world = inner.world();
-    Json(json!({
-        "projects": world.projects.iter().map(project_view).collect::<Vec<_>>(),
-        "services": world.services.iter().map(Service::view).collect::<Vec<_>>(),
-        "volumes": world.volumes.iter().map(volume_view).collect::<Vec<_>>(),
-    }))
-    .into_response()
+    })
+    .await
 }
 
 // ---------------------------------------------------------------------------------------------
