@@ -63,8 +63,8 @@ impl Telnyx {
             .await
     }
 
-    /// Orders a free number; returns its id and number.
-    async fn order(&self) -> Result<(String, String)> {
+    /// Orders a free number; returns it (`+1…`).
+    async fn order(&self) -> Result<String> {
         for _ in 0..ORDER_TRIES {
             let found = self
                 .call(
@@ -85,9 +85,7 @@ impl Telnyx {
                 .flatten()
                 .filter_map(|n| n["phone_number"].as_str())
                 .collect();
-            let Some(number) = numbers
-                .choose(&mut rand::thread_rng())
-                .map(|n| n.to_string())
+            let Some(number) = numbers.choose(&mut rand::thread_rng()).map(|n| n.to_string())
             else {
                 return Err(Error::outbound(SERVICE, "telnyx", Failure::NotFound));
             };
@@ -105,22 +103,42 @@ impl Telnyx {
                 )
                 .await;
             match ordered {
-                Ok(reply) => {
-                    let first = &reply["data"]["phone_numbers"][0];
-                    return match (first["id"].as_str(), first["phone_number"].as_str()) {
-                        (Some(id), Some(number)) => Ok((id.to_string(), number.to_string())),
-                        _ => Err(Error::outbound(SERVICE, "telnyx", Failure::BadReply)),
-                    };
-                }
+                Ok(_) => return Ok(number),
                 // Someone else took it between the search and the order: search again.
                 Err(Failure::Status(409 | 422)) => continue,
+                // The order may have gone through: if the number is ours now, keep it.
+                Err(Failure::TimedOut | Failure::Connection | Failure::Status(500..=599)) => {
+                    if self.owned_id(&number).await?.is_some() {
+                        return Ok(number);
+                    }
+                }
                 Err(failure) => return Err(Error::outbound(SERVICE, "telnyx", failure)),
             }
         }
         Err(Error::outbound(SERVICE, "telnyx", Failure::Status(422)))
     }
 
-    async fn tag(&self, id: &str, tags: Value) -> std::result::Result<(), Failure> {
+    /// The id of `number` if this account owns it.
+    async fn owned_id(&self, number: &str) -> Result<Option<String>> {
+        let reply = self
+            .call(
+                "telnyx",
+                Replay::Safe,
+                reqwest::Method::GET,
+                format!(
+                    "{}/phone_numbers?filter[phone_number]={}",
+                    self.api,
+                    number.replace('+', "%2B")
+                ),
+                None,
+            )
+            .await
+            .map_err(|f| Error::outbound(SERVICE, "telnyx", f))?;
+        Ok(reply["data"][0]["id"].as_str().map(str::to_string))
+    }
+
+    /// Tags a number (by its id, or `+1…`) and returns its id.
+    async fn tag(&self, number: &str, tags: Value) -> std::result::Result<String, Failure> {
         let deadline = tokio::time::Instant::now() + TAG_PATIENCE;
         loop {
             let tagged = self
@@ -128,7 +146,7 @@ impl Telnyx {
                     "telnyx-tag",
                     Replay::Safe,
                     reqwest::Method::PATCH,
-                    format!("{}/phone_numbers/{id}", self.api),
+                    format!("{}/phone_numbers/{}", self.api, number.replace('+', "%2B")),
                     Some(json!({"tags": tags})),
                 )
                 .await;
@@ -137,7 +155,13 @@ impl Telnyx {
                 Err(Failure::NotFound) if tokio::time::Instant::now() < deadline => {
                     tokio::time::sleep(Duration::from_millis(250)).await;
                 }
-                other => return other.map(drop),
+                Err(failure) => return Err(failure),
+                Ok(reply) => {
+                    return reply["data"]["id"]
+                        .as_str()
+                        .map(str::to_string)
+                        .ok_or(Failure::BadReply)
+                }
             }
         }
     }
@@ -154,12 +178,17 @@ impl Tool for Telnyx {
     }
 
     async fn create(&self, target: Target<'_>) -> Result<Provisioned> {
-        let (id, number) = self.order().await?;
-        if let Err(failure) = self.tag(&id, json!([target.name])).await {
-            // Untagged, the orphan pass could not find it: release it now.
-            let _ = self.destroy(&id).await;
-            return Err(Error::outbound(SERVICE, "telnyx-tag", failure));
-        }
+        let number = self.order().await?;
+        let id = match self.tag(&number, json!([target.name])).await {
+            Ok(id) => id,
+            Err(failure) => {
+                // Untagged, the orphan pass could not find it: release it now.
+                if let Ok(Some(id)) = self.owned_id(&number).await {
+                    let _ = self.destroy(&id).await;
+                }
+                return Err(Error::outbound(SERVICE, "telnyx-tag", failure));
+            }
+        };
         let mut env = vec![
             ("TELNYX_PHONE_NUMBER".into(), number.clone()),
             ("TELNYX_API_KEY".into(), self.key.expose().to_string()),
@@ -177,6 +206,7 @@ impl Tool for Telnyx {
     async fn update(&self, resource_id: &str, config: &Value) -> Result<()> {
         self.tag(resource_id, config["tags"].clone())
             .await
+            .map(drop)
             .map_err(|f| Error::outbound(SERVICE, "telnyx-tag", f))
     }
 

@@ -1,0 +1,271 @@
+//! Tools against their stateful fakes: provisioned before the compute resource, recorded at once,
+//! rolled back when a later step fails, destroyed with the instance, and found as orphans when no
+//! row owns them.
+
+use agentpool_core::domain::InstanceStatus::*;
+use agentpool_core::tick::Mode;
+use agentpool_tests::fakes::{
+    AgentMailConfig, AgentMailFake, Fault, OpenRouterConfig, OpenRouterFake, Scope, TelnyxConfig,
+    TelnyxFake,
+};
+use agentpool_tests::TestPool;
+use reqwest::StatusCode;
+use serde_json::{json, Value};
+
+struct Tools {
+    openrouter: OpenRouterFake,
+    agentmail: AgentMailFake,
+    telnyx: TelnyxFake,
+}
+
+impl Tools {
+    async fn start(telnyx: TelnyxConfig) -> Self {
+        Self {
+            openrouter: OpenRouterFake::start(OpenRouterConfig::default()).await,
+            agentmail: AgentMailFake::start(AgentMailConfig::default()).await,
+            telnyx: TelnyxFake::start(telnyx).await,
+        }
+    }
+
+    fn settings(&self) -> Vec<(String, String)> {
+        [
+            ("OPENROUTER_API_URL", self.openrouter.url()),
+            (
+                "OPENROUTER_MANAGEMENT_KEY",
+                self.openrouter.management_key().to_string(),
+            ),
+            ("OPENROUTER_KEY_LIMIT", "20".into()),
+            ("AGENTMAIL_API_URL", self.agentmail.url()),
+            ("AGENTMAIL_API_KEY", self.agentmail.api_key().to_string()),
+            ("AGENTMAIL_DOMAIN", self.agentmail.domain().to_string()),
+            ("TELNYX_API_URL", self.telnyx.url()),
+            ("TELNYX_API_KEY", self.telnyx.api_key().to_string()),
+            (
+                "TELNYX_MESSAGING_PROFILE_ID",
+                self.telnyx.messaging_profile_id().to_string(),
+            ),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_string(), v))
+        .collect()
+    }
+
+    fn secrets(&self) -> Vec<String> {
+        let mut secrets = vec![
+            self.openrouter.management_key().to_string(),
+            self.agentmail.api_key().to_string(),
+            self.telnyx.api_key().to_string(),
+        ];
+        secrets.extend(self.openrouter.keys().into_iter().map(|k| k.key));
+        secrets
+    }
+
+    /// What the fakes still hold for instances named with `prefix`.
+    fn left(&self, prefix: &str) -> (usize, usize, usize) {
+        (
+            self.openrouter
+                .keys()
+                .iter()
+                .filter(|k| k.name.starts_with(prefix))
+                .count(),
+            self.agentmail
+                .inboxes()
+                .iter()
+                .filter(|i| i.inbox_id.starts_with(prefix))
+                .count(),
+            self.telnyx
+                .numbers()
+                .iter()
+                .filter(|n| n.tags.iter().any(|t| t.starts_with(prefix)))
+                .count(),
+        )
+    }
+}
+
+async fn pool(tools: &Tools, extra: &[(&str, &str)]) -> TestPool {
+    let settings = tools.settings();
+    let mut overrides: Vec<(&str, &str)> = settings
+        .iter()
+        .map(|(k, v)| (k.as_str(), v.as_str()))
+        .collect();
+    overrides.push(("POOL_MIN_IDLE", "0"));
+    overrides.extend_from_slice(extra);
+    TestPool::with(&overrides, &[]).await
+}
+
+async fn services_of(t: &TestPool, id: &str) -> Vec<String> {
+    sqlx::query_scalar("SELECT tool_id FROM instance_services WHERE instance_id = $1 ORDER BY tool_id")
+        .bind(id)
+        .fetch_all(&t.pool.db)
+        .await
+        .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tools_are_provisioned_recorded_and_destroyed_with_their_instance() {
+    let tools = Tools::start(TelnyxConfig::default()).await;
+    let t = pool(&tools, &[]).await;
+    let prefix = t.pool.settings.pool_name_prefix.clone();
+    let (status, body) = t.post("/api/pool/replenish", json!({"count": 2})).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(body["created"].as_array().unwrap().len(), 2, "{body}");
+    assert_eq!(tools.left(&prefix), (2, 2, 2));
+    for id in t.ids(Starting).await {
+        assert_eq!(services_of(&t, &id).await, vec!["email", "openrouter", "sms", "wallet"]);
+        let key = tools
+            .openrouter
+            .keys()
+            .into_iter()
+            .find(|k| k.name == t.name_of(&id))
+            .unwrap();
+        assert_eq!(key.limit, Some(20.0));
+    }
+    t.fill(2).await;
+    let (status, claimed) = t.claim("tooled").await;
+    assert_eq!(status, StatusCode::OK, "{claimed}");
+
+    // Nothing secret in what the API shows.
+    let (_, listing) = t.get("/api/pool/status").await;
+    let (_, public) = t.get_public("/api/pool/agents").await;
+    let (_, info) = t.get_public("/api/pool/info").await;
+    for text in [listing.to_string(), public.to_string(), info.to_string()] {
+        for secret in tools.secrets() {
+            assert!(!text.contains(&secret), "a secret in a reply: {text}");
+        }
+    }
+
+    let (status, _) = t.post("/api/pool/drain", json!({"count": 10})).await;
+    assert_eq!(status, StatusCode::OK);
+    let id = claimed["instanceId"].as_str().unwrap();
+    let (status, _) = t.delete(&format!("/api/pool/instances/{id}")).await;
+    assert_eq!(status, StatusCode::ACCEPTED);
+    let report = t.tick().await;
+    assert_eq!(report.destroyed.len(), 2, "{report:?}");
+    assert_eq!(tools.left(&prefix), (0, 0, 0));
+    let reasons: Vec<String> = sqlx::query_scalar(
+        "SELECT reason FROM instance_events WHERE instance_id = $1 AND reason LIKE '% destroyed'",
+    )
+    .bind(id)
+    .fetch_all(&t.pool.db)
+    .await
+    .unwrap();
+    assert!(reasons.contains(&"openrouter destroyed".to_string()), "{reasons:?}");
+    let left: i64 = sqlx::query_scalar("SELECT count(*) FROM instance_services")
+        .fetch_one(&t.pool.db)
+        .await
+        .unwrap();
+    assert_eq!(left, 0);
+}
+
+/// The SSE stream's events, once it completes.
+async fn stream(t: &TestPool, count: u32) -> Vec<Value> {
+    let text = t
+        .http
+        .get(t.url(&format!("/api/pool/replenish/stream?count={count}")))
+        .bearer_auth(&t.key)
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    text.lines()
+        .filter_map(|line| line.strip_prefix("data:"))
+        .map(|data| serde_json::from_str(data.trim()).unwrap())
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_stream_reports_skipped_and_failed_steps_and_rolls_back() {
+    // No number for sale: Telnyx fails. Bankr is not configured: skipped.
+    let tools = Tools::start(TelnyxConfig {
+        available: 0,
+        ..TelnyxConfig::default()
+    })
+    .await;
+    let t = pool(&tools, &[]).await;
+    let prefix = t.pool.settings.pool_name_prefix.clone();
+    let events = stream(&t, 2).await;
+    for n in [1, 2] {
+        let steps: Vec<(String, String)> = events
+            .iter()
+            .filter(|e| e["type"] == "step" && e["instanceNum"] == n)
+            .map(|e| {
+                (
+                    e["step"].as_str().unwrap().to_string(),
+                    e["status"].as_str().unwrap().to_string(),
+                )
+            })
+            .collect();
+        let expected: Vec<(String, String)> = [
+            ("bankr", "skip"),
+            ("openrouter", "active"),
+            ("openrouter", "ok"),
+            ("agentmail", "active"),
+            ("agentmail", "ok"),
+            ("telnyx", "active"),
+            ("telnyx", "fail"),
+        ]
+        .into_iter()
+        .map(|(a, b)| (a.to_string(), b.to_string()))
+        .collect();
+        assert_eq!(steps, expected, "instance {n}: {events:?}");
+    }
+    assert!(events.iter().all(|e| e["type"] != "instance"), "{events:?}");
+    let complete = events.last().unwrap();
+    assert_eq!((complete["type"].as_str(), complete["created"].as_u64(), complete["failed"].as_u64()), (Some("complete"), Some(0), Some(2)));
+    // What the earlier steps made was destroyed at once.
+    assert_eq!(tools.left(&prefix), (0, 0, 0));
+    t.tick().await;
+    assert_eq!(t.count(Destroying).await + t.count(Starting).await, 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lost_openrouter_reply_leaves_no_stray_key() {
+    let tools = Tools::start(TelnyxConfig::default()).await;
+    tools.openrouter.inject(
+        Fault::LostReply,
+        Scope::Next {
+            op: Some("POST /api/v1/keys".into()),
+            count: 1,
+        },
+    );
+    let t = pool(&tools, &[]).await;
+    let prefix = t.pool.settings.pool_name_prefix.clone();
+    let (status, body) = t.post("/api/pool/replenish", json!({"count": 1})).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(body["created"].as_array().unwrap().len(), 1, "{body}");
+    assert_eq!(tools.openrouter.stats().faults_of("LostReply"), 1);
+    // The key whose secret was lost is gone; the one recorded is the one that exists.
+    let keys = tools.openrouter.keys();
+    assert_eq!(keys.len(), 1, "{keys:?}");
+    let recorded: String = sqlx::query_scalar(
+        "SELECT resource_id FROM instance_services WHERE tool_id = 'openrouter'",
+    )
+    .fetch_one(&t.pool.db)
+    .await
+    .unwrap();
+    assert_eq!(keys[0].hash, recorded);
+    assert_eq!(tools.left(&prefix), (1, 1, 1));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tool_resources_no_row_owns_are_deleted_by_the_tick() {
+    let tools = Tools::start(TelnyxConfig::default()).await;
+    let t = pool(&tools, &[]).await;
+    let prefix = t.pool.settings.pool_name_prefix.clone();
+    let (status, _) = t.post("/api/pool/replenish", json!({"count": 1})).await;
+    assert_eq!(status, StatusCode::OK);
+    let ghost = format!("{prefix}ghost0000001");
+    tools.openrouter.create_key_behind_our_back(&ghost);
+    tools.agentmail.create_inbox_behind_our_back(&ghost);
+    tools.telnyx.order_behind_our_back(&[&ghost]);
+    // Someone else's resources, without our prefix, are none of our business.
+    tools.openrouter.create_key_behind_our_back("someone-elses-key");
+    assert_eq!(tools.left(&prefix), (2, 2, 2));
+
+    let report = t.tick_with(Mode::Reconcile).await;
+    assert_eq!(report.tool_orphans_deleted.len(), 3, "{report:?}");
+    assert_eq!(tools.left(&prefix), (1, 1, 1), "the instance's own stay");
+    assert_eq!(tools.openrouter.keys().len(), 2);
+}
