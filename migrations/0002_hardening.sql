@@ -1,11 +1,13 @@
 -- Health judged over time, absence believed slowly, claims made idempotent.
 
--- When the tick last asked this runtime (answered or not): the oldest are asked first, so a tick
--- cut short by its budget does not starve the tail of the fleet.
+-- When a tick cut short by its budget last asked this runtime: the oldest (and never asked) are
+-- asked first, so the tail of the fleet is not starved. Written only by ticks cut short: a tick
+-- that asks everyone has no order to keep.
 ALTER TABLE instances ADD COLUMN last_checked_at TIMESTAMPTZ;
--- When the runtime last answered ready. A run of failed checks only counts once this is older
--- than HEALTH_GRACE_MS: ticks kicked by claims come fast, time does not.
-ALTER TABLE instances ADD COLUMN last_healthy_at TIMESTAMPTZ;
+-- When the current run of failed checks began (NULL while the runtime answers well). The run
+-- condemns an instance only once it has lasted HEALTH_GRACE_MS: ticks kicked by claims come fast,
+-- time does not. A healthy fleet writes nothing here, tick after tick.
+ALTER TABLE instances ADD COLUMN failing_since TIMESTAMPTZ;
 -- When a provider listing first lacked this instance's resource. Only a second listing at least
 -- HEALTH_GRACE_MS later makes the resource gone; a failed listing says nothing either way.
 ALTER TABLE instances ADD COLUMN absent_since TIMESTAMPTZ;

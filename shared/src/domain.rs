@@ -151,7 +151,7 @@ pub struct Instance {
     pub created_at: DateTime<Utc>,
     pub claimed_at: Option<DateTime<Utc>>,
     pub last_checked_at: Option<DateTime<Utc>>,
-    pub last_healthy_at: Option<DateTime<Utc>>,
+    pub failing_since: Option<DateTime<Utc>>,
     pub absent_since: Option<DateTime<Utc>>,
 }
 
@@ -159,7 +159,7 @@ pub struct Instance {
 pub const INSTANCE_COLUMNS: &str =
     "id, name, url, status, status_since, agent_name, instructions, \
      join_url, conversation_id, invite_url, template_id, health_failures, destroy_attempts, \
-     next_attempt_at, last_error, created_at, claimed_at, last_checked_at, last_healthy_at, \
+     next_attempt_at, last_error, created_at, claimed_at, last_checked_at, failing_since, \
      absent_since";
 
 /// What a runtime's `GET /pool/health` said.

@@ -67,7 +67,7 @@ pub async fn transition(
          t AS (
            UPDATE instances i
               SET status = $5, status_since = now(), health_failures = 0, claim_token = NULL,
-                  absent_since = NULL,
+                  absent_since = NULL, failing_since = NULL,
                   next_attempt_at = CASE WHEN $5 = 'destroying' THEN now() END
              FROM v
             WHERE i.id = v.id AND i.status = $4 AND i.status_since = v.since

@@ -94,11 +94,13 @@ async fn pool(tools: &Tools, extra: &[(&str, &str)]) -> TestPool {
 }
 
 async fn services_of(t: &TestPool, id: &str) -> Vec<String> {
-    sqlx::query_scalar("SELECT tool_id FROM instance_services WHERE instance_id = $1 ORDER BY tool_id")
-        .bind(id)
-        .fetch_all(&t.pool.db)
-        .await
-        .unwrap()
+    sqlx::query_scalar(
+        "SELECT tool_id FROM instance_services WHERE instance_id = $1 ORDER BY tool_id",
+    )
+    .bind(id)
+    .fetch_all(&t.pool.db)
+    .await
+    .unwrap()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -111,7 +113,10 @@ async fn tools_are_provisioned_recorded_and_destroyed_with_their_instance() {
     assert_eq!(body["created"].as_array().unwrap().len(), 2, "{body}");
     assert_eq!(tools.left(&prefix), (2, 2, 2));
     for id in t.ids(Starting).await {
-        assert_eq!(services_of(&t, &id).await, vec!["email", "openrouter", "sms", "wallet"]);
+        assert_eq!(
+            services_of(&t, &id).await,
+            vec!["email", "openrouter", "sms", "wallet"]
+        );
         let key = tools
             .openrouter
             .keys()
@@ -149,7 +154,10 @@ async fn tools_are_provisioned_recorded_and_destroyed_with_their_instance() {
     .fetch_all(&t.pool.db)
     .await
     .unwrap();
-    assert!(reasons.contains(&"openrouter destroyed".to_string()), "{reasons:?}");
+    assert!(
+        reasons.contains(&"openrouter destroyed".to_string()),
+        "{reasons:?}"
+    );
     let left: i64 = sqlx::query_scalar("SELECT count(*) FROM instance_services")
         .fetch_one(&t.pool.db)
         .await
@@ -213,7 +221,14 @@ async fn the_stream_reports_skipped_and_failed_steps_and_rolls_back() {
     }
     assert!(events.iter().all(|e| e["type"] != "instance"), "{events:?}");
     let complete = events.last().unwrap();
-    assert_eq!((complete["type"].as_str(), complete["created"].as_u64(), complete["failed"].as_u64()), (Some("complete"), Some(0), Some(2)));
+    assert_eq!(
+        (
+            complete["type"].as_str(),
+            complete["created"].as_u64(),
+            complete["failed"].as_u64()
+        ),
+        (Some("complete"), Some(0), Some(2))
+    );
     // What the earlier steps made was destroyed at once.
     assert_eq!(tools.left(&prefix), (0, 0, 0));
     t.tick().await;
@@ -261,7 +276,9 @@ async fn tool_resources_no_row_owns_are_deleted_by_the_tick() {
     tools.agentmail.create_inbox_behind_our_back(&ghost);
     tools.telnyx.order_behind_our_back(&[&ghost]);
     // Someone else's resources, without our prefix, are none of our business.
-    tools.openrouter.create_key_behind_our_back("someone-elses-key");
+    tools
+        .openrouter
+        .create_key_behind_our_back("someone-elses-key");
     assert_eq!(tools.left(&prefix), (2, 2, 2));
 
     let report = t.tick_with(Mode::Reconcile).await;

@@ -225,7 +225,7 @@ async fn provision_taken(
               SET status = 'claimed', claim_token = NULL, status_since = now(), claimed_at = now(),
                   agent_name = $3, instructions = $4, join_url = $5,
                   conversation_id = $6, invite_url = $7, health_failures = 0,
-                  last_healthy_at = now()
+                  failing_since = NULL
             WHERE id = $1 AND claim_token = $2 AND status = 'claiming'
               AND ($8::text IS NULL OR EXISTS (SELECT 1 FROM k))
            RETURNING id

@@ -99,7 +99,8 @@ async fn record_observations(
             "UPDATE instances i
                 SET last_checked_at = $5,
                     health_failures = CASE WHEN v.healthy THEN 0 ELSE i.health_failures + 1 END,
-                    last_healthy_at = CASE WHEN v.healthy THEN $5 ELSE i.last_healthy_at END
+                    failing_since = CASE WHEN v.healthy THEN NULL
+                                         ELSE coalesce(i.failing_since, $5) END
                FROM unnest($1::text[], $2::text[], $3::timestamptz[], $4::bool[])
                     AS v(id, status, since, healthy)
               WHERE i.id = v.id AND i.status = v.status AND i.status_since = v.since",

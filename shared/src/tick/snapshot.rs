@@ -44,6 +44,8 @@ pub struct Snapshot {
     /// Answers of the runtimes asked this tick, by instance id. A runtime not asked (budget, or not
     /// due) is not in here, which is not a failure.
     pub health: HashMap<String, Health>,
+    /// The budget ended the health checks before every runtime due was asked.
+    pub health_cut_short: bool,
     /// Tool resources of ours, listed before the rows were read (tools whose listing failed are
     /// left out: nothing of theirs is an orphan then).
     pub tool_resources: Vec<ToolResource>,
@@ -99,9 +101,11 @@ pub async fn take(
     // A check is started only if it can end within the budget: it may take HEALTH_TIMEOUT_MS.
     let window = gate.closing_early(pool.settings.health_timeout());
     let health = check_health(pool, targets, &window).await;
+    let mut health_cut_short = false;
     if health.len() < due {
         if let Err(why) = window.peek() {
             report.cut(why);
+            health_cut_short = true;
         }
     }
     Ok(Snapshot {
@@ -109,6 +113,7 @@ pub async fn take(
         rows,
         resources,
         health,
+        health_cut_short,
         tool_resources,
         recorded,
     })

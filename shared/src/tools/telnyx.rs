@@ -85,7 +85,9 @@ impl Telnyx {
                 .flatten()
                 .filter_map(|n| n["phone_number"].as_str())
                 .collect();
-            let Some(number) = numbers.choose(&mut rand::thread_rng()).map(|n| n.to_string())
+            let Some(number) = numbers
+                .choose(&mut rand::thread_rng())
+                .map(|n| n.to_string())
             else {
                 return Err(Error::outbound(SERVICE, "telnyx", Failure::NotFound));
             };

@@ -14,7 +14,8 @@ use crate::tick::snapshot::{Row, Snapshot};
 use super::Rules;
 
 /// A health answer to record: counts are updated relative to the row as it is then, and only if
-/// it is still in the state the check was made in.
+/// it is still in the state the check was made in. Only answers that change something are
+/// recorded (a failure, a recovery), and every answer of a tick cut short (to keep the order).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Observation {
     pub id: String,
@@ -75,16 +76,17 @@ pub fn dead(row: &Row, snapshot: &Snapshot, rules: &Rules) -> Option<String> {
         return None;
     }
     let failures = instance.health_failures + 1;
-    // A runtime is given the grace period from the later of its last good answer and its arrival
-    // in this state (a claim is a fresh start).
-    let last_good = instance
-        .last_healthy_at
-        .map_or(instance.status_since, |at| at.max(instance.status_since));
+    // The run of failures began with the first of them (this one, if it is the first), and no
+    // earlier than the instance's arrival in this state (a claim is a fresh start).
+    let began = instance
+        .failing_since
+        .unwrap_or(snapshot.now)
+        .max(instance.status_since);
     let lasting = failures >= rules.health_failure_threshold as i32
-        && !younger_than(last_good, snapshot.now, rules);
+        && !younger_than(began, snapshot.now, rules);
     lasting.then(|| {
-        let quiet = (snapshot.now - last_good).num_seconds();
-        format!("no good health check for {quiet} s ({failures} failed in a row)")
+        let quiet = (snapshot.now - began).num_seconds();
+        format!("failing health checks for {quiet} s ({failures} in a row)")
     })
 }
 
@@ -105,6 +107,10 @@ pub fn observations(snapshot: &Snapshot) -> Vec<Observation> {
         .iter()
         .filter_map(|row| {
             let health = snapshot.health.get(&row.instance.id)?;
+            let changes = !health.is_ready() || row.instance.health_failures > 0;
+            if !changes && !snapshot.health_cut_short {
+                return None;
+            }
             Some(Observation {
                 id: row.instance.id.clone(),
                 status: row.instance.status,
@@ -161,7 +167,7 @@ mod tests {
 
     #[test]
     fn failures_in_quick_succession_are_not_a_death() {
-        // Two failed checks in a row, but the last good one was 10 s ago: kicked ticks, not time.
+        // Six failed checks in a row, but the first was 10 s ago: kicked ticks, not time.
         let fixture = Fixture::new()
             .row(
                 "a",
@@ -172,7 +178,7 @@ mod tests {
             )
             .failures("a", 5)
             .edit("a", |r| {
-                r.instance.last_healthy_at = Some(ago(Duration::from_secs(10)))
+                r.instance.failing_since = Some(ago(Duration::from_secs(10)))
             });
         assert_eq!(facts(&fixture, "a").1, None);
     }
@@ -182,7 +188,7 @@ mod tests {
         let fixture = Fixture::new()
             .row("a", Idle, MIN * 5, Some(Running), Some(Health::NotReady))
             .failures("a", 1)
-            .edit("a", |r| r.instance.last_healthy_at = Some(ago(MIN * 2)));
+            .edit("a", |r| r.instance.failing_since = Some(ago(MIN * 2)));
         assert!(facts(&fixture, "a").1.is_some());
         // One failure is below the threshold (2), however long ago the last good answer was.
         let fixture = fixture.failures("a", 0);
@@ -200,7 +206,7 @@ mod tests {
                 Some(Health::Unreachable),
             )
             .failures("a", 4)
-            .edit("a", |r| r.instance.last_healthy_at = Some(ago(MIN * 10)));
+            .edit("a", |r| r.instance.failing_since = Some(ago(MIN * 10)));
         assert_eq!(facts(&fixture, "a").1, None);
     }
 
@@ -264,11 +270,23 @@ mod tests {
     fn observations_carry_the_state_they_were_made_in() {
         let fixture = Fixture::new()
             .row("a", Idle, MIN, Some(Running), Some(ready()))
+            .failures("a", 2)
             .row("b", Claimed, MIN, Some(Running), Some(Health::Unreachable));
         let seen = observations(&fixture.snapshot);
         assert_eq!(seen.len(), 2);
         assert!(seen[0].healthy && seen[0].status == Idle && seen[0].since == ago(MIN));
         assert!(!seen[1].healthy && seen[1].status == Claimed);
+    }
+
+    #[test]
+    fn a_healthy_fleet_writes_nothing_unless_the_tick_was_cut_short() {
+        let mut fixture = Fixture::new()
+            .row("a", Idle, MIN, Some(Running), Some(ready()))
+            .row("b", Claimed, MIN, Some(Running), Some(ready()));
+        assert!(observations(&fixture.snapshot).is_empty());
+        // Cut short, every answer is kept, so that the next tick asks the others first.
+        fixture.snapshot.health_cut_short = true;
+        assert_eq!(observations(&fixture.snapshot).len(), 2);
     }
 
     #[test]

@@ -174,7 +174,7 @@ mod tests {
     fn an_idle_instance_failing_over_time_is_destroyed() {
         let fixture = Fixture::new()
             .row("a", Idle, MIN * 2, Some(Running), Some(Health::Unreachable))
-            .edit("a", |r| r.instance.last_healthy_at = Some(ago(MIN * 2)));
+            .edit("a", |r| r.instance.failing_since = Some(ago(MIN * 2)));
         assert!(
             fixture.plan().transitions.is_empty(),
             "one failure is not a death"
