@@ -567,6 +567,6 @@ mod variables_tests {
                 assert_eq!(&err.setting, name, "{err}");
             }
         }
-        assert!(!names.contains(&"RAILWAY_API_TOKEN".to_string()));
+        assert!(!names.contains(&"POOL_NOT_A_SETTING".to_string()));
     }
 }

@@ -230,6 +230,7 @@ mod tests {
                 Some(Health::Unreachable),
             )
             .failures("a", 1)
+            .edit("a", |r| r.instance.failing_since = Some(ago(MIN * 2)))
             .row("b", Claimed, MIN, Some(Running), Some(ready()))
             .row("c", Crashed, MIN, Some(Running), Some(ready()))
             .row("d", Crashed, MIN, Some(Running), Some(Health::Unreachable))
