@@ -10,13 +10,14 @@
 use crate::domain::{InstanceStatus, ResourceStatus};
 use crate::tick::snapshot::{Row, Snapshot};
 
-use super::evidence::{dead, presence, recovered, Presence};
+use super::evidence::{dead, presence, recovered, Listing, Presence};
 use super::{older_than, Rules, Transition};
 
 /// The transitions, and the rows whose resources to destroy now.
 pub fn moves(snapshot: &Snapshot, rules: &Rules) -> (Vec<Transition>, Vec<String>) {
     let mut transitions = Vec::new();
     let mut destroy = Vec::new();
+    let listing = Listing::of(snapshot);
     for row in &snapshot.rows {
         let instance = &row.instance;
         if instance.status == InstanceStatus::Destroying {
@@ -25,7 +26,7 @@ pub fn moves(snapshot: &Snapshot, rules: &Rules) -> (Vec<Transition>, Vec<String
             }
             continue;
         }
-        if let Some((to, reason)) = next(row, snapshot, rules) {
+        if let Some((to, reason)) = next(row, &listing, snapshot, rules) {
             if to == InstanceStatus::Destroying {
                 destroy.push(instance.id.clone());
             }
@@ -41,11 +42,16 @@ pub fn moves(snapshot: &Snapshot, rules: &Rules) -> (Vec<Transition>, Vec<String
     (transitions, destroy)
 }
 
-fn next(row: &Row, snapshot: &Snapshot, rules: &Rules) -> Option<(InstanceStatus, String)> {
+fn next(
+    row: &Row,
+    listing: &Listing<'_>,
+    snapshot: &Snapshot,
+    rules: &Rules,
+) -> Option<(InstanceStatus, String)> {
     use InstanceStatus::*;
     let instance = &row.instance;
     let now = snapshot.now;
-    let presence = presence(row, snapshot, rules);
+    let presence = presence(row, listing, snapshot, rules);
     let failed = presence == Presence::Listed(ResourceStatus::Failed);
     let gone = presence == Presence::Gone;
     match instance.status {
