@@ -431,7 +431,8 @@ impl TestPool {
     /// Ids claimed more than once, according to the event history.
     pub async fn double_claims(&self) -> Vec<String> {
         sqlx::query_scalar(
-            "SELECT instance_id FROM instance_events WHERE to_status = 'claimed'
+            "SELECT instance_id FROM instance_events
+              WHERE from_status = 'claiming' AND to_status = 'claimed'
               GROUP BY instance_id HAVING count(*) > 1",
         )
         .fetch_all(&self.pool.db)

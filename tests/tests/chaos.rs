@@ -482,11 +482,12 @@ async fn replicas_under_fire_never_hand_out_an_instance_twice() {
         }
     }
 
-    // From the history: every instance claimed at most once, each reply backed by one claimed
+    // From the history: every instance handed out (claiming → claimed; a crashed agent coming
+    // back to its user is not a hand-out) at most once, each reply backed by one such
     // event naming its conversation.
     let history: Vec<(String, i64, Option<String>)> = sqlx::query_as(
         "SELECT instance_id, count(*), max(reason) FROM instance_events
-          WHERE to_status = 'claimed' GROUP BY instance_id",
+          WHERE from_status = 'claiming' AND to_status = 'claimed' GROUP BY instance_id",
     )
     .fetch_all(&pool)
     .await
