@@ -21,11 +21,13 @@ pub struct AgentMail {
 }
 
 impl AgentMail {
-    pub fn from_settings(settings: &Settings, out: Arc<Outbound>) -> Option<Self> {
+    pub fn from_settings(settings: &Settings, out: impl FnOnce() -> Arc<Outbound>) -> Option<Self> {
+        // Unconfigured, the tool costs nothing (no HTTP client, no TLS roots loaded).
+        let key = settings.agentmail_api_key.clone()?;
         Some(Self {
-            out,
+            out: out(),
             api: settings.agentmail_api_url.trim_end_matches('/').to_string(),
-            key: settings.agentmail_api_key.clone()?,
+            key,
             domain: settings.agentmail_domain.clone(),
         })
     }

@@ -88,10 +88,18 @@ pub struct Toolbox {
 
 impl Toolbox {
     pub fn from_settings(settings: &Settings) -> Self {
-        let out = Arc::new(Outbound::new(Policy {
-            timeout: settings.outbound_timeout(),
-            ..Policy::default()
-        }));
+        // One client for every tool, made only if a tool needs it.
+        let shared: std::cell::OnceCell<Arc<Outbound>> = std::cell::OnceCell::new();
+        let out = || {
+            shared
+                .get_or_init(|| {
+                    Arc::new(Outbound::new(Policy {
+                        timeout: settings.outbound_timeout(),
+                        ..Policy::default()
+                    }))
+                })
+                .clone()
+        };
         let mut toolbox = Toolbox::default();
         let mut offer = |step: &'static str, tool: Option<Arc<dyn Tool>>| match tool {
             Some(tool) => toolbox.tools.push(tool),
@@ -99,18 +107,17 @@ impl Toolbox {
         };
         offer(
             "openrouter",
-            openrouter::OpenRouter::from_settings(settings, out.clone())
+            openrouter::OpenRouter::from_settings(settings, out)
                 .map(|t| Arc::new(t) as Arc<dyn Tool>),
         );
         offer(
             "agentmail",
-            agentmail::AgentMail::from_settings(settings, out.clone())
+            agentmail::AgentMail::from_settings(settings, out)
                 .map(|t| Arc::new(t) as Arc<dyn Tool>),
         );
         offer(
             "telnyx",
-            telnyx::Telnyx::from_settings(settings, out.clone())
-                .map(|t| Arc::new(t) as Arc<dyn Tool>),
+            telnyx::Telnyx::from_settings(settings, out).map(|t| Arc::new(t) as Arc<dyn Tool>),
         );
         offer("wallet", Some(Arc::new(wallet::Wallet)));
         offer(

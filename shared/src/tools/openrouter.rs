@@ -23,14 +23,16 @@ pub struct OpenRouter {
 }
 
 impl OpenRouter {
-    pub fn from_settings(settings: &Settings, out: Arc<Outbound>) -> Option<Self> {
+    pub fn from_settings(settings: &Settings, out: impl FnOnce() -> Arc<Outbound>) -> Option<Self> {
+        // Unconfigured, the tool costs nothing (no HTTP client, no TLS roots loaded).
+        let key = settings.openrouter_management_key.clone()?;
         Some(Self {
-            out,
+            out: out(),
             api: settings
                 .openrouter_api_url
                 .trim_end_matches('/')
                 .to_string(),
-            key: settings.openrouter_management_key.clone()?,
+            key,
             limit: settings.openrouter_key_limit,
             limit_reset: settings.openrouter_key_limit_reset.clone(),
         })

@@ -28,11 +28,13 @@ pub struct Telnyx {
 }
 
 impl Telnyx {
-    pub fn from_settings(settings: &Settings, out: Arc<Outbound>) -> Option<Self> {
+    pub fn from_settings(settings: &Settings, out: impl FnOnce() -> Arc<Outbound>) -> Option<Self> {
+        // Unconfigured, the tool costs nothing (no HTTP client, no TLS roots loaded).
+        let key = settings.telnyx_api_key.clone()?;
         Some(Self {
-            out,
+            out: out(),
             api: settings.telnyx_api_url.trim_end_matches('/').to_string(),
-            key: settings.telnyx_api_key.clone()?,
+            key,
             messaging_profile_id: settings.telnyx_messaging_profile_id.clone(),
         })
     }
