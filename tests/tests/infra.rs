@@ -488,8 +488,8 @@ services:
     build: { context: .., dockerfile: infra/Dockerfile }
     entrypoint: ["agentpool-scheduler"]
     environment: &env
-      POOL_PROVIDER: ${POOL_PROVIDER:-railway}
-      RAILWAY_API_TOKEN: ${RAILWAY_API_TOKEN}
+      POOL_PROVIDER: ${POOL_PROVIDER:-sprites}
+      SPRITES_GHOST_TOKEN: ${SPRITES_GHOST_TOKEN}
       POSTGRES_PASSWORD: x
     healthcheck: { test: ["CMD", "curl", "-f", "http://localhost:3001/health"] }
   worker:
@@ -509,7 +509,7 @@ services:
     assert_eq!(api.argv, ["agentpool-scheduler"]);
     assert!(check_command(api).is_ok());
     let unknown = check_variables(api, &known).unwrap_err();
-    assert!(unknown.contains("RAILWAY_API_TOKEN") && unknown.contains("POSTGRES_PASSWORD"));
+    assert!(unknown.contains("SPRITES_GHOST_TOKEN") && unknown.contains("POSTGRES_PASSWORD"));
     assert!(check_settings(api, scratch.path())
         .unwrap_err()
         .contains("POOL_PROVIDER"));
