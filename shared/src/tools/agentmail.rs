@@ -4,19 +4,19 @@
 use std::sync::Arc;
 
 use async_trait::async_trait;
+use reqwest::Method;
 use serde_json::{json, Value};
 
-use super::{Listed, Provisioned, Target, Tool};
-use crate::config::{Secret, Settings};
+use super::{Listed, Provisioned, Rest, Target, Tool};
+use crate::config::Settings;
 use crate::error::{Error, Result};
-use crate::outbound::{Call, Failure, Outbound, Replay};
+use crate::outbound::{Failure, Outbound, Replay};
 
 const SERVICE: &str = "agentmail";
 
 pub struct AgentMail {
-    out: Arc<Outbound>,
+    rest: Rest,
     api: String,
-    key: Secret,
     domain: Option<String>,
 }
 
@@ -25,39 +25,17 @@ impl AgentMail {
         // Unconfigured, the tool costs nothing (no HTTP client, no TLS roots loaded).
         let key = settings.agentmail_api_key.clone()?;
         Some(Self {
-            out: out(),
+            rest: Rest {
+                out: out(),
+                service: SERVICE,
+                key,
+            },
             api: settings.agentmail_api_url.trim_end_matches('/').to_string(),
-            key,
             domain: settings.agentmail_domain.clone(),
         })
     }
 
-    async fn call(
-        &self,
-        step: &'static str,
-        method: reqwest::Method,
-        url: reqwest::Url,
-        body: Option<Value>,
-    ) -> std::result::Result<Value, Failure> {
-        // Every call is safe to replay: creations are idempotent by client_id.
-        let call = Call {
-            service: SERVICE,
-            step,
-            replay: Replay::Safe,
-        };
-        self.out
-            .json(call, url.as_str(), |http| {
-                let request = http
-                    .request(method.clone(), url.clone())
-                    .bearer_auth(self.key.expose());
-                match &body {
-                    Some(body) => request.json(body),
-                    None => request,
-                }
-            })
-            .await
-    }
-
+    /// `segments` percent-encoded into the API's path (an inbox id holds an `@`).
     fn url(&self, segments: &[&str]) -> Result<reqwest::Url> {
         let mut url = reqwest::Url::parse(&self.api)
             .map_err(|_| Error::outbound(SERVICE, "agentmail", Failure::Refused))?;
@@ -87,15 +65,18 @@ impl Tool for AgentMail {
         if let Some(domain) = &self.domain {
             body["domain"] = json!(domain);
         }
+        // Safe to send again: the same client_id returns the same inbox.
+        let url = self.url(&["inboxes"])?;
         let reply = self
-            .call(
+            .rest
+            .fetch(
                 "agentmail",
-                reqwest::Method::POST,
-                self.url(&["inboxes"])?,
-                Some(body),
+                Replay::Safe,
+                Method::POST,
+                url.as_str(),
+                Some(&body),
             )
-            .await
-            .map_err(|f| Error::outbound(SERVICE, "agentmail", f))?;
+            .await?;
         let inbox = reply["inbox_id"]
             .as_str()
             .ok_or_else(|| Error::outbound(SERVICE, "agentmail", Failure::BadReply))?;
@@ -104,7 +85,10 @@ impl Tool for AgentMail {
             config: json!({"inboxId": inbox}),
             env: vec![
                 ("AGENTMAIL_INBOX_ID".into(), inbox.to_string()),
-                ("AGENTMAIL_API_KEY".into(), self.key.expose().to_string()),
+                (
+                    "AGENTMAIL_API_KEY".into(),
+                    self.rest.key.expose().to_string(),
+                ),
             ],
         })
     }
@@ -115,18 +99,8 @@ impl Tool for AgentMail {
     }
 
     async fn destroy(&self, resource_id: &str) -> Result<()> {
-        match self
-            .call(
-                "agentmail-destroy",
-                reqwest::Method::DELETE,
-                self.url(&["inboxes", resource_id])?,
-                None,
-            )
-            .await
-        {
-            Ok(_) | Err(Failure::NotFound) => Ok(()),
-            Err(failure) => Err(Error::outbound(SERVICE, "agentmail-destroy", failure)),
-        }
+        let url = self.url(&["inboxes", resource_id])?;
+        self.rest.delete("agentmail-destroy", url.as_str()).await
     }
 
     async fn list(&self, prefix: &str) -> Result<Option<Vec<Listed>>> {
@@ -139,9 +113,15 @@ impl Tool for AgentMail {
                 url.query_pairs_mut().append_pair("page_token", token);
             }
             let page = self
-                .call("agentmail-list", reqwest::Method::GET, url, None)
-                .await
-                .map_err(|f| Error::outbound(SERVICE, "agentmail-list", f))?;
+                .rest
+                .fetch(
+                    "agentmail-list",
+                    Replay::Safe,
+                    Method::GET,
+                    url.as_str(),
+                    None,
+                )
+                .await?;
             let inboxes = page["inboxes"]
                 .as_array()
                 .ok_or_else(|| Error::outbound(SERVICE, "agentmail-list", Failure::BadReply))?;

@@ -19,9 +19,9 @@ use std::sync::Arc;
 use async_trait::async_trait;
 use serde_json::Value;
 
-use crate::config::Settings;
-use crate::error::Result;
-use crate::outbound::{Outbound, Policy};
+use crate::config::{Secret, Settings};
+use crate::error::{Error, Result};
+use crate::outbound::{Call, Failure, Outbound, Policy, Replay};
 
 /// The instance a tool provisions for.
 #[derive(Debug, Clone, Copy)]
@@ -129,5 +129,65 @@ impl Toolbox {
 
     pub fn get(&self, tool_id: &str) -> Option<&Arc<dyn Tool>> {
         self.tools.iter().find(|t| t.id() == tool_id)
+    }
+}
+
+/// A JSON API behind a bearer key, the way every REST tool calls it.
+struct Rest {
+    out: Arc<Outbound>,
+    service: &'static str,
+    key: Secret,
+}
+
+impl Rest {
+    async fn call(
+        &self,
+        step: &'static str,
+        replay: Replay,
+        method: reqwest::Method,
+        url: &str,
+        body: Option<&Value>,
+    ) -> std::result::Result<Value, Failure> {
+        let call = Call {
+            service: self.service,
+            step,
+            replay,
+        };
+        self.out
+            .json(call, url, |http| {
+                let request = http
+                    .request(method.clone(), url)
+                    .bearer_auth(self.key.expose());
+                match body {
+                    Some(body) => request.json(body),
+                    None => request,
+                }
+            })
+            .await
+    }
+
+    /// As [`Rest::call`], with a failure made an error that names the service and step.
+    async fn fetch(
+        &self,
+        step: &'static str,
+        replay: Replay,
+        method: reqwest::Method,
+        url: &str,
+        body: Option<&Value>,
+    ) -> Result<Value> {
+        self.call(step, replay, method, url, body)
+            .await
+            .map_err(|f| Error::outbound(self.service, step, f))
+    }
+
+    /// Deletes a resource; one already gone counts as deleted.
+    async fn delete(&self, step: &'static str, url: &str) -> Result<()> {
+        match self
+            .call(step, Replay::Safe, reqwest::Method::DELETE, url, None)
+            .await
+        {
+            Ok(_) | Err(Failure::NotFound) => Ok(()),
+            Err(failure) => Err(Error::outbound(self.service, step, failure)),
+        }
     }
 }

@@ -5,19 +5,19 @@
 use std::sync::Arc;
 
 use async_trait::async_trait;
+use reqwest::Method;
 use serde_json::{json, Value};
 
-use super::{Listed, Provisioned, Target, Tool};
-use crate::config::{Secret, Settings};
+use super::{Listed, Provisioned, Rest, Target, Tool};
+use crate::config::Settings;
 use crate::error::{Error, Result};
-use crate::outbound::{Call, Failure, Outbound, Replay};
+use crate::outbound::{Failure, Outbound, Replay};
 
 const SERVICE: &str = "openrouter";
 
 pub struct OpenRouter {
-    out: Arc<Outbound>,
+    rest: Rest,
     api: String,
-    key: Secret,
     limit: Option<f64>,
     limit_reset: Option<String>,
 }
@@ -27,41 +27,18 @@ impl OpenRouter {
         // Unconfigured, the tool costs nothing (no HTTP client, no TLS roots loaded).
         let key = settings.openrouter_management_key.clone()?;
         Some(Self {
-            out: out(),
+            rest: Rest {
+                out: out(),
+                service: SERVICE,
+                key,
+            },
             api: settings
                 .openrouter_api_url
                 .trim_end_matches('/')
                 .to_string(),
-            key,
             limit: settings.openrouter_key_limit,
             limit_reset: settings.openrouter_key_limit_reset.clone(),
         })
-    }
-
-    async fn call(
-        &self,
-        step: &'static str,
-        replay: Replay,
-        method: reqwest::Method,
-        url: String,
-        body: Option<Value>,
-    ) -> std::result::Result<Value, Failure> {
-        let call = Call {
-            service: SERVICE,
-            step,
-            replay,
-        };
-        self.out
-            .json(call, &url, |http| {
-                let request = http
-                    .request(method.clone(), &url)
-                    .bearer_auth(self.key.expose());
-                match &body {
-                    Some(body) => request.json(body),
-                    None => request,
-                }
-            })
-            .await
     }
 
     async fn create_key(&self, name: &str) -> std::result::Result<Value, Failure> {
@@ -72,14 +49,16 @@ impl OpenRouter {
         if let Some(reset) = &self.limit_reset {
             body["limit_reset"] = json!(reset);
         }
-        self.call(
-            "openrouter",
-            Replay::Unsafe,
-            reqwest::Method::POST,
-            format!("{}/keys", self.api),
-            Some(body),
-        )
-        .await
+        let url = format!("{}/keys", self.api);
+        self.rest
+            .call(
+                "openrouter",
+                Replay::Unsafe,
+                Method::POST,
+                &url,
+                Some(&body),
+            )
+            .await
     }
 }
 
@@ -121,48 +100,34 @@ impl Tool for OpenRouter {
     }
 
     async fn update(&self, resource_id: &str, config: &Value) -> Result<()> {
-        self.call(
-            "openrouter-update",
-            Replay::Safe,
-            reqwest::Method::PATCH,
-            format!("{}/keys/{resource_id}", self.api),
-            Some(json!({"limit": config["limit"]})),
-        )
-        .await
-        .map(drop)
-        .map_err(|f| Error::outbound(SERVICE, "openrouter-update", f))
+        let url = format!("{}/keys/{resource_id}", self.api);
+        let body = json!({"limit": config["limit"]});
+        self.rest
+            .fetch(
+                "openrouter-update",
+                Replay::Safe,
+                Method::PATCH,
+                &url,
+                Some(&body),
+            )
+            .await
+            .map(drop)
     }
 
     async fn destroy(&self, resource_id: &str) -> Result<()> {
-        match self
-            .call(
-                "openrouter-destroy",
-                Replay::Safe,
-                reqwest::Method::DELETE,
-                format!("{}/keys/{resource_id}", self.api),
-                None,
-            )
-            .await
-        {
-            Ok(_) | Err(Failure::NotFound) => Ok(()),
-            Err(failure) => Err(Error::outbound(SERVICE, "openrouter-destroy", failure)),
-        }
+        let url = format!("{}/keys/{resource_id}", self.api);
+        self.rest.delete("openrouter-destroy", &url).await
     }
 
     async fn list(&self, prefix: &str) -> Result<Option<Vec<Listed>>> {
         let mut listed = Vec::new();
         let mut offset = 0usize;
         loop {
+            let url = format!("{}/keys?offset={offset}", self.api);
             let page = self
-                .call(
-                    "openrouter-list",
-                    Replay::Safe,
-                    reqwest::Method::GET,
-                    format!("{}/keys?offset={offset}", self.api),
-                    None,
-                )
-                .await
-                .map_err(|f| Error::outbound(SERVICE, "openrouter-list", f))?;
+                .rest
+                .fetch("openrouter-list", Replay::Safe, Method::GET, &url, None)
+                .await?;
             let keys = page["data"]
                 .as_array()
                 .ok_or_else(|| Error::outbound(SERVICE, "openrouter-list", Failure::BadReply))?;

@@ -9,10 +9,10 @@ use async_trait::async_trait;
 use rand::seq::SliceRandom;
 use serde_json::{json, Value};
 
-use super::{Listed, Provisioned, Target, Tool};
-use crate::config::{Secret, Settings};
+use super::{Listed, Provisioned, Rest, Target, Tool};
+use crate::config::Settings;
 use crate::error::{Error, Result};
-use crate::outbound::{Call, Failure, Outbound, Replay};
+use crate::outbound::{Failure, Outbound, Replay};
 
 const SERVICE: &str = "telnyx";
 /// Searches and orders before giving up on finding a free number.
@@ -21,9 +21,8 @@ const ORDER_TRIES: usize = 3;
 const TAG_PATIENCE: Duration = Duration::from_secs(10);
 
 pub struct Telnyx {
-    out: Arc<Outbound>,
+    rest: Rest,
     api: String,
-    key: Secret,
     messaging_profile_id: Option<String>,
 }
 
@@ -32,48 +31,25 @@ impl Telnyx {
         // Unconfigured, the tool costs nothing (no HTTP client, no TLS roots loaded).
         let key = settings.telnyx_api_key.clone()?;
         Some(Self {
-            out: out(),
+            rest: Rest {
+                out: out(),
+                service: SERVICE,
+                key,
+            },
             api: settings.telnyx_api_url.trim_end_matches('/').to_string(),
-            key,
             messaging_profile_id: settings.telnyx_messaging_profile_id.clone(),
         })
-    }
-
-    async fn call(
-        &self,
-        step: &'static str,
-        replay: Replay,
-        method: reqwest::Method,
-        url: String,
-        body: Option<Value>,
-    ) -> std::result::Result<Value, Failure> {
-        let call = Call {
-            service: SERVICE,
-            step,
-            replay,
-        };
-        self.out
-            .json(call, &url, |http| {
-                let request = http
-                    .request(method.clone(), &url)
-                    .bearer_auth(self.key.expose());
-                match &body {
-                    Some(body) => request.json(body),
-                    None => request,
-                }
-            })
-            .await
     }
 
     /// Orders a free number; returns it (`+1…`).
     async fn order(&self) -> Result<String> {
         for _ in 0..ORDER_TRIES {
-            let found = self
+            let found = self.rest
                 .call(
                     "telnyx",
                     Replay::Safe,
                     reqwest::Method::GET,
-                    format!(
+                    &format!(
                         "{}/available_phone_numbers?filter[country_code]=US&filter[features][]=sms&filter[limit]=20",
                         self.api
                     ),
@@ -98,12 +74,13 @@ impl Telnyx {
                 body["messaging_profile_id"] = json!(profile);
             }
             let ordered = self
+                .rest
                 .call(
                     "telnyx",
                     Replay::Unsafe,
                     reqwest::Method::POST,
-                    format!("{}/number_orders", self.api),
-                    Some(body),
+                    &format!("{}/number_orders", self.api),
+                    Some(&body),
                 )
                 .await;
             match ordered {
@@ -125,11 +102,12 @@ impl Telnyx {
     /// The id of `number` if this account owns it.
     async fn owned_id(&self, number: &str) -> Result<Option<String>> {
         let reply = self
+            .rest
             .call(
                 "telnyx",
                 Replay::Safe,
                 reqwest::Method::GET,
-                format!(
+                &format!(
                     "{}/phone_numbers?filter[phone_number]={}",
                     self.api,
                     number.replace('+', "%2B")
@@ -146,12 +124,13 @@ impl Telnyx {
         let deadline = tokio::time::Instant::now() + TAG_PATIENCE;
         loop {
             let tagged = self
+                .rest
                 .call(
                     "telnyx-tag",
                     Replay::Safe,
                     reqwest::Method::PATCH,
-                    format!("{}/phone_numbers/{}", self.api, number.replace('+', "%2B")),
-                    Some(json!({"tags": tags})),
+                    &format!("{}/phone_numbers/{}", self.api, number.replace('+', "%2B")),
+                    Some(&json!({"tags": tags})),
                 )
                 .await;
             match tagged {
@@ -195,7 +174,7 @@ impl Tool for Telnyx {
         };
         let mut env = vec![
             ("TELNYX_PHONE_NUMBER".into(), number.clone()),
-            ("TELNYX_API_KEY".into(), self.key.expose().to_string()),
+            ("TELNYX_API_KEY".into(), self.rest.key.expose().to_string()),
         ];
         if let Some(profile) = &self.messaging_profile_id {
             env.push(("TELNYX_MESSAGING_PROFILE_ID".into(), profile.clone()));
@@ -215,19 +194,8 @@ impl Tool for Telnyx {
     }
 
     async fn destroy(&self, resource_id: &str) -> Result<()> {
-        match self
-            .call(
-                "telnyx-destroy",
-                Replay::Safe,
-                reqwest::Method::DELETE,
-                format!("{}/phone_numbers/{resource_id}", self.api),
-                None,
-            )
-            .await
-        {
-            Ok(_) | Err(Failure::NotFound) => Ok(()),
-            Err(failure) => Err(Error::outbound(SERVICE, "telnyx-destroy", failure)),
-        }
+        let url = format!("{}/phone_numbers/{resource_id}", self.api);
+        self.rest.delete("telnyx-destroy", &url).await
     }
 
     async fn list(&self, prefix: &str) -> Result<Option<Vec<Listed>>> {
@@ -235,11 +203,12 @@ impl Tool for Telnyx {
         let mut page = 1u32;
         loop {
             let reply = self
+                .rest
                 .call(
                     "telnyx-list",
                     Replay::Safe,
                     reqwest::Method::GET,
-                    format!(
+                    &format!(
                         "{}/phone_numbers?page[number]={page}&page[size]=250",
                         self.api
                     ),
