@@ -12,7 +12,7 @@ use agentpool_core::providers::railway::RailwayProvider;
 use agentpool_core::tick::{self, Mode};
 use agentpool_core::{instances, Pool, Settings};
 use agentpool_tests::fakes::{
-    AgentMailConfig, AgentMailFake, FakeConfig, Fault, OpenRouterConfig, OpenRouterFake,
+    AgentMailConfig, AgentMailFake, Controls, FakeConfig, Fault, OpenRouterConfig, OpenRouterFake,
     RailwayFake, Scope, TelnyxConfig, TelnyxFake,
 };
 use agentpool_tests::{wait_until, TestDb};
@@ -65,7 +65,7 @@ async fn a_churn_under_faults_leaves_nothing_behind() {
         ("HEALTH_GRACE_MS", "0".into()),
         ("HEALTH_FAILURE_THRESHOLD", "1".into()),
         ("HEALTH_TIMEOUT_MS", "2000".into()),
-        ("OUTBOUND_TIMEOUT_MS", "1500".into()),
+        ("OUTBOUND_TIMEOUT_MS", "3000".into()),
         ("RAILWAY_API_URL", railway.url()),
         ("RAILWAY_API_TOKEN", TOKEN.into()),
         ("RAILWAY_PROJECT_ID", ids.project_id.clone()),
@@ -175,7 +175,7 @@ async fn a_churn_under_faults_leaves_nothing_behind() {
     telnyx.clear_faults();
     // First the instances still alive: once the pool settles, every row's resources exist and
     // every resource of ours in a fake is some row's.
-    wait_until(Duration::from_secs(120), || async {
+    wait_until(Duration::from_secs(240), || async {
         sqlx::query("UPDATE instances SET next_attempt_at = now() WHERE status = 'destroying'")
             .execute(&db.pool)
             .await
@@ -203,7 +203,7 @@ async fn a_churn_under_faults_leaves_nothing_behind() {
     .execute(&db.pool)
     .await
     .unwrap();
-    wait_until(Duration::from_secs(120), || async {
+    wait_until(Duration::from_secs(240), || async {
         // Retries wait for their backoff; an operator in a hurry makes them due now.
         sqlx::query("UPDATE instances SET next_attempt_at = now() WHERE status = 'destroying'")
             .execute(&db.pool)

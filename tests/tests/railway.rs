@@ -8,7 +8,7 @@ use agentpool_core::providers::railway::RailwayProvider;
 use agentpool_core::providers::Provider;
 use agentpool_core::tick::Mode;
 use agentpool_core::Settings;
-use agentpool_tests::fakes::{FakeConfig, Fault, RailwayFake, Scope};
+use agentpool_tests::fakes::{Controls, FakeConfig, Fault, RailwayFake, Scope};
 use agentpool_tests::TestPool;
 use reqwest::StatusCode;
 use serde_json::json;

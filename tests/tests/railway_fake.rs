@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 use reqwest::StatusCode;
 use serde_json::{json, Value};
 
-use agentpool_tests::fakes::{FakeConfig, Fault, RailwayFake, Scope};
+use agentpool_tests::fakes::{Controls, FakeConfig, Fault, RailwayFake, Scope};
 use agentpool_tests::{process_alive, wait_until};
 
 const TOKEN: &str = "railway-test-token";

@@ -8,8 +8,8 @@ use reqwest::{Method, StatusCode};
 use serde_json::{json, Value};
 
 use agentpool_tests::fakes::{
-    AgentMailConfig, AgentMailFake, Fault, OpenRouterConfig, OpenRouterFake, Scope, TelnyxConfig,
-    TelnyxFake,
+    AgentMailConfig, AgentMailFake, Controls, Fault, OpenRouterConfig, OpenRouterFake, Scope,
+    TelnyxConfig, TelnyxFake,
 };
 use agentpool_tests::wait_until;
 

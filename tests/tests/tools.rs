@@ -5,8 +5,8 @@
 use agentpool_core::domain::InstanceStatus::*;
 use agentpool_core::tick::Mode;
 use agentpool_tests::fakes::{
-    AgentMailConfig, AgentMailFake, Fault, OpenRouterConfig, OpenRouterFake, Scope, TelnyxConfig,
-    TelnyxFake,
+    AgentMailConfig, AgentMailFake, Controls, Fault, OpenRouterConfig, OpenRouterFake, Scope,
+    TelnyxConfig, TelnyxFake,
 };
 use agentpool_tests::TestPool;
 use reqwest::StatusCode;

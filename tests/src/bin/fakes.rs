@@ -12,8 +12,8 @@
 //! `curl -X POST <base>/_fake/faults -d '{"fault":{"kind":"ServerError"},"scope":{"kind":"Rate","perMille":200,"seed":1}}'`.
 
 use agentpool_tests::fakes::{
-    AgentMailConfig, AgentMailFake, FakeConfig, OpenRouterConfig, OpenRouterFake, RailwayFake,
-    TelnyxConfig, TelnyxFake,
+    AgentMailConfig, AgentMailFake, Controls, FakeConfig, OpenRouterConfig, OpenRouterFake,
+    RailwayFake, TelnyxConfig, TelnyxFake,
 };
 
 const TOKEN: &str = "fake-railway-token";

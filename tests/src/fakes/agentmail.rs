@@ -23,9 +23,10 @@ use axum::{Json, Router};
 use serde::Serialize;
 use serde_json::{json, Value};
 
-use super::faults::{bearer_in, control_routes, new_id, now, rest_gate, Fake, Faults, Server};
+use super::faults::{
+    bearer_in, control_routes, new_id, now, rest_gate, Controls, Fake, Faults, Server,
+};
 use super::rest::{json_body, opt_str, random_hex, Params};
-use super::{FakeStats, Fault, Scope};
 
 #[derive(Debug, Clone)]
 pub struct AgentMailConfig {
@@ -200,11 +201,6 @@ impl AgentMailFake {
         format!("{}/v0", self.server.base_url())
     }
 
-    /// `http://127.0.0.1:PORT`, for the `/_fake/...` control routes.
-    pub fn base_url(&self) -> String {
-        self.server.base_url()
-    }
-
     pub fn api_key(&self) -> &str {
         &self.inner.config.api_key
     }
@@ -212,18 +208,6 @@ impl AgentMailFake {
     /// The default domain.
     pub fn domain(&self) -> &str {
         &self.inner.config.domain
-    }
-
-    pub fn inject(&self, fault: Fault, scope: Scope) {
-        self.inner.faults.inject(fault, scope);
-    }
-
-    pub fn clear_faults(&self) {
-        self.inner.faults.clear();
-    }
-
-    pub fn stats(&self) -> FakeStats {
-        self.inner.faults.stats()
     }
 
     /// Every live inbox, oldest first.
@@ -433,4 +417,14 @@ async fn delete_inbox(
     }
     // AgentMail answers a delete with an empty 200.
     StatusCode::OK.into_response()
+}
+
+impl Controls for AgentMailFake {
+    fn server(&self) -> &Server {
+        &self.server
+    }
+
+    fn faults(&self) -> &Faults {
+        &self.inner.faults
+    }
 }

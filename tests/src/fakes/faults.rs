@@ -420,3 +420,26 @@ pub(crate) fn now() -> String {
 pub(crate) fn new_id() -> String {
     uuid::Uuid::new_v4().to_string()
 }
+
+/// What every fake offers the test that runs it: its control routes' address and its faults.
+pub trait Controls {
+    fn server(&self) -> &Server;
+    fn faults(&self) -> &Faults;
+
+    /// `http://127.0.0.1:PORT`, for the `/_fake/...` control routes.
+    fn base_url(&self) -> String {
+        self.server().base_url()
+    }
+
+    fn inject(&self, fault: Fault, scope: Scope) {
+        self.faults().inject(fault, scope);
+    }
+
+    fn clear_faults(&self) {
+        self.faults().clear();
+    }
+
+    fn stats(&self) -> FakeStats {
+        self.faults().stats()
+    }
+}

@@ -12,7 +12,7 @@ mod rest;
 pub mod telnyx;
 
 pub use agentmail::{AgentMailConfig, AgentMailFake, InboxView};
-pub use faults::{FakeStats, Fault, Scope};
+pub use faults::{Controls, FakeStats, Fault, Scope};
 pub use openrouter::{KeyView, OpenRouterConfig, OpenRouterFake};
 pub use railway::{FakeConfig, ProjectView, RailwayFake, ServiceView, SharedIds, VolumeView};
 pub use telnyx::{NumberView, ProfileView, TelnyxConfig, TelnyxFake};

@@ -24,9 +24,8 @@ use axum::{Json, Router};
 use serde::Serialize;
 use serde_json::{json, Map, Value};
 
-use super::faults::{bearer_in, control_routes, now, rest_gate, Fake, Faults, Server};
+use super::faults::{bearer_in, control_routes, now, rest_gate, Controls, Fake, Faults, Server};
 use super::rest::{json_body, opt_str, random_hex, Change, Params};
-use super::{FakeStats, Fault, Scope};
 
 #[derive(Debug, Clone)]
 pub struct OpenRouterConfig {
@@ -219,25 +218,8 @@ impl OpenRouterFake {
         format!("{}/api/v1", self.server.base_url())
     }
 
-    /// `http://127.0.0.1:PORT`, for the `/_fake/...` control routes.
-    pub fn base_url(&self) -> String {
-        self.server.base_url()
-    }
-
     pub fn management_key(&self) -> &str {
         &self.inner.config.management_key
-    }
-
-    pub fn inject(&self, fault: Fault, scope: Scope) {
-        self.inner.faults.inject(fault, scope);
-    }
-
-    pub fn clear_faults(&self) {
-        self.inner.faults.clear();
-    }
-
-    pub fn stats(&self) -> FakeStats {
-        self.inner.faults.stats()
     }
 
     /// Every live key, oldest first (disabled ones too).
@@ -447,4 +429,14 @@ async fn credits(State(inner): State<Arc<Inner>>) -> Response {
         "total_usage": usage,
     }}))
     .into_response()
+}
+
+impl Controls for OpenRouterFake {
+    fn server(&self) -> &Server {
+        &self.server
+    }
+
+    fn faults(&self) -> &Faults {
+        &self.inner.faults
+    }
 }

@@ -28,7 +28,7 @@ use tokio::io::{AsyncBufReadExt, AsyncRead, BufReader};
 use tokio::sync::watch;
 
 use super::faults::{
-    apply, bearer_in, control_routes, detached, new_id, now, Fake, Faults, Server,
+    apply, bearer_in, control_routes, detached, new_id, now, Controls, Fake, Faults, Server,
 };
 pub use super::faults::{FakeStats, Fault, Scope};
 use super::graphql;
@@ -403,11 +403,6 @@ impl RailwayFake {
         format!("{}/graphql/v2", self.server.base_url())
     }
 
-    /// `http://127.0.0.1:PORT`, for the `/_fake/...` control routes.
-    pub fn base_url(&self) -> String {
-        self.server.base_url()
-    }
-
     pub fn shared_ids(&self) -> SharedIds {
         let config = &self.inner.config;
         SharedIds {
@@ -415,18 +410,6 @@ impl RailwayFake {
             project_id: config.project_id.clone(),
             environment_id: config.environment_id.clone(),
         }
-    }
-
-    pub fn inject(&self, fault: Fault, scope: Scope) {
-        self.inner.faults.inject(fault, scope);
-    }
-
-    pub fn clear_faults(&self) {
-        self.inner.faults.clear();
-    }
-
-    pub fn stats(&self) -> FakeStats {
-        self.inner.faults.stats()
     }
 
     /// Every live service, oldest first.
@@ -1359,4 +1342,14 @@ fn workspace_query(inner: &Inner, request: &Request, workspace_id: &str) -> Resu
         after,
     );
     Ok(json!({"id": workspace_id, "projects": projects}))
+}
+
+impl Controls for RailwayFake {
+    fn server(&self) -> &Server {
+        &self.server
+    }
+
+    fn faults(&self) -> &Faults {
+        &self.inner.faults
+    }
 }

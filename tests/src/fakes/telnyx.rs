@@ -35,9 +35,10 @@ use rand::Rng;
 use serde::Serialize;
 use serde_json::{json, Value};
 
-use super::faults::{bearer_in, control_routes, new_id, now, rest_gate, Fake, Faults, Server};
+use super::faults::{
+    bearer_in, control_routes, new_id, now, rest_gate, Controls, Fake, Faults, Server,
+};
 use super::rest::{json_body, opt_str, Params};
-use super::{FakeStats, Fault, Scope};
 
 /// Features every number in the pool has.
 const FEATURES: [&str; 3] = ["sms", "mms", "voice"];
@@ -334,11 +335,6 @@ impl TelnyxFake {
         format!("{}/v2", self.server.base_url())
     }
 
-    /// `http://127.0.0.1:PORT`, for the `/_fake/...` control routes.
-    pub fn base_url(&self) -> String {
-        self.server.base_url()
-    }
-
     pub fn api_key(&self) -> &str {
         &self.inner.config.api_key
     }
@@ -346,18 +342,6 @@ impl TelnyxFake {
     /// The messaging profile that exists from the start.
     pub fn messaging_profile_id(&self) -> &str {
         &self.inner.config.messaging_profile_id
-    }
-
-    pub fn inject(&self, fault: Fault, scope: Scope) {
-        self.inner.faults.inject(fault, scope);
-    }
-
-    pub fn clear_faults(&self) {
-        self.inner.faults.clear();
-    }
-
-    pub fn stats(&self) -> FakeStats {
-        self.inner.faults.stats()
     }
 
     /// Every number we own, oldest first, with its tags.
@@ -718,4 +702,14 @@ async fn create_profile(State(inner): State<Arc<Inner>>, body: Bytes) -> Respons
     };
     inner.world().profiles.push(profile.clone());
     Json(json!({"data": profile.json()})).into_response()
+}
+
+impl Controls for TelnyxFake {
+    fn server(&self) -> &Server {
+        &self.server
+    }
+
+    fn faults(&self) -> &Faults {
+        &self.inner.faults
+    }
 }
