@@ -42,7 +42,7 @@ fn faults() -> Vec<Fault> {
 // leaves its effect unknown, the client looks the number up and takes it as its own. If another
 // instance ordered that same number meanwhile, both record it, and when one is destroyed the other
 // points at a released number. Run it with `cargo test -p agentpool-tests --test churn --
-// --ignored`; it passed 5 of 7 runs here.
+// --ignored`; it passed 6 of 8 runs here.
 #[ignore = "Telnyx lost-order race: two instances can record one number (issue 8)"]
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_churn_under_faults_leaves_nothing_behind() {
