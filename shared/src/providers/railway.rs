@@ -131,77 +131,94 @@ impl RailwayProvider {
             .await
     }
 
+    /// Every node of a paginated connection: `query` takes `$after`, and `path` leads from the
+    /// reply's data to the connection. One walk for the fleet and for every lookup by name, so
+    /// none of them stops at the first page.
+    async fn all_nodes(
+        &self,
+        step: &'static str,
+        query: &str,
+        mut variables: Value,
+        path: [&str; 2],
+    ) -> Result<Vec<Value>> {
+        let mut nodes = Vec::new();
+        loop {
+            let data = self
+                .gql(step, Replay::Safe, query, variables.clone())
+                .await
+                .map_err(|f| Error::outbound(SERVICE, step, f))?;
+            let connection = &data[path[0]][path[1]];
+            nodes.extend(edges(connection).map(|e| e["node"].clone()));
+            match next_page(connection) {
+                Some(cursor) => variables["after"] = json!(cursor),
+                None => return Ok(nodes),
+            }
+        }
+    }
+
+    /// Every service of the shared project, each with its status.
+    async fn project_services(&self, step: &'static str, project_id: &str) -> Result<Vec<Service>> {
+        let query = format!(
+            "query($id: String!, $after: String) {{ project(id: $id) {{ services(first: 500, after: $after) {{ edges {{ node {{ {SERVICE_FIELDS} }} }} pageInfo {{ hasNextPage endCursor }} }} }} }}"
+        );
+        let nodes = self
+            .all_nodes(
+                step,
+                &query,
+                json!({"id": project_id, "after": null}),
+                ["project", "services"],
+            )
+            .await?;
+        Ok(nodes
+            .iter()
+            .filter_map(|node| parse_service(node, project_id))
+            .collect())
+    }
+
+    /// Every project of the workspace, with its environments and its services.
+    async fn workspace_projects(
+        &self,
+        step: &'static str,
+        workspace_id: &str,
+    ) -> Result<Vec<Value>> {
+        let query = format!(
+            "query($workspaceId: String!, $after: String) {{ workspace(workspaceId: $workspaceId) {{ projects(first: 100, after: $after) {{ edges {{ node {{ id name environments {{ edges {{ node {{ id name }} }} }} services(first: 10) {{ edges {{ node {{ {SERVICE_FIELDS} }} }} }} }} }} pageInfo {{ hasNextPage endCursor }} }} }} }}"
+        );
+        self.all_nodes(
+            step,
+            &query,
+            json!({"workspaceId": workspace_id, "after": null}),
+            ["workspace", "projects"],
+        )
+        .await
+    }
+
     /// Every service of ours, in one paginated query (per page of projects, in the
     /// project-per-agent layout).
     async fn fleet(&self, prefix: &str) -> Result<Vec<Service>> {
-        let mut services = Vec::new();
-        let mut after: Option<String> = None;
-        loop {
-            let page = match &self.layout {
-                Layout::Shared { project_id, .. } => {
-                    let query = format!(
-                        "query($id: String!, $after: String) {{ project(id: $id) {{ services(first: 500, after: $after) {{ edges {{ node {{ {SERVICE_FIELDS} }} }} pageInfo {{ hasNextPage endCursor }} }} }} }}"
-                    );
-                    let data = self
-                        .gql(
-                            "list",
-                            Replay::Safe,
-                            &query,
-                            json!({"id": project_id, "after": after}),
-                        )
-                        .await
-                        .map_err(|f| Error::outbound(SERVICE, "list", f))?;
-                    let connection = &data["project"]["services"];
-                    for edge in edges(connection) {
-                        if let Some(service) = parse_service(&edge["node"], project_id) {
-                            services.push(service);
-                        }
-                    }
-                    next_page(connection)
+        let mut services = match &self.layout {
+            Layout::Shared { project_id, .. } => self.project_services("list", project_id).await?,
+            Layout::ProjectPerAgent { workspace_id } => {
+                let mut services = Vec::new();
+                for project in self.workspace_projects("list", workspace_id).await? {
+                    let (Some(id), Some(name)) = (project["id"].as_str(), project["name"].as_str())
+                    else {
+                        return Err(Error::outbound(SERVICE, "list", Failure::BadReply));
+                    };
+                    // The project is the resource; its one service says how it is doing. A
+                    // project whose service is not there yet is still being created.
+                    let service =
+                        edges(&project["services"]).find_map(|e| parse_service(&e["node"], id));
+                    services.push(Service {
+                        id: service.as_ref().map_or_else(String::new, |s| s.id.clone()),
+                        name: name.to_string(),
+                        project_id: id.to_string(),
+                        status: service.map_or(ResourceStatus::Deploying, |s| s.status),
+                    });
                 }
-                Layout::ProjectPerAgent { workspace_id } => {
-                    let query = format!(
-                        "query($workspaceId: String!, $after: String) {{ workspace(workspaceId: $workspaceId) {{ projects(first: 100, after: $after) {{ edges {{ node {{ id name environments {{ edges {{ node {{ id name }} }} }} services(first: 10) {{ edges {{ node {{ {SERVICE_FIELDS} }} }} }} }} }} pageInfo {{ hasNextPage endCursor }} }} }} }}"
-                    );
-                    let data = self
-                        .gql(
-                            "list",
-                            Replay::Safe,
-                            &query,
-                            json!({"workspaceId": workspace_id, "after": after}),
-                        )
-                        .await
-                        .map_err(|f| Error::outbound(SERVICE, "list", f))?;
-                    let connection = &data["workspace"]["projects"];
-                    for edge in edges(connection) {
-                        let project = &edge["node"];
-                        let (Some(id), Some(name)) =
-                            (project["id"].as_str(), project["name"].as_str())
-                        else {
-                            return Err(Error::outbound(SERVICE, "list", Failure::BadReply));
-                        };
-                        if !name.starts_with(prefix) {
-                            continue;
-                        }
-                        // The project is the resource; its one service says how it is doing. A
-                        // project whose service is not there yet is still being created.
-                        let service =
-                            edges(&project["services"]).find_map(|e| parse_service(&e["node"], id));
-                        services.push(Service {
-                            id: service.as_ref().map_or_else(String::new, |s| s.id.clone()),
-                            name: name.to_string(),
-                            project_id: id.to_string(),
-                            status: service.map_or(ResourceStatus::Deploying, |s| s.status),
-                        });
-                    }
-                    next_page(connection)
-                }
-            };
-            match page {
-                Some(cursor) => after = Some(cursor),
-                None => break,
+                services
             }
-        }
+        };
         services.retain(|s| s.name.starts_with(prefix));
         Ok(services)
     }
@@ -252,19 +269,12 @@ impl RailwayProvider {
 
     /// Ids of the services called `name` in a project.
     async fn services_named(&self, project_id: &str, name: &str) -> Result<Vec<String>> {
-        let query = "query($id: String!) { project(id: $id) { services(first: 500) { edges { node { id name } } } } }";
-        let data = self
-            .gql(
-                "railway-service",
-                Replay::Safe,
-                query,
-                json!({"id": project_id}),
-            )
-            .await
-            .map_err(|f| Error::outbound(SERVICE, "railway-service", f))?;
-        Ok(edges(&data["project"]["services"])
-            .filter(|e| e["node"]["name"].as_str() == Some(name))
-            .filter_map(|e| e["node"]["id"].as_str().map(str::to_string))
+        Ok(self
+            .project_services("railway-service", project_id)
+            .await?
+            .into_iter()
+            .filter(|s| s.name == name)
+            .map(|s| s.id)
             .collect())
     }
 
@@ -309,30 +319,11 @@ impl RailwayProvider {
         let Layout::ProjectPerAgent { workspace_id } = &self.layout else {
             return Ok(Vec::new());
         };
-        let mut found = Vec::new();
-        let mut after: Option<String> = None;
-        loop {
-            let query = "query($workspaceId: String!, $after: String) { workspace(workspaceId: $workspaceId) { projects(first: 100, after: $after) { edges { node { id name environments { edges { node { id name } } } } } pageInfo { hasNextPage endCursor } } } }";
-            let data = self
-                .gql(
-                    "railway-project",
-                    Replay::Safe,
-                    query,
-                    json!({"workspaceId": workspace_id, "after": after}),
-                )
-                .await
-                .map_err(|f| Error::outbound(SERVICE, "railway-project", f))?;
-            let connection = &data["workspace"]["projects"];
-            found.extend(
-                edges(connection)
-                    .filter(|e| e["node"]["name"].as_str() == Some(name))
-                    .map(|e| e["node"].clone()),
-            );
-            match next_page(connection) {
-                Some(cursor) => after = Some(cursor),
-                None => return Ok(found),
-            }
-        }
+        let mut projects = self
+            .workspace_projects("railway-project", workspace_id)
+            .await?;
+        projects.retain(|p| p["name"].as_str() == Some(name));
+        Ok(projects)
     }
 
     /// Domain, volume and the one commit that deploys, for a service that exists.
