@@ -51,7 +51,7 @@ pub enum Error {
     },
 
     /// A call to an outside API failed, after the retries it was allowed.
-    #[error("{service} {step} failed: {failure}")]
+    #[error("{} failed: {failure}", if service == step { service.to_string() } else { format!("{service} {step}") })]
     Outbound {
         service: &'static str,
         step: &'static str,

@@ -4,6 +4,7 @@
 
 pub mod fakes;
 pub mod faults;
+pub mod outside;
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -167,6 +168,20 @@ pub fn agentpool_bin() -> &'static Path {
         assert!(status.success(), "building agentpool failed");
         profile_dir.join("agentpool")
     })
+}
+
+/// A command with nothing from this environment but PATH, HOME and TMPDIR (no stray
+/// DATABASE_URL), logging warnings only.
+pub fn clean(bin: &Path) -> Command {
+    let mut command = Command::new(bin);
+    command.env_clear();
+    for var in ["PATH", "HOME", "TMPDIR"] {
+        if let Some(value) = std::env::var_os(var) {
+            command.env(var, value);
+        }
+    }
+    command.env("RUST_LOG", "warn");
+    command
 }
 
 /// Settings for a test: small pool, fast failure detection, everything else default.

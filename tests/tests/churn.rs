@@ -11,14 +11,11 @@ use agentpool_core::gate::Gate;
 use agentpool_core::providers::railway::RailwayProvider;
 use agentpool_core::tick::{self, Mode};
 use agentpool_core::{instances, Pool, Settings};
-use agentpool_tests::fakes::{
-    AgentMailConfig, AgentMailFake, Controls, FakeConfig, Fault, OpenRouterConfig, OpenRouterFake,
-    RailwayFake, Scope, TelnyxConfig, TelnyxFake,
-};
+use agentpool_tests::fakes::{Controls, Fault, Scope};
+use agentpool_tests::outside::Outside;
 use agentpool_tests::{wait_until, TestDb};
 use tokio_util::sync::CancellationToken;
 
-const TOKEN: &str = "churn-railway-token";
 const REPLICAS: usize = 3;
 const ROUNDS: usize = 10;
 const PER_ROUND: u32 = 20;
@@ -38,63 +35,32 @@ fn faults() -> Vec<Fault> {
     ]
 }
 
-// Ignored until a race it found is fixed: when an order for a Telnyx number fails in a way that
-// leaves its effect unknown, the client looks the number up and takes it as its own. If another
-// instance ordered that same number meanwhile, both record it, and when one is destroyed the other
-// points at a released number. Run it with `cargo test -p agentpool-tests --test churn --
-// --ignored`; it passed 6 of 8 runs here.
-#[ignore = "Telnyx lost-order race: two instances can record one number (issue 8)"]
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_churn_under_faults_leaves_nothing_behind() {
-    let railway = RailwayFake::start(FakeConfig {
-        tokens: vec![TOKEN.into()],
-        ..FakeConfig::default()
-    })
-    .await;
-    let openrouter = OpenRouterFake::start(OpenRouterConfig::default()).await;
-    let agentmail = AgentMailFake::start(AgentMailConfig::default()).await;
-    let telnyx = TelnyxFake::start(TelnyxConfig {
-        available: 400,
-        ..TelnyxConfig::default()
-    })
-    .await;
-    let ids = railway.shared_ids();
+    let outside = Outside::start(400).await;
+    let Outside {
+        railway,
+        openrouter,
+        agentmail,
+        telnyx,
+    } = &outside;
     let db = TestDb::new().await;
     let prefix = "churn-";
-    let vars: Vec<(String, String)> = [
-        ("DATABASE_URL", db.url.clone()),
-        ("POOL_API_KEY", "churn-key-0123456789".into()),
-        ("POOL_PROVIDER", "railway".into()),
-        ("POOL_NAME_PREFIX", prefix.into()),
-        ("POOL_MIN_IDLE", "0".into()),
-        ("POOL_MAX_TOTAL", "60".into()),
-        ("HEALTH_GRACE_MS", "0".into()),
-        ("HEALTH_FAILURE_THRESHOLD", "1".into()),
-        ("HEALTH_TIMEOUT_MS", "2000".into()),
-        ("OUTBOUND_TIMEOUT_MS", "3000".into()),
-        ("RAILWAY_API_URL", railway.url()),
-        ("RAILWAY_API_TOKEN", TOKEN.into()),
-        ("RAILWAY_PROJECT_ID", ids.project_id.clone()),
-        ("RAILWAY_ENVIRONMENT_ID", ids.environment_id.clone()),
-        ("RAILWAY_PUBLIC_SCHEME", "http".into()),
-        ("OPENROUTER_API_URL", openrouter.url()),
-        (
-            "OPENROUTER_MANAGEMENT_KEY",
-            openrouter.management_key().into(),
-        ),
-        ("AGENTMAIL_API_URL", agentmail.url()),
-        ("AGENTMAIL_API_KEY", agentmail.api_key().into()),
-        ("AGENTMAIL_DOMAIN", agentmail.domain().into()),
-        ("TELNYX_API_URL", telnyx.url()),
-        ("TELNYX_API_KEY", telnyx.api_key().into()),
-        (
-            "TELNYX_MESSAGING_PROFILE_ID",
-            telnyx.messaging_profile_id().into(),
-        ),
-    ]
-    .into_iter()
-    .map(|(k, v)| (k.to_string(), v))
-    .collect();
+    let mut vars = outside.settings();
+    vars.extend(
+        [
+            ("DATABASE_URL", db.url.clone()),
+            ("POOL_API_KEY", "churn-key-0123456789".into()),
+            ("POOL_NAME_PREFIX", prefix.into()),
+            ("POOL_MIN_IDLE", "0".into()),
+            ("POOL_MAX_TOTAL", "60".into()),
+            ("HEALTH_GRACE_MS", "0".into()),
+            ("HEALTH_FAILURE_THRESHOLD", "1".into()),
+            ("HEALTH_TIMEOUT_MS", "2000".into()),
+            ("OUTBOUND_TIMEOUT_MS", "3000".into()),
+        ]
+        .map(|(k, v)| (k.to_string(), v)),
+    );
     let settings = Settings::from_vars(vars).unwrap();
     // Replicas: each its own provider and clients, one database.
     let replicas: Vec<Pool> = (0..REPLICAS)
@@ -193,7 +159,12 @@ async fn a_churn_under_faults_leaves_nothing_behind() {
         .fetch_one(&db.pool)
         .await
         .unwrap();
-        settling == 0 && consistent(&db, prefix, &railway, &openrouter, &agentmail, &telnyx).await
+        settling == 0
+            && outside
+                .agrees_with(&db.pool, prefix)
+                .await
+                .map_err(|difference| eprintln!("not yet: {difference}"))
+                .is_ok()
     })
     .await;
     let alive = instances::counts(&db.pool)
@@ -250,65 +221,4 @@ async fn a_churn_under_faults_leaves_nothing_behind() {
             .map(|(name, s)| (*name, s.faults.clone()))
             .collect::<Vec<_>>()
     );
-}
-
-/// Every row's compute resource and tools exist in the fakes, and every resource of ours in a fake
-/// belongs to a row.
-async fn consistent(
-    db: &TestDb,
-    prefix: &str,
-    railway: &RailwayFake,
-    openrouter: &OpenRouterFake,
-    agentmail: &AgentMailFake,
-    telnyx: &TelnyxFake,
-) -> bool {
-    let services: std::collections::BTreeSet<String> = railway
-        .services()
-        .into_iter()
-        .filter(|s| s.name.starts_with(prefix))
-        .map(|s| s.id)
-        .collect();
-    let infra: std::collections::BTreeSet<String> =
-        sqlx::query_scalar("SELECT resource_id FROM instance_infra")
-            .fetch_all(&db.pool)
-            .await
-            .unwrap()
-            .into_iter()
-            .collect();
-    let mut outside: std::collections::BTreeSet<(String, String)> = openrouter
-        .keys()
-        .into_iter()
-        .map(|k| ("openrouter".to_string(), k.hash))
-        .collect();
-    outside.extend(
-        agentmail
-            .inboxes()
-            .into_iter()
-            .map(|i| ("email".to_string(), i.inbox_id)),
-    );
-    outside.extend(
-        telnyx
-            .numbers()
-            .into_iter()
-            .map(|n| ("sms".to_string(), n.id)),
-    );
-    let recorded: std::collections::BTreeSet<(String, String)> = sqlx::query_as(
-        "SELECT tool_id, resource_id FROM instance_services WHERE tool_id IN ('openrouter', 'email', 'sms')",
-    )
-    .fetch_all(&db.pool)
-    .await
-    .unwrap()
-    .into_iter()
-    .collect();
-    let same = services == infra && outside == recorded;
-    if !same {
-        eprintln!(
-            "not yet: services {} vs infra {}, tools outside {} vs recorded {}",
-            services.len(),
-            infra.len(),
-            outside.len(),
-            recorded.len()
-        );
-    }
-    same
 }

@@ -8,25 +8,13 @@ use agentpool_core::domain::InstanceStatus;
 use agentpool_core::instances;
 use agentpool_core::providers::local::LocalProvider;
 use agentpool_tests::{
-    agentpool_bin, free_port, proc_stat, process_alive, scheduler_bin, wait_until, Guarded, TestDb,
+    agentpool_bin, clean, free_port, proc_stat, process_alive, scheduler_bin, wait_until, Guarded,
+    TestDb,
 };
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
 use reqwest::StatusCode;
 use serde_json::Value;
-
-/// A command with nothing from this environment but PATH and HOME: no stray DATABASE_URL.
-fn clean(bin: &std::path::Path) -> Command {
-    let mut command = Command::new(bin);
-    command.env_clear();
-    for var in ["PATH", "HOME", "TMPDIR"] {
-        if let Some(value) = std::env::var_os(var) {
-            command.env(var, value);
-        }
-    }
-    command.env("RUST_LOG", "warn");
-    command
-}
 
 /// Every descendant of `pid`, from /proc.
 fn descendants(pid: i32) -> Vec<i32> {

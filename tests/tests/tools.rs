@@ -275,14 +275,81 @@ async fn tool_resources_no_row_owns_are_deleted_by_the_tick() {
     tools.openrouter.create_key_behind_our_back(&ghost);
     tools.agentmail.create_inbox_behind_our_back(&ghost);
     tools.telnyx.order_behind_our_back(&[&ghost]);
+    // A creator that died between ordering a number and tagging it: only the order names it.
+    let untagged = tools
+        .telnyx
+        .order_untagged(&format!("{prefix}dead00000001"));
     // Someone else's resources, without our prefix, are none of our business.
     tools
         .openrouter
         .create_key_behind_our_back("someone-elses-key");
+    let theirs = tools.telnyx.order_behind_our_back(&[]);
     assert_eq!(tools.left(&prefix), (2, 2, 2));
 
     let report = t.tick_with(Mode::Reconcile).await;
-    assert_eq!(report.tool_orphans_deleted.len(), 3, "{report:?}");
+    assert_eq!(report.tool_orphans_deleted.len(), 4, "{report:?}");
     assert_eq!(tools.left(&prefix), (1, 1, 1), "the instance's own stay");
     assert_eq!(tools.openrouter.keys().len(), 2);
+    let numbers: Vec<String> = tools
+        .telnyx
+        .numbers()
+        .into_iter()
+        .map(|n| n.phone_number)
+        .collect();
+    assert!(!numbers.contains(&untagged.phone_number), "{numbers:?}");
+    assert!(numbers.contains(&theirs.phone_number), "{numbers:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_untagged_number_is_judged_by_its_newest_order() {
+    let tools = Tools::start(TelnyxConfig {
+        available: 1,
+        ..TelnyxConfig::default()
+    })
+    .await;
+    let t = pool(&tools, &[]).await;
+    let prefix = t.pool.settings.pool_name_prefix.clone();
+    // One of ours bought the only number and released it; someone else bought it since.
+    let ours = tools
+        .telnyx
+        .order_untagged(&format!("{prefix}gone00000001"));
+    let report = t.tick_with(Mode::Reconcile).await;
+    assert_eq!(report.tool_orphans_deleted.len(), 1, "{report:?}");
+    let theirs = tools.telnyx.order_behind_our_back(&[]);
+    assert_eq!(theirs.phone_number, ours.phone_number);
+
+    let report = t.tick_with(Mode::Reconcile).await;
+    assert!(report.tool_orphans_deleted.is_empty(), "{report:?}");
+    assert_eq!(tools.telnyx.numbers().len(), 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failed_order_never_takes_the_number_another_instance_bought() {
+    let tools = Tools::start(TelnyxConfig {
+        available: 2,
+        ..TelnyxConfig::default()
+    })
+    .await;
+    let t = pool(&tools, &[]).await;
+    let prefix = t.pool.settings.pool_name_prefix.clone();
+    let other = format!("{prefix}other0000001");
+    tools.telnyx.outbid_next(&other);
+    let (status, body) = t.post("/api/pool/replenish", json!({"count": 1})).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(body["created"].as_array().unwrap().len(), 1, "{body}");
+
+    let recorded: Value =
+        sqlx::query_scalar("SELECT config FROM instance_services WHERE tool_id = 'sms'")
+            .fetch_one(&t.pool.db)
+            .await
+            .unwrap();
+    let ours = recorded["phoneNumber"].as_str().unwrap();
+    let numbers = tools.telnyx.numbers();
+    assert_eq!(numbers.len(), 2, "{numbers:?}");
+    let theirs = numbers.iter().find(|n| n.phone_number != ours);
+    assert_eq!(
+        theirs.map(|n| n.tags.clone()),
+        Some(vec![other]),
+        "the other instance keeps its number, and ours is another: {numbers:?}"
+    );
 }

@@ -62,6 +62,26 @@ pub trait Provider: Send + Sync {
     /// is complete or an error: a resource the provider could not read must fail the listing,
     /// never be left out, because a resource left out looks gone (and, twice, is destroyed).
     async fn list(&self, prefix: &str) -> Result<Vec<ObservedResource>>;
+
+    // Room for what comes next. Both default to "not offered", and a caller falls back to what
+    // every provider can do: destroy and create anew.
+
+    /// Brings a used resource back to its golden checkpoint instead of destroying it: seed 002's
+    /// Sprites restore in about 15 s what a rebuild takes about 5 minutes to make. `None`: this
+    /// provider keeps no checkpoints.
+    async fn recycle(&self, _resource: &ResourceRef) -> Option<Result<Created>> {
+        None
+    }
+
+    /// Adds variables to a running resource, for a tool added to a running instance or supplied
+    /// by the user at claim time (seed 004). `None`: only a new resource gets new variables.
+    async fn add_env(
+        &self,
+        _resource: &ResourceRef,
+        _env: &[(String, String)],
+    ) -> Option<Result<()>> {
+        None
+    }
 }
 
 pub fn from_settings(settings: &Settings) -> Result<Arc<dyn Provider>> {

@@ -242,6 +242,15 @@ impl OpenRouterFake {
         self.inner.world().create(name.to_string(), None, None)
     }
 
+    /// Deletes a key without the API (someone revoked it in the dashboard); false if there is
+    /// no such key.
+    pub fn delete_key_behind_our_back(&self, hash: &str) -> bool {
+        let mut world = self.inner.world();
+        let before = world.keys.len();
+        world.keys.retain(|k| k.hash != hash);
+        world.keys.len() < before
+    }
+
     /// Sets a key's usage in dollars (what its agent spent); false if there is no such key.
     pub fn set_usage(&self, hash: &str, usage: f64) -> bool {
         let mut world = self.inner.world();

@@ -524,6 +524,37 @@ impl RailwayFake {
     }
 }
 
+impl RailwayFake {
+    /// Deletes a service without the API (someone used the dashboard), stopping its process;
+    /// false if there is no such service.
+    pub fn delete_service_behind_our_back(&self, service_id: &str) -> bool {
+        let mut world = self.inner.world();
+        let found = world.services.iter().any(|s| s.id == service_id);
+        world.remove_service(service_id);
+        found
+    }
+
+    /// A service deployed outside this fake's API whose deployment reports `SUCCESS` and runs
+    /// nothing: a fleet for counting requests, whose runtimes live elsewhere. Panics on an
+    /// unknown project.
+    pub fn create_deployed_service_behind_our_back(&self, project_id: &str, name: &str) -> String {
+        let id = self.create_service_behind_our_back(project_id, name);
+        let mut world = self.inner.world();
+        if let Some(service) = world.services.iter_mut().find(|s| s.id == id) {
+            let (_, exited) = watch::channel(true);
+            service.deployments.push(Deployment {
+                id: new_id(),
+                status: "SUCCESS".into(),
+                created_at: now(),
+                pid: None,
+                exited,
+                logs: Vec::new(),
+            });
+        }
+        id
+    }
+}
+
 impl Drop for RailwayFake {
     fn drop(&mut self) {
         // First, so no request deploys anything after the kills below.

@@ -16,7 +16,10 @@
 //! as Telnyx does while an order settles. Error codes other than `10005` (not found), `10009`
 //! (authentication) and `10015` (unavailable) are the fake's own.
 //!
+//! Orders are kept with their `customer_reference` and listed by `GET /v2/number_orders`.
+//!
 //! Ops for faults and stats: `GET /v2/available_phone_numbers`, `POST /v2/number_orders`,
+//! `GET /v2/number_orders`,
 //! `GET /v2/phone_numbers`, `GET /v2/phone_numbers/{id}`, `PATCH /v2/phone_numbers/{id}`,
 //! `DELETE /v2/phone_numbers/{id}`, `GET /v2/messaging_profiles`,
 //! `POST /v2/messaging_profiles`.
@@ -151,7 +154,12 @@ struct World {
     /// Oldest first.
     owned: Vec<Owned>,
     profiles: Vec<ProfileView>,
+    /// Every order that went through, oldest first, as `GET /v2/number_orders` lists it. Orders
+    /// stay when their numbers are released, as on Telnyx.
+    orders: Vec<Value>,
     steal_next: u32,
+    /// See [`TelnyxFake::outbid_next`].
+    outbid_next: Option<String>,
 }
 
 impl World {
@@ -194,6 +202,54 @@ impl World {
             ordered: Instant::now(),
         });
         view
+    }
+}
+
+impl World {
+    /// Buys available `numbers` in one order and keeps the order.
+    fn order(
+        &mut self,
+        numbers: &[String],
+        tags: &[String],
+        profile: Option<String>,
+        reference: Option<&str>,
+    ) -> Value {
+        let lines: Vec<Value> = numbers
+            .iter()
+            .map(|n| {
+                self.take(n, tags.to_vec(), profile.clone());
+                json!({
+                    // The order line's id: not the phone number's.
+                    "id": numeric_id(),
+                    "record_type": "number_order_phone_number",
+                    "phone_number": n,
+                    "status": "success",
+                    "regulatory_requirements": [],
+                    "requirements_met": true,
+                })
+            })
+            .collect();
+        let created_at = now();
+        let order = json!({
+            "id": new_id(),
+            "record_type": "number_order",
+            "status": "success",
+            "phone_numbers_count": lines.len(),
+            "phone_numbers": lines,
+            "messaging_profile_id": profile,
+            "customer_reference": reference,
+            "created_at": created_at,
+            "updated_at": created_at,
+        });
+        self.orders.push(order.clone());
+        order
+    }
+
+    fn first_available(&self) -> Option<String> {
+        self.pool
+            .iter()
+            .find(|n| n.held == Held::Available)
+            .map(|n| n.phone_number.clone())
     }
 }
 
@@ -301,7 +357,9 @@ impl TelnyxFake {
                 name: config.messaging_profile_name.clone(),
                 created_at: now(),
             }],
+            orders: Vec::new(),
             steal_next: config.steal_next,
+            outbid_next: None,
         };
         let inner = Arc::new(Inner {
             config,
@@ -310,7 +368,7 @@ impl TelnyxFake {
         });
         let app = Router::new()
             .route("/v2/available_phone_numbers", get(search_numbers))
-            .route("/v2/number_orders", post(order_numbers))
+            .route("/v2/number_orders", post(order_numbers).get(list_orders))
             .route("/v2/phone_numbers", get(list_numbers))
             .route(
                 "/v2/phone_numbers/{id}",
@@ -390,16 +448,49 @@ impl TelnyxFake {
     pub fn order_behind_our_back(&self, tags: &[&str]) -> NumberView {
         let mut world = self.inner.world();
         let phone_number = world
-            .pool
-            .iter()
-            .find(|n| n.held == Held::Available)
-            .map(|n| n.phone_number.clone())
+            .first_available()
             .expect("a number for sale in the fake");
-        world.take(
-            &phone_number,
-            tags.iter().map(|t| t.to_string()).collect(),
-            Some(self.inner.config.messaging_profile_id.clone()),
-        )
+        let tags: Vec<String> = tags.iter().map(|t| t.to_string()).collect();
+        let profile = Some(self.inner.config.messaging_profile_id.clone());
+        world.order(std::slice::from_ref(&phone_number), &tags, profile, None);
+        world
+            .owned
+            .iter()
+            .rev()
+            .find(|o| o.view.phone_number == phone_number)
+            .map(|o| o.view.clone())
+            .expect("the number just ordered")
+    }
+
+    /// Buys the first number for sale in an order with this `customer_reference` and leaves it
+    /// untagged: what a creator that died between its order and its tag leaves behind. Panics if
+    /// none is left.
+    pub fn order_untagged(&self, reference: &str) -> NumberView {
+        let mut world = self.inner.world();
+        let phone_number = world
+            .first_available()
+            .expect("a number for sale in the fake");
+        world.order(
+            std::slice::from_ref(&phone_number),
+            &[],
+            None,
+            Some(reference),
+        );
+        world
+            .owned
+            .iter()
+            .rev()
+            .find(|o| o.view.phone_number == phone_number)
+            .map(|o| o.view.clone())
+            .expect("the number just ordered")
+    }
+
+    /// The next order answers 500 without buying anything, and right after it another buyer on
+    /// this account (an instance named `reference`, of another replica) orders the same number
+    /// and tags it: a client that takes "the number is ours now" for "my order went through"
+    /// takes that instance's number.
+    pub fn outbid_next(&self, reference: &str) {
+        self.inner.world().outbid_next = Some(reference.to_string());
     }
 }
 
@@ -451,8 +542,15 @@ async fn search_numbers(
     .into_response()
 }
 
+/// What `POST /v2/number_orders` asks for.
+struct OrderRequest {
+    numbers: Vec<String>,
+    profile: Option<String>,
+    reference: Option<String>,
+}
+
 async fn order_numbers(State(inner): State<Arc<Inner>>, body: Bytes) -> Response {
-    let read = || -> Result<(Vec<String>, Option<String>), String> {
+    let read = || -> Result<OrderRequest, String> {
         let body = json_body(&body)?;
         let numbers = match body.get("phone_numbers") {
             Some(Value::Array(items)) if !items.is_empty() => items
@@ -467,9 +565,18 @@ async fn order_numbers(State(inner): State<Arc<Inner>>, body: Bytes) -> Response
             _ => return Err("phone_numbers must be a non-empty array".into()),
         };
         let profile = opt_str(&body, "messaging_profile_id")?.map(str::to_string);
-        Ok((numbers, profile))
+        let reference = opt_str(&body, "customer_reference")?.map(str::to_string);
+        Ok(OrderRequest {
+            numbers,
+            profile,
+            reference,
+        })
     };
-    let (numbers, profile) = match read() {
+    let OrderRequest {
+        numbers,
+        profile,
+        reference,
+    } = match read() {
         Ok(order) => order,
         Err(message) => return inner.invalid(&message),
     };
@@ -496,32 +603,93 @@ async fn order_numbers(State(inner): State<Arc<Inner>>, body: Bytes) -> Response
             &format!("{taken} is no longer available"),
         );
     }
-    let lines: Vec<Value> = numbers
+    if let Some(reference) = world.outbid_next.take() {
+        // Another buyer on this account orders the number right after this order failed.
+        world.order(
+            &numbers,
+            std::slice::from_ref(&reference),
+            profile,
+            Some(&reference),
+        );
+        return inner.error(StatusCode::INTERNAL_SERVER_ERROR, "order failed, try again");
+    }
+    let order = world.order(&numbers, &[], profile, reference.as_deref());
+    Json(json!({ "data": order })).into_response()
+}
+
+/// `GET /v2/number_orders`, newest first, with `filter[customer_reference]` (exact),
+/// `filter[created_at][gt]` / `[lt]` (RFC 3339) and `page[number]` / `page[size]`.
+async fn list_orders(
+    State(inner): State<Arc<Inner>>,
+    query: Result<Query<Vec<(String, String)>>, QueryRejection>,
+) -> Response {
+    type Bound = Option<chrono::DateTime<chrono::FixedOffset>>;
+    let read = || -> Result<(Option<String>, Bound, Bound, usize, usize), String> {
+        let params = Params::read(query)?;
+        let time = |key: &str| -> Result<Bound, String> {
+            params
+                .get(key)
+                .map(|t| {
+                    chrono::DateTime::parse_from_rfc3339(t)
+                        .map_err(|_| format!("{key} must be an RFC 3339 date-time"))
+                })
+                .transpose()
+        };
+        let page = match params.uint("page[number]")? {
+            Some(0) => return Err("page[number] must be at least 1".into()),
+            Some(page) => page,
+            None => 1,
+        };
+        let size = match params.uint("page[size]")? {
+            Some(0) => return Err("page[size] must be at least 1".into()),
+            Some(size) => size.min(inner.config.page_size),
+            None => 20.min(inner.config.page_size),
+        };
+        Ok((
+            params.get("filter[customer_reference]").map(str::to_string),
+            time("filter[created_at][gt]")?,
+            time("filter[created_at][lt]")?,
+            page,
+            size,
+        ))
+    };
+    let (reference, after, before, page, size) = match read() {
+        Ok(listing) => listing,
+        Err(message) => return inner.invalid(&message),
+    };
+    let world = inner.world();
+    let matching: Vec<&Value> = world
+        .orders
         .iter()
-        .map(|n| {
-            world.take(n, Vec::new(), profile.clone());
-            json!({
-                // The order line's id: not the phone number's.
-                "id": numeric_id(),
-                "record_type": "number_order_phone_number",
-                "phone_number": n,
-                "status": "success",
-                "regulatory_requirements": [],
-                "requirements_met": true,
-            })
+        .rev()
+        .filter(|o| {
+            reference
+                .as_deref()
+                .is_none_or(|r| o["customer_reference"].as_str() == Some(r))
+        })
+        .filter(|o| {
+            let created = o["created_at"]
+                .as_str()
+                .and_then(|t| chrono::DateTime::parse_from_rfc3339(t).ok());
+            after.is_none_or(|a| created.is_some_and(|c| c > a))
+                && before.is_none_or(|b| created.is_some_and(|c| c < b))
         })
         .collect();
-    let created_at = now();
-    Json(json!({"data": {
-        "id": new_id(),
-        "record_type": "number_order",
-        "status": "success",
-        "phone_numbers_count": lines.len(),
-        "phone_numbers": lines,
-        "messaging_profile_id": profile,
-        "created_at": created_at,
-        "updated_at": created_at,
-    }}))
+    let total = matching.len();
+    let data: Vec<&Value> = matching
+        .into_iter()
+        .skip((page - 1).saturating_mul(size))
+        .take(size)
+        .collect();
+    Json(json!({
+        "data": data,
+        "meta": {
+            "total_pages": total.div_ceil(size),
+            "total_results": total,
+            "page_number": page,
+            "page_size": size,
+        },
+    }))
     .into_response()
 }
 

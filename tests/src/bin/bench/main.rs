@@ -9,6 +9,7 @@
 
 mod claims;
 mod fleet;
+mod railway;
 mod report;
 mod stats;
 mod tick;
@@ -59,6 +60,7 @@ pub struct Report {
     pub claims_http: Vec<claims::HttpCell>,
     pub claim_strategies: Vec<claims::StrategyCell>,
     pub ticks: Vec<tick::TickCell>,
+    pub railway: Vec<railway::RailwayCell>,
     pub process: fleet::ProcessFigures,
     pub total_seconds: f64,
 }
@@ -101,6 +103,8 @@ async fn run(out: PathBuf, scale: Scale) -> anyhow::Result<()> {
     let claim_strategies = claims::strategies(&pool, &url, &stub, scale).await?;
     eprintln!("bench: ticks");
     let ticks = tick::measure(&pool, &url, &stub, scale).await?;
+    eprintln!("bench: Railway requests per tick");
+    let railway = railway::measure(&pool, &url, &stub).await?;
     eprintln!("bench: process start and memory");
     let process = fleet::process_figures(&url, scale).await?;
 
@@ -111,6 +115,7 @@ async fn run(out: PathBuf, scale: Scale) -> anyhow::Result<()> {
         claims_http,
         claim_strategies,
         ticks,
+        railway,
         process,
         total_seconds: started.elapsed().as_secs_f64(),
     };

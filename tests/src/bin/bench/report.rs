@@ -277,6 +277,27 @@ pub fn markdown(report: &Report) -> String {
         );
     }
 
+    let _ = writeln!(md, "\n## Railway requests per tick\n");
+    let _ = writeln!(
+        md,
+        "The real Railway provider against the Railway fake (`tests/src/fakes/railway.rs`), over \
+         a steady fleet in one shared project whose services all report a successful deployment; \
+         the runtimes are the stub agent. Requests are every GraphQL request the fake received \
+         during one full tick (the periodic one) and one kicked tick (after a claim or a \
+         creation). The fleet's status is one paginated project query, 500 services a page.\n"
+    );
+    let _ = writeln!(
+        md,
+        "| instances | requests per full tick | requests per kicked tick | changes |\n|---|---|---|---|"
+    );
+    for r in &report.railway {
+        let _ = writeln!(
+            md,
+            "| {} | {} | {} | {} |",
+            r.instances, r.full_tick_requests, r.kick_tick_requests, r.changes
+        );
+    }
+
     let _ = writeln!(md, "\n## One replica: start and memory\n");
     let _ = writeln!(
         md,

@@ -25,7 +25,7 @@ use crate::fleet::{proc_status_kib, SharedStub};
 use crate::stats::ms;
 use crate::Scale;
 
-const PREFIX: &str = "bench-";
+pub const PREFIX: &str = "bench-";
 
 /// Counts the statements sqlx runs (its `sqlx::query` events) while switched on.
 struct QueryCounter;
@@ -149,7 +149,11 @@ pub struct TickCell {
 }
 
 /// A steady fleet of `count` instances: nine in ten idle, one in ten claimed, every one running.
-async fn fill(db: &PgPool, stub: &SharedStub, count: usize) -> anyhow::Result<BTreeSet<String>> {
+pub async fn fill(
+    db: &PgPool,
+    stub: &SharedStub,
+    count: usize,
+) -> anyhow::Result<BTreeSet<String>> {
     sqlx::query("TRUNCATE instances, instance_events CASCADE")
         .execute(db)
         .await?;

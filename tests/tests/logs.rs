@@ -1,0 +1,231 @@
+//! No credential reaches a log line. `agentpool serve` runs at trace level in railway mode with
+//! every tool, through creation, a claim, wrong keys, injected faults on every fake and teardown;
+//! then every secret that existed on the way is looked for in what it wrote.
+
+use std::time::Duration;
+
+use agentpool_tests::fakes::{Controls, Fault, Scope};
+use agentpool_tests::outside::{Outside, RAILWAY_TOKEN};
+use agentpool_tests::{agentpool_bin, clean, free_port, wait_until, Guarded, TestDb};
+use nix::sys::signal::{kill, Signal};
+use nix::unistd::Pid;
+use reqwest::StatusCode;
+use serde_json::{json, Value};
+
+const API_KEY: &str = "log-scan-pool-api-key-0123456789";
+/// A wrong key a client sends: it must not be echoed either.
+const WRONG_KEY: &str = "wrong-guess-0123456789abcdef";
+
+/// Faults of every kind once on each fake, at the start of the next requests.
+fn disturb(fakes: &[&dyn Controls]) {
+    for fake in fakes {
+        for fault in [
+            Fault::ServerError,
+            Fault::RateLimited {
+                retry_after_secs: 1,
+            },
+            Fault::Drop,
+            Fault::GraphqlError,
+            Fault::LostReply,
+        ] {
+            fake.inject(fault, Scope::Next { op: None, count: 1 });
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn no_credential_appears_in_any_log_line() {
+    let outside = Outside::start(50).await;
+    let Outside {
+        railway,
+        openrouter,
+        agentmail,
+        telnyx,
+    } = &outside;
+    let fakes = outside.controls();
+    let db = TestDb::new().await;
+    let port = free_port();
+    let log_dir = tempfile::tempdir().unwrap();
+    let log_path = log_dir.path().join("serve.log");
+    let log = std::fs::File::create(&log_path).unwrap();
+
+    let mut serve = clean(agentpool_bin());
+    serve
+        .arg("serve")
+        .env("RUST_LOG", "trace")
+        .env("PORT", port.to_string())
+        .env("DATABASE_URL", &db.url)
+        .env("POOL_API_KEY", API_KEY)
+        .env("POOL_MIN_IDLE", "0")
+        .env("TICK_INTERVAL_MS", "0")
+        .env("HEALTH_GRACE_MS", "0")
+        .env("OUTBOUND_TIMEOUT_MS", "3000")
+        .envs(outside.settings())
+        .stdout(log.try_clone().unwrap())
+        .stderr(log);
+    let mut serve = Guarded(serve.spawn().unwrap());
+    let base = format!("http://127.0.0.1:{port}");
+    let http = reqwest::Client::new();
+    wait_until(Duration::from_secs(30), || async {
+        http.get(format!("{base}/healthz"))
+            .send()
+            .await
+            .is_ok_and(|r| r.status() == StatusCode::OK)
+    })
+    .await;
+    let post = |path: &str, body: Value| {
+        http.post(format!("{base}{path}"))
+            .bearer_auth(API_KEY)
+            .json(&body)
+            .send()
+    };
+
+    // Creation through the SSE stream, whose key travels in the query string, under faults.
+    disturb(&fakes);
+    let stream = http
+        .get(format!(
+            "{base}/api/pool/replenish/stream?count=2&key={API_KEY}"
+        ))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(stream.status(), StatusCode::OK);
+    let events = stream.text().await.unwrap();
+    assert!(events.contains(r#""type":"complete""#), "{events}");
+
+    // The pool settles (faults may have failed a creation), then an agent is claimed.
+    let mut secrets: Vec<String> = Vec::new();
+    wait_until(Duration::from_secs(60), || async {
+        post("/api/pool/tick", json!({})).await.unwrap();
+        let counts: Value = http
+            .get(format!("{base}/api/pool/counts"))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        if counts["starting"] == 0 && counts["idle"] == 0 {
+            post("/api/pool/replenish", json!({"count": 1}))
+                .await
+                .unwrap();
+        }
+        counts["idle"].as_i64() >= Some(1) && counts["starting"] == 0
+    })
+    .await;
+    let claim = post(
+        "/api/pool/claim",
+        json!({"agentName": "Scanner", "instructions": "Say hello."}),
+    )
+    .await
+    .unwrap();
+    assert_eq!(claim.status(), StatusCode::OK);
+    let unauthorized = http
+        .get(format!("{base}/api/pool/status"))
+        .bearer_auth(WRONG_KEY)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(unauthorized.status(), StatusCode::UNAUTHORIZED);
+    let unauthorized = http
+        .get(format!(
+            "{base}/api/pool/replenish/stream?count=1&key={WRONG_KEY}"
+        ))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(unauthorized.status(), StatusCode::UNAUTHORIZED);
+
+    // Every secret that exists now: the settings' and each instance's.
+    secrets.extend(
+        [
+            API_KEY,
+            WRONG_KEY,
+            RAILWAY_TOKEN,
+            openrouter.management_key(),
+            agentmail.api_key(),
+            telnyx.api_key(),
+        ]
+        .map(str::to_string),
+    );
+    secrets.extend(openrouter.keys().into_iter().map(|k| k.key));
+    for service in railway.services() {
+        secrets.extend(
+            service
+                .variables
+                .iter()
+                .filter(|(name, _)| ["KEY", "TOKEN", "SECRET"].iter().any(|s| name.contains(s)))
+                .map(|(_, value)| value.clone()),
+        );
+    }
+    let tokens: Vec<String> = sqlx::query_scalar("SELECT gateway_token FROM instances")
+        .fetch_all(&db.pool)
+        .await
+        .unwrap();
+    secrets.extend(tokens);
+    assert!(
+        secrets.iter().any(|s| s.starts_with("0x")),
+        "a wallet key among the secrets: the scan covers it"
+    );
+
+    // Teardown under faults.
+    disturb(&fakes);
+    let drain = post("/api/pool/drain", json!({"count": 10})).await.unwrap();
+    assert_eq!(drain.status(), StatusCode::OK);
+    let claimed = claim.json::<Value>().await.unwrap();
+    let id = claimed["instanceId"].as_str().unwrap();
+    let killed = http
+        .delete(format!("{base}/api/pool/instances/{id}"))
+        .bearer_auth(API_KEY)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(killed.status(), StatusCode::ACCEPTED);
+    wait_until(Duration::from_secs(60), || async {
+        sqlx::query("UPDATE instances SET next_attempt_at = now() WHERE status = 'destroying'")
+            .execute(&db.pool)
+            .await
+            .unwrap();
+        post("/api/pool/tick", json!({})).await.unwrap();
+        let rows: i64 = sqlx::query_scalar("SELECT count(*) FROM instances")
+            .fetch_one(&db.pool)
+            .await
+            .unwrap();
+        rows == 0
+    })
+    .await;
+    kill(Pid::from_raw(serve.0.id() as i32), Signal::SIGTERM).unwrap();
+    let status = tokio::task::spawn_blocking(move || serve.0.wait())
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(status.success(), "serve exited with {status}");
+
+    let text = std::fs::read_to_string(&log_path).unwrap();
+    let injected: u64 = fakes
+        .iter()
+        .map(|f| f.stats().faults.values().sum::<u64>())
+        .sum();
+    assert!(injected >= 10, "faults injected: {injected}");
+    // The scan reads a log that saw the work and its failures, at every level.
+    for expected in [
+        "TRACE",
+        "DEBUG",
+        "retrying",
+        "call failed",
+        "/api/pool/claim",
+    ] {
+        assert!(text.contains(expected), "no {expected:?} in the log");
+    }
+    for secret in &secrets {
+        assert!(secret.len() >= 16, "too short to scan for: {secret:?}");
+        if let Some(line) = text.lines().find(|line| line.contains(secret.as_str())) {
+            panic!("a credential in the log: {line}");
+        }
+    }
+    eprintln!(
+        "log scan: {} lines, {} secrets, {injected} faults injected",
+        text.lines().count(),
+        secrets.len()
+    );
+}
