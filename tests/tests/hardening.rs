@@ -588,6 +588,43 @@ async fn an_idempotency_key_returns_the_same_agent_to_every_retry() {
     assert_eq!(t.count(Claimed).await, 1);
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_key_left_pending_by_a_dead_claimer_is_taken_over_after_the_claim_timeout() {
+    let t = TestPool::with(&[("POOL_MIN_IDLE", "2")], &[]).await;
+    t.fill(2).await;
+    let body = json!({"agentName": "orphaned", "instructions": "Carry on."});
+    let (status, first) = claim_body(&t, body.clone(), Some("order-7")).await;
+    assert_eq!(status, StatusCode::OK, "{first}");
+    // The claimer "dies" mid-claim: its key is pending, with no reply, from another attempt.
+    let die = |age: &'static str| {
+        let t = &t;
+        async move {
+            sqlx::query(&format!(
+                "UPDATE claim_requests SET status = 'pending', reply = NULL, instance_id = NULL,
+                        attempt = gen_random_uuid(), created_at = now() - interval '{age}'
+                  WHERE key = 'order-7'"
+            ))
+            .execute(&t.pool.db)
+            .await
+            .unwrap();
+        }
+    };
+    // Within the claim timeout the claimer may still be working: the retry waits its turn.
+    die("0 seconds").await;
+    let (status, reply) = claim_body(&t, body.clone(), Some("order-7")).await;
+    assert_eq!(status, StatusCode::CONFLICT, "{reply}");
+    assert_eq!(reply["code"], "claim_in_progress");
+    // Past it, the claimer is dead: the retry takes the key over and gets an agent.
+    die("1 hour").await;
+    let (status, taken_over) = claim_body(&t, body.clone(), Some("order-7")).await;
+    assert_eq!(status, StatusCode::OK, "{taken_over}");
+    assert_ne!(taken_over["instanceId"], first["instanceId"]);
+    // And from then on, the key replays that reply.
+    let (status, again) = claim_body(&t, body, Some("order-7")).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(again, taken_over);
+}
+
 // 10. Tick reports, SSE events and API errors carry a code and a short cause, nothing internal.
 #[tokio::test]
 async fn provider_failures_are_reported_by_code_without_paths() {

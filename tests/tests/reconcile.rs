@@ -87,11 +87,18 @@ async fn reconcile_repairs_a_database_and_fakes_that_disagree() {
                 .id
         ),
     ];
-    // 3. A creation whose replica died before it made anything, an hour ago.
+    // 3. A creation whose replica died an hour ago, after its key and its service were made and
+    //    before either was recorded.
     let reserved = creation::reserve(&t.pool, 1, Actor::Operator, "cut off")
         .await
         .unwrap();
     let cut_off = reserved[0].id.clone();
+    let unrecorded_key = outside
+        .openrouter
+        .create_key_behind_our_back(&reserved[0].name);
+    outside
+        .railway
+        .create_deployed_service_behind_our_back(&project, &reserved[0].name);
     sqlx::query(
         "UPDATE instances SET created_at = now() - interval '1 hour',
                 status_since = now() - interval '1 hour' WHERE id = $1",
@@ -152,6 +159,7 @@ async fn reconcile_repairs_a_database_and_fakes_that_disagree() {
     let mut tool_orphans = deleted("toolOrphansDeleted");
     tool_orphans.sort();
     let mut expected = orphans.to_vec();
+    expected.push(format!("openrouter:{}", unrecorded_key.hash));
     expected.sort();
     assert_eq!(tool_orphans, expected);
 }

@@ -265,6 +265,30 @@ async fn a_lost_openrouter_reply_leaves_no_stray_key() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_teardown_cut_off_between_destroying_a_tool_and_forgetting_it_completes() {
+    let tools = Tools::start(TelnyxConfig::default()).await;
+    let t = pool(&tools, &[]).await;
+    let prefix = t.pool.settings.pool_name_prefix.clone();
+    let (status, _) = t.post("/api/pool/replenish", json!({"count": 1})).await;
+    assert_eq!(status, StatusCode::OK);
+    t.fill(1).await;
+    // A teardown destroyed the key, and its replica died before it deleted the record.
+    let key = tools.openrouter.keys().remove(0);
+    assert!(tools.openrouter.delete_key_behind_our_back(&key.hash));
+    let (status, _) = t.post("/api/pool/drain", json!({"count": 1})).await;
+    assert_eq!(status, StatusCode::OK);
+    let report = t.tick().await;
+    assert_eq!(report.destroyed.len(), 1, "{report:?}");
+    assert!(report.errors.is_empty(), "{report:?}");
+    assert_eq!(tools.left(&prefix), (0, 0, 0));
+    let rows: i64 = sqlx::query_scalar("SELECT count(*) FROM instance_services")
+        .fetch_one(&t.pool.db)
+        .await
+        .unwrap();
+    assert_eq!(rows, 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn tool_resources_no_row_owns_are_deleted_by_the_tick() {
     let tools = Tools::start(TelnyxConfig::default()).await;
     let t = pool(&tools, &[]).await;
