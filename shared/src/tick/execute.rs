@@ -219,9 +219,14 @@ async fn destroy_instances(
     let ids: Vec<&str> = targets.iter().map(|t| t.id.as_str()).collect();
     match services::owned_by(&pool.db, &ids).await {
         Ok(owned) => {
+            let at: HashMap<String, usize> = targets
+                .iter()
+                .enumerate()
+                .map(|(i, t)| (t.id.clone(), i))
+                .collect();
             for service in owned {
-                if let Some(target) = targets.iter_mut().find(|t| t.id == service.instance_id) {
-                    target.services.push(service);
+                if let Some(&i) = at.get(&service.instance_id) {
+                    targets[i].services.push(service);
                 }
             }
         }
