@@ -199,6 +199,18 @@ pub struct ToolResource {
     pub name: String,
 }
 
+/// A tool resource a row records, as the tick reads it.
+#[derive(Debug, Clone, PartialEq, Eq, sqlx::FromRow)]
+pub struct RecordedTool {
+    /// `instance_services.id`.
+    pub id: i64,
+    pub instance_id: String,
+    pub tool_id: String,
+    pub resource_id: String,
+    /// Since when its tool's listings lack it; `None` if the last one showed it.
+    pub absent_since: Option<DateTime<Utc>>,
+}
+
 /// One resource in a provider's listing.
 #[derive(Debug, Clone)]
 pub struct ObservedResource {

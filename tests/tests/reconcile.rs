@@ -1,6 +1,6 @@
 //! Reconcile repairs a database and an outside world made to disagree on purpose, in railway mode
-//! with every tool: services and tool resources no row owns go, rows whose resources are gone are
-//! replaced, a creation cut off long ago is cleaned up, and the healthy and the foreign are left
+//! with every tool: services and tool resources no row owns go, rows whose service or tool
+//! resource is gone are replaced, a creation cut off long ago is cleaned up, and the healthy and the foreign are left
 //! alone.
 
 use std::sync::Arc;
@@ -62,7 +62,17 @@ async fn reconcile_repairs_a_database_and_fakes_that_disagree() {
     assert!(outside
         .railway
         .delete_service_behind_our_back(&service_of(&lost)));
-    // 2. Services and tool resources named like ours that no row owns, one number bought by an
+    // 2. Another idle agent's OpenRouter key revoked in OpenRouter's dashboard: its row records a
+    //    key that no longer exists, and the agent cannot think without it.
+    let keyless = idle[1].clone();
+    let key = outside
+        .openrouter
+        .keys()
+        .into_iter()
+        .find(|k| k.name == t.name_of(&keyless))
+        .unwrap();
+    assert!(outside.openrouter.delete_key_behind_our_back(&key.hash));
+    // 3. Services and tool resources named like ours that no row owns, one number bought by an
     //    order whose creator died before tagging it.
     let project = outside.railway.shared_ids().project_id;
     let ghost = format!("{PREFIX}ghost0000001");
@@ -87,7 +97,7 @@ async fn reconcile_repairs_a_database_and_fakes_that_disagree() {
                 .id
         ),
     ];
-    // 3. A creation whose replica died an hour ago, after its key and its service were made and
+    // 4. A creation whose replica died an hour ago, after its key and its service were made and
     //    before either was recorded.
     let reserved = creation::reserve(&t.pool, 1, Actor::Operator, "cut off")
         .await
@@ -107,7 +117,7 @@ async fn reconcile_repairs_a_database_and_fakes_that_disagree() {
     .execute(&t.pool.db)
     .await
     .unwrap();
-    // 4. Someone else's, without our prefix: none of our business.
+    // 5. Someone else's, without our prefix: none of our business.
     let foreign = outside
         .railway
         .create_deployed_service_behind_our_back(&project, "someone-elses-service");
@@ -123,6 +133,7 @@ async fn reconcile_repairs_a_database_and_fakes_that_disagree() {
         assert_eq!(status, StatusCode::OK, "{report}");
         reports.lock().unwrap().push(report);
         t.instance(&lost).await.is_none()
+            && t.instance(&keyless).await.is_none()
             && t.instance(&cut_off).await.is_none()
             && t.count(Starting).await == 0
             && t.count(Destroying).await == 0
@@ -138,7 +149,7 @@ async fn reconcile_repairs_a_database_and_fakes_that_disagree() {
 
     let kept = t.instance(&keeper).await.unwrap();
     assert_eq!(kept.status, Claimed, "the claimed agent was left alone");
-    for id in &idle[1..] {
+    for id in &idle[2..] {
         assert_eq!(
             t.instance(id).await.unwrap().status,
             Idle,

@@ -20,7 +20,7 @@ use crate::providers::ResourceRef;
 use crate::services;
 use crate::Pool;
 
-use super::plan::{Mode, Observation, Plan, PresenceMark, Transition};
+use super::plan::{Mode, Plan, Transition};
 use super::snapshot::{Row, Snapshot};
 use super::TickReport;
 
@@ -40,7 +40,7 @@ pub async fn run(
     report: &mut TickReport,
 ) -> Result<(), CutShort> {
     gate.admit().await?;
-    if let Err(e) = record_observations(pool, snapshot, &plan.observations, &plan.presence).await {
+    if let Err(e) = record_observations(pool, snapshot, &plan).await {
         report.error("recording health observations", None, &e);
     }
     let applied = apply_transitions(pool, &plan.transitions, gate, report).await?;
@@ -84,12 +84,8 @@ pub async fn run(
 
 /// Records health answers relative to the row as it is now (never a count carried over from the
 /// snapshot), and only on the incarnation that was asked: same status, same `status_since`.
-async fn record_observations(
-    pool: &Pool,
-    snapshot: &Snapshot,
-    observations: &[Observation],
-    presence: &[PresenceMark],
-) -> crate::Result<()> {
+async fn record_observations(pool: &Pool, snapshot: &Snapshot, plan: &Plan) -> crate::Result<()> {
+    let (observations, presence) = (&plan.observations, &plan.presence);
     if !observations.is_empty() {
         let ids: Vec<&str> = observations.iter().map(|o| o.id.as_str()).collect();
         let statuses: Vec<&str> = observations.iter().map(|o| o.status.as_str()).collect();
@@ -122,6 +118,21 @@ async fn record_observations(
                 SET absent_since = CASE WHEN p.absent THEN coalesce(i.absent_since, $3) END
                FROM unnest($1::text[], $2::bool[]) AS p(id, absent)
               WHERE i.id = p.id",
+        )
+        .bind(&ids)
+        .bind(&absent)
+        .bind(snapshot.now)
+        .execute(&pool.db)
+        .await?;
+    }
+    if !plan.tool_presence.is_empty() {
+        let (ids, absent): (Vec<i64>, Vec<bool>) =
+            plan.tool_presence.iter().map(|p| (p.id, p.absent)).unzip();
+        sqlx::query(
+            "UPDATE instance_services s
+                SET absent_since = CASE WHEN p.absent THEN coalesce(s.absent_since, $3) END
+               FROM unnest($1::bigint[], $2::bool[]) AS p(id, absent)
+              WHERE s.id = p.id",
         )
         .bind(&ids)
         .bind(&absent)

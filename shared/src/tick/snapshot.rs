@@ -14,7 +14,7 @@ use futures::StreamExt;
 use tracing::Instrument;
 
 use crate::domain::{
-    Health, Instance, InstanceStatus, ObservedResource, ResourceStatus, ToolResource,
+    Health, Instance, InstanceStatus, ObservedResource, RecordedTool, ResourceStatus, ToolResource,
     INSTANCE_COLUMNS,
 };
 use crate::error::Result;
@@ -47,10 +47,12 @@ pub struct Snapshot {
     /// The budget ended the health checks before every runtime due was asked.
     pub health_cut_short: bool,
     /// Tool resources of ours, listed before the rows were read (tools whose listing failed are
-    /// left out: nothing of theirs is an orphan then).
+    /// left out: nothing of theirs is an orphan or missing then).
     pub tool_resources: Vec<ToolResource>,
-    /// `(tool_id, resource_id)` of every tool resource a row records.
-    pub recorded: HashSet<(String, String)>,
+    /// The tools whose listing this tick took: only their resources can be judged.
+    pub tools_listed: HashSet<String>,
+    /// Every tool resource a row records; read only when some tool was listed.
+    pub recorded: Vec<RecordedTool>,
 }
 
 pub async fn take(
@@ -72,11 +74,15 @@ pub async fn take(
         }
     };
     let mut tool_resources = Vec::new();
+    let mut tools_listed = HashSet::new();
     if mode != Mode::Kick {
         for tool in &pool.tools.tools {
             match tool.list(&pool.settings.pool_name_prefix).await {
-                Ok(listed) => {
-                    tool_resources.extend(listed.into_iter().flatten().map(|l| ToolResource {
+                // A tool that holds nothing outside (a wallet made here) lists nothing to judge.
+                Ok(None) => {}
+                Ok(Some(listed)) => {
+                    tools_listed.insert(tool.id().to_string());
+                    tool_resources.extend(listed.into_iter().map(|l| ToolResource {
                         tool_id: tool.id().to_string(),
                         resource_id: l.resource_id,
                         name: l.name,
@@ -87,14 +93,14 @@ pub async fn take(
         }
     }
     let (now, rows) = read_rows(pool).await?;
-    let recorded: HashSet<(String, String)> = if tool_resources.is_empty() {
-        HashSet::new()
+    let recorded: Vec<RecordedTool> = if tools_listed.is_empty() {
+        Vec::new()
     } else {
-        sqlx::query_as("SELECT tool_id, resource_id FROM instance_services")
-            .fetch_all(&pool.db)
-            .await?
-            .into_iter()
-            .collect()
+        sqlx::query_as(
+            "SELECT id, instance_id, tool_id, resource_id, absent_since FROM instance_services",
+        )
+        .fetch_all(&pool.db)
+        .await?
     };
     let targets = health_targets(&rows, resources.as_deref(), mode);
     let due = targets.len();
@@ -115,6 +121,7 @@ pub async fn take(
         health,
         health_cut_short,
         tool_resources,
+        tools_listed,
         recorded,
     })
 }

@@ -4,13 +4,16 @@
 //!   `HEALTH_FAILURE_THRESHOLD` checks in a row have failed *and* its last good answer is older than
 //!   `HEALTH_GRACE_MS`. Ticks come as fast as claims kick them; time does not.
 //! - Presence: a resource is gone only when a listing lacks it and an earlier listing, at least
-//!   the grace period before, lacked it too. A listing that failed says nothing.
+//!   the grace period before, lacked it too. A listing that failed says nothing. The same holds
+//!   for the tool resources (keys, inboxes, numbers) of settled instances: idle, claimed or
+//!   crashed. A starting instance's tools are still being made, a claiming one is about to
+//!   change, a destroying one is going anyway.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 
 use chrono::{DateTime, Utc};
 
-use crate::domain::{Health, InstanceStatus, ResourceStatus};
+use crate::domain::{Health, InstanceStatus, RecordedTool, ResourceStatus};
 use crate::tick::snapshot::{Row, Snapshot};
 
 use super::Rules;
@@ -31,6 +34,14 @@ pub struct Observation {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PresenceMark {
     pub id: String,
+    pub absent: bool,
+}
+
+/// `absent`: its tool's listing lacks a recorded tool resource (start the clock if it is not
+/// running); otherwise it is listed again (stop it). `id` is `instance_services.id`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ToolPresenceMark {
+    pub id: i64,
     pub absent: bool,
 }
 
@@ -83,6 +94,56 @@ fn younger_than(since: DateTime<Utc>, now: DateTime<Utc>, rules: &Rules) -> bool
     (now - since)
         .to_std()
         .map_or(true, |age| age < rules.health_grace)
+}
+
+/// The recorded tool resources this tick can judge, each with whether its tool's listing lacks it.
+fn judged_tools(snapshot: &Snapshot) -> impl Iterator<Item = (&RecordedTool, bool)> {
+    let settled: HashSet<&str> = snapshot
+        .rows
+        .iter()
+        .filter(|r| {
+            matches!(
+                r.instance.status,
+                InstanceStatus::Idle | InstanceStatus::Claimed | InstanceStatus::Crashed
+            )
+        })
+        .map(|r| r.instance.id.as_str())
+        .collect();
+    let listed: HashSet<(&str, &str)> = snapshot
+        .tool_resources
+        .iter()
+        .map(|r| (r.tool_id.as_str(), r.resource_id.as_str()))
+        .collect();
+    snapshot
+        .recorded
+        .iter()
+        .filter(move |t| {
+            snapshot.tools_listed.contains(&t.tool_id) && settled.contains(t.instance_id.as_str())
+        })
+        .map(move |t| {
+            let absent = !listed.contains(&(t.tool_id.as_str(), t.resource_id.as_str()));
+            (t, absent)
+        })
+}
+
+pub fn tool_presence_marks(snapshot: &Snapshot) -> Vec<ToolPresenceMark> {
+    judged_tools(snapshot)
+        .filter(|(t, absent)| *absent != t.absent_since.is_some())
+        .map(|(t, absent)| ToolPresenceMark { id: t.id, absent })
+        .collect()
+}
+
+/// Instances a tool resource of which is gone (missing from two listings at least the grace
+/// period apart), with that tool: instance id → tool id.
+pub fn tools_gone<'a>(snapshot: &'a Snapshot, rules: &Rules) -> HashMap<&'a str, &'a str> {
+    judged_tools(snapshot)
+        .filter(|(t, absent)| {
+            *absent
+                && t.absent_since
+                    .is_some_and(|since| !younger_than(since, snapshot.now, rules))
+        })
+        .map(|(t, _)| (t.instance_id.as_str(), t.tool_id.as_str()))
+        .collect()
 }
 
 /// Why a runtime that was asked this tick counts as dead, if it does.
@@ -332,5 +393,64 @@ mod tests {
             "another conversation: not ours"
         );
         assert!(!recovers(Health::NotReady));
+    }
+
+    #[test]
+    fn a_tool_resource_is_gone_after_two_listings_a_grace_period_apart() {
+        let fixture = |absent_since| {
+            Fixture::new()
+                .row("a", Idle, MIN, Some(Running), Some(ready()))
+                .tool("a", "openrouter", false, absent_since)
+        };
+        let first = fixture(None);
+        assert_eq!(
+            tool_presence_marks(&first.snapshot),
+            vec![ToolPresenceMark {
+                id: 1,
+                absent: true
+            }]
+        );
+        assert!(tools_gone(&first.snapshot, &rules()).is_empty());
+        let soon = fixture(Some(ago(MIN / 2)));
+        assert!(
+            tool_presence_marks(&soon.snapshot).is_empty(),
+            "the clock runs on"
+        );
+        assert!(tools_gone(&soon.snapshot, &rules()).is_empty());
+        let later = fixture(Some(ago(MIN * 2)));
+        assert_eq!(
+            tools_gone(&later.snapshot, &rules()),
+            HashMap::from([("a", "openrouter")])
+        );
+    }
+
+    #[test]
+    fn a_tool_resource_listed_again_stops_the_clock() {
+        let fixture = Fixture::new()
+            .row("a", Claimed, MIN, Some(Running), Some(ready()))
+            .tool("a", "email", true, Some(ago(MIN * 2)));
+        assert_eq!(
+            tool_presence_marks(&fixture.snapshot),
+            vec![ToolPresenceMark {
+                id: 1,
+                absent: false
+            }]
+        );
+        assert!(tools_gone(&fixture.snapshot, &rules()).is_empty());
+    }
+
+    #[test]
+    fn only_settled_instances_and_listed_tools_are_judged() {
+        let mut fixture = Fixture::new()
+            .row("a", Starting, MIN, Some(Running), None)
+            .row("b", Destroying, MIN, Some(Running), None)
+            .row("c", Idle, MIN, Some(Running), Some(ready()))
+            .tool("a", "openrouter", false, Some(ago(MIN * 2)))
+            .tool("b", "openrouter", false, Some(ago(MIN * 2)))
+            .tool("c", "sms", false, Some(ago(MIN * 2)));
+        // The Telnyx listing failed this tick: its numbers are not judged.
+        fixture.snapshot.tools_listed.remove("sms");
+        assert!(tool_presence_marks(&fixture.snapshot).is_empty());
+        assert!(tools_gone(&fixture.snapshot, &rules()).is_empty());
     }
 }

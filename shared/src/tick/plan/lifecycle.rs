@@ -2,15 +2,15 @@
 //!
 //! `starting` → `idle` when ready; → `destroying` when its creation was cut off
 //! (`CREATE_TIMEOUT_MS` without a resource), its deploy failed, its resource is gone, or it is not
-//! ready by `POOL_STUCK_TIMEOUT_MS`. `idle` → `destroying` when gone, failed or dead. `claiming`
-//! older than `CLAIM_TIMEOUT_MS` → `destroying` (its claimer died). `claimed` → `crashed` when
-//! gone, failed or dead; `crashed` → `claimed` when its runtime answers again. `destroying` rows
+//! ready by `POOL_STUCK_TIMEOUT_MS`. `idle` → `destroying` when gone, failed, dead or one of its
+//! tool resources is gone. `claiming` older than `CLAIM_TIMEOUT_MS` → `destroying` (its claimer
+//! died). `claimed` → `crashed` when gone, failed, dead or short of a tool resource; `crashed` → `claimed` when its runtime answers again. `destroying` rows
 //! are destroyed when due.
 
 use crate::domain::{InstanceStatus, ResourceStatus};
 use crate::tick::snapshot::{Row, Snapshot};
 
-use super::evidence::{dead, presence, recovered, Listing, Presence};
+use super::evidence::{dead, presence, recovered, tools_gone, Listing, Presence};
 use super::{older_than, Rules, Transition};
 
 /// The transitions, and the rows whose resources to destroy now.
@@ -18,6 +18,7 @@ pub fn moves(snapshot: &Snapshot, rules: &Rules) -> (Vec<Transition>, Vec<String
     let mut transitions = Vec::new();
     let mut destroy = Vec::new();
     let listing = Listing::of(snapshot);
+    let tools_gone = tools_gone(snapshot, rules);
     for row in &snapshot.rows {
         let instance = &row.instance;
         if instance.status == InstanceStatus::Destroying {
@@ -26,7 +27,8 @@ pub fn moves(snapshot: &Snapshot, rules: &Rules) -> (Vec<Transition>, Vec<String
             }
             continue;
         }
-        if let Some((to, reason)) = next(row, &listing, snapshot, rules) {
+        let tool_gone = tools_gone.get(instance.id.as_str()).copied();
+        if let Some((to, reason)) = next(row, &listing, tool_gone, snapshot, rules) {
             if to == InstanceStatus::Destroying {
                 destroy.push(instance.id.clone());
             }
@@ -42,9 +44,11 @@ pub fn moves(snapshot: &Snapshot, rules: &Rules) -> (Vec<Transition>, Vec<String
     (transitions, destroy)
 }
 
+/// `tool_gone`: the tool one of whose resources is gone, if one is.
 fn next(
     row: &Row,
     listing: &Listing<'_>,
+    tool_gone: Option<&str>,
     snapshot: &Snapshot,
     rules: &Rules,
 ) -> Option<(InstanceStatus, String)> {
@@ -96,6 +100,9 @@ fn next(
                 Some((to, "resource gone".into()))
             } else if failed {
                 Some((to, "deploy failed".into()))
+            } else if let Some(tool) = tool_gone {
+                // Without its key, inbox or number the agent cannot do its work.
+                Some((to, format!("{tool} resource gone")))
             } else {
                 dead(row, snapshot, rules).map(|reason| (to, reason))
             }
@@ -103,7 +110,9 @@ fn next(
         Claiming => older_than(instance.status_since, now, rules.claim_timeout)
             .then(|| (Destroying, "claim timed out".into())),
         // The user keeps their agent: it goes back to them, never to the idle pool.
-        Crashed => recovered(row, snapshot).then(|| (Claimed, "runtime answers again".into())),
+        // ... and only whole: an agent still short of a tool resource would crash again.
+        Crashed => (recovered(row, snapshot) && tool_gone.is_none())
+            .then(|| (Claimed, "runtime answers again".into())),
         // Driven by providers that restore a checkpoint.
         Recycling | Destroying => None,
     }
@@ -278,5 +287,23 @@ mod tests {
         let plan = Fixture::new().row("a", Crashed, MIN, None, None).plan();
         assert!(plan.transitions.is_empty());
         assert!(plan.destroy.is_empty());
+    }
+
+    #[test]
+    fn an_agent_whose_tool_resource_is_gone_is_replaced_or_crashed() {
+        let plan = Fixture::new()
+            .row("a", Idle, MIN, Some(Running), Some(ready()))
+            .row("b", Claimed, MIN, Some(Running), Some(ready()))
+            .row("c", Idle, MIN, Some(Running), Some(ready()))
+            .tool("a", "openrouter", false, Some(ago(MIN * 2)))
+            .tool("b", "email", false, Some(ago(MIN * 2)))
+            .tool("c", "openrouter", true, None)
+            .row("d", Crashed, MIN, Some(Running), Some(ready()))
+            .tool("d", "sms", false, Some(ago(MIN * 2)))
+            .plan();
+        // `d` answers again, but without its number it stays crashed.
+        assert_eq!(moved(&plan), vec![("a", Destroying), ("b", Crashed)]);
+        assert_eq!(plan.transitions[0].reason, "openrouter resource gone");
+        assert_eq!(plan.destroy, vec!["a".to_string()]);
     }
 }

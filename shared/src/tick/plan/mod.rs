@@ -1,8 +1,8 @@
 //! The tick's decisions: pure functions from a snapshot to a plan. No I/O, no clock.
 //!
 //! Split by concern, each with its own tests:
-//! - [`evidence`]: what the snapshot says of each instance (health over time, presence), and the
-//!   observations to record;
+//! - [`evidence`]: what the snapshot says of each instance (health over time, presence of its
+//!   resource and of its tools' resources), and the observations to record;
 //! - [`lifecycle`]: the state machine's moves for each instance;
 //! - [`orphans`]: resources that no row owns;
 //! - [`replenish`]: how many instances to create.
@@ -20,7 +20,7 @@ use crate::domain::{InstanceStatus, ObservedResource, ToolResource};
 
 use super::snapshot::Snapshot;
 
-pub use evidence::{Observation, PresenceMark};
+pub use evidence::{Observation, PresenceMark, ToolPresenceMark};
 
 #[derive(Debug, Clone, Copy)]
 pub struct Rules {
@@ -62,6 +62,8 @@ pub struct Plan {
     pub observations: Vec<Observation>,
     /// Rows whose resource the listing lacks, or shows again.
     pub presence: Vec<PresenceMark>,
+    /// Recorded tool resources their tool's listing lacks, or shows again.
+    pub tool_presence: Vec<ToolPresenceMark>,
     pub transitions: Vec<Transition>,
     /// Rows whose resources are to be destroyed now: already `destroying` and due, or sent there
     /// by `transitions`.
@@ -80,6 +82,7 @@ pub fn decide(snapshot: &Snapshot, rules: &Rules, mode: Mode) -> Plan {
     Plan {
         observations: evidence::observations(snapshot),
         presence: evidence::presence_marks(snapshot),
+        tool_presence: evidence::tool_presence_marks(snapshot),
         orphans: orphans::find(snapshot),
         tool_orphans: orphans::tools(snapshot),
         transitions,
@@ -99,7 +102,7 @@ pub(crate) mod fixture {
     use std::collections::HashMap;
 
     use super::*;
-    use crate::domain::{Health, Instance, ResourceStatus};
+    use crate::domain::{Health, Instance, RecordedTool, ResourceStatus};
     use crate::tick::snapshot::Row;
 
     pub const MIN: Duration = Duration::from_secs(60);
@@ -146,7 +149,8 @@ pub(crate) mod fixture {
                     health: HashMap::new(),
                     health_cut_short: false,
                     tool_resources: Vec::new(),
-                    recorded: Default::default(),
+                    tools_listed: Default::default(),
+                    recorded: Vec::new(),
                 },
             }
         }
@@ -223,6 +227,30 @@ pub(crate) mod fixture {
             self
         }
 
+        /// A tool resource row `id` records, and whether this tick's listing of its tool (taken)
+        /// shows it.
+        pub fn tool(
+            mut self,
+            id: &str,
+            tool_id: &str,
+            listed: bool,
+            absent_since: Option<DateTime<Utc>>,
+        ) -> Self {
+            let resource_id = format!("{tool_id}-of-{id}");
+            self.snapshot.tools_listed.insert(tool_id.into());
+            if listed {
+                self.snapshot.tool_resources.push(ToolResource {
+                    tool_id: tool_id.into(),
+                    resource_id: resource_id.clone(),
+                    name: format!("ap-{id}"),
+                });
+            }
+            let mut row = recorded(id, tool_id, &resource_id, absent_since);
+            row.id = self.snapshot.recorded.len() as i64 + 1;
+            self.snapshot.recorded.push(row);
+            self
+        }
+
         /// The provider's listing failed.
         pub fn unlisted(mut self) -> Self {
             self.snapshot.resources = None;
@@ -231,6 +259,21 @@ pub(crate) mod fixture {
 
         pub fn plan(&self) -> Plan {
             decide(&self.snapshot, &rules(), Mode::Full)
+        }
+    }
+
+    pub fn recorded(
+        instance_id: &str,
+        tool_id: &str,
+        resource_id: &str,
+        absent_since: Option<DateTime<Utc>>,
+    ) -> RecordedTool {
+        RecordedTool {
+            id: 1,
+            instance_id: instance_id.into(),
+            tool_id: tool_id.into(),
+            resource_id: resource_id.into(),
+            absent_since,
         }
     }
 

@@ -31,14 +31,15 @@ pub fn tools(snapshot: &Snapshot) -> Vec<ToolResource> {
         .iter()
         .map(|r| (r.instance.name.as_str(), r.instance.status))
         .collect();
+    let recorded: HashSet<(&str, &str)> = snapshot
+        .recorded
+        .iter()
+        .map(|r| (r.tool_id.as_str(), r.resource_id.as_str()))
+        .collect();
     snapshot
         .tool_resources
         .iter()
-        .filter(|r| {
-            !snapshot
-                .recorded
-                .contains(&(r.tool_id.clone(), r.resource_id.clone()))
-        })
+        .filter(|r| !recorded.contains(&(r.tool_id.as_str(), r.resource_id.as_str())))
         .filter(|r| status.get(r.name.as_str()) != Some(&InstanceStatus::Starting))
         .cloned()
         .collect()
@@ -84,7 +85,7 @@ mod tests {
         fixture
             .snapshot
             .recorded
-            .insert(("openrouter".into(), "recorded".into()));
+            .push(recorded("a", "openrouter", "recorded", None));
         let orphans: Vec<String> = super::tools(&fixture.snapshot)
             .into_iter()
             .map(|r| r.resource_id)
