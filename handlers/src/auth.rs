@@ -32,7 +32,7 @@ fn query_key(request: &Request) -> Option<String> {
 
 /// The credentials of `Authorization: Bearer <token>`. Auth schemes are case-insensitive
 /// (RFC 9110, section 11.1), so `bearer` and `BEARER` are the same scheme.
-fn bearer_token(header: &HeaderValue) -> Option<&str> {
+pub fn bearer_token(header: &HeaderValue) -> Option<&str> {
     let (scheme, token) = header.to_str().ok()?.trim().split_once(' ')?;
     scheme.eq_ignore_ascii_case("bearer").then(|| token.trim())
 }

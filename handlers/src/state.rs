@@ -34,12 +34,21 @@ impl AppState {
         }
     }
 
-    /// Runs `work` to its end whether or not the request that asked for it is still there.
+    /// Runs `work` to its end whether or not the request that asked for it is still there, in
+    /// the request's span (its logs keep the request id).
     pub async fn finish<T: Send + 'static>(
         &self,
         work: impl std::future::Future<Output = T> + Send + 'static,
     ) -> Result<T, tokio::task::JoinError> {
-        self.tasks.spawn(work).await
+        self.spawn(work).await
+    }
+
+    /// Starts `work` as a task shutdown waits for, in the current span.
+    pub fn spawn<T: Send + 'static>(
+        &self,
+        work: impl std::future::Future<Output = T> + Send + 'static,
+    ) -> tokio::task::JoinHandle<T> {
+        self.tasks.spawn(tracing::Instrument::in_current_span(work))
     }
 
     /// Stops taking new work and waits for what requests started.

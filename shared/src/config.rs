@@ -154,6 +154,8 @@ pub struct Settings {
     pub telnyx_api_url: String,
     /// Handed to each instance for Bankr; none when unset.
     pub bankr_api_key: Option<Secret>,
+    /// When set, `GET /metrics` asks for it as `Authorization: Bearer`; public otherwise.
+    pub metrics_token: Option<Secret>,
     /// The XMTP network instances join.
     #[serde(default = "defaults::xmtp_env")]
     pub xmtp_env: String,

@@ -17,6 +17,7 @@ pub mod error;
 pub mod gate;
 pub mod instances;
 pub mod listing;
+pub mod metrics;
 pub mod outbound;
 pub mod providers;
 pub mod runtime;

@@ -47,6 +47,23 @@ pub enum Failure {
     Refused,
 }
 
+impl Failure {
+    /// The kind `/metrics` counts it under; `None` for an answer that is not an error (not found).
+    pub fn kind(&self) -> Option<&'static str> {
+        Some(match self {
+            Failure::TimedOut => "timed_out",
+            Failure::Connection => "connection",
+            Failure::RateLimited => "rate_limited",
+            Failure::Status(500..=599) => "server_error",
+            Failure::Status(_) => "client_error",
+            Failure::NotFound => return None,
+            Failure::Unauthorized => "unauthorized",
+            Failure::BadReply => "bad_reply",
+            Failure::Refused => "refused",
+        })
+    }
+}
+
 /// One failed attempt, and what it tells about retrying.
 struct Attempt {
     failure: Failure,
@@ -254,6 +271,9 @@ impl Outbound {
                 Err(failed) => failed,
             };
             let (failure, retry_after) = (failed.failure.clone(), failed.retry_after);
+            if let Some(kind) = failure.kind() {
+                crate::metrics::count_call_error(call.service, kind);
+            }
             if !failed.retry(call.replay) || n >= self.policy.attempts {
                 tracing::warn!(service = call.service, step = call.step, attempt = n, %failure, "call failed");
                 return Err(failure);

@@ -229,3 +229,131 @@ async fn no_credential_appears_in_any_log_line() {
         secrets.len()
     );
 }
+
+/// Every span field of a JSON log line (`span` and `spans`), by name.
+fn span_fields(line: &Value) -> Vec<(String, String)> {
+    let mut fields = Vec::new();
+    let spans = line["spans"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default()
+        .into_iter()
+        .chain(line.get("span").cloned());
+    for span in spans {
+        if let Some(map) = span.as_object() {
+            for (k, v) in map {
+                let v = v.as_str().map_or_else(|| v.to_string(), str::to_string);
+                fields.push((k.clone(), v));
+            }
+        }
+    }
+    fields
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn json_logs_name_the_request_and_the_instance_on_every_line_about_them() {
+    let db = TestDb::new().await;
+    let agents = tempfile::tempdir().unwrap();
+    let local = agentpool_core::providers::local::LocalProvider::new(
+        agents.path().to_path_buf(),
+        agentpool_bin().to_path_buf(),
+        vec![],
+    )
+    .unwrap();
+    let port = free_port();
+    let log_path = agents.path().join("serve.log");
+    let log = std::fs::File::create(&log_path).unwrap();
+    let mut serve = clean(agentpool_bin());
+    serve
+        .arg("serve")
+        .env("LOG_FORMAT", "json")
+        .env("RUST_LOG", "info")
+        .env("PORT", port.to_string())
+        .env("DATABASE_URL", &db.url)
+        .env("POOL_API_KEY", API_KEY)
+        .env("POOL_MIN_IDLE", "1")
+        .env("TICK_INTERVAL_MS", "0")
+        .env("LOCAL_STATE_DIR", agents.path())
+        .env("LOCAL_AGENT_BIN", agentpool_bin())
+        .stdout(log.try_clone().unwrap())
+        .stderr(log);
+    let mut serve = Guarded(serve.spawn().unwrap());
+    let base = format!("http://127.0.0.1:{port}");
+    let http = reqwest::Client::new();
+    wait_until(Duration::from_secs(30), || async {
+        http.get(format!("{base}/healthz"))
+            .send()
+            .await
+            .is_ok_and(|r| r.status() == StatusCode::OK)
+    })
+    .await;
+    wait_until(Duration::from_secs(30), || async {
+        http.post(format!("{base}/api/pool/tick"))
+            .bearer_auth(API_KEY)
+            .send()
+            .await
+            .unwrap();
+        let counts: Value = http
+            .get(format!("{base}/api/pool/counts"))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        counts["idle"] == 1
+    })
+    .await;
+    let claim = http
+        .post(format!("{base}/api/pool/claim"))
+        .bearer_auth(API_KEY)
+        .header("x-request-id", "req-claim-0001")
+        .json(&json!({"agentName": "Logged", "instructions": "Say hello."}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(claim.status(), StatusCode::OK);
+    assert_eq!(claim.headers()["x-request-id"], "req-claim-0001");
+    let claimed: Value = claim.json().await.unwrap();
+    let id = claimed["instanceId"].as_str().unwrap().to_string();
+    kill(Pid::from_raw(serve.0.id() as i32), Signal::SIGTERM).unwrap();
+    tokio::task::spawn_blocking(move || serve.0.wait())
+        .await
+        .unwrap()
+        .unwrap();
+    local.kill_all();
+
+    let text = std::fs::read_to_string(&log_path).unwrap();
+    let lines: Vec<Value> = text
+        .lines()
+        .map(|line| serde_json::from_str(line).unwrap_or_else(|e| panic!("{e}: {line}")))
+        .collect();
+    assert!(lines.len() > 5, "{text}");
+    let of_claim: Vec<&Value> = lines
+        .iter()
+        .filter(|line| span_fields(line).contains(&("request_id".into(), "req-claim-0001".into())))
+        .collect();
+    assert!(
+        !of_claim.is_empty(),
+        "no line names the claim's request: {text}"
+    );
+    // The claim's own line ("claimed") names the instance as well as the request.
+    let claimed_line = of_claim
+        .iter()
+        .find(|line| line["fields"]["message"] == "claimed")
+        .unwrap_or_else(|| panic!("no \"claimed\" line: {text}"));
+    assert!(
+        span_fields(claimed_line).contains(&("instance_id".into(), id.clone())),
+        "{claimed_line}"
+    );
+    // The creation of the instance, in a tick, names it too.
+    assert!(
+        lines.iter().any(|line| {
+            line["fields"]["message"]
+                .as_str()
+                .is_some_and(|m| m.contains("creat"))
+                && span_fields(line).iter().any(|(k, _)| k == "instance_id")
+        }),
+        "no creation line names its instance: {text}"
+    );
+}

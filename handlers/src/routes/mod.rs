@@ -16,6 +16,7 @@ use tower_http::trace::TraceLayer;
 
 use crate::auth;
 use crate::error::ApiError;
+use crate::request_id;
 use crate::state::AppState;
 
 /// Large enough for 32 KiB of instructions plus metadata; anything bigger is a mistake.
@@ -25,6 +26,7 @@ pub fn router(state: AppState) -> Router {
     let public = Router::new()
         .route("/healthz", get(health::healthz))
         .route("/version", get(health::version))
+        .route("/metrics", get(health::metrics))
         .route("/api/pool/counts", get(pool::counts))
         .route("/api/pool/agents", get(pool::agents))
         .route("/api/pool/info", get(pool::info));
@@ -50,12 +52,26 @@ pub fn router(state: AppState) -> Router {
         .method_not_allowed_fallback(method_not_allowed)
         .layer(axum::extract::DefaultBodyLimit::max(BODY_LIMIT))
         .layer(CatchPanicLayer::custom(|_| {
-            ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", "internal error").into_response()
+            ApiError::new(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "internal",
+                "internal error",
+            )
+            .into_response()
         }))
         // The span names the path only: a query string may carry `?key=`.
-        .layer(TraceLayer::new_for_http().make_span_with(|request: &Request<_>| {
-            tracing::info_span!("http", method = %request.method(), path = %request.uri().path())
-        }))
+        .layer(
+            TraceLayer::new_for_http().make_span_with(|request: &Request<_>| {
+                tracing::info_span!(
+                    "http",
+                    method = %request.method(),
+                    path = %request.uri().path(),
+                    request_id = %request_id::of(request),
+                )
+            }),
+        )
+        // Outside the trace layer, so that its span sees the id.
+        .layer(axum::middleware::from_fn(request_id::assign))
         .with_state(state)
 }
 

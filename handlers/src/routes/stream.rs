@@ -48,9 +48,7 @@ pub async fn replenish(
     let (tx, rx) = tokio::sync::mpsc::unbounded_channel::<Value>();
     // The work runs to its end whether or not the client stays to watch (and shutdown waits).
     let worker = state.clone();
-    state
-        .tasks
-        .spawn(async move { create_streaming(&worker, count, &tx).await });
+    state.spawn(async move { create_streaming(&worker, count, &tx).await });
     let events = UnboundedReceiverStream::new(rx)
         .map(|message| Ok(Event::default().data(message.to_string())));
     Ok(Sse::new(events).keep_alive(KeepAlive::default()))

@@ -174,7 +174,13 @@ async fn claim_now(
         }
     }
     Err(match last_failure {
-        None => Error::NoIdle,
+        None => {
+            // Counted for /metrics; a miss that cannot be counted is still answered.
+            if let Err(e) = crate::metrics::count_claim_miss(&pool.db).await {
+                tracing::warn!(error = %e, "counting a claim miss");
+            }
+            Error::NoIdle
+        }
         Some(last) => Error::ClaimFailed { attempts, last },
     })
 }

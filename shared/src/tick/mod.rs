@@ -129,6 +129,15 @@ pub async fn run_until(pool: &Pool, mode: Mode, stop: &CancellationToken) -> Res
         Ok::<_, Error>(report)
     };
     let outcome = tracing::Instrument::instrument(work, span).await;
+    if outcome.is_ok() {
+        // Under the lock still: one tick at a time writes this row.
+        if let Err(e) = crate::metrics::record_tick(&pool.db, started.elapsed()).await {
+            tracing::warn!(error = %e, "recording the tick for /metrics");
+        }
+    }
+    if let Err(e) = crate::metrics::flush_call_errors(&pool.db).await {
+        tracing::warn!(error = %e, "writing call error counts");
+    }
     lease.release().await;
     let mut report = outcome?;
     report.duration_ms = Some(started.elapsed().as_millis() as u64);
