@@ -52,13 +52,14 @@ BEGIN
 
     INSERT INTO claim_durations (le, shard, n, sum_seconds)
     SELECT b.le, pick, count(*), sum(d.seconds)
+      -- Only claims look up their start: a tick's thousands of other events cost nothing here.
       FROM (SELECT extract(epoch FROM c.at - s.at)::float8 AS seconds
-              FROM new_rows c
+              FROM (SELECT * FROM new_rows
+                     WHERE from_status = 'claiming' AND to_status = 'claimed') c
               CROSS JOIN LATERAL (
                 SELECT e.at FROM instance_events e
                  WHERE e.instance_id = c.instance_id AND e.id < c.id AND e.to_status = 'claiming'
-                 ORDER BY e.id DESC LIMIT 1) s
-             WHERE c.from_status = 'claiming' AND c.to_status = 'claimed') d
+                 ORDER BY e.id DESC LIMIT 1) s) d
       CROSS JOIN LATERAL (
         SELECT min(le) AS le
           FROM unnest('{0.005,0.01,0.025,0.05,0.1,0.25,0.5,1,2.5,5,10,30,Infinity}'::float8[]) le
