@@ -184,6 +184,67 @@ pub fn clean(bin: &Path) -> Command {
     command
 }
 
+/// An `agentpool` started as a process (`serve`, `dev`), reached over HTTP.
+pub struct Remote {
+    pub base: String,
+    pub key: String,
+    pub http: reqwest::Client,
+}
+
+impl Remote {
+    pub fn new(base: impl Into<String>, key: impl Into<String>) -> Self {
+        Self {
+            base: base.into(),
+            key: key.into(),
+            http: reqwest::Client::new(),
+        }
+    }
+
+    /// Waits until `/healthz` answers 200.
+    pub async fn wait_healthy(&self) {
+        wait_until(Duration::from_secs(30), || async {
+            self.http
+                .get(format!("{}/healthz", self.base))
+                .send()
+                .await
+                .is_ok_and(|r| r.status() == StatusCode::OK)
+        })
+        .await;
+    }
+
+    /// `/api/pool/counts`.
+    pub async fn counts(&self) -> Value {
+        self.http
+            .get(format!("{}/api/pool/counts", self.base))
+            .send()
+            .await
+            .expect("counts")
+            .json()
+            .await
+            .expect("counts JSON")
+    }
+
+    /// A POST with the key.
+    pub async fn post(&self, path: &str, body: Value) -> reqwest::Response {
+        self.http
+            .post(format!("{}{path}", self.base))
+            .bearer_auth(&self.key)
+            .json(&body)
+            .send()
+            .await
+            .expect("POST")
+    }
+
+    /// Ticks until `n` instances are idle.
+    pub async fn fill(&self, n: i64) {
+        wait_until(Duration::from_secs(60), || async {
+            self.post("/api/pool/tick", serde_json::json!({})).await;
+            self.counts().await["idle"].as_i64() >= Some(n)
+        })
+        .await;
+    }
+}
+
 /// Settings for a test: small pool, fast failure detection, everything else default.
 pub fn settings(database_url: &str, state_dir: &Path, overrides: &[(&str, &str)]) -> Settings {
     let mut vars: Vec<(String, String)> = vec![

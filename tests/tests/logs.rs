@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use agentpool_tests::fakes::{Controls, Fault, Scope};
 use agentpool_tests::outside::{Outside, RAILWAY_TOKEN};
-use agentpool_tests::{agentpool_bin, clean, free_port, wait_until, Guarded, TestDb};
+use agentpool_tests::{agentpool_bin, clean, free_port, wait_until, Guarded, Remote, TestDb};
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
 use reqwest::StatusCode;
@@ -64,21 +64,9 @@ async fn no_credential_appears_in_any_log_line() {
         .stdout(log.try_clone().unwrap())
         .stderr(log);
     let mut serve = Guarded(serve.spawn().unwrap());
-    let base = format!("http://127.0.0.1:{port}");
-    let http = reqwest::Client::new();
-    wait_until(Duration::from_secs(30), || async {
-        http.get(format!("{base}/healthz"))
-            .send()
-            .await
-            .is_ok_and(|r| r.status() == StatusCode::OK)
-    })
-    .await;
-    let post = |path: &str, body: Value| {
-        http.post(format!("{base}{path}"))
-            .bearer_auth(API_KEY)
-            .json(&body)
-            .send()
-    };
+    let remote = Remote::new(format!("http://127.0.0.1:{port}"), API_KEY);
+    remote.wait_healthy().await;
+    let (base, http) = (&remote.base, &remote.http);
 
     // Creation through the SSE stream, whose key travels in the query string, under faults.
     disturb(&fakes);
@@ -96,29 +84,22 @@ async fn no_credential_appears_in_any_log_line() {
     // The pool settles (faults may have failed a creation), then an agent is claimed.
     let mut secrets: Vec<String> = Vec::new();
     wait_until(Duration::from_secs(60), || async {
-        post("/api/pool/tick", json!({})).await.unwrap();
-        let counts: Value = http
-            .get(format!("{base}/api/pool/counts"))
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
+        remote.post("/api/pool/tick", json!({})).await;
+        let counts = remote.counts().await;
         if counts["starting"] == 0 && counts["idle"] == 0 {
-            post("/api/pool/replenish", json!({"count": 1}))
-                .await
-                .unwrap();
+            remote
+                .post("/api/pool/replenish", json!({"count": 1}))
+                .await;
         }
         counts["idle"].as_i64() >= Some(1) && counts["starting"] == 0
     })
     .await;
-    let claim = post(
-        "/api/pool/claim",
-        json!({"agentName": "Scanner", "instructions": "Say hello."}),
-    )
-    .await
-    .unwrap();
+    let claim = remote
+        .post(
+            "/api/pool/claim",
+            json!({"agentName": "Scanner", "instructions": "Say hello."}),
+        )
+        .await;
     assert_eq!(claim.status(), StatusCode::OK);
     let unauthorized = http
         .get(format!("{base}/api/pool/status"))
@@ -170,7 +151,7 @@ async fn no_credential_appears_in_any_log_line() {
 
     // Teardown under faults.
     disturb(&fakes);
-    let drain = post("/api/pool/drain", json!({"count": 10})).await.unwrap();
+    let drain = remote.post("/api/pool/drain", json!({"count": 10})).await;
     assert_eq!(drain.status(), StatusCode::OK);
     let claimed = claim.json::<Value>().await.unwrap();
     let id = claimed["instanceId"].as_str().unwrap();
@@ -186,7 +167,7 @@ async fn no_credential_appears_in_any_log_line() {
             .execute(&db.pool)
             .await
             .unwrap();
-        post("/api/pool/tick", json!({})).await.unwrap();
+        remote.post("/api/pool/tick", json!({})).await;
         let rows: i64 = sqlx::query_scalar("SELECT count(*) FROM instances")
             .fetch_one(&db.pool)
             .await
@@ -278,32 +259,10 @@ async fn json_logs_name_the_request_and_the_instance_on_every_line_about_them() 
         .stdout(log.try_clone().unwrap())
         .stderr(log);
     let mut serve = Guarded(serve.spawn().unwrap());
-    let base = format!("http://127.0.0.1:{port}");
-    let http = reqwest::Client::new();
-    wait_until(Duration::from_secs(30), || async {
-        http.get(format!("{base}/healthz"))
-            .send()
-            .await
-            .is_ok_and(|r| r.status() == StatusCode::OK)
-    })
-    .await;
-    wait_until(Duration::from_secs(30), || async {
-        http.post(format!("{base}/api/pool/tick"))
-            .bearer_auth(API_KEY)
-            .send()
-            .await
-            .unwrap();
-        let counts: Value = http
-            .get(format!("{base}/api/pool/counts"))
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
-        counts["idle"] == 1
-    })
-    .await;
+    let remote = Remote::new(format!("http://127.0.0.1:{port}"), API_KEY);
+    remote.wait_healthy().await;
+    remote.fill(1).await;
+    let (base, http) = (&remote.base, &remote.http);
     let claim = http
         .post(format!("{base}/api/pool/claim"))
         .bearer_auth(API_KEY)

@@ -114,24 +114,21 @@ impl Telnyx {
         Err(Error::outbound(SERVICE, "telnyx", Failure::Status(422)))
     }
 
+    /// `GET /number_orders` with these query parameters.
+    async fn number_orders(&self, step: &'static str, query: &[(&str, &str)]) -> Result<Value> {
+        let url = reqwest::Url::parse_with_params(&format!("{}/number_orders", self.api), query)
+            .map_err(|_| Error::outbound(SERVICE, step, Failure::BadReply))?;
+        self.rest
+            .call(step, Replay::Safe, reqwest::Method::GET, url.as_str(), None)
+            .await
+            .map_err(|f| Error::outbound(SERVICE, step, f))
+    }
+
     /// The number an order with this `customer_reference` bought, if any did.
     async fn ordered_for(&self, reference: &str) -> Result<Option<String>> {
-        let url = reqwest::Url::parse_with_params(
-            &format!("{}/number_orders", self.api),
-            [("filter[customer_reference]", reference)],
-        )
-        .map_err(|_| Error::outbound(SERVICE, "telnyx", Failure::BadReply))?;
         let reply = self
-            .rest
-            .call(
-                "telnyx",
-                Replay::Safe,
-                reqwest::Method::GET,
-                url.as_str(),
-                None,
-            )
-            .await
-            .map_err(|f| Error::outbound(SERVICE, "telnyx", f))?;
+            .number_orders("telnyx", &[("filter[customer_reference]", reference)])
+            .await?;
         let number = orders(&reply)
             .find(|line| line.reference == reference)
             .map(|line| line.number.to_string());
@@ -145,26 +142,17 @@ impl Telnyx {
         let mut newest: HashMap<String, (String, String)> = HashMap::new();
         let mut page = 1u32;
         loop {
-            let url = reqwest::Url::parse_with_params(
-                &format!("{}/number_orders", self.api),
-                [
-                    ("filter[created_at][gt]", since.as_str()),
-                    ("page[number]", &page.to_string()),
-                    ("page[size]", "250"),
-                ],
-            )
-            .map_err(|_| Error::outbound(SERVICE, "telnyx-list", Failure::BadReply))?;
+            let page_number = page.to_string();
             let reply = self
-                .rest
-                .call(
+                .number_orders(
                     "telnyx-list",
-                    Replay::Safe,
-                    reqwest::Method::GET,
-                    url.as_str(),
-                    None,
+                    &[
+                        ("filter[created_at][gt]", since.as_str()),
+                        ("page[number]", &page_number),
+                        ("page[size]", "250"),
+                    ],
                 )
-                .await
-                .map_err(|f| Error::outbound(SERVICE, "telnyx-list", f))?;
+                .await?;
             for line in orders(&reply) {
                 // Telnyx writes every `created_at` in one format, so text order is time order.
                 let entry = newest

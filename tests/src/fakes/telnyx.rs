@@ -635,16 +635,7 @@ async fn list_orders(
                 })
                 .transpose()
         };
-        let page = match params.uint("page[number]")? {
-            Some(0) => return Err("page[number] must be at least 1".into()),
-            Some(page) => page,
-            None => 1,
-        };
-        let size = match params.uint("page[size]")? {
-            Some(0) => return Err("page[size] must be at least 1".into()),
-            Some(size) => size.min(inner.config.page_size),
-            None => 20.min(inner.config.page_size),
-        };
+        let (page, size) = paging(&params, inner.config.page_size)?;
         Ok((
             params.get("filter[customer_reference]").map(str::to_string),
             time("filter[created_at][gt]")?,
@@ -675,8 +666,28 @@ async fn list_orders(
                 && before.is_none_or(|b| created.is_some_and(|c| c < b))
         })
         .collect();
+    paged(matching.into_iter().cloned().collect(), page, size)
+}
+
+/// `page[number]` (from 1) and `page[size]` (at most `largest`, 20 if not given).
+fn paging(params: &Params, largest: usize) -> Result<(usize, usize), String> {
+    let page = match params.uint("page[number]")? {
+        Some(0) => return Err("page[number] must be at least 1".into()),
+        Some(page) => page,
+        None => 1,
+    };
+    let size = match params.uint("page[size]")? {
+        Some(0) => return Err("page[size] must be at least 1".into()),
+        Some(size) => size.min(largest),
+        None => 20.min(largest),
+    };
+    Ok((page, size))
+}
+
+/// One page of `matching`, with Telnyx's `meta`.
+fn paged(matching: Vec<Value>, page: usize, size: usize) -> Response {
     let total = matching.len();
-    let data: Vec<&Value> = matching
+    let data: Vec<Value> = matching
         .into_iter()
         .skip((page - 1).saturating_mul(size))
         .take(size)
@@ -705,16 +716,7 @@ async fn list_numbers(
     }
     let read = || -> Result<Listing, String> {
         let params = Params::read(query)?;
-        let page = match params.uint("page[number]")? {
-            Some(0) => return Err("page[number] must be at least 1".into()),
-            Some(page) => page,
-            None => 1,
-        };
-        let size = match params.uint("page[size]")? {
-            Some(0) => return Err("page[size] must be at least 1".into()),
-            Some(size) => size.min(inner.config.page_size),
-            None => 20.min(inner.config.page_size),
-        };
+        let (page, size) = paging(&params, inner.config.page_size)?;
         Ok(Listing {
             tag: params.get("filter[tag]").map(str::to_string),
             phone_number: params.get("filter[phone_number]").map(str::to_string),
@@ -739,23 +741,11 @@ async fn list_numbers(
         })
         .collect();
     matching.sort_by_key(|o| o.seq);
-    let total = matching.len();
-    let data: Vec<Value> = matching
-        .iter()
-        .skip((listing.page - 1).saturating_mul(listing.size))
-        .take(listing.size)
-        .map(|o| o.view.json("active"))
-        .collect();
-    Json(json!({
-        "data": data,
-        "meta": {
-            "total_pages": total.div_ceil(listing.size),
-            "total_results": total,
-            "page_number": listing.page,
-            "page_size": listing.size,
-        },
-    }))
-    .into_response()
+    paged(
+        matching.iter().map(|o| o.view.json("active")).collect(),
+        listing.page,
+        listing.size,
+    )
 }
 
 /// The number a path names: its id, or the number itself.
