@@ -75,14 +75,9 @@ impl Session {
     }
 }
 
-/// A session just opened: its cookie value, and the session.
-pub struct Opened {
-    pub cookie: String,
-    pub session: Session,
-}
-
-/// Opens a session lasting `ttl`, and drops sessions and throttling records long expired.
-pub async fn open(db: &PgPool, key: &SessionKey, ttl: Duration) -> Result<Opened> {
+/// Opens a session lasting `ttl` and returns its cookie value; drops sessions and throttling
+/// records long expired.
+pub async fn open(db: &PgPool, key: &SessionKey, ttl: Duration) -> Result<String> {
     let mut bytes = [0u8; 32];
     rand::rngs::OsRng.fill_bytes(&mut bytes);
     let id = hex::encode(bytes);
@@ -97,11 +92,7 @@ pub async fn open(db: &PgPool, key: &SessionKey, ttl: Duration) -> Result<Opened
     .bind(ttl_ms as f64)
     .execute(db)
     .await?;
-    let cookie = format!("{id}.{}", key.mac("session", &id));
-    Ok(Opened {
-        cookie,
-        session: Session { id },
-    })
+    Ok(format!("{id}.{}", key.mac("session", &id)))
 }
 
 /// The session a cookie names, if its MAC is right and it is live (not logged out, not expired).

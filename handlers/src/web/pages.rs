@@ -460,11 +460,11 @@ pub async fn login(
             }
             sessions::forget_attempts(db, &client).await?;
             let ttl = state.pool.settings.admin_session_ttl();
-            let opened = sessions::open(db, &state.session_key, ttl).await?;
+            let cookie = sessions::open(db, &state.session_key, ttl).await?;
             tracing::info!(client, "dashboard login");
             Ok(redirect(
                 next,
-                session::set_cookie(&opened.cookie, ttl, &headers, &uri),
+                session::set_cookie(&cookie, ttl, &headers, &uri),
             ))
         }
     }
