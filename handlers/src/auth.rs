@@ -1,5 +1,7 @@
 //! API key checks. The key travels as `Authorization: Bearer <POOL_API_KEY>`; `?key=` is accepted
 //! only on SSE routes, because `EventSource` cannot set headers. Keys are compared in constant time.
+//! Without a key, a dashboard session (its cookie) stands in for it; a session's writes must also
+//! carry its CSRF token (see [`crate::web::session`]).
 
 use axum::extract::{Request, State};
 use axum::http::header::AUTHORIZATION;
@@ -11,6 +13,7 @@ use agentpool_core::config::secrets_match;
 
 use crate::error::ApiError;
 use crate::state::AppState;
+use crate::web::session;
 
 /// What a request carried, judged against the configured key.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -64,18 +67,47 @@ pub fn identify(
     }
 }
 
+/// How an operator request was let in, for handlers that record who did what.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Via {
+    ApiKey,
+    Dashboard,
+}
+
+impl Via {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Via::ApiKey => "api",
+            Via::Dashboard => "dashboard",
+        }
+    }
+}
+
 async fn require(
     state: &AppState,
-    request: Request,
+    mut request: Request,
     next: Next,
-    allow_query_key: bool,
+    sse: bool,
 ) -> Result<Response, ApiError> {
-    match identify(state, &request, allow_query_key)? {
-        Caller::Operator => Ok(next.run(request).await),
-        Caller::Anonymous => Err(ApiError::unauthorized(
-            "missing API key: send Authorization: Bearer <POOL_API_KEY>",
-        )),
-    }
+    let via = match identify(state, &request, sse)? {
+        Caller::Operator => Via::ApiKey,
+        Caller::Anonymous => {
+            let session = session::current(state, request.headers())
+                .await?
+                .ok_or_else(|| {
+                    ApiError::unauthorized(
+                        "missing API key: send Authorization: Bearer <POOL_API_KEY> (or log in at /admin)",
+                    )
+                })?;
+            // The SSE stream creates instances although it is a GET (EventSource can do no other).
+            if sse || !request.method().is_safe() {
+                session::check_write(state, &session, request.headers(), request.uri(), sse)?;
+            }
+            Via::Dashboard
+        }
+    };
+    request.extensions_mut().insert(via);
+    Ok(next.run(request).await)
 }
 
 /// For every authenticated route except SSE.
@@ -87,7 +119,7 @@ pub async fn require_key(
     require(&state, request, next, false).await
 }
 
-/// For SSE routes: the header or `?key=`.
+/// For SSE routes: the header or `?key=`, or a session with `?csrf=`.
 pub async fn require_key_sse(
     State(state): State<AppState>,
     request: Request,

@@ -128,7 +128,7 @@ async fn serve(
     // stdout is no reason to stop serving, so write errors are ignored.
     let key = api_key.expose();
     let banner = format!(
-        "agentpool dev\n  listening on {base}\n  api key:     {key} ({key_note})\n  database:    {database}\n  agents:      {agents}\n\n  curl -s {base}/api/pool/counts\n  curl -s -X POST {base}/api/pool/claim -H 'Authorization: Bearer {key}' \\\n    -d '{{\"agentName\":\"demo\",\"instructions\":\"Say hello.\"}}'\n\nCtrl-C stops everything.\n"
+        "agentpool dev\n  listening on {base}\n  dashboard:   {base}/admin (log in with the api key)\n  api key:     {key} ({key_note})\n  database:    {database}\n  agents:      {agents}\n\n  curl -s {base}/api/pool/counts\n  curl -s -X POST {base}/api/pool/claim -H 'Authorization: Bearer {key}' \\\n    -d '{{\"agentName\":\"demo\",\"instructions\":\"Say hello.\"}}'\n\nCtrl-C stops everything.\n"
     );
     {
         use std::io::Write;

@@ -1,5 +1,5 @@
 //! The `agentpool` binary's library half: the HTTP API over `agentpool-core`, and the glue that
-//! runs it (`serve`, `dev`, Lambda).
+//! runs it (`serve`, `dev`, Lambda), and the browser dashboard (`web`).
 
 pub mod auth;
 pub mod dev;
@@ -10,6 +10,7 @@ pub mod request_id;
 pub mod routes;
 pub mod serve;
 pub mod state;
+pub mod web;
 
 pub use routes::router;
 pub use state::AppState;

@@ -24,7 +24,10 @@ pub async fn until_signal(
             shutdown.cancel();
         }
     });
-    let served = axum::serve(listener, crate::router(state.clone()))
+    // The peer address identifies a client for login throttling (unless a proxy header does).
+    let app =
+        crate::router(state.clone()).into_make_service_with_connect_info::<std::net::SocketAddr>();
+    let served = axum::serve(listener, app)
         .with_graceful_shutdown(shutdown.cancelled_owned())
         .await;
     state.drain().await;

@@ -8,6 +8,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use agentpool_core::config::Secret;
+use agentpool_core::sessions::SessionKey;
 use agentpool_core::tick::{self, Mode};
 use agentpool_core::Pool;
 
@@ -15,6 +16,8 @@ use agentpool_core::Pool;
 pub struct AppState {
     pub pool: Pool,
     pub api_key: Secret,
+    /// Signs dashboard session cookies; derived from the API key, so a new key ends every session.
+    pub session_key: SessionKey,
     pub kicker: Kicker,
     /// Work a request started that must end even if its client goes away (a claim, creations):
     /// it runs as a task here, and shutdown waits for these tasks.
@@ -27,6 +30,7 @@ impl AppState {
     pub fn new(pool: Pool, api_key: Secret) -> Self {
         Self {
             pool,
+            session_key: SessionKey::derive(api_key.expose()),
             api_key,
             kicker: Kicker::default(),
             tasks: TaskTracker::new(),

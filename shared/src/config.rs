@@ -54,6 +54,9 @@ impl ProviderKind {
     }
 }
 
+/// `POOL_MAX_TOTAL_CAP` when unset (unless `POOL_MAX_TOTAL` is larger).
+const DEFAULT_MAX_TOTAL_CAP: u32 = 100;
+
 #[derive(Debug, Clone, Deserialize)]
 pub struct Settings {
     #[serde(default = "defaults::port")]
@@ -63,6 +66,16 @@ pub struct Settings {
     pub pool_min_idle: u32,
     #[serde(default = "defaults::max_total")]
     pub pool_max_total: u32,
+    /// The most `maxTotal` an operator may set at run time (`PUT /api/pool/settings`); by default
+    /// 100, or `POOL_MAX_TOTAL` if that is larger.
+    pub pool_max_total_cap: Option<u32>,
+    /// How long a dashboard login lasts.
+    #[serde(default = "defaults::admin_session_ttl_ms")]
+    pub admin_session_ttl_ms: u64,
+    /// A header that a trusted proxy in front of every replica sets to the client's address
+    /// (`x-forwarded-for`: its last entry), so that wrong keys are throttled per client rather than
+    /// per proxy. Unset: the peer address of the connection.
+    pub client_ip_header: Option<String>,
     #[serde(default = "defaults::stuck_timeout_ms")]
     pub pool_stuck_timeout_ms: u64,
     /// `serve` and `agentpool-scheduler` tick this often; `0` turns `serve`'s own timer off (for
@@ -186,6 +199,9 @@ mod defaults {
     }
     pub fn stuck_timeout_ms() -> u64 {
         900_000
+    }
+    pub fn admin_session_ttl_ms() -> u64 {
+        12 * 3_600_000
     }
     pub fn tick_interval_ms() -> u64 {
         30_000
@@ -315,6 +331,23 @@ impl Settings {
                 ),
             ));
         }
+        if let Some(cap) = self.pool_max_total_cap {
+            if cap < self.pool_max_total {
+                return Err(ConfigError::new(
+                    "POOL_MAX_TOTAL_CAP",
+                    format!(
+                        "{cap} is smaller than POOL_MAX_TOTAL ({})",
+                        self.pool_max_total
+                    ),
+                ));
+            }
+        }
+        if self.admin_session_ttl_ms == 0 {
+            return Err(ConfigError::new(
+                "ADMIN_SESSION_TTL_MS",
+                "must be greater than 0",
+            ));
+        }
         if let Some(key) = &self.pool_api_key {
             if key.expose().len() < 16 {
                 return Err(ConfigError::new(
@@ -400,6 +433,14 @@ impl Settings {
         Ok(())
     }
 
+    /// The most `maxTotal` may be set to at run time.
+    pub fn max_total_cap(&self) -> u32 {
+        self.pool_max_total_cap
+            .unwrap_or(DEFAULT_MAX_TOTAL_CAP.max(self.pool_max_total))
+    }
+    pub fn admin_session_ttl(&self) -> Duration {
+        Duration::from_millis(self.admin_session_ttl_ms)
+    }
     pub fn stuck_timeout(&self) -> Duration {
         Duration::from_millis(self.pool_stuck_timeout_ms)
     }
@@ -478,6 +519,18 @@ mod tests {
         assert_eq!(err.setting, "HEALTH_TIMEOUT_MS", "{err}");
         let err = Settings::from_vars(vars(&[("CREATE_TIMEOUT_MS", "0")])).unwrap_err();
         assert_eq!(err.setting, "CREATE_TIMEOUT_MS", "{err}");
+        let err = Settings::from_vars(vars(&[("POOL_MAX_TOTAL_CAP", "5")])).unwrap_err();
+        assert_eq!(err.setting, "POOL_MAX_TOTAL_CAP", "{err}");
+    }
+
+    #[test]
+    fn the_cap_defaults_to_100_or_the_maximum() {
+        let s = Settings::from_vars(vars(&[])).unwrap();
+        assert_eq!(s.max_total_cap(), 100);
+        let s = Settings::from_vars(vars(&[("POOL_MAX_TOTAL", "500")])).unwrap();
+        assert_eq!(s.max_total_cap(), 500);
+        let s = Settings::from_vars(vars(&[("POOL_MAX_TOTAL_CAP", "20")])).unwrap();
+        assert_eq!(s.max_total_cap(), 20);
     }
 
     #[test]

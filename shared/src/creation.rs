@@ -17,6 +17,7 @@ use crate::error::{Error, Result};
 use crate::gate::{CutShort, Gate};
 use crate::instances::{self, Move, Reserved};
 use crate::outbound::Failure;
+use crate::pool_size;
 use crate::providers::{CreateSpec, ResourceRef};
 use crate::services;
 use crate::tools::{Target, Tool};
@@ -25,13 +26,15 @@ use crate::Pool;
 /// Provider creations in flight at once.
 const CONCURRENCY: usize = 8;
 
-/// Inserts up to `count` `starting` rows, within `POOL_MAX_TOTAL`.
+/// Inserts up to `count` `starting` rows, within the pool's `maxTotal` (see [`pool_size`]). A
+/// reservation racing a change of the size may use the size just replaced, once.
 pub async fn reserve(pool: &Pool, count: u32, actor: Actor, reason: &str) -> Result<Vec<Reserved>> {
     let settings = &pool.settings;
+    let size = pool_size::current(&pool.db, settings).await?;
     instances::reserve(
         &pool.db,
         count,
-        settings.pool_max_total,
+        size.max_total,
         &settings.pool_name_prefix,
         actor,
         reason,

@@ -7,6 +7,7 @@
 //! - [`providers`]: where instances run (`local` stub agents; Railway and Sprites to come).
 //! - [`runtime`]: client of the agent runtime contract; [`stub_agent`]: its reference server.
 //! - [`instances`]: the queries shared by the API and the tick; [`db`]: pool and migrations.
+//! - [`pool_size`]: `minIdle` and `maxTotal` as set at run time; [`sessions`]: dashboard logins.
 
 pub mod claim;
 pub mod config;
@@ -19,9 +20,11 @@ pub mod instances;
 pub mod listing;
 pub mod metrics;
 pub mod outbound;
+pub mod pool_size;
 pub mod providers;
 pub mod runtime;
 pub mod services;
+pub mod sessions;
 pub mod stub_agent;
 pub mod tick;
 pub mod tools;

@@ -320,14 +320,7 @@ impl TestPool {
             .expect("local provider"),
         );
         let pool = Pool::new(db.pool.clone(), settings, wrap(local.clone()));
-        let state = AppState::new(pool.clone(), Secret::new(key.clone()));
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-            .await
-            .expect("bind");
-        let base = format!("http://{}", listener.local_addr().expect("addr"));
-        tokio::spawn(async move {
-            let _ = axum::serve(listener, agentpool::router(state)).await;
-        });
+        let base = serve(AppState::new(pool.clone(), Secret::new(key.clone()))).await;
         Self {
             db,
             pool,
@@ -337,6 +330,15 @@ impl TestPool {
             http: reqwest::Client::new(),
             _state_dir: state_dir,
         }
+    }
+
+    /// Another replica: its own API server over the same database and settings.
+    pub async fn replica(&self) -> String {
+        serve(AppState::new(
+            self.pool.clone(),
+            Secret::new(self.key.clone()),
+        ))
+        .await
     }
 
     pub async fn tick(&self) -> TickReport {
@@ -521,6 +523,20 @@ impl Drop for TestPool {
     fn drop(&mut self) {
         self.local.kill_all();
     }
+}
+
+/// Serves the API on a free loopback port, as `serve` does (with the peer's address); its base URL.
+async fn serve(state: AppState) -> String {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let base = format!("http://{}", listener.local_addr().expect("addr"));
+    let app =
+        agentpool::router(state).into_make_service_with_connect_info::<std::net::SocketAddr>();
+    tokio::spawn(async move {
+        let _ = axum::serve(listener, app).await;
+    });
+    base
 }
 
 /// Awaits a condition, checking every few milliseconds; fails the test past `limit`.

@@ -4,9 +4,11 @@ mod claim;
 mod health;
 mod instances;
 mod pool;
+mod settings;
 mod stream;
 
 use axum::http::{Request, StatusCode};
+use axum::middleware::from_fn;
 use axum::middleware::from_fn_with_state;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{delete, get, post};
@@ -39,6 +41,7 @@ pub fn router(state: AppState) -> Router {
         .route("/api/pool/tick", post(pool::tick))
         .route("/api/pool/instances/{id}", delete(instances::kill))
         .route("/api/pool/crashed/{id}", delete(instances::dismiss))
+        .route("/api/pool/settings", get(settings::get).put(settings::put))
         .route_layer(from_fn_with_state(state.clone(), auth::require_key));
     let sse = Router::new()
         .route("/api/pool/replenish/stream", get(stream::replenish))
@@ -48,9 +51,11 @@ pub fn router(state: AppState) -> Router {
         .merge(public)
         .merge(operator)
         .merge(sse)
+        .merge(crate::web::routes(&state))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(axum::extract::DefaultBodyLimit::max(BODY_LIMIT))
+        .layer(from_fn(crate::web::security_headers))
         .layer(CatchPanicLayer::custom(|_| {
             ApiError::new(
                 StatusCode::INTERNAL_SERVER_ERROR,
@@ -71,7 +76,7 @@ pub fn router(state: AppState) -> Router {
             }),
         )
         // Outside the trace layer, so that its span sees the id.
-        .layer(axum::middleware::from_fn(request_id::assign))
+        .layer(from_fn(request_id::assign))
         .with_state(state)
 }
 

@@ -13,6 +13,7 @@ use agentpool_core::domain::{Actor, Instance, InstanceStatus};
 use agentpool_core::gate::Gate;
 use agentpool_core::instances;
 use agentpool_core::listing::{self, Cursor, PublicAgent};
+use agentpool_core::pool_size;
 use agentpool_core::tick::{self, Mode, TickReport};
 use agentpool_core::Pool;
 use tokio_util::sync::CancellationToken;
@@ -182,17 +183,18 @@ pub async fn agents(
     Ok(Json(body))
 }
 
-/// `GET /api/pool/info` (public): nothing secret, by construction.
-pub async fn info(State(state): State<AppState>) -> Json<Value> {
+/// `GET /api/pool/info` (public): nothing secret, by construction. The size is the one in force.
+pub async fn info(State(state): State<AppState>) -> ApiResult<Json<Value>> {
     let s = &state.pool.settings;
-    Json(json!({
+    let size = pool_size::current(&state.pool.db, s).await?;
+    Ok(Json(json!({
         "version": crate::VERSION,
         "environment": s.pool_environment,
         "branch": s.railway_git_branch,
         "model": s.openclaw_primary_model,
         "provider": s.pool_provider.as_str(),
-        "minIdle": s.pool_min_idle,
-        "maxTotal": s.pool_max_total,
+        "minIdle": size.min_idle,
+        "maxTotal": size.max_total,
         "tickIntervalMs": s.tick_interval_ms,
         // Railway's ids are not secrets (the token is, and is never here).
         "railway": (s.pool_provider == ProviderKind::Railway).then(|| json!({
@@ -202,7 +204,7 @@ pub async fn info(State(state): State<AppState>) -> Json<Value> {
             "teamId": s.railway_team_id,
             "image": s.railway_runtime_image,
         })),
-    }))
+    })))
 }
 
 /// `GET /api/pool/status`: counts, a page of instances and `nextCursor`.

@@ -17,6 +17,7 @@ use tokio_util::sync::CancellationToken;
 use crate::domain::InstanceStatus;
 use crate::error::{Error, Result};
 use crate::gate::{CutShort, Gate};
+use crate::pool_size::{self, PoolSize};
 use crate::Pool;
 
 pub use plan::Mode;
@@ -92,10 +93,12 @@ impl TickReport {
     }
 }
 
-pub fn rules(settings: &crate::config::Settings) -> plan::Rules {
+/// The plan's rules: the pool's size in force (stored or from the environment), the rest from
+/// the settings.
+pub fn rules(settings: &crate::config::Settings, size: PoolSize) -> plan::Rules {
     plan::Rules {
-        min_idle: settings.pool_min_idle,
-        max_total: settings.pool_max_total,
+        min_idle: size.min_idle,
+        max_total: size.max_total,
         stuck_timeout: settings.stuck_timeout(),
         claim_timeout: settings.claim_timeout(),
         create_timeout: settings.create_timeout(),
@@ -120,7 +123,8 @@ pub async fn run_until(pool: &Pool, mode: Mode, stop: &CancellationToken) -> Res
     let work = async {
         let mut report = TickReport::default();
         let snapshot = snapshot::take(pool, mode, &gate, &mut report).await?;
-        let plan = plan::decide(&snapshot, &rules(&pool.settings), mode);
+        let size = pool_size::current(&pool.db, &pool.settings).await?;
+        let plan = plan::decide(&snapshot, &rules(&pool.settings, size), mode);
         report.instances = Some(snapshot.rows.len());
         report.health_checked = Some(snapshot.health.len());
         if let Err(why) = execute::run(pool, &snapshot, plan, mode, &gate, &mut report).await {
