@@ -257,23 +257,26 @@ pub fn markdown(report: &Report) -> String {
          resource as running; each health check is a real HTTP call to the stub agent. Queries \
          are the statements sqlx ran, counted from its `sqlx::query` events. Memory is the peak \
          resident size of the benchmark process during the tick and its growth over the size \
-         before.\n"
+         before. The last column is one `GET /metrics` rendering over the same fleet \
+         (`agentpool_core::metrics::render`), and the statements it ran.\n"
     );
     let _ = writeln!(
         md,
-        "| instances | median ms | runs ms | queries per tick | health checks | peak RSS growth MB | changes |\n|---|---|---|---|---|---|---|"
+        "| instances | median ms | runs ms | queries per tick | health checks | peak RSS growth MB | changes | `/metrics` scrape ms (queries) |\n|---|---|---|---|---|---|---|---|"
     );
     for t in &report.ticks {
         let _ = writeln!(
             md,
-            "| {} | {} | {:?} | {:?} | {} | {:.1} | {} |",
+            "| {} | {} | {:?} | {:?} | {} | {:.1} | {} | {} ({}) |",
             t.instances,
             t.median_ms,
             t.duration_ms,
             t.queries,
             t.health_checks,
             t.peak_growth_kib as f64 * 1024.0 / 1e6,
-            t.changes
+            t.changes,
+            t.scrape_ms,
+            t.scrape_queries
         );
     }
 

@@ -146,6 +146,9 @@ pub struct TickCell {
     pub peak_growth_kib: u64,
     /// Transitions, creations or errors: a steady fleet needs none.
     pub changes: usize,
+    /// One `/metrics` scrape over this fleet: its time and its statements.
+    pub scrape_ms: f64,
+    pub scrape_queries: usize,
 }
 
 /// A steady fleet of `count` instances: nine in ten idle, one in ten claimed, every one running.
@@ -213,6 +216,8 @@ pub async fn measure(
             peak_rss_kib: 0,
             peak_growth_kib: 0,
             changes: 0,
+            scrape_ms: 0.0,
+            scrape_queries: 0,
         };
         for _ in 0..scale.tick_runs {
             let before = proc_status_kib(std::process::id(), "VmRSS").unwrap_or(0);
@@ -240,6 +245,13 @@ pub async fn measure(
                 eprintln!("bench: tick errors: {:?}", report.errors);
             }
         }
+        QUERIES.store(0, Ordering::Relaxed);
+        COUNTING.store(true, Ordering::Relaxed);
+        let started = Instant::now();
+        agentpool_core::metrics::render(&pool.db).await?;
+        cell.scrape_ms = ms(started.elapsed());
+        COUNTING.store(false, Ordering::Relaxed);
+        cell.scrape_queries = QUERIES.load(Ordering::Relaxed);
         let mut sorted = cell.duration_ms.clone();
         sorted.sort_by(f64::total_cmp);
         cell.median_ms = sorted[sorted.len() / 2];
