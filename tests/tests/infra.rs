@@ -217,10 +217,7 @@ fn compose_role(file: &str, name: &str, service: &Value) -> ComposeRole {
 fn compose_services(text: &str) -> serde_json::Map<String, Value> {
     let documents = yaml_documents(text);
     let compose = documents.first().expect("a compose document");
-    compose["services"]
-        .as_object()
-        .expect("services")
-        .clone()
+    compose["services"].as_object().expect("services").clone()
 }
 
 fn compose_environment(file: &str, name: &str, service: &Value) -> Vec<(String, Option<String>)> {
@@ -314,7 +311,11 @@ fn compose_upstreams(processes: &[Process], nginx: &Value) -> Vec<(String, Strin
             let port = env_value(p, "PORT").unwrap_or("3001");
             let shared = p.network_mode.is_some()
                 && p.network_mode.as_deref() == nginx["network_mode"].as_str();
-            let host = if shared { "127.0.0.1" } else { p.service.as_str() };
+            let host = if shared {
+                "127.0.0.1"
+            } else {
+                p.service.as_str()
+            };
             (p.service.clone(), format!("{host}:{port}"))
         })
         .collect()
@@ -331,11 +332,14 @@ fn compose_problems(file: &str, text: &str) -> Vec<String> {
     for (name, service) in &services {
         match compose_role(file, name, service) {
             ComposeRole::Nginx => {
-                let mounts_conf = service["volumes"].as_array().into_iter().flatten().any(|v| {
-                    v.as_str().is_some_and(|v| {
-                        v.starts_with("./nginx.conf:/etc/nginx/nginx.conf")
-                    })
-                });
+                let mounts_conf = service["volumes"]
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .any(|v| {
+                        v.as_str()
+                            .is_some_and(|v| v.starts_with("./nginx.conf:/etc/nginx/nginx.conf"))
+                    });
                 if !mounts_conf {
                     problems.push(format!(
                         "{file}: service {name} does not mount ./nginx.conf as /etc/nginx/nginx.conf"
@@ -358,7 +362,9 @@ fn compose_problems(file: &str, text: &str) -> Vec<String> {
             }
             ComposeRole::NamespaceHolder => {
                 if !service["environment"].is_null() {
-                    problems.push(format!("{file}: {name} holds namespaces and needs no settings"));
+                    problems.push(format!(
+                        "{file}: {name} holds namespaces and needs no settings"
+                    ));
                 }
                 if service["healthcheck"]["disable"] != Value::Bool(true) {
                     problems.push(format!(
@@ -528,7 +534,10 @@ fn k8s_problems(file: &str, text: &str) -> Vec<String> {
         let name = deployment["metadata"]["name"].as_str().unwrap_or("?");
         let pod = &deployment["spec"]["template"]["spec"];
         for container in pod["containers"].as_array().into_iter().flatten() {
-            let at = format!("{file}: {name}/{}", container["name"].as_str().unwrap_or("?"));
+            let at = format!(
+                "{file}: {name}/{}",
+                container["name"].as_str().unwrap_or("?")
+            );
             if !container["envFrom"].is_null() {
                 problems.push(format!(
                     "{at}: envFrom hides which variables are set; name each one in env"
@@ -782,7 +791,10 @@ fn nginx_conf(text: &str) -> NginxConf {
         while let Some(token) = tokens.next() {
             match token.as_str() {
                 ";" | "{" => {
-                    assert!(!words.is_empty(), "nginx.conf: `{token}` without a directive");
+                    assert!(
+                        !words.is_empty(),
+                        "nginx.conf: `{token}` without a directive"
+                    );
                     let name = words.remove(0);
                     let args = std::mem::take(&mut words);
                     let inner = if token == "{" {
@@ -881,7 +893,10 @@ fn nginx_problems(file: &str, text: &str) -> Vec<String> {
         ));
     }
     let streams_sse = conf.named("location").iter().any(|location| {
-        location.args.last().is_some_and(|a| a == "/api/pool/replenish/stream")
+        location
+            .args
+            .last()
+            .is_some_and(|a| a == "/api/pool/replenish/stream")
             && location
                 .block
                 .iter()
@@ -1129,7 +1144,11 @@ fn check_health_checks(process: &Process) -> Result<(), String> {
             )),
         };
     }
-    match process.health_checks.iter().find(|check| !probes_healthz(check)) {
+    match process
+        .health_checks
+        .iter()
+        .find(|check| !probes_healthz(check))
+    {
         None => Ok(()),
         Some(check) => Err(format!(
             "{}: health check {check} does not probe /healthz",
@@ -1240,11 +1259,13 @@ spec:
     let railway = r#"{"deploy": {"startCommand": "agentpool dev", "healthcheckPath": "/healthz"}}"#;
     let [r] = railway_processes("railway", railway).try_into().unwrap();
     assert!(check_command(&r).is_err());
-    let railway = r#"{"deploy": {"startCommand": "agentpool serve", "healthcheckPath": "/healthz"}}"#;
+    let railway =
+        r#"{"deploy": {"startCommand": "agentpool serve", "healthcheckPath": "/healthz"}}"#;
     let [r] = railway_processes("railway", railway).try_into().unwrap();
     assert!(check_command(&r).is_ok());
     assert!(check_health_checks(&r).is_ok());
-    let railway = r#"{"deploy": {"startCommand": "agentpool-scheduler", "healthcheckPath": "/healthz"}}"#;
+    let railway =
+        r#"{"deploy": {"startCommand": "agentpool-scheduler", "healthcheckPath": "/healthz"}}"#;
     let [r] = railway_processes("railway", railway).try_into().unwrap();
     assert!(check_command(&r).is_ok());
     assert!(check_health_checks(&r).is_err());
@@ -1348,10 +1369,18 @@ impl Drop for KillAgents {
 /// One claim request through nginx.
 #[derive(Debug)]
 struct Attempt {
+    client: usize,
     started: std::time::Instant,
     ended: std::time::Instant,
-    /// The instance handed out, or what went wrong.
-    outcome: Result<String, String>,
+    outcome: Outcome,
+}
+
+#[derive(Debug)]
+enum Outcome {
+    Claimed(String),
+    /// `503 no_idle_instance`: the pool is refilling; the claim is asked again.
+    NothingIdle,
+    Failed(String),
 }
 
 /// Runs `agentpool healthcheck` against a port, as the image's HEALTHCHECK does.
@@ -1433,7 +1462,8 @@ async fn the_compose_topology_survives_a_replica_killed_mid_claims() {
             .iter()
             .filter(|(name, _)| settings.contains(name) || name == "LOG_FORMAT")
             .filter(|(name, _)| {
-                !name.starts_with("LOCAL_") && !["DATABASE_URL", "POOL_API_KEY", "PORT"].contains(&name.as_str())
+                !name.starts_with("LOCAL_")
+                    && !["DATABASE_URL", "POOL_API_KEY", "PORT"].contains(&name.as_str())
             })
             .filter_map(|(name, value)| Some((name.clone(), value.clone()?)));
         let here = [
@@ -1442,10 +1472,16 @@ async fn the_compose_topology_survives_a_replica_killed_mid_claims() {
             ("LOCAL_STATE_DIR", agents_dir.path().display().to_string()),
             ("LOCAL_AGENT_BIN", agentpool_bin().display().to_string()),
             ("POOL_NAME_PREFIX", prefix.clone()),
-            ("POOL_MIN_IDLE", "12".to_string()),
-            ("POOL_MAX_TOTAL", "48".to_string()),
+            ("POOL_MIN_IDLE", "40".to_string()),
+            ("POOL_MAX_TOTAL", "100".to_string()),
+            // Every claim takes a while at the agent (the local provider hands STUB_* variables
+            // on to the agents it starts), so that claims are in flight when the replica dies.
+            ("STUB_PROVISION_DELAY_MS", "300".to_string()),
             // Each request's path at debug level: the log shows which replica served claims.
-            ("RUST_LOG", "warn,tower_http=debug".to_string()),
+            (
+                "RUST_LOG",
+                "warn,agentpool::routes=info,tower_http=debug".to_string(),
+            ),
         ]
         .into_iter()
         .map(|(k, v)| (k.to_string(), v));
@@ -1465,8 +1501,8 @@ async fn the_compose_topology_survives_a_replica_killed_mid_claims() {
             "agentpool-scheduler" => scheduler_bin(),
             other => panic!("{}: runs {other}", process.at),
         };
-        let log = std::fs::File::create(logs.path().join(format!("{}.log", process.service)))
-            .unwrap();
+        let log =
+            std::fs::File::create(logs.path().join(format!("{}.log", process.service))).unwrap();
         Guarded(
             clean(&program)
                 .args(&process.argv[1..])
@@ -1507,7 +1543,10 @@ async fn the_compose_topology_survives_a_replica_killed_mid_claims() {
             answers(format!("http://127.0.0.1:{port}/healthz"))
         })
         .await;
-        assert!(healthcheck(*port), "agentpool healthcheck fails on {service}");
+        assert!(
+            healthcheck(*port),
+            "agentpool healthcheck fails on {service}"
+        );
     }
     let _scheduler = spawn(scheduler, None);
 
@@ -1518,8 +1557,7 @@ async fn the_compose_topology_survives_a_replica_killed_mid_claims() {
     {
         use std::os::unix::fs::PermissionsExt;
         // nginx's workers run as an unprivileged user when it starts as root.
-        std::fs::set_permissions(nginx_dir.path(), std::fs::Permissions::from_mode(0o755))
-            .unwrap();
+        std::fs::set_permissions(nginx_dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
     }
     let nginx_port = free_port();
     let upstream_ports: Vec<(String, u16)> = replicas
@@ -1571,7 +1609,7 @@ async fn the_compose_topology_survives_a_replica_killed_mid_claims() {
             .await
             .unwrap_or(0)
     };
-    wait_until(Duration::from_secs(60), || async { idle().await >= 12 }).await;
+    wait_until(Duration::from_secs(90), || async { idle().await >= 40 }).await;
 
     let tickets = Arc::new(AtomicUsize::new(0));
     let attempts = Arc::new(Mutex::new(Vec::<Attempt>::new()));
@@ -1606,22 +1644,20 @@ async fn the_compose_topology_survives_a_replica_killed_mid_claims() {
                     let ended = Instant::now();
                     let json = |text: &str| serde_json::from_str::<Value>(text).unwrap_or_default();
                     let outcome = match answer {
-                        Ok((200, text)) => json(&text)["instanceId"]
-                            .as_str()
-                            .map(String::from)
-                            .ok_or(format!("200 without instanceId: {text}")),
+                        Ok((200, text)) => match json(&text)["instanceId"].as_str() {
+                            Some(instance) => Outcome::Claimed(instance.to_string()),
+                            None => Outcome::Failed(format!("200 without instanceId: {text}")),
+                        },
                         Ok((503, text))
                             if json(&text)["code"] == "no_idle_instance" && wait < MAX_WAITS =>
                         {
-                            // The pool is refilling: ask again.
-                            waits.fetch_add(1, Ordering::SeqCst);
-                            tokio::time::sleep(Duration::from_millis(20)).await;
-                            continue;
+                            Outcome::NothingIdle
                         }
-                        Ok((status, text)) => Err(format!("{status}: {text}")),
-                        Err(e) => Err(e),
+                        Ok((status, text)) => Outcome::Failed(format!("{status}: {text}")),
+                        Err(e) => Outcome::Failed(e),
                     };
-                    if let Ok(instance) = &outcome {
+                    let done = !matches!(outcome, Outcome::NothingIdle);
+                    if let Outcome::Claimed(instance) = &outcome {
                         // Released at once, so that the pool keeps churning.
                         let _ = http
                             .delete(format!("{base}/api/pool/instances/{instance}"))
@@ -1630,11 +1666,17 @@ async fn the_compose_topology_survives_a_replica_killed_mid_claims() {
                             .await;
                     }
                     attempts.lock().unwrap().push(Attempt {
+                        client,
                         started,
                         ended,
                         outcome,
                     });
-                    break;
+                    if done {
+                        break;
+                    }
+                    // The pool is refilling: ask again.
+                    waits.fetch_add(1, Ordering::SeqCst);
+                    tokio::time::sleep(Duration::from_millis(20)).await;
                 }
             }
         }));
@@ -1650,25 +1692,43 @@ async fn the_compose_topology_survives_a_replica_killed_mid_claims() {
     victim_process.0.kill().expect("SIGKILL the replica");
     victim_process.0.wait().expect("reap the replica");
     let kill_ended = Instant::now();
-    let claims_served_by_victim = log_of(&victim).matches("/api/pool/claim").count();
+    let claims_served_by_victim = log_of(&victim)
+        .lines()
+        .filter(|line| line.contains("/api/pool/claim") && line.contains("finished processing"))
+        .count();
 
     for client in clients {
         client.await.unwrap();
     }
     let attempts = std::mem::take(&mut *attempts.lock().unwrap());
     let in_flight = |a: &&Attempt| a.started <= kill_ended && a.ended >= kill_started;
-    let at_kill = attempts.iter().filter(in_flight).count();
-    let failed: Vec<&Attempt> = attempts.iter().filter(|a| a.outcome.is_err()).collect();
+    // A client has one request out at a time: requests it sent before the replica died and that
+    // were answered after the kill began. (Those sent after it died are refused at connect and
+    // nginx passes them to the other replica.)
+    let clients_at_kill: std::collections::HashSet<usize> = attempts
+        .iter()
+        .filter(in_flight)
+        .map(|a| a.client)
+        .collect();
+    let at_kill = clients_at_kill.len();
+    let failed: Vec<&Attempt> = attempts
+        .iter()
+        .filter(|a| matches!(a.outcome, Outcome::Failed(_)))
+        .collect();
     let claimed: Vec<&str> = attempts
         .iter()
-        .filter_map(|a| a.outcome.as_deref().ok())
+        .filter_map(|a| match &a.outcome {
+            Outcome::Claimed(instance) => Some(instance.as_str()),
+            _ => None,
+        })
         .collect();
     let after_kill = attempts
         .iter()
-        .filter(|a| a.started > kill_ended && a.outcome.is_ok())
+        .filter(|a| a.started > kill_ended && matches!(a.outcome, Outcome::Claimed(_)))
         .count();
     println!(
-        "topology: {} claims through nginx, {} claimed, {} failed, {} in flight at the kill, {} after it, {} waits for an idle instance; {} claims served by {victim} before its kill",
+        "topology: {} claims through nginx ({} requests), {} claimed, {} failed, {} clients with a request in flight at the kill, {} claimed after it, {} answers of no idle instance; {} claims served by {victim} before its kill",
+        claimed.len() + failed.len(),
         attempts.len(),
         claimed.len(),
         failed.len(),
@@ -1677,8 +1737,17 @@ async fn the_compose_topology_survives_a_replica_killed_mid_claims() {
         waits.load(Ordering::SeqCst),
         claims_served_by_victim
     );
+    for attempt in &failed {
+        if let Outcome::Failed(why) = &attempt.outcome {
+            println!("  failed: {why}");
+        }
+    }
 
-    assert_eq!(attempts.len(), CLAIMS);
+    assert_eq!(claimed.len() + failed.len(), CLAIMS);
+    assert!(
+        at_kill > 0,
+        "no claim was in flight when the replica was killed"
+    );
     assert!(
         claims_served_by_victim > 0,
         "nginx sent no claim to {victim} before it was killed"
@@ -1691,6 +1760,14 @@ async fn the_compose_topology_survives_a_replica_killed_mid_claims() {
             log_of("nginx")
         );
     }
+    let mut failing_clients: Vec<usize> = failed.iter().map(|a| a.client).collect();
+    failing_clients.sort();
+    failing_clients.dedup();
+    assert_eq!(
+        failing_clients.len(),
+        failed.len(),
+        "a client had more than one claim cut by the kill"
+    );
     assert!(failed.len() <= at_kill && at_kill <= CLIENTS);
     assert!(after_kill > 0, "no claim was made after the kill");
     // The killed replica no longer answers the image's health check; the other one does.
@@ -1702,7 +1779,11 @@ async fn the_compose_topology_survives_a_replica_killed_mid_claims() {
     let mut distinct = claimed.clone();
     distinct.sort();
     distinct.dedup();
-    assert_eq!(distinct.len(), claimed.len(), "an instance was handed out twice");
+    assert_eq!(
+        distinct.len(),
+        claimed.len(),
+        "an instance was handed out twice"
+    );
     let twice: Vec<(String, i64)> = sqlx::query_as(
         "SELECT instance_id, count(*) FROM instance_events
           WHERE from_status = 'claiming' AND to_status = 'claimed'
@@ -1720,7 +1801,11 @@ async fn the_compose_topology_survives_a_replica_killed_mid_claims() {
     .fetch_one(&db.pool)
     .await
     .unwrap();
-    assert_eq!(recorded as usize, claimed.len(), "a reply without its claimed event");
+    assert_eq!(
+        recorded as usize,
+        claimed.len(),
+        "a reply without its claimed event"
+    );
 }
 
 /// The checks of how each kind of file holds together fail where they must.
@@ -1790,7 +1875,10 @@ services:
 "#;
     let problems = compose_problems("compose", compose).join("\n");
     assert!(problems.contains("127.0.0.1:3003"), "{problems}");
-    assert!(problems.contains("service api-2: with the local provider"), "{problems}");
+    assert!(
+        problems.contains("service api-2: with the local provider"),
+        "{problems}"
+    );
     assert!(!problems.contains("service api-1:"), "{problems}");
     let processes = compose_processes("compose", compose);
     let by_service = |name: &str| processes.iter().find(|p| p.service == name).unwrap();
