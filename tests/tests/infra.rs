@@ -5,7 +5,8 @@
 //! checked for what holds it together: the compose file's nginx reaches exactly its `serve`
 //! replicas, the replicas of the local provider share what its agents need, the Kubernetes objects
 //! name each other, the SAM template routes HTTP and a schedule to the binary, nginx never resends
-//! a claim. `cfn-lint` validates the SAM template where it is installed (`.ci/run` installs it).
+//! a claim. `cfn-lint` validates the SAM template and `kubernetes-validate` the manifests against
+//! Kubernetes' schemas, where they are installed (`.ci/run` installs both).
 //!
 //! And the compose topology runs: two `serve` replicas, the scheduler and real nginx with
 //! `infra/nginx.conf`, as plain processes on the harness's Postgres, through 200 claims while one
@@ -1962,47 +1963,83 @@ Resources:
         .contains("DATABASE_URL"));
 }
 
-/// `cfn-lint` (with the SAM translator) accepts the SAM template, and rejects a broken copy, which
-/// shows that it transforms SAM rather than skipping it. `.ci/run` installs it and names it in
-/// `CFN_LINT`; elsewhere it is used from `PATH` when there, and the test says it was skipped.
-#[test]
-fn the_sam_template_passes_cfn_lint() {
-    let linter = std::env::var_os("CFN_LINT").map(PathBuf::from).or_else(|| {
+/// An offline validator `.ci/run` installs and names in `variable`; elsewhere it is used from
+/// `PATH` when there, and the test says it was skipped. On CI (`CI` set) it must be there.
+fn validator(variable: &str, program: &str) -> Option<PathBuf> {
+    let found = std::env::var_os(variable).map(PathBuf::from).or_else(|| {
         std::env::var_os("PATH").and_then(|path| {
             std::env::split_paths(&path)
-                .map(|dir| dir.join("cfn-lint"))
+                .map(|dir| dir.join(program))
                 .find(|p| p.is_file())
         })
     });
-    let Some(linter) = linter else {
+    if found.is_none() {
         assert!(
             std::env::var_os("CI").is_none(),
-            "CI must lint the SAM template: .ci/run installs cfn-lint and sets CFN_LINT"
+            "CI must run {program}: .ci/run installs it and sets {variable}"
         );
-        eprintln!("skipped: cfn-lint is not installed (.ci/run installs it)");
-        return;
-    };
-    let lint = |path: &Path| {
-        std::process::Command::new(&linter)
-            .arg(path)
-            .output()
-            .expect("run cfn-lint")
-    };
-    let template = infra_dir().join("aws/template.yaml");
-    let output = lint(&template);
-    assert!(
-        output.status.success(),
-        "cfn-lint: {}{}",
+        eprintln!("skipped: {program} is not installed (.ci/run installs it)");
+    }
+    found
+}
+
+/// Runs a validator on a file; its verdict and what it said.
+fn validate(validator: &Path, args: &[&str], file: &Path) -> (bool, String) {
+    let output = std::process::Command::new(validator)
+        .args(args)
+        .arg(file)
+        .output()
+        .unwrap_or_else(|e| panic!("{}: {e}", validator.display()));
+    let said = format!(
+        "{}{}",
         String::from_utf8_lossy(&output.stdout),
         String::from_utf8_lossy(&output.stderr)
     );
+    (output.status.success(), said)
+}
+
+/// `cfn-lint` (with the SAM translator) accepts the SAM template, and rejects a broken copy, which
+/// shows that it transforms SAM rather than skipping it.
+#[test]
+fn the_sam_template_passes_cfn_lint() {
+    let Some(linter) = validator("CFN_LINT", "cfn-lint") else {
+        return;
+    };
+    let template = infra_dir().join("aws/template.yaml");
+    let (ok, said) = validate(&linter, &[], &template);
+    assert!(ok, "cfn-lint: {said}");
     let scratch = tempfile::tempdir().unwrap();
     let broken = scratch.path().join("template.yaml");
-    let text = read(&template).replace("Type: Schedule", "Type: Schedulee");
-    std::fs::write(&broken, text).unwrap();
-    let output = lint(&broken);
+    std::fs::write(
+        &broken,
+        read(&template).replace("Type: Schedule", "Type: Schedulee"),
+    )
+    .unwrap();
+    let (ok, _) = validate(&linter, &[], &broken);
     assert!(
-        !output.status.success(),
+        !ok,
         "cfn-lint accepted an event type SAM does not have: is its SAM translator installed?"
+    );
+}
+
+/// The Kubernetes manifests match Kubernetes' own schemas (strictly: no field it does not have),
+/// and a copy missing a required field does not.
+#[test]
+fn the_k8s_manifests_pass_kubernetes_validate() {
+    let Some(validator) = validator("KUBERNETES_VALIDATE", "kubernetes-validate") else {
+        return;
+    };
+    let manifests = infra_dir().join("k8s/agentpool.yaml");
+    let (ok, said) = validate(&validator, &["--strict"], &manifests);
+    assert!(ok, "kubernetes-validate: {said}");
+    let scratch = tempfile::tempdir().unwrap();
+    let broken = scratch.path().join("agentpool.yaml");
+    let text = read(&manifests);
+    assert!(text.contains("maxReplicas:"));
+    std::fs::write(&broken, text.replace("maxReplicas:", "maxReplica:")).unwrap();
+    let (ok, said) = validate(&validator, &["--strict"], &broken);
+    assert!(
+        !ok,
+        "kubernetes-validate accepted an HPA without maxReplicas: {said}"
     );
 }
