@@ -5,6 +5,7 @@ pub mod auth;
 pub mod dev;
 pub mod error;
 pub mod extract;
+pub mod healthcheck;
 pub mod lambda;
 pub mod request_id;
 pub mod routes;

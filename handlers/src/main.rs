@@ -41,6 +41,9 @@ enum Command {
         #[arg(long, requires = "name")]
         record: Option<std::path::PathBuf>,
     },
+    /// Exit 0 if `GET /healthz` of the `serve` on this host's `PORT` answers 200 (for container
+    /// health checks in images without an HTTP client).
+    Healthcheck,
 }
 
 fn main() -> ExitCode {
@@ -92,6 +95,12 @@ async fn run(command: Command) -> anyhow::Result<()> {
             let report = tick::run(&pool, mode).await?;
             println!("{}", serde_json::to_string_pretty(&report)?);
             Ok(())
+        }
+        Command::Healthcheck => {
+            let port = settings()?.port;
+            agentpool::healthcheck::probe(port)
+                .await
+                .map_err(anyhow::Error::msg)
         }
         Command::StubAgent { port, name, record } => {
             let settings = stub_agent::StubSettings::from_env().map_err(anyhow::Error::msg)?;
