@@ -19,3 +19,5 @@ CREATE TABLE tick_runs (
     errors       INTEGER NOT NULL DEFAULT 0,
     CHECK ((outcome IS NULL) = (finished_at IS NULL))
 );
+-- Old rows are deleted by when they were written (see tick::slots::finish).
+CREATE INDEX tick_runs_claimed_at ON tick_runs (claimed_at);

@@ -85,7 +85,9 @@ pub async fn finish(db: &PgPool, slot: DateTime<Utc>, report: Option<&TickReport
     .bind(count(|r| r.errors.len()))
     .execute(db)
     .await?;
-    sqlx::query("DELETE FROM tick_runs WHERE slot < now() - make_interval(days => $1)")
+    // By when the row was written, not by its slot: a slot may name any time (an EventBridge
+    // event replayed from long ago), and its row must outlive the deliveries of that event.
+    sqlx::query("DELETE FROM tick_runs WHERE claimed_at < now() - make_interval(days => $1)")
         .bind(KEEP_DAYS)
         .execute(db)
         .await?;
