@@ -15,7 +15,7 @@ pub enum Schedule {
     /// `TICK_CRON`, in UTC.
     Cron {
         expression: String,
-        cron: croner::Cron,
+        cron: Box<croner::Cron>,
     },
     /// `TICK_INTERVAL_MS`: slots are the intervals of Unix time, so that schedulers started at
     /// different moments agree on them.
@@ -30,7 +30,7 @@ impl Schedule {
         if let (Some(expression), Some(cron)) = (&settings.tick_cron, settings.tick_cron()) {
             return Ok(Self::Cron {
                 expression: expression.clone(),
-                cron,
+                cron: Box::new(cron),
             });
         }
         let every = settings.tick_interval().ok_or_else(|| ConfigError {
