@@ -128,6 +128,9 @@ fn missing(setting: &str) -> ConfigError {
 
 async fn serve() -> anyhow::Result<()> {
     let settings = settings()?;
+    if lambda::is_lambda() {
+        lambda::check_environment()?;
+    }
     let api_key = settings.pool_api_key.clone().ok_or_else(|| ConfigError {
         setting: "POOL_API_KEY".into(),
         problem: "missing; `serve` refuses to start without an API key".into(),

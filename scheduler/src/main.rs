@@ -1,26 +1,29 @@
-//! `agentpool-scheduler`: runs the tick every `TICK_INTERVAL_MS` against `DATABASE_URL`.
+//! `agentpool-scheduler`: runs the full tick on a schedule (`TICK_CRON`, or every
+//! `TICK_INTERVAL_MS`), in this process against `DATABASE_URL` or over HTTP by the API at
+//! `POOL_URL`.
 //!
-//! Run as many as you like next to any number of `agentpool serve` replicas: the tick's advisory
-//! lock lets one of them work and the others skip.
+//! Run as many as you like next to any number of `agentpool serve` replicas: each scheduled slot
+//! ticks once (`tick_runs`, see `agentpool_core::tick::slots`), and the tick's advisory lock keeps
+//! any other tick from running at the same time.
+
+mod schedule;
+mod trigger;
 
 use std::process::ExitCode;
+use std::sync::Arc;
 
-use tokio_cron_scheduler::{Job, JobScheduler};
-
-use agentpool_core::tick::{self, Mode};
-use agentpool_core::{Pool, Settings};
+use tokio::time::Instant;
+use tokio_cron_scheduler::JobScheduler;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use agentpool_core::Settings;
+use schedule::Schedule;
+use trigger::Trigger;
+
 #[tokio::main]
 async fn main() -> ExitCode {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| "info,sqlx=warn".into()),
-        )
-        .with_writer(std::io::stderr)
-        .init();
+    init_tracing();
     match run().await {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
@@ -33,40 +36,61 @@ async fn main() -> ExitCode {
     }
 }
 
+/// Logs on stderr, as `agentpool` writes them: `LOG_FORMAT=json` for machines, `RUST_LOG` to
+/// filter.
+fn init_tracing() {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| "info,sqlx=warn".into());
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    if std::env::var("LOG_FORMAT").is_ok_and(|v| v == "json") {
+        builder.json().init();
+    } else {
+        builder.init();
+    }
+}
+
 async fn run() -> anyhow::Result<()> {
     let settings = Settings::from_env()?;
-    // tokio-cron-scheduler counts repeats in whole seconds: a shorter interval would not repeat.
-    let interval = settings
-        .tick_interval()
-        .ok_or_else(|| anyhow::anyhow!("invalid setting TICK_INTERVAL_MS: 0 turns ticking off; the scheduler needs an interval"))?
-        .max(std::time::Duration::from_secs(1));
-    let pool = Pool::connect(settings).await?;
+    let schedule = Arc::new(Schedule::from_settings(&settings)?);
+    let trigger = Arc::new(Trigger::from_settings(settings).await?);
     let stop = CancellationToken::new();
     // Ticks run as tasks the scheduler can wait for: on SIGTERM the running one starts no new
-    // work, finishes what it started, and only then does the process exit.
+    // work (or its HTTP request is answered), and only then does the process exit.
     let ticks = TaskTracker::new();
-    let scheduler = JobScheduler::new().await?;
-    scheduler
-        .add(Job::new_repeated_async(interval, {
-            let (stop, ticks) = (stop.clone(), ticks.clone());
-            move |_id, _scheduler| {
-                let (pool, stop) = (pool.clone(), stop.clone());
-                let tick = ticks.spawn(async move { tick_once(&pool, &stop).await });
-                Box::pin(async move {
-                    let _ = tick.await;
-                })
-            }
-        })?)
-        .await?;
+    let job = schedule.job(Box::new({
+        let (schedule, trigger, stop, ticks) = (
+            schedule.clone(),
+            trigger.clone(),
+            stop.clone(),
+            ticks.clone(),
+        );
+        move |_id, _scheduler| {
+            let slot = schedule.slot(chrono::Utc::now());
+            let (trigger, stop) = (trigger.clone(), stop.clone());
+            let tick = ticks.spawn(async move {
+                if !stop.is_cancelled() {
+                    tick_once(&trigger, slot, &stop).await;
+                }
+            });
+            Box::pin(async move {
+                let _ = tick.await;
+            })
+        }
+    }))?;
+    let mut scheduler = JobScheduler::new().await?;
+    scheduler.add(job).await?;
     scheduler.start().await?;
     tracing::info!(
-        interval_ms = interval.as_millis() as u64,
+        mode = trigger.mode(),
+        target = %trigger.target(),
+        schedule = %schedule.describe(),
         "scheduler started"
     );
     agentpool_core::shutdown_signal().await;
     tracing::info!("stopping: letting the running tick end");
     stop.cancel();
-    let mut scheduler = scheduler;
     scheduler.shutdown().await?;
     ticks.close();
     ticks.wait().await;
@@ -74,23 +98,39 @@ async fn run() -> anyhow::Result<()> {
     Ok(())
 }
 
-async fn tick_once(pool: &Pool, stop: &CancellationToken) {
-    if stop.is_cancelled() {
-        return;
-    }
-    match tick::run_until(pool, Mode::Full, stop).await {
-        Ok(report) if report.skipped => {
-            tracing::debug!("tick skipped: another process holds the lock")
+/// Runs one slot's tick and logs one line with its result.
+async fn tick_once(
+    trigger: &Trigger,
+    slot: chrono::DateTime<chrono::Utc>,
+    stop: &CancellationToken,
+) {
+    let began = Instant::now();
+    let outcome = trigger.tick(slot, stop).await;
+    let duration_ms = began.elapsed().as_millis() as u64;
+    let mode = trigger.mode();
+    match outcome {
+        Ok(report) => {
+            let count = |field: &str| report[field].as_array().map_or(0, Vec::len);
+            tracing::info!(
+                mode,
+                %slot,
+                skipped = report["skipped"].as_bool().unwrap_or(false),
+                skipped_because = report["skippedBecause"].as_str(),
+                created = count("created"),
+                destroyed = count("destroyed"),
+                transitions = count("transitions"),
+                errors = count("errors"),
+                cut_short = report["cutShort"].as_str(),
+                duration_ms,
+                "tick"
+            );
         }
-        Ok(report) => tracing::info!(
-            duration_ms = report.duration_ms,
-            created = report.created.len(),
-            destroyed = report.destroyed.len(),
-            transitions = report.transitions.len(),
-            errors = report.errors.len(),
-            cut_short = ?report.cut_short,
-            "tick"
+        Err(e) => tracing::warn!(
+            mode,
+            %slot,
+            error = %agentpool_core::error::describe(e.as_ref()),
+            duration_ms,
+            "tick failed"
         ),
-        Err(e) => tracing::warn!(error = %e, "tick failed"),
     }
 }

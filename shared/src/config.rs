@@ -85,6 +85,13 @@ pub struct Settings {
     /// A tick starts no new work once this much time has passed.
     #[serde(default = "defaults::tick_budget_ms")]
     pub tick_budget_ms: u64,
+    /// When `agentpool-scheduler` ticks: a cron expression with seconds
+    /// (`sec min hour day-of-month month day-of-week`, UTC), as tokio-cron-scheduler reads it.
+    /// Unset: every `TICK_INTERVAL_MS`.
+    pub tick_cron: Option<String>,
+    /// The API `agentpool-scheduler` ticks over HTTP (`POST {POOL_URL}/api/pool/tick`, with
+    /// `POOL_API_KEY`), for deployments where only the API reaches the database.
+    pub pool_url: Option<String>,
     pub database_url: Option<Secret>,
     #[serde(default = "defaults::database_max_connections")]
     pub database_max_connections: u32,
@@ -271,6 +278,17 @@ mod defaults {
     }
 }
 
+/// Reads a cron expression the way tokio-cron-scheduler does, so that what start-up accepts is
+/// what the scheduler runs: six fields, seconds first; day of month and day of week both apply.
+pub fn parse_cron(expression: &str) -> Result<croner::Cron, String> {
+    croner::parser::CronParser::builder()
+        .seconds(croner::parser::Seconds::Required)
+        .dom_and_dow(true)
+        .build()
+        .parse(expression)
+        .map_err(|e| format!("{expression:?} is not a cron expression with seconds ({e})"))
+}
+
 #[derive(Debug, thiserror::Error)]
 #[error("invalid setting {setting}: {problem}")]
 pub struct ConfigError {
@@ -418,6 +436,22 @@ impl Settings {
                 "must be at least 2",
             ));
         }
+        if let Some(cron) = &self.tick_cron {
+            let parsed = parse_cron(cron).map_err(|e| ConfigError::new("TICK_CRON", e))?;
+            // A pattern can parse and still never match (`0 0 0 30 2 *`): it would never tick.
+            parsed
+                .find_next_occurrence(&chrono::Utc::now(), false)
+                .map_err(|_| ConfigError::new("TICK_CRON", format!("{cron:?} never fires")))?;
+        }
+        if let Some(url) = &self.pool_url {
+            let scheme = reqwest::Url::parse(url).map(|u| u.scheme().to_string());
+            if !matches!(scheme.as_deref(), Ok("http" | "https")) {
+                return Err(ConfigError::new(
+                    "POOL_URL",
+                    "must be an http:// or https:// URL",
+                ));
+            }
+        }
         let prefix_ok = !self.pool_name_prefix.is_empty()
             && self
                 .pool_name_prefix
@@ -450,6 +484,10 @@ impl Settings {
     /// `None` when ticking on a timer is turned off.
     pub fn tick_interval(&self) -> Option<Duration> {
         (self.tick_interval_ms > 0).then(|| Duration::from_millis(self.tick_interval_ms))
+    }
+    /// The scheduler's cron schedule, when `TICK_CRON` is set (checked at start-up).
+    pub fn tick_cron(&self) -> Option<croner::Cron> {
+        self.tick_cron.as_deref().and_then(|c| parse_cron(c).ok())
     }
     pub fn health_grace(&self) -> Duration {
         Duration::from_millis(self.health_grace_ms)
@@ -531,6 +569,24 @@ mod tests {
         assert_eq!(s.max_total_cap(), 500);
         let s = Settings::from_vars(vars(&[("POOL_MAX_TOTAL_CAP", "20")])).unwrap();
         assert_eq!(s.max_total_cap(), 20);
+    }
+
+    #[test]
+    fn tick_cron_takes_seconds_and_must_fire() {
+        let s = Settings::from_vars(vars(&[("TICK_CRON", "*/30 * * * * *")])).unwrap();
+        assert!(s.tick_cron().is_some());
+        for bad in [
+            "*/30 * * * *",
+            "every minute",
+            "0 0 0 30 2 *",
+            "61 * * * * *",
+        ] {
+            let err = Settings::from_vars(vars(&[("TICK_CRON", bad)])).unwrap_err();
+            assert_eq!(err.setting, "TICK_CRON", "{bad}: {err}");
+        }
+        let err = Settings::from_vars(vars(&[("POOL_URL", "pool.example.com")])).unwrap_err();
+        assert_eq!(err.setting, "POOL_URL", "{err}");
+        assert!(Settings::from_vars(vars(&[("POOL_URL", "https://pool.example.com")])).is_ok());
     }
 
     #[test]

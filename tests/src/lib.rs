@@ -4,6 +4,7 @@
 
 pub mod fakes;
 pub mod faults;
+pub mod lambda_api;
 pub mod outside;
 
 use std::path::{Path, PathBuf};

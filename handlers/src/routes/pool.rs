@@ -310,8 +310,30 @@ pub async fn reconcile(State(state): State<AppState>) -> ApiResult<Json<Value>> 
     with_counts(&state, report).await
 }
 
-/// `POST /api/pool/tick`: one full tick, or `{"skipped": true}` if another one is running.
-pub async fn tick(State(state): State<AppState>) -> ApiResult<Json<Value>> {
-    let report = run_tick(&state, Mode::Full).await?;
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct TickBody {
+    /// The scheduled time this tick is for (RFC 3339): a scheduler ticking over HTTP sends it,
+    /// so that each slot ticks once however many schedulers fire for it.
+    slot: Option<DateTime<Utc>>,
+}
+
+/// `POST /api/pool/tick`: one full tick, or `{"skipped": true}` if another one is running or,
+/// with `{"slot"}`, if that slot's tick was already taken.
+pub async fn tick(
+    State(state): State<AppState>,
+    OptionalJsonBody(body): OptionalJsonBody<TickBody>,
+) -> ApiResult<Json<Value>> {
+    let report = match body.slot {
+        Some(slot) => {
+            let (pool, stop) = (state.pool.clone(), state.shutdown.clone());
+            state
+                .finish(async move {
+                    tick::slots::run(&pool, slot, &tick::slots::runner("api"), &stop).await
+                })
+                .await??
+        }
+        None => run_tick(&state, Mode::Full).await?,
+    };
     with_counts(&state, report).await
 }

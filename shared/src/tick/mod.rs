@@ -8,8 +8,10 @@
 pub mod execute;
 pub mod lease;
 pub mod plan;
+pub mod slots;
 pub mod snapshot;
 
+use chrono::{DateTime, Utc};
 use serde::Serialize;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
@@ -44,11 +46,26 @@ pub struct TickError {
     pub message: String,
 }
 
+/// Why a tick did nothing.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Skip {
+    /// Another tick holds the advisory lock.
+    Locked,
+    /// Another process has already taken this scheduled slot ([`slots`]).
+    SlotTaken,
+}
+
 /// What a tick did, as `POST /api/pool/tick` and `agentpool tick` print it.
 #[derive(Debug, Clone, Default, Serialize)]
 #[serde(rename_all = "camelCase")]
 pub struct TickReport {
     pub skipped: bool,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub skipped_because: Option<Skip>,
+    /// The scheduled slot this tick was for, when a schedule asked for it.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub slot: Option<DateTime<Utc>>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub duration_ms: Option<u64>,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -68,9 +85,10 @@ pub struct TickReport {
 }
 
 impl TickReport {
-    fn skipped() -> Self {
+    fn skipped(because: Skip) -> Self {
         Self {
             skipped: true,
+            skipped_because: Some(because),
             ..Self::default()
         }
     }
@@ -115,7 +133,7 @@ pub async fn run(pool: &Pool, mode: Mode) -> Result<TickReport> {
 /// Runs one tick that starts no new work once `stop` is cancelled (shutdown).
 pub async fn run_until(pool: &Pool, mode: Mode, stop: &CancellationToken) -> Result<TickReport> {
     let Some(lease) = lease::Lease::try_acquire(&pool.db, TICK_LOCK_KEY).await? else {
-        return Ok(TickReport::skipped());
+        return Ok(TickReport::skipped(Skip::Locked));
     };
     let started = Instant::now();
     let gate = Gate::tick(&lease, started + pool.settings.tick_budget(), stop.clone());

@@ -8,6 +8,7 @@ use std::time::{Duration, Instant};
 use anyhow::Context;
 use serde::Serialize;
 
+use agentpool_tests::lambda_api::{http_event, Outcome, RuntimeApi};
 use agentpool_tests::{agentpool_bin, free_port, proc_stat, Guarded};
 
 use crate::stats::ms;
@@ -179,6 +180,11 @@ pub struct ProcessFigures {
     /// Resident memory of an idle replica two seconds after its first answer.
     pub idle_rss_kib: Vec<u64>,
     pub idle_rss_median_kib: u64,
+    /// The same binary as a Lambda function: spawn (with `AWS_LAMBDA_RUNTIME_API` pointing at a
+    /// local stand-in of the Runtime API) to the answer of its first invocation, an API Gateway
+    /// `GET /healthz`, each run.
+    pub lambda_cold_start_ms: Vec<f64>,
+    pub lambda_cold_start_median_ms: f64,
     pub binary_bytes: u64,
 }
 
@@ -200,14 +206,48 @@ pub async fn process_figures(
         tokio::time::sleep(Duration::from_secs(2)).await;
         rss.extend(rss_kib(replica.process.0.id()));
     }
+    let mut lambda = Vec::new();
+    for _ in 0..scale.cold_starts {
+        lambda.push(lambda_cold_start(database_url).await?);
+    }
     let binary_bytes = std::fs::metadata(agentpool_bin())?.len();
     Ok(ProcessFigures {
         start_to_first_response_median_ms: median_f64(&starts),
         start_to_first_response_ms: starts,
         idle_rss_median_kib: median_u64(&rss),
         idle_rss_kib: rss,
+        lambda_cold_start_median_ms: median_f64(&lambda),
+        lambda_cold_start_ms: lambda,
         binary_bytes,
     })
+}
+
+/// One Lambda cold start, in ms: the event is queued before the process exists, so the time is
+/// the runtime's init (connect to Postgres, check migrations, build the router) plus its first
+/// poll and invocation.
+async fn lambda_cold_start(database_url: &str) -> anyhow::Result<f64> {
+    let api = RuntimeApi::start().await;
+    let healthz = http_event("GET", "/healthz", &[], None);
+    let started = Instant::now();
+    let _function = Guarded(
+        Command::new(agentpool_bin())
+            .env_clear()
+            .envs(api.function_env())
+            .env("DATABASE_URL", database_url)
+            .env("POOL_API_KEY", API_KEY)
+            .env("POOL_MIN_IDLE", "0")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .context("starting agentpool as a Lambda function")?,
+    );
+    let outcome = api.invoke(healthz, Duration::from_secs(30)).await?;
+    let answered = Instant::now();
+    match outcome {
+        Outcome::Response(reply) if reply["statusCode"] == 200 => Ok(ms(answered - started)),
+        other => anyhow::bail!("the first invocation answered {other:?}"),
+    }
 }
 
 fn median_f64(values: &[f64]) -> f64 {

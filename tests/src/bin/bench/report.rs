@@ -306,14 +306,13 @@ pub fn markdown(report: &Report) -> String {
         md,
         "`agentpool serve` (release, {:.1} MB binary) spawned against an already migrated \
          database; time from spawn to the first `200` from `/healthz` on a fresh connection \
-         (connect to Postgres, check migrations, bind, serve): what a Lambda cold start pays on \
-         top of the runtime's own init. Idle RSS read from `/proc` two seconds after the first \
-         answer.\n",
+         (connect to Postgres, check migrations, bind, serve), and the same binary's cold start \
+         as a Lambda function. Idle RSS read from `/proc` two seconds after the first answer.\n",
         p.binary_bytes as f64 / 1e6
     );
     let _ = writeln!(
         md,
-        "| runs | start to first response ms | idle RSS MB |\n|---|---|---|\n| {} | median {}, all {:?} | median {:.1}, all {:?} |",
+        "| shape | runs | start to first response ms | idle RSS MB |\n|---|---|---|---|\n| `serve`: first `/healthz` | {} | median {}, all {:?} | median {:.1}, all {:?} |",
         p.start_to_first_response_ms.len(),
         p.start_to_first_response_median_ms,
         p.start_to_first_response_ms,
@@ -322,6 +321,21 @@ pub fn markdown(report: &Report) -> String {
             .iter()
             .map(|k| (*k as f64 * 1024.0 / 1e5).round() / 10.0)
             .collect::<Vec<_>>()
+    );
+    let _ = writeln!(
+        md,
+        "| Lambda: first invocation answered | {} | median {}, all {:?} | — |",
+        p.lambda_cold_start_ms.len(),
+        p.lambda_cold_start_median_ms,
+        p.lambda_cold_start_ms
+    );
+    let _ = writeln!(
+        md,
+        "\nThe Lambda row runs the same binary with `AWS_LAMBDA_RUNTIME_API` pointing at a local \
+         stand-in of the Runtime API (`tests/src/lambda_api.rs`) that already holds an API Gateway \
+         `GET /healthz` event: from spawn to the function's response (connect, check migrations, \
+         first poll of `/runtime/invocation/next`, the router, the reply). AWS's own sandbox \
+         start and the network to a real database come on top."
     );
 
     let notes = std::fs::read_to_string(concat!(
