@@ -6,6 +6,7 @@ pub mod dev;
 pub mod error;
 pub mod extract;
 pub mod lambda;
+pub mod openapi;
 pub mod request_id;
 pub mod routes;
 pub mod serve;

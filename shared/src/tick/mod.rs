@@ -24,7 +24,7 @@ pub use plan::Mode;
 
 pub const TICK_LOCK_KEY: i64 = 0x6167_706f_6f6c_0001;
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct Moved {
     pub id: String,
@@ -35,7 +35,7 @@ pub struct Moved {
 
 /// One thing that went wrong, as a client may see it: a code and a short cause. The details are
 /// in the log, on a line with the same instance id.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct TickError {
     pub code: &'static str,
@@ -45,7 +45,7 @@ pub struct TickError {
 }
 
 /// What a tick did, as `POST /api/pool/tick` and `agentpool tick` print it.
-#[derive(Debug, Clone, Default, Serialize)]
+#[derive(Debug, Clone, Default, Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct TickReport {
     pub skipped: bool,
