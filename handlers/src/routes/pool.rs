@@ -113,7 +113,7 @@ impl From<&PublicAgent> for PublicAgentView {
 #[derive(Serialize, ToSchema)]
 #[serde(untagged)]
 pub enum AgentView {
-    Operator(InstanceView),
+    Operator(Box<InstanceView>),
     Public(PublicAgentView),
 }
 
@@ -206,7 +206,10 @@ pub async fn agents(
         Caller::Operator => {
             let page = listing::operator_page(&state.pool.db, after.as_ref(), limit).await?;
             for instance in &page.items {
-                reply.push(instance.status, AgentView::Operator(instance.into()));
+                reply.push(
+                    instance.status,
+                    AgentView::Operator(Box::new(instance.into())),
+                );
             }
             page.next
         }
