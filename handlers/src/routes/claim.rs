@@ -26,10 +26,10 @@ pub struct ClaimBody {
     #[schema(min_length = 1, pattern = r"\S")]
     instructions: String,
     /// An `http(s)` conversation URL for the agent to join; one agent per conversation.
-    #[schema(max_length = 2048, pattern = "^https?://")]
+    #[schema(max_length = 2048, pattern = r"^https?://[^\s/?#@]+([/?#]\S*)?$")]
     join_url: Option<String>,
     /// An `http(s)` URL of the agent's picture.
-    #[schema(max_length = 2048, pattern = "^https?://")]
+    #[schema(max_length = 2048, pattern = r"^https?://[^\s/?#@]+([/?#]\S*)?$")]
     profile_image: Option<String>,
     #[schema(value_type = Option<Object>)]
     metadata: Option<serde_json::Map<String, serde_json::Value>>,

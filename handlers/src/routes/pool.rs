@@ -156,6 +156,7 @@ pub struct PageQuery {
     #[param(value_type = Option<u32>, minimum = 1, maximum = 5000)]
     limit: Option<String>,
     /// The `nextCursor` of the page before.
+    #[param(min_length = 1)]
     after: Option<String>,
 }
 
@@ -347,7 +348,7 @@ async fn with_counts(state: &AppState, report: TickReport) -> ApiResult<Json<Tic
 #[utoipa::path(post, path = "/api/pool/replenish", tag = "pool",
     description = "Without a body, a tick; with `{\"count\": N}`, N new instances now (within \
                    the pool's `maxTotal`).",
-    request_body(content = Option<CountBody>, description = "Optional"),
+    request_body(content = Option<CountBody>, description = "Optional: empty, `null` or `{}` is a tick"),
     responses(
         (status = 200, description = "What was done", body = TickReply),
         (status = 400, description = "Bad body or count", body = ErrorBody),
@@ -404,16 +405,25 @@ pub struct Drained {
     instance_ids: Vec<String>,
 }
 
+#[derive(Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct DrainBody {
+    /// How many idle instances, 1 to 100. Optional for serde, so that a missing count gets the
+    /// same message as one out of range.
+    #[schema(value_type = u32, required = true, minimum = 1, maximum = 100)]
+    count: Option<u32>,
+}
+
 /// `POST /api/pool/drain {"count": N}`: up to N idle instances go to `destroying`.
 #[utoipa::path(post, path = "/api/pool/drain", tag = "pool",
-    request_body(content = CountBody, description = "`count` is required"),
+    request_body = DrainBody,
     responses(
         (status = 200, description = "The instances sent to `destroying`", body = Drained),
         (status = 400, description = "Bad body, or count missing or out of range", body = ErrorBody),
     ))]
 pub async fn drain(
     State(state): State<AppState>,
-    JsonBody(body): JsonBody<CountBody>,
+    JsonBody(body): JsonBody<DrainBody>,
 ) -> ApiResult<Json<Drained>> {
     let count = batch_size(body.count)?
         .ok_or_else(|| ApiError::bad_request("invalid_request", "count is required"))?;
