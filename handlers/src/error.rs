@@ -1,4 +1,5 @@
-//! The one mapping from errors to HTTP: `{"error": "<message>", "code": "<snake_case>"}`.
+//! The one mapping from errors to HTTP: `{"code": "<snake_case>", "error": "<message>"}`
+//! ([`ErrorBody`]).
 //!
 //! A client mistake is a 4xx; a 5xx means the pool, a runtime or a provider failed. Internal
 //! details (SQL errors and the like) are logged, not returned.
@@ -7,7 +8,7 @@ use axum::extract::rejection::{BytesRejection, PathRejection, QueryRejection};
 use axum::http::{header, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
-use serde_json::json;
+use serde::Serialize;
 
 use agentpool_core::Error;
 
@@ -153,10 +154,11 @@ impl From<QueryRejection> for ApiError {
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        let mut body = json!({"error": self.message, "code": self.code});
-        if let Some(id) = self.instance_id {
-            body["instanceId"] = json!(id);
-        }
+        let body = ErrorBody {
+            code: self.code,
+            error: self.message,
+            instance_id: self.instance_id,
+        };
         let mut response = (self.status, Json(body)).into_response();
         if let Some(seconds) = self.retry_after {
             response
@@ -165,6 +167,20 @@ impl IntoResponse for ApiError {
         }
         response
     }
+}
+
+/// Every error reply's body, as the API document describes it.
+#[derive(Serialize, utoipa::ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ErrorBody {
+    /// What went wrong, in snake_case: `invalid_request`, `not_found`, `no_idle_instance`, …
+    #[schema(example = "invalid_request")]
+    code: &'static str,
+    /// A sentence for a person.
+    error: String,
+    /// The instance a `409 conversation_taken` is about.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    instance_id: Option<String>,
 }
 
 pub type ApiResult<T> = Result<T, ApiError>;

@@ -15,19 +15,37 @@ use crate::error::ApiError;
 /// A required JSON body.
 pub struct JsonBody<T>(pub T);
 
-/// A JSON body that may be absent (empty), meaning `T::default()`.
+/// A JSON body that may be absent (empty or `null`), meaning `T::default()`.
 pub struct OptionalJsonBody<T>(pub T);
 
-fn parse<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
-    serde_json::from_slice(bytes).map_err(|e| {
-        use serde_json::error::Category;
-        match e.classify() {
-            Category::Syntax | Category::Eof | Category::Io => {
-                ApiError::bad_request("bad_json", format!("body is not valid JSON: {e}"))
-            }
-            Category::Data => ApiError::bad_request("invalid_request", e.to_string()),
+fn json_error(e: serde_json::Error) -> ApiError {
+    use serde_json::error::Category;
+    match e.classify() {
+        Category::Syntax | Category::Eof | Category::Io => {
+            ApiError::bad_request("bad_json", format!("body is not valid JSON: {e}"))
         }
-    })
+        Category::Data => ApiError::bad_request("invalid_request", e.to_string()),
+    }
+}
+
+/// Every body of this API is a JSON object. Serde would also read a struct from an array of its
+/// fields in order (`[null, null]` as `{}`), which no client means and the API document does not
+/// allow, so anything but an object is refused before serde sees it.
+fn parse<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
+    let first = bytes.iter().find(|b| !b.is_ascii_whitespace());
+    if first != Some(&b'{') {
+        serde_json::from_slice::<serde::de::IgnoredAny>(bytes).map_err(json_error)?;
+        return Err(ApiError::bad_request(
+            "invalid_request",
+            "the body must be a JSON object",
+        ));
+    }
+    serde_json::from_slice(bytes).map_err(json_error)
+}
+
+/// An empty body, or JSON `null`: no body.
+fn absent(bytes: &[u8]) -> bool {
+    bytes.trim_ascii().is_empty() || bytes.trim_ascii() == b"null"
 }
 
 impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for JsonBody<T> {
@@ -47,7 +65,7 @@ impl<S: Send + Sync, T: DeserializeOwned + Default> FromRequest<S> for OptionalJ
 
     async fn from_request(req: Request, state: &S) -> Result<Self, Self::Rejection> {
         let bytes = Bytes::from_request(req, state).await?;
-        if bytes.iter().all(u8::is_ascii_whitespace) {
+        if absent(&bytes) {
             return Ok(OptionalJsonBody(T::default()));
         }
         parse(&bytes).map(OptionalJsonBody)

@@ -7,6 +7,7 @@ pub mod error;
 pub mod extract;
 pub mod healthcheck;
 pub mod lambda;
+pub mod openapi;
 pub mod request_id;
 pub mod routes;
 pub mod serve;

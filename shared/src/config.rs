@@ -182,7 +182,9 @@ pub struct Settings {
 }
 
 /// How instances are laid out at Railway.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, serde::Serialize)]
+#[derive(
+    Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, serde::Serialize, utoipa::ToSchema,
+)]
 #[serde(rename_all = "lowercase")]
 pub enum RailwayLayout {
     /// One service per instance in `RAILWAY_PROJECT_ID` (seed 000).

@@ -15,7 +15,7 @@ use sqlx::{Decode, Encode, Postgres, Type};
 /// `starting → idle → claiming → claimed`, `claimed → crashed` when its runtime dies,
 /// any state `→ destroying` (worked off by the tick, then the row goes), and for providers that
 /// restore a checkpoint `recycling → idle`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum InstanceStatus {
     Starting,

@@ -12,7 +12,7 @@ use tokio_util::sync::CancellationToken;
 use crate::tick::lease::Lease;
 
 /// Why work stopped early.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum CutShort {
     /// `TICK_BUDGET_MS` was spent; the rest waits for the next tick.

@@ -13,7 +13,7 @@ use crate::config::Settings;
 use crate::domain::Actor;
 use crate::error::{Error, Result};
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct PoolSize {
     pub min_idle: u32,
@@ -55,7 +55,7 @@ impl PoolSize {
 }
 
 /// The size in force and where it comes from.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct SizeSetting {
     #[serde(flatten)]

@@ -621,3 +621,66 @@ async fn the_bearer_scheme_is_case_insensitive() {
         assert_error(status, &body, StatusCode::UNAUTHORIZED, "unauthorized");
     }
 }
+
+/// Found by the fuzzer: serde reads a struct from an array of its fields, so `[null, null]` was
+/// taken as `{}` by `PUT /api/pool/settings` (200) and an array was a claim. Bodies are objects.
+#[tokio::test]
+async fn bodies_that_are_not_json_objects_are_refused() {
+    let t = TestPool::start().await;
+    let send = |method: reqwest::Method, path: &str, body: &'static str| {
+        t.http
+            .request(method, t.url(path))
+            .bearer_auth(&t.key)
+            .header("content-type", "application/json")
+            .body(body)
+    };
+    for (method, path, body) in [
+        (reqwest::Method::PUT, "/api/pool/settings", "[null, null]"),
+        (reqwest::Method::PUT, "/api/pool/settings", "[1, 2]"),
+        (
+            reqwest::Method::POST,
+            "/api/pool/claim",
+            r#"["array-agent", "instructions", null, null, null]"#,
+        ),
+        (reqwest::Method::POST, "/api/pool/drain", "[1]"),
+        (reqwest::Method::POST, "/api/pool/replenish", "[1]"),
+        (reqwest::Method::POST, "/api/pool/drain", "3"),
+    ] {
+        let (status, reply) = t.send(send(method.clone(), path, body)).await;
+        assert_error(status, &reply, StatusCode::BAD_REQUEST, "invalid_request");
+        assert_eq!(
+            reply["error"], "the body must be a JSON object",
+            "{method} {path} {body}"
+        );
+    }
+    // Not JSON at all is still `bad_json`.
+    let (status, reply) = t
+        .send(send(reqwest::Method::PUT, "/api/pool/settings", "[1,"))
+        .await;
+    assert_error(status, &reply, StatusCode::BAD_REQUEST, "bad_json");
+    let (_, settings) = t.get("/api/pool/settings").await;
+    assert_eq!(settings["source"], "environment", "{settings}");
+    assert_eq!(t.count(Claiming).await + t.count(Claimed).await, 0);
+}
+
+/// An optional body may be `null`, as the API document says: `POST /api/pool/replenish` with
+/// `null` is a tick, like no body.
+#[tokio::test]
+async fn a_null_optional_body_is_no_body() {
+    let t = TestPool::start().await;
+    let (status, report) = t
+        .send(
+            t.http
+                .post(t.url("/api/pool/replenish"))
+                .bearer_auth(&t.key)
+                .body("null"),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{report}");
+    assert_eq!(report["skipped"], false, "{report}");
+    assert_eq!(
+        report["created"].as_array().map(Vec::len),
+        Some(3),
+        "{report}"
+    );
+}

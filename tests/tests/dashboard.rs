@@ -526,6 +526,32 @@ async fn the_public_page_shows_names_as_text() {
     b.close().await;
 }
 
+/// `/docs` renders `/openapi.json` under the page CSP (`script-src 'self'`), with nothing from
+/// the internet.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_docs_page_renders_the_api_document() {
+    let t = TestPool::start().await;
+    let b = Browser::start().await;
+    b.goto(&t.url("/docs")).await;
+    let operations = b
+        .wait_text("#operations", |text| text.contains("POST /api/pool/claim"))
+        .await;
+    for line in [
+        "GET /api/pool/replenish/stream",
+        "Access: bearer or queryKey or session",
+        "DELETE /api/pool/instances/{id}",
+        "ErrorBody",
+    ] {
+        assert!(
+            operations.contains(line),
+            "{line} missing from {operations}"
+        );
+    }
+    b.check_layout("docs").await;
+    b.assert_no_console_errors().await;
+    b.close().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn production_asks_before_destroying() {
     let t = TestPool::with(

@@ -5,23 +5,50 @@ use serde::Deserialize;
 
 use agentpool_core::claim::{self, ClaimRequest, Claimed, IdempotencyKey};
 
-use crate::error::{ApiError, ApiResult};
+use crate::error::{ApiError, ApiResult, ErrorBody};
 use crate::extract::JsonBody;
 use crate::state::AppState;
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct ClaimBody {
-    /// Seed 001 called it `agentId`.
+    /// The agent's name. Seed 001 called it `agentId`, which is still accepted.
     #[serde(alias = "agentId")]
+    /// Up to 100 characters, not blank, no control characters (surrounding blanks are trimmed).
+    #[schema(
+        example = "tokyo-trip-planner",
+        min_length = 1,
+        max_length = 100,
+        pattern = r"^[^\x00-\x1f\x7f-\x9f]*[^\s\x00-\x1f\x7f-\x9f][^\x00-\x1f\x7f-\x9f]*$"
+    )]
     agent_name: String,
+    /// The agent's instructions: not blank, at most 32 KiB.
+    #[schema(min_length = 1, pattern = r"\S")]
     instructions: String,
+    /// An `http(s)` conversation URL for the agent to join; one agent per conversation.
+    #[schema(max_length = 2048, pattern = r"^https?://[^\s/?#@]+([/?#]\S*)?$")]
     join_url: Option<String>,
+    /// An `http(s)` URL of the agent's picture.
+    #[schema(max_length = 2048, pattern = r"^https?://[^\s/?#@]+([/?#]\S*)?$")]
     profile_image: Option<String>,
+    #[schema(value_type = Option<Object>)]
     metadata: Option<serde_json::Map<String, serde_json::Value>>,
 }
 
 /// `POST /api/pool/claim`, with an optional `Idempotency-Key` header.
+#[utoipa::path(post, path = "/api/pool/claim", tag = "pool",
+    description = "Hands out an idle agent, named and instructed, and returns its invite URL.",
+    request_body = ClaimBody,
+    params(("Idempotency-Key" = Option<String>, Header, pattern = "^[!-~]{1,255}$",
+            description = "1–255 visible ASCII characters; the same key gets the same reply for 24 hours")),
+    responses(
+        (status = 200, description = "Claimed", body = Claimed),
+        (status = 400, description = "Invalid body or Idempotency-Key", body = ErrorBody),
+        (status = 409, description = "`conversation_taken` (with `instanceId`) or `claim_in_progress`", body = ErrorBody),
+        (status = 422, description = "`idempotency_key_reused` with a different request", body = ErrorBody),
+        (status = 502, description = "Every runtime tried failed (`claim_failed`)", body = ErrorBody),
+        (status = 503, description = "`no_idle_instance` (with `Retry-After`) or Postgres unavailable", body = ErrorBody),
+    ))]
 pub async fn claim(
     State(state): State<AppState>,
     headers: HeaderMap,

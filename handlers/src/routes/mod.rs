@@ -1,4 +1,8 @@
 //! Routes. Handlers stay thin: parse, call the library, shape the JSON.
+//!
+//! Every JSON route is registered with `routes!`, which takes its path and method from the
+//! handler's `#[utoipa::path]`: the router and the API document come from the same place, and
+//! each group's access is declared once, for both (see [`crate::openapi::restrict`]).
 
 mod claim;
 mod health;
@@ -11,46 +15,65 @@ use axum::http::{Request, StatusCode};
 use axum::middleware::from_fn;
 use axum::middleware::from_fn_with_state;
 use axum::response::{IntoResponse, Response};
-use axum::routing::{delete, get, post};
-use axum::Router;
+use axum::{Extension, Router};
+use std::sync::Arc;
 use tower_http::catch_panic::CatchPanicLayer;
 use tower_http::trace::TraceLayer;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 
 use crate::auth;
 use crate::error::ApiError;
+use crate::openapi::{self, Access, Document};
 use crate::request_id;
 use crate::state::AppState;
 
 /// Large enough for 32 KiB of instructions plus metadata; anything bigger is a mistake.
 const BODY_LIMIT: usize = 256 * 1024;
 
-pub fn router(state: AppState) -> Router {
-    let public = Router::new()
-        .route("/healthz", get(health::healthz))
-        .route("/version", get(health::version))
-        .route("/metrics", get(health::metrics))
-        .route("/api/pool/counts", get(pool::counts))
-        .route("/api/pool/agents", get(pool::agents))
-        .route("/api/pool/info", get(pool::info));
-    let operator = Router::new()
-        .route("/api/pool/status", get(pool::status))
-        .route("/api/pool/claim", post(claim::claim))
-        .route("/api/pool/replenish", post(pool::replenish))
-        .route("/api/pool/drain", post(pool::drain))
-        .route("/api/pool/reconcile", post(pool::reconcile))
-        .route("/api/pool/tick", post(pool::tick))
-        .route("/api/pool/instances/{id}", delete(instances::kill))
-        .route("/api/pool/crashed/{id}", delete(instances::dismiss))
-        .route("/api/pool/settings", get(settings::get).put(settings::put))
+/// One group of routes, its document marked with the group's access.
+fn group(access: Access, mut routes: OpenApiRouter<AppState>) -> OpenApiRouter<AppState> {
+    openapi::restrict(routes.get_openapi_mut(), access);
+    routes
+}
+
+/// The JSON API (and its document's routes), with each group's access.
+fn api(state: &AppState) -> OpenApiRouter<AppState> {
+    let meta = OpenApiRouter::new()
+        .routes(routes!(health::healthz))
+        .routes(routes!(health::version))
+        .routes(routes!(openapi::document))
+        .routes(routes!(openapi::page));
+    let public = OpenApiRouter::new()
+        .routes(routes!(health::metrics))
+        .routes(routes!(pool::counts))
+        .routes(routes!(pool::agents))
+        .routes(routes!(pool::info));
+    let operator = OpenApiRouter::new()
+        .routes(routes!(pool::status))
+        .routes(routes!(claim::claim))
+        .routes(routes!(pool::replenish))
+        .routes(routes!(pool::drain))
+        .routes(routes!(pool::reconcile))
+        .routes(routes!(pool::tick))
+        .routes(routes!(instances::kill))
+        .routes(routes!(instances::dismiss))
+        .routes(routes!(settings::get, settings::put))
         .route_layer(from_fn_with_state(state.clone(), auth::require_key));
-    let sse = Router::new()
-        .route("/api/pool/replenish/stream", get(stream::replenish))
+    let sse = OpenApiRouter::new()
+        .routes(routes!(stream::replenish))
         .route_layer(from_fn_with_state(state.clone(), auth::require_key_sse));
 
-    Router::new()
-        .merge(public)
-        .merge(operator)
-        .merge(sse)
+    OpenApiRouter::with_openapi(openapi::base())
+        .merge(group(Access::Static, meta))
+        .merge(group(Access::Public, public))
+        .merge(group(Access::Operator, operator))
+        .merge(group(Access::Stream, sse))
+}
+
+pub fn router(state: AppState) -> Router {
+    let (api, document) = api(&state).split_for_parts();
+    api.layer(Extension(Document(Arc::new(document))))
         .merge(crate::web::routes(&state))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)

@@ -5,9 +5,9 @@ use axum::http::Request;
 use axum::Json;
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
-use serde_json::{json, Value};
+use utoipa::{IntoParams, ToSchema};
 
-use agentpool_core::config::ProviderKind;
+use agentpool_core::config::{ProviderKind, RailwayLayout};
 use agentpool_core::creation::{self, Outcome};
 use agentpool_core::domain::{Actor, Instance, InstanceStatus};
 use agentpool_core::gate::Gate;
@@ -19,84 +19,88 @@ use agentpool_core::Pool;
 use tokio_util::sync::CancellationToken;
 
 use crate::auth::{identify, Caller};
-use crate::error::{ApiError, ApiResult};
+use crate::error::{ApiError, ApiResult, ErrorBody};
 use crate::extract::{JsonBody, OptionalJsonBody, Query};
 use crate::state::AppState;
 
 /// The most instances one replenish or drain request may ask for.
 const MAX_BATCH: u32 = 100;
 
-async fn counts_json(state: &AppState) -> ApiResult<BTreeMap<InstanceStatus, i64>> {
+/// Instances by status; every status is there, with 0 if none.
+pub type Counts = BTreeMap<InstanceStatus, i64>;
+
+async fn counts_of(state: &AppState) -> ApiResult<Counts> {
     Ok(instances::counts(&state.pool.db).await?)
 }
 
 /// `GET /api/pool/counts` (public).
-pub async fn counts(
-    State(state): State<AppState>,
-) -> ApiResult<Json<BTreeMap<InstanceStatus, i64>>> {
-    counts_json(&state).await.map(Json)
+#[utoipa::path(get, path = "/api/pool/counts", tag = "pool",
+    responses((status = 200, description = "Instances by status", body = BTreeMap<InstanceStatus, i64>)))]
+pub async fn counts(State(state): State<AppState>) -> ApiResult<Json<Counts>> {
+    counts_of(&state).await.map(Json)
 }
 
 /// An instance as an operator sees it. Never the gateway token.
-#[derive(Serialize)]
+#[derive(Serialize, ToSchema)]
 #[serde(rename_all = "camelCase")]
-struct InstanceView<'a> {
-    id: &'a str,
-    name: &'a str,
-    url: Option<&'a str>,
+pub struct InstanceView {
+    id: String,
+    name: String,
+    url: Option<String>,
     status: InstanceStatus,
     status_since: DateTime<Utc>,
-    agent_name: Option<&'a str>,
-    instructions: Option<&'a str>,
-    join_url: Option<&'a str>,
-    conversation_id: Option<&'a str>,
-    invite_url: Option<&'a str>,
-    template_id: Option<&'a str>,
+    agent_name: Option<String>,
+    instructions: Option<String>,
+    join_url: Option<String>,
+    conversation_id: Option<String>,
+    invite_url: Option<String>,
+    template_id: Option<String>,
     health_failures: i32,
     destroy_attempts: i32,
-    last_error: Option<&'a str>,
+    last_error: Option<String>,
     created_at: DateTime<Utc>,
     claimed_at: Option<DateTime<Utc>>,
 }
 
-impl<'a> From<&'a Instance> for InstanceView<'a> {
-    fn from(i: &'a Instance) -> Self {
+impl From<&Instance> for InstanceView {
+    fn from(i: &Instance) -> Self {
         Self {
-            id: &i.id,
-            name: &i.name,
-            url: i.url.as_deref(),
+            id: i.id.clone(),
+            name: i.name.clone(),
+            url: i.url.clone(),
             status: i.status,
             status_since: i.status_since,
-            agent_name: i.agent_name.as_deref(),
-            instructions: i.instructions.as_deref(),
-            join_url: i.join_url.as_deref(),
-            conversation_id: i.conversation_id.as_deref(),
-            invite_url: i.invite_url.as_deref(),
-            template_id: i.template_id.as_deref(),
+            agent_name: i.agent_name.clone(),
+            instructions: i.instructions.clone(),
+            join_url: i.join_url.clone(),
+            conversation_id: i.conversation_id.clone(),
+            invite_url: i.invite_url.clone(),
+            template_id: i.template_id.clone(),
             health_failures: i.health_failures,
             destroy_attempts: i.destroy_attempts,
-            last_error: i.last_error.as_deref(),
+            last_error: i.last_error.clone(),
             created_at: i.created_at,
             claimed_at: i.claimed_at,
         }
     }
 }
 
-/// What anyone may see of an agent: its name, state and times.
-#[derive(Serialize)]
-#[serde(rename_all = "camelCase")]
-struct PublicAgentView<'a> {
-    agent_name: Option<&'a str>,
+/// What anyone may see of an agent: its name, state and times. Closed to other fields, so that
+/// the document tells it apart from an [`InstanceView`] (which has all of these and more).
+#[derive(Serialize, ToSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct PublicAgentView {
+    agent_name: Option<String>,
     status: InstanceStatus,
     status_since: DateTime<Utc>,
     created_at: DateTime<Utc>,
     claimed_at: Option<DateTime<Utc>>,
 }
 
-impl<'a> From<&'a PublicAgent> for PublicAgentView<'a> {
-    fn from(a: &'a PublicAgent) -> Self {
+impl From<&PublicAgent> for PublicAgentView {
+    fn from(a: &PublicAgent) -> Self {
         Self {
-            agent_name: a.agent_name.as_deref(),
+            agent_name: a.agent_name.clone(),
             status: a.status,
             status_since: a.status_since,
             created_at: a.created_at,
@@ -105,10 +109,54 @@ impl<'a> From<&'a PublicAgent> for PublicAgentView<'a> {
     }
 }
 
+/// One entry of `GET /api/pool/agents`: the operator's view with the API key, else the public one.
+#[derive(Serialize, ToSchema)]
+#[serde(untagged)]
+pub enum AgentView {
+    Operator(Box<InstanceView>),
+    Public(PublicAgentView),
+}
+
+/// A page of agents grouped by status. The fields are in alphabetical order, the order the reply
+/// had when it was built as a JSON map.
+#[derive(Default, Serialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct AgentsPage {
+    claimed: Vec<AgentView>,
+    claiming: Vec<AgentView>,
+    crashed: Vec<AgentView>,
+    destroying: Vec<AgentView>,
+    idle: Vec<AgentView>,
+    /// Pass as `after` for the next page; `null` on the last one.
+    next_cursor: Option<String>,
+    recycling: Vec<AgentView>,
+    starting: Vec<AgentView>,
+}
+
+impl AgentsPage {
+    fn push(&mut self, status: InstanceStatus, view: AgentView) {
+        let group = match status {
+            InstanceStatus::Starting => &mut self.starting,
+            InstanceStatus::Idle => &mut self.idle,
+            InstanceStatus::Claiming => &mut self.claiming,
+            InstanceStatus::Claimed => &mut self.claimed,
+            InstanceStatus::Crashed => &mut self.crashed,
+            InstanceStatus::Destroying => &mut self.destroying,
+            InstanceStatus::Recycling => &mut self.recycling,
+        };
+        group.push(view);
+    }
+}
+
 /// `?limit=N&after=<nextCursor>` of the listings. Strings, so that a bad value gets our message.
-#[derive(Deserialize)]
+#[derive(Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 pub struct PageQuery {
+    /// Page size, 1 to 5000 (default 1000).
+    #[param(value_type = Option<u32>, minimum = 1, maximum = 5000)]
     limit: Option<String>,
+    /// The `nextCursor` of the page before.
+    #[param(min_length = 1)]
     after: Option<String>,
 }
 
@@ -135,96 +183,138 @@ impl PageQuery {
     }
 }
 
-fn status_groups() -> BTreeMap<InstanceStatus, Vec<Value>> {
-    InstanceStatus::ALL
-        .into_iter()
-        .map(|s| (s, Vec::new()))
-        .collect()
-}
-
 /// `GET /api/pool/agents` (public): a page of instances, grouped by status, and `nextCursor`.
 /// With the API key, the operator's view of each.
+#[utoipa::path(get, path = "/api/pool/agents", tag = "pool",
+    description = "A page of agents grouped by status. Public; with the API key, each entry is \
+                   the operator's view of the instance.",
+    params(PageQuery),
+    security((), ("bearer" = [])),
+    responses(
+        (status = 200, description = "A page of agents", body = AgentsPage),
+        (status = 400, description = "Bad `limit` or `after`", body = ErrorBody),
+        (status = 401, description = "A wrong or malformed API key", body = ErrorBody),
+    ))]
 pub async fn agents(
     State(state): State<AppState>,
     Query(query): Query<PageQuery>,
     request: Request<axum::body::Body>,
-) -> ApiResult<Json<Value>> {
+) -> ApiResult<Json<AgentsPage>> {
     let caller = identify(&state, &request, false)?;
     let (after, limit) = query.parse()?;
-    let mut grouped = status_groups();
+    let mut reply = AgentsPage::default();
     let next = match caller {
         Caller::Operator => {
             let page = listing::operator_page(&state.pool.db, after.as_ref(), limit).await?;
             for instance in &page.items {
-                if let (Ok(entry), Some(group)) = (
-                    serde_json::to_value(InstanceView::from(instance)),
-                    grouped.get_mut(&instance.status),
-                ) {
-                    group.push(entry);
-                }
+                reply.push(
+                    instance.status,
+                    AgentView::Operator(Box::new(instance.into())),
+                );
             }
             page.next
         }
         Caller::Anonymous => {
             let page = listing::public_page(&state.pool.db, after.as_ref(), limit).await?;
             for agent in &page.items {
-                if let (Ok(entry), Some(group)) = (
-                    serde_json::to_value(PublicAgentView::from(agent)),
-                    grouped.get_mut(&agent.status),
-                ) {
-                    group.push(entry);
-                }
+                reply.push(agent.status, AgentView::Public(agent.into()));
             }
             page.next
         }
     };
-    let mut body = json!(grouped);
-    body["nextCursor"] = json!(next.map(|cursor| cursor.encode()));
-    Ok(Json(body))
+    reply.next_cursor = next.map(|cursor| cursor.encode());
+    Ok(Json(reply))
+}
+
+/// Railway's ids are not secrets (the token is, and is never here). Alphabetical, as in `PoolInfo`.
+#[derive(Serialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct RailwayInfo {
+    environment_id: Option<String>,
+    image: String,
+    layout: RailwayLayout,
+    project_id: Option<String>,
+    team_id: Option<String>,
+}
+
+/// The pool's public facts. The fields are in alphabetical order, the order the reply had when it
+/// was built as a JSON map.
+#[derive(Serialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct PoolInfo {
+    branch: Option<String>,
+    environment: String,
+    max_total: u32,
+    min_idle: u32,
+    model: Option<String>,
+    /// `local`, `railway` or `sprites`.
+    provider: &'static str,
+    /// Set with the `railway` provider only.
+    railway: Option<RailwayInfo>,
+    tick_interval_ms: u64,
+    version: &'static str,
 }
 
 /// `GET /api/pool/info` (public): nothing secret, by construction. The size is the one in force.
-pub async fn info(State(state): State<AppState>) -> ApiResult<Json<Value>> {
+#[utoipa::path(get, path = "/api/pool/info", tag = "pool",
+    responses((status = 200, description = "Version, environment, provider and size in force", body = PoolInfo)))]
+pub async fn info(State(state): State<AppState>) -> ApiResult<Json<PoolInfo>> {
     let s = &state.pool.settings;
     let size = pool_size::current(&state.pool.db, s).await?;
-    Ok(Json(json!({
-        "version": crate::VERSION,
-        "environment": s.pool_environment,
-        "branch": s.railway_git_branch,
-        "model": s.openclaw_primary_model,
-        "provider": s.pool_provider.as_str(),
-        "minIdle": size.min_idle,
-        "maxTotal": size.max_total,
-        "tickIntervalMs": s.tick_interval_ms,
-        // Railway's ids are not secrets (the token is, and is never here).
-        "railway": (s.pool_provider == ProviderKind::Railway).then(|| json!({
-            "layout": s.railway_layout,
-            "projectId": s.railway_project_id,
-            "environmentId": s.railway_environment_id,
-            "teamId": s.railway_team_id,
-            "image": s.railway_runtime_image,
-        })),
-    })))
+    Ok(Json(PoolInfo {
+        branch: s.railway_git_branch.clone(),
+        environment: s.pool_environment.clone(),
+        max_total: size.max_total,
+        min_idle: size.min_idle,
+        model: s.openclaw_primary_model.clone(),
+        provider: s.pool_provider.as_str(),
+        railway: (s.pool_provider == ProviderKind::Railway).then(|| RailwayInfo {
+            environment_id: s.railway_environment_id.clone(),
+            image: s.railway_runtime_image.clone(),
+            layout: s.railway_layout,
+            project_id: s.railway_project_id.clone(),
+            team_id: s.railway_team_id.clone(),
+        }),
+        tick_interval_ms: s.tick_interval_ms,
+        version: crate::VERSION,
+    }))
+}
+
+#[derive(Serialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct StatusPage {
+    #[schema(value_type = BTreeMap<InstanceStatus, i64>)]
+    counts: Counts,
+    instances: Vec<InstanceView>,
+    /// Pass as `after` for the next page; `null` on the last one.
+    next_cursor: Option<String>,
 }
 
 /// `GET /api/pool/status`: counts, a page of instances and `nextCursor`.
+#[utoipa::path(get, path = "/api/pool/status", tag = "pool",
+    params(PageQuery),
+    responses(
+        (status = 200, description = "Counts and a page of instances", body = StatusPage),
+        (status = 400, description = "Bad `limit` or `after`", body = ErrorBody),
+    ))]
 pub async fn status(
     State(state): State<AppState>,
     Query(query): Query<PageQuery>,
-) -> ApiResult<Json<Value>> {
+) -> ApiResult<Json<StatusPage>> {
     let (after, limit) = query.parse()?;
     let page = listing::operator_page(&state.pool.db, after.as_ref(), limit).await?;
-    let views: Vec<InstanceView> = page.items.iter().map(InstanceView::from).collect();
-    Ok(Json(json!({
-        "counts": counts_json(&state).await?,
-        "instances": views,
-        "nextCursor": page.next.map(|cursor| cursor.encode()),
-    })))
+    Ok(Json(StatusPage {
+        counts: counts_of(&state).await?,
+        instances: page.items.iter().map(InstanceView::from).collect(),
+        next_cursor: page.next.map(|cursor| cursor.encode()),
+    }))
 }
 
-#[derive(Deserialize, Default)]
+#[derive(Deserialize, Default, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CountBody {
+    /// How many instances, 1 to 100.
+    #[schema(minimum = 1, maximum = 100)]
     count: Option<u32>,
 }
 
@@ -238,17 +328,35 @@ fn batch_size(count: Option<u32>) -> ApiResult<Option<u32>> {
     }
 }
 
-async fn with_counts(state: &AppState, report: TickReport) -> ApiResult<Json<Value>> {
-    let mut body = serde_json::to_value(&report).unwrap_or_else(|_| json!({}));
-    body["counts"] = json!(counts_json(state).await?);
-    Ok(Json(body))
+/// What a tick (or a replenish) did, and the counts after it.
+#[derive(Serialize, ToSchema)]
+pub struct TickReply {
+    #[schema(value_type = BTreeMap<InstanceStatus, i64>)]
+    counts: Counts,
+    #[serde(flatten)]
+    report: TickReport,
+}
+
+async fn with_counts(state: &AppState, report: TickReport) -> ApiResult<Json<TickReply>> {
+    Ok(Json(TickReply {
+        counts: counts_of(state).await?,
+        report,
+    }))
 }
 
 /// `POST /api/pool/replenish`: a tick (poll + replenish), or with `{"count": N}` N new instances.
+#[utoipa::path(post, path = "/api/pool/replenish", tag = "pool",
+    description = "Without a body, a tick; with `{\"count\": N}`, N new instances now (within \
+                   the pool's `maxTotal`).",
+    request_body(content = Option<CountBody>, description = "Optional: empty, `null` or `{}` is a tick"),
+    responses(
+        (status = 200, description = "What was done", body = TickReply),
+        (status = 400, description = "Bad body or count", body = ErrorBody),
+    ))]
 pub async fn replenish(
     State(state): State<AppState>,
     OptionalJsonBody(body): OptionalJsonBody<CountBody>,
-) -> ApiResult<Json<Value>> {
+) -> ApiResult<Json<TickReply>> {
     let report = match batch_size(body.count)? {
         Some(count) => {
             let (pool, stop) = (state.pool.clone(), state.shutdown.clone());
@@ -288,29 +396,55 @@ async fn run_tick(state: &AppState, mode: Mode) -> ApiResult<TickReport> {
         .await??)
 }
 
+#[derive(Serialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct Drained {
+    #[schema(value_type = BTreeMap<InstanceStatus, i64>)]
+    counts: Counts,
+    drained: usize,
+    instance_ids: Vec<String>,
+}
+
+#[derive(Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct DrainBody {
+    /// How many idle instances, 1 to 100. Optional for serde, so that a missing count gets the
+    /// same message as one out of range.
+    #[schema(value_type = u32, required = true, minimum = 1, maximum = 100)]
+    count: Option<u32>,
+}
+
 /// `POST /api/pool/drain {"count": N}`: up to N idle instances go to `destroying`.
+#[utoipa::path(post, path = "/api/pool/drain", tag = "pool",
+    request_body = DrainBody,
+    responses(
+        (status = 200, description = "The instances sent to `destroying`", body = Drained),
+        (status = 400, description = "Bad body, or count missing or out of range", body = ErrorBody),
+    ))]
 pub async fn drain(
     State(state): State<AppState>,
-    JsonBody(body): JsonBody<CountBody>,
-) -> ApiResult<Json<Value>> {
+    JsonBody(body): JsonBody<DrainBody>,
+) -> ApiResult<Json<Drained>> {
     let count = batch_size(body.count)?
         .ok_or_else(|| ApiError::bad_request("invalid_request", "count is required"))?;
     let ids = instances::drain(&state.pool.db, count).await?;
     state.kicker.kick();
-    Ok(Json(json!({
-        "drained": ids.len(),
-        "instanceIds": ids,
-        "counts": counts_json(&state).await?,
-    })))
+    Ok(Json(Drained {
+        counts: counts_of(&state).await?,
+        drained: ids.len(),
+        instance_ids: ids,
+    }))
 }
 
 /// `POST /api/pool/reconcile`: check the fleet against the provider, clean up orphans.
-pub async fn reconcile(State(state): State<AppState>) -> ApiResult<Json<Value>> {
+#[utoipa::path(post, path = "/api/pool/reconcile", tag = "pool",
+    responses((status = 200, description = "What reconcile did", body = TickReply)))]
+pub async fn reconcile(State(state): State<AppState>) -> ApiResult<Json<TickReply>> {
     let report = run_tick(&state, Mode::Reconcile).await?;
     with_counts(&state, report).await
 }
 
-#[derive(Deserialize, Default)]
+#[derive(Deserialize, Default, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct TickBody {
     /// The scheduled time this tick is for (RFC 3339): a scheduler ticking over HTTP sends it,
@@ -320,10 +454,16 @@ pub struct TickBody {
 
 /// `POST /api/pool/tick`: one full tick, or `{"skipped": true}` if another one is running or,
 /// with `{"slot"}`, if that slot's tick was already taken.
+#[utoipa::path(post, path = "/api/pool/tick", tag = "pool",
+    request_body(content = Option<TickBody>, description = "Optional; a scheduler names its slot"),
+    responses(
+        (status = 200, description = "What the tick did; `skipped` if another was running or the slot was taken", body = TickReply),
+        (status = 400, description = "Bad body", body = ErrorBody),
+    ))]
 pub async fn tick(
     State(state): State<AppState>,
     OptionalJsonBody(body): OptionalJsonBody<TickBody>,
-) -> ApiResult<Json<Value>> {
+) -> ApiResult<Json<TickReply>> {
     let report = match body.slot {
         Some(slot) => {
             let (pool, stop) = (state.pool.clone(), state.shutdown.clone());

@@ -8,17 +8,19 @@ use agentpool_core::domain::Actor;
 use agentpool_core::pool_size::{self, SizeChange, SizeSetting};
 
 use crate::auth::Via;
-use crate::error::ApiResult;
+use crate::error::{ApiResult, ErrorBody};
 use crate::extract::JsonBody;
 use crate::state::AppState;
 
+#[utoipa::path(get, path = "/api/pool/settings", tag = "settings",
+    responses((status = 200, description = "The size in force and where it comes from", body = SizeSetting)))]
 pub async fn get(State(state): State<AppState>) -> ApiResult<Json<SizeSetting>> {
     Ok(Json(
         pool_size::get(&state.pool.db, &state.pool.settings).await?,
     ))
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct SizeBody {
     min_idle: Option<u32>,
@@ -27,6 +29,12 @@ pub struct SizeBody {
 
 /// `PUT /api/pool/settings {"minIdle": N, "maxTotal": M}` (either may be left out). The tick
 /// uses the new size from its next run, which this kicks.
+#[utoipa::path(put, path = "/api/pool/settings", tag = "settings",
+    request_body = SizeBody,
+    responses(
+        (status = 200, description = "The size now in force", body = SizeSetting),
+        (status = 400, description = "Bad body, `maxTotal` above `POOL_MAX_TOTAL_CAP` or `minIdle` above `maxTotal`", body = ErrorBody),
+    ))]
 pub async fn put(
     State(state): State<AppState>,
     Extension(via): Extension<Via>,

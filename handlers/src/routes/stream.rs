@@ -23,11 +23,24 @@ use crate::error::{ApiError, ApiResult};
 use crate::extract::Query;
 use crate::state::AppState;
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 pub struct StreamQuery {
+    /// How many instances to create, 1 to 100 (default 1).
+    #[param(value_type = Option<u32>, minimum = 1, maximum = 100)]
     count: Option<String>,
 }
 
+#[utoipa::path(get, path = "/api/pool/replenish/stream", tag = "pool",
+    description = "Creates instances and streams their creation as server-sent events: `step`, \
+                   `instance`, and a final `complete`. `EventSource` cannot set headers, so the \
+                   key may come as `?key=` here (and only here).",
+    params(StreamQuery),
+    responses(
+        (status = 200, description = "Server-sent events, each `data:` a JSON object",
+         content_type = "text/event-stream", body = crate::openapi::ServerSentEvent),
+        (status = 400, description = "Bad `count`", body = crate::error::ErrorBody),
+    ))]
 pub async fn replenish(
     State(state): State<AppState>,
     Query(query): Query<StreamQuery>,

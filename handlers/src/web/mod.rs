@@ -58,7 +58,7 @@ pub async fn security_headers(request: Request, next: Next) -> Response {
 }
 
 /// Each asset, by the name pages use for it.
-const ASSETS: [(&str, &str, &str); 6] = [
+const ASSETS: [(&str, &str, &str); 7] = [
     (
         "app.css",
         "text/css; charset=utf-8",
@@ -83,6 +83,11 @@ const ASSETS: [(&str, &str, &str); 6] = [
         "public.js",
         "text/javascript; charset=utf-8",
         include_str!("assets/public.js"),
+    ),
+    (
+        "docs.js",
+        "text/javascript; charset=utf-8",
+        include_str!("assets/docs.js"),
     ),
     (
         "favicon.svg",

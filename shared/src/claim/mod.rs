@@ -106,7 +106,7 @@ fn validate_http_url(field: &str, value: &str) -> Result<()> {
 
 /// What the claimer gets back: seed 000's reply, field for field. Kept whole for an
 /// `Idempotency-Key`, so that a retry gets the very same reply.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct Claimed {
     pub invite_url: Option<String>,

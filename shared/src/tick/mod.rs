@@ -26,7 +26,7 @@ pub use plan::Mode;
 
 pub const TICK_LOCK_KEY: i64 = 0x6167_706f_6f6c_0001;
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct Moved {
     pub id: String,
@@ -37,7 +37,7 @@ pub struct Moved {
 
 /// One thing that went wrong, as a client may see it: a code and a short cause. The details are
 /// in the log, on a line with the same instance id.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct TickError {
     pub code: &'static str,
@@ -47,7 +47,7 @@ pub struct TickError {
 }
 
 /// Why a tick did nothing.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum Skip {
     /// Another tick holds the advisory lock.
@@ -57,7 +57,7 @@ pub enum Skip {
 }
 
 /// What a tick did, as `POST /api/pool/tick` and `agentpool tick` print it.
-#[derive(Debug, Clone, Default, Serialize)]
+#[derive(Debug, Clone, Default, Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct TickReport {
     pub skipped: bool,
