@@ -43,7 +43,8 @@ CREATE TABLE tick_stats (
 
 -- A row trigger, not a statement trigger over a transition table: a claim writes one event per
 -- statement, and a row trigger's plans are cached where a transition table's queries are planned
--- on every statement (the benchmark measured claims at half the throughput that way).
+-- again on every statement. pgbench, a claim's two events one after the other: 0.099 ms without a
+-- trigger, 0.195 ms with the statement trigger, 0.176 ms with this one.
 CREATE FUNCTION instance_events_count() RETURNS trigger LANGUAGE plpgsql AS $$
 DECLARE
     pick    INT := floor(random() * 32);
