@@ -245,11 +245,31 @@ impl World {
         order
     }
 
-    fn first_available(&self) -> Option<String> {
-        self.pool
+    /// Buys the first number for sale in an order of its own; panics if none is left.
+    fn order_first_available(
+        &mut self,
+        tags: &[String],
+        profile: Option<String>,
+        reference: Option<&str>,
+    ) -> NumberView {
+        let phone_number = self
+            .pool
             .iter()
             .find(|n| n.held == Held::Available)
             .map(|n| n.phone_number.clone())
+            .expect("a number for sale in the fake");
+        self.order(
+            std::slice::from_ref(&phone_number),
+            tags,
+            profile,
+            reference,
+        );
+        self.owned
+            .iter()
+            .rev()
+            .find(|o| o.view.phone_number == phone_number)
+            .map(|o| o.view.clone())
+            .expect("the number just ordered")
     }
 }
 
@@ -447,19 +467,9 @@ impl TelnyxFake {
     /// none is left.
     pub fn order_behind_our_back(&self, tags: &[&str]) -> NumberView {
         let mut world = self.inner.world();
-        let phone_number = world
-            .first_available()
-            .expect("a number for sale in the fake");
         let tags: Vec<String> = tags.iter().map(|t| t.to_string()).collect();
         let profile = Some(self.inner.config.messaging_profile_id.clone());
-        world.order(std::slice::from_ref(&phone_number), &tags, profile, None);
-        world
-            .owned
-            .iter()
-            .rev()
-            .find(|o| o.view.phone_number == phone_number)
-            .map(|o| o.view.clone())
-            .expect("the number just ordered")
+        world.order_first_available(&tags, profile, None)
     }
 
     /// Buys the first number for sale in an order with this `customer_reference` and leaves it
@@ -467,22 +477,7 @@ impl TelnyxFake {
     /// none is left.
     pub fn order_untagged(&self, reference: &str) -> NumberView {
         let mut world = self.inner.world();
-        let phone_number = world
-            .first_available()
-            .expect("a number for sale in the fake");
-        world.order(
-            std::slice::from_ref(&phone_number),
-            &[],
-            None,
-            Some(reference),
-        );
-        world
-            .owned
-            .iter()
-            .rev()
-            .find(|o| o.view.phone_number == phone_number)
-            .map(|o| o.view.clone())
-            .expect("the number just ordered")
+        world.order_first_available(&[], None, Some(reference))
     }
 
     /// The next order answers 500 without buying anything, and right after it another buyer on
