@@ -9,7 +9,7 @@ use agentpool_core::instances;
 use agentpool_core::providers::local::LocalProvider;
 use agentpool_tests::{
     agentpool_bin, clean, free_port, proc_stat, process_alive, scheduler_bin, wait_until, Guarded,
-    TestDb,
+    Remote, TestDb,
 };
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
@@ -105,17 +105,10 @@ async fn dev_serves_claimable_agents_and_leaves_nothing_behind() {
     .unwrap();
     assert_eq!(key.len(), 64, "a generated key");
 
-    let http = reqwest::Client::new();
+    let remote = Remote::new(base.as_str(), key.as_str());
+    let http = &remote.http;
     wait_until(Duration::from_secs(30), || async {
-        let counts: Value = http
-            .get(format!("{base}/api/pool/counts"))
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
-        counts["idle"] == 3
+        remote.counts().await["idle"] == 3
     })
     .await;
     let response = http
@@ -133,14 +126,7 @@ async fn dev_serves_claimable_agents_and_leaves_nothing_behind() {
         .starts_with("https://"));
     // The in-process loop refills the pool after the claim.
     wait_until(Duration::from_secs(30), || async {
-        let counts: Value = http
-            .get(format!("{base}/api/pool/counts"))
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
+        let counts = remote.counts().await;
         counts["idle"] == 3 && counts["claimed"] == 1
     })
     .await;

@@ -20,7 +20,7 @@ use agentpool_core::domain::InstanceStatus;
 use agentpool_core::instances;
 use agentpool_core::providers::local::LocalProvider;
 use agentpool_tests::{
-    agentpool_bin, clean, free_port, scheduler_bin, wait_until, Guarded, TestDb,
+    agentpool_bin, clean, free_port, scheduler_bin, wait_until, Guarded, Remote, TestDb,
 };
 
 const KEY: &str = "scheduler-test-key-0123456789";
@@ -305,29 +305,15 @@ async fn a_scheduler_ticks_a_serve_over_http_and_a_refused_tick_is_not_fatal() {
     let _cleanup = local_agents(agents.path());
     let port = free_port();
     let _serve = serve(&db, agents.path(), port, "2");
-    let base = format!("http://127.0.0.1:{port}");
-    let http = reqwest::Client::new();
-    wait_until(Duration::from_secs(30), || async {
-        http.get(format!("{base}/healthz"))
-            .send()
-            .await
-            .is_ok_and(|r| r.status().is_success())
-    })
-    .await;
+    let remote = Remote::new(format!("http://127.0.0.1:{port}"), KEY);
+    remote.wait_healthy().await;
+    let base = &remote.base;
 
-    let good = http_scheduler(&base, KEY);
-    let refused = http_scheduler(&base, "not-the-key-0123456789");
+    let good = http_scheduler(base, KEY);
+    let refused = http_scheduler(base, "not-the-key-0123456789");
     // serve's own timer is off: only the scheduler's ticks can fill the pool.
     wait_until(Duration::from_secs(60), || async {
-        let counts: Value = http
-            .get(format!("{base}/api/pool/counts"))
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
-        counts["idle"] == 2
+        remote.counts().await["idle"] == 2
     })
     .await;
     wait_until(Duration::from_secs(30), || async {
