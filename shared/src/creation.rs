@@ -30,12 +30,12 @@ const CONCURRENCY: usize = 8;
 /// reservation racing a change of the size may use the size just replaced, once.
 pub async fn reserve(pool: &Pool, count: u32, actor: Actor, reason: &str) -> Result<Vec<Reserved>> {
     let settings = &pool.settings;
-    let size = pool_size::current(&pool.db, settings).await?;
+    let size = pool_size::current(&pool.db, &settings.size).await?;
     instances::reserve(
         &pool.db,
         count,
         size.max_total,
-        &settings.pool_name_prefix,
+        &settings.pool.pool_name_prefix,
         actor,
         reason,
     )
@@ -140,11 +140,11 @@ async fn provision(pool: &Pool, row: &Reserved, progress: Arc<dyn Progress>) -> 
         ("INSTANCE_ID".into(), row.id.clone()),
         (
             "POOL_ENVIRONMENT".into(),
-            pool.settings.pool_environment.clone(),
+            pool.settings.pool.pool_environment.clone(),
         ),
-        ("XMTP_ENV".into(), pool.settings.xmtp_env.clone()),
+        ("XMTP_ENV".into(), pool.settings.creation.xmtp_env.clone()),
     ];
-    if let Some(model) = &pool.settings.openclaw_primary_model {
+    if let Some(model) = &pool.settings.creation.openclaw_primary_model {
         env.push(("OPENCLAW_PRIMARY_MODEL".into(), model.clone()));
     }
     let target = Target {
@@ -186,9 +186,10 @@ async fn provision_tool(
     tool: &Arc<dyn Tool>,
     target: Target<'_>,
 ) -> Result<crate::tools::Provisioned> {
-    let provisioned = tokio::time::timeout(pool.settings.create_timeout(), tool.create(target))
-        .await
-        .map_err(|_| Error::outbound(tool.step(), tool.step(), Failure::TimedOut))??;
+    let provisioned =
+        tokio::time::timeout(pool.settings.creation.create_timeout(), tool.create(target))
+            .await
+            .map_err(|_| Error::outbound(tool.step(), tool.step(), Failure::TimedOut))??;
     let recorded = services::record(
         &pool.db,
         target.instance_id,
@@ -239,9 +240,12 @@ async fn provision_resource(
         progress,
     };
     let kind = pool.provider.kind().as_str();
-    let created = tokio::time::timeout(pool.settings.create_timeout(), pool.provider.create(&spec))
-        .await
-        .map_err(|_| Error::provider(kind, "create timed out"))??;
+    let created = tokio::time::timeout(
+        pool.settings.creation.create_timeout(),
+        pool.provider.create(&spec),
+    )
+    .await
+    .map_err(|_| Error::provider(kind, "create timed out"))??;
     let recorded = instances::record_infra(
         &pool.db,
         &row.id,

@@ -51,8 +51,11 @@ pub struct Pool {
 
 impl Pool {
     pub fn new(db: PgPool, settings: Settings, provider: Arc<dyn Provider>) -> Self {
-        let runtime = RuntimeClient::new(settings.health_timeout(), settings.provision_timeout());
-        let tools = tools::Toolbox::from_settings(&settings);
+        let runtime = RuntimeClient::new(
+            settings.health.health_timeout(),
+            settings.claim.provision_timeout(),
+        );
+        let tools = tools::Toolbox::from_settings(&settings.tools, &settings.outbound);
         Self {
             db,
             settings: Arc::new(settings),
@@ -64,14 +67,14 @@ impl Pool {
 
     /// Connects to `DATABASE_URL`, migrates, and builds the configured provider.
     pub async fn connect(settings: Settings) -> Result<Self> {
-        let url = settings.database_url.clone().ok_or_else(|| {
+        let url = settings.db.database_url.clone().ok_or_else(|| {
             Error::Config(config::ConfigError {
                 setting: "DATABASE_URL".into(),
                 problem: "missing".into(),
             })
         })?;
-        let db = db::open(url.expose(), settings.database_max_connections).await?;
-        let provider = providers::from_settings(&settings)?;
+        let db = db::open(url.expose(), settings.db.database_max_connections).await?;
+        let provider = providers::from_settings(&settings.providers, &settings.outbound)?;
         Ok(Self::new(db, settings, provider))
     }
 }

@@ -9,7 +9,7 @@ use chrono::{DateTime, Utc};
 use serde::Serialize;
 use sqlx::PgPool;
 
-use crate::config::Settings;
+use crate::config::SizeSettings;
 use crate::domain::Actor;
 use crate::error::{Error, Result};
 
@@ -21,7 +21,7 @@ pub struct PoolSize {
 }
 
 impl PoolSize {
-    pub fn defaults(settings: &Settings) -> Self {
+    pub fn defaults(settings: &SizeSettings) -> Self {
         Self {
             min_idle: settings.pool_min_idle,
             max_total: settings.pool_max_total,
@@ -77,7 +77,7 @@ struct Stored {
     updated_by: String,
 }
 
-fn setting(settings: &Settings, stored: Option<Stored>) -> SizeSetting {
+fn setting(settings: &SizeSettings, stored: Option<Stored>) -> SizeSetting {
     let defaults = PoolSize::defaults(settings);
     let cap = settings.max_total_cap();
     match stored {
@@ -100,7 +100,7 @@ fn setting(settings: &Settings, stored: Option<Stored>) -> SizeSetting {
     }
 }
 
-pub async fn get(db: &PgPool, settings: &Settings) -> Result<SizeSetting> {
+pub async fn get(db: &PgPool, settings: &SizeSettings) -> Result<SizeSetting> {
     let stored: Option<Stored> =
         sqlx::query_as("SELECT min_idle, max_total, updated_at, updated_by FROM pool_settings")
             .fetch_optional(db)
@@ -109,7 +109,7 @@ pub async fn get(db: &PgPool, settings: &Settings) -> Result<SizeSetting> {
 }
 
 /// The size in force: what the tick plans with and what creation stays within.
-pub async fn current(db: &PgPool, settings: &Settings) -> Result<PoolSize> {
+pub async fn current(db: &PgPool, settings: &SizeSettings) -> Result<PoolSize> {
     let stored: Option<(i32, i32)> =
         sqlx::query_as("SELECT min_idle, max_total FROM pool_settings")
             .fetch_optional(db)
@@ -131,7 +131,7 @@ pub struct SizeChange {
 /// (serialised with other changes by the row lock, so each event's `from` is what it replaced).
 pub async fn set(
     db: &PgPool,
-    settings: &Settings,
+    settings: &SizeSettings,
     change: SizeChange,
     actor: Actor,
     via: &str,

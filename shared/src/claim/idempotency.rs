@@ -63,7 +63,7 @@ pub(super) async fn begin(
 ) -> Result<Begun> {
     let fingerprint = fingerprint(request)?;
     let attempt = Uuid::new_v4();
-    let claim_timeout_ms = i64::try_from(pool.settings.claim_timeout_ms).unwrap_or(i64::MAX);
+    let claim_timeout_ms = i64::try_from(pool.settings.claim.claim_timeout_ms).unwrap_or(i64::MAX);
     let mine: Option<Uuid> = sqlx::query_scalar(
         "INSERT INTO claim_requests (key, fingerprint, attempt, status)
          VALUES ($1, $2, $3, 'pending')

@@ -151,7 +151,7 @@ async fn claim_now(
     request: &ClaimRequest,
     fence: Option<&idempotency::Fence>,
 ) -> Result<Claimed> {
-    let attempts = pool.settings.claim_max_attempts;
+    let attempts = pool.settings.claim.claim_max_attempts;
     let mut last_failure = None;
     for attempt in 1..=attempts {
         let token = Uuid::new_v4();

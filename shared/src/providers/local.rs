@@ -17,7 +17,7 @@ use serde::{Deserialize, Serialize};
 use tokio::io::{AsyncBufReadExt, BufReader};
 
 use super::{CreateSpec, Created, Provider, ResourceRef};
-use crate::config::{ProviderKind, Settings};
+use crate::config::{LocalSettings, ProviderKind};
 use crate::creation::StepStatus;
 use crate::domain::{ObservedResource, ResourceStatus};
 use crate::error::{Error, Result};
@@ -54,7 +54,7 @@ pub struct LocalProvider {
 }
 
 impl LocalProvider {
-    pub fn from_settings(settings: &Settings) -> Result<Self> {
+    pub fn from_settings(settings: &LocalSettings) -> Result<Self> {
         let state_dir = settings
             .local_state_dir
             .clone()

@@ -8,7 +8,7 @@ use std::sync::Arc;
 
 use async_trait::async_trait;
 
-use crate::config::{ProviderKind, Settings};
+use crate::config::{OutboundSettings, ProviderKind, ProviderSettings};
 use crate::domain::ObservedResource;
 use crate::error::{Error, Result};
 
@@ -84,10 +84,18 @@ pub trait Provider: Send + Sync {
     }
 }
 
-pub fn from_settings(settings: &Settings) -> Result<Arc<dyn Provider>> {
+pub fn from_settings(
+    settings: &ProviderSettings,
+    outbound: &OutboundSettings,
+) -> Result<Arc<dyn Provider>> {
     match settings.pool_provider {
-        ProviderKind::Local => Ok(Arc::new(local::LocalProvider::from_settings(settings)?)),
-        ProviderKind::Railway => Ok(Arc::new(railway::RailwayProvider::from_settings(settings)?)),
+        ProviderKind::Local => Ok(Arc::new(local::LocalProvider::from_settings(
+            &settings.local,
+        )?)),
+        ProviderKind::Railway => Ok(Arc::new(railway::RailwayProvider::from_settings(
+            &settings.railway,
+            outbound,
+        )?)),
         other => Err(Error::Config(crate::config::ConfigError {
             setting: "POOL_PROVIDER".into(),
             problem: format!(

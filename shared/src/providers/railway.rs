@@ -15,7 +15,7 @@ use async_trait::async_trait;
 use serde_json::{json, Value};
 
 use super::{CreateSpec, Created, Provider, ResourceRef};
-use crate::config::{ProviderKind, RailwayLayout, Secret, Settings};
+use crate::config::{OutboundSettings, ProviderKind, RailwayLayout, RailwaySettings, Secret};
 use crate::creation::StepStatus;
 use crate::domain::{ObservedResource, ResourceStatus};
 use crate::error::{Error, Result};
@@ -67,7 +67,7 @@ fn missing(setting: &str) -> Error {
 }
 
 impl RailwayProvider {
-    pub fn from_settings(settings: &Settings) -> Result<Self> {
+    pub fn from_settings(settings: &RailwaySettings, outbound: &OutboundSettings) -> Result<Self> {
         let mut tokens: Vec<Secret> = settings.railway_api_token.iter().cloned().collect();
         if let Some(many) = &settings.railway_api_tokens {
             tokens.extend(
@@ -101,7 +101,7 @@ impl RailwayProvider {
         };
         Ok(Self {
             out: Outbound::new(Policy {
-                timeout: settings.outbound_timeout(),
+                timeout: outbound.outbound_timeout(),
                 ..Policy::default()
             }),
             api: settings.railway_api_url.clone(),

@@ -117,11 +117,11 @@ pub fn rules(settings: &crate::config::Settings, size: PoolSize) -> plan::Rules 
     plan::Rules {
         min_idle: size.min_idle,
         max_total: size.max_total,
-        stuck_timeout: settings.stuck_timeout(),
-        claim_timeout: settings.claim_timeout(),
-        create_timeout: settings.create_timeout(),
-        health_failure_threshold: settings.health_failure_threshold,
-        health_grace: settings.health_grace(),
+        stuck_timeout: settings.tick.stuck_timeout(),
+        claim_timeout: settings.claim.claim_timeout(),
+        create_timeout: settings.creation.create_timeout(),
+        health_failure_threshold: settings.health.health_failure_threshold,
+        health_grace: settings.health.health_grace(),
     }
 }
 
@@ -136,12 +136,16 @@ pub async fn run_until(pool: &Pool, mode: Mode, stop: &CancellationToken) -> Res
         return Ok(TickReport::skipped(Skip::Locked));
     };
     let started = Instant::now();
-    let gate = Gate::tick(&lease, started + pool.settings.tick_budget(), stop.clone());
+    let gate = Gate::tick(
+        &lease,
+        started + pool.settings.tick.tick_budget(),
+        stop.clone(),
+    );
     let span = tracing::info_span!("tick", ?mode);
     let work = async {
         let mut report = TickReport::default();
         let snapshot = snapshot::take(pool, mode, &gate, &mut report).await?;
-        let size = pool_size::current(&pool.db, &pool.settings).await?;
+        let size = pool_size::current(&pool.db, &pool.settings.size).await?;
         let plan = plan::decide(&snapshot, &rules(&pool.settings, size), mode);
         report.instances = Some(snapshot.rows.len());
         report.health_checked = Some(snapshot.health.len());

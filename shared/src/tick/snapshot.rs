@@ -64,7 +64,11 @@ pub async fn take(
     let resources = match mode {
         Mode::Kick => None,
         Mode::Full | Mode::Reconcile => {
-            match pool.provider.list(&pool.settings.pool_name_prefix).await {
+            match pool
+                .provider
+                .list(&pool.settings.pool.pool_name_prefix)
+                .await
+            {
                 Ok(resources) => Some(resources),
                 Err(e) => {
                     report.error("listing resources", None, &e);
@@ -77,7 +81,7 @@ pub async fn take(
     let mut tools_listed = HashSet::new();
     if mode != Mode::Kick {
         for tool in &pool.tools.tools {
-            match tool.list(&pool.settings.pool_name_prefix).await {
+            match tool.list(&pool.settings.pool.pool_name_prefix).await {
                 // A tool that holds nothing outside (a wallet made here) lists nothing to judge.
                 Ok(None) => {}
                 Ok(Some(listed)) => {
@@ -105,7 +109,7 @@ pub async fn take(
     let targets = health_targets(&rows, resources.as_deref(), mode);
     let due = targets.len();
     // A check is started only if it can end within the budget: it may take HEALTH_TIMEOUT_MS.
-    let window = gate.closing_early(pool.settings.health_timeout());
+    let window = gate.closing_early(pool.settings.health.health_timeout());
     let health = check_health(pool, targets, &window).await;
     let mut health_cut_short = false;
     if health.len() < due {
@@ -210,7 +214,7 @@ async fn check_health(
                 .instrument(span)
             }))
         })
-        .buffer_unordered(pool.settings.health_concurrency)
+        .buffer_unordered(pool.settings.health.health_concurrency)
         .filter_map(|checked| async move { checked })
         .collect()
         .await

@@ -8,7 +8,7 @@ use reqwest::Method;
 use serde_json::{json, Value};
 
 use super::{Listed, Provisioned, Rest, Target, Tool};
-use crate::config::Settings;
+use crate::config::AgentMailSettings;
 use crate::error::{Error, Result};
 use crate::outbound::{Failure, Outbound, Replay};
 
@@ -21,7 +21,10 @@ pub struct AgentMail {
 }
 
 impl AgentMail {
-    pub fn from_settings(settings: &Settings, out: impl FnOnce() -> Arc<Outbound>) -> Option<Self> {
+    pub fn from_settings(
+        settings: &AgentMailSettings,
+        out: impl FnOnce() -> Arc<Outbound>,
+    ) -> Option<Self> {
         // Unconfigured, the tool costs nothing (no HTTP client, no TLS roots loaded).
         let key = settings.agentmail_api_key.clone()?;
         Some(Self {

@@ -5,7 +5,7 @@ use async_trait::async_trait;
 use serde_json::{json, Value};
 
 use super::{Listed, Provisioned, Target, Tool};
-use crate::config::{Secret, Settings};
+use crate::config::{BankrSettings, Secret};
 use crate::error::Result;
 
 pub struct Bankr {
@@ -13,7 +13,7 @@ pub struct Bankr {
 }
 
 impl Bankr {
-    pub fn from_settings(settings: &Settings) -> Option<Self> {
+    pub fn from_settings(settings: &BankrSettings) -> Option<Self> {
         Some(Self {
             key: settings.bankr_api_key.clone()?,
         })

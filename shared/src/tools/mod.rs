@@ -19,7 +19,7 @@ use std::sync::Arc;
 use async_trait::async_trait;
 use serde_json::Value;
 
-use crate::config::{Secret, Settings};
+use crate::config::{OutboundSettings, Secret, ToolSettings};
 use crate::error::{Error, Result};
 use crate::outbound::{Call, Failure, Outbound, Policy, Replay};
 
@@ -87,14 +87,14 @@ pub struct Toolbox {
 }
 
 impl Toolbox {
-    pub fn from_settings(settings: &Settings) -> Self {
+    pub fn from_settings(settings: &ToolSettings, outbound: &OutboundSettings) -> Self {
         // One client for every tool, made only if a tool needs it.
         let shared: std::cell::OnceCell<Arc<Outbound>> = std::cell::OnceCell::new();
         let out = || {
             shared
                 .get_or_init(|| {
                     Arc::new(Outbound::new(Policy {
-                        timeout: settings.outbound_timeout(),
+                        timeout: outbound.outbound_timeout(),
                         ..Policy::default()
                     }))
                 })
@@ -107,22 +107,23 @@ impl Toolbox {
         };
         offer(
             "openrouter",
-            openrouter::OpenRouter::from_settings(settings, out)
+            openrouter::OpenRouter::from_settings(&settings.openrouter, out)
                 .map(|t| Arc::new(t) as Arc<dyn Tool>),
         );
         offer(
             "agentmail",
-            agentmail::AgentMail::from_settings(settings, out)
+            agentmail::AgentMail::from_settings(&settings.agentmail, out)
                 .map(|t| Arc::new(t) as Arc<dyn Tool>),
         );
         offer(
             "telnyx",
-            telnyx::Telnyx::from_settings(settings, out).map(|t| Arc::new(t) as Arc<dyn Tool>),
+            telnyx::Telnyx::from_settings(&settings.telnyx, out)
+                .map(|t| Arc::new(t) as Arc<dyn Tool>),
         );
         offer("wallet", Some(Arc::new(wallet::Wallet)));
         offer(
             "bankr",
-            bankr::Bankr::from_settings(settings).map(|t| Arc::new(t) as Arc<dyn Tool>),
+            bankr::Bankr::from_settings(&settings.bankr).map(|t| Arc::new(t) as Arc<dyn Tool>),
         );
         toolbox
     }

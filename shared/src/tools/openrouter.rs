@@ -9,7 +9,7 @@ use reqwest::Method;
 use serde_json::{json, Value};
 
 use super::{Listed, Provisioned, Rest, Target, Tool};
-use crate::config::Settings;
+use crate::config::OpenRouterSettings;
 use crate::error::{Error, Result};
 use crate::outbound::{Failure, Outbound, Replay};
 
@@ -23,7 +23,10 @@ pub struct OpenRouter {
 }
 
 impl OpenRouter {
-    pub fn from_settings(settings: &Settings, out: impl FnOnce() -> Arc<Outbound>) -> Option<Self> {
+    pub fn from_settings(
+        settings: &OpenRouterSettings,
+        out: impl FnOnce() -> Arc<Outbound>,
+    ) -> Option<Self> {
         // Unconfigured, the tool costs nothing (no HTTP client, no TLS roots loaded).
         let key = settings.openrouter_management_key.clone()?;
         Some(Self {

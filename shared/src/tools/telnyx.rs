@@ -17,7 +17,7 @@ use rand::seq::SliceRandom;
 use serde_json::{json, Value};
 
 use super::{Listed, Provisioned, Rest, Target, Tool};
-use crate::config::Settings;
+use crate::config::TelnyxSettings;
 use crate::error::{Error, Result};
 use crate::outbound::{Failure, Outbound, Replay};
 
@@ -38,7 +38,10 @@ pub struct Telnyx {
 }
 
 impl Telnyx {
-    pub fn from_settings(settings: &Settings, out: impl FnOnce() -> Arc<Outbound>) -> Option<Self> {
+    pub fn from_settings(
+        settings: &TelnyxSettings,
+        out: impl FnOnce() -> Arc<Outbound>,
+    ) -> Option<Self> {
         // Unconfigured, the tool costs nothing (no HTTP client, no TLS roots loaded).
         let key = settings.telnyx_api_key.clone()?;
         Some(Self {
