@@ -23,6 +23,8 @@ use crate::services;
 use crate::tools::{Target, Tool};
 use crate::Pool;
 
+pub use crate::progress::{Progress, StepStatus, Unwatched};
+
 /// Provider creations in flight at once.
 const CONCURRENCY: usize = 8;
 
@@ -49,29 +51,6 @@ pub enum Outcome {
     Failed(Error),
     /// Never started: the gate closed first. The row went to `destroying`.
     NotStarted(CutShort),
-}
-
-/// How a creation step went, as the SSE stream reports it (seed 000).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
-#[serde(rename_all = "lowercase")]
-pub enum StepStatus {
-    Active,
-    Ok,
-    Fail,
-    Skip,
-}
-
-/// Hears about each step of one creation (`openrouter`, `agentmail`, `telnyx`, `wallet`,
-/// `bankr`, the provider's own steps, `done`).
-pub trait Progress: Send + Sync {
-    fn step(&self, step: &str, status: StepStatus, message: &str);
-}
-
-/// Progress nobody watches.
-pub struct Unwatched;
-
-impl Progress for Unwatched {
-    fn step(&self, _: &str, _: StepStatus, _: &str) {}
 }
 
 /// Creates the resources of reserved rows, `CONCURRENCY` at a time. A row whose turn comes after

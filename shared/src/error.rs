@@ -26,7 +26,7 @@ pub enum Error {
     #[error("claim failed after {attempts} attempts; last: {last}")]
     ClaimFailed {
         attempts: u32,
-        last: crate::runtime::ProvisionError,
+        last: crate::calls::ProvisionError,
     },
 
     /// An agent is already in (or joining) the conversation a claim asked to join.
@@ -55,7 +55,7 @@ pub enum Error {
     Outbound {
         service: &'static str,
         step: &'static str,
-        failure: crate::outbound::Failure,
+        failure: crate::calls::Failure,
     },
 
     #[error("database: {0}")]
@@ -88,7 +88,7 @@ impl Error {
             Error::ClaimInProgress => "claim_in_progress",
             Error::IdempotencyKeyReused => "idempotency_key_reused",
             Error::Provider { .. } | Error::Outbound { .. } => "provider_failed",
-            Error::Db(e) if crate::db::unavailable(e) => "database_unavailable",
+            Error::Db(e) if unavailable(e) => "database_unavailable",
             Error::Db(_) | Error::Migrate(_) | Error::Config(_) | Error::Io { .. } => "internal",
         }
     }
@@ -107,7 +107,7 @@ impl Error {
             | Error::IdempotencyKeyReused
             | Error::Outbound { .. } => self.to_string(),
             Error::Provider { provider, .. } => format!("provider {provider} failed"),
-            Error::Db(e) if crate::db::unavailable(e) => "database unavailable".into(),
+            Error::Db(e) if unavailable(e) => "database unavailable".into(),
             Error::Db(_) | Error::Migrate(_) | Error::Config(_) | Error::Io { .. } => {
                 "internal error".into()
             }
@@ -132,7 +132,7 @@ impl Error {
     pub fn outbound(
         service: &'static str,
         step: &'static str,
-        failure: crate::outbound::Failure,
+        failure: crate::calls::Failure,
     ) -> Self {
         Error::Outbound {
             service,
@@ -146,6 +146,19 @@ impl Error {
             context: context.into(),
             source,
         }
+    }
+}
+
+/// The database is down, restarting or out of connections: worth retrying, and a client of the
+/// API may simply retry too.
+pub fn unavailable(error: &sqlx::Error) -> bool {
+    match error {
+        sqlx::Error::PoolTimedOut | sqlx::Error::PoolClosed | sqlx::Error::Io(_) => true,
+        // Class 57 (operator intervention: shutdown, restart) and 08 (connection exception).
+        sqlx::Error::Database(e) => e
+            .code()
+            .is_some_and(|code| code.starts_with("57") || code.starts_with("08")),
+        _ => false,
     }
 }
 

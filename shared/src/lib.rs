@@ -9,6 +9,7 @@
 //! - [`instances`]: the queries shared by the API and the tick; [`db`]: pool and migrations.
 //! - [`pool_size`]: `minIdle` and `maxTotal` as set at run time; [`sessions`]: dashboard logins.
 
+pub mod calls;
 pub mod claim;
 pub mod config;
 pub mod creation;
@@ -21,6 +22,7 @@ pub mod listing;
 pub mod metrics;
 pub mod outbound;
 pub mod pool_size;
+pub mod progress;
 pub mod providers;
 pub mod runtime;
 pub mod services;

@@ -5,9 +5,7 @@
 //!
 //! A scrape is six small queries whatever the fleet's size or the history's length.
 
-use std::collections::BTreeMap;
 use std::sync::atomic::AtomicU64;
-use std::sync::Mutex;
 use std::time::Duration;
 
 use prometheus_client::encoding::{EncodeMetric, MetricEncoder, NoLabelSet};
@@ -18,6 +16,7 @@ use prometheus_client::metrics::MetricType;
 use prometheus_client::registry::Registry;
 use sqlx::PgPool;
 
+use crate::calls;
 use crate::error::{Error, Result};
 use crate::instances;
 
@@ -45,20 +44,9 @@ const CLAIM_BUCKETS: [f64; 13] = [
 /// Spreads counter rows so that concurrent writers rarely wait on one row.
 const SHARDS: f64 = 32.0;
 
-/// Errors of outside calls this process made and has not written yet, by (service, kind).
-static CALL_ERRORS: Mutex<BTreeMap<(&'static str, &'static str), i64>> =
-    Mutex::new(BTreeMap::new());
-
-/// Counts a failed attempt of an outside call. Written to Postgres by the next tick or scrape of
-/// this process; a process that dies first loses what it had not written.
-pub fn count_call_error(service: &'static str, kind: &'static str) {
-    let mut errors = CALL_ERRORS.lock().unwrap_or_else(|e| e.into_inner());
-    *errors.entry((service, kind)).or_default() += 1;
-}
-
 /// Writes the call errors counted so far; on failure they are kept for the next attempt.
 pub async fn flush_call_errors(db: &PgPool) -> Result<()> {
-    let pending = std::mem::take(&mut *CALL_ERRORS.lock().unwrap_or_else(|e| e.into_inner()));
+    let pending = calls::take_failed();
     if pending.is_empty() {
         return Ok(());
     }
@@ -79,10 +67,7 @@ pub async fn flush_call_errors(db: &PgPool) -> Result<()> {
     .execute(db)
     .await;
     if let Err(e) = written {
-        let mut errors = CALL_ERRORS.lock().unwrap_or_else(|e| e.into_inner());
-        for (key, n) in pending {
-            *errors.entry(key).or_default() += n;
-        }
+        calls::put_back(pending);
         return Err(e.into());
     }
     Ok(())

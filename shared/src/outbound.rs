@@ -26,43 +26,7 @@ use tokio::sync::Semaphore;
 
 use crate::config::Secret;
 
-/// What went wrong with a call, in words fit for a client: no server text, no credential.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum Failure {
-    #[error("timed out")]
-    TimedOut,
-    #[error("connection failed")]
-    Connection,
-    #[error("rate limited")]
-    RateLimited,
-    #[error("answered HTTP {0}")]
-    Status(u16),
-    #[error("not found")]
-    NotFound,
-    #[error("credentials refused")]
-    Unauthorized,
-    #[error("unreadable reply")]
-    BadReply,
-    #[error("request refused")]
-    Refused,
-}
-
-impl Failure {
-    /// The kind `/metrics` counts it under; `None` for an answer that is not an error (not found).
-    pub fn kind(&self) -> Option<&'static str> {
-        Some(match self {
-            Failure::TimedOut => "timed_out",
-            Failure::Connection => "connection",
-            Failure::RateLimited => "rate_limited",
-            Failure::Status(500..=599) => "server_error",
-            Failure::Status(_) => "client_error",
-            Failure::NotFound => return None,
-            Failure::Unauthorized => "unauthorized",
-            Failure::BadReply => "bad_reply",
-            Failure::Refused => "refused",
-        })
-    }
-}
+pub use crate::calls::Failure;
 
 /// One failed attempt, and what it tells about retrying.
 struct Attempt {
@@ -271,9 +235,7 @@ impl Outbound {
                 Err(failed) => failed,
             };
             let (failure, retry_after) = (failed.failure.clone(), failed.retry_after);
-            if let Some(kind) = failure.kind() {
-                crate::metrics::count_call_error(call.service, kind);
-            }
+            crate::calls::failed(call.service, &failure);
             if !failed.retry(call.replay) || n >= self.policy.attempts {
                 tracing::warn!(service = call.service, step = call.step, attempt = n, %failure, "call failed");
                 return Err(failure);

@@ -10,26 +10,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::domain::Health;
 
-/// Why a provision failed, short enough for a client and a report. The details (the runtime's
-/// own words) go to the log at the call site.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum ProvisionError {
-    #[error("runtime unreachable")]
-    Unreachable,
-    #[error("runtime timed out")]
-    TimedOut,
-    #[error("runtime answered HTTP {0}")]
-    Status(u16),
-    #[error("runtime reply unreadable")]
-    BadReply,
-    #[error("runtime refused the provision")]
-    Refused,
-    #[error("instance has no URL")]
-    NoUrl,
-    /// The claim was reaped while the runtime answered, or its idempotency key taken over.
-    #[error("claim fenced out while the runtime answered")]
-    FencedOut,
-}
+pub use crate::calls::ProvisionError;
 
 #[derive(Debug, Clone, Serialize)]
 #[serde(rename_all = "camelCase")]

@@ -12,6 +12,8 @@ use tokio::time::Instant;
 
 use crate::error::Result;
 
+pub use crate::error::unavailable;
+
 pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("../migrations");
 
 /// How long start-up waits for an unreachable database before giving up: long enough to ride
@@ -95,19 +97,6 @@ where
 
 fn migration_unavailable(error: &MigrateError) -> bool {
     matches!(error, MigrateError::Execute(e) if unavailable(e))
-}
-
-/// The database is down, restarting or out of connections: worth retrying, and a client of the
-/// API may simply retry too.
-pub fn unavailable(error: &sqlx::Error) -> bool {
-    match error {
-        sqlx::Error::PoolTimedOut | sqlx::Error::PoolClosed | sqlx::Error::Io(_) => true,
-        // Class 57 (operator intervention: shutdown, restart) and 08 (connection exception).
-        sqlx::Error::Database(e) => e
-            .code()
-            .is_some_and(|code| code.starts_with("57") || code.starts_with("08")),
-        _ => false,
-    }
 }
 
 /// Runs pending migrations. sqlx holds a Postgres advisory lock while it migrates, so replicas

@@ -18,9 +18,9 @@ use tokio::io::{AsyncBufReadExt, BufReader};
 
 use super::{CreateSpec, Created, Provider, ResourceRef};
 use crate::config::{LocalSettings, ProviderKind};
-use crate::creation::StepStatus;
 use crate::domain::{ObservedResource, ResourceStatus};
 use crate::error::{Error, Result};
+use crate::progress::StepStatus;
 
 const KIND: &str = "local";
 const START_TIMEOUT: Duration = Duration::from_secs(10);

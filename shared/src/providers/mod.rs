@@ -17,7 +17,7 @@ use crate::error::{Error, Result};
 pub struct CreateSpec {
     pub name: String,
     pub env: Vec<(String, String)>,
-    pub progress: Arc<dyn crate::creation::Progress>,
+    pub progress: Arc<dyn crate::progress::Progress>,
 }
 
 impl fmt::Debug for CreateSpec {

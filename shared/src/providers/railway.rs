@@ -16,10 +16,10 @@ use serde_json::{json, Value};
 
 use super::{CreateSpec, Created, Provider, ResourceRef};
 use crate::config::{OutboundSettings, ProviderKind, RailwayLayout, RailwaySettings, Secret};
-use crate::creation::StepStatus;
 use crate::domain::{ObservedResource, ResourceStatus};
 use crate::error::{Error, Result};
 use crate::outbound::{Call, Failure, Outbound, Policy, Replay, Tokens};
+use crate::progress::StepStatus;
 
 const SERVICE: &str = "railway";
 

@@ -7,6 +7,7 @@
 
 pub mod execute;
 pub mod lease;
+mod mode;
 pub mod plan;
 pub mod slots;
 pub mod snapshot;

@@ -21,7 +21,7 @@ use crate::error::Result;
 use crate::gate::Gate;
 use crate::Pool;
 
-use super::plan::Mode;
+use super::mode::Mode;
 use super::TickReport;
 
 #[derive(Debug, Clone, sqlx::FromRow)]

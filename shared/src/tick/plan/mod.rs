@@ -18,6 +18,7 @@ use chrono::{DateTime, Utc};
 
 use crate::domain::{InstanceStatus, ObservedResource, ToolResource};
 
+pub use super::mode::Mode;
 use super::snapshot::Snapshot;
 
 pub use evidence::{Observation, PresenceMark, ToolPresenceMark};
@@ -31,18 +32,6 @@ pub struct Rules {
     pub create_timeout: Duration,
     pub health_failure_threshold: u32,
     pub health_grace: Duration,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Mode {
-    /// On the interval: list the provider, ask every runtime, reconcile and replenish.
-    Full,
-    /// Reconcile only: as `Full`, but no new instances.
-    Reconcile,
-    /// After a claim, a drain or a kill: replenish, without listing the provider or asking any
-    /// runtime but the `starting` ones. Kicks come as fast as claims; the fleet's health keeps
-    /// its interval.
-    Kick,
 }
 
 /// A move of one instance, fenced by the `status_since` the decision was made on: if the row
