@@ -9,27 +9,18 @@
 //! - [`instances`]: the queries shared by the API and the tick; [`db`]: pool and migrations.
 //! - [`pool_size`]: `minIdle` and `maxTotal` as set at run time; [`sessions`]: dashboard logins.
 
-pub mod calls;
-pub mod claim;
-pub mod config;
-pub mod creation;
-pub mod db;
-pub mod domain;
-pub mod error;
-pub mod gate;
-pub mod instances;
-pub mod listing;
-pub mod metrics;
-pub mod outbound;
-pub mod pool_size;
-pub mod progress;
-pub mod providers;
-pub mod runtime;
-pub mod services;
-pub mod sessions;
+// One directory per layer; each layer imports only those before it (see ARCHITECTURE.md and
+// `tests/layers.rs`). The modules keep their crate-level paths (`crate::claim`, ...).
+mod vocabulary;
+pub use vocabulary::{calls, config, domain, error, progress};
+mod queries;
+pub use queries::{db, instances, lease, listing, metrics, pool_size, services, sessions};
+mod outside;
+pub use outside::{outbound, providers, runtime, tools};
+mod pipelines;
+pub use pipelines::{claim, creation, gate, tick};
+
 pub mod stub_agent;
-pub mod tick;
-pub mod tools;
 
 use std::sync::Arc;
 

@@ -9,7 +9,7 @@ use serde::Serialize;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
-use crate::tick::lease::Lease;
+use crate::lease::Lease;
 
 /// Why work stopped early.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, utoipa::ToSchema)]

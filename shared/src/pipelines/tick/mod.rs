@@ -6,7 +6,7 @@
 //! functions, tested without a network) and from acting.
 
 pub mod execute;
-pub mod lease;
+pub use crate::lease;
 mod mode;
 pub mod plan;
 pub mod slots;
