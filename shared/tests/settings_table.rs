@@ -20,8 +20,9 @@ struct Row {
 
 /// The rows of the table under `## Settings`.
 fn table() -> Vec<Row> {
-    let readme = std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("../README.md"))
-        .expect("README.md");
+    let readme =
+        std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("../README.md"))
+            .expect("README.md");
     let section = readme
         .split("\n## Settings\n")
         .nth(1)
