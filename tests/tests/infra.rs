@@ -979,10 +979,10 @@ fn check_file(file: &str) -> (Vec<Process>, Vec<String>) {
     }
 }
 
-/// Settings that hold credentials (`Option<Secret>` in shared/src/config/), from their source, so
+/// Settings that hold credentials (`Option<Secret>` in shared/src/vocabulary/config/), from their source, so
 /// the list cannot go stale.
 fn secret_variables() -> Vec<String> {
-    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/src/config");
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/src/vocabulary/config");
     let source: String = std::fs::read_dir(&dir)
         .unwrap_or_else(|e| panic!("{}: {e}", dir.display()))
         .map(|entry| read(&entry.expect("config entry").path()))
@@ -997,7 +997,7 @@ fn secret_variables() -> Vec<String> {
         .collect();
     assert!(
         names.contains(&"POOL_API_KEY".to_string()) && names.contains(&"DATABASE_URL".to_string()),
-        "secret settings not found in shared/src/config/: {names:?}"
+        "secret settings not found in shared/src/vocabulary/config/: {names:?}"
     );
     names
 }
