@@ -979,8 +979,8 @@ fn check_file(file: &str) -> (Vec<Process>, Vec<String>) {
     }
 }
 
-/// Settings that hold credentials (`Option<Secret>` in shared/src/vocabulary/config/), from their source, so
-/// the list cannot go stale.
+/// Settings that hold credentials (`Option<Secret>` in shared/src/vocabulary/config/), from
+/// their source, so the list cannot go stale.
 fn secret_variables() -> Vec<String> {
     let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/src/vocabulary/config");
     let source: String = std::fs::read_dir(&dir)
