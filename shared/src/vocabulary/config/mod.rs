@@ -143,7 +143,8 @@ pub fn read<T: Component>(vars: &Vars) -> Result<T, ConfigError> {
     let own = variables::<T>();
     let mine: Vec<(String, String)> = vars
         .iter()
-        .filter(|(name, _)| own.contains(name))
+        // envy matches names in any case; so does the choice of what to hand it.
+        .filter(|(name, _)| own.iter().any(|o| o.eq_ignore_ascii_case(name)))
         .cloned()
         .collect();
     let component: T = envy::from_iter(mine.clone()).map_err(|e| match e {
@@ -385,6 +386,15 @@ mod tests {
         assert_eq!(s.dashboard.admin_session_ttl(), Duration::from_secs(60));
         assert_eq!(s.outbound.outbound_timeout(), Duration::from_millis(1500));
         assert_eq!(s.tools.openrouter.openrouter_key_limit, Some(2.5));
+        assert_eq!(s.providers.railway.railway_layout, RailwayLayout::Project);
+    }
+
+    /// As before the split: envy reads a variable whatever the case of its name.
+    #[test]
+    fn names_are_read_in_any_case() {
+        let s =
+            Settings::from_vars(vars(&[("port", "4000"), ("Railway_Layout", "project")])).unwrap();
+        assert_eq!(s.server.port, 4000);
         assert_eq!(s.providers.railway.railway_layout, RailwayLayout::Project);
     }
 
