@@ -45,8 +45,10 @@ pub struct Pool {
 impl Pool {
     pub fn new(db: PgPool, settings: Settings, provider: Arc<dyn Provider>) -> Self {
         let runtime = RuntimeClient::new(
+            settings.runtime.runtime_protocol,
             settings.health.health_timeout(),
             settings.claim.provision_timeout(),
+            settings.runtime.retry_interval(),
         );
         let tools = tools::Toolbox::from_settings(&settings.tools, &settings.outbound);
         Self {

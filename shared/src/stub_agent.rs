@@ -1,4 +1,7 @@
-//! The reference runtime: serves the agent runtime contract on loopback with injectable faults.
+//! The reference runtime: serves the agent runtime contract on loopback with injectable faults,
+//! in each protocol of the seeds (`RUNTIME_PROTOCOL`: `pool`, `pool-status`, `convos`; see
+//! [`crate::runtime`]). It serves the chosen protocol's routes only, so a pool that speaks another
+//! one fails loudly.
 //!
 //! The local provider starts it as `agentpool stub-agent`; tests and benchmarks measure against
 //! it. Settings come from the environment (the provider passes them explicitly, never the pool's
@@ -7,16 +10,19 @@
 //! | variable | meaning |
 //! |---|---|
 //! | `OPENCLAW_GATEWAY_TOKEN` | required; Bearer token for every POST |
-//! | `STUB_READY_DELAY_MS` | `/pool/health` answers 503 until this long after start (default 0) |
-//! | `STUB_PROVISION_DELAY_MS` | `/pool/provision` waits this long before answering (default 0) |
+//! | `RUNTIME_PROTOCOL` | `pool` (default), `pool-status` or `convos` |
+//! | `STUB_READY_DELAY_MS` | readiness is refused until this long after start (default 0) |
+//! | `STUB_PROVISION_DELAY_MS` | a provision waits this long before answering (default 0) |
 //! | `STUB_FAIL_PROVISION` | `true`: every provision answers 500 |
+//! | `STUB_REFUSE_FIRST` | the first n provisions answer 503, as a gateway just booted does |
+//! | `STUB_CONVERSATION` | a conversation already bound at start (an instance that is not clean) |
 //! | `STUB_SHARED` | `true`: answers for many instances, a fresh conversation per provision (benchmarks) |
 //! | `STUB_START_DELAY_MS` | wait this long before listening (a slow creation, default 0) |
 //!
 //! Faults can also be switched at run time with `POST /stub/faults` (Bearer):
 //! `{"provision": "fail"|"ok", "health": "fail"|"ok", "exit": true, "provisionDelayMs": n,
 //! "healthDelayMs": n}`. `GET /stub/stats` says how many health checks are being answered, so a
-//! test can wait for a tick to be in the middle of one.
+//! test can wait for a tick to be in the middle of one, and how many provisions were refused.
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -32,7 +38,7 @@ use rand::RngCore;
 use serde::Deserialize;
 use serde_json::json;
 
-use crate::config::secrets_match;
+use crate::config::{secrets_match, RuntimeProtocol};
 
 #[derive(Debug, Clone)]
 pub struct StubSettings {
@@ -42,6 +48,9 @@ pub struct StubSettings {
     pub fail_provision: bool,
     pub shared: bool,
     pub start_delay: Duration,
+    pub protocol: RuntimeProtocol,
+    pub refuse_first: u64,
+    pub conversation: Option<String>,
 }
 
 fn flag(name: &str) -> bool {
@@ -71,6 +80,20 @@ impl StubSettings {
             fail_provision: flag("STUB_FAIL_PROVISION"),
             shared: flag("STUB_SHARED"),
             start_delay: millis("STUB_START_DELAY_MS")?,
+            protocol: match std::env::var("RUNTIME_PROTOCOL") {
+                Ok(v) if !v.is_empty() => RuntimeProtocol::parse(&v)
+                    .ok_or_else(|| format!("RUNTIME_PROTOCOL: unknown protocol {v:?}"))?,
+                _ => RuntimeProtocol::Pool,
+            },
+            refuse_first: match std::env::var("STUB_REFUSE_FIRST") {
+                Ok(v) if !v.is_empty() => {
+                    v.parse().map_err(|e| format!("STUB_REFUSE_FIRST: {e}"))?
+                }
+                _ => 0,
+            },
+            conversation: std::env::var("STUB_CONVERSATION")
+                .ok()
+                .filter(|v| !v.is_empty()),
         })
     }
 }
@@ -83,10 +106,14 @@ struct Stub {
     health_delay_ms: AtomicU64,
     provision_delay_ms: AtomicU64,
     health_in_flight: AtomicU64,
+    /// Provisions still to refuse with 503, and how many were refused.
+    refuse_left: AtomicU64,
+    refused: AtomicU64,
     /// One conversation per agent: a second provision is refused, which makes a double claim loud.
     conversation: Mutex<Option<String>>,
     /// Standing in for many agents: every provision is a first one.
     shared: bool,
+    protocol: RuntimeProtocol,
     exit: tokio::sync::Notify,
 }
 
@@ -135,12 +162,22 @@ async fn health(State(stub): State<Arc<Stub>>) -> Response {
         Ok(guard) => guard.clone(),
         Err(poisoned) => poisoned.into_inner().clone(),
     };
+    // Shared stubs stand in for many agents: no one conversation is theirs.
+    let conversation = if stub.shared { None } else { conversation };
+    if stub.protocol == RuntimeProtocol::Convos {
+        // The gateway answers 200 and says whether it is ready.
+        return Json(json!({
+            "ready": ready,
+            "conversation": conversation.map(|id| json!({"id": id})),
+            "streaming": ready,
+        }))
+        .into_response();
+    }
     let body = json!({
         "ready": ready,
         "version": env!("CARGO_PKG_VERSION"),
         "runtime": "agentpool-stub",
-        // Shared stubs stand in for many agents: no one conversation is theirs.
-        "conversationId": if stub.shared { None } else { conversation },
+        "conversationId": conversation,
     });
     let status = if ready {
         StatusCode::OK
@@ -159,74 +196,162 @@ struct ProvisionBody {
     join_url: Option<String>,
 }
 
-async fn provision(
-    State(stub): State<Arc<Stub>>,
-    headers: HeaderMap,
-    body: Result<Json<ProvisionBody>, axum::extract::rejection::JsonRejection>,
-) -> Response {
-    if !stub.authorized(&headers) {
-        return unauthorized();
+/// `POST /convos/conversation`.
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct ConvosCreateBody {
+    #[allow(dead_code)] // The conversation's name; the stub has no conversation to name.
+    name: String,
+    profile_name: String,
+    #[allow(dead_code)]
+    instructions: String,
+}
+
+/// `POST /convos/join`.
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct ConvosJoinBody {
+    invite_url: String,
+    profile_name: String,
+    #[allow(dead_code)]
+    instructions: String,
+}
+
+type Body<T> = Result<Json<T>, axum::extract::rejection::JsonRejection>;
+
+fn failure(status: StatusCode, error: &str) -> Response {
+    (status, Json(json!({"ok": false, "error": error}))).into_response()
+}
+
+struct Provisioned {
+    conversation_id: String,
+    invite_url: String,
+    joined: bool,
+}
+
+/// What every protocol's provision does: auth, faults, one conversation per agent.
+async fn provide(
+    stub: &Stub,
+    headers: &HeaderMap,
+    agent_name: Option<&str>,
+    join_url: Option<String>,
+) -> Result<Provisioned, Response> {
+    if !stub.authorized(headers) {
+        return Err(unauthorized());
     }
-    let Ok(Json(body)) = body else {
-        return (
-            StatusCode::BAD_REQUEST,
-            Json(json!({"ok": false, "error": "bad provision body"})),
-        )
-            .into_response();
+    let Some(agent_name) = agent_name else {
+        return Err(failure(StatusCode::BAD_REQUEST, "bad provision body"));
     };
+    let refuse = stub
+        .refuse_left
+        .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
+        .is_ok();
+    if refuse {
+        stub.refused.fetch_add(1, Ordering::SeqCst);
+        return Err(failure(StatusCode::SERVICE_UNAVAILABLE, "gateway starting"));
+    }
     let delay = stub.provision_delay_ms.load(Ordering::Relaxed);
     if delay > 0 {
         tokio::time::sleep(Duration::from_millis(delay)).await;
     }
     if stub.fail_provision.load(Ordering::Relaxed) {
-        return (
+        return Err(failure(
             StatusCode::INTERNAL_SERVER_ERROR,
-            Json(json!({"ok": false, "error": "injected provision failure"})),
-        )
-            .into_response();
+            "injected provision failure",
+        ));
     }
     let mut conversation = match stub.conversation.lock() {
         Ok(guard) => guard,
         Err(poisoned) => poisoned.into_inner(),
     };
     if conversation.is_some() && !stub.shared {
-        return (
-            StatusCode::CONFLICT,
-            Json(json!({"ok": false, "error": "already provisioned"})),
-        )
-            .into_response();
+        return Err(failure(StatusCode::CONFLICT, "already provisioned"));
     }
     let mut bytes = [0u8; 8];
     rand::thread_rng().fill_bytes(&mut bytes);
     let fresh_id = hex::encode(bytes);
-    let (conversation_id, invite_url, joined) = match body.join_url {
-        Some(join_url) => {
-            let id = join_url
+    let provisioned = match join_url {
+        Some(join_url) => Provisioned {
+            conversation_id: join_url
                 .split_once("i=")
                 .map(|(_, id)| id.to_string())
-                .unwrap_or(fresh_id);
-            (id, join_url, true)
-        }
-        None => (
-            fresh_id.clone(),
-            format!("https://convos.example/v2?i={fresh_id}"),
-            false,
-        ),
+                .unwrap_or(fresh_id),
+            invite_url: join_url,
+            joined: true,
+        },
+        None => Provisioned {
+            invite_url: format!("https://convos.example/v2?i={fresh_id}"),
+            conversation_id: fresh_id,
+            joined: false,
+        },
     };
-    *conversation = Some(conversation_id.clone());
-    tracing::info!(agent_name = %body.agent_name, %conversation_id, joined, "provisioned");
-    Json(json!({
-        "ok": true,
-        "inviteUrl": invite_url,
-        "conversationId": conversation_id,
-        "joined": joined,
-        "status": if joined { "joined" } else { "created" },
-    }))
-    .into_response()
+    *conversation = Some(provisioned.conversation_id.clone());
+    tracing::info!(
+        %agent_name,
+        conversation_id = %provisioned.conversation_id,
+        joined = provisioned.joined,
+        "provisioned"
+    );
+    Ok(provisioned)
+}
+
+/// `POST /pool/provision` (protocols `pool` and `pool-status`).
+async fn provision(
+    State(stub): State<Arc<Stub>>,
+    headers: HeaderMap,
+    body: Body<ProvisionBody>,
+) -> Response {
+    let body = body.ok().map(|Json(b)| b);
+    let name = body.as_ref().map(|b| b.agent_name.as_str());
+    let join_url = body.as_ref().and_then(|b| b.join_url.clone());
+    match provide(&stub, &headers, name, join_url).await {
+        Ok(p) => Json(json!({
+            "ok": true,
+            "inviteUrl": p.invite_url,
+            "conversationId": p.conversation_id,
+            "joined": p.joined,
+            "status": if p.joined { "joined" } else { "created" },
+        }))
+        .into_response(),
+        Err(response) => response,
+    }
+}
+
+/// `POST /convos/conversation`.
+async fn convos_create(
+    State(stub): State<Arc<Stub>>,
+    headers: HeaderMap,
+    body: Body<ConvosCreateBody>,
+) -> Response {
+    let name = body.as_ref().ok().map(|Json(b)| b.profile_name.as_str());
+    match provide(&stub, &headers, name, None).await {
+        Ok(p) => Json(json!({"inviteUrl": p.invite_url, "conversationId": p.conversation_id}))
+            .into_response(),
+        Err(response) => response,
+    }
+}
+
+/// `POST /convos/join`.
+async fn convos_join(
+    State(stub): State<Arc<Stub>>,
+    headers: HeaderMap,
+    body: Body<ConvosJoinBody>,
+) -> Response {
+    let body = body.ok().map(|Json(b)| b);
+    let name = body.as_ref().map(|b| b.profile_name.as_str());
+    let join_url = body.as_ref().map(|b| b.invite_url.clone());
+    match provide(&stub, &headers, name, join_url).await {
+        Ok(p) => Json(json!({"conversationId": p.conversation_id})).into_response(),
+        Err(response) => response,
+    }
 }
 
 async fn stats(State(stub): State<Arc<Stub>>) -> Response {
-    Json(json!({"healthInFlight": stub.health_in_flight.load(Ordering::SeqCst)})).into_response()
+    Json(json!({
+        "healthInFlight": stub.health_in_flight.load(Ordering::SeqCst),
+        "refused": stub.refused.load(Ordering::SeqCst),
+    }))
+    .into_response()
 }
 
 async fn restart(State(stub): State<Arc<Stub>>, headers: HeaderMap) -> Response {
@@ -310,14 +435,28 @@ pub async fn run(
         health_delay_ms: AtomicU64::new(0),
         provision_delay_ms: AtomicU64::new(settings.provision_delay.as_millis() as u64),
         health_in_flight: AtomicU64::new(0),
-        conversation: Mutex::new(None),
+        refuse_left: AtomicU64::new(settings.refuse_first),
+        refused: AtomicU64::new(0),
+        conversation: Mutex::new(settings.conversation),
         shared: settings.shared,
+        protocol: settings.protocol,
         exit: tokio::sync::Notify::new(),
     });
-    let app = Router::new()
-        .route("/pool/health", get(health))
-        .route("/pool/provision", post(provision))
-        .route("/pool/restart", post(restart))
+    let app = match settings.protocol {
+        RuntimeProtocol::Pool => Router::new()
+            .route("/pool/health", get(health))
+            .route("/pool/provision", post(provision))
+            .route("/pool/restart", post(restart)),
+        RuntimeProtocol::PoolStatus => Router::new()
+            .route("/pool/status", get(health))
+            .route("/pool/provision", post(provision))
+            .route("/pool/restart", post(restart)),
+        RuntimeProtocol::Convos => Router::new()
+            .route("/convos/status", get(health))
+            .route("/convos/conversation", post(convos_create))
+            .route("/convos/join", post(convos_join)),
+    };
+    let app = app
         .route("/stub/faults", post(faults))
         .route("/stub/stats", get(stats))
         .with_state(stub.clone());

@@ -310,6 +310,11 @@ impl TestPool {
             .as_ref()
             .map(|k| k.expose().to_string())
             .expect("key set");
+        // The stub agents speak what the pool speaks, as `agentpool dev`'s do.
+        let protocol = overrides
+            .iter()
+            .filter(|(k, _)| *k == "RUNTIME_PROTOCOL")
+            .map(|(k, v)| (k.to_string(), v.to_string()));
         let local = Arc::new(
             LocalProvider::new(
                 state_dir.path().to_path_buf(),
@@ -317,6 +322,7 @@ impl TestPool {
                 stub_env
                     .iter()
                     .map(|(k, v)| (k.to_string(), v.to_string()))
+                    .chain(protocol)
                     .collect(),
             )
             .expect("local provider"),

@@ -72,6 +72,8 @@ async fn dev_serves_claimable_agents_and_leaves_nothing_behind() {
         clean(agentpool_bin())
             .arg("dev")
             .env("PORT", "0")
+            // Seed 002/003's runtime: dev's stub agents speak what the pool speaks.
+            .env("RUNTIME_PROTOCOL", "convos")
             .stdout(Stdio::piped())
             .stderr(Stdio::null())
             .spawn()
@@ -124,6 +126,18 @@ async fn dev_serves_claimable_agents_and_leaves_nothing_behind() {
         .as_str()
         .unwrap()
         .starts_with("https://"));
+    // The agent was bound through the Convos gateway's own route.
+    let again = http
+        .post(format!(
+            "{}/convos/conversation",
+            claimed["gatewayUrl"].as_str().unwrap()
+        ))
+        .bearer_auth(claimed["gatewayToken"].as_str().unwrap())
+        .json(&serde_json::json!({"name": "x", "profileName": "x", "instructions": "y"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(again.status(), StatusCode::CONFLICT);
     // The in-process loop refills the pool after the claim.
     wait_until(Duration::from_secs(30), || async {
         let counts = remote.counts().await;

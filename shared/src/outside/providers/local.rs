@@ -48,8 +48,9 @@ pub fn write_record(path: &Path, name: &str, url: &str) -> std::io::Result<()> {
 pub struct LocalProvider {
     state_dir: PathBuf,
     agent_bin: PathBuf,
-    /// `STUB_*` settings of this process, passed on to the agents it starts (and nothing else:
-    /// an agent never sees the pool's own secrets).
+    /// `STUB_*` settings and `RUNTIME_PROTOCOL` of this process, passed on to the agents it
+    /// starts, so they speak what the pool speaks (and nothing else: an agent never sees the
+    /// pool's own secrets).
     stub_env: Vec<(String, String)>,
 }
 
@@ -64,7 +65,7 @@ impl LocalProvider {
             None => default_agent_bin()?,
         };
         let stub_env = std::env::vars()
-            .filter(|(k, _)| k.starts_with("STUB_") || k == "RUST_LOG")
+            .filter(|(k, _)| k.starts_with("STUB_") || k == "RUST_LOG" || k == "RUNTIME_PROTOCOL")
             .collect();
         Self::new(state_dir, agent_bin, stub_env)
     }

@@ -2,7 +2,7 @@
 //!
 //! 1. One statement takes the oldest idle row (`FOR UPDATE SKIP LOCKED`), marks it `claiming` with
 //!    a fresh claim token and records the event.
-//! 2. The runtime's `/pool/provision` is called outside any transaction.
+//! 2. The runtime is provisioned, in its protocol ([`crate::runtime`]), outside any transaction.
 //! 3. One statement marks it `claimed`, fenced by the claim token: a claimer that stalled past
 //!    `CLAIM_TIMEOUT_MS` finds the row already reaped and cannot overwrite that decision.
 //!

@@ -15,6 +15,7 @@ mod db;
 mod outbound;
 mod pool;
 mod providers;
+mod runtime;
 mod server;
 mod size;
 mod tick;
@@ -31,6 +32,7 @@ pub use db::DbSettings;
 pub use outbound::OutboundSettings;
 pub use pool::PoolSettings;
 pub use providers::{LocalSettings, ProviderSettings, RailwaySettings};
+pub use runtime::{RuntimeProtocol, RuntimeSettings};
 pub use server::{DashboardSettings, MetricsSettings, ServerSettings};
 pub use size::SizeSettings;
 pub use tick::{HealthSettings, SchedulerSettings, TickSettings};
@@ -240,6 +242,7 @@ pub struct Settings {
     pub pool: PoolSettings,
     pub size: SizeSettings,
     pub claim: ClaimSettings,
+    pub runtime: RuntimeSettings,
     pub creation: CreationSettings,
     pub tick: TickSettings,
     pub health: HealthSettings,
@@ -268,6 +271,7 @@ impl Settings {
             pool: read(&vars)?,
             size: read(&vars)?,
             claim: read(&vars)?,
+            runtime: read(&vars)?,
             creation: read(&vars)?,
             tick: read(&vars)?,
             health: read(&vars)?,
@@ -315,6 +319,7 @@ impl Settings {
             variables::<PoolSettings>(),
             variables::<SizeSettings>(),
             variables::<ClaimSettings>(),
+            variables::<RuntimeSettings>(),
             variables::<CreationSettings>(),
             variables::<TickSettings>(),
             variables::<HealthSettings>(),

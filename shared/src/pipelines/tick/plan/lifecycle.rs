@@ -1,13 +1,14 @@
 //! The state machine's moves, one instance at a time.
 //!
-//! `starting` → `idle` when ready; → `destroying` when its creation was cut off
+//! `starting` → `idle` when ready; → `destroying` when its runtime is not clean (it says it is in
+//! a conversation already: handed out, it would carry someone else's), its creation was cut off
 //! (`CREATE_TIMEOUT_MS` without a resource), its deploy failed, its resource is gone, or it is not
-//! ready by `POOL_STUCK_TIMEOUT_MS`. `idle` → `destroying` when gone, failed, dead or one of its
+//! ready by `POOL_STUCK_TIMEOUT_MS`. `idle` → `destroying` when not clean, gone, failed, dead or one of its
 //! tool resources is gone. `claiming` older than `CLAIM_TIMEOUT_MS` → `destroying` (its claimer
 //! died). `claimed` → `crashed` when gone, failed, dead or short of a tool resource; `crashed` → `claimed` when its runtime answers again. `destroying` rows
 //! are destroyed when due.
 
-use crate::domain::{InstanceStatus, ResourceStatus};
+use crate::domain::{Health, InstanceStatus, ResourceStatus};
 use crate::tick::snapshot::{Row, Snapshot};
 
 use super::evidence::{dead, presence, recovered, tools_gone, Listing, Presence};
@@ -58,6 +59,18 @@ fn next(
     let presence = presence(row, listing, snapshot, rules);
     let failed = presence == Presence::Listed(ResourceStatus::Failed);
     let gone = presence == Presence::Gone;
+    let bound = match snapshot.health.get(&instance.id) {
+        Some(Health::Ready {
+            conversation_id: Some(conversation),
+        }) => Some(conversation),
+        _ => None,
+    };
+    if let (Starting | Idle, Some(conversation)) = (instance.status, bound) {
+        return Some((
+            Destroying,
+            format!("not clean: the runtime is already in conversation {conversation}"),
+        ));
+    }
     match instance.status {
         Starting => {
             if row.resource_id.is_none() {
@@ -134,6 +147,22 @@ mod tests {
             .row("b", Starting, MIN, Some(Running), Some(Health::NotReady))
             .plan();
         assert_eq!(moved(&plan), vec![("a", Idle)]);
+    }
+
+    /// A runtime that says it is in a conversation already would hand a user someone else's.
+    #[test]
+    fn a_runtime_already_in_a_conversation_is_not_handed_out() {
+        let bound = || Health::Ready {
+            conversation_id: Some("conv-old".into()),
+        };
+        let plan = Fixture::new()
+            .row("a", Starting, MIN, Some(Running), Some(bound()))
+            .row("b", Idle, MIN, Some(Running), Some(bound()))
+            .row("c", Claimed, MIN, Some(Running), Some(bound()))
+            .plan();
+        assert_eq!(moved(&plan), vec![("a", Destroying), ("b", Destroying)]);
+        assert_eq!(plan.destroy, vec!["a", "b"]);
+        assert!(plan.transitions[0].reason.starts_with("not clean"));
     }
 
     #[test]
