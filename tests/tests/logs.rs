@@ -15,6 +15,8 @@ use serde_json::{json, Value};
 const API_KEY: &str = "log-scan-pool-api-key-0123456789";
 /// A wrong key a client sends: it must not be echoed either.
 const WRONG_KEY: &str = "wrong-guess-0123456789abcdef";
+/// Handed to every instance (seeds 001–003), so it passes through creation's logs.
+const ANTHROPIC_KEY: &str = "sk-ant-log-scan-0123456789abcdef";
 
 /// Faults of every kind once on each fake, at the start of the next requests.
 fn disturb(fakes: &[&dyn Controls]) {
@@ -56,6 +58,7 @@ async fn no_credential_appears_in_any_log_line() {
         .env("PORT", port.to_string())
         .env("DATABASE_URL", &db.url)
         .env("POOL_API_KEY", API_KEY)
+        .env("INSTANCE_ANTHROPIC_API_KEY", ANTHROPIC_KEY)
         .env("POOL_MIN_IDLE", "0")
         .env("TICK_INTERVAL_MS", "0")
         .env("HEALTH_GRACE_MS", "0")
@@ -122,6 +125,7 @@ async fn no_credential_appears_in_any_log_line() {
         [
             API_KEY,
             WRONG_KEY,
+            ANTHROPIC_KEY,
             RAILWAY_TOKEN,
             openrouter.management_key(),
             agentmail.api_key(),
@@ -130,6 +134,13 @@ async fn no_credential_appears_in_any_log_line() {
         .map(str::to_string),
     );
     secrets.extend(openrouter.keys().into_iter().map(|k| k.key));
+    assert!(
+        railway.services().iter().any(|service| service
+            .variables
+            .iter()
+            .any(|(name, value)| name == "ANTHROPIC_API_KEY" && value == ANTHROPIC_KEY)),
+        "the instances were handed INSTANCE_ANTHROPIC_API_KEY"
+    );
     for service in railway.services() {
         secrets.extend(
             service

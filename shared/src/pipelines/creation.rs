@@ -110,6 +110,28 @@ pub async fn create_one(pool: &Pool, row: &Reserved, progress: Arc<dyn Progress>
     .await
 }
 
+/// What every instance is handed besides its identity and its tools, under the names the seeds'
+/// runtimes read (seed 001's template and OpenClaw read `ANTHROPIC_API_KEY` and `XMTP_ENV`;
+/// seeds 002 and 003 build OpenClaw at `OPENCLAW_GIT_REF`).
+fn instance_variables(settings: &crate::Settings) -> Vec<(String, String)> {
+    let creation = &settings.creation;
+    let environment = &settings.pool.pool_environment;
+    let mut env = vec![
+        ("XMTP_ENV".into(), creation.xmtp_env(environment)),
+        (
+            "OPENCLAW_GIT_REF".into(),
+            creation.openclaw_git_ref(environment),
+        ),
+    ];
+    if let Some(key) = &creation.instance_anthropic_api_key {
+        env.push(("ANTHROPIC_API_KEY".into(), key.expose().to_string()));
+    }
+    if let Some(model) = &creation.openclaw_primary_model {
+        env.push(("OPENCLAW_PRIMARY_MODEL".into(), model.clone()));
+    }
+    env
+}
+
 async fn provision(pool: &Pool, row: &Reserved, progress: Arc<dyn Progress>) -> Result<()> {
     for step in &pool.tools.skipped {
         progress.step(step, StepStatus::Skip, &format!("{step} is not configured"));
@@ -121,11 +143,8 @@ async fn provision(pool: &Pool, row: &Reserved, progress: Arc<dyn Progress>) -> 
             "POOL_ENVIRONMENT".into(),
             pool.settings.pool.pool_environment.clone(),
         ),
-        ("XMTP_ENV".into(), pool.settings.creation.xmtp_env.clone()),
     ];
-    if let Some(model) = &pool.settings.creation.openclaw_primary_model {
-        env.push(("OPENCLAW_PRIMARY_MODEL".into(), model.clone()));
-    }
+    env.extend(instance_variables(&pool.settings));
     let target = Target {
         instance_id: &row.id,
         name: &row.name,
@@ -272,5 +291,53 @@ async fn abandon(pool: &Pool, row: &Reserved, reason: &str) {
     .await
     {
         tracing::error!(instance_id = %row.id, error = %e, "could not send an unfinished creation to destroying; the tick will find it after CREATE_TIMEOUT_MS");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn variables(vars: &[(&str, &str)]) -> std::collections::HashMap<String, String> {
+        let settings =
+            crate::Settings::from_vars(vars.iter().map(|(k, v)| (k.to_string(), v.to_string())))
+                .unwrap();
+        instance_variables(&settings).into_iter().collect()
+    }
+
+    /// As seeds 002 and 003: production pools join XMTP production and build OpenClaw's `main`,
+    /// the others `dev` and `staging`; a set value wins.
+    #[test]
+    fn instances_get_the_older_seeds_variables_with_their_defaults() {
+        let dev = variables(&[]);
+        assert_eq!(dev["XMTP_ENV"], "dev");
+        assert_eq!(dev["OPENCLAW_GIT_REF"], "staging");
+        assert!(!dev.contains_key("ANTHROPIC_API_KEY"));
+        let production = variables(&[("POOL_ENVIRONMENT", "production")]);
+        assert_eq!(production["XMTP_ENV"], "production");
+        assert_eq!(production["OPENCLAW_GIT_REF"], "main");
+        let set = variables(&[
+            ("POOL_ENVIRONMENT", "production"),
+            ("INSTANCE_XMTP_ENV", "dev"),
+            ("OPENCLAW_GIT_REF", "v1.2"),
+            ("INSTANCE_ANTHROPIC_API_KEY", "sk-ant-test-0123456789"),
+        ]);
+        assert_eq!(set["XMTP_ENV"], "dev");
+        assert_eq!(set["OPENCLAW_GIT_REF"], "v1.2");
+        assert_eq!(set["ANTHROPIC_API_KEY"], "sk-ant-test-0123456789");
+        assert_eq!(
+            variables(&[("XMTP_ENV", "production")])["XMTP_ENV"],
+            "production"
+        );
+    }
+
+    #[test]
+    fn the_two_names_of_the_xmtp_network_must_agree() {
+        let err = crate::Settings::from_vars([
+            ("XMTP_ENV".to_string(), "dev".to_string()),
+            ("INSTANCE_XMTP_ENV".to_string(), "production".to_string()),
+        ])
+        .unwrap_err();
+        assert_eq!(err.setting, "INSTANCE_XMTP_ENV", "{err}");
     }
 }
