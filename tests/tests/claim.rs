@@ -29,7 +29,8 @@ async fn claim_creates_a_conversation_and_returns_seed_000_fields() {
             "gatewayUrl",
             "instanceId",
             "inviteUrl",
-            "joined"
+            "joined",
+            "qrDataUrl"
         ]
     );
     assert_eq!(body["joined"], false);
@@ -64,6 +65,41 @@ async fn claim_creates_a_conversation_and_returns_seed_000_fields() {
         .await
         .unwrap();
     assert_eq!(again.status(), StatusCode::CONFLICT);
+}
+
+/// Seed 001's reply: the invite as a QR code, a PNG drawn by the server, that scans back to the
+/// invite URL.
+#[tokio::test]
+async fn the_claim_reply_carries_a_qr_code_of_the_invite() {
+    use base64::Engine;
+    let t = TestPool::start().await;
+    t.fill(1).await;
+    // Seed 001's client sends `agentId`.
+    let (status, body) = t
+        .post(
+            "/api/pool/claim",
+            json!({"agentId": "tokyo-trip-planner", "instructions": "Plan."}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let png = body["qrDataUrl"]
+        .as_str()
+        .and_then(|url| url.strip_prefix("data:image/png;base64,"))
+        .unwrap_or_else(|| panic!("a PNG data URL: {body}"));
+    let png = base64::engine::general_purpose::STANDARD
+        .decode(png)
+        .expect("base64");
+    let image = image::load_from_memory_with_format(&png, image::ImageFormat::Png)
+        .expect("a PNG")
+        .to_luma8();
+    let (w, h) = (image.width() as usize, image.height() as usize);
+    let mut prepared = rqrr::PreparedImage::prepare_from_greyscale(w, h, |x, y| {
+        image.get_pixel(x as u32, y as u32)[0]
+    });
+    let grids = prepared.detect_grids();
+    assert_eq!(grids.len(), 1, "one QR code");
+    let (_, content) = grids[0].decode().expect("the QR code decodes");
+    assert_eq!(content, body["inviteUrl"].as_str().unwrap());
 }
 
 #[tokio::test]

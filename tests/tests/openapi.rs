@@ -90,6 +90,25 @@ async fn document_is_openapi_3_1_with_every_route_and_its_access() {
         .collect();
     assert_eq!(documented, expected);
 
+    // The claim's reply: seed 000's fields and seed 001's `qrDataUrl`, all named.
+    let reply = doc["paths"]["/api/pool/claim"]["post"]["responses"]["200"]["content"]
+        ["application/json"]["schema"]
+        .to_string();
+    let components = doc["components"]["schemas"].to_string();
+    for field in ["qrDataUrl", "inviteUrl", "conversationId", "instanceId"] {
+        assert!(
+            reply.contains(field) || components.contains(field),
+            "{field} not in the claim reply's schema: {reply}"
+        );
+    }
+    assert!(reply.contains("ClaimReply"), "{reply}");
+    let claim_reply = &doc["components"]["schemas"]["ClaimReply"];
+    assert!(
+        claim_reply.to_string().contains("qrDataUrl")
+            && claim_reply.to_string().contains("Claimed"),
+        "{claim_reply}"
+    );
+
     let schemes = doc["components"]["securitySchemes"].clone();
     assert_eq!(schemes["bearer"]["type"], "http");
     assert_eq!(schemes["bearer"]["scheme"], "bearer");

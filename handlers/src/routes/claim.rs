@@ -1,7 +1,7 @@
 use axum::extract::State;
 use axum::http::HeaderMap;
 use axum::Json;
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
 use agentpool_core::claim::{self, ClaimRequest, Claimed, IdempotencyKey};
 
@@ -35,6 +35,19 @@ pub struct ClaimBody {
     metadata: Option<serde_json::Map<String, serde_json::Value>>,
 }
 
+/// The claim's reply: seed 000's fields, and seed 001's `qrDataUrl` beside them, so that a client
+/// of either works unchanged.
+#[derive(Serialize, utoipa::ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ClaimReply {
+    #[serde(flatten)]
+    claimed: Claimed,
+    /// The invite URL as a QR code, a `data:image/png;base64,…` URL drawn by this server (seed
+    /// 001); null without an invite URL.
+    #[schema(example = "data:image/png;base64,iVBORw0KGgo...")]
+    qr_data_url: Option<String>,
+}
+
 /// `POST /api/pool/claim`, with an optional `Idempotency-Key` header.
 #[utoipa::path(post, path = "/api/pool/claim", tag = "pool",
     description = "Hands out an idle agent, named and instructed, and returns its invite URL.",
@@ -42,7 +55,7 @@ pub struct ClaimBody {
     params(("Idempotency-Key" = Option<String>, Header, pattern = "^[!-~]{1,255}$",
             description = "1–255 visible ASCII characters; the same key gets the same reply for 24 hours")),
     responses(
-        (status = 200, description = "Claimed", body = Claimed),
+        (status = 200, description = "Claimed", body = ClaimReply),
         (status = 400, description = "Invalid body or Idempotency-Key", body = ErrorBody),
         (status = 409, description = "`conversation_taken` (with `instanceId`) or `claim_in_progress`", body = ErrorBody),
         (status = 422, description = "`idempotency_key_reused` with a different request", body = ErrorBody),
@@ -53,7 +66,7 @@ pub async fn claim(
     State(state): State<AppState>,
     headers: HeaderMap,
     JsonBody(body): JsonBody<ClaimBody>,
-) -> ApiResult<Json<Claimed>> {
+) -> ApiResult<Json<ClaimReply>> {
     let key = match headers.get("idempotency-key") {
         None => None,
         Some(value) => Some(IdempotencyKey::new(value.to_str().map_err(|_| {
@@ -74,5 +87,13 @@ pub async fn claim(
         .finish(async move { claim::claim(&pool, &request, key.as_ref()).await })
         .await?;
     state.kicker.kick();
-    Ok(Json(claimed?))
+    let claimed = claimed?;
+    let qr_data_url = claimed
+        .invite_url
+        .as_deref()
+        .and_then(crate::web::qr::png_data_url);
+    Ok(Json(ClaimReply {
+        claimed,
+        qr_data_url,
+    }))
 }

@@ -4,7 +4,7 @@
 //! scripts call the same JSON API as anyone else, with the session cookie and its CSRF token.
 
 mod pages;
-mod qr;
+pub(crate) mod qr;
 pub mod session;
 
 use axum::extract::Request;

@@ -2,6 +2,7 @@
 
 use axum::http::header::{CACHE_CONTROL, CONTENT_TYPE};
 use axum::response::{IntoResponse, Response};
+use base64::Engine;
 use qrcode::render::svg;
 use qrcode::QrCode;
 use serde::Deserialize;
@@ -43,4 +44,33 @@ pub async fn invite(Query(query): Query<QrQuery>) -> ApiResult<Response> {
         image,
     )
         .into_response())
+}
+
+/// Pixels per module, and modules of white border, of a PNG QR code: large enough to scan from a
+/// screen, small enough for a JSON reply (a few KB).
+const PNG_SCALE: u32 = 6;
+const PNG_QUIET_ZONE: u32 = 4;
+
+/// The text as a QR code, as a `data:image/png;base64,…` URL (seed 001's `qrDataUrl`); `None`
+/// when it does not fit in a QR code.
+pub fn png_data_url(text: &str) -> Option<String> {
+    let code = QrCode::new(text.as_bytes()).ok()?;
+    let modules = code.width() as u32;
+    let colors = code.to_colors();
+    let side = (modules + 2 * PNG_QUIET_ZONE) * PNG_SCALE;
+    let image = image::GrayImage::from_fn(side, side, |x, y| {
+        let (mx, my) = (x / PNG_SCALE, y / PNG_SCALE);
+        let inside = PNG_QUIET_ZONE..PNG_QUIET_ZONE + modules;
+        let dark = inside.contains(&mx)
+            && inside.contains(&my)
+            && colors[((my - PNG_QUIET_ZONE) * modules + (mx - PNG_QUIET_ZONE)) as usize]
+                == qrcode::Color::Dark;
+        image::Luma([if dark { 0 } else { 255 }])
+    });
+    let mut png = std::io::Cursor::new(Vec::new());
+    image.write_to(&mut png, image::ImageFormat::Png).ok()?;
+    Some(format!(
+        "data:image/png;base64,{}",
+        base64::engine::general_purpose::STANDARD.encode(png.into_inner())
+    ))
 }
