@@ -4,6 +4,11 @@
 //! one row of `pool_settings`, so every replica and every tick use it as soon as it is written.
 //! `POOL_MAX_TOTAL_CAP` bounds what may be set, and also what is read: a cap lowered by a
 //! redeploy applies to a size stored before it.
+//!
+//! Beside the size, the same row holds the sizing policy ([`policy`]): schedules and a reaction to
+//! demand on top of `minIdle`, changed the same way.
+
+pub mod policy;
 
 use chrono::{DateTime, Utc};
 use serde::Serialize;
@@ -12,6 +17,8 @@ use sqlx::PgPool;
 use crate::config::Settings;
 use crate::domain::Actor;
 use crate::error::{Error, Result};
+
+use policy::{Sizing, SizingPolicy};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
@@ -65,6 +72,8 @@ pub struct SizeSetting {
     pub defaults: PoolSize,
     /// `environment` or `operator`.
     pub source: &'static str,
+    /// Schedules and demand reaction on top of `minIdle` (none until an operator sets them).
+    pub sizing: SizingPolicy,
     pub updated_at: Option<DateTime<Utc>>,
     pub updated_by: Option<String>,
 }
@@ -75,6 +84,7 @@ struct Stored {
     max_total: i32,
     updated_at: DateTime<Utc>,
     updated_by: String,
+    sizing: Option<sqlx::types::Json<SizingPolicy>>,
 }
 
 fn setting(settings: &Settings, stored: Option<Stored>) -> SizeSetting {
@@ -86,6 +96,7 @@ fn setting(settings: &Settings, stored: Option<Stored>) -> SizeSetting {
             max_total_cap: cap,
             defaults,
             source: "environment",
+            sizing: SizingPolicy::default(),
             updated_at: None,
             updated_by: None,
         },
@@ -94,6 +105,7 @@ fn setting(settings: &Settings, stored: Option<Stored>) -> SizeSetting {
             max_total_cap: cap,
             defaults,
             source: "operator",
+            sizing: row.sizing.map(|j| j.0).unwrap_or_default(),
             updated_at: Some(row.updated_at),
             updated_by: Some(row.updated_by),
         },
@@ -102,10 +114,31 @@ fn setting(settings: &Settings, stored: Option<Stored>) -> SizeSetting {
 
 pub async fn get(db: &PgPool, settings: &Settings) -> Result<SizeSetting> {
     let stored: Option<Stored> =
-        sqlx::query_as("SELECT min_idle, max_total, updated_at, updated_by FROM pool_settings")
+        sqlx::query_as("SELECT min_idle, max_total, updated_at, updated_by, sizing FROM pool_settings")
             .fetch_optional(db)
             .await?;
     Ok(setting(settings, stored))
+}
+
+/// The size and the sizing policy in force, in one read: what the tick plans with.
+pub async fn in_force(db: &PgPool, settings: &Settings) -> Result<(PoolSize, Sizing)> {
+    let stored: Option<(i32, i32, Option<sqlx::types::Json<SizingPolicy>>)> =
+        sqlx::query_as("SELECT min_idle, max_total, sizing FROM pool_settings")
+            .fetch_optional(db)
+            .await?;
+    let Some((min_idle, max_total, policy)) = stored else {
+        return Ok((PoolSize::defaults(settings), Sizing::default()));
+    };
+    let size = PoolSize::capped((min_idle, max_total), settings.max_total_cap());
+    // Checked when stored; a window above a `maxTotal` lowered since is capped by the plan.
+    let sizing = match policy.map(|j| j.0.compile(u32::MAX)).transpose() {
+        Ok(sizing) => sizing.unwrap_or_default(),
+        Err(e) => {
+            tracing::warn!(error = %e, "the stored sizing policy no longer compiles; the base applies");
+            Sizing::default()
+        }
+    };
+    Ok((size, sizing))
 }
 
 /// The size in force: what the tick plans with and what creation stays within.
@@ -121,10 +154,12 @@ pub async fn current(db: &PgPool, settings: &Settings) -> Result<PoolSize> {
 }
 
 /// A change asked for; a field left out keeps its value.
-#[derive(Debug, Clone, Copy, Default)]
+#[derive(Debug, Clone, Default)]
 pub struct SizeChange {
     pub min_idle: Option<u32>,
     pub max_total: Option<u32>,
+    /// Replaces the whole policy.
+    pub sizing: Option<SizingPolicy>,
 }
 
 /// Validates and stores a new size, and records the change in `pool_events`, in one transaction
@@ -140,19 +175,25 @@ pub async fn set(
     let mut tx = db.begin().await?;
     // Lock the row if there is one; the first change inserts it, and a concurrent first change
     // waits on the primary key.
-    let before: Option<(i32, i32)> =
-        sqlx::query_as("SELECT min_idle, max_total FROM pool_settings FOR UPDATE")
+    let before: Option<(i32, i32, Option<sqlx::types::Json<SizingPolicy>>)> =
+        sqlx::query_as("SELECT min_idle, max_total, sizing FROM pool_settings FOR UPDATE")
             .fetch_optional(&mut *tx)
             .await?;
-    let before = before.map_or_else(
-        || PoolSize::defaults(settings),
-        |stored| PoolSize::capped(stored, cap),
-    );
+    let (before, sizing_before) = match before {
+        None => (PoolSize::defaults(settings), SizingPolicy::default()),
+        Some((min_idle, max_total, sizing)) => (
+            PoolSize::capped((min_idle, max_total), cap),
+            sizing.map(|j| j.0).unwrap_or_default(),
+        ),
+    };
     let after = PoolSize {
         min_idle: change.min_idle.unwrap_or(before.min_idle),
         max_total: change.max_total.unwrap_or(before.max_total),
     }
     .validate(cap)?;
+    // A lower `maxTotal` is checked against the windows kept as well as new ones.
+    let sizing = change.sizing.unwrap_or_else(|| sizing_before.clone());
+    sizing.compile(after.max_total)?;
     let to_db = |n: u32| i32::try_from(n).unwrap_or(i32::MAX);
     let updated_by = format!("{} ({via})", actor.as_str());
     let stored: Stored = sqlx::query_as(
@@ -160,18 +201,23 @@ pub async fn set(
            INSERT INTO pool_events (kind, detail, actor)
            VALUES ('size_changed', $3, $4)
          )
-         INSERT INTO pool_settings (singleton, min_idle, max_total, updated_by)
-         VALUES (true, $1, $2, $5)
+         INSERT INTO pool_settings (singleton, min_idle, max_total, updated_by, sizing)
+         VALUES (true, $1, $2, $5, $6)
          ON CONFLICT (singleton) DO UPDATE
             SET min_idle = EXCLUDED.min_idle, max_total = EXCLUDED.max_total,
-                updated_at = now(), updated_by = EXCLUDED.updated_by
-         RETURNING min_idle, max_total, updated_at, updated_by",
+                updated_at = now(), updated_by = EXCLUDED.updated_by, sizing = EXCLUDED.sizing
+         RETURNING min_idle, max_total, updated_at, updated_by, sizing",
     )
     .bind(to_db(after.min_idle))
     .bind(to_db(after.max_total))
-    .bind(serde_json::json!({"from": before, "to": after, "via": via}))
+    .bind(serde_json::json!({
+        "from": {"size": before, "sizing": sizing_before},
+        "to": {"size": after, "sizing": &sizing},
+        "via": via,
+    }))
     .bind(actor.as_str())
     .bind(&updated_by)
+    .bind(sqlx::types::Json(&sizing))
     .fetch_one(&mut *tx)
     .await?;
     tx.commit().await?;

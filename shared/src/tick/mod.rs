@@ -19,6 +19,7 @@ use tokio_util::sync::CancellationToken;
 use crate::domain::InstanceStatus;
 use crate::error::{Error, Result};
 use crate::gate::{CutShort, Gate};
+use crate::pool_size::policy::Sizing;
 use crate::pool_size::{self, PoolSize};
 use crate::Pool;
 
@@ -78,6 +79,9 @@ pub struct TickReport {
     /// Tool resources (keys, inboxes, numbers) that no row owned, as `<tool>:<resource id>`.
     pub tool_orphans_deleted: Vec<String>,
     pub created: Vec<String>,
+    /// The pool's target this tick, and why (absent from a skipped tick).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub target: Option<plan::Target>,
     pub errors: Vec<TickError>,
     /// Set when the tick stopped starting work early; what it left waits for the next tick.
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -111,9 +115,9 @@ impl TickReport {
     }
 }
 
-/// The plan's rules: the pool's size in force (stored or from the environment), the rest from
-/// the settings.
-pub fn rules(settings: &crate::config::Settings, size: PoolSize) -> plan::Rules {
+/// The plan's rules: the pool's size and sizing policy in force (stored or from the environment),
+/// the rest from the settings.
+pub fn rules(settings: &crate::config::Settings, size: PoolSize, sizing: Sizing) -> plan::Rules {
     plan::Rules {
         min_idle: size.min_idle,
         max_total: size.max_total,
@@ -122,7 +126,33 @@ pub fn rules(settings: &crate::config::Settings, size: PoolSize) -> plan::Rules 
         create_timeout: settings.create_timeout(),
         health_failure_threshold: settings.health_failure_threshold,
         health_grace: settings.health_grace(),
+        sizing,
     }
+}
+
+/// Records what this full tick found and aimed at, for the dashboard's chart and `/metrics`, and
+/// forgets samples older than eight days. Under the tick's lock: one writer at a time.
+async fn record_sample(pool: &Pool, snapshot: &snapshot::Snapshot, target: &plan::Target) -> Result<()> {
+    let count = |status| {
+        snapshot
+            .rows
+            .iter()
+            .filter(|r| r.instance.status == status)
+            .count() as i32
+    };
+    sqlx::query(
+        "WITH old AS (DELETE FROM pool_samples WHERE at < $1 - interval '8 days')
+         INSERT INTO pool_samples (at, idle, starting, target, reason) VALUES ($1, $2, $3, $4, $5)
+         ON CONFLICT (at) DO NOTHING",
+    )
+    .bind(snapshot.now)
+    .bind(count(InstanceStatus::Idle))
+    .bind(count(InstanceStatus::Starting))
+    .bind(i32::try_from(target.min_idle).unwrap_or(i32::MAX))
+    .bind(&target.reason)
+    .execute(&pool.db)
+    .await?;
+    Ok(())
 }
 
 /// Runs one tick, or reports `skipped` if another process holds the tick lock.
@@ -141,10 +171,16 @@ pub async fn run_until(pool: &Pool, mode: Mode, stop: &CancellationToken) -> Res
     let work = async {
         let mut report = TickReport::default();
         let snapshot = snapshot::take(pool, mode, &gate, &mut report).await?;
-        let size = pool_size::current(&pool.db, &pool.settings).await?;
-        let plan = plan::decide(&snapshot, &rules(&pool.settings, size), mode);
+        let (size, sizing) = pool_size::in_force(&pool.db, &pool.settings).await?;
+        let plan = plan::decide(&snapshot, &rules(&pool.settings, size, sizing), mode);
         report.instances = Some(snapshot.rows.len());
         report.health_checked = Some(snapshot.health.len());
+        report.target = Some(plan.target.clone());
+        if mode == Mode::Full {
+            if let Err(e) = record_sample(pool, &snapshot, &plan.target).await {
+                report.error("recording the pool's target", None, &e);
+            }
+        }
         if let Err(why) = execute::run(pool, &snapshot, plan, mode, &gate, &mut report).await {
             report.cut(why);
         }

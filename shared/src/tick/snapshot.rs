@@ -19,8 +19,10 @@ use crate::domain::{
 };
 use crate::error::Result;
 use crate::gate::Gate;
+use crate::pool_size::policy::DEMAND_WINDOWS;
 use crate::Pool;
 
+use super::plan::sizing::RecentClaims;
 use super::plan::Mode;
 use super::TickReport;
 
@@ -53,6 +55,8 @@ pub struct Snapshot {
     pub tools_listed: HashSet<String>,
     /// Every tool resource a row records; read only when some tool was listed.
     pub recorded: Vec<RecordedTool>,
+    /// Claims started in each of the demand windows up to `now`, for the sizing policy.
+    pub recent_claims: RecentClaims,
 }
 
 pub async fn take(
@@ -93,6 +97,7 @@ pub async fn take(
         }
     }
     let (now, rows) = read_rows(pool).await?;
+    let recent_claims = recent_claims(pool).await?;
     let recorded: Vec<RecordedTool> = if tools_listed.is_empty() {
         Vec::new()
     } else {
@@ -123,7 +128,28 @@ pub async fn take(
         tool_resources,
         tools_listed,
         recorded,
+        recent_claims,
     })
+}
+
+/// Claims started (`idle` → `claiming`) in each demand window, from the partial index on their
+/// time: a range scan of the last hour's claims.
+async fn recent_claims(pool: &Pool) -> Result<RecentClaims> {
+    let [short, mid, long] = DEMAND_WINDOWS.map(|w| w.as_secs_f64());
+    let counts: (i64, i64, i64) = sqlx::query_as(
+        "SELECT count(*) FILTER (WHERE at > now() - make_interval(secs => $1)),
+                count(*) FILTER (WHERE at > now() - make_interval(secs => $2)),
+                count(*)
+           FROM instance_events
+          WHERE to_status = 'claiming' AND at > now() - make_interval(secs => $3)",
+    )
+    .bind(short)
+    .bind(mid)
+    .bind(long)
+    .fetch_one(&pool.db)
+    .await?;
+    let n = |c: i64| u32::try_from(c).unwrap_or(u32::MAX);
+    Ok([n(counts.0), n(counts.1), n(counts.2)])
 }
 
 async fn read_rows(pool: &Pool) -> Result<(DateTime<Utc>, Vec<Row>)> {
