@@ -24,6 +24,7 @@ pub mod pool_size;
 pub mod providers;
 pub mod runtime;
 pub mod services;
+pub mod simulate;
 pub mod sessions;
 pub mod stub_agent;
 pub mod tick;
