@@ -7,6 +7,8 @@ mod pages;
 mod qr;
 pub mod session;
 
+pub use pages::escape;
+
 use axum::extract::Request;
 use axum::http::header::{self, HeaderName};
 use axum::http::{HeaderValue, StatusCode};

@@ -98,10 +98,6 @@ pub struct Sample {
 /// The hour before the trace's first hour: the pool fills before anything is counted.
 const WARM_UP: chrono::Duration = chrono::Duration::hours(1);
 
-struct Agent {
-    row: Row,
-    ready_at: DateTime<Utc>,
-}
 
 /// Replays `claims` (sorted) under `policy`. Counting runs from the first claim's hour to the end
 /// of the last claim's hour.
@@ -158,7 +154,11 @@ struct Sim {
     record: bool,
     clock: DateTime<Utc>,
     counted_from: DateTime<Utc>,
-    fleet: Vec<Agent>,
+    /// In creation order, as the claim's query and the snapshot sort; moved into each tick's
+    /// snapshot and back, never copied.
+    fleet: Vec<Row>,
+    /// When each agent of `fleet` (same index) is ready.
+    ready_at: Vec<DateTime<Utc>>,
     /// Claims served in the last hour, oldest first.
     served: VecDeque<DateTime<Utc>>,
     next_id: u64,
@@ -195,6 +195,7 @@ impl Sim {
             clock: DateTime::<Utc>::MIN_UTC,
             counted_from: DateTime::<Utc>::MIN_UTC,
             fleet: Vec::new(),
+            ready_at: Vec::new(),
             served: VecDeque::new(),
             next_id: 0,
             idle_seconds: 0.0,
@@ -205,7 +206,7 @@ impl Sim {
     fn count(&self, status: InstanceStatus) -> u32 {
         self.fleet
             .iter()
-            .filter(|a| a.row.instance.status == status)
+            .filter(|a| a.instance.status == status)
             .count() as u32
     }
 
@@ -228,10 +229,11 @@ impl Sim {
         match self
             .fleet
             .iter()
-            .position(|a| a.row.instance.status == InstanceStatus::Idle)
+            .position(|a| a.instance.status == InstanceStatus::Idle)
         {
             Some(i) => {
                 self.fleet.remove(i);
+                self.ready_at.remove(i);
                 self.served.push_back(at);
             }
             None if at >= self.counted_from => self.outcome.misses += 1,
@@ -250,24 +252,26 @@ impl Sim {
             let since = now - chrono::Duration::from_std(window).unwrap_or(WARM_UP);
             *n = self.served.iter().rev().take_while(|&&t| t > since).count() as u32;
         }
+        let health = self
+            .fleet
+            .iter()
+            .zip(&self.ready_at)
+            .filter(|(a, ready)| a.instance.status == InstanceStatus::Starting && **ready <= now)
+            .map(|(a, _)| {
+                (
+                    a.instance.id.clone(),
+                    Health::Ready {
+                        conversation_id: None,
+                    },
+                )
+            })
+            .collect();
         let snapshot = Snapshot {
             now,
-            rows: self.fleet.iter().map(|a| a.row.clone()).collect(),
+            rows: std::mem::take(&mut self.fleet),
             // A listing is not simulated: nothing is judged absent, nothing is an orphan.
             resources: None,
-            health: self
-                .fleet
-                .iter()
-                .filter(|a| a.row.instance.status == InstanceStatus::Starting && a.ready_at <= now)
-                .map(|a| {
-                    (
-                        a.row.instance.id.clone(),
-                        Health::Ready {
-                            conversation_id: None,
-                        },
-                    )
-                })
-                .collect(),
+            health,
             health_cut_short: false,
             tool_resources: Vec::new(),
             tools_listed: Default::default(),
@@ -282,26 +286,29 @@ impl Sim {
             .collect();
         let counted = now >= self.counted_from;
         let mut destroyed = 0;
-        self.fleet
-            .retain_mut(|a| match moves.get(a.row.instance.id.as_str()) {
-                Some(InstanceStatus::Destroying) => {
-                    destroyed += 1;
-                    false
+        let mut fleet = Vec::with_capacity(snapshot.rows.len() + plan.create as usize);
+        let mut ready_at = Vec::with_capacity(fleet.capacity());
+        for (mut row, ready) in snapshot.rows.into_iter().zip(self.ready_at.drain(..)) {
+            match moves.get(row.instance.id.as_str()) {
+                Some(InstanceStatus::Destroying) => destroyed += 1,
+                moved => {
+                    if let Some(&to) = moved {
+                        row.instance.status = to;
+                        row.instance.status_since = now;
+                    }
+                    fleet.push(row);
+                    ready_at.push(ready);
                 }
-                Some(&to) => {
-                    a.row.instance.status = to;
-                    a.row.instance.status_since = now;
-                    true
-                }
-                None => true,
-            });
+            }
+        }
+        drop(moves);
+        self.fleet = fleet;
+        self.ready_at = ready_at;
         for _ in 0..plan.create {
             self.next_id += 1;
             let id = format!("sim{:07}", self.next_id);
-            self.fleet.push(Agent {
-                row: row(&id, now),
-                ready_at: now + self.boot,
-            });
+            self.fleet.push(row(&id, now));
+            self.ready_at.push(now + self.boot);
         }
         if counted {
             self.outcome.destructions += destroyed;

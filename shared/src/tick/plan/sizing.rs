@@ -2,7 +2,7 @@
 //! shrinking, from the sizing policy, the clock and the claims of the last hour. Pure: the tick and
 //! `agentpool simulate` call it with their own clocks.
 
-use chrono::{DateTime, Utc};
+use chrono::{DateTime, DurationRound, Utc};
 use serde::Serialize;
 
 use crate::pool_size::policy::{Sizing, DEMAND_WINDOWS};
@@ -57,15 +57,19 @@ pub fn target(
     if wanted > max_total {
         reason = format!("{reason}, capped by maxTotal {max_total}");
     }
-    // One look a minute back over the cool-down: windows start and end on whole minutes.
-    let minutes = sizing.cooldown.as_secs() / 60;
-    let held = (1..=minutes)
-        .map(|m| {
-            let then = now - chrono::Duration::minutes(m as i64);
-            sizing.window_at(then).map_or(base, |w| w.min_idle)
-        })
-        .max()
-        .unwrap_or(0);
+    // The highest level over [now − cool-down, now). Windows are whole local hours, and every
+    // time zone's hours start on a quarter of a UTC hour: a look at the start of the cool-down and
+    // at each quarter after it meets every hour it overlaps.
+    let level = |at| sizing.window_at(at).map_or(base, |w| w.min_idle);
+    let cooldown = chrono::Duration::from_std(sizing.cooldown).unwrap_or_default();
+    let quarter = chrono::Duration::minutes(15);
+    let start = now - cooldown;
+    let mut held = if start < now { level(start) } else { 0 };
+    let mut then = start.duration_trunc(quarter).unwrap_or(start) + quarter;
+    while then < now {
+        held = held.max(level(then));
+        then += quarter;
+    }
     Target {
         min_idle,
         keep: held.min(max_total).max(min_idle),
