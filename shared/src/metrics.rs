@@ -191,8 +191,10 @@ pub async fn render(db: &PgPool) -> Result<String> {
     )
     .fetch_all(db)
     .await?;
-    let tick: Option<(i64, f64, f64)> = sqlx::query_as(
-        "SELECT ticks, extract(epoch FROM last_success_at)::float8, last_duration_s FROM tick_stats",
+    let tick: Option<(i64, f64, f64, Option<i32>)> = sqlx::query_as(
+        "SELECT t.ticks, extract(epoch FROM t.last_success_at)::float8, t.last_duration_s, s.target
+           FROM tick_stats t
+           LEFT JOIN LATERAL (SELECT target FROM pool_samples ORDER BY at DESC LIMIT 1) s ON true",
     )
     .fetch_optional(db)
     .await?;
@@ -274,7 +276,16 @@ pub async fn render(db: &PgPool) -> Result<String> {
         histogram,
     );
 
-    let (ticks, last_success, last_duration) = tick.unwrap_or((0, 0.0, 0.0));
+    let (ticks, last_success, last_duration, target) = tick.unwrap_or((0, 0.0, 0.0, None));
+    if let Some(target) = target {
+        let gauge = Gauge::<i64, std::sync::atomic::AtomicI64>::default();
+        gauge.set(i64::from(target));
+        registry.register(
+            "pool_target_idle",
+            "Idle and starting instances the last full tick aimed at (the sizing policy's target)",
+            gauge,
+        );
+    }
     let ticks_total = Counter::<u64>::default();
     ticks_total.inc_by(u64::try_from(ticks).unwrap_or(0));
     registry.register("ticks", "Ticks that ran to the end", ticks_total);

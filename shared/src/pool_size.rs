@@ -210,11 +210,7 @@ pub async fn set(
     )
     .bind(to_db(after.min_idle))
     .bind(to_db(after.max_total))
-    .bind(serde_json::json!({
-        "from": {"size": before, "sizing": sizing_before},
-        "to": {"size": after, "sizing": &sizing},
-        "via": via,
-    }))
+    .bind(event_detail(before, after, &sizing_before, &sizing, via))
     .bind(actor.as_str())
     .bind(&updated_by)
     .bind(sqlx::types::Json(&sizing))
@@ -222,6 +218,22 @@ pub async fn set(
     .await?;
     tx.commit().await?;
     Ok(setting(settings, Some(stored)))
+}
+
+/// What `pool_events` records of a change: the size before and after, and the sizing policy's
+/// too when it changed.
+fn event_detail(
+    before: PoolSize,
+    after: PoolSize,
+    sizing_before: &SizingPolicy,
+    sizing: &SizingPolicy,
+    via: &str,
+) -> serde_json::Value {
+    let mut detail = serde_json::json!({"from": before, "to": after, "via": via});
+    if sizing_before != sizing {
+        detail["sizing"] = serde_json::json!({"from": sizing_before, "to": sizing});
+    }
+    detail
 }
 
 #[cfg(test)]

@@ -76,9 +76,9 @@ pub fn search(claims: &[DateTime<Utc>], model: &Model, miss_target: f64) -> Resu
         }
     }
     let mut with_demand = Vec::new();
-    for scale in [0.2, 0.3, 0.4, 0.5, 0.6, 0.8] {
-        for base in 0..=3 {
-            for factor in [1.0, 1.5, 2.0, 3.0, 4.0] {
+    for scale in [0.5, 0.7, 0.85, 1.0] {
+        for base in 0..=2 {
+            for factor in [1.0, 2.0, 3.0] {
                 let demand = DemandReaction {
                     boot_seconds: model.boot.as_secs() as u32,
                     factor,

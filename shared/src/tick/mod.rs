@@ -8,6 +8,7 @@
 pub mod execute;
 pub mod lease;
 pub mod plan;
+pub mod samples;
 pub mod slots;
 pub mod snapshot;
 
@@ -130,31 +131,6 @@ pub fn rules(settings: &crate::config::Settings, size: PoolSize, sizing: Sizing)
     }
 }
 
-/// Records what this full tick found and aimed at, for the dashboard's chart and `/metrics`, and
-/// forgets samples older than eight days. Under the tick's lock: one writer at a time.
-async fn record_sample(pool: &Pool, snapshot: &snapshot::Snapshot, target: &plan::Target) -> Result<()> {
-    let count = |status| {
-        snapshot
-            .rows
-            .iter()
-            .filter(|r| r.instance.status == status)
-            .count() as i32
-    };
-    sqlx::query(
-        "WITH old AS (DELETE FROM pool_samples WHERE at < $1 - interval '8 days')
-         INSERT INTO pool_samples (at, idle, starting, target, reason) VALUES ($1, $2, $3, $4, $5)
-         ON CONFLICT (at) DO NOTHING",
-    )
-    .bind(snapshot.now)
-    .bind(count(InstanceStatus::Idle))
-    .bind(count(InstanceStatus::Starting))
-    .bind(i32::try_from(target.min_idle).unwrap_or(i32::MAX))
-    .bind(&target.reason)
-    .execute(&pool.db)
-    .await?;
-    Ok(())
-}
-
 /// Runs one tick, or reports `skipped` if another process holds the tick lock.
 pub async fn run(pool: &Pool, mode: Mode) -> Result<TickReport> {
     run_until(pool, mode, &CancellationToken::new()).await
@@ -177,7 +153,7 @@ pub async fn run_until(pool: &Pool, mode: Mode, stop: &CancellationToken) -> Res
         report.health_checked = Some(snapshot.health.len());
         report.target = Some(plan.target.clone());
         if mode == Mode::Full {
-            if let Err(e) = record_sample(pool, &snapshot, &plan.target).await {
+            if let Err(e) = samples::record(&pool.db, &snapshot, &plan.target).await {
                 report.error("recording the pool's target", None, &e);
             }
         }
