@@ -49,11 +49,14 @@ pub struct Args {
     /// Write the sample bursty week to this file and exit.
     #[arg(long, conflicts_with = "trace")]
     pub generate_sample: Option<PathBuf>,
+    /// The sample week's random seed (another seed: another week of the same shape).
+    #[arg(long, default_value_t = 7, requires = "generate_sample")]
+    pub seed: u64,
 }
 
 pub fn run(args: Args) -> anyhow::Result<()> {
     if let Some(path) = &args.generate_sample {
-        std::fs::write(path, trace::sample_week(7))
+        std::fs::write(path, trace::sample_week(args.seed))
             .with_context(|| format!("writing {}", path.display()))?;
         println!("wrote a sample week of claims to {}", path.display());
         return Ok(());

@@ -98,7 +98,8 @@ pub fn decide(snapshot: &Snapshot, rules: &Rules, mode: Mode) -> Plan {
     // Shrinking is a fleet decision, taken on the interval; kicks come after claims, which only
     // ever make the pool smaller.
     if mode == Mode::Full {
-        let surplus = replenish::surplus(snapshot, &transitions, target.keep);
+        let surplus =
+            replenish::surplus(snapshot, &transitions, target.keep, rules.sizing.cooldown);
         destroy.extend(surplus.iter().map(|t| t.id.clone()));
         transitions.extend(surplus);
     }

@@ -3,11 +3,12 @@
 //! moves this plan makes.
 
 use std::collections::HashMap;
+use std::time::Duration;
 
 use crate::domain::InstanceStatus;
 use crate::tick::snapshot::Snapshot;
 
-use super::Transition;
+use super::{older_than, Transition};
 
 /// Each row's status once this plan's moves are made, in the snapshot's order (oldest first).
 fn after<'a>(
@@ -49,15 +50,24 @@ pub fn count(
 }
 
 /// Idle instances beyond `keep` (idle, starting and recycling ones counted), oldest first, sent to
-/// destruction. Only `idle` rows go, fenced by their `status_since`: one a claim takes meanwhile
-/// is `claiming` by then, and the move does not apply to it.
-pub fn surplus(snapshot: &Snapshot, transitions: &[Transition], keep: u32) -> Vec<Transition> {
+/// destruction once idle longer than `cooldown`: one added by hand or for a burst is kept that
+/// long. Only `idle` rows go, fenced by their `status_since`: one a claim takes meanwhile is
+/// `claiming` by then, and the move does not apply to it.
+pub fn surplus(
+    snapshot: &Snapshot,
+    transitions: &[Transition],
+    keep: u32,
+    cooldown: Duration,
+) -> Vec<Transition> {
     let coming = after(snapshot, transitions)
         .filter(|(_, status)| ready_or_coming(*status))
         .count();
     let extra = coming.saturating_sub(keep as usize);
     after(snapshot, transitions)
-        .filter(|(_, status)| *status == InstanceStatus::Idle)
+        .filter(|(row, status)| {
+            *status == InstanceStatus::Idle
+                && older_than(row.instance.status_since, snapshot.now, cooldown)
+        })
         .take(extra)
         .map(|(row, _)| Transition {
             id: row.instance.id.clone(),
@@ -136,13 +146,14 @@ mod tests {
 
     #[test]
     fn idle_instances_above_the_target_are_destroyed_oldest_first() {
-        // Target 3 (the fixture's base, no window, cool-down over): 5 idle and 1 starting.
+        // Target 3 (the fixture's base, no window): 5 idle and 1 starting, so 3 too many; the
+        // three oldest have been idle longer than the cool-down (15 minutes).
         let plan = Fixture::new()
             .row("old", Idle, MIN * 50, Some(Running), Some(ready()))
             .row("c", Claiming, MIN, Some(Running), None)
             .row("mid", Idle, MIN * 30, Some(Running), Some(ready()))
-            .row("new1", Idle, MIN * 3, Some(Running), Some(ready()))
-            .row("new2", Idle, MIN * 2, Some(Running), Some(ready()))
+            .row("new1", Idle, MIN * 16, Some(Running), Some(ready()))
+            .row("new2", Idle, MIN * 14, Some(Running), Some(ready()))
             .row("new3", Idle, MIN, Some(Running), Some(ready()))
             .row("s", Starting, MIN, Some(Running), None)
             .plan();
@@ -188,13 +199,27 @@ mod tests {
     }
 
     #[test]
+    fn instances_idle_for_less_than_the_cool_down_are_kept() {
+        // 5 idle for a target of 3, but only one idle for longer than the cool-down.
+        let plan = Fixture::new()
+            .row("a", Idle, MIN * 20, Some(Running), Some(ready()))
+            .row("b", Idle, MIN * 14, Some(Running), Some(ready()))
+            .row("c", Idle, MIN * 10, Some(Running), Some(ready()))
+            .row("d", Idle, MIN * 5, Some(Running), Some(ready()))
+            .row("e", Idle, MIN, Some(Running), Some(ready()))
+            .plan();
+        assert_eq!(moved(&plan), vec![("a", Destroying)]);
+    }
+
+    #[test]
     fn instances_the_lifecycle_destroys_count_toward_the_surplus() {
         // 4 idle, one of them gone from the listing: 3 remain for a target of 3, nothing more goes.
+        let old = MIN * 20;
         let plan = Fixture::new()
-            .row("a", Idle, MIN, Some(Running), Some(ready()))
-            .row("b", Idle, MIN, None, Some(ready()))
-            .row("c", Idle, MIN, Some(Running), Some(ready()))
-            .row("d", Idle, MIN, Some(Running), Some(ready()))
+            .row("a", Idle, old, Some(Running), Some(ready()))
+            .row("b", Idle, old, None, Some(ready()))
+            .row("c", Idle, old, Some(Running), Some(ready()))
+            .row("d", Idle, old, Some(Running), Some(ready()))
             .edit("b", |row| row.instance.absent_since = Some(ago(MIN * 10)))
             .plan();
         assert_eq!(moved(&plan), vec![("b", Destroying)]);
