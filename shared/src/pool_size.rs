@@ -113,10 +113,11 @@ fn setting(settings: &Settings, stored: Option<Stored>) -> SizeSetting {
 }
 
 pub async fn get(db: &PgPool, settings: &Settings) -> Result<SizeSetting> {
-    let stored: Option<Stored> =
-        sqlx::query_as("SELECT min_idle, max_total, updated_at, updated_by, sizing FROM pool_settings")
-            .fetch_optional(db)
-            .await?;
+    let stored: Option<Stored> = sqlx::query_as(
+        "SELECT min_idle, max_total, updated_at, updated_by, sizing FROM pool_settings",
+    )
+    .fetch_optional(db)
+    .await?;
     Ok(setting(settings, stored))
 }
 

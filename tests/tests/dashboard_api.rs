@@ -581,7 +581,10 @@ async fn sizing_policy_is_validated_stored_planned_with_and_followed_down() {
     assert_eq!(chart.status(), StatusCode::OK);
     assert_eq!(chart.headers()["content-type"], "image/svg+xml");
     let svg = chart.text().await.unwrap();
-    assert!(svg.starts_with("<svg") && svg.contains("claims per hour"), "{svg}");
+    assert!(
+        svg.starts_with("<svg") && svg.contains("claims per hour"),
+        "{svg}"
+    );
     // The claim-less day has no bars; the ticks' samples draw the idle and target lines.
     assert_eq!(svg.matches("<path").count(), 1 + 2 + 2, "{svg}");
 
@@ -597,7 +600,13 @@ async fn sizing_policy_is_validated_stored_planned_with_and_followed_down() {
         .filter(|m| m.reason.starts_with("surplus"))
         .map(|m| m.id.as_str())
         .collect();
-    assert_eq!(shrunk, idle_before[..2].iter().map(String::as_str).collect::<Vec<_>>());
+    assert_eq!(
+        shrunk,
+        idle_before[..2]
+            .iter()
+            .map(String::as_str)
+            .collect::<Vec<_>>()
+    );
     assert_eq!(report.destroyed.len(), 2, "{report:?}");
     assert_eq!(t.count(Idle).await, 1);
 }

@@ -340,7 +340,11 @@ pub async fn dashboard(State(state): State<AppState>, headers: HeaderMap) -> Api
             ),
             (
                 "target_reason",
-                Fill::Text(target.as_ref().map_or("(no full tick yet)", |t| t.reason.as_str())),
+                Fill::Text(
+                    target
+                        .as_ref()
+                        .map_or("(no full tick yet)", |t| t.reason.as_str()),
+                ),
             ),
         ],
     );

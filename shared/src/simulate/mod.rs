@@ -98,7 +98,6 @@ pub struct Sample {
 /// The hour before the trace's first hour: the pool fills before anything is counted.
 const WARM_UP: chrono::Duration = chrono::Duration::hours(1);
 
-
 /// Replays `claims` (sorted) under `policy`. Counting runs from the first claim's hour to the end
 /// of the last claim's hour.
 pub fn run(

@@ -65,7 +65,8 @@ pub fn sample_week(seed: u64) -> String {
             }
         }
         for hour in [9, 13, 16] {
-            let start = midnight + Duration::hours(hour) + Duration::seconds(rng.gen_range(0..2400));
+            let start =
+                midnight + Duration::hours(hour) + Duration::seconds(rng.gen_range(0..2400));
             let length = rng.gen_range(60..=180);
             for _ in 0..30 {
                 claims.push(start + Duration::seconds(rng.gen_range(0..length)));

@@ -159,7 +159,11 @@ mod tests {
             .plan();
         assert_eq!(
             moved(&plan),
-            vec![("old", Destroying), ("mid", Destroying), ("new1", Destroying)]
+            vec![
+                ("old", Destroying),
+                ("mid", Destroying),
+                ("new1", Destroying)
+            ]
         );
         assert_eq!(plan.destroy, vec!["old", "mid", "new1"]);
         assert_eq!(plan.create, 0);

@@ -90,7 +90,13 @@ fn demand(sizing: &Sizing, claims: &RecentClaims) -> (u32, Option<(u32, u64)>) {
         .iter()
         .zip(claims)
         .filter(|(_, n)| **n > 0)
-        .map(|(window, n)| (f64::from(*n) / window.as_secs_f64(), *n, window.as_secs() / 60))
+        .map(|(window, n)| {
+            (
+                f64::from(*n) / window.as_secs_f64(),
+                *n,
+                window.as_secs() / 60,
+            )
+        })
         .max_by(|a, b| a.0.total_cmp(&b.0));
     let Some((rate, n, minutes)) = peak else {
         return (0, None);
