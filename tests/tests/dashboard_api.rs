@@ -535,6 +535,16 @@ async fn sizing_policy_is_validated_stored_planned_with_and_followed_down() {
     let (_, unchanged) = t.get("/api/pool/settings").await;
     assert_eq!(unchanged["source"], "environment", "{unchanged}");
     assert_eq!(unchanged["sizing"]["schedules"], json!([]), "{unchanged}");
+    // Documented: the body, the policy and the tick's target.
+    let (_, doc) = t.get_public("/openapi.json").await;
+    let schemas = &doc["components"]["schemas"];
+    for name in ["SizingPolicy", "ScheduleWindow", "DemandReaction", "Target"] {
+        assert!(
+            schemas.get(name).is_some(),
+            "{name} missing from the OpenAPI document"
+        );
+    }
+    assert!(schemas["SizeBody"]["properties"].get("sizing").is_some());
 
     // A window covering every hour, in a zone with a half-hour offset.
     let policy = json!({
