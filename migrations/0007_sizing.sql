@@ -10,6 +10,14 @@ ALTER TABLE pool_settings ADD COLUMN sizing JSONB;
 -- claim pays for one extra index entry and every other transition for none.
 CREATE INDEX instance_events_claims ON instance_events (at) WHERE to_status = 'claiming';
 
+-- Claims that found nothing idle, by time: demand the pool did not meet is demand all the same,
+-- for the claim rate the sizing policy reads and for a trace exported for `agentpool simulate`.
+-- Written with the miss counter, in the same statement; kept eight days (the tick deletes older).
+CREATE TABLE claim_misses (
+    at  TIMESTAMPTZ NOT NULL DEFAULT clock_timestamp()
+);
+CREATE INDEX claim_misses_at ON claim_misses (at);
+
 -- What each full tick found and aimed at: the dashboard's chart and /metrics' target gauge. Kept
 -- for eight days (the tick deletes older rows as it writes).
 CREATE TABLE pool_samples (

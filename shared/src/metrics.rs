@@ -88,10 +88,12 @@ pub async fn flush_call_errors(db: &PgPool) -> Result<()> {
     Ok(())
 }
 
-/// Counts a claim that found no idle instance.
+/// Counts a claim that found no idle instance, and records when (`claim_misses`: the sizing
+/// policy's demand).
 pub async fn count_claim_miss(db: &PgPool) -> Result<()> {
     sqlx::query(
-        "INSERT INTO pool_counters (name, shard, n) VALUES ('claim_misses', floor(random() * $1)::int, 1)
+        "WITH m AS (INSERT INTO claim_misses DEFAULT VALUES)
+         INSERT INTO pool_counters (name, shard, n) VALUES ('claim_misses', floor(random() * $1)::int, 1)
          ON CONFLICT (name, labels, shard) DO UPDATE SET n = pool_counters.n + 1",
     )
     .bind(SHARDS)

@@ -620,3 +620,32 @@ async fn sizing_policy_is_validated_stored_planned_with_and_followed_down() {
     assert_eq!(report.destroyed.len(), 2, "{report:?}");
     assert_eq!(t.count(Idle).await, 1);
 }
+
+/// Demand the pool did not meet counts: a claim that finds nothing idle is recorded with its time,
+/// and the next tick's demand reaction covers it (1 claim in 5 minutes × 600 s boot = 2).
+#[tokio::test]
+async fn a_claim_that_misses_raises_the_demand_target() {
+    let t = TestPool::with(&[("POOL_MIN_IDLE", "0"), ("POOL_MAX_TOTAL", "6")], &[]).await;
+    let (status, saved) = t
+        .send(
+            t.http
+                .put(t.url("/api/pool/settings"))
+                .bearer_auth(&t.key)
+                .json(&json!({"sizing": {"demand": {"bootSeconds": 600, "factor": 1.0}}})),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{saved}");
+    let report = t.tick().await;
+    assert_eq!(report.target.as_ref().map(|t| t.min_idle), Some(0));
+    let (status, body) = t.claim("early").await;
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{body}");
+    let report = t.tick().await;
+    let target = report.target.clone().expect("a target");
+    assert_eq!((target.min_idle, target.demand), (2, 2), "{target:?}");
+    assert!(
+        target.reason.starts_with("demand: 2 (1 claims in 5 min"),
+        "{}",
+        target.reason
+    );
+    assert_eq!(report.created.len(), 2, "{report:?}");
+}

@@ -158,8 +158,8 @@ struct Sim {
     fleet: Vec<Row>,
     /// When each agent of `fleet` (same index) is ready.
     ready_at: Vec<DateTime<Utc>>,
-    /// Claims served in the last hour, oldest first.
-    served: VecDeque<DateTime<Utc>>,
+    /// Claims in the last hour, served or missed (as the tick counts them), oldest first.
+    demand: VecDeque<DateTime<Utc>>,
     next_id: u64,
     idle_seconds: f64,
     outcome: Outcome,
@@ -195,7 +195,7 @@ impl Sim {
             counted_from: DateTime::<Utc>::MIN_UTC,
             fleet: Vec::new(),
             ready_at: Vec::new(),
-            served: VecDeque::new(),
+            demand: VecDeque::new(),
             next_id: 0,
             idle_seconds: 0.0,
             outcome: Outcome::default(),
@@ -233,23 +233,23 @@ impl Sim {
             Some(i) => {
                 self.fleet.remove(i);
                 self.ready_at.remove(i);
-                self.served.push_back(at);
             }
             None if at >= self.counted_from => self.outcome.misses += 1,
             None => {}
         }
+        self.demand.push_back(at);
     }
 
     fn tick(&mut self, mode: Mode) {
         let now = self.clock;
         let hour = now - chrono::Duration::from_std(DEMAND_WINDOWS[2]).unwrap_or(WARM_UP);
-        while self.served.front().is_some_and(|&t| t <= hour) {
-            self.served.pop_front();
+        while self.demand.front().is_some_and(|&t| t <= hour) {
+            self.demand.pop_front();
         }
         let mut recent_claims = [0u32; 3];
         for (n, window) in recent_claims.iter_mut().zip(DEMAND_WINDOWS) {
             let since = now - chrono::Duration::from_std(window).unwrap_or(WARM_UP);
-            *n = self.served.iter().rev().take_while(|&&t| t > since).count() as u32;
+            *n = self.demand.iter().rev().take_while(|&&t| t > since).count() as u32;
         }
         let health = self
             .fleet

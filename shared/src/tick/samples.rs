@@ -10,7 +10,7 @@ use crate::error::Result;
 use super::plan::Target;
 use super::snapshot::Snapshot;
 
-/// Records one sample and forgets those older than eight days.
+/// Records one sample and forgets samples and claim misses older than eight days.
 pub async fn record(db: &PgPool, snapshot: &Snapshot, target: &Target) -> Result<()> {
     let count = |status| {
         snapshot
@@ -20,7 +20,8 @@ pub async fn record(db: &PgPool, snapshot: &Snapshot, target: &Target) -> Result
             .count() as i32
     };
     sqlx::query(
-        "WITH old AS (DELETE FROM pool_samples WHERE at < $1 - interval '8 days')
+        "WITH old AS (DELETE FROM pool_samples WHERE at < $1 - interval '8 days'),
+              old_misses AS (DELETE FROM claim_misses WHERE at < $1 - interval '8 days')
          INSERT INTO pool_samples (at, idle, starting, target, reason) VALUES ($1, $2, $3, $4, $5)
          ON CONFLICT (at) DO NOTHING",
     )
@@ -43,8 +44,8 @@ pub struct Sample {
     pub reason: String,
 }
 
-/// The last 24 hours: claims started per hour (from the partial index on their time) and the
-/// ticks' samples, oldest first.
+/// The last 24 hours: claims per hour, served or missed (from the partial index on claims and
+/// `claim_misses`), and the ticks' samples, oldest first.
 #[derive(Debug, Clone)]
 pub struct Day {
     pub now: DateTime<Utc>,
@@ -56,8 +57,10 @@ pub async fn last_day(db: &PgPool) -> Result<Day> {
     let now: DateTime<Utc> = sqlx::query_scalar("SELECT now()").fetch_one(db).await?;
     let claims_per_hour = sqlx::query_as(
         "SELECT date_trunc('hour', at), count(*)
-           FROM instance_events
-          WHERE to_status = 'claiming' AND at > $1 - interval '24 hours'
+           FROM (SELECT at FROM instance_events
+                  WHERE to_status = 'claiming' AND at > $1 - interval '24 hours'
+                 UNION ALL
+                 SELECT at FROM claim_misses WHERE at > $1 - interval '24 hours') c
           GROUP BY 1 ORDER BY 1",
     )
     .bind(now)

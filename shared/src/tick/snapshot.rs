@@ -132,16 +132,18 @@ pub async fn take(
     })
 }
 
-/// Claims started (`idle` → `claiming`) in each demand window, from the partial index on their
-/// time: a range scan of the last hour's claims.
+/// Claims in each demand window: started (`idle` → `claiming`) or missed (nothing idle), each
+/// a range scan of the last hour through an index on time.
 async fn recent_claims(pool: &Pool) -> Result<RecentClaims> {
     let [short, mid, long] = DEMAND_WINDOWS.map(|w| w.as_secs_f64());
     let counts: (i64, i64, i64) = sqlx::query_as(
         "SELECT count(*) FILTER (WHERE at > now() - make_interval(secs => $1)),
                 count(*) FILTER (WHERE at > now() - make_interval(secs => $2)),
                 count(*)
-           FROM instance_events
-          WHERE to_status = 'claiming' AND at > now() - make_interval(secs => $3)",
+           FROM (SELECT at FROM instance_events
+                  WHERE to_status = 'claiming' AND at > now() - make_interval(secs => $3)
+                 UNION ALL
+                 SELECT at FROM claim_misses WHERE at > now() - make_interval(secs => $3)) c",
     )
     .bind(short)
     .bind(mid)

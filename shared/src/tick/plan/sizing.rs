@@ -7,7 +7,8 @@ use serde::Serialize;
 
 use crate::pool_size::policy::{Sizing, DEMAND_WINDOWS};
 
-/// Claims started in each of [`DEMAND_WINDOWS`] up to the snapshot's `now`, shortest first.
+/// Claims, served or missed, in each of [`DEMAND_WINDOWS`] up to the snapshot's `now`, shortest
+/// first.
 pub type RecentClaims = [u32; 3];
 
 /// The target the tick planned with, and why.
