@@ -84,7 +84,19 @@ struct Stored {
     max_total: i32,
     updated_at: DateTime<Utc>,
     updated_by: String,
-    sizing: Option<sqlx::types::Json<SizingPolicy>>,
+    sizing: Option<serde_json::Value>,
+}
+
+/// A stored policy, read leniently: one this version cannot read (written by a newer one, or by
+/// hand) leaves the base in force, with a warning, rather than stopping every tick.
+fn stored_policy(value: Option<serde_json::Value>) -> SizingPolicy {
+    let Some(value) = value else {
+        return SizingPolicy::default();
+    };
+    serde_json::from_value(value).unwrap_or_else(|e| {
+        tracing::warn!(error = %e, "the stored sizing policy cannot be read; the base applies");
+        SizingPolicy::default()
+    })
 }
 
 fn setting(settings: &Settings, stored: Option<Stored>) -> SizeSetting {
@@ -105,7 +117,7 @@ fn setting(settings: &Settings, stored: Option<Stored>) -> SizeSetting {
             max_total_cap: cap,
             defaults,
             source: "operator",
-            sizing: row.sizing.map(|j| j.0).unwrap_or_default(),
+            sizing: stored_policy(row.sizing),
             updated_at: Some(row.updated_at),
             updated_by: Some(row.updated_by),
         },
@@ -123,7 +135,7 @@ pub async fn get(db: &PgPool, settings: &Settings) -> Result<SizeSetting> {
 
 /// The size and the sizing policy in force, in one read: what the tick plans with.
 pub async fn in_force(db: &PgPool, settings: &Settings) -> Result<(PoolSize, Sizing)> {
-    let stored: Option<(i32, i32, Option<sqlx::types::Json<SizingPolicy>>)> =
+    let stored: Option<(i32, i32, Option<serde_json::Value>)> =
         sqlx::query_as("SELECT min_idle, max_total, sizing FROM pool_settings")
             .fetch_optional(db)
             .await?;
@@ -132,13 +144,10 @@ pub async fn in_force(db: &PgPool, settings: &Settings) -> Result<(PoolSize, Siz
     };
     let size = PoolSize::capped((min_idle, max_total), settings.max_total_cap());
     // Checked when stored; a window above a `maxTotal` lowered since is capped by the plan.
-    let sizing = match policy.map(|j| j.0.compile(u32::MAX)).transpose() {
-        Ok(sizing) => sizing.unwrap_or_default(),
-        Err(e) => {
-            tracing::warn!(error = %e, "the stored sizing policy no longer compiles; the base applies");
-            Sizing::default()
-        }
-    };
+    let sizing = stored_policy(policy).compile(u32::MAX).unwrap_or_else(|e| {
+        tracing::warn!(error = %e, "the stored sizing policy no longer compiles; the base applies");
+        Sizing::default()
+    });
     Ok((size, sizing))
 }
 
@@ -176,7 +185,7 @@ pub async fn set(
     let mut tx = db.begin().await?;
     // Lock the row if there is one; the first change inserts it, and a concurrent first change
     // waits on the primary key.
-    let before: Option<(i32, i32, Option<sqlx::types::Json<SizingPolicy>>)> =
+    let before: Option<(i32, i32, Option<serde_json::Value>)> =
         sqlx::query_as("SELECT min_idle, max_total, sizing FROM pool_settings FOR UPDATE")
             .fetch_optional(&mut *tx)
             .await?;
@@ -184,7 +193,7 @@ pub async fn set(
         None => (PoolSize::defaults(settings), SizingPolicy::default()),
         Some((min_idle, max_total, sizing)) => (
             PoolSize::capped((min_idle, max_total), cap),
-            sizing.map(|j| j.0).unwrap_or_default(),
+            stored_policy(sizing),
         ),
     };
     let after = PoolSize {
@@ -214,7 +223,10 @@ pub async fn set(
     .bind(event_detail(before, after, &sizing_before, &sizing, via))
     .bind(actor.as_str())
     .bind(&updated_by)
-    .bind(sqlx::types::Json(&sizing))
+    .bind(
+        serde_json::to_value(&sizing)
+            .map_err(|e| Error::io("storing the sizing policy", std::io::Error::other(e)))?,
+    )
     .fetch_one(&mut *tx)
     .await?;
     tx.commit().await?;
@@ -257,6 +269,14 @@ mod tests {
                 max_total: 20
             }
         );
+    }
+
+    #[test]
+    fn a_stored_policy_this_version_cannot_read_leaves_the_base() {
+        let unknown = serde_json::json!({"schedules": [], "surge": true});
+        assert_eq!(stored_policy(Some(unknown)), SizingPolicy::default());
+        let known = serde_json::json!({"timezone": "Europe/Berlin"});
+        assert_eq!(stored_policy(Some(known)).timezone, "Europe/Berlin");
     }
 
     #[test]
