@@ -247,7 +247,7 @@ async fn two_ticks_at_once_one_runs_one_skips() {
 async fn orphans_are_deleted() {
     let t = TestPool::start().await;
     t.fill(3).await;
-    let orphan = format!("{}orphan000001", t.pool.settings.pool_name_prefix);
+    let orphan = format!("{}orphan000001", t.pool.settings.pool.pool_name_prefix);
     t.local
         .create(&CreateSpec {
             name: orphan.clone(),
@@ -315,9 +315,10 @@ async fn replenish_and_drain_counts() {
 /// move is fenced by the `status_since` it was decided on).
 #[tokio::test]
 async fn a_claim_racing_a_shrink_keeps_its_agent() {
+    use agentpool_core::config::SizingPolicy;
     use agentpool_core::domain::Actor;
     use agentpool_core::gate::Gate;
-    use agentpool_core::pool_size::{self, policy::SizingPolicy, SizeChange};
+    use agentpool_core::pool_size::{self, SizeChange};
     use agentpool_core::tick::{execute, plan, snapshot, TickReport};
 
     let t = TestPool::start().await;
@@ -332,7 +333,7 @@ async fn a_claim_racing_a_shrink_keeps_its_agent() {
     };
     pool_size::set(
         &t.pool.db,
-        &t.pool.settings,
+        &t.pool.settings.size,
         change,
         Actor::Operator,
         "test",
@@ -346,7 +347,7 @@ async fn a_claim_racing_a_shrink_keeps_its_agent() {
     let snap = snapshot::take(&t.pool, Mode::Full, &gate, &mut report)
         .await
         .unwrap();
-    let (size, sizing) = pool_size::in_force(&t.pool.db, &t.pool.settings)
+    let (size, sizing) = pool_size::in_force(&t.pool.db, &t.pool.settings.size)
         .await
         .unwrap();
     let plan = plan::decide(

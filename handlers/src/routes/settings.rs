@@ -1,12 +1,12 @@
 //! `GET/PUT /api/pool/settings`: the pool's size and sizing policy, changed at run time (see
-//! `pool_size` and `pool_size::policy`).
+//! `pool_size` and `config::SizingPolicy`).
 
 use axum::extract::State;
 use axum::{Extension, Json};
 use serde::Deserialize;
 
+use agentpool_core::config::SizingPolicy;
 use agentpool_core::domain::Actor;
-use agentpool_core::pool_size::policy::SizingPolicy;
 use agentpool_core::pool_size::{self, SizeChange, SizeSetting};
 
 use crate::auth::Via;
@@ -18,7 +18,7 @@ use crate::state::AppState;
     responses((status = 200, description = "The size in force and where it comes from", body = SizeSetting)))]
 pub async fn get(State(state): State<AppState>) -> ApiResult<Json<SizeSetting>> {
     Ok(Json(
-        pool_size::get(&state.pool.db, &state.pool.settings).await?,
+        pool_size::get(&state.pool.db, &state.pool.settings.size).await?,
     ))
 }
 
@@ -52,7 +52,7 @@ pub async fn put(
     };
     let saved = pool_size::set(
         &state.pool.db,
-        &state.pool.settings,
+        &state.pool.settings.size,
         change,
         Actor::Operator,
         via.as_str(),

@@ -6,20 +6,20 @@ use axum::http::header::{CACHE_CONTROL, CONTENT_TYPE};
 use axum::response::{IntoResponse, Response};
 use chrono::Duration;
 
-use agentpool_core::tick::samples;
+use agentpool_core::tick::{self, Sample};
 
 use crate::chart::{Chart, Line};
 use crate::error::ApiResult;
 use crate::state::AppState;
 
 pub async fn chart(State(state): State<AppState>) -> ApiResult<Response> {
-    let day = samples::last_day(&state.pool.db).await?;
+    let day = tick::last_day(&state.pool.db).await?;
     let bars: Vec<_> = day
         .claims_per_hour
         .iter()
         .map(|(hour, n)| (*hour, u32::try_from(*n).unwrap_or(u32::MAX)))
         .collect();
-    let steps = |value: fn(&samples::Sample) -> i32| {
+    let steps = |value: fn(&Sample) -> i32| {
         let mut points: Vec<(chrono::DateTime<chrono::Utc>, u32)> = Vec::new();
         for s in &day.samples {
             let v = u32::try_from(value(s)).unwrap_or(0);
