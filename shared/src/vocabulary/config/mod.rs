@@ -18,6 +18,7 @@ mod providers;
 mod runtime;
 mod server;
 mod size;
+mod sizing;
 mod tick;
 mod tools;
 
@@ -35,6 +36,10 @@ pub use providers::{LocalSettings, ProviderSettings, RailwaySettings};
 pub use runtime::{RuntimeProtocol, RuntimeSettings};
 pub use server::{DashboardSettings, MetricsSettings, ServerSettings};
 pub use size::SizeSettings;
+pub use sizing::{
+    DemandReaction, RecentClaims, ScheduleWindow, Sizing, SizingPolicy, Window, COOLDOWN_DEFAULT,
+    DEMAND_WINDOWS,
+};
 pub use tick::{HealthSettings, SchedulerSettings, TickSettings};
 pub use tools::{
     AgentMailSettings, BankrSettings, OpenRouterSettings, TelnyxSettings, ToolSettings,
