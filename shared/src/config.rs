@@ -86,7 +86,7 @@ pub struct Settings {
     #[serde(default = "defaults::tick_budget_ms")]
     pub tick_budget_ms: u64,
     /// When `agentpool-scheduler` ticks: a cron expression with seconds
-    /// (`sec min hour day-of-month month day-of-week`, UTC), as tokio-cron-scheduler reads it.
+    /// (`sec min hour day-of-month month day-of-week`, UTC), read by croner.
     /// Unset: every `TICK_INTERVAL_MS`.
     pub tick_cron: Option<String>,
     /// The API `agentpool-scheduler` ticks over HTTP (`POST {POOL_URL}/api/pool/tick`, with
@@ -280,7 +280,7 @@ mod defaults {
     }
 }
 
-/// Reads a cron expression the way tokio-cron-scheduler does, so that what start-up accepts is
+/// Reads a cron expression the way the scheduler does, so that what start-up accepts is
 /// what the scheduler runs: six fields, seconds first; day of month and day of week both apply.
 pub fn parse_cron(expression: &str) -> Result<croner::Cron, String> {
     croner::parser::CronParser::builder()

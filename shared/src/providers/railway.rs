@@ -8,8 +8,9 @@
 //! Creation: (project,) service, domain (before the first deploy, so the instance boots knowing
 //! its URL), optional volume, then image + start command + every variable in one
 //! `environmentPatchCommit`, so that the first (and only) deploy sees every variable. A creation
-//! whose reply was lost is found again by name before it is retried: Railway would make a second
-//! service. The whole fleet's status is one paginated query per tick.
+//! whose reply was lost is found again by name, and never sent twice: Railway would make a second
+//! service, and a late answer may still be carried out. The whole fleet's status is one paginated
+//! query per tick.
 
 use async_trait::async_trait;
 use serde_json::{json, Value};
@@ -223,7 +224,11 @@ impl RailwayProvider {
         Ok(services)
     }
 
-    /// Creates `name` in `project_id`, unless a lost reply already did.
+    /// Creates `name` in `project_id`, unless a lost reply already did. A create whose answer
+    /// never came is not sent again: it may still be carried out (a slow Railway answers after
+    /// our timeout), and a second one would make a second service of the same name. If the
+    /// service is not there yet, the creation fails; its row is destroyed by name, which finds
+    /// the service whenever it lands (or the orphan sweep does, once the row is gone).
     async fn create_service(
         &self,
         project_id: &str,
@@ -233,36 +238,22 @@ impl RailwayProvider {
         let query =
             "mutation($input: ServiceCreateInput!) { serviceCreate(input: $input) { id name } }";
         let input = json!({"input": {"projectId": project_id, "environmentId": environment_id, "name": name}});
-        let created = self
-            .gql("railway-service", Replay::Unsafe, query, input.clone())
-            .await;
-        match created {
+        match self
+            .gql("railway-service", Replay::Unsafe, query, input)
+            .await
+        {
             Ok(data) => data["serviceCreate"]["id"]
                 .as_str()
                 .map(str::to_string)
                 .ok_or_else(|| Error::outbound(SERVICE, "railway-service", Failure::BadReply)),
             Err(
                 failure @ (Failure::TimedOut | Failure::Connection | Failure::Status(500..=599)),
-            ) => {
-                // It may exist: look before making a second one.
-                let found = self.services_named(project_id, name).await?;
-                match found.into_iter().next() {
-                    Some(service) => Ok(service),
-                    None => {
-                        tracing::info!(%failure, "service not created; trying once more");
-                        let data = self
-                            .gql("railway-service", Replay::Unsafe, query, input)
-                            .await
-                            .map_err(|f| Error::outbound(SERVICE, "railway-service", f))?;
-                        data["serviceCreate"]["id"]
-                            .as_str()
-                            .map(str::to_string)
-                            .ok_or_else(|| {
-                                Error::outbound(SERVICE, "railway-service", Failure::BadReply)
-                            })
-                    }
-                }
-            }
+            ) => self
+                .services_named(project_id, name)
+                .await?
+                .into_iter()
+                .next()
+                .ok_or_else(|| Error::outbound(SERVICE, "railway-service", failure)),
             Err(failure) => Err(Error::outbound(SERVICE, "railway-service", failure)),
         }
     }
@@ -279,26 +270,24 @@ impl RailwayProvider {
     }
 
     /// Creates the project `name` in the workspace, unless a lost reply already did; returns its
-    /// id and environment id.
+    /// id and environment id. As for a service, a create whose answer never came is not sent
+    /// again.
     async fn create_project(&self, workspace_id: &str, name: &str) -> Result<(String, String)> {
         let query = "mutation($input: ProjectCreateInput!) { projectCreate(input: $input) { id name environments { edges { node { id name } } } } }";
         let input = json!({"input": {"name": name, "workspaceId": workspace_id}});
         let project = match self
-            .gql("railway-project", Replay::Unsafe, query, input.clone())
+            .gql("railway-project", Replay::Unsafe, query, input)
             .await
         {
             Ok(data) => data["projectCreate"].clone(),
-            Err(Failure::TimedOut | Failure::Connection | Failure::Status(500..=599)) => {
-                match self.projects_named(name).await?.into_iter().next() {
-                    Some(project) => project,
-                    None => self
-                        .gql("railway-project", Replay::Unsafe, query, input)
-                        .await
-                        .map_err(|f| Error::outbound(SERVICE, "railway-project", f))?
-                        ["projectCreate"]
-                        .clone(),
-                }
-            }
+            Err(
+                failure @ (Failure::TimedOut | Failure::Connection | Failure::Status(500..=599)),
+            ) => self
+                .projects_named(name)
+                .await?
+                .into_iter()
+                .next()
+                .ok_or_else(|| Error::outbound(SERVICE, "railway-project", failure))?,
             Err(failure) => return Err(Error::outbound(SERVICE, "railway-project", failure)),
         };
         let id = project["id"].as_str();

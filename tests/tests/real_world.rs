@@ -1,0 +1,246 @@
+//! What a real deployment meets in its first hour (issue 15, section 2): outside services that
+//! answer oddly, operators behind proxies, old replicas serving during a migration. Each test here
+//! failed on the code before its fix.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use agentpool_core::domain::InstanceStatus::*;
+use agentpool_core::providers::railway::RailwayProvider;
+use agentpool_core::tick::{self, slots, Mode};
+use agentpool_core::Settings;
+use agentpool_tests::fakes::{Controls, FakeConfig, Fault, RailwayFake, Scope};
+use agentpool_tests::{wait_until, TestPool};
+use reqwest::StatusCode;
+use serde_json::{json, Value};
+use tokio_util::sync::CancellationToken;
+
+const TOKEN: &str = "railway-real-world-token-0123456789";
+
+async fn railway_fake() -> RailwayFake {
+    RailwayFake::start(FakeConfig {
+        tokens: vec![TOKEN.into()],
+        ..FakeConfig::default()
+    })
+    .await
+}
+
+fn railway(fake: &RailwayFake, layout: &str, prefix: &str, extra: &[(&str, &str)]) -> Settings {
+    let ids = fake.shared_ids();
+    let url = fake.url();
+    let mut vars: Vec<(String, String)> = [
+        ("POOL_PROVIDER", "railway"),
+        ("POOL_NAME_PREFIX", prefix),
+        ("RAILWAY_API_URL", url.as_str()),
+        ("RAILWAY_API_TOKENS", TOKEN),
+        ("RAILWAY_LAYOUT", layout),
+        ("RAILWAY_PROJECT_ID", ids.project_id.as_str()),
+        ("RAILWAY_ENVIRONMENT_ID", ids.environment_id.as_str()),
+        ("RAILWAY_TEAM_ID", ids.workspace_id.as_str()),
+        ("RAILWAY_PUBLIC_SCHEME", "http"),
+        ("OUTBOUND_TIMEOUT_MS", "1000"),
+    ]
+    .iter()
+    .map(|(k, v)| (k.to_string(), v.to_string()))
+    .collect();
+    for (k, v) in extra {
+        vars.retain(|(name, _)| name != k);
+        vars.push((k.to_string(), v.to_string()));
+    }
+    Settings::from_vars(vars).unwrap()
+}
+
+/// A pool on the Railway fake: `TestPool`'s settings, the provider built from `settings`.
+async fn railway_pool(settings: Settings, prefix: &str, overrides: &[(&str, &str)]) -> TestPool {
+    let provider = Arc::new(RailwayProvider::from_settings(&settings).unwrap());
+    let mut all = vec![("POOL_MIN_IDLE", "0"), ("POOL_NAME_PREFIX", prefix)];
+    all.extend_from_slice(overrides);
+    TestPool::with_provider(&all, &[], |_| provider).await
+}
+
+/// Names of ours the fake still holds (services and projects), with repeats.
+fn ours(fake: &RailwayFake, prefix: &str) -> Vec<String> {
+    let mut names: Vec<String> = fake
+        .services()
+        .into_iter()
+        .map(|s| s.name)
+        .chain(fake.projects().into_iter().map(|p| p.name))
+        .filter(|name| name.starts_with(prefix))
+        .collect();
+    names.sort();
+    names
+}
+
+// 13. A claim that finds the pool empty on a later attempt: 503, not 502.
+#[tokio::test]
+async fn a_claim_that_runs_the_pool_dry_answers_503_no_idle_instance() {
+    let t = TestPool::with(
+        &[("POOL_MIN_IDLE", "1"), ("CLAIM_MAX_ATTEMPTS", "3")],
+        &[],
+    )
+    .await;
+    t.fill(1).await;
+    let id = t.ids(Idle).await.remove(0);
+    t.fault(&id, json!({"provision": "fail"})).await;
+    let response = t
+        .http
+        .post(t.url("/api/pool/claim"))
+        .bearer_auth(&t.key)
+        .json(&json!({"agentName": "unlucky", "instructions": "Wait."}))
+        .send()
+        .await
+        .unwrap();
+    let status = response.status();
+    let retry_after = response.headers().get("retry-after").cloned();
+    let body: Value = response.json().await.unwrap();
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{body}");
+    assert_eq!(body["code"], "no_idle_instance", "{body}");
+    assert!(retry_after.is_some(), "503 without Retry-After");
+    assert_eq!(t.instance(&id).await.unwrap().status, Destroying);
+}
+
+// 13. A tick cut short is not a success: not in /metrics, not `ran` in `tick_runs`.
+#[tokio::test]
+async fn a_tick_cut_short_is_not_recorded_as_a_success() {
+    let t = TestPool::with(&[("POOL_MIN_IDLE", "1")], &[]).await;
+    t.fill(1).await;
+    let ticks = || async {
+        sqlx::query_scalar::<_, i64>("SELECT coalesce(max(ticks), 0) FROM tick_stats")
+            .fetch_one(&t.pool.db)
+            .await
+            .unwrap()
+    };
+    let before = ticks().await;
+    assert!(before > 0, "whole ticks count");
+    // Shutting down: the tick stops before its health checks.
+    let stopped = CancellationToken::new();
+    stopped.cancel();
+    let report = tick::run_until(&t.pool, Mode::Full, &stopped).await.unwrap();
+    assert!(report.cut_short.is_some(), "{report:?}");
+    assert_eq!(ticks().await, before, "a tick cut short counted as a success");
+
+    let slot = chrono::Utc::now();
+    let report = slots::run(&t.pool, slot, "test", &stopped).await.unwrap();
+    assert!(report.cut_short.is_some(), "{report:?}");
+    let outcome: Option<String> =
+        sqlx::query_scalar("SELECT outcome FROM tick_runs WHERE slot = $1")
+            .bind(slot)
+            .fetch_one(&t.pool.db)
+            .await
+            .unwrap();
+    assert_eq!(outcome.as_deref(), Some("cut_short"));
+    assert_eq!(ticks().await, before);
+
+    let report = t.tick().await;
+    assert!(report.cut_short.is_none(), "{report:?}");
+    assert_eq!(ticks().await, before + 1);
+}
+
+// 13. A create whose answer is late is never sent twice: the first may still land.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slow_railway_create_never_leaves_a_second_service() {
+    for (layout, op) in [("shared", "serviceCreate"), ("project", "projectCreate")] {
+        let fake = railway_fake().await;
+        let prefix = "slow-";
+        // Answered after the client gave up (OUTBOUND_TIMEOUT_MS is 1000), and carried out then.
+        fake.inject(
+            Fault::Slow { ms: 2500 },
+            Scope::Next {
+                op: Some(op.into()),
+                count: 1,
+            },
+        );
+        let t = railway_pool(railway(&fake, layout, prefix, &[]), prefix, &[]).await;
+        let (status, body) = t.post("/api/pool/replenish", json!({"count": 1})).await;
+        assert_eq!(status, StatusCode::OK, "{layout}: {body}");
+        // The late create lands.
+        wait_until(Duration::from_secs(10), || async {
+            !ours(&fake, prefix).is_empty()
+        })
+        .await;
+        assert_eq!(
+            fake.stats().requests_for(op),
+            1,
+            "{layout}: a create sent twice: {:?}",
+            ours(&fake, prefix)
+        );
+        // What the late create made is found by the row's name and destroyed with it.
+        wait_until(Duration::from_secs(30), || async {
+            t.tick().await;
+            let rows: i64 = sqlx::query_scalar("SELECT count(*) FROM instances")
+                .fetch_one(&t.pool.db)
+                .await
+                .unwrap();
+            rows == 0 && ours(&fake, prefix).is_empty()
+        })
+        .await;
+    }
+}
+
+/// Inserts a row directly, `age` old, for listings that need many rows.
+async fn insert_row(t: &TestPool, id: &str, status: &str, agent: Option<&str>, age_s: i64) {
+    sqlx::query(
+        "INSERT INTO instances (id, name, status, gateway_token, agent_name, created_at, status_since)
+         VALUES ($1, 'ap-' || $1, $2, md5(random()::text) || md5(random()::text), $3,
+                 now() - make_interval(secs => $4), now())",
+    )
+    .bind(id)
+    .bind(status)
+    .bind(agent)
+    .bind(age_s as f64)
+    .execute(&t.pool.db)
+    .await
+    .unwrap();
+}
+
+// 13. The public listing's cursor reveals no instance id; the public page finds live agents
+// wherever they are in the table.
+#[tokio::test]
+async fn the_public_listing_hides_ids_and_finds_live_agents_anywhere() {
+    let t = TestPool::with(&[("POOL_MIN_IDLE", "0")], &[]).await;
+    let mut ids = Vec::new();
+    for n in 0..210 {
+        let id = format!("idle{n:08}");
+        insert_row(&t, &id, "idle", None, 1000 - n).await;
+        ids.push(id);
+    }
+    // The newest row: after the first 200 in the table's order.
+    insert_row(&t, "livelate0001", "claimed", Some("found-anywhere"), 1).await;
+    ids.push("livelate0001".into());
+
+    // Page through the public listing: no cursor names an id.
+    let mut after: Option<String> = None;
+    let mut seen = 0;
+    loop {
+        let path = match &after {
+            Some(cursor) => format!("/api/pool/agents?limit=50&after={cursor}"),
+            None => "/api/pool/agents?limit=50".to_string(),
+        };
+        let (status, page) = t.get_public(&path).await;
+        assert_eq!(status, StatusCode::OK, "{page}");
+        for group in ["idle", "claimed"] {
+            seen += page[group].as_array().map_or(0, Vec::len);
+        }
+        let Some(cursor) = page["nextCursor"].as_str() else {
+            break;
+        };
+        let decoded = String::from_utf8(hex::decode(cursor).unwrap()).unwrap();
+        for id in &ids {
+            assert!(!decoded.contains(id.as_str()), "cursor {decoded} names {id}");
+        }
+        after = Some(cursor.to_string());
+    }
+    assert_eq!(seen, ids.len(), "every row once");
+
+    // Live agents only, wherever they are.
+    let (status, page) = t
+        .get_public("/api/pool/agents?limit=200&status=claiming,claimed,crashed")
+        .await;
+    assert_eq!(status, StatusCode::OK, "{page}");
+    assert_eq!(page["claimed"][0]["agentName"], "found-anywhere", "{page}");
+    assert_eq!(page["idle"].as_array().unwrap().len(), 0);
+    let html = t.http.get(t.url("/")).send().await.unwrap().text().await.unwrap();
+    assert!(html.contains("found-anywhere"), "the public page misses it");
+    let (status, body) = t.get_public("/api/pool/agents?status=alive").await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
+}
