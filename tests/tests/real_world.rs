@@ -244,3 +244,48 @@ async fn the_public_listing_hides_ids_and_finds_live_agents_anywhere() {
     let (status, body) = t.get_public("/api/pool/agents?status=alive").await;
     assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
 }
+
+// 11. A volume outlives its service at Railway: a rollback and a teardown by name delete it too.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn no_railway_volume_is_left_by_a_rollback_or_a_teardown_by_name() {
+    // The commit fails after the volume was made; the volume's own reply is lost.
+    for (op, fault) in [
+        ("environmentPatchCommit", Fault::GraphqlError),
+        ("volumeCreate", Fault::LostReply),
+    ] {
+        let fake = railway_fake().await;
+        let prefix = "vol-";
+        let settings = railway(&fake, "shared", prefix, &[("RAILWAY_VOLUME_MOUNT", "/data")]);
+        fake.inject(
+            fault,
+            Scope::Next {
+                op: Some(op.into()),
+                count: 1,
+            },
+        );
+        let t = railway_pool(settings, prefix, &[]).await;
+        let (_, body) = t.post("/api/pool/replenish", json!({"count": 1})).await;
+        assert_eq!(body["errors"][0]["code"], "provider_failed", "{op}: {body}");
+        assert_eq!(fake.stats().requests_for("volumeCreate"), 1, "{op}");
+        assert!(ours(&fake, prefix).is_empty(), "{op}: {:?}", ours(&fake, prefix));
+        assert!(fake.volumes().is_empty(), "{op}: {:?}", fake.volumes());
+    }
+
+    // A creation whose creator died before recording its service: destroyed by name.
+    let fake = railway_fake().await;
+    let prefix = "byname-";
+    let settings = railway(&fake, "shared", prefix, &[("RAILWAY_VOLUME_MOUNT", "/data")]);
+    let t = railway_pool(settings, prefix, &[]).await;
+    let (status, body) = t.post("/api/pool/replenish", json!({"count": 1})).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(fake.volumes().len(), 1);
+    sqlx::query("DELETE FROM instance_infra").execute(&t.pool.db).await.unwrap();
+    sqlx::query("UPDATE instances SET status = 'destroying', status_since = now()")
+        .execute(&t.pool.db)
+        .await
+        .unwrap();
+    let report = t.tick().await;
+    assert_eq!(report.destroyed.len(), 1, "{report:?}");
+    assert!(ours(&fake, prefix).is_empty(), "{:?}", ours(&fake, prefix));
+    assert!(fake.volumes().is_empty(), "{:?}", fake.volumes());
+}

@@ -391,8 +391,9 @@ impl RailwayProvider {
         Ok((url, volume))
     }
 
-    /// Removes what a failed creation made. What this cannot remove, the tick does: the row goes
-    /// to `destroying` and is destroyed by name.
+    /// Removes what a failed creation made, its volume too (found by its service: the step that
+    /// made it may have lost its reply). What this cannot remove, the tick does: the row goes to
+    /// `destroying` and is destroyed by name.
     async fn roll_back(&self, name: &str, project_id: &str, service_id: Option<&str>) {
         let resource = match &self.layout {
             Layout::ProjectPerAgent { .. } => Some(project_id.to_string()),
@@ -411,6 +412,46 @@ impl RailwayProvider {
         if let Err(e) = undo {
             tracing::warn!(error = %e, "rolling back a failed creation; the tick will destroy it by name");
         }
+    }
+
+    /// The volumes of `services`: the one the creation recorded, or, when no record says (a
+    /// rollback, a creator that died before recording, a teardown by name) and this pool makes
+    /// volumes, every volume of the project mounted on one of them.
+    async fn volumes_of(
+        &self,
+        project_id: &str,
+        services: &[String],
+        details: &Value,
+    ) -> Result<Vec<String>> {
+        if let Some(recorded) = details.get("volumeId") {
+            return Ok(recorded.as_str().map(str::to_string).into_iter().collect());
+        }
+        if self.volume_mount.is_none() || services.is_empty() {
+            return Ok(Vec::new());
+        }
+        let data = self
+            .gql(
+                "destroy",
+                Replay::Safe,
+                "query($id: String!) { project(id: $id) { volumes { edges { node { id volumeInstances { edges { node { serviceId } } } } } } } }",
+                json!({"id": project_id}),
+            )
+            .await
+            .map_err(|f| Error::outbound(SERVICE, "destroy", f))?;
+        let volumes = &data["project"]["volumes"];
+        if !volumes["edges"].is_array() {
+            return Err(Error::outbound(SERVICE, "destroy", Failure::BadReply));
+        }
+        Ok(edges(volumes)
+            .filter(|v| {
+                edges(&v["node"]["volumeInstances"]).any(|i| {
+                    i["node"]["serviceId"]
+                        .as_str()
+                        .is_some_and(|id| services.iter().any(|s| s == id))
+                })
+            })
+            .filter_map(|v| v["node"]["id"].as_str().map(str::to_string))
+            .collect())
     }
 
     async fn delete(&self, step: &'static str, query: &str, variables: Value) -> Result<()> {
@@ -547,7 +588,13 @@ impl Provider for RailwayProvider {
                 }
             }
             Layout::Shared { project_id, .. } => {
-                if let Some(volume) = resource.details["volumeId"].as_str() {
+                let ids = match &resource.resource_id {
+                    Some(id) => vec![id.clone()],
+                    None => self.services_named(project_id, &resource.name).await?,
+                };
+                // A volume outlives its service at Railway: it goes first, while the services it
+                // is mounted on still say whose it is.
+                for volume in self.volumes_of(project_id, &ids, &resource.details).await? {
                     self.delete(
                         "destroy",
                         "mutation($volumeId: String!) { volumeDelete(volumeId: $volumeId) }",
@@ -555,10 +602,6 @@ impl Provider for RailwayProvider {
                     )
                     .await?;
                 }
-                let ids = match &resource.resource_id {
-                    Some(id) => vec![id.clone()],
-                    None => self.services_named(project_id, &resource.name).await?,
-                };
                 for id in ids {
                     self.delete(
                         "destroy",
