@@ -289,3 +289,87 @@ async fn no_railway_volume_is_left_by_a_rollback_or_a_teardown_by_name() {
     assert!(ours(&fake, prefix).is_empty(), "{:?}", ours(&fake, prefix));
     assert!(fake.volumes().is_empty(), "{:?}", fake.volumes());
 }
+
+/// Everything logged while it is alive, at every level, on this thread (a `#[tokio::test]`
+/// runtime runs every task of the test, the API server's too, on it).
+#[derive(Clone, Default)]
+struct Captured(Arc<std::sync::Mutex<Vec<u8>>>);
+
+impl std::io::Write for Captured {
+    fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
+        self.0
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .extend_from_slice(bytes);
+        Ok(bytes.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+impl Captured {
+    fn text(&self) -> String {
+        String::from_utf8_lossy(&self.0.lock().unwrap_or_else(|e| e.into_inner())).into_owned()
+    }
+}
+
+// 10. An outside error that quotes the request back reaches the log with every secret blanked.
+#[tokio::test]
+async fn an_outside_error_quoting_the_request_logs_no_secret() {
+    let captured = Captured::default();
+    let writer = captured.clone();
+    let subscriber = tracing_subscriber::fmt()
+        .with_max_level(tracing::Level::TRACE)
+        .with_ansi(false)
+        .with_writer(move || writer.clone())
+        .finish();
+    let _logging = tracing::subscriber::set_default(subscriber);
+
+    let outside = agentpool_tests::outside::Outside::start(5).await;
+    let prefix = "echo-";
+    let mut vars = outside.settings();
+    vars.push(("POOL_NAME_PREFIX".into(), prefix.into()));
+    vars.push(("OUTBOUND_TIMEOUT_MS".into(), "2000".into()));
+    let settings = Settings::from_vars(vars.clone()).unwrap();
+    let provider = Arc::new(RailwayProvider::from_settings(&settings).unwrap());
+    let mut overrides: Vec<(&str, &str)> =
+        vars.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+    overrides.push(("POOL_MIN_IDLE", "0"));
+    let t = TestPool::with_provider(&overrides, &[], |_| provider).await;
+
+    // The deploy commit carries the gateway token and every tool's key; Railway quotes it.
+    outside.railway.inject(
+        Fault::EchoError,
+        Scope::Next {
+            op: Some("environmentPatchCommit".into()),
+            count: 1,
+        },
+    );
+    let (_, body) = t.post("/api/pool/replenish", json!({"count": 1})).await;
+    assert_eq!(body["errors"][0]["code"], "provider_failed", "{body}");
+    assert_eq!(outside.railway.stats().faults_of("EchoError"), 1);
+    let token: String = sqlx::query_scalar("SELECT gateway_token FROM instances")
+        .fetch_one(&t.pool.db)
+        .await
+        .unwrap();
+
+    let text = captured.text();
+    assert!(text.contains("graphql error"), "the message is logged");
+    assert!(text.contains("Invalid input"), "what Railway said is kept");
+    assert!(text.contains("[redacted]"), "what was sent is blanked");
+    for line in text.lines() {
+        assert!(!line.contains(&token), "the gateway token in the log: {line}");
+        assert!(
+            !line.contains(agentpool_tests::outside::RAILWAY_TOKEN),
+            "the Railway token in the log: {line}"
+        );
+        // OpenRouter's keys are `sk-or-v1-` and 64 hex digits (listings show `sk-or-v1-abc...`).
+        for (at, _) in line.match_indices("sk-or-v1-") {
+            let rest = &line[at + "sk-or-v1-".len()..];
+            let hex = rest.chars().take_while(char::is_ascii_hexdigit).count();
+            assert!(hex < 16, "an OpenRouter key in the log: {line}");
+        }
+    }
+}

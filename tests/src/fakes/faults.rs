@@ -55,6 +55,11 @@ pub enum Fault {
     Drop,
     /// The operation is carried out, then the connection closes without a response.
     LostReply,
+    /// Refused with an error whose message quotes the request back, as some APIs do with a bad
+    /// input: for GraphQL HTTP 200 whose error quotes the variables; for REST HTTP 422 whose
+    /// error quotes the body. Nothing is done. A client that logs the message unredacted logs
+    /// every secret it sent.
+    EchoError,
 }
 
 impl Fault {
@@ -67,6 +72,7 @@ impl Fault {
             Fault::Slow { .. } => "Slow",
             Fault::Drop => "Drop",
             Fault::LostReply => "LostReply",
+            Fault::EchoError => "EchoError",
         }
     }
 }
@@ -282,7 +288,17 @@ where
             let _ = run.await;
             dropped_connection()
         }
+        // The request is not at hand here: the fake's front door quotes it ([`echo_error`]).
+        Some(Fault::EchoError) => api.error(StatusCode::UNPROCESSABLE_ENTITY, "Invalid request"),
     }
+}
+
+/// The answer to [`Fault::EchoError`]: the error quotes what the request sent.
+pub fn echo_error<A: Fake + ?Sized>(api: &A, sent: &str) -> Response {
+    api.error(
+        StatusCode::UNPROCESSABLE_ENTITY,
+        &format!("Invalid request: {sent}"),
+    )
 }
 
 /// Runs `handle` on its own task, so a client that hangs up (a timeout, say) does not cancel an
@@ -317,6 +333,17 @@ pub async fn rest_gate<A: Fake>(
     };
     let op = format!("{} {template}", request.method());
     let fault = api.faults().admit(&op);
+    if fault == Some(Fault::EchoError) {
+        let (parts, body) = request.into_parts();
+        let body = axum::body::to_bytes(body, 1 << 20).await.unwrap_or_default();
+        let sent = format!(
+            "{}?{} {}",
+            parts.uri.path(),
+            parts.uri.query().unwrap_or(""),
+            String::from_utf8_lossy(&body)
+        );
+        return echo_error(&*api, &sent);
+    }
     detached(async move { apply(&*api, fault, &op, next.run(request)).await }).await
 }
 

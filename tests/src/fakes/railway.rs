@@ -666,6 +666,13 @@ async fn handle(inner: Arc<Inner>, headers: HeaderMap, body: Bytes) -> Response 
     };
     let op = request.root.name.clone();
     let fault = inner.faults.admit(&op);
+    if fault == Some(Fault::EchoError) {
+        // Railway's way: HTTP 200, the error quoting the input it refused.
+        return graphql_error(&format!(
+            "Invalid input: {}",
+            Value::Object(request.variables.clone())
+        ));
+    }
     apply(&*inner, fault, &op, async {
         match execute(&inner, &request) {
             Ok(value) => {
