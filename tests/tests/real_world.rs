@@ -373,3 +373,37 @@ async fn an_outside_error_quoting_the_request_logs_no_secret() {
         }
     }
 }
+
+// 7. A user's agent that answers is served, whatever its last deployment says.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_claimed_agent_comes_back_whatever_its_last_deployment_says() {
+    let fake = railway_fake().await;
+    let prefix = "back-";
+    let settings = railway(&fake, "shared", prefix, &[]);
+    let t = railway_pool(settings, prefix, &[("POOL_MIN_IDLE", "1")]).await;
+    wait_until(Duration::from_secs(20), || async {
+        t.tick().await;
+        t.count(Idle).await == 1
+    })
+    .await;
+    let (status, claimed) = t.claim("steadfast").await;
+    assert_eq!(status, StatusCode::OK, "{claimed}");
+    let id = claimed["instanceId"].as_str().unwrap().to_string();
+    let service = fake
+        .services()
+        .into_iter()
+        .find(|s| s.name == t.name_of(&id))
+        .unwrap();
+    // A redeploy failed; the deployment before it still serves.
+    assert!(fake.set_status(&service.id, agentpool_tests::fakes::railway::FAILED));
+    let report = t.tick_with(Mode::Reconcile).await;
+    assert_eq!(t.instance(&id).await.unwrap().status, Claimed, "{report:?}");
+
+    // Silent as well: crashed. Answering again: back to its user, the deployment still FAILED.
+    t.fault(&id, json!({"health": "fail"})).await;
+    let report = t.tick_with(Mode::Reconcile).await;
+    assert_eq!(t.instance(&id).await.unwrap().status, Crashed, "{report:?}");
+    t.fault(&id, json!({"health": "ok"})).await;
+    let report = t.tick_with(Mode::Reconcile).await;
+    assert_eq!(t.instance(&id).await.unwrap().status, Claimed, "{report:?}");
+}

@@ -148,7 +148,9 @@ async fn read_rows(pool: &Pool) -> Result<(DateTime<Utc>, Vec<Row>)> {
 /// Which runtimes to ask, least recently asked first, so that a tick cut short by its budget
 /// leaves the tail of the fleet for the next one to ask first. A kicked tick asks only `starting`
 /// runtimes (so new instances become idle quickly); the whole fleet is asked on the interval.
-/// A runtime whose resource the listing shows not running is not asked.
+/// A starting or idle runtime whose resource the listing shows not running is not asked (it is
+/// replaced anyway); a user's agent always is, since it may serve whatever its last deployment
+/// says.
 pub fn health_targets(
     rows: &[Row],
     resources: Option<&[ObservedResource]>,
@@ -175,9 +177,10 @@ pub fn health_targets(
             )
         })
         .filter(|row| {
-            not_running
-                .as_ref()
-                .is_none_or(|skip| !skip.contains(row.instance.name.as_str()))
+            matches!(row.instance.status, Claimed | Crashed)
+                || not_running
+                    .as_ref()
+                    .is_none_or(|skip| !skip.contains(row.instance.name.as_str()))
         })
         .filter(|row| row.instance.url.is_some())
         .collect();
