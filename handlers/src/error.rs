@@ -71,9 +71,10 @@ impl From<Error> for ApiError {
                 )
                 .retry_after(NO_IDLE_RETRY_AFTER)
             }
-            Error::ClaimFailed { .. } | Error::Provider { .. } | Error::Outbound { .. } => {
-                StatusCode::BAD_GATEWAY
-            }
+            Error::ClaimFailed { .. }
+            | Error::Provider { .. }
+            | Error::Outbound { .. }
+            | Error::ImplausibleListing { .. } => StatusCode::BAD_GATEWAY,
             Error::Db(db) if agentpool_core::db::unavailable(db) => {
                 tracing::error!(%error, "database unavailable");
                 return Self::new(

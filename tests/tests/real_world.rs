@@ -407,3 +407,103 @@ async fn a_claimed_agent_comes_back_whatever_its_last_deployment_says() {
     let report = t.tick_with(Mode::Reconcile).await;
     assert_eq!(t.instance(&id).await.unwrap().status, Claimed, "{report:?}");
 }
+
+/// A pool in railway mode with every tool, on the fakes of `outside`, `n` instances idle.
+async fn outside_pool(outside: &agentpool_tests::outside::Outside, prefix: &str, n: &str) -> TestPool {
+    let mut vars = outside.settings();
+    vars.push(("POOL_NAME_PREFIX".into(), prefix.into()));
+    vars.push(("OUTBOUND_TIMEOUT_MS".into(), "2000".into()));
+    let settings = Settings::from_vars(vars.clone()).unwrap();
+    let provider = Arc::new(RailwayProvider::from_settings(&settings).unwrap());
+    let mut overrides: Vec<(&str, &str)> =
+        vars.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+    overrides.push(("POOL_MIN_IDLE", n));
+    let t = TestPool::with_provider(&overrides, &[], |_| provider).await;
+    let n: i64 = n.parse().unwrap();
+    wait_until(Duration::from_secs(60), || async {
+        t.tick().await;
+        t.count(Idle).await == n && t.count(Starting).await == 0
+    })
+    .await;
+    t
+}
+
+/// Two reconciling ticks, each after `disturb` (absence is believed from two listings; the tests'
+/// grace period is 0), after which every instance idle before still is.
+async fn two_listings(t: &TestPool, disturb: impl Fn()) {
+    let idle = t.ids(Idle).await;
+    let mut reports = Vec::new();
+    for _ in 0..2 {
+        disturb();
+        reports.push(t.tick_with(Mode::Reconcile).await);
+    }
+    let still = t.ids(Idle).await;
+    let lost: Vec<String> = idle.into_iter().filter(|id| !still.contains(id)).collect();
+    assert!(lost.is_empty(), "{lost:?} lost: {reports:?}");
+}
+
+// 6. An implausible provider listing is not evidence of absence.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_implausible_railway_listing_destroys_nothing() {
+    let fake = railway_fake().await;
+    let prefix = "list-";
+    let settings = railway(&fake, "shared", prefix, &[]);
+    let t = railway_pool(settings, prefix, &[("POOL_MIN_IDLE", "2")]).await;
+    wait_until(Duration::from_secs(30), || async {
+        t.tick().await;
+        t.count(Idle).await == 2
+    })
+    .await;
+    for fault in [Fault::EmptyPage, Fault::NullData, Fault::ErrorIn200] {
+        two_listings(&t, || {
+            fake.inject(
+                fault.clone(),
+                Scope::Next {
+                    op: Some("project".into()),
+                    count: 1,
+                },
+            )
+        })
+        .await;
+    }
+    // What really goes is still found: one service deleted behind the pool's back.
+    let id = t.ids(Idle).await.remove(0);
+    let service = fake
+        .services()
+        .into_iter()
+        .find(|s| s.name == t.name_of(&id))
+        .unwrap();
+    assert!(fake.delete_service_behind_our_back(&service.id));
+    wait_until(Duration::from_secs(10), || async {
+        t.tick_with(Mode::Reconcile).await;
+        t.instance(&id).await.is_none_or(|i| i.status != Idle)
+    })
+    .await;
+}
+
+// 6. A tool listing that shifts while it is read, or comes back empty, loses no live resource.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_shifting_or_empty_tool_listing_loses_no_agent() {
+    let outside = agentpool_tests::outside::Outside::start(10).await;
+    let t = outside_pool(&outside, "shift-", "3").await;
+    for (fake, op) in [
+        (&outside.openrouter as &dyn Controls, "GET /api/v1/keys"),
+        (&outside.telnyx as &dyn Controls, "GET /v2/phone_numbers"),
+    ] {
+        for fault in [Fault::ShiftedPage { by: 1 }, Fault::EmptyPage] {
+            two_listings(&t, || {
+                fake.inject(
+                    fault.clone(),
+                    Scope::Next {
+                        op: Some(op.into()),
+                        count: 1,
+                    },
+                )
+            })
+            .await;
+        }
+        assert_eq!(fake.stats().faults_of("ShiftedPage"), 2, "{op}");
+        assert_eq!(fake.stats().faults_of("EmptyPage"), 2, "{op}");
+    }
+    outside.agrees_with(&t.pool.db, "shift-").await.unwrap();
+}

@@ -149,6 +149,11 @@ impl RailwayProvider {
                 .await
                 .map_err(|f| Error::outbound(SERVICE, step, f))?;
             let connection = &data[path[0]][path[1]];
+            // `project: null` (Railway's answer for a project it cannot show just now) is no
+            // empty project: an answer without the connection is not a listing.
+            if !connection["edges"].is_array() {
+                return Err(Error::outbound(SERVICE, step, Failure::BadReply));
+            }
             nodes.extend(edges(connection).map(|e| e["node"].clone()));
             match next_page(connection) {
                 Some(cursor) => variables["after"] = json!(cursor),
