@@ -3,13 +3,17 @@
 //! Without a key, a dashboard session (its cookie) stands in for it; a session's writes must also
 //! carry its CSRF token (see [`crate::web::session`]).
 
-use axum::extract::{Request, State};
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use axum::extract::{ConnectInfo, Request, State};
 use axum::http::header::AUTHORIZATION;
-use axum::http::HeaderValue;
+use axum::http::{HeaderValue, StatusCode};
 use axum::middleware::Next;
 use axum::response::Response;
 
 use agentpool_core::config::secrets_match;
+use agentpool_core::sessions::{self, Attempt};
 
 use crate::error::ApiError;
 use crate::state::AppState;
@@ -40,30 +44,73 @@ pub fn bearer_token(header: &HeaderValue) -> Option<&str> {
     scheme.eq_ignore_ascii_case("bearer").then(|| token.trim())
 }
 
-/// Identifies the caller; a wrong or malformed key is an error, no key is `Anonymous`.
-pub fn identify(
-    state: &AppState,
-    request: &Request,
-    allow_query_key: bool,
-) -> Result<Caller, ApiError> {
-    let expected = state.api_key.expose();
+/// The key a request presents: `None` if it presents none.
+fn presented_key(request: &Request, allow_query_key: bool) -> Result<Option<String>, ApiError> {
     if let Some(header) = request.headers().get(AUTHORIZATION) {
-        let given = bearer_token(header).ok_or_else(|| {
+        return bearer_token(header).map(|t| Some(t.to_string())).ok_or_else(|| {
             ApiError::unauthorized("Authorization must be `Bearer <POOL_API_KEY>`")
-        })?;
-        return if secrets_match(given, expected) {
-            Ok(Caller::Operator)
-        } else {
-            Err(ApiError::unauthorized("invalid API key"))
-        };
+        });
     }
     match query_key(request) {
         Some(_) if !allow_query_key => Err(ApiError::unauthorized(
             "the key query parameter is accepted only on SSE routes; send Authorization: Bearer <POOL_API_KEY>",
         )),
-        Some(given) if secrets_match(&given, expected) => Ok(Caller::Operator),
-        Some(_) => Err(ApiError::unauthorized("invalid API key")),
-        None => Ok(Caller::Anonymous),
+        given => Ok(given),
+    }
+}
+
+fn too_many(wait: Duration) -> ApiError {
+    let seconds = wait.as_secs() + u64::from(wait.subsec_nanos() > 0);
+    ApiError::new(
+        StatusCode::TOO_MANY_REQUESTS,
+        "too_many_wrong_keys",
+        format!("too many wrong keys from this client; try again in {seconds} s"),
+    )
+    .retry_after(u32::try_from(seconds).unwrap_or(u32::MAX))
+}
+
+/// The key a request presents, and who presents it; read before anything is awaited (a request
+/// cannot be held across an await in a handler's future).
+pub struct Presented {
+    key: Option<String>,
+    client: String,
+}
+
+impl Presented {
+    pub fn of(state: &AppState, request: &Request, allow_query_key: bool) -> Result<Self, ApiError> {
+        Ok(Self {
+            key: presented_key(request, allow_query_key)?,
+            client: session::client_id(
+                state,
+                request.headers(),
+                request.extensions().get::<ConnectInfo<SocketAddr>>(),
+            ),
+        })
+    }
+}
+
+/// Identifies the caller; a wrong or malformed key is an error, no key is `Anonymous`. Wrong keys
+/// earn their client the dashboard login's growing delay (per client, across replicas), during
+/// which even the right key is refused: a guess made then must not learn that it was right. A
+/// right key costs one read; a wrong one is counted.
+pub async fn identify(state: &AppState, presented: Presented) -> Result<Caller, ApiError> {
+    let Presented { key, client } = presented;
+    let Some(given) = key else {
+        return Ok(Caller::Anonymous);
+    };
+    let db = &state.pool.db;
+    if secrets_match(&given, state.api_key.expose()) {
+        match sessions::standing(db, &client).await? {
+            None => {}
+            Some(wait) if !wait.is_zero() => return Err(too_many(wait)),
+            Some(_) => sessions::forget_attempts(db, &client).await?,
+        }
+        return Ok(Caller::Operator);
+    }
+    tracing::warn!(client, "a wrong API key");
+    match sessions::attempt(db, &client).await? {
+        Attempt::Blocked { wait } => Err(too_many(wait)),
+        Attempt::Allowed { .. } => Err(ApiError::unauthorized("invalid API key")),
     }
 }
 
@@ -89,7 +136,8 @@ async fn require(
     next: Next,
     sse: bool,
 ) -> Result<Response, ApiError> {
-    let via = match identify(state, &request, sse)? {
+    let presented = Presented::of(state, &request, sse)?;
+    let via = match identify(state, presented).await? {
         Caller::Operator => Via::ApiKey,
         Caller::Anonymous => {
             let session = session::current(state, request.headers())

@@ -72,10 +72,16 @@ pub struct Settings {
     /// How long a dashboard login lasts.
     #[serde(default = "defaults::admin_session_ttl_ms")]
     pub admin_session_ttl_ms: u64,
-    /// A header that a trusted proxy in front of every replica sets to the client's address
-    /// (`x-forwarded-for`: its last entry), so that wrong keys are throttled per client rather than
-    /// per proxy. Unset: the peer address of the connection.
+    /// The header a trusted proxy sets to the client's address (default `x-forwarded-for`), so
+    /// that wrong keys are throttled per client rather than per proxy. Read only on requests from
+    /// `TRUSTED_PROXIES`.
     pub client_ip_header: Option<String>,
+    /// Proxies whose forwarded client address is believed: addresses or CIDR blocks,
+    /// comma-separated (`127.0.0.1, 10.0.0.0/8`). A request from one of them counts against the
+    /// nearest address in `CLIENT_IP_HEADER` that is not itself a trusted proxy; from anyone else
+    /// the header is ignored (it is the client's to forge). Unset: the peer address of the
+    /// connection, always.
+    pub trusted_proxies: Option<String>,
     #[serde(default = "defaults::stuck_timeout_ms")]
     pub pool_stuck_timeout_ms: u64,
     /// `serve` and `agentpool-scheduler` tick this often; `0` turns `serve`'s own timer off (for
@@ -291,6 +297,13 @@ pub fn parse_cron(expression: &str) -> Result<croner::Cron, String> {
         .map_err(|e| format!("{expression:?} is not a cron expression with seconds ({e})"))
 }
 
+/// A CIDR block, or one address as a block of its own.
+fn parse_net(entry: &str) -> Result<ipnet::IpNet, std::net::AddrParseError> {
+    entry
+        .parse::<ipnet::IpNet>()
+        .or_else(|_| entry.parse::<std::net::IpAddr>().map(ipnet::IpNet::from))
+}
+
 #[derive(Debug, thiserror::Error)]
 #[error("invalid setting {setting}: {problem}")]
 pub struct ConfigError {
@@ -375,6 +388,21 @@ impl Settings {
                     "must be at least 16 characters",
                 ));
             }
+        }
+        if let Some(proxies) = &self.trusted_proxies {
+            for entry in proxies.split(',').map(str::trim).filter(|e| !e.is_empty()) {
+                parse_net(entry).map_err(|_| {
+                    ConfigError::new(
+                        "TRUSTED_PROXIES",
+                        format!("{entry:?} is neither an IP address nor a CIDR block"),
+                    )
+                })?;
+            }
+        } else if self.client_ip_header.is_some() {
+            return Err(ConfigError::new(
+                "CLIENT_IP_HEADER",
+                "needs TRUSTED_PROXIES: a forwarded address is believed only from a proxy named there",
+            ));
         }
         if self.claim_timeout_ms <= self.provision_timeout_ms {
             return Err(ConfigError::new(
@@ -488,6 +516,14 @@ impl Settings {
         (self.tick_interval_ms > 0).then(|| Duration::from_millis(self.tick_interval_ms))
     }
     /// The scheduler's cron schedule, when `TICK_CRON` is set (checked at start-up).
+    /// `TRUSTED_PROXIES`, parsed (checked at start-up).
+    pub fn trusted_proxies(&self) -> Vec<ipnet::IpNet> {
+        self.trusted_proxies
+            .iter()
+            .flat_map(|p| p.split(','))
+            .filter_map(|entry| parse_net(entry.trim()).ok())
+            .collect()
+    }
     pub fn tick_cron(&self) -> Option<croner::Cron> {
         self.tick_cron.as_deref().and_then(|c| parse_cron(c).ok())
     }

@@ -507,3 +507,61 @@ async fn a_shifting_or_empty_tool_listing_loses_no_agent() {
     }
     outside.agrees_with(&t.pool.db, "shift-").await.unwrap();
 }
+
+/// `GET /api/pool/status` with `key`, through a proxy that says the client is `forwarded`.
+async fn status_as(t: &TestPool, key: &str, forwarded: &str) -> reqwest::Response {
+    t.http
+        .get(t.url("/api/pool/status"))
+        .bearer_auth(key)
+        .header("x-forwarded-for", forwarded)
+        .send()
+        .await
+        .unwrap()
+}
+
+// 9. Behind a trusted proxy, someone else's wrong keys lock nobody else out; wrong Bearer keys are
+// throttled; a forwarded address is believed only from a trusted proxy.
+#[tokio::test]
+async fn wrong_bearer_keys_are_throttled_per_client_behind_a_trusted_proxy() {
+    let t = TestPool::with(
+        &[("POOL_MIN_IDLE", "0"), ("TRUSTED_PROXIES", "127.0.0.1")],
+        &[],
+    )
+    .await;
+    let wrong = "wrong-key-0123456789abcdef";
+    // The proxy appends the address it saw; what comes before it is the client's to forge.
+    let attacker = "198.51.100.1, 203.0.113.9";
+    for _ in 0..2 {
+        let refused = status_as(&t, wrong, attacker).await;
+        assert_eq!(refused.status(), StatusCode::UNAUTHORIZED);
+    }
+    let blocked = status_as(&t, wrong, attacker).await;
+    assert_eq!(blocked.status(), StatusCode::TOO_MANY_REQUESTS);
+    assert!(blocked.headers().contains_key("retry-after"));
+    let body: Value = blocked.json().await.unwrap();
+    assert_eq!(body["code"], "too_many_wrong_keys", "{body}");
+    // Even the right key, from the client that is waiting.
+    let right = status_as(&t, &t.key, "203.0.113.9").await;
+    assert_eq!(right.status(), StatusCode::TOO_MANY_REQUESTS);
+    // The operator behind the same proxy, and the one it says the attacker forged, get in.
+    for operator in ["198.51.100.1", "192.0.2.44"] {
+        let ok = status_as(&t, &t.key, operator).await;
+        assert_eq!(ok.status(), StatusCode::OK, "{operator}");
+    }
+    let counted: Vec<String> = sqlx::query_scalar("SELECT client FROM admin_login_attempts")
+        .fetch_all(&t.pool.db)
+        .await
+        .unwrap();
+    assert_eq!(counted, vec!["203.0.113.9".to_string()]);
+
+    // Without TRUSTED_PROXIES the header is the client's own word: not believed.
+    let t = TestPool::with(&[("POOL_MIN_IDLE", "0")], &[]).await;
+    for _ in 0..2 {
+        status_as(&t, wrong, "203.0.113.9").await;
+    }
+    let counted: Vec<String> = sqlx::query_scalar("SELECT client FROM admin_login_attempts")
+        .fetch_all(&t.pool.db)
+        .await
+        .unwrap();
+    assert_eq!(counted, vec!["127.0.0.1".to_string()]);
+}

@@ -18,7 +18,7 @@ use agentpool_core::tick::{self, Mode, TickReport};
 use agentpool_core::Pool;
 use tokio_util::sync::CancellationToken;
 
-use crate::auth::{identify, Caller};
+use crate::auth::{identify, Caller, Presented};
 use crate::error::{ApiError, ApiResult, ErrorBody};
 use crate::extract::{JsonBody, OptionalJsonBody, Query};
 use crate::state::AppState;
@@ -222,7 +222,8 @@ pub async fn agents(
     Query(query): Query<PageQuery>,
     request: Request<axum::body::Body>,
 ) -> ApiResult<Json<AgentsPage>> {
-    let caller = identify(&state, &request, false)?;
+    let presented = Presented::of(&state, &request, false)?;
+    let caller = identify(&state, presented).await?;
     let (after, limit) = query.parse()?;
     let only = query.statuses()?;
     let only = only.as_deref();

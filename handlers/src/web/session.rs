@@ -6,7 +6,7 @@
 //! `EventSource` opens without headers) and, when the browser says where they come from, come
 //! from this host.
 
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::time::Duration;
 
 use axum::extract::ConnectInfo;
@@ -130,26 +130,57 @@ pub fn clear_cookie(headers: &HeaderMap, uri: &Uri) -> HeaderValue {
     cookie_header("", Duration::ZERO, over_https(headers, uri))
 }
 
-/// Who is trying keys, for the growing delay: the last address in `CLIENT_IP_HEADER` (the one the
-/// trusted proxy added; earlier ones are the client's to forge), else the connection's peer.
+/// Who is trying keys, for the growing delay: the connection's peer, unless it is one of
+/// `TRUSTED_PROXIES`; then the nearest address in `CLIENT_IP_HEADER` (default
+/// `x-forwarded-for`, read from its end) that is not a trusted proxy itself. What comes before it
+/// is the client's to forge, and is not read.
 pub fn client_id(
     state: &AppState,
     headers: &HeaderMap,
     peer: Option<&ConnectInfo<SocketAddr>>,
 ) -> String {
-    let from_proxy = state
+    let Some(ConnectInfo(peer)) = peer else {
+        return "unknown".to_string();
+    };
+    let trusted = state.pool.settings.trusted_proxies();
+    let is_trusted = |ip: &IpAddr| trusted.iter().any(|net| net.contains(ip));
+    let mut client = peer.ip();
+    if !is_trusted(&client) {
+        return client.to_string();
+    }
+    let header = state
         .pool
         .settings
         .client_ip_header
         .as_deref()
-        .and_then(|name| headers.get_all(name).iter().next_back())
-        .and_then(|value| value.to_str().ok())
-        .and_then(|value| value.rsplit(',').next())
-        .map(|addr| addr.trim().to_string())
-        .filter(|addr| !addr.is_empty());
-    from_proxy
-        .or_else(|| peer.map(|ConnectInfo(addr)| addr.ip().to_string()))
-        .unwrap_or_else(|| "unknown".to_string())
+        .unwrap_or("x-forwarded-for");
+    let forwarded: Vec<&str> = headers
+        .get_all(header)
+        .iter()
+        .filter_map(|value| value.to_str().ok())
+        .flat_map(|value| value.split(','))
+        .map(str::trim)
+        .collect();
+    for entry in forwarded.iter().rev() {
+        // Something that is no address ends what can be believed.
+        let Some(ip) = forwarded_ip(entry) else {
+            break;
+        };
+        client = ip;
+        if !is_trusted(&ip) {
+            break;
+        }
+    }
+    client.to_string()
+}
+
+/// An address as proxies write it: `203.0.113.1`, `203.0.113.1:5678`, `2001:db8::1` or
+/// `[2001:db8::1]:443`.
+fn forwarded_ip(entry: &str) -> Option<IpAddr> {
+    entry
+        .parse::<IpAddr>()
+        .ok()
+        .or_else(|| entry.parse::<SocketAddr>().ok().map(|a| a.ip()))
 }
 
 #[cfg(test)]
