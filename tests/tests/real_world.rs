@@ -565,3 +565,101 @@ async fn wrong_bearer_keys_are_throttled_per_client_behind_a_trusted_proxy() {
         .unwrap();
     assert_eq!(counted, vec!["127.0.0.1".to_string()]);
 }
+
+/// The project's migrations directory.
+fn migrations_dir() -> std::path::PathBuf {
+    std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../migrations")
+}
+
+// 12. Every migration from 0007 on bounds how long it waits for a lock.
+#[test]
+fn every_new_migration_sets_a_lock_timeout_first() {
+    let mut checked = 0;
+    for entry in std::fs::read_dir(migrations_dir()).unwrap() {
+        let path = entry.unwrap().path();
+        let name = path.file_name().unwrap().to_string_lossy().into_owned();
+        let number: u32 = name.split('_').next().unwrap().parse().unwrap();
+        // 0001–0006 landed before the rule; a landed migration is never edited.
+        if number < 7 {
+            continue;
+        }
+        let text = std::fs::read_to_string(&path).unwrap();
+        let first = text
+            .lines()
+            .map(str::trim)
+            .find(|l| !l.is_empty() && !l.starts_with("--"))
+            .unwrap_or_default();
+        assert!(
+            first.starts_with("SET LOCAL lock_timeout = '") && first.ends_with("';"),
+            "{name}: its first statement must be `SET LOCAL lock_timeout = '...';`, not {first:?}"
+        );
+        checked += 1;
+    }
+    assert!(checked > 0);
+}
+
+/// The project's migrations and one more, `probe`, in a directory of their own.
+async fn with_probe(probe: &str) -> (tempfile::TempDir, sqlx::migrate::Migrator) {
+    let dir = tempfile::tempdir().unwrap();
+    for entry in std::fs::read_dir(migrations_dir()).unwrap() {
+        let path = entry.unwrap().path();
+        std::fs::copy(&path, dir.path().join(path.file_name().unwrap())).unwrap();
+    }
+    std::fs::write(dir.path().join("0900_probe.sql"), probe).unwrap();
+    let migrator = sqlx::migrate::Migrator::new(dir.path()).await.unwrap();
+    (dir, migrator)
+}
+
+// 12. A migration that needs a lock an old replica holds never holds claims up for longer than its
+// lock_timeout: it gives up, claims go on, and it is applied once the lock is free.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn claims_go_on_while_a_migration_waits_for_a_lock() {
+    let t = TestPool::with(&[("POOL_MIN_IDLE", "0")], &[]).await;
+    let (_dir, migrator) = with_probe(
+        "SET LOCAL lock_timeout = '200ms';\nALTER TABLE instances ADD COLUMN probe INT;\n",
+    )
+    .await;
+    // An old replica's long transaction that has read the instances table.
+    let mut blocker = t.pool.db.begin().await.unwrap();
+    sqlx::query("SELECT count(*) FROM instances")
+        .execute(&mut *blocker)
+        .await
+        .unwrap();
+    let migrating = tokio::spawn({
+        let db = t.pool.db.clone();
+        async move { agentpool_core::db::migrate_with(&db, &migrator).await }
+    });
+    // The migration asks for its lock (and queues every claim behind it while it waits).
+    wait_until(Duration::from_secs(10), || async {
+        sqlx::query_scalar::<_, i64>(
+            "SELECT count(*) FROM pg_locks WHERE relation = 'instances'::regclass
+              AND mode = 'AccessExclusiveLock'",
+        )
+        .fetch_one(&t.pool.db)
+        .await
+        .unwrap()
+            > 0
+    })
+    .await;
+    // Claims under load, the old transaction still open: each is answered (the pool is empty).
+    let load = async {
+        for _ in 0..30 {
+            let (status, body) = t.claim("during-migrate").await;
+            assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{body}");
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(30), load)
+        .await
+        .expect("claims held up behind the migration's lock");
+    assert!(!migrating.is_finished(), "the migration went ahead of the lock");
+    blocker.rollback().await.unwrap();
+    migrating.await.unwrap().expect("applied once the lock is free");
+    let probe: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM information_schema.columns
+          WHERE table_name = 'instances' AND column_name = 'probe'",
+    )
+    .fetch_one(&t.pool.db)
+    .await
+    .unwrap();
+    assert_eq!(probe, 1);
+}
