@@ -47,9 +47,11 @@ pub fn bearer_token(header: &HeaderValue) -> Option<&str> {
 /// The key a request presents: `None` if it presents none.
 fn presented_key(request: &Request, allow_query_key: bool) -> Result<Option<String>, ApiError> {
     if let Some(header) = request.headers().get(AUTHORIZATION) {
-        return bearer_token(header).map(|t| Some(t.to_string())).ok_or_else(|| {
-            ApiError::unauthorized("Authorization must be `Bearer <POOL_API_KEY>`")
-        });
+        return bearer_token(header)
+            .map(|t| Some(t.to_string()))
+            .ok_or_else(|| {
+                ApiError::unauthorized("Authorization must be `Bearer <POOL_API_KEY>`")
+            });
     }
     match query_key(request) {
         Some(_) if !allow_query_key => Err(ApiError::unauthorized(
@@ -77,7 +79,11 @@ pub struct Presented {
 }
 
 impl Presented {
-    pub fn of(state: &AppState, request: &Request, allow_query_key: bool) -> Result<Self, ApiError> {
+    pub fn of(
+        state: &AppState,
+        request: &Request,
+        allow_query_key: bool,
+    ) -> Result<Self, ApiError> {
         Ok(Self {
             key: presented_key(request, allow_query_key)?,
             client: session::client_id(

@@ -932,9 +932,15 @@ fn nginx_problems(file: &str, text: &str) -> Vec<String> {
                 .collect::<Vec<_>>()
                 .join(" "),
         };
-        let leaks = ["$request", "$request_uri", "$args", "$query_string", "$http_referer"]
-            .iter()
-            .any(|var| names_variable(&text, var))
+        let leaks = [
+            "$request",
+            "$request_uri",
+            "$args",
+            "$query_string",
+            "$http_referer",
+        ]
+        .iter()
+        .any(|var| names_variable(&text, var))
             || text.contains("$arg_");
         if leaks {
             problems.push(format!(
@@ -2152,7 +2158,10 @@ async fn the_dashboard_works_behind_nginx_and_no_key_reaches_its_log() {
         .unwrap();
     wait_until(Duration::from_secs(30), || async {
         let said = std::fs::read_to_string(&errors).unwrap_or_default();
-        assert!(!said.contains("[emerg]"), "nginx refused the configuration: {said}");
+        assert!(
+            !said.contains("[emerg]"),
+            "nginx refused the configuration: {said}"
+        );
         http.get(format!("{base}/healthz"))
             .send()
             .await
@@ -2168,7 +2177,12 @@ async fn the_dashboard_works_behind_nginx_and_no_key_reaches_its_log() {
         .send()
         .await
         .unwrap();
-    assert_eq!(login.status(), StatusCode::SEE_OTHER, "{:?}", login.text().await);
+    assert_eq!(
+        login.status(),
+        StatusCode::SEE_OTHER,
+        "{:?}",
+        login.text().await
+    );
     let cookie = login.headers()["set-cookie"]
         .to_str()
         .unwrap()
@@ -2215,7 +2229,11 @@ async fn the_dashboard_works_behind_nginx_and_no_key_reaches_its_log() {
             .await
             .unwrap();
         assert_eq!(stream.status(), StatusCode::OK);
-        assert!(stream.text().await.unwrap().contains(r#""type":"complete""#));
+        assert!(stream
+            .text()
+            .await
+            .unwrap()
+            .contains(r#""type":"complete""#));
     }
     wait_until(Duration::from_secs(10), || async {
         std::fs::read_to_string(&access)

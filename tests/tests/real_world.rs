@@ -74,11 +74,7 @@ fn ours(fake: &RailwayFake, prefix: &str) -> Vec<String> {
 // 13. A claim that finds the pool empty on a later attempt: 503, not 502.
 #[tokio::test]
 async fn a_claim_that_runs_the_pool_dry_answers_503_no_idle_instance() {
-    let t = TestPool::with(
-        &[("POOL_MIN_IDLE", "1"), ("CLAIM_MAX_ATTEMPTS", "3")],
-        &[],
-    )
-    .await;
+    let t = TestPool::with(&[("POOL_MIN_IDLE", "1"), ("CLAIM_MAX_ATTEMPTS", "3")], &[]).await;
     t.fill(1).await;
     let id = t.ids(Idle).await.remove(0);
     t.fault(&id, json!({"provision": "fail"})).await;
@@ -115,9 +111,15 @@ async fn a_tick_cut_short_is_not_recorded_as_a_success() {
     // Shutting down: the tick stops before its health checks.
     let stopped = CancellationToken::new();
     stopped.cancel();
-    let report = tick::run_until(&t.pool, Mode::Full, &stopped).await.unwrap();
+    let report = tick::run_until(&t.pool, Mode::Full, &stopped)
+        .await
+        .unwrap();
     assert!(report.cut_short.is_some(), "{report:?}");
-    assert_eq!(ticks().await, before, "a tick cut short counted as a success");
+    assert_eq!(
+        ticks().await,
+        before,
+        "a tick cut short counted as a success"
+    );
 
     let slot = chrono::Utc::now();
     let report = slots::run(&t.pool, slot, "test", &stopped).await.unwrap();
@@ -226,7 +228,10 @@ async fn the_public_listing_hides_ids_and_finds_live_agents_anywhere() {
         };
         let decoded = String::from_utf8(hex::decode(cursor).unwrap()).unwrap();
         for id in &ids {
-            assert!(!decoded.contains(id.as_str()), "cursor {decoded} names {id}");
+            assert!(
+                !decoded.contains(id.as_str()),
+                "cursor {decoded} names {id}"
+            );
         }
         after = Some(cursor.to_string());
     }
@@ -239,7 +244,15 @@ async fn the_public_listing_hides_ids_and_finds_live_agents_anywhere() {
     assert_eq!(status, StatusCode::OK, "{page}");
     assert_eq!(page["claimed"][0]["agentName"], "found-anywhere", "{page}");
     assert_eq!(page["idle"].as_array().unwrap().len(), 0);
-    let html = t.http.get(t.url("/")).send().await.unwrap().text().await.unwrap();
+    let html = t
+        .http
+        .get(t.url("/"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
     assert!(html.contains("found-anywhere"), "the public page misses it");
     let (status, body) = t.get_public("/api/pool/agents?status=alive").await;
     assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
@@ -255,7 +268,12 @@ async fn no_railway_volume_is_left_by_a_rollback_or_a_teardown_by_name() {
     ] {
         let fake = railway_fake().await;
         let prefix = "vol-";
-        let settings = railway(&fake, "shared", prefix, &[("RAILWAY_VOLUME_MOUNT", "/data")]);
+        let settings = railway(
+            &fake,
+            "shared",
+            prefix,
+            &[("RAILWAY_VOLUME_MOUNT", "/data")],
+        );
         fake.inject(
             fault,
             Scope::Next {
@@ -267,19 +285,31 @@ async fn no_railway_volume_is_left_by_a_rollback_or_a_teardown_by_name() {
         let (_, body) = t.post("/api/pool/replenish", json!({"count": 1})).await;
         assert_eq!(body["errors"][0]["code"], "provider_failed", "{op}: {body}");
         assert_eq!(fake.stats().requests_for("volumeCreate"), 1, "{op}");
-        assert!(ours(&fake, prefix).is_empty(), "{op}: {:?}", ours(&fake, prefix));
+        assert!(
+            ours(&fake, prefix).is_empty(),
+            "{op}: {:?}",
+            ours(&fake, prefix)
+        );
         assert!(fake.volumes().is_empty(), "{op}: {:?}", fake.volumes());
     }
 
     // A creation whose creator died before recording its service: destroyed by name.
     let fake = railway_fake().await;
     let prefix = "byname-";
-    let settings = railway(&fake, "shared", prefix, &[("RAILWAY_VOLUME_MOUNT", "/data")]);
+    let settings = railway(
+        &fake,
+        "shared",
+        prefix,
+        &[("RAILWAY_VOLUME_MOUNT", "/data")],
+    );
     let t = railway_pool(settings, prefix, &[]).await;
     let (status, body) = t.post("/api/pool/replenish", json!({"count": 1})).await;
     assert_eq!(status, StatusCode::OK, "{body}");
     assert_eq!(fake.volumes().len(), 1);
-    sqlx::query("DELETE FROM instance_infra").execute(&t.pool.db).await.unwrap();
+    sqlx::query("DELETE FROM instance_infra")
+        .execute(&t.pool.db)
+        .await
+        .unwrap();
     sqlx::query("UPDATE instances SET status = 'destroying', status_since = now()")
         .execute(&t.pool.db)
         .await
@@ -357,7 +387,10 @@ async fn an_outside_error_quoting_the_request_logs_no_secret() {
 
     let text = captured.text();
     for line in text.lines() {
-        assert!(!line.contains(&token), "the gateway token in the log: {line}");
+        assert!(
+            !line.contains(&token),
+            "the gateway token in the log: {line}"
+        );
         assert!(
             !line.contains(agentpool_tests::outside::RAILWAY_TOKEN),
             "the Railway token in the log: {line}"
@@ -409,7 +442,11 @@ async fn a_claimed_agent_comes_back_whatever_its_last_deployment_says() {
 }
 
 /// A pool in railway mode with every tool, on the fakes of `outside`, `n` instances idle.
-async fn outside_pool(outside: &agentpool_tests::outside::Outside, prefix: &str, n: &str) -> TestPool {
+async fn outside_pool(
+    outside: &agentpool_tests::outside::Outside,
+    prefix: &str,
+    n: &str,
+) -> TestPool {
     let mut vars = outside.settings();
     vars.push(("POOL_NAME_PREFIX".into(), prefix.into()));
     vars.push(("OUTBOUND_TIMEOUT_MS".into(), "2000".into()));
@@ -651,9 +688,15 @@ async fn claims_go_on_while_a_migration_waits_for_a_lock() {
     tokio::time::timeout(Duration::from_secs(30), load)
         .await
         .expect("claims held up behind the migration's lock");
-    assert!(!migrating.is_finished(), "the migration went ahead of the lock");
+    assert!(
+        !migrating.is_finished(),
+        "the migration went ahead of the lock"
+    );
     blocker.rollback().await.unwrap();
-    migrating.await.unwrap().expect("applied once the lock is free");
+    migrating
+        .await
+        .unwrap()
+        .expect("applied once the lock is free");
     let probe: i64 = sqlx::query_scalar(
         "SELECT count(*) FROM information_schema.columns
           WHERE table_name = 'instances' AND column_name = 'probe'",

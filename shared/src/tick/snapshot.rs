@@ -212,7 +212,12 @@ async fn confirm_absences(
         let missing: Vec<(String, String)> = expected
             .iter()
             .filter(|t| !listed.contains(t.resource_id.as_str()))
-            .map(|t| (t.resource_id.clone(), settled[t.instance_id.as_str()].to_string()))
+            .map(|t| {
+                (
+                    t.resource_id.clone(),
+                    settled[t.instance_id.as_str()].to_string(),
+                )
+            })
             .collect();
         let mut judged = plausible;
         for (resource_id, name) in missing {
@@ -232,11 +237,7 @@ async fn confirm_absences(
                     name,
                 }),
                 Some(Err(e)) => {
-                    report.error(
-                        &format!("looking up a {} resource", tool.step()),
-                        None,
-                        &e,
-                    );
+                    report.error(&format!("looking up a {} resource", tool.step()), None, &e);
                     judged = false;
                 }
             }

@@ -418,7 +418,9 @@ pub async fn rest_gate<A: Fake>(
     let fault = api.faults().admit(&op);
     if fault == Some(Fault::EchoError) {
         let (parts, body) = request.into_parts();
-        let body = axum::body::to_bytes(body, 1 << 20).await.unwrap_or_default();
+        let body = axum::body::to_bytes(body, 1 << 20)
+            .await
+            .unwrap_or_default();
         let sent = format!(
             "{}?{} {}",
             parts.uri.path(),
