@@ -4,16 +4,14 @@
 //! carry its CSRF token (see [`crate::web::session`]).
 
 use std::net::SocketAddr;
-use std::time::Duration;
 
 use axum::extract::{ConnectInfo, Request, State};
 use axum::http::header::AUTHORIZATION;
-use axum::http::{HeaderValue, StatusCode};
+use axum::http::HeaderValue;
 use axum::middleware::Next;
 use axum::response::Response;
 
 use agentpool_core::config::secrets_match;
-use agentpool_core::sessions::{self, Attempt};
 
 use crate::error::ApiError;
 use crate::state::AppState;
@@ -61,16 +59,6 @@ fn presented_key(request: &Request, allow_query_key: bool) -> Result<Option<Stri
     }
 }
 
-fn too_many(wait: Duration) -> ApiError {
-    let seconds = wait.as_secs() + u64::from(wait.subsec_nanos() > 0);
-    ApiError::new(
-        StatusCode::TOO_MANY_REQUESTS,
-        "too_many_wrong_keys",
-        format!("too many wrong keys from this client; try again in {seconds} s"),
-    )
-    .retry_after(u32::try_from(seconds).unwrap_or(u32::MAX))
-}
-
 /// The key a request presents, and who presents it; read before anything is awaited (a request
 /// cannot be held across an await in a handler's future).
 pub struct Presented {
@@ -104,20 +92,12 @@ pub async fn identify(state: &AppState, presented: Presented) -> Result<Caller, 
     let Some(given) = key else {
         return Ok(Caller::Anonymous);
     };
-    let db = &state.pool.db;
     if secrets_match(&given, state.api_key.expose()) {
-        match sessions::standing(db, &client).await? {
-            None => {}
-            Some(wait) if !wait.is_zero() => return Err(too_many(wait)),
-            Some(_) => sessions::forget_attempts(db, &client).await?,
-        }
+        session::let_right_key_in(state, &client).await?;
         return Ok(Caller::Operator);
     }
     tracing::warn!(client, "a wrong API key");
-    match sessions::attempt(db, &client).await? {
-        Attempt::Blocked { wait } => Err(too_many(wait)),
-        Attempt::Allowed { .. } => Err(ApiError::unauthorized("invalid API key")),
-    }
+    Err(session::count_wrong_key(state, &client).await?)
 }
 
 /// How an operator request was let in, for handlers that record who did what.

@@ -52,7 +52,9 @@ fn railway(fake: &RailwayFake, layout: &str, prefix: &str, extra: &[(&str, &str)
 
 /// A pool on the Railway fake: `TestPool`'s settings, the provider built from `settings`.
 async fn railway_pool(settings: Settings, prefix: &str, overrides: &[(&str, &str)]) -> TestPool {
-    let provider = Arc::new(RailwayProvider::from_settings(&settings).unwrap());
+    let provider = Arc::new(
+        RailwayProvider::from_settings(&settings.providers.railway, &settings.outbound).unwrap(),
+    );
     let mut all = vec![("POOL_MIN_IDLE", "0"), ("POOL_NAME_PREFIX", prefix)];
     all.extend_from_slice(overrides);
     TestPool::with_provider(&all, &[], |_| provider).await
@@ -363,7 +365,9 @@ async fn an_outside_error_quoting_the_request_logs_no_secret() {
     vars.push(("POOL_NAME_PREFIX".into(), prefix.into()));
     vars.push(("OUTBOUND_TIMEOUT_MS".into(), "2000".into()));
     let settings = Settings::from_vars(vars.clone()).unwrap();
-    let provider = Arc::new(RailwayProvider::from_settings(&settings).unwrap());
+    let provider = Arc::new(
+        RailwayProvider::from_settings(&settings.providers.railway, &settings.outbound).unwrap(),
+    );
     let mut overrides: Vec<(&str, &str)> =
         vars.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
     overrides.push(("POOL_MIN_IDLE", "0"));
@@ -451,7 +455,9 @@ async fn outside_pool(
     vars.push(("POOL_NAME_PREFIX".into(), prefix.into()));
     vars.push(("OUTBOUND_TIMEOUT_MS".into(), "2000".into()));
     let settings = Settings::from_vars(vars.clone()).unwrap();
-    let provider = Arc::new(RailwayProvider::from_settings(&settings).unwrap());
+    let provider = Arc::new(
+        RailwayProvider::from_settings(&settings.providers.railway, &settings.outbound).unwrap(),
+    );
     let mut overrides: Vec<(&str, &str)> =
         vars.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
     overrides.push(("POOL_MIN_IDLE", n));

@@ -341,7 +341,10 @@ async fn a_scheduler_ticks_a_serve_over_http_and_a_refused_tick_is_not_fatal() {
                 .any(|said| f["error"].as_str().unwrap().contains(said))),
         "{failed:?}"
     );
-    assert!(failed[0]["error"].as_str().unwrap().contains("unauthorized"));
+    assert!(failed[0]["error"]
+        .as_str()
+        .unwrap()
+        .contains("unauthorized"));
     assert!(refused.events("tick").is_empty(), "{}", refused.text());
     assert!(!refused.text().contains("not-the-key"), "the key leaked");
 

@@ -130,6 +130,37 @@ pub fn clear_cookie(headers: &HeaderMap, uri: &Uri) -> HeaderValue {
     cookie_header("", Duration::ZERO, over_https(headers, uri))
 }
 
+fn too_many(wait: Duration) -> ApiError {
+    let seconds = wait.as_secs() + u64::from(wait.subsec_nanos() > 0);
+    ApiError::new(
+        StatusCode::TOO_MANY_REQUESTS,
+        "too_many_wrong_keys",
+        format!("too many wrong keys from this client; try again in {seconds} s"),
+    )
+    .retry_after(u32::try_from(seconds).unwrap_or(u32::MAX))
+}
+
+/// A right API key from `client`: refused (429) while the client waits out its wrong keys, since
+/// a guess made then must not learn that it was right; else its wrong keys are forgotten. One
+/// read when the client has no record, the common case.
+pub async fn let_right_key_in(state: &AppState, client: &str) -> ApiResult<()> {
+    let db = &state.pool.db;
+    match sessions::standing(db, client).await? {
+        None => Ok(()),
+        Some(wait) if !wait.is_zero() => Err(too_many(wait)),
+        Some(_) => Ok(sessions::forget_attempts(db, client).await?),
+    }
+}
+
+/// A wrong API key from `client`, counted as a wrong login is: the answer is 401, or 429 while the
+/// client must wait.
+pub async fn count_wrong_key(state: &AppState, client: &str) -> ApiResult<ApiError> {
+    Ok(match sessions::attempt(&state.pool.db, client).await? {
+        sessions::Attempt::Blocked { wait } => too_many(wait),
+        sessions::Attempt::Allowed { .. } => ApiError::unauthorized("invalid API key"),
+    })
+}
+
 /// Who is trying keys, for the growing delay: the connection's peer, unless it is one of
 /// `TRUSTED_PROXIES`; then the nearest address in `CLIENT_IP_HEADER` (default
 /// `x-forwarded-for`, read from its end) that is not a trusted proxy itself. What comes before it
@@ -142,7 +173,7 @@ pub fn client_id(
     let Some(ConnectInfo(peer)) = peer else {
         return "unknown".to_string();
     };
-    let trusted = state.pool.settings.trusted_proxies();
+    let trusted = state.pool.settings.dashboard.trusted_proxies();
     let is_trusted = |ip: &IpAddr| trusted.iter().any(|net| net.contains(ip));
     let mut client = peer.ip();
     if !is_trusted(&client) {
@@ -151,6 +182,7 @@ pub fn client_id(
     let header = state
         .pool
         .settings
+        .dashboard
         .client_ip_header
         .as_deref()
         .unwrap_or("x-forwarded-for");
