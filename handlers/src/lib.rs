@@ -2,6 +2,7 @@
 //! runs it (`serve`, `dev`, Lambda), and the browser dashboard (`web`).
 
 pub mod auth;
+pub mod chart;
 pub mod dev;
 pub mod error;
 pub mod extract;
@@ -11,6 +12,7 @@ pub mod openapi;
 pub mod request_id;
 pub mod routes;
 pub mod serve;
+pub mod simulate;
 pub mod state;
 pub mod web;
 

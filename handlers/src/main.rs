@@ -41,6 +41,9 @@ enum Command {
         #[arg(long, requires = "name")]
         record: Option<std::path::PathBuf>,
     },
+    /// Replay a claim trace through the tick's plan on a virtual clock: misses and idle
+    /// instance-hours per sizing policy, and (`--recommend`) the cheapest policy to apply.
+    Simulate(agentpool::simulate::Args),
     /// Exit 0 if `GET /healthz` of the `serve` on this host's `PORT` answers 200 (for container
     /// health checks in images without an HTTP client).
     Healthcheck,
@@ -97,6 +100,7 @@ async fn run(command: Command) -> anyhow::Result<()> {
             println!("{}", serde_json::to_string_pretty(&report)?);
             Ok(())
         }
+        Command::Simulate(args) => agentpool::simulate::run(args),
         Command::Healthcheck => {
             let port = settings()?.server.port;
             agentpool::healthcheck::probe(port)

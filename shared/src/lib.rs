@@ -14,11 +14,11 @@
 mod vocabulary;
 pub use vocabulary::{calls, config, domain, error, progress};
 mod queries;
-pub use queries::{db, instances, lease, listing, metrics, pool_size, services, sessions};
+pub use queries::{db, instances, lease, listing, metrics, pool_size, samples, services, sessions};
 mod outside;
 pub use outside::{outbound, providers, runtime, tools};
 mod pipelines;
-pub use pipelines::{claim, creation, gate, tick};
+pub use pipelines::{claim, creation, gate, simulate, tick};
 
 pub mod stub_agent;
 

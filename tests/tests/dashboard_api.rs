@@ -499,3 +499,160 @@ async fn qr_codes_are_for_operators_and_bounded() {
     let (status, _) = t.get("/admin/qr.svg").await;
     assert_eq!(status, StatusCode::BAD_REQUEST);
 }
+
+/// The sizing policy through the API: refused with a 400 naming the field when it is wrong
+/// (overlapping windows, an unknown zone, a cron that is not a window, a window above maxTotal),
+/// stored and shown when right, planned with by the tick (its target and why in the report,
+/// `/metrics` and the dashboard's chart), and followed down: once the window is gone and the
+/// cool-down is zero, the idle surplus is destroyed oldest first.
+#[tokio::test]
+async fn sizing_policy_is_validated_stored_planned_with_and_followed_down() {
+    let t = TestPool::with(&[("POOL_MIN_IDLE", "1"), ("POOL_MAX_TOTAL", "6")], &[]).await;
+    let url = t.url("/api/pool/settings");
+    let put = |body: Value| t.send(t.http.put(&url).bearer_auth(&t.key).json(&body));
+    let window = |cron: &str, min_idle: u32| json!({"cron": cron, "minIdle": min_idle});
+    let bad = [
+        (
+            json!({"sizing": {"schedules": [window("* 8-17 * * 1-5", 3), window("* 17-20 * * *", 2)]}}),
+            "overlaps sizing.schedules[0].cron",
+        ),
+        (
+            json!({"sizing": {"timezone": "Mars/Olympus"}}),
+            "sizing.timezone",
+        ),
+        (
+            json!({"sizing": {"schedules": [window("30 8 * * *", 2)]}}),
+            "sizing.schedules[0].cron",
+        ),
+        (
+            json!({"sizing": {"schedules": [window("* 8 * * *", 7)]}}),
+            "maxTotal",
+        ),
+        (json!({"sizing": {"windows": []}}), "unknown field"),
+    ];
+    for (body, says) in bad {
+        let (status, reply) = put(body.clone()).await;
+        assert_eq!(status, StatusCode::BAD_REQUEST, "{body}: {reply}");
+        assert_eq!(reply["code"], "invalid_request", "{reply}");
+        assert!(
+            reply["error"].as_str().unwrap_or("").contains(says),
+            "{body}: {reply}"
+        );
+    }
+    let (_, unchanged) = t.get("/api/pool/settings").await;
+    assert_eq!(unchanged["source"], "environment", "{unchanged}");
+    assert_eq!(unchanged["sizing"]["schedules"], json!([]), "{unchanged}");
+    // Documented: the body, the policy and the tick's target.
+    let (_, doc) = t.get_public("/openapi.json").await;
+    let schemas = &doc["components"]["schemas"];
+    for name in ["SizingPolicy", "ScheduleWindow", "DemandReaction", "Target"] {
+        assert!(
+            schemas.get(name).is_some(),
+            "{name} missing from the OpenAPI document"
+        );
+    }
+    assert!(schemas["SizeBody"]["properties"].get("sizing").is_some());
+
+    // A window covering every hour, in a zone with a half-hour offset.
+    let policy = json!({
+        "timezone": "Asia/Kolkata",
+        "schedules": [window("* * * * *", 3)],
+        "demand": {"bootSeconds": 90, "factor": 1.5},
+        "cooldownSeconds": 0,
+    });
+    let (status, saved) = put(json!({"sizing": policy})).await;
+    assert_eq!(status, StatusCode::OK, "{saved}");
+    assert_eq!(saved["sizing"], policy, "{saved}");
+    assert_eq!(saved["minIdle"], 1);
+    // Lowering maxTotal below a kept window is refused too.
+    let (status, reply) = put(json!({"maxTotal": 2})).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{reply}");
+
+    let report = t.tick().await;
+    let target = report.target.clone().expect("a target");
+    assert_eq!((target.min_idle, target.base), (3, 1), "{target:?}");
+    assert_eq!(target.window.as_deref(), Some("* * * * *"));
+    assert!(target.reason.contains("Asia/Kolkata"), "{}", target.reason);
+    assert_eq!(report.created.len(), 3, "{report:?}");
+    t.fill(3).await;
+    let metrics = t
+        .http
+        .get(t.url("/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        metrics.contains("agentpool_pool_target_idle 3"),
+        "{metrics}"
+    );
+    let chart = t
+        .http
+        .get(t.url("/admin/sizing.svg"))
+        .bearer_auth(&t.key)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(chart.status(), StatusCode::OK);
+    assert_eq!(chart.headers()["content-type"], "image/svg+xml");
+    let svg = chart.text().await.unwrap();
+    assert!(
+        svg.starts_with("<svg") && svg.contains("claims per hour"),
+        "{svg}"
+    );
+    // The claim-less day has no bars; the ticks' samples draw the idle and target lines.
+    assert_eq!(svg.matches("<path").count(), 1 + 2 + 2, "{svg}");
+
+    // The window gone: the base (1) applies and, with no cool-down, two idle agents go, oldest
+    // first, through the fenced transition.
+    let (status, _) = put(json!({"sizing": {"cooldownSeconds": 0}})).await;
+    assert_eq!(status, StatusCode::OK);
+    let idle_before = t.ids(Idle).await;
+    let report = t.tick().await;
+    let shrunk: Vec<&str> = report
+        .transitions
+        .iter()
+        .filter(|m| m.reason.starts_with("surplus"))
+        .map(|m| m.id.as_str())
+        .collect();
+    assert_eq!(
+        shrunk,
+        idle_before[..2]
+            .iter()
+            .map(String::as_str)
+            .collect::<Vec<_>>()
+    );
+    assert_eq!(report.destroyed.len(), 2, "{report:?}");
+    assert_eq!(t.count(Idle).await, 1);
+}
+
+/// Demand the pool did not meet counts: a claim that finds nothing idle is recorded with its time,
+/// and the next tick's demand reaction covers it (1 claim in 5 minutes × 600 s boot = 2).
+#[tokio::test]
+async fn a_claim_that_misses_raises_the_demand_target() {
+    let t = TestPool::with(&[("POOL_MIN_IDLE", "0"), ("POOL_MAX_TOTAL", "6")], &[]).await;
+    let (status, saved) = t
+        .send(
+            t.http
+                .put(t.url("/api/pool/settings"))
+                .bearer_auth(&t.key)
+                .json(&json!({"sizing": {"demand": {"bootSeconds": 600, "factor": 1.0}}})),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{saved}");
+    let report = t.tick().await;
+    assert_eq!(report.target.as_ref().map(|t| t.min_idle), Some(0));
+    let (status, body) = t.claim("early").await;
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{body}");
+    let report = t.tick().await;
+    let target = report.target.clone().expect("a target");
+    assert_eq!((target.min_idle, target.demand), (2, 2), "{target:?}");
+    assert!(
+        target.reason.starts_with("demand: 2 (1 claims in 5 min"),
+        "{}",
+        target.reason
+    );
+    assert_eq!(report.created.len(), 2, "{report:?}");
+}

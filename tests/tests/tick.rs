@@ -307,3 +307,63 @@ async fn replenish_and_drain_counts() {
     let (_, body) = t.post("/api/pool/drain", json!({"count": 50})).await;
     assert_eq!(body["drained"], 3);
 }
+
+/// Shrinking never takes an agent being claimed: the tick decides to destroy the two oldest idle
+/// agents, a claim takes the oldest before the plan is carried out, and only the other goes (the
+/// move is fenced by the `status_since` it was decided on).
+#[tokio::test]
+async fn a_claim_racing_a_shrink_keeps_its_agent() {
+    use agentpool_core::config::SizingPolicy;
+    use agentpool_core::domain::Actor;
+    use agentpool_core::gate::Gate;
+    use agentpool_core::pool_size::{self, SizeChange};
+    use agentpool_core::tick::{execute, plan, snapshot, TickReport};
+
+    let t = TestPool::start().await;
+    t.fill(3).await;
+    let change = SizeChange {
+        min_idle: Some(1),
+        max_total: None,
+        sizing: Some(SizingPolicy {
+            cooldown_seconds: 0,
+            ..SizingPolicy::default()
+        }),
+    };
+    pool_size::set(
+        &t.pool.db,
+        &t.pool.settings.size,
+        change,
+        Actor::Operator,
+        "test",
+    )
+    .await
+    .unwrap();
+    let idle = t.ids(Idle).await;
+
+    let gate = Gate::until(tokio_util::sync::CancellationToken::new());
+    let mut report = TickReport::default();
+    let snap = snapshot::take(&t.pool, Mode::Full, &gate, &mut report)
+        .await
+        .unwrap();
+    let (size, sizing) = pool_size::in_force(&t.pool.db, &t.pool.settings.size)
+        .await
+        .unwrap();
+    let plan = plan::decide(
+        &snap,
+        &tick::rules(&t.pool.settings, size, sizing),
+        Mode::Full,
+    );
+    let shrinking: Vec<&str> = plan.transitions.iter().map(|m| m.id.as_str()).collect();
+    assert_eq!(shrinking, [idle[0].as_str(), idle[1].as_str()]);
+
+    let (status, claimed) = t.claim("racer").await;
+    assert_eq!(status, StatusCode::OK, "{claimed}");
+    assert_eq!(claimed["instanceId"], idle[0].as_str());
+
+    execute::run(&t.pool, &snap, plan, Mode::Full, &gate, &mut report)
+        .await
+        .unwrap();
+    assert_eq!(report.destroyed, [idle[1].clone()], "{report:?}");
+    assert_eq!(t.instance(&idle[0]).await.map(|i| i.status), Some(Claimed));
+    assert_eq!(t.count(Idle).await, 1);
+}

@@ -1,9 +1,11 @@
-//! `GET/PUT /api/pool/settings`: the pool's size, changed at run time (see `pool_size`).
+//! `GET/PUT /api/pool/settings`: the pool's size and sizing policy, changed at run time (see
+//! `pool_size` and `config::SizingPolicy`).
 
 use axum::extract::State;
 use axum::{Extension, Json};
 use serde::Deserialize;
 
+use agentpool_core::config::SizingPolicy;
 use agentpool_core::domain::Actor;
 use agentpool_core::pool_size::{self, SizeChange, SizeSetting};
 
@@ -25,15 +27,18 @@ pub async fn get(State(state): State<AppState>) -> ApiResult<Json<SizeSetting>> 
 pub struct SizeBody {
     min_idle: Option<u32>,
     max_total: Option<u32>,
+    /// Replaces the whole sizing policy (schedules, demand reaction, cool-down); left out, it is
+    /// kept.
+    sizing: Option<SizingPolicy>,
 }
 
-/// `PUT /api/pool/settings {"minIdle": N, "maxTotal": M}` (either may be left out). The tick
-/// uses the new size from its next run, which this kicks.
+/// `PUT /api/pool/settings {"minIdle": N, "maxTotal": M, "sizing": {…}}` (any may be left out).
+/// The tick uses the new size from its next run, which this kicks.
 #[utoipa::path(put, path = "/api/pool/settings", tag = "settings",
     request_body = SizeBody,
     responses(
         (status = 200, description = "The size now in force", body = SizeSetting),
-        (status = 400, description = "Bad body, `maxTotal` above `POOL_MAX_TOTAL_CAP` or `minIdle` above `maxTotal`", body = ErrorBody),
+        (status = 400, description = "Bad body, `maxTotal` above `POOL_MAX_TOTAL_CAP`, `minIdle` (or a window's) above `maxTotal`, an unknown time zone, a cron expression that is not a window of hours, or overlapping windows", body = ErrorBody),
     ))]
 pub async fn put(
     State(state): State<AppState>,
@@ -43,6 +48,7 @@ pub async fn put(
     let change = SizeChange {
         min_idle: body.min_idle,
         max_total: body.max_total,
+        sizing: body.sizing,
     };
     let saved = pool_size::set(
         &state.pool.db,

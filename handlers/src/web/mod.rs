@@ -6,6 +6,9 @@
 mod pages;
 mod qr;
 pub mod session;
+mod sizing;
+
+pub use pages::escape;
 
 use axum::extract::Request;
 use axum::http::header::{self, HeaderName};
@@ -23,6 +26,7 @@ use crate::state::AppState;
 pub fn routes(state: &AppState) -> Router<AppState> {
     let operator = Router::new()
         .route("/admin/qr.svg", get(qr::invite))
+        .route("/admin/sizing.svg", get(sizing::chart))
         .route_layer(from_fn_with_state(state.clone(), auth::require_key));
     Router::new()
         .route("/", get(pages::public))

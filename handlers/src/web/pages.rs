@@ -15,6 +15,7 @@ use serde::Deserialize;
 
 use agentpool_core::domain::{Instance, InstanceStatus};
 use agentpool_core::sessions::{self, Attempt, Session};
+use agentpool_core::tick;
 use agentpool_core::{instances, listing, pool_size};
 
 use super::session;
@@ -293,6 +294,8 @@ pub async fn dashboard(State(state): State<AppState>, headers: HeaderMap) -> Api
     let counts = instances::counts(db).await?;
     let listed = listing::operator_page(db, None, DASHBOARD_PAGE, None).await?;
     let size = pool_size::get(db, &state.pool.settings.size).await?;
+    let target = tick::latest_sample(db).await?;
+    let sizing = serde_json::to_string_pretty(&size.sizing).unwrap_or_default();
     let now = Utc::now();
     let rows: String = listed.items.iter().map(|i| instance_row(now, i)).collect();
     let csrf = session.csrf_token(&state.session_key);
@@ -326,6 +329,19 @@ pub async fn dashboard(State(state): State<AppState>, headers: HeaderMap) -> Api
             ("default_min_idle", number(size.defaults.min_idle)),
             ("default_max_total", number(size.defaults.max_total)),
             ("size_source", Fill::Text(&source)),
+            ("sizing", Fill::Text(&sizing)),
+            (
+                "target",
+                Fill::Text(&target.as_ref().map_or("—".into(), |t| t.target.to_string())),
+            ),
+            (
+                "target_reason",
+                Fill::Text(
+                    target
+                        .as_ref()
+                        .map_or("(no full tick yet)", |t| t.reason.as_str()),
+                ),
+            ),
         ],
     );
     Ok(page(

@@ -4,4 +4,5 @@
 pub mod claim;
 pub mod creation;
 pub mod gate;
+pub mod simulate;
 pub mod tick;

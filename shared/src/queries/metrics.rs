@@ -73,10 +73,12 @@ pub async fn flush_call_errors(db: &PgPool) -> Result<()> {
     Ok(())
 }
 
-/// Counts a claim that found no idle instance.
+/// Counts a claim that found no idle instance, and records when (`claim_misses`: the sizing
+/// policy's demand).
 pub async fn count_claim_miss(db: &PgPool) -> Result<()> {
     sqlx::query(
-        "INSERT INTO pool_counters (name, shard, n) VALUES ('claim_misses', floor(random() * $1)::int, 1)
+        "WITH m AS (INSERT INTO claim_misses DEFAULT VALUES)
+         INSERT INTO pool_counters (name, shard, n) VALUES ('claim_misses', floor(random() * $1)::int, 1)
          ON CONFLICT (name, labels, shard) DO UPDATE SET n = pool_counters.n + 1",
     )
     .bind(SHARDS)
@@ -176,8 +178,10 @@ pub async fn render(db: &PgPool) -> Result<String> {
     )
     .fetch_all(db)
     .await?;
-    let tick: Option<(i64, f64, f64)> = sqlx::query_as(
-        "SELECT ticks, extract(epoch FROM last_success_at)::float8, last_duration_s FROM tick_stats",
+    let tick: Option<(i64, f64, f64, Option<i32>)> = sqlx::query_as(
+        "SELECT t.ticks, extract(epoch FROM t.last_success_at)::float8, t.last_duration_s, s.target
+           FROM tick_stats t
+           LEFT JOIN LATERAL (SELECT target FROM pool_samples ORDER BY at DESC LIMIT 1) s ON true",
     )
     .fetch_optional(db)
     .await?;
@@ -259,7 +263,16 @@ pub async fn render(db: &PgPool) -> Result<String> {
         histogram,
     );
 
-    let (ticks, last_success, last_duration) = tick.unwrap_or((0, 0.0, 0.0));
+    let (ticks, last_success, last_duration, target) = tick.unwrap_or((0, 0.0, 0.0, None));
+    if let Some(target) = target {
+        let gauge = Gauge::<i64, std::sync::atomic::AtomicI64>::default();
+        gauge.set(i64::from(target));
+        registry.register(
+            "pool_target_idle",
+            "Idle and starting instances the last full tick aimed at (the sizing policy's target)",
+            gauge,
+        );
+    }
     let ticks_total = Counter::<u64>::default();
     ticks_total.inc_by(u64::try_from(ticks).unwrap_or(0));
     registry.register("ticks", "Ticks that ran to the end", ticks_total);

@@ -7,5 +7,6 @@ pub mod lease;
 pub mod listing;
 pub mod metrics;
 pub mod pool_size;
+pub mod samples;
 pub mod services;
 pub mod sessions;

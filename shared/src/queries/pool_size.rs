@@ -4,12 +4,15 @@
 //! one row of `pool_settings`, so every replica and every tick use it as soon as it is written.
 //! `POOL_MAX_TOTAL_CAP` bounds what may be set, and also what is read: a cap lowered by a
 //! redeploy applies to a size stored before it.
+//!
+//! Beside the size, the same row holds the sizing policy (`config::SizingPolicy`): schedules and
+//! a reaction to demand on top of `minIdle`, changed the same way.
 
 use chrono::{DateTime, Utc};
 use serde::Serialize;
 use sqlx::PgPool;
 
-use crate::config::SizeSettings;
+use crate::config::{SizeSettings, Sizing, SizingPolicy};
 use crate::domain::Actor;
 use crate::error::{Error, Result};
 
@@ -65,6 +68,8 @@ pub struct SizeSetting {
     pub defaults: PoolSize,
     /// `environment` or `operator`.
     pub source: &'static str,
+    /// Schedules and demand reaction on top of `minIdle` (none until an operator sets them).
+    pub sizing: SizingPolicy,
     pub updated_at: Option<DateTime<Utc>>,
     pub updated_by: Option<String>,
 }
@@ -75,6 +80,19 @@ struct Stored {
     max_total: i32,
     updated_at: DateTime<Utc>,
     updated_by: String,
+    sizing: Option<serde_json::Value>,
+}
+
+/// A stored policy, read leniently: one this version cannot read (written by a newer one, or by
+/// hand) leaves the base in force, with a warning, rather than stopping every tick.
+fn stored_policy(value: Option<serde_json::Value>) -> SizingPolicy {
+    let Some(value) = value else {
+        return SizingPolicy::default();
+    };
+    serde_json::from_value(value).unwrap_or_else(|e| {
+        tracing::warn!(error = %e, "the stored sizing policy cannot be read; the base applies");
+        SizingPolicy::default()
+    })
 }
 
 fn setting(settings: &SizeSettings, stored: Option<Stored>) -> SizeSetting {
@@ -86,6 +104,7 @@ fn setting(settings: &SizeSettings, stored: Option<Stored>) -> SizeSetting {
             max_total_cap: cap,
             defaults,
             source: "environment",
+            sizing: SizingPolicy::default(),
             updated_at: None,
             updated_by: None,
         },
@@ -94,6 +113,7 @@ fn setting(settings: &SizeSettings, stored: Option<Stored>) -> SizeSetting {
             max_total_cap: cap,
             defaults,
             source: "operator",
+            sizing: stored_policy(row.sizing),
             updated_at: Some(row.updated_at),
             updated_by: Some(row.updated_by),
         },
@@ -101,11 +121,30 @@ fn setting(settings: &SizeSettings, stored: Option<Stored>) -> SizeSetting {
 }
 
 pub async fn get(db: &PgPool, settings: &SizeSettings) -> Result<SizeSetting> {
-    let stored: Option<Stored> =
-        sqlx::query_as("SELECT min_idle, max_total, updated_at, updated_by FROM pool_settings")
+    let stored: Option<Stored> = sqlx::query_as(
+        "SELECT min_idle, max_total, updated_at, updated_by, sizing FROM pool_settings",
+    )
+    .fetch_optional(db)
+    .await?;
+    Ok(setting(settings, stored))
+}
+
+/// The size and the sizing policy in force, in one read: what the tick plans with.
+pub async fn in_force(db: &PgPool, settings: &SizeSettings) -> Result<(PoolSize, Sizing)> {
+    let stored: Option<(i32, i32, Option<serde_json::Value>)> =
+        sqlx::query_as("SELECT min_idle, max_total, sizing FROM pool_settings")
             .fetch_optional(db)
             .await?;
-    Ok(setting(settings, stored))
+    let Some((min_idle, max_total, policy)) = stored else {
+        return Ok((PoolSize::defaults(settings), Sizing::default()));
+    };
+    let size = PoolSize::capped((min_idle, max_total), settings.max_total_cap());
+    // Checked when stored; a window above a `maxTotal` lowered since is capped by the plan.
+    let sizing = stored_policy(policy).compile(u32::MAX).unwrap_or_else(|e| {
+        tracing::warn!(error = %e, "the stored sizing policy no longer compiles; the base applies");
+        Sizing::default()
+    });
+    Ok((size, sizing))
 }
 
 /// The size in force: what the tick plans with and what creation stays within.
@@ -121,10 +160,12 @@ pub async fn current(db: &PgPool, settings: &SizeSettings) -> Result<PoolSize> {
 }
 
 /// A change asked for; a field left out keeps its value.
-#[derive(Debug, Clone, Copy, Default)]
+#[derive(Debug, Clone, Default)]
 pub struct SizeChange {
     pub min_idle: Option<u32>,
     pub max_total: Option<u32>,
+    /// Replaces the whole policy.
+    pub sizing: Option<SizingPolicy>,
 }
 
 /// Validates and stores a new size, and records the change in `pool_events`, in one transaction
@@ -140,19 +181,25 @@ pub async fn set(
     let mut tx = db.begin().await?;
     // Lock the row if there is one; the first change inserts it, and a concurrent first change
     // waits on the primary key.
-    let before: Option<(i32, i32)> =
-        sqlx::query_as("SELECT min_idle, max_total FROM pool_settings FOR UPDATE")
+    let before: Option<(i32, i32, Option<serde_json::Value>)> =
+        sqlx::query_as("SELECT min_idle, max_total, sizing FROM pool_settings FOR UPDATE")
             .fetch_optional(&mut *tx)
             .await?;
-    let before = before.map_or_else(
-        || PoolSize::defaults(settings),
-        |stored| PoolSize::capped(stored, cap),
-    );
+    let (before, sizing_before) = match before {
+        None => (PoolSize::defaults(settings), SizingPolicy::default()),
+        Some((min_idle, max_total, sizing)) => (
+            PoolSize::capped((min_idle, max_total), cap),
+            stored_policy(sizing),
+        ),
+    };
     let after = PoolSize {
         min_idle: change.min_idle.unwrap_or(before.min_idle),
         max_total: change.max_total.unwrap_or(before.max_total),
     }
     .validate(cap)?;
+    // A lower `maxTotal` is checked against the windows kept as well as new ones.
+    let sizing = change.sizing.unwrap_or_else(|| sizing_before.clone());
+    sizing.compile(after.max_total).map_err(Error::Invalid)?;
     let to_db = |n: u32| i32::try_from(n).unwrap_or(i32::MAX);
     let updated_by = format!("{} ({via})", actor.as_str());
     let stored: Stored = sqlx::query_as(
@@ -160,22 +207,42 @@ pub async fn set(
            INSERT INTO pool_events (kind, detail, actor)
            VALUES ('size_changed', $3, $4)
          )
-         INSERT INTO pool_settings (singleton, min_idle, max_total, updated_by)
-         VALUES (true, $1, $2, $5)
+         INSERT INTO pool_settings (singleton, min_idle, max_total, updated_by, sizing)
+         VALUES (true, $1, $2, $5, $6)
          ON CONFLICT (singleton) DO UPDATE
             SET min_idle = EXCLUDED.min_idle, max_total = EXCLUDED.max_total,
-                updated_at = now(), updated_by = EXCLUDED.updated_by
-         RETURNING min_idle, max_total, updated_at, updated_by",
+                updated_at = now(), updated_by = EXCLUDED.updated_by, sizing = EXCLUDED.sizing
+         RETURNING min_idle, max_total, updated_at, updated_by, sizing",
     )
     .bind(to_db(after.min_idle))
     .bind(to_db(after.max_total))
-    .bind(serde_json::json!({"from": before, "to": after, "via": via}))
+    .bind(event_detail(before, after, &sizing_before, &sizing, via))
     .bind(actor.as_str())
     .bind(&updated_by)
+    .bind(
+        serde_json::to_value(&sizing)
+            .map_err(|e| Error::io("storing the sizing policy", std::io::Error::other(e)))?,
+    )
     .fetch_one(&mut *tx)
     .await?;
     tx.commit().await?;
     Ok(setting(settings, Some(stored)))
+}
+
+/// What `pool_events` records of a change: the size before and after, and the sizing policy's
+/// too when it changed.
+fn event_detail(
+    before: PoolSize,
+    after: PoolSize,
+    sizing_before: &SizingPolicy,
+    sizing: &SizingPolicy,
+    via: &str,
+) -> serde_json::Value {
+    let mut detail = serde_json::json!({"from": before, "to": after, "via": via});
+    if sizing_before != sizing {
+        detail["sizing"] = serde_json::json!({"from": sizing_before, "to": sizing});
+    }
+    detail
 }
 
 #[cfg(test)]
@@ -198,6 +265,14 @@ mod tests {
                 max_total: 20
             }
         );
+    }
+
+    #[test]
+    fn a_stored_policy_this_version_cannot_read_leaves_the_base() {
+        let unknown = serde_json::json!({"schedules": [], "surge": true});
+        assert_eq!(stored_policy(Some(unknown)), SizingPolicy::default());
+        let known = serde_json::json!({"timezone": "Europe/Berlin"});
+        assert_eq!(stored_policy(Some(known)).timezone, "Europe/Berlin");
     }
 
     #[test]

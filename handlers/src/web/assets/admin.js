@@ -73,12 +73,20 @@
     if (!sizeEditing && !sizeForm.contains(document.activeElement)) {
       $('min-idle').value = size.minIdle;
       $('max-total').value = size.maxTotal;
+      $('sizing').value = JSON.stringify(size.sizing, null, 2);
     }
+    $('sizing-chart').src = '/admin/sizing.svg?at=' + Date.now();
   }
 
   sizeForm.addEventListener('submit', async (event) => {
     event.preventDefault();
     const body = { minIdle: Number($('min-idle').value), maxTotal: Number($('max-total').value) };
+    try {
+      body.sizing = JSON.parse($('sizing').value);
+    } catch (error) {
+      ap.show($('size-message'), 'The sizing policy is not JSON: ' + error.message, 'error');
+      return;
+    }
     const before = await ap.api('GET', '/api/pool/settings');
     const shrinking = body.minIdle < before.minIdle || body.maxTotal < before.maxTotal;
     if (shrinking && !ap.confirmed('Shrink the pool to min ' + body.minIdle + ', max ' + body.maxTotal)) return;

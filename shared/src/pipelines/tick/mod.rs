@@ -17,10 +17,13 @@ use serde::Serialize;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
+use crate::config::Sizing;
 use crate::domain::InstanceStatus;
 use crate::error::{Error, Result};
 use crate::gate::{CutShort, Gate};
 use crate::pool_size::{self, PoolSize};
+use crate::samples;
+pub use crate::samples::{Day, Sample};
 use crate::Pool;
 
 pub use plan::Mode;
@@ -79,6 +82,9 @@ pub struct TickReport {
     /// Tool resources (keys, inboxes, numbers) that no row owned, as `<tool>:<resource id>`.
     pub tool_orphans_deleted: Vec<String>,
     pub created: Vec<String>,
+    /// The pool's target this tick, and why (absent from a skipped tick).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub target: Option<plan::Target>,
     pub errors: Vec<TickError>,
     /// Set when the tick stopped starting work early; what it left waits for the next tick.
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -112,9 +118,9 @@ impl TickReport {
     }
 }
 
-/// The plan's rules: the pool's size in force (stored or from the environment), the rest from
-/// the settings.
-pub fn rules(settings: &crate::config::Settings, size: PoolSize) -> plan::Rules {
+/// The plan's rules: the pool's size and sizing policy in force (stored or from the environment),
+/// the rest from the settings.
+pub fn rules(settings: &crate::config::Settings, size: PoolSize, sizing: Sizing) -> plan::Rules {
     plan::Rules {
         min_idle: size.min_idle,
         max_total: size.max_total,
@@ -123,7 +129,36 @@ pub fn rules(settings: &crate::config::Settings, size: PoolSize) -> plan::Rules 
         create_timeout: settings.creation.create_timeout(),
         health_failure_threshold: settings.health.health_failure_threshold,
         health_grace: settings.health.health_grace(),
+        sizing,
     }
+}
+
+/// What this full tick found and aimed at, for the dashboard's chart and `/metrics`.
+fn sample(snapshot: &snapshot::Snapshot, target: &plan::Target) -> Sample {
+    let count = |status| {
+        snapshot
+            .rows
+            .iter()
+            .filter(|r| r.instance.status == status)
+            .count() as i32
+    };
+    Sample {
+        at: snapshot.now,
+        idle: count(InstanceStatus::Idle),
+        starting: count(InstanceStatus::Starting),
+        target: i32::try_from(target.min_idle).unwrap_or(i32::MAX),
+        reason: target.reason.clone(),
+    }
+}
+
+/// The last 24 hours of claims and of the ticks' targets, for the dashboard's chart.
+pub async fn last_day(db: &sqlx::PgPool) -> Result<Day> {
+    samples::last_day(db).await
+}
+
+/// The last full tick's target and why, if a tick has run.
+pub async fn latest_sample(db: &sqlx::PgPool) -> Result<Option<Sample>> {
+    samples::latest(db).await
 }
 
 /// Runs one tick, or reports `skipped` if another process holds the tick lock.
@@ -146,10 +181,16 @@ pub async fn run_until(pool: &Pool, mode: Mode, stop: &CancellationToken) -> Res
     let work = async {
         let mut report = TickReport::default();
         let snapshot = snapshot::take(pool, mode, &gate, &mut report).await?;
-        let size = pool_size::current(&pool.db, &pool.settings.size).await?;
-        let plan = plan::decide(&snapshot, &rules(&pool.settings, size), mode);
+        let (size, sizing) = pool_size::in_force(&pool.db, &pool.settings.size).await?;
+        let plan = plan::decide(&snapshot, &rules(&pool.settings, size, sizing), mode);
         report.instances = Some(snapshot.rows.len());
         report.health_checked = Some(snapshot.health.len());
+        report.target = Some(plan.target.clone());
+        if mode == Mode::Full {
+            if let Err(e) = samples::record(&pool.db, &sample(&snapshot, &plan.target)).await {
+                report.error("recording the pool's target", None, &e);
+            }
+        }
         if let Err(why) = execute::run(pool, &snapshot, plan, mode, &gate, &mut report).await {
             report.cut(why);
         }

@@ -13,6 +13,7 @@ use futures::future::OptionFuture;
 use futures::StreamExt;
 use tracing::Instrument;
 
+use crate::config::{RecentClaims, DEMAND_WINDOWS};
 use crate::domain::{
     Health, Instance, InstanceStatus, ObservedResource, RecordedTool, ResourceStatus, ToolResource,
     INSTANCE_COLUMNS,
@@ -53,6 +54,8 @@ pub struct Snapshot {
     pub tools_listed: HashSet<String>,
     /// Every tool resource a row records; read only when some tool was listed.
     pub recorded: Vec<RecordedTool>,
+    /// Claims started in each of the demand windows up to `now`, for the sizing policy.
+    pub recent_claims: RecentClaims,
 }
 
 pub async fn take(
@@ -105,6 +108,7 @@ pub async fn take(
             .map(|r| r.instance.name.as_str());
         believed(pool.provider.kind().as_str(), expected, &listed, report)
     });
+    let recent_claims = recent_claims(pool).await?;
     let recorded: Vec<RecordedTool> = if tools_listed.is_empty() {
         Vec::new()
     } else {
@@ -145,6 +149,7 @@ pub async fn take(
         tool_resources,
         tools_listed,
         recorded,
+        recent_claims,
     })
 }
 
@@ -251,6 +256,28 @@ async fn confirm_absences(
             tool_resources.retain(|r| r.tool_id != tool_id);
         }
     }
+}
+
+/// Claims in each demand window: started (`idle` → `claiming`) or missed (nothing idle), each
+/// a range scan of the last hour through an index on time.
+async fn recent_claims(pool: &Pool) -> Result<RecentClaims> {
+    let [short, mid, long] = DEMAND_WINDOWS.map(|w| w.as_secs_f64());
+    let counts: (i64, i64, i64) = sqlx::query_as(
+        "SELECT count(*) FILTER (WHERE at > now() - make_interval(secs => $1)),
+                count(*) FILTER (WHERE at > now() - make_interval(secs => $2)),
+                count(*)
+           FROM (SELECT at FROM instance_events
+                  WHERE to_status = 'claiming' AND at > now() - make_interval(secs => $3)
+                 UNION ALL
+                 SELECT at FROM claim_misses WHERE at > now() - make_interval(secs => $3)) c",
+    )
+    .bind(short)
+    .bind(mid)
+    .bind(long)
+    .fetch_one(&pool.db)
+    .await?;
+    let n = |c: i64| u32::try_from(c).unwrap_or(u32::MAX);
+    Ok([n(counts.0), n(counts.1), n(counts.2)])
 }
 
 async fn read_rows(pool: &Pool) -> Result<(DateTime<Utc>, Vec<Row>)> {

@@ -116,7 +116,7 @@ pub async fn migrate(pool: &PgPool) -> Result<()> {
     migrate_with(pool, &MIGRATOR).await
 }
 
-/// Runs `migrator`'s pending migrations while old replicas serve. Every migration from 0007 on
+/// Runs `migrator`'s pending migrations while old replicas serve. Every migration from 0008 on
 /// begins with `SET LOCAL lock_timeout`: one that needs a lock an old replica's transaction holds
 /// waits that long at most, so the claims queued behind its lock request wait no longer, then it
 /// gives up (its transaction rolls back whole) and is tried again after a pause, for up to

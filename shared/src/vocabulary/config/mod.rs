@@ -17,6 +17,7 @@ mod pool;
 mod providers;
 mod server;
 mod size;
+mod sizing;
 mod tick;
 mod tools;
 
@@ -33,6 +34,10 @@ pub use pool::PoolSettings;
 pub use providers::{LocalSettings, ProviderSettings, RailwaySettings};
 pub use server::{DashboardSettings, MetricsSettings, ServerSettings};
 pub use size::SizeSettings;
+pub use sizing::{
+    DemandReaction, RecentClaims, ScheduleWindow, Sizing, SizingPolicy, Window, COOLDOWN_DEFAULT,
+    DEMAND_WINDOWS,
+};
 pub use tick::{HealthSettings, SchedulerSettings, TickSettings};
 pub use tools::{
     AgentMailSettings, BankrSettings, OpenRouterSettings, TelnyxSettings, ToolSettings,

@@ -5,26 +5,31 @@
 //!   resource and of its tools' resources), and the observations to record;
 //! - [`lifecycle`]: the state machine's moves for each instance;
 //! - [`orphans`]: resources that no row owns;
-//! - [`replenish`]: how many instances to create.
+//! - [`sizing`]: the pool's target, from the sizing policy, the clock and recent claims;
+//! - [`replenish`]: how many instances to create, and which idle ones are surplus.
 
 mod evidence;
 mod lifecycle;
 mod orphans;
 mod replenish;
+pub mod sizing;
 
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 
+use crate::config::Sizing;
 use crate::domain::{InstanceStatus, ObservedResource, ToolResource};
 
 pub use super::mode::Mode;
 use super::snapshot::Snapshot;
 
 pub use evidence::{Observation, PresenceMark, ToolPresenceMark};
+pub use sizing::Target;
 
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub struct Rules {
+    /// The base `minIdle`, in force outside the sizing policy's windows.
     pub min_idle: u32,
     pub max_total: u32,
     pub stuck_timeout: Duration,
@@ -32,6 +37,7 @@ pub struct Rules {
     pub create_timeout: Duration,
     pub health_failure_threshold: u32,
     pub health_grace: Duration,
+    pub sizing: Sizing,
 }
 
 /// A move of one instance, fenced by the `status_since` the decision was made on: if the row
@@ -60,14 +66,32 @@ pub struct Plan {
     pub orphans: Vec<ObservedResource>,
     pub tool_orphans: Vec<ToolResource>,
     pub create: u32,
+    pub target: Target,
 }
 
 pub fn decide(snapshot: &Snapshot, rules: &Rules, mode: Mode) -> Plan {
-    let (transitions, destroy) = lifecycle::moves(snapshot, rules);
+    let (mut transitions, mut destroy) = lifecycle::moves(snapshot, rules);
+    let target = sizing::target(
+        &rules.sizing,
+        rules.min_idle,
+        rules.max_total,
+        snapshot.now,
+        &snapshot.recent_claims,
+    );
     let create = match mode {
-        Mode::Full | Mode::Kick => replenish::count(snapshot, &transitions, rules),
+        Mode::Full | Mode::Kick => {
+            replenish::count(snapshot, &transitions, target.min_idle, rules.max_total)
+        }
         Mode::Reconcile => 0,
     };
+    // Shrinking is a fleet decision, taken on the interval; kicks come after claims, which only
+    // ever make the pool smaller.
+    if mode == Mode::Full {
+        let surplus =
+            replenish::surplus(snapshot, &transitions, target.keep, rules.sizing.cooldown);
+        destroy.extend(surplus.iter().map(|t| t.id.clone()));
+        transitions.extend(surplus);
+    }
     Plan {
         observations: evidence::observations(snapshot),
         presence: evidence::presence_marks(snapshot),
@@ -77,6 +101,7 @@ pub fn decide(snapshot: &Snapshot, rules: &Rules, mode: Mode) -> Plan {
         transitions,
         destroy,
         create,
+        target,
     }
 }
 
@@ -105,6 +130,7 @@ pub(crate) mod fixture {
             create_timeout: Duration::from_secs(120),
             health_failure_threshold: 2,
             health_grace: Duration::from_secs(60),
+            sizing: Sizing::default(),
         }
     }
 
@@ -140,6 +166,7 @@ pub(crate) mod fixture {
                     tool_resources: Vec::new(),
                     tools_listed: Default::default(),
                     recorded: Vec::new(),
+                    recent_claims: [0; 3],
                 },
             }
         }
