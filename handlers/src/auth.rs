@@ -3,7 +3,9 @@
 //! Without a key, a dashboard session (its cookie) stands in for it; a session's writes must also
 //! carry its CSRF token (see [`crate::web::session`]).
 
-use axum::extract::{Request, State};
+use std::net::SocketAddr;
+
+use axum::extract::{ConnectInfo, Request, State};
 use axum::http::header::AUTHORIZATION;
 use axum::http::HeaderValue;
 use axum::middleware::Next;
@@ -40,31 +42,62 @@ pub fn bearer_token(header: &HeaderValue) -> Option<&str> {
     scheme.eq_ignore_ascii_case("bearer").then(|| token.trim())
 }
 
-/// Identifies the caller; a wrong or malformed key is an error, no key is `Anonymous`.
-pub fn identify(
-    state: &AppState,
-    request: &Request,
-    allow_query_key: bool,
-) -> Result<Caller, ApiError> {
-    let expected = state.api_key.expose();
+/// The key a request presents: `None` if it presents none.
+fn presented_key(request: &Request, allow_query_key: bool) -> Result<Option<String>, ApiError> {
     if let Some(header) = request.headers().get(AUTHORIZATION) {
-        let given = bearer_token(header).ok_or_else(|| {
-            ApiError::unauthorized("Authorization must be `Bearer <POOL_API_KEY>`")
-        })?;
-        return if secrets_match(given, expected) {
-            Ok(Caller::Operator)
-        } else {
-            Err(ApiError::unauthorized("invalid API key"))
-        };
+        return bearer_token(header)
+            .map(|t| Some(t.to_string()))
+            .ok_or_else(|| {
+                ApiError::unauthorized("Authorization must be `Bearer <POOL_API_KEY>`")
+            });
     }
     match query_key(request) {
         Some(_) if !allow_query_key => Err(ApiError::unauthorized(
             "the key query parameter is accepted only on SSE routes; send Authorization: Bearer <POOL_API_KEY>",
         )),
-        Some(given) if secrets_match(&given, expected) => Ok(Caller::Operator),
-        Some(_) => Err(ApiError::unauthorized("invalid API key")),
-        None => Ok(Caller::Anonymous),
+        given => Ok(given),
     }
+}
+
+/// The key a request presents, and who presents it; read before anything is awaited (a request
+/// cannot be held across an await in a handler's future).
+pub struct Presented {
+    key: Option<String>,
+    client: String,
+}
+
+impl Presented {
+    pub fn of(
+        state: &AppState,
+        request: &Request,
+        allow_query_key: bool,
+    ) -> Result<Self, ApiError> {
+        Ok(Self {
+            key: presented_key(request, allow_query_key)?,
+            client: session::client_id(
+                state,
+                request.headers(),
+                request.extensions().get::<ConnectInfo<SocketAddr>>(),
+            ),
+        })
+    }
+}
+
+/// Identifies the caller; a wrong or malformed key is an error, no key is `Anonymous`. Wrong keys
+/// earn their client the dashboard login's growing delay (per client, across replicas), during
+/// which even the right key is refused: a guess made then must not learn that it was right. A
+/// right key costs one read; a wrong one is counted.
+pub async fn identify(state: &AppState, presented: Presented) -> Result<Caller, ApiError> {
+    let Presented { key, client } = presented;
+    let Some(given) = key else {
+        return Ok(Caller::Anonymous);
+    };
+    if secrets_match(&given, state.api_key.expose()) {
+        session::let_right_key_in(state, &client).await?;
+        return Ok(Caller::Operator);
+    }
+    tracing::warn!(client, "a wrong API key");
+    Err(session::count_wrong_key(state, &client).await?)
 }
 
 /// How an operator request was let in, for handlers that record who did what.
@@ -89,7 +122,8 @@ async fn require(
     next: Next,
     sse: bool,
 ) -> Result<Response, ApiError> {
-    let via = match identify(state, &request, sse)? {
+    let presented = Presented::of(state, &request, sse)?;
+    let via = match identify(state, presented).await? {
         Caller::Operator => Via::ApiKey,
         Caller::Anonymous => {
             let session = session::current(state, request.headers())

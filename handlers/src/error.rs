@@ -45,7 +45,7 @@ impl ApiError {
         Self::new(StatusCode::NOT_FOUND, "not_found", message)
     }
 
-    fn retry_after(mut self, seconds: u32) -> Self {
+    pub fn retry_after(mut self, seconds: u32) -> Self {
         self.retry_after = Some(seconds);
         self
     }
@@ -71,9 +71,10 @@ impl From<Error> for ApiError {
                 )
                 .retry_after(NO_IDLE_RETRY_AFTER)
             }
-            Error::ClaimFailed { .. } | Error::Provider { .. } | Error::Outbound { .. } => {
-                StatusCode::BAD_GATEWAY
-            }
+            Error::ClaimFailed { .. }
+            | Error::Provider { .. }
+            | Error::Outbound { .. }
+            | Error::ImplausibleListing { .. } => StatusCode::BAD_GATEWAY,
             Error::Db(db) if agentpool_core::db::unavailable(db) => {
                 tracing::error!(%error, "database unavailable");
                 return Self::new(

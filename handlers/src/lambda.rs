@@ -55,11 +55,27 @@ pub async fn serve(state: AppState) -> Result<(), lambda_http::Error> {
             ) {
                 return event(&state, &request).await;
             }
-            let response = router.oneshot(request).await?;
+            let response = router.oneshot(with_source_ip(request)).await?;
             Ok::<_, lambda_http::Error>(response)
         }
     }))
     .await
+}
+
+/// The client's address as API Gateway saw it (from the connection, not from a header), where
+/// `serve` has the peer's: wrong keys are then throttled per client, not all together.
+fn with_source_ip(mut request: Request) -> Request {
+    let source = match request.request_context_ref() {
+        Some(RequestContext::ApiGatewayV2(context)) => context.http.source_ip.clone(),
+        Some(RequestContext::ApiGatewayV1(context)) => context.identity.source_ip.clone(),
+        _ => None,
+    };
+    if let Some(ip) = source.and_then(|ip| ip.parse::<std::net::IpAddr>().ok()) {
+        request
+            .extensions_mut()
+            .insert(axum::extract::ConnectInfo(std::net::SocketAddr::new(ip, 0)));
+    }
+    request
 }
 
 /// The fields of an EventBridge event that say what it is.

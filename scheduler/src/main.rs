@@ -13,7 +13,6 @@ use std::process::ExitCode;
 use std::sync::Arc;
 
 use tokio::time::Instant;
-use tokio_cron_scheduler::JobScheduler;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
@@ -53,45 +52,41 @@ fn init_tracing() {
 
 async fn run() -> anyhow::Result<()> {
     let settings = Settings::from_env()?;
-    let schedule = Arc::new(Schedule::from_settings(&settings)?);
+    let schedule = Schedule::from_settings(&settings)?;
     let trigger = Arc::new(Trigger::from_settings(settings).await?);
     let stop = CancellationToken::new();
     // Ticks run as tasks the scheduler can wait for: on SIGTERM the running one starts no new
-    // work (or its HTTP request is answered), and only then does the process exit.
+    // work (or its HTTP request is answered), and only then does the process exit. A slot whose
+    // time comes while the tick before is still running starts its own (which skips while the
+    // lock is held).
     let ticks = TaskTracker::new();
-    let job = schedule.job(Box::new({
-        let (schedule, trigger, stop, ticks) = (
-            schedule.clone(),
-            trigger.clone(),
-            stop.clone(),
-            ticks.clone(),
-        );
-        move |_id, _scheduler| {
-            let slot = schedule.slot(chrono::Utc::now());
-            let (trigger, stop) = (trigger.clone(), stop.clone());
-            let tick = ticks.spawn(async move {
-                if !stop.is_cancelled() {
-                    tick_once(&trigger, slot, &stop).await;
-                }
-            });
-            Box::pin(async move {
-                let _ = tick.await;
-            })
-        }
-    }))?;
-    let mut scheduler = JobScheduler::new().await?;
-    scheduler.add(job).await?;
-    scheduler.start().await?;
     tracing::info!(
         mode = trigger.mode(),
         target = %trigger.target(),
         schedule = %schedule.describe(),
         "scheduler started"
     );
-    agentpool_core::shutdown_signal().await;
+    let fire = async {
+        let mut last = None;
+        loop {
+            let slot = schedule.next_slot(chrono::Utc::now(), last);
+            last = Some(slot);
+            let wait = (slot - chrono::Utc::now()).to_std().unwrap_or_default();
+            tokio::time::sleep(wait).await;
+            let (trigger, stop) = (trigger.clone(), stop.clone());
+            ticks.spawn(async move {
+                if !stop.is_cancelled() {
+                    tick_once(&trigger, slot, &stop).await;
+                }
+            });
+        }
+    };
+    tokio::select! {
+        _ = fire => {}
+        _ = agentpool_core::shutdown_signal() => {}
+    }
     tracing::info!("stopping: letting the running tick end");
     stop.cancel();
-    scheduler.shutdown().await?;
     ticks.close();
     ticks.wait().await;
     tracing::info!("stopped");

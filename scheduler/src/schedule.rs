@@ -1,12 +1,13 @@
 //! When the scheduler ticks, and which slot each firing is for.
+//!
+//! The scheduler sleeps until the next scheduled time and fires for that time: the slot is the
+//! time it waited for, not the clock read when it woke, so a timer that wakes a little early or
+//! late never makes two firings of one scheduler claim one slot (the second one would find the slot
+//! taken and skip, and the slot after it would go unrun).
 
-use std::future::Future;
-use std::pin::Pin;
 use std::time::Duration;
 
 use chrono::{DateTime, DurationRound, TimeDelta, Utc};
-use tokio_cron_scheduler::{Job, JobScheduler, JobSchedulerError};
-use uuid::Uuid;
 
 use agentpool_core::config::ConfigError;
 use agentpool_core::Settings;
@@ -21,9 +22,6 @@ pub enum Schedule {
     /// different moments agree on them.
     Every(Duration),
 }
-
-type Run =
-    Box<dyn FnMut(Uuid, JobScheduler) -> Pin<Box<dyn Future<Output = ()> + Send>> + Send + Sync>;
 
 impl Schedule {
     pub fn from_settings(settings: &Settings) -> Result<Self, ConfigError> {
@@ -40,31 +38,31 @@ impl Schedule {
             setting: "TICK_INTERVAL_MS".into(),
             problem: "0 turns ticking off; the scheduler needs an interval or TICK_CRON".into(),
         })?;
-        // tokio-cron-scheduler counts repeats in whole seconds: a shorter interval would not repeat.
+        // Slots are whole seconds, as cron's are: `tick_runs` keys on them.
         Ok(Self::Every(every.max(Duration::from_secs(1))))
     }
 
-    /// The slot a firing at `now` is for: the latest scheduled time not after `now`. A firing late
-    /// by a whole period counts for the later slot, which the timely firing of that slot then
-    /// finds taken: a slot may be missed, never run twice.
-    pub fn slot(&self, now: DateTime<Utc>) -> DateTime<Utc> {
-        let whole_second = now.duration_trunc(TimeDelta::seconds(1)).unwrap_or(now);
+    /// The first scheduled time after `now`, and after `last` (the slot fired before), so that
+    /// slots only move forward: a clock read a moment before the slot it just slept until (a timer
+    /// that woke early, a wall clock stepped back) still gives the next one.
+    pub fn next_slot(&self, now: DateTime<Utc>, last: Option<DateTime<Utc>>) -> DateTime<Utc> {
+        let from = last.map_or(now, |last| last.max(now));
         match self {
             // croner keeps the fraction of a second it is given; occurrences are whole seconds.
             Self::Cron { cron, .. } => cron
-                .find_previous_occurrence(&whole_second, true)
-                .unwrap_or(whole_second),
-            Self::Every(every) => TimeDelta::from_std(*every)
-                .ok()
-                .and_then(|every| now.duration_trunc(every).ok())
-                .unwrap_or(whole_second),
-        }
-    }
-
-    pub fn job(&self, run: Run) -> Result<Job, JobSchedulerError> {
-        match self {
-            Self::Cron { expression, .. } => Job::new_async(expression.as_str(), run),
-            Self::Every(every) => Job::new_repeated_async(*every, run),
+                .find_next_occurrence(
+                    &from.duration_trunc(TimeDelta::seconds(1)).unwrap_or(from),
+                    false,
+                )
+                // An expression with no next occurrence (a date long past) never fires again.
+                .unwrap_or(DateTime::<Utc>::MAX_UTC),
+            Self::Every(every) => {
+                let every = TimeDelta::from_std(*every).unwrap_or(TimeDelta::MAX);
+                from.duration_trunc(every)
+                    .ok()
+                    .and_then(|start| start.checked_add_signed(every))
+                    .unwrap_or(DateTime::<Utc>::MAX_UTC)
+            }
         }
     }
 
@@ -90,21 +88,47 @@ mod tests {
     }
 
     #[test]
-    fn a_firing_belongs_to_the_latest_scheduled_time() {
+    fn each_firing_is_for_the_next_scheduled_time() {
         let cron = schedule(&[("TICK_CRON", "*/30 * * * * *")]);
         assert_eq!(
-            cron.slot(at("2025-01-01T10:00:30.004Z")),
-            at("2025-01-01T10:00:30Z")
-        );
-        assert_eq!(
-            cron.slot(at("2025-01-01T10:00:59.999Z")),
+            cron.next_slot(at("2025-01-01T10:00:00.004Z"), None),
             at("2025-01-01T10:00:30Z")
         );
         let every = schedule(&[("TICK_INTERVAL_MS", "20000")]);
         assert_eq!(
-            every.slot(at("2025-01-01T10:00:59.5Z")),
-            at("2025-01-01T10:00:40Z")
+            every.next_slot(at("2025-01-01T10:00:59.5Z"), None),
+            at("2025-01-01T10:01:00Z")
         );
+        assert_eq!(
+            every.next_slot(at("2025-01-01T10:01:00Z"), None),
+            at("2025-01-01T10:01:20Z"),
+            "a slot is after now, never now"
+        );
+    }
+
+    #[test]
+    fn no_two_firings_are_for_one_slot_however_the_timer_wakes() {
+        for vars in [
+            [("TICK_INTERVAL_MS", "20000")],
+            [("TICK_CRON", "*/20 * * * * *")],
+        ] {
+            let schedule = schedule(&vars);
+            // A timer waking up to 3 ms early or late, as timers and stepped clocks do.
+            let jitter = [3, -3, 0, -1, 2, -3, 3, -2];
+            let mut now = at("2025-01-01T10:00:07Z");
+            let mut last = None;
+            let mut slots = Vec::new();
+            for ms in jitter {
+                let slot = schedule.next_slot(now, last);
+                slots.push(slot);
+                last = Some(slot);
+                now = slot + TimeDelta::milliseconds(ms);
+            }
+            let expected: Vec<DateTime<Utc>> = (1..=8)
+                .map(|n| at("2025-01-01T10:00:00Z") + TimeDelta::seconds(20 * n))
+                .collect();
+            assert_eq!(slots, expected, "{vars:?}");
+        }
     }
 
     #[test]

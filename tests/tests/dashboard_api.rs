@@ -360,7 +360,14 @@ async fn logout_ends_the_session_on_every_replica() {
 
 #[tokio::test]
 async fn wrong_keys_earn_a_growing_delay_per_client_across_replicas() {
-    let t = TestPool::with(&[("CLIENT_IP_HEADER", "x-forwarded-for")], &[]).await;
+    let t = TestPool::with(
+        &[
+            ("CLIENT_IP_HEADER", "x-forwarded-for"),
+            ("TRUSTED_PROXIES", "127.0.0.1"),
+        ],
+        &[],
+    )
+    .await;
     let other = t.replica().await;
     let http = browserless();
     // A proxy appends the address it saw; what comes before is the client's to forge.

@@ -911,7 +911,55 @@ fn nginx_problems(file: &str, text: &str) -> Vec<String> {
     if conf.named("listen").is_empty() {
         problems.push(format!("{file}: nginx listens nowhere"));
     }
+    let host = conf.named("proxy_set_header");
+    if !host.iter().any(|d| d.args == ["Host", "$http_host"]) {
+        problems.push(format!(
+            "{file}: `proxy_set_header Host $http_host;`: the replicas compare Origin with Host, port included"
+        ));
+    }
+    for log in conf.named("access_log") {
+        if log.args.first().is_some_and(|a| a == "off") {
+            continue;
+        }
+        // Without a format of ours, nginx's `combined` logs `$request`, query string and all.
+        let text: String = match log.args.get(1) {
+            None => "$request $http_referer".into(),
+            Some(name) => conf
+                .named("log_format")
+                .iter()
+                .filter(|f| f.args.first() == Some(name))
+                .flat_map(|f| f.args.iter().skip(1).cloned())
+                .collect::<Vec<_>>()
+                .join(" "),
+        };
+        let leaks = [
+            "$request",
+            "$request_uri",
+            "$args",
+            "$query_string",
+            "$http_referer",
+        ]
+        .iter()
+        .any(|var| names_variable(&text, var))
+            || text.contains("$arg_");
+        if leaks {
+            problems.push(format!(
+                "{file}: access_log {:?} logs query strings (`?key=`, `?csrf=`)",
+                log.args
+            ));
+        }
+    }
     problems
+}
+
+/// Whether `text` uses the nginx variable `var` itself (`$request`, not `$request_method`).
+fn names_variable(text: &str, var: &str) -> bool {
+    text.match_indices(var).any(|(at, _)| {
+        text[at + var.len()..]
+            .chars()
+            .next()
+            .is_none_or(|c| !(c.is_ascii_alphanumeric() || c == '_'))
+    })
 }
 
 /// infra/README.md tells how to use every file next to it, and the top README links to it.
@@ -2046,4 +2094,163 @@ fn the_k8s_manifests_pass_kubernetes_validate() {
         !ok,
         "kubernetes-validate accepted an HPA without maxReplicas: {said}"
     );
+}
+
+/// The dashboard behind the shipped nginx on a port other than 80 (the browser's `Origin` names
+/// the port), with real nginx and `infra/nginx.conf`: a login and a session's writes go through,
+/// and neither `?key=` nor `?csrf=` reaches nginx's access log.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_dashboard_works_behind_nginx_and_no_key_reaches_its_log() {
+    use std::process::Stdio;
+    use std::time::Duration;
+
+    use agentpool_tests::{free_port, wait_until, TestPool};
+    use reqwest::StatusCode;
+
+    let t = TestPool::with(
+        &[("POOL_MIN_IDLE", "0"), ("TRUSTED_PROXIES", "127.0.0.1")],
+        &[],
+    )
+    .await;
+    let api_port: u16 = t.base.rsplit(':').next().unwrap().parse().unwrap();
+    let dir = tempfile::Builder::new()
+        .prefix("agentpool-dashboard-nginx-")
+        .tempdir()
+        .unwrap();
+    {
+        use std::os::unix::fs::PermissionsExt;
+        // nginx's workers run as an unprivileged user when it starts as root.
+        std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    }
+    let port = free_port();
+    // Both replicas of the compose file are this one server.
+    let conf = render_nginx_conf(
+        &read(&infra_dir().join("nginx.conf")),
+        &[
+            ("127.0.0.1:3001".to_string(), api_port),
+            ("127.0.0.1:3002".to_string(), api_port),
+        ],
+        port,
+        dir.path(),
+    );
+    let conf_path = dir.path().join("nginx.conf");
+    std::fs::write(&conf_path, conf).unwrap();
+    let access = dir.path().join("access.log");
+    let errors = dir.path().join("error.log");
+    let _nginx = Terminated(
+        std::process::Command::new(nginx_bin())
+            .arg("-p")
+            .arg(dir.path())
+            .arg("-c")
+            .arg(&conf_path)
+            .args(["-e", "stderr", "-g"])
+            .arg(format!(
+                "daemon off; master_process on; pid {};",
+                dir.path().join("nginx.pid").display()
+            ))
+            .stdin(Stdio::null())
+            // `access_log /dev/stdout`, as in the container.
+            .stdout(std::fs::File::create(&access).unwrap())
+            .stderr(std::fs::File::create(&errors).unwrap())
+            .spawn()
+            .expect("start nginx"),
+    );
+    let base = format!("http://127.0.0.1:{port}");
+    let http = reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .unwrap();
+    wait_until(Duration::from_secs(30), || async {
+        let said = std::fs::read_to_string(&errors).unwrap_or_default();
+        assert!(
+            !said.contains("[emerg]"),
+            "nginx refused the configuration: {said}"
+        );
+        http.get(format!("{base}/healthz"))
+            .send()
+            .await
+            .is_ok_and(|r| r.status().is_success())
+    })
+    .await;
+
+    // What a browser sends from a page at http://127.0.0.1:<port>.
+    let login = http
+        .post(format!("{base}/admin/login"))
+        .header("origin", &base)
+        .form(&[("key", t.key.as_str()), ("next", "/admin")])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        login.status(),
+        StatusCode::SEE_OTHER,
+        "{:?}",
+        login.text().await
+    );
+    let cookie = login.headers()["set-cookie"]
+        .to_str()
+        .unwrap()
+        .split(';')
+        .next()
+        .unwrap()
+        .to_string();
+    let html = http
+        .get(format!("{base}/admin"))
+        .header("cookie", &cookie)
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let csrf = html
+        .split_once("name=\"csrf-token\" content=\"")
+        .and_then(|(_, rest)| rest.split('"').next())
+        .expect("the dashboard has a CSRF token")
+        .to_string();
+    let write = http
+        .post(format!("{base}/api/pool/drain"))
+        .header("cookie", &cookie)
+        .header("origin", &base)
+        .header("x-csrf-token", &csrf)
+        .json(&serde_json::json!({"count": 1}))
+        .send()
+        .await
+        .unwrap();
+    let status = write.status();
+    assert_eq!(status, StatusCode::OK, "{}", write.text().await.unwrap());
+
+    // The SSE stream with its credentials in the query, as EventSource sends them.
+    for query in [
+        format!("count=1&key={}", t.key),
+        format!("count=1&csrf={csrf}"),
+    ] {
+        let stream = http
+            .get(format!("{base}/api/pool/replenish/stream?{query}"))
+            .header("cookie", &cookie)
+            .header("origin", &base)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(stream.status(), StatusCode::OK);
+        assert!(stream
+            .text()
+            .await
+            .unwrap()
+            .contains(r#""type":"complete""#));
+    }
+    wait_until(Duration::from_secs(10), || async {
+        std::fs::read_to_string(&access)
+            .unwrap_or_default()
+            .matches("/api/pool/replenish/stream")
+            .count()
+            >= 2
+    })
+    .await;
+    let log = std::fs::read_to_string(&access).unwrap();
+    for secret in [&t.key, &csrf] {
+        if let Some(line) = log.lines().find(|l| l.contains(secret.as_str())) {
+            panic!("a credential in nginx's access log: {line}");
+        }
+    }
 }

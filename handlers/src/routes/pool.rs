@@ -18,7 +18,7 @@ use agentpool_core::tick::{self, Mode, TickReport};
 use agentpool_core::Pool;
 use tokio_util::sync::CancellationToken;
 
-use crate::auth::{identify, Caller};
+use crate::auth::{identify, Caller, Presented};
 use crate::error::{ApiError, ApiResult, ErrorBody};
 use crate::extract::{JsonBody, OptionalJsonBody, Query};
 use crate::state::AppState;
@@ -158,9 +158,31 @@ pub struct PageQuery {
     /// The `nextCursor` of the page before.
     #[param(min_length = 1)]
     after: Option<String>,
+    /// Only instances in these statuses, comma-separated (`claiming,claimed,crashed`: the agents
+    /// in use, wherever they are in the table). Pass the same value with every page.
+    #[param(min_length = 1)]
+    status: Option<String>,
 }
 
 impl PageQuery {
+    /// The statuses asked for, if any.
+    fn statuses(&self) -> ApiResult<Option<Vec<InstanceStatus>>> {
+        let Some(raw) = self.status.as_deref() else {
+            return Ok(None);
+        };
+        raw.split(',')
+            .map(|s| {
+                s.trim().parse::<InstanceStatus>().map_err(|_| {
+                    ApiError::bad_request(
+                        "invalid_request",
+                        "status must be a comma-separated list of instance statuses",
+                    )
+                })
+            })
+            .collect::<ApiResult<Vec<_>>>()
+            .map(Some)
+    }
+
     fn parse(&self) -> ApiResult<(Option<Cursor>, u32)> {
         let limit = match self.limit.as_deref() {
             None => listing::DEFAULT_LIMIT,
@@ -200,12 +222,15 @@ pub async fn agents(
     Query(query): Query<PageQuery>,
     request: Request<axum::body::Body>,
 ) -> ApiResult<Json<AgentsPage>> {
-    let caller = identify(&state, &request, false)?;
+    let presented = Presented::of(&state, &request, false)?;
+    let caller = identify(&state, presented).await?;
     let (after, limit) = query.parse()?;
+    let only = query.statuses()?;
+    let only = only.as_deref();
     let mut reply = AgentsPage::default();
     let next = match caller {
         Caller::Operator => {
-            let page = listing::operator_page(&state.pool.db, after.as_ref(), limit).await?;
+            let page = listing::operator_page(&state.pool.db, after.as_ref(), limit, only).await?;
             for instance in &page.items {
                 reply.push(
                     instance.status,
@@ -215,7 +240,7 @@ pub async fn agents(
             page.next
         }
         Caller::Anonymous => {
-            let page = listing::public_page(&state.pool.db, after.as_ref(), limit).await?;
+            let page = listing::public_page(&state.pool.db, after.as_ref(), limit, only).await?;
             for agent in &page.items {
                 reply.push(agent.status, AgentView::Public(agent.into()));
             }
@@ -303,7 +328,9 @@ pub async fn status(
     Query(query): Query<PageQuery>,
 ) -> ApiResult<Json<StatusPage>> {
     let (after, limit) = query.parse()?;
-    let page = listing::operator_page(&state.pool.db, after.as_ref(), limit).await?;
+    let only = query.statuses()?;
+    let page =
+        listing::operator_page(&state.pool.db, after.as_ref(), limit, only.as_deref()).await?;
     Ok(Json(StatusPage {
         counts: counts_of(&state).await?,
         instances: page.items.iter().map(InstanceView::from).collect(),

@@ -172,16 +172,12 @@ fn hidden_if(hide: bool) -> Fill<'static> {
 /// `GET /`: the pool's counts and its live agents, names and status only.
 pub async fn public(State(state): State<AppState>) -> ApiResult<Response> {
     let counts = instances::counts(&state.pool.db).await?;
-    let listed = listing::public_page(&state.pool.db, None, PUBLIC_AGENTS).await?;
+    // Only the agents in use are read, so that they are found wherever they are in the table.
+    let listed =
+        listing::public_page(&state.pool.db, None, PUBLIC_AGENTS, Some(&listing::LIVE)).await?;
     let live: Vec<String> = listed
         .items
         .iter()
-        .filter(|agent| {
-            matches!(
-                agent.status,
-                InstanceStatus::Claiming | InstanceStatus::Claimed | InstanceStatus::Crashed
-            )
-        })
         .filter_map(|agent| {
             let name = agent.agent_name.as_deref()?;
             Some(format!(
@@ -296,7 +292,7 @@ pub async fn dashboard(State(state): State<AppState>, headers: HeaderMap) -> Api
     };
     let db = &state.pool.db;
     let counts = instances::counts(db).await?;
-    let listed = listing::operator_page(db, None, DASHBOARD_PAGE).await?;
+    let listed = listing::operator_page(db, None, DASHBOARD_PAGE, None).await?;
     let size = pool_size::get(db, &state.pool.settings.size).await?;
     let target = tick::latest_sample(db).await?;
     let sizing = serde_json::to_string_pretty(&size.sizing).unwrap_or_default();

@@ -6,7 +6,7 @@
 //! `EventSource` opens without headers) and, when the browser says where they come from, come
 //! from this host.
 
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::time::Duration;
 
 use axum::extract::ConnectInfo;
@@ -130,27 +130,89 @@ pub fn clear_cookie(headers: &HeaderMap, uri: &Uri) -> HeaderValue {
     cookie_header("", Duration::ZERO, over_https(headers, uri))
 }
 
-/// Who is trying keys, for the growing delay: the last address in `CLIENT_IP_HEADER` (the one the
-/// trusted proxy added; earlier ones are the client's to forge), else the connection's peer.
+fn too_many(wait: Duration) -> ApiError {
+    let seconds = wait.as_secs() + u64::from(wait.subsec_nanos() > 0);
+    ApiError::new(
+        StatusCode::TOO_MANY_REQUESTS,
+        "too_many_wrong_keys",
+        format!("too many wrong keys from this client; try again in {seconds} s"),
+    )
+    .retry_after(u32::try_from(seconds).unwrap_or(u32::MAX))
+}
+
+/// A right API key from `client`: refused (429) while the client waits out its wrong keys, since
+/// a guess made then must not learn that it was right; else its wrong keys are forgotten. One
+/// read when the client has no record, the common case.
+pub async fn let_right_key_in(state: &AppState, client: &str) -> ApiResult<()> {
+    let db = &state.pool.db;
+    match sessions::standing(db, client).await? {
+        None => Ok(()),
+        Some(wait) if !wait.is_zero() => Err(too_many(wait)),
+        Some(_) => Ok(sessions::forget_attempts(db, client).await?),
+    }
+}
+
+/// A wrong API key from `client`, counted as a wrong login is: the answer is 401, or 429 while the
+/// client must wait.
+pub async fn count_wrong_key(state: &AppState, client: &str) -> ApiResult<ApiError> {
+    Ok(match sessions::attempt(&state.pool.db, client).await? {
+        sessions::Attempt::Blocked { wait } => too_many(wait),
+        sessions::Attempt::Allowed { .. } => ApiError::unauthorized("invalid API key"),
+    })
+}
+
+/// Who is trying keys, for the growing delay: the connection's peer, unless it is one of
+/// `TRUSTED_PROXIES`; then the nearest address in `CLIENT_IP_HEADER` (default
+/// `x-forwarded-for`, read from its end) that is not a trusted proxy itself. What comes before it
+/// is the client's to forge, and is not read.
 pub fn client_id(
     state: &AppState,
     headers: &HeaderMap,
     peer: Option<&ConnectInfo<SocketAddr>>,
 ) -> String {
-    let from_proxy = state
+    let Some(ConnectInfo(peer)) = peer else {
+        return "unknown".to_string();
+    };
+    let trusted = state.pool.settings.dashboard.trusted_proxies();
+    let is_trusted = |ip: &IpAddr| trusted.iter().any(|net| net.contains(ip));
+    let mut client = peer.ip();
+    if !is_trusted(&client) {
+        return client.to_string();
+    }
+    let header = state
         .pool
         .settings
         .dashboard
         .client_ip_header
         .as_deref()
-        .and_then(|name| headers.get_all(name).iter().next_back())
-        .and_then(|value| value.to_str().ok())
-        .and_then(|value| value.rsplit(',').next())
-        .map(|addr| addr.trim().to_string())
-        .filter(|addr| !addr.is_empty());
-    from_proxy
-        .or_else(|| peer.map(|ConnectInfo(addr)| addr.ip().to_string()))
-        .unwrap_or_else(|| "unknown".to_string())
+        .unwrap_or("x-forwarded-for");
+    let forwarded: Vec<&str> = headers
+        .get_all(header)
+        .iter()
+        .filter_map(|value| value.to_str().ok())
+        .flat_map(|value| value.split(','))
+        .map(str::trim)
+        .collect();
+    for entry in forwarded.iter().rev() {
+        // Something that is no address ends what can be believed.
+        let Some(ip) = forwarded_ip(entry) else {
+            break;
+        };
+        client = ip;
+        if !is_trusted(&ip) {
+            break;
+        }
+    }
+    client.to_string()
+}
+
+/// An address as proxies write it: `203.0.113.1`, `203.0.113.1:5678`, `2001:db8::1` or
+/// `[2001:db8::1]:443`.
+fn forwarded_ip(entry: &str) -> Option<IpAddr> {
+    entry
+        .parse::<IpAddr>()
+        .ok()
+        .or_else(|| entry.parse::<SocketAddr>().ok().map(|a| a.ip()))
 }
 
 #[cfg(test)]

@@ -12,6 +12,9 @@
 //! - Only an explicit not-found is [`Failure::NotFound`]; everything else is an error, never "gone".
 //!
 //! Nothing here logs a credential or a URL's query: failures carry a kind, not the server's words.
+//! The server's words (an error's message or body) go to the debug log only through [`Sent`],
+//! which blanks everything the request carried: an API may quote its input back, and that input
+//! holds gateway tokens and tool keys.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -27,6 +30,79 @@ use tokio::sync::Semaphore;
 use crate::config::Secret;
 
 pub use crate::calls::Failure;
+
+/// Strings shorter than this are not taken for secrets: every token and key is longer, and
+/// blanking short words would blank the message.
+const SHORTEST_SECRET: usize = 12;
+
+/// How much of a server's error text the log keeps.
+const LOGGED_TEXT: usize = 300;
+
+/// What a request carried, to be blanked from anything the server says back before it is
+/// logged: its bearer token and every string it sent (body fields, GraphQL variables, query
+/// values), since any of them may be a secret.
+#[derive(Debug, Default)]
+pub struct Sent(Vec<String>);
+
+impl Sent {
+    /// Secrets known by name (a gateway token), besides what a request carried.
+    pub fn of<'a>(secrets: impl IntoIterator<Item = &'a str>) -> Self {
+        let mut sent = Self::default();
+        for secret in secrets {
+            sent.add(secret);
+        }
+        sent
+    }
+
+    fn add(&mut self, text: &str) {
+        if text.len() >= SHORTEST_SECRET && !self.0.iter().any(|s| s == text) {
+            self.0.push(text.to_string());
+        }
+    }
+
+    fn add_leaves(&mut self, value: &Value) {
+        match value {
+            Value::String(text) => self.add(text),
+            Value::Array(items) => items.iter().for_each(|v| self.add_leaves(v)),
+            Value::Object(map) => map.values().for_each(|v| self.add_leaves(v)),
+            _ => {}
+        }
+    }
+
+    fn of_request(request: &reqwest::Request) -> Self {
+        let mut sent = Self::default();
+        if let Some(auth) = request
+            .headers()
+            .get(reqwest::header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+        {
+            sent.add(auth.strip_prefix("Bearer ").unwrap_or(auth));
+        }
+        for (_, value) in request.url().query_pairs() {
+            sent.add(&value);
+        }
+        if let Some(body) = request.body().and_then(|b| b.as_bytes()) {
+            match serde_json::from_slice::<Value>(body) {
+                Ok(json) => sent.add_leaves(&json),
+                Err(_) => sent.add(&String::from_utf8_lossy(body)),
+            }
+        }
+        sent
+    }
+
+    /// `text` with everything sent blanked, then cut to a length fit for a log line (in that
+    /// order: a cut could leave half a secret that no longer matches).
+    pub fn redact(&self, text: &str) -> String {
+        let mut secrets: Vec<&String> = self.0.iter().collect();
+        // A secret inside a longer one is blanked with it.
+        secrets.sort_by_key(|s| std::cmp::Reverse(s.len()));
+        let mut text = text.to_string();
+        for secret in secrets {
+            text = text.replace(secret.as_str(), "[redacted]");
+        }
+        text.chars().take(LOGGED_TEXT).collect()
+    }
+}
 
 /// One failed attempt, and what it tells about retrying.
 struct Attempt {
@@ -200,14 +276,17 @@ impl Outbound {
         let body = serde_json::json!({"query": query, "variables": variables});
         self.attempts(call, url, |attempt| {
             let mut request = self.http.post(url).json(&body);
+            let mut sent = Sent::default();
+            sent.add_leaves(&variables);
             if let Some(token) = tokens.current() {
                 request = request.bearer_auth(token.expose());
+                sent.add(token.expose());
             }
             async move {
                 let reply = self
                     .once(call, attempt, request)
                     .await
-                    .and_then(graphql_data);
+                    .and_then(|reply| graphql_data(reply, &sent));
                 if matches!(&reply, Err(a) if a.failure == Failure::RateLimited) {
                     tokens.rotate();
                 }
@@ -274,7 +353,16 @@ impl Outbound {
         attempt: u32,
         request: RequestBuilder,
     ) -> Result<Value, Attempt> {
-        let response = match request.timeout(self.policy.timeout).send().await {
+        let request = match request.timeout(self.policy.timeout).build() {
+            Ok(request) => request,
+            // A request that cannot be built (a bad URL) never left.
+            Err(e) => {
+                tracing::warn!(service = call.service, step = call.step, error = %e.without_url(), "request not built");
+                return Err(Attempt::sent(Failure::Refused));
+            }
+        };
+        let sent = Sent::of_request(&request);
+        let response = match self.http.execute(request).await {
             Ok(response) => response,
             Err(e) => {
                 let failure = if e.is_timeout() {
@@ -323,6 +411,14 @@ impl Outbound {
             StatusCode::UNAUTHORIZED | StatusCode::FORBIDDEN => Failure::Unauthorized,
             s => Failure::Status(s.as_u16()),
         };
+        tracing::debug!(
+            service = call.service,
+            step = call.step,
+            attempt,
+            %status,
+            body = %sent.redact(&String::from_utf8_lossy(&body)),
+            "answered with an error"
+        );
         Err(Attempt {
             failure,
             retry_after,
@@ -331,15 +427,15 @@ impl Outbound {
     }
 }
 
-/// `data` of a GraphQL reply, or what its `errors` say.
-fn graphql_data(reply: Value) -> Result<Value, Attempt> {
+/// `data` of a GraphQL reply, or what its `errors` say (logged with what was `sent` blanked).
+fn graphql_data(reply: Value, sent: &Sent) -> Result<Value, Attempt> {
     if let Some(errors) = reply.get("errors").and_then(Value::as_array) {
         if let Some(first) = errors.first() {
-            let message = first
+            let said = first
                 .get("message")
                 .and_then(Value::as_str)
-                .unwrap_or_default()
-                .to_ascii_lowercase();
+                .unwrap_or_default();
+            let message = said.to_ascii_lowercase();
             let failure = if message.contains("not found") {
                 Failure::NotFound
             } else if ["rate limit", "too quickly", "too many requests", "only one"]
@@ -350,7 +446,7 @@ fn graphql_data(reply: Value) -> Result<Value, Attempt> {
             } else if message.contains("not authorized") || message.contains("unauthorized") {
                 Failure::Unauthorized
             } else {
-                tracing::debug!(%message, "graphql error");
+                tracing::debug!(message = %sent.redact(said), "graphql error");
                 Failure::Refused
             };
             return Err(Attempt::sent(failure));
@@ -597,6 +693,29 @@ mod tests {
             Err(Failure::TimedOut)
         );
         assert_eq!(script.seen.load(Ordering::SeqCst), 1);
+    }
+
+    #[test]
+    fn what_a_request_sent_is_blanked_from_what_the_server_says() {
+        let secret = "0123456789abcdef0123456789abcdef";
+        let request = reqwest::Client::new()
+            .post("http://127.0.0.1:9/keys?token=query-secret-value")
+            .bearer_auth("bearer-secret-value")
+            .json(&serde_json::json!({"env": {"GATEWAY_TOKEN": secret}, "name": "ap-1"}))
+            .build()
+            .unwrap();
+        let sent = Sent::of_request(&request);
+        let said = format!(
+            "Invalid input {{GATEWAY_TOKEN: {secret}}} with bearer-secret-value and \
+             query-secret-value for ap-1"
+        );
+        assert_eq!(
+            sent.redact(&said),
+            "Invalid input {GATEWAY_TOKEN: [redacted]} with [redacted] and [redacted] for ap-1"
+        );
+        // Blanked before it is cut: half a secret at the end would not match any more.
+        let long = format!("{}{secret}", "x".repeat(LOGGED_TEXT - 5));
+        assert!(!sent.redact(&long).contains(&secret[..5]));
     }
 
     #[tokio::test]

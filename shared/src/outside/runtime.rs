@@ -276,7 +276,8 @@ impl RuntimeClient {
         let status = response.status();
         if !status.is_success() {
             let body = response.text().await.unwrap_or_default();
-            let body: String = body.chars().take(200).collect();
+            // A runtime may quote the request back: its token must not reach the log.
+            let body = crate::outbound::Sent::of([gateway_token]).redact(&body);
             tracing::warn!(%status, %body, "provision refused");
             return Err(ProvisionError::Status(status.as_u16()));
         }

@@ -192,6 +192,19 @@ pub async fn attempt(db: &PgPool, client: &str) -> Result<Attempt> {
     })
 }
 
+/// Where a client stands after its wrong keys, read without counting an attempt: `None` if it
+/// has no record, else how long it must still wait (zero: it may try again).
+pub async fn standing(db: &PgPool, client: &str) -> Result<Option<Duration>> {
+    let wait: Option<f64> = sqlx::query_scalar(
+        "SELECT greatest(0, extract(epoch FROM blocked_until - clock_timestamp()))::double precision
+           FROM admin_login_attempts WHERE client = $1",
+    )
+    .bind(client)
+    .fetch_optional(db)
+    .await?;
+    Ok(wait.map(Duration::from_secs_f64))
+}
+
 /// A right key: the client's wrong ones are forgotten.
 pub async fn forget_attempts(db: &PgPool, client: &str) -> Result<()> {
     sqlx::query("DELETE FROM admin_login_attempts WHERE client = $1")

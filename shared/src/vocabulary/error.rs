@@ -58,6 +58,17 @@ pub enum Error {
         failure: crate::calls::Failure,
     },
 
+    /// A listing that lacks most of what the rows say exists (an empty page, a project answered
+    /// as null): not believed, so that nothing is judged absent from it.
+    #[error(
+        "{service} listing not believed: it lacks {missing} of the {expected} resources the rows record"
+    )]
+    ImplausibleListing {
+        service: &'static str,
+        missing: usize,
+        expected: usize,
+    },
+
     #[error("database: {0}")]
     Db(#[from] sqlx::Error),
 
@@ -88,6 +99,7 @@ impl Error {
             Error::ClaimInProgress => "claim_in_progress",
             Error::IdempotencyKeyReused => "idempotency_key_reused",
             Error::Provider { .. } | Error::Outbound { .. } => "provider_failed",
+            Error::ImplausibleListing { .. } => "implausible_listing",
             Error::Db(e) if unavailable(e) => "database_unavailable",
             Error::Db(_) | Error::Migrate(_) | Error::Config(_) | Error::Io { .. } => "internal",
         }
@@ -105,7 +117,8 @@ impl Error {
             | Error::ConversationTaken { .. }
             | Error::ClaimInProgress
             | Error::IdempotencyKeyReused
-            | Error::Outbound { .. } => self.to_string(),
+            | Error::Outbound { .. }
+            | Error::ImplausibleListing { .. } => self.to_string(),
             Error::Provider { provider, .. } => format!("provider {provider} failed"),
             Error::Db(e) if unavailable(e) => "database unavailable".into(),
             Error::Db(_) | Error::Migrate(_) | Error::Config(_) | Error::Io { .. } => {

@@ -55,6 +55,23 @@ pub enum Fault {
     Drop,
     /// The operation is carried out, then the connection closes without a response.
     LostReply,
+    /// A listing answered as if there were nothing: every list in the reply empty, no further
+    /// page. What was asked is read, nothing is changed.
+    EmptyPage,
+    /// A reply whose data is null (Railway's `{"data": {"project": null}}`, a REST `{"data":
+    /// null}`), HTTP 200, no error.
+    NullData,
+    /// An error inside an HTTP 200: the API's error body with a success status. Nothing is done.
+    ErrorIn200,
+    /// A page of an offset-paged listing (OpenRouter's keys, Telnyx's numbers) read as if `by`
+    /// items before it had been deleted meanwhile: the page starts `by` items later, so the items
+    /// it should have started with are never seen.
+    ShiftedPage { by: usize },
+    /// Refused with an error whose message quotes the request back, as some APIs do with a bad
+    /// input: for GraphQL HTTP 200 whose error quotes the variables; for REST HTTP 422 whose
+    /// error quotes the body. Nothing is done. A client that logs the message unredacted logs
+    /// every secret it sent.
+    EchoError,
 }
 
 impl Fault {
@@ -67,6 +84,11 @@ impl Fault {
             Fault::Slow { .. } => "Slow",
             Fault::Drop => "Drop",
             Fault::LostReply => "LostReply",
+            Fault::EchoError => "EchoError",
+            Fault::EmptyPage => "EmptyPage",
+            Fault::NullData => "NullData",
+            Fault::ErrorIn200 => "ErrorIn200",
+            Fault::ShiftedPage { .. } => "ShiftedPage",
         }
     }
 }
@@ -282,7 +304,84 @@ where
             let _ = run.await;
             dropped_connection()
         }
+        Some(Fault::EmptyPage) => reshape(run.await, emptied).await,
+        Some(Fault::NullData) => reshape(run.await, nulled).await,
+        Some(Fault::ErrorIn200) => {
+            let mut response = api.error(StatusCode::INTERNAL_SERVER_ERROR, "Internal error");
+            *response.status_mut() = StatusCode::OK;
+            response
+        }
+        // The handler of an offset-paged listing reads it from the request's extensions.
+        Some(Fault::ShiftedPage { .. }) => run.await,
+        // The request is not at hand here: the fake's front door quotes it ([`echo_error`]).
+        Some(Fault::EchoError) => api.error(StatusCode::UNPROCESSABLE_ENTITY, "Invalid request"),
     }
+}
+
+/// `response` with its JSON body rewritten by `change` (a body that is not JSON is left).
+async fn reshape(response: Response, change: fn(Value) -> Value) -> Response {
+    let status = response.status();
+    let bytes = axum::body::to_bytes(response.into_body(), 64 << 20)
+        .await
+        .unwrap_or_default();
+    match serde_json::from_slice::<Value>(&bytes) {
+        Ok(body) => (status, Json(change(body))).into_response(),
+        Err(_) => (status, bytes).into_response(),
+    }
+}
+
+/// Every list empty, and no page after this one.
+fn emptied(body: Value) -> Value {
+    match body {
+        Value::Array(_) => Value::Array(Vec::new()),
+        Value::Object(map) => Value::Object(
+            map.into_iter()
+                .map(|(k, v)| match k.as_str() {
+                    "hasNextPage" => (k, Value::Bool(false)),
+                    "next_page_token" | "endCursor" => (k, Value::Null),
+                    _ => (k, emptied(v)),
+                })
+                .collect(),
+        ),
+        other => other,
+    }
+}
+
+/// GraphQL: every root field of `data` null; REST: every top-level field null.
+fn nulled(body: Value) -> Value {
+    let null_all = |map: serde_json::Map<String, Value>| -> Value {
+        Value::Object(map.into_iter().map(|(k, _)| (k, Value::Null)).collect())
+    };
+    match body {
+        Value::Object(mut map) => match map.remove("data") {
+            Some(Value::Object(data)) => {
+                map.insert("data".into(), null_all(data));
+                Value::Object(map)
+            }
+            Some(data) => {
+                map.insert("data".into(), data);
+                null_all(map)
+            }
+            None => null_all(map),
+        },
+        other => other,
+    }
+}
+
+/// How many items a page of an offset-paged listing skips for a [`Fault::ShiftedPage`].
+pub fn shifted_by(fault: Option<axum::Extension<Fault>>) -> usize {
+    match fault {
+        Some(axum::Extension(Fault::ShiftedPage { by })) => by,
+        _ => 0,
+    }
+}
+
+/// The answer to [`Fault::EchoError`]: the error quotes what the request sent.
+pub fn echo_error<A: Fake + ?Sized>(api: &A, sent: &str) -> Response {
+    api.error(
+        StatusCode::UNPROCESSABLE_ENTITY,
+        &format!("Invalid request: {sent}"),
+    )
 }
 
 /// Runs `handle` on its own task, so a client that hangs up (a timeout, say) does not cancel an
@@ -303,7 +402,7 @@ where
 pub async fn rest_gate<A: Fake>(
     State(api): State<Arc<A>>,
     path: Option<MatchedPath>,
-    request: Request,
+    mut request: Request,
     next: Next,
 ) -> Response {
     if !api.authorized(request.headers()) {
@@ -317,6 +416,22 @@ pub async fn rest_gate<A: Fake>(
     };
     let op = format!("{} {template}", request.method());
     let fault = api.faults().admit(&op);
+    if fault == Some(Fault::EchoError) {
+        let (parts, body) = request.into_parts();
+        let body = axum::body::to_bytes(body, 1 << 20)
+            .await
+            .unwrap_or_default();
+        let sent = format!(
+            "{}?{} {}",
+            parts.uri.path(),
+            parts.uri.query().unwrap_or(""),
+            String::from_utf8_lossy(&body)
+        );
+        return echo_error(&*api, &sent);
+    }
+    if let Some(fault) = &fault {
+        request.extensions_mut().insert(fault.clone());
+    }
     detached(async move { apply(&*api, fault, &op, next.run(request)).await }).await
 }
 

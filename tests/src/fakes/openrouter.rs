@@ -24,7 +24,9 @@ use axum::{Json, Router};
 use serde::Serialize;
 use serde_json::{json, Map, Value};
 
-use super::faults::{bearer_in, control_routes, now, rest_gate, Controls, Fake, Faults, Server};
+use super::faults::{
+    bearer_in, control_routes, now, rest_gate, shifted_by, Controls, Fake, Fault, Faults, Server,
+};
 use super::rest::{json_body, opt_str, random_hex, Change, Params};
 
 #[derive(Debug, Clone)]
@@ -324,6 +326,7 @@ async fn create_key(State(inner): State<Arc<Inner>>, body: Bytes) -> Response {
 
 async fn list_keys(
     State(inner): State<Arc<Inner>>,
+    fault: Option<axum::Extension<Fault>>,
     query: Result<Query<Vec<(String, String)>>, QueryRejection>,
 ) -> Response {
     let read = || -> Result<(usize, bool), String> {
@@ -349,7 +352,7 @@ async fn list_keys(
         .keys
         .iter()
         .filter(|k| include_disabled || !k.disabled)
-        .skip(offset)
+        .skip(offset + shifted_by(fault))
         .take(inner.config.page_size)
         .map(KeyView::json)
         .collect();

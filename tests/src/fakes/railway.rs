@@ -2,11 +2,11 @@
 //! tests.
 //!
 //! It keeps what it was asked to create (projects → environments, services, domains, volumes,
-//! variables, deployments) so a test can assert that nothing was left behind, and it really
-//! "deploys": a commit starts `agentpool stub-agent` on the service's loopback port with exactly
-//! the committed variables, so health checks and provisioning reach a live runtime at the
-//! domain the API returned. Faults are injected per request ([`Fault`], [`Scope`]) from the test
-//! or over HTTP (`POST /_fake/faults`).
+//! variables, deployments; a volume outlives its service, as at Railway) so a test can assert
+//! that nothing was left behind, and it really "deploys": a commit starts `agentpool stub-agent`
+//! on the service's loopback port with exactly the committed variables, so health checks and
+//! provisioning reach a live runtime at the domain the API returned. Faults are injected per
+//! request ([`Fault`], [`Scope`]) from the test or over HTTP (`POST /_fake/faults`).
 //!
 //! Operations are recognised by their root field and answered with a fixed, full shape (the
 //! fields the provider selects and a few more); selections are not evaluated.
@@ -273,7 +273,8 @@ impl World {
             .find(|p| p.environments.iter().any(|e| e.id == environment_id))
     }
 
-    /// Removes a service, stopping its process and deleting its volumes.
+    /// Removes a service, stopping its process. Its volumes stay, as at Railway: a volume is
+    /// deleted by `volumeDelete` or with its project.
     fn remove_service(&mut self, id: &str) {
         if let Some(at) = self.services.iter().position(|s| s.id == id) {
             let mut service = self.services.remove(at);
@@ -284,7 +285,6 @@ impl World {
                 }
             }
         }
-        self.volumes.retain(|v| v.service_id != id);
     }
 }
 
@@ -666,6 +666,13 @@ async fn handle(inner: Arc<Inner>, headers: HeaderMap, body: Bytes) -> Response 
     };
     let op = request.root.name.clone();
     let fault = inner.faults.admit(&op);
+    if fault == Some(Fault::EchoError) {
+        // Railway's way: HTTP 200, the error quoting the input it refused.
+        return graphql_error(&format!(
+            "Invalid input: {}",
+            Value::Object(request.variables.clone())
+        ));
+    }
     apply(&*inner, fault, &op, async {
         match execute(&inner, &request) {
             Ok(value) => {
@@ -1333,6 +1340,22 @@ fn project_node(
         "name": project.name,
         "createdAt": project.created_at,
         "environments": environments_connection(project),
+        // Railway lists a project's volumes apart from its services, each with the service it is
+        // mounted on (which may be gone).
+        "volumes": {"edges": world
+            .volumes
+            .iter()
+            .filter(|v| v.project_id == project.id)
+            .map(|v| json!({"node": {
+                "id": v.id,
+                "name": format!("volume-{}", &v.id[..8]),
+                "volumeInstances": {"edges": [{"node": {
+                    "serviceId": v.service_id,
+                    "environmentId": v.environment_id,
+                    "mountPath": v.mount_path,
+                }}]},
+            }}))
+            .collect::<Vec<_>>()},
         "services": connection(
             &services,
             |s| s.seq,

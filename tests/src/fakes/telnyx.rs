@@ -39,7 +39,8 @@ use serde::Serialize;
 use serde_json::{json, Value};
 
 use super::faults::{
-    bearer_in, control_routes, new_id, now, rest_gate, Controls, Fake, Faults, Server,
+    bearer_in, control_routes, new_id, now, rest_gate, shifted_by, Controls, Fake, Fault, Faults,
+    Server,
 };
 use super::rest::{json_body, opt_str, Params};
 
@@ -701,6 +702,7 @@ fn paged(matching: Vec<Value>, page: usize, size: usize) -> Response {
 
 async fn list_numbers(
     State(inner): State<Arc<Inner>>,
+    fault: Option<axum::Extension<Fault>>,
     query: Result<Query<Vec<(String, String)>>, QueryRejection>,
 ) -> Response {
     struct Listing {
@@ -736,6 +738,9 @@ async fn list_numbers(
         })
         .collect();
     matching.sort_by_key(|o| o.seq);
+    // Items deleted before this page meanwhile: the page starts that much later.
+    let shift = shifted_by(fault).min(matching.len());
+    matching.drain(..shift);
     paged(
         matching.iter().map(|o| o.view.json("active")).collect(),
         listing.page,

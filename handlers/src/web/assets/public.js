@@ -23,7 +23,7 @@
   async function refresh() {
     const [countsReply, agentsReply] = await Promise.all([
       fetch('/api/pool/counts'),
-      fetch('/api/pool/agents?limit=200'),
+      fetch('/api/pool/agents?limit=200&status=' + LIVE.join(',')),
     ]);
     if (!countsReply.ok || !agentsReply.ok) return;
     const c = await countsReply.json();

@@ -8,8 +8,9 @@
 //! Creation: (project,) service, domain (before the first deploy, so the instance boots knowing
 //! its URL), optional volume, then image + start command + every variable in one
 //! `environmentPatchCommit`, so that the first (and only) deploy sees every variable. A creation
-//! whose reply was lost is found again by name before it is retried: Railway would make a second
-//! service. The whole fleet's status is one paginated query per tick.
+//! whose reply was lost is found again by name, and never sent twice: Railway would make a second
+//! service, and a late answer may still be carried out. The whole fleet's status is one paginated
+//! query per tick.
 
 use async_trait::async_trait;
 use serde_json::{json, Value};
@@ -148,6 +149,11 @@ impl RailwayProvider {
                 .await
                 .map_err(|f| Error::outbound(SERVICE, step, f))?;
             let connection = &data[path[0]][path[1]];
+            // `project: null` (Railway's answer for a project it cannot show just now) is no
+            // empty project: an answer without the connection is not a listing.
+            if !connection["edges"].is_array() {
+                return Err(Error::outbound(SERVICE, step, Failure::BadReply));
+            }
             nodes.extend(edges(connection).map(|e| e["node"].clone()));
             match next_page(connection) {
                 Some(cursor) => variables["after"] = json!(cursor),
@@ -223,7 +229,11 @@ impl RailwayProvider {
         Ok(services)
     }
 
-    /// Creates `name` in `project_id`, unless a lost reply already did.
+    /// Creates `name` in `project_id`, unless a lost reply already did. A create whose answer
+    /// never came is not sent again: it may still be carried out (a slow Railway answers after
+    /// our timeout), and a second one would make a second service of the same name. If the
+    /// service is not there yet, the creation fails; its row is destroyed by name, which finds
+    /// the service whenever it lands (or the orphan sweep does, once the row is gone).
     async fn create_service(
         &self,
         project_id: &str,
@@ -233,36 +243,22 @@ impl RailwayProvider {
         let query =
             "mutation($input: ServiceCreateInput!) { serviceCreate(input: $input) { id name } }";
         let input = json!({"input": {"projectId": project_id, "environmentId": environment_id, "name": name}});
-        let created = self
-            .gql("railway-service", Replay::Unsafe, query, input.clone())
-            .await;
-        match created {
+        match self
+            .gql("railway-service", Replay::Unsafe, query, input)
+            .await
+        {
             Ok(data) => data["serviceCreate"]["id"]
                 .as_str()
                 .map(str::to_string)
                 .ok_or_else(|| Error::outbound(SERVICE, "railway-service", Failure::BadReply)),
             Err(
                 failure @ (Failure::TimedOut | Failure::Connection | Failure::Status(500..=599)),
-            ) => {
-                // It may exist: look before making a second one.
-                let found = self.services_named(project_id, name).await?;
-                match found.into_iter().next() {
-                    Some(service) => Ok(service),
-                    None => {
-                        tracing::info!(%failure, "service not created; trying once more");
-                        let data = self
-                            .gql("railway-service", Replay::Unsafe, query, input)
-                            .await
-                            .map_err(|f| Error::outbound(SERVICE, "railway-service", f))?;
-                        data["serviceCreate"]["id"]
-                            .as_str()
-                            .map(str::to_string)
-                            .ok_or_else(|| {
-                                Error::outbound(SERVICE, "railway-service", Failure::BadReply)
-                            })
-                    }
-                }
-            }
+            ) => self
+                .services_named(project_id, name)
+                .await?
+                .into_iter()
+                .next()
+                .ok_or_else(|| Error::outbound(SERVICE, "railway-service", failure)),
             Err(failure) => Err(Error::outbound(SERVICE, "railway-service", failure)),
         }
     }
@@ -279,26 +275,24 @@ impl RailwayProvider {
     }
 
     /// Creates the project `name` in the workspace, unless a lost reply already did; returns its
-    /// id and environment id.
+    /// id and environment id. As for a service, a create whose answer never came is not sent
+    /// again.
     async fn create_project(&self, workspace_id: &str, name: &str) -> Result<(String, String)> {
         let query = "mutation($input: ProjectCreateInput!) { projectCreate(input: $input) { id name environments { edges { node { id name } } } } }";
         let input = json!({"input": {"name": name, "workspaceId": workspace_id}});
         let project = match self
-            .gql("railway-project", Replay::Unsafe, query, input.clone())
+            .gql("railway-project", Replay::Unsafe, query, input)
             .await
         {
             Ok(data) => data["projectCreate"].clone(),
-            Err(Failure::TimedOut | Failure::Connection | Failure::Status(500..=599)) => {
-                match self.projects_named(name).await?.into_iter().next() {
-                    Some(project) => project,
-                    None => self
-                        .gql("railway-project", Replay::Unsafe, query, input)
-                        .await
-                        .map_err(|f| Error::outbound(SERVICE, "railway-project", f))?
-                        ["projectCreate"]
-                        .clone(),
-                }
-            }
+            Err(
+                failure @ (Failure::TimedOut | Failure::Connection | Failure::Status(500..=599)),
+            ) => self
+                .projects_named(name)
+                .await?
+                .into_iter()
+                .next()
+                .ok_or_else(|| Error::outbound(SERVICE, "railway-project", failure))?,
             Err(failure) => return Err(Error::outbound(SERVICE, "railway-project", failure)),
         };
         let id = project["id"].as_str();
@@ -402,8 +396,9 @@ impl RailwayProvider {
         Ok((url, volume))
     }
 
-    /// Removes what a failed creation made. What this cannot remove, the tick does: the row goes
-    /// to `destroying` and is destroyed by name.
+    /// Removes what a failed creation made, its volume too (found by its service: the step that
+    /// made it may have lost its reply). What this cannot remove, the tick does: the row goes to
+    /// `destroying` and is destroyed by name.
     async fn roll_back(&self, name: &str, project_id: &str, service_id: Option<&str>) {
         let resource = match &self.layout {
             Layout::ProjectPerAgent { .. } => Some(project_id.to_string()),
@@ -422,6 +417,46 @@ impl RailwayProvider {
         if let Err(e) = undo {
             tracing::warn!(error = %e, "rolling back a failed creation; the tick will destroy it by name");
         }
+    }
+
+    /// The volumes of `services`: the one the creation recorded, or, when no record says (a
+    /// rollback, a creator that died before recording, a teardown by name) and this pool makes
+    /// volumes, every volume of the project mounted on one of them.
+    async fn volumes_of(
+        &self,
+        project_id: &str,
+        services: &[String],
+        details: &Value,
+    ) -> Result<Vec<String>> {
+        if let Some(recorded) = details.get("volumeId") {
+            return Ok(recorded.as_str().map(str::to_string).into_iter().collect());
+        }
+        if self.volume_mount.is_none() || services.is_empty() {
+            return Ok(Vec::new());
+        }
+        let data = self
+            .gql(
+                "destroy",
+                Replay::Safe,
+                "query($id: String!) { project(id: $id) { volumes { edges { node { id volumeInstances { edges { node { serviceId } } } } } } } }",
+                json!({"id": project_id}),
+            )
+            .await
+            .map_err(|f| Error::outbound(SERVICE, "destroy", f))?;
+        let volumes = &data["project"]["volumes"];
+        if !volumes["edges"].is_array() {
+            return Err(Error::outbound(SERVICE, "destroy", Failure::BadReply));
+        }
+        Ok(edges(volumes)
+            .filter(|v| {
+                edges(&v["node"]["volumeInstances"]).any(|i| {
+                    i["node"]["serviceId"]
+                        .as_str()
+                        .is_some_and(|id| services.iter().any(|s| s == id))
+                })
+            })
+            .filter_map(|v| v["node"]["id"].as_str().map(str::to_string))
+            .collect())
     }
 
     async fn delete(&self, step: &'static str, query: &str, variables: Value) -> Result<()> {
@@ -558,7 +593,13 @@ impl Provider for RailwayProvider {
                 }
             }
             Layout::Shared { project_id, .. } => {
-                if let Some(volume) = resource.details["volumeId"].as_str() {
+                let ids = match &resource.resource_id {
+                    Some(id) => vec![id.clone()],
+                    None => self.services_named(project_id, &resource.name).await?,
+                };
+                // A volume outlives its service at Railway: it goes first, while the services it
+                // is mounted on still say whose it is.
+                for volume in self.volumes_of(project_id, &ids, &resource.details).await? {
                     self.delete(
                         "destroy",
                         "mutation($volumeId: String!) { volumeDelete(volumeId: $volumeId) }",
@@ -566,10 +607,6 @@ impl Provider for RailwayProvider {
                     )
                     .await?;
                 }
-                let ids = match &resource.resource_id {
-                    Some(id) => vec![id.clone()],
-                    None => self.services_named(project_id, &resource.name).await?,
-                };
                 for id in ids {
                     self.delete(
                         "destroy",

@@ -106,6 +106,14 @@ impl Tool for AgentMail {
         self.rest.delete("agentmail-destroy", url.as_str()).await
     }
 
+    async fn exists(&self, resource_id: &str) -> Option<Result<bool>> {
+        let url = match self.url(&["inboxes", resource_id]) {
+            Ok(url) => url,
+            Err(e) => return Some(Err(e)),
+        };
+        Some(self.rest.exists("agentmail-list", url.as_str()).await)
+    }
+
     async fn list(&self, prefix: &str) -> Result<Option<Vec<Listed>>> {
         let mut listed = Vec::new();
         let mut token: Option<String> = None;

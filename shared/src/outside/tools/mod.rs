@@ -77,6 +77,13 @@ pub trait Tool: Send + Sync {
     /// Every resource of ours (named or tagged with `prefix`); `None` for a tool that holds nothing
     /// outside (a wallet made here).
     async fn list(&self, prefix: &str) -> Result<Option<Vec<Listed>>>;
+
+    /// Whether one resource exists, looked up by id: how an absence from a listing is confirmed,
+    /// since a paged listing may skip a resource that moved while it was read. Only an explicit
+    /// "not found" is `false`. `None`: this tool cannot look one up.
+    async fn exists(&self, _resource_id: &str) -> Option<Result<bool>> {
+        None
+    }
 }
 
 /// The tools this pool provisions, in creation order, and the steps of those not configured.
@@ -179,6 +186,18 @@ impl Rest {
         self.call(step, replay, method, url, body)
             .await
             .map_err(|f| Error::outbound(self.service, step, f))
+    }
+
+    /// Whether the resource at `url` exists: only a 404 says it does not.
+    async fn exists(&self, step: &'static str, url: &str) -> Result<bool> {
+        match self
+            .call(step, Replay::Safe, reqwest::Method::GET, url, None)
+            .await
+        {
+            Ok(_) => Ok(true),
+            Err(Failure::NotFound) => Ok(false),
+            Err(failure) => Err(Error::outbound(self.service, step, failure)),
+        }
     }
 
     /// Deletes a resource; one already gone counts as deleted.

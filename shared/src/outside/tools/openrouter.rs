@@ -122,6 +122,11 @@ impl Tool for OpenRouter {
         self.rest.delete("openrouter-destroy", &url).await
     }
 
+    async fn exists(&self, resource_id: &str) -> Option<Result<bool>> {
+        let url = format!("{}/keys/{resource_id}", self.api);
+        Some(self.rest.exists("openrouter-list", &url).await)
+    }
+
     async fn list(&self, prefix: &str) -> Result<Option<Vec<Listed>>> {
         let mut listed = Vec::new();
         let mut offset = 0usize;

@@ -274,6 +274,11 @@ impl Tool for Telnyx {
         self.rest.delete("telnyx-destroy", &url).await
     }
 
+    async fn exists(&self, resource_id: &str) -> Option<Result<bool>> {
+        let url = format!("{}/phone_numbers/{resource_id}", self.api);
+        Some(self.rest.exists("telnyx-list", &url).await)
+    }
+
     async fn list(&self, prefix: &str) -> Result<Option<Vec<Listed>>> {
         let mut listed = Vec::new();
         let mut untagged = Vec::new();

@@ -156,7 +156,9 @@ async fn claim_now(
     for attempt in 1..=attempts {
         let token = Uuid::new_v4();
         let Some(taken) = take_idle(pool, token, request).await? else {
-            break;
+            // However the earlier attempts failed, the pool is empty now: what the client can do
+            // is wait for a refill, which is what 503 and its Retry-After say.
+            return Err(no_idle(pool).await);
         };
         let span = tracing::info_span!("claim", instance_id = %taken.id, attempt);
         match provision_taken(pool, request, token, &taken, fence)
@@ -174,15 +176,18 @@ async fn claim_now(
         }
     }
     Err(match last_failure {
-        None => {
-            // Counted for /metrics; a miss that cannot be counted is still answered.
-            if let Err(e) = crate::metrics::count_claim_miss(&pool.db).await {
-                tracing::warn!(error = %e, "counting a claim miss");
-            }
-            Error::NoIdle
-        }
+        None => no_idle(pool).await,
         Some(last) => Error::ClaimFailed { attempts, last },
     })
+}
+
+/// A claim that found the pool empty, counted for /metrics; a miss that cannot be counted is
+/// still answered.
+async fn no_idle(pool: &Pool) -> Error {
+    if let Err(e) = crate::metrics::count_claim_miss(&pool.db).await {
+        tracing::warn!(error = %e, "counting a claim miss");
+    }
+    Error::NoIdle
 }
 
 /// Provisions a taken instance. The outer `Result` is the database; the inner one the runtime.

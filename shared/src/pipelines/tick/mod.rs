@@ -197,7 +197,8 @@ pub async fn run_until(pool: &Pool, mode: Mode, stop: &CancellationToken) -> Res
         Ok::<_, Error>(report)
     };
     let outcome = tracing::Instrument::instrument(work, span).await;
-    if outcome.is_ok() {
+    // A tick cut short left work for the next one: it is not the success /metrics reports.
+    if matches!(&outcome, Ok(report) if report.cut_short.is_none()) {
         // Under the lock still: one tick at a time writes this row.
         if let Err(e) = crate::metrics::record_tick(&pool.db, started.elapsed()).await {
             tracing::warn!(error = %e, "recording the tick for /metrics");

@@ -67,6 +67,7 @@ pub async fn finish(db: &PgPool, slot: DateTime<Utc>, report: Option<&TickReport
     let outcome = match report {
         None => "failed",
         Some(r) if r.skipped => "locked",
+        Some(r) if r.cut_short.is_some() => "cut_short",
         Some(_) => "ran",
     };
     let count =

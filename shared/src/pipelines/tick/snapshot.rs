@@ -18,7 +18,7 @@ use crate::domain::{
     Health, Instance, InstanceStatus, ObservedResource, RecordedTool, ResourceStatus, ToolResource,
     INSTANCE_COLUMNS,
 };
-use crate::error::Result;
+use crate::error::{Error, Result};
 use crate::gate::Gate;
 use crate::Pool;
 
@@ -100,6 +100,14 @@ pub async fn take(
         }
     }
     let (now, rows) = read_rows(pool).await?;
+    let resources = resources.filter(|listed| {
+        let listed: HashSet<&str> = listed.iter().map(|r| r.name.as_str()).collect();
+        let expected = rows
+            .iter()
+            .filter(|r| r.resource_id.is_some() && r.instance.status != InstanceStatus::Destroying)
+            .map(|r| r.instance.name.as_str());
+        believed(pool.provider.kind().as_str(), expected, &listed, report)
+    });
     let recent_claims = recent_claims(pool).await?;
     let recorded: Vec<RecordedTool> = if tools_listed.is_empty() {
         Vec::new()
@@ -110,6 +118,16 @@ pub async fn take(
         .fetch_all(&pool.db)
         .await?
     };
+    confirm_absences(
+        pool,
+        &rows,
+        &recorded,
+        &mut tool_resources,
+        &mut tools_listed,
+        gate,
+        report,
+    )
+    .await;
     let targets = health_targets(&rows, resources.as_deref(), mode);
     let due = targets.len();
     // A check is started only if it can end within the budget: it may take HEALTH_TIMEOUT_MS.
@@ -133,6 +151,111 @@ pub async fn take(
         recorded,
         recent_claims,
     })
+}
+
+/// Whether a listing is believed: one that lacks most of the resources the rows say exist (an
+/// empty page, a project answered as null, a listing of another account) is not evidence of
+/// their absence, and the tick goes on as if it had failed. What really is gone is still found by
+/// its health checks.
+fn believed<'a>(
+    service: &'static str,
+    expected: impl Iterator<Item = &'a str>,
+    listed: &HashSet<&str>,
+    report: &mut TickReport,
+) -> bool {
+    let (mut total, mut missing) = (0, 0);
+    for name in expected {
+        total += 1;
+        if !listed.contains(name) {
+            missing += 1;
+        }
+    }
+    if missing * 2 <= total || missing == 0 {
+        return true;
+    }
+    let error = Error::ImplausibleListing {
+        service,
+        missing,
+        expected: total,
+    };
+    report.error(&format!("listing {service} resources"), None, &error);
+    false
+}
+
+/// The tool resources this tick may judge absent are those their tool's listing lacks *and* a
+/// lookup by id says are gone: a listing paged by offset skips a resource whenever one before it
+/// goes away while the pages are read. A tool whose listing is implausible, or whose lookups fail
+/// or are cut off by the budget, has nothing judged this tick.
+async fn confirm_absences(
+    pool: &Pool,
+    rows: &[Row],
+    recorded: &[RecordedTool],
+    tool_resources: &mut Vec<ToolResource>,
+    tools_listed: &mut HashSet<String>,
+    gate: &Gate<'_>,
+    report: &mut TickReport,
+) {
+    use InstanceStatus::*;
+    // The instances whose tool resources are judged (see `plan::evidence`), by id: their names.
+    let settled: HashMap<&str, &str> = rows
+        .iter()
+        .filter(|r| matches!(r.instance.status, Idle | Claimed | Crashed))
+        .map(|r| (r.instance.id.as_str(), r.instance.name.as_str()))
+        .collect();
+    for tool in &pool.tools.tools {
+        let tool_id = tool.id();
+        if !tools_listed.contains(tool_id) {
+            continue;
+        }
+        let listed: HashSet<&str> = tool_resources
+            .iter()
+            .filter(|r| r.tool_id == tool_id)
+            .map(|r| r.resource_id.as_str())
+            .collect();
+        let expected: Vec<&RecordedTool> = recorded
+            .iter()
+            .filter(|t| t.tool_id == tool_id && settled.contains_key(t.instance_id.as_str()))
+            .collect();
+        let ids = expected.iter().map(|t| t.resource_id.as_str());
+        let plausible = believed(tool.step(), ids, &listed, report);
+        let missing: Vec<(String, String)> = expected
+            .iter()
+            .filter(|t| !listed.contains(t.resource_id.as_str()))
+            .map(|t| {
+                (
+                    t.resource_id.clone(),
+                    settled[t.instance_id.as_str()].to_string(),
+                )
+            })
+            .collect();
+        let mut judged = plausible;
+        for (resource_id, name) in missing {
+            if !judged {
+                break;
+            }
+            if let Err(why) = gate.peek() {
+                report.cut(why);
+                judged = false;
+                break;
+            }
+            match tool.exists(&resource_id).await {
+                None | Some(Ok(false)) => {}
+                Some(Ok(true)) => tool_resources.push(ToolResource {
+                    tool_id: tool_id.to_string(),
+                    resource_id,
+                    name,
+                }),
+                Some(Err(e)) => {
+                    report.error(&format!("looking up a {} resource", tool.step()), None, &e);
+                    judged = false;
+                }
+            }
+        }
+        if !judged {
+            tools_listed.remove(tool_id);
+            tool_resources.retain(|r| r.tool_id != tool_id);
+        }
+    }
 }
 
 /// Claims in each demand window: started (`idle` → `claiming`) or missed (nothing idle), each
@@ -179,7 +302,9 @@ async fn read_rows(pool: &Pool) -> Result<(DateTime<Utc>, Vec<Row>)> {
 /// Which runtimes to ask, least recently asked first, so that a tick cut short by its budget
 /// leaves the tail of the fleet for the next one to ask first. A kicked tick asks only `starting`
 /// runtimes (so new instances become idle quickly); the whole fleet is asked on the interval.
-/// A runtime whose resource the listing shows not running is not asked.
+/// A starting or idle runtime whose resource the listing shows not running is not asked (it is
+/// replaced anyway); a user's agent always is, since it may serve whatever its last deployment
+/// says.
 pub fn health_targets(
     rows: &[Row],
     resources: Option<&[ObservedResource]>,
@@ -206,9 +331,10 @@ pub fn health_targets(
             )
         })
         .filter(|row| {
-            not_running
-                .as_ref()
-                .is_none_or(|skip| !skip.contains(row.instance.name.as_str()))
+            matches!(row.instance.status, Claimed | Crashed)
+                || not_running
+                    .as_ref()
+                    .is_none_or(|skip| !skip.contains(row.instance.name.as_str()))
         })
         .filter(|row| row.instance.url.is_some())
         .collect();

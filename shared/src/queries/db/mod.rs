@@ -5,7 +5,7 @@ pub mod embedded;
 use std::future::Future;
 use std::time::Duration;
 
-use sqlx::migrate::MigrateError;
+use sqlx::migrate::{MigrateError, Migrator};
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 use sqlx::{Connection, PgPool};
 use tokio::time::Instant;
@@ -14,11 +14,15 @@ use crate::error::Result;
 
 pub use crate::error::unavailable;
 
-pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("../migrations");
+pub static MIGRATOR: Migrator = sqlx::migrate!("../migrations");
 
 /// How long start-up waits for an unreachable database before giving up: long enough to ride
 /// out a Postgres restart or failover, short enough that a wrong address fails visibly.
 const CONNECT_PATIENCE: Duration = Duration::from_secs(30);
+
+/// How long migrating keeps trying a migration that gave up waiting for a lock (see
+/// [`migrate_with`]): old replicas keep serving meanwhile, and their transactions are short.
+const MIGRATE_PATIENCE: Duration = Duration::from_secs(120);
 
 /// A pooled connection idle this long is pinged before it is handed out.
 const PING_AFTER_IDLE: Duration = Duration::from_secs(1);
@@ -34,10 +38,7 @@ pub async fn connect(url: &str, max_connections: u32) -> Result<PgPool> {
 pub async fn open(url: &str, max_connections: u32) -> Result<PgPool> {
     let deadline = Instant::now() + CONNECT_PATIENCE;
     let pool = connect_until(url, max_connections, deadline).await?;
-    patiently("migrating", deadline, migration_unavailable, || {
-        MIGRATOR.run(&pool)
-    })
-    .await?;
+    migrate(&pool).await?;
     Ok(pool)
 }
 
@@ -95,13 +96,50 @@ where
     }
 }
 
-fn migration_unavailable(error: &MigrateError) -> bool {
-    matches!(error, MigrateError::Execute(e) if unavailable(e))
+/// Worth trying again: the database went away, or a migration gave up waiting for a lock.
+fn migration_retryable(error: &MigrateError) -> bool {
+    match error {
+        MigrateError::Execute(e) => unavailable(e),
+        MigrateError::ExecuteMigration(e, _) => unavailable(e) || lock_timed_out(e),
+        _ => false,
+    }
+}
+
+/// `lock_not_available`: a statement waited `lock_timeout` for a lock and gave up.
+fn lock_timed_out(error: &sqlx::Error) -> bool {
+    matches!(error, sqlx::Error::Database(e) if e.code().as_deref() == Some("55P03"))
 }
 
 /// Runs pending migrations. sqlx holds a Postgres advisory lock while it migrates, so replicas
 /// that start together apply each migration exactly once.
 pub async fn migrate(pool: &PgPool) -> Result<()> {
-    MIGRATOR.run(pool).await?;
+    migrate_with(pool, &MIGRATOR).await
+}
+
+/// Runs `migrator`'s pending migrations while old replicas serve. Every migration from 0008 on
+/// begins with `SET LOCAL lock_timeout`: one that needs a lock an old replica's transaction holds
+/// waits that long at most, so the claims queued behind its lock request wait no longer, then it
+/// gives up (its transaction rolls back whole) and is tried again after a pause, for up to
+/// `MIGRATE_PATIENCE`.
+pub async fn migrate_with(pool: &PgPool, migrator: &Migrator) -> Result<()> {
+    let deadline = Instant::now() + MIGRATE_PATIENCE;
+    patiently("migrating", deadline, migration_retryable, || {
+        migrate_once(pool, migrator)
+    })
+    .await?;
     Ok(())
+}
+
+async fn migrate_once(pool: &PgPool, migrator: &Migrator) -> std::result::Result<(), MigrateError> {
+    let mut conn = pool.acquire().await?;
+    // `run_direct`, not `run(&mut *conn)`: the latter's `Acquire` bound makes this future not
+    // `Send` for callers that spawn it (sqlx's own note on `run_direct`).
+    let applied = migrator.run_direct(&mut *conn).await;
+    if applied.is_err() {
+        // sqlx leaves its session advisory lock held when a migration fails, and only the end of
+        // the session lets it go: this connection is closed, not handed back to the pool, or the
+        // next attempt (and every other replica's) would wait for that lock for ever.
+        let _ = conn.detach().close().await;
+    }
+    applied
 }

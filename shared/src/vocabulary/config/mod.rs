@@ -103,7 +103,7 @@ pub enum RailwayLayout {
     Project,
 }
 
-/// Reads a cron expression the way tokio-cron-scheduler does, so that what start-up accepts is
+/// Reads a cron expression the way the scheduler does, so that what start-up accepts is
 /// what the scheduler runs: six fields, seconds first; day of month and day of week both apply.
 pub fn parse_cron(expression: &str) -> Result<croner::Cron, String> {
     croner::parser::CronParser::builder()

@@ -103,7 +103,7 @@ impl Component for HealthSettings {
 #[derive(Debug, Clone, Deserialize)]
 pub struct SchedulerSettings {
     /// When `agentpool-scheduler` ticks: a cron expression with seconds
-    /// (`sec min hour day-of-month month day-of-week`, UTC), as tokio-cron-scheduler reads it.
+    /// (`sec min hour day-of-month month day-of-week`, UTC), read by croner.
     /// Unset: every `TICK_INTERVAL_MS`.
     pub tick_cron: Option<String>,
     /// The API `agentpool-scheduler` ticks over HTTP (`POST {POOL_URL}/api/pool/tick`, with

@@ -5,8 +5,10 @@
 //! (`CREATE_TIMEOUT_MS` without a resource), its deploy failed, its resource is gone, or it is not
 //! ready by `POOL_STUCK_TIMEOUT_MS`. `idle` → `destroying` when not clean, gone, failed, dead or one of its
 //! tool resources is gone. `claiming` older than `CLAIM_TIMEOUT_MS` → `destroying` (its claimer
-//! died). `claimed` → `crashed` when gone, failed, dead or short of a tool resource; `crashed` → `claimed` when its runtime answers again. `destroying` rows
-//! are destroyed when due.
+//! died). `claimed` → `crashed` when gone, dead, short of a tool resource, or failed without an
+//! answer from its runtime this tick; `crashed` → `claimed` when its runtime answers again,
+//! whatever its last deployment says (a failed redeploy leaves the old one serving).
+//! `destroying` rows are destroyed when due.
 
 use crate::domain::{Health, InstanceStatus, ResourceStatus};
 use crate::tick::snapshot::{Row, Snapshot};
@@ -109,9 +111,12 @@ fn next(
             } else {
                 Crashed
             };
+            // A user's agent that answers is serving, whatever its latest deployment says: a
+            // redeploy that failed leaves the one before it running.
+            let serving = instance.status == Claimed && recovered(row, snapshot);
             if gone {
                 Some((to, "resource gone".into()))
-            } else if failed {
+            } else if failed && !serving {
                 Some((to, "deploy failed".into()))
             } else if let Some(tool) = tool_gone {
                 // Without its key, inbox or number the agent cannot do its work.
@@ -124,7 +129,7 @@ fn next(
             .then(|| (Destroying, "claim timed out".into())),
         // The user keeps their agent: it goes back to them, never to the idle pool.
         // ... and only whole: an agent still short of a tool resource would crash again.
-        Crashed => (recovered(row, snapshot) && tool_gone.is_none())
+        Crashed => (recovered(row, snapshot) && tool_gone.is_none() && !gone)
             .then(|| (Claimed, "runtime answers again".into())),
         // Driven by providers that restore a checkpoint.
         Recycling | Destroying => None,
@@ -281,6 +286,20 @@ mod tests {
             .plan();
         assert_eq!(moved(&plan), vec![("a", Crashed), ("c", Claimed)]);
         assert!(plan.destroy.is_empty());
+    }
+
+    #[test]
+    fn an_agent_that_answers_is_served_whatever_its_last_deployment_says() {
+        use ResourceStatus::Failed;
+        let plan = Fixture::new()
+            // A redeploy failed; the deployment before it still serves.
+            .row("a", Claimed, MIN, Some(Failed), Some(ready()))
+            .row("b", Crashed, MIN, Some(Failed), Some(ready()))
+            // Failed and silent: crashed, and staying so.
+            .row("c", Claimed, MIN, Some(Failed), None)
+            .row("d", Crashed, MIN, Some(Failed), Some(Health::Unreachable))
+            .plan();
+        assert_eq!(moved(&plan), vec![("b", Claimed), ("c", Crashed)]);
     }
 
     #[test]
