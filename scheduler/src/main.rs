@@ -13,6 +13,7 @@ use std::process::ExitCode;
 use std::sync::Arc;
 
 use tokio::time::Instant;
+use tokio_cron_scheduler::JobScheduler;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
@@ -52,7 +53,7 @@ fn init_tracing() {
 
 async fn run() -> anyhow::Result<()> {
     let settings = Settings::from_env()?;
-    let schedule = Schedule::from_settings(&settings)?;
+    let schedule = Arc::new(Schedule::from_settings(&settings)?);
     let trigger = Arc::new(Trigger::from_settings(settings).await?);
     let stop = CancellationToken::new();
     // Ticks run as tasks the scheduler can wait for: on SIGTERM the running one starts no new
@@ -66,27 +67,52 @@ async fn run() -> anyhow::Result<()> {
         schedule = %schedule.describe(),
         "scheduler started"
     );
-    let fire = async {
-        let mut last = None;
-        loop {
-            let slot = schedule.next_slot(chrono::Utc::now(), last);
-            last = Some(slot);
-            let wait = (slot - chrono::Utc::now()).to_std().unwrap_or_default();
-            tokio::time::sleep(wait).await;
+    // Firings of one scheduler never share a slot: each takes the slot after the last one's.
+    let last = Arc::new(std::sync::Mutex::new(None));
+    let job = schedule.job(Box::new({
+        let (schedule, trigger, stop, ticks) = (
+            schedule.clone(),
+            trigger.clone(),
+            stop.clone(),
+            ticks.clone(),
+        );
+        move |_id, _scheduler| {
+            let slot = {
+                let mut last = last.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+                let slot = schedule.slot(chrono::Utc::now(), *last);
+                *last = Some(slot);
+                slot
+            };
             let (trigger, stop) = (trigger.clone(), stop.clone());
-            ticks.spawn(async move {
+            let tick = ticks.spawn(async move {
                 if !stop.is_cancelled() {
                     tick_once(&trigger, slot, &stop).await;
                 }
             });
+            Box::pin(async move {
+                let _ = tick.await;
+            })
         }
-    };
-    tokio::select! {
-        _ = fire => {}
-        _ = agentpool_core::shutdown_signal() => {}
+    }))?;
+    if let Schedule::Every(_) = *schedule {
+        // An interval job repeats from when it is added; added at a slot's time, it fires on them.
+        let first = schedule.next_slot(chrono::Utc::now(), None);
+        let wait = (first - chrono::Utc::now()).to_std().unwrap_or_default();
+        tokio::select! {
+            _ = tokio::time::sleep(wait) => {}
+            _ = agentpool_core::shutdown_signal() => {
+                tracing::info!("stopped");
+                return Ok(());
+            }
+        }
     }
+    let mut scheduler = JobScheduler::new().await?;
+    scheduler.add(job).await?;
+    scheduler.start().await?;
+    agentpool_core::shutdown_signal().await;
     tracing::info!("stopping: letting the running tick end");
     stop.cancel();
+    scheduler.shutdown().await?;
     ticks.close();
     ticks.wait().await;
     tracing::info!("stopped");

@@ -1,13 +1,18 @@
 //! When the scheduler ticks, and which slot each firing is for.
 //!
-//! The scheduler sleeps until the next scheduled time and fires for that time: the slot is the
-//! time it waited for, not the clock read when it woke, so a timer that wakes a little early or
-//! late never makes two firings of one scheduler claim one slot (the second one would find the slot
-//! taken and skip, and the slot after it would go unrun).
+//! A tokio-cron-scheduler job fires; the slot a firing is for is the scheduled time *nearest* to
+//! the moment it fired, and always a later one than the slot of the firing before. Reading the
+//! latest scheduled time not after the clock instead gave a timer that woke a few milliseconds
+//! early the slot before, so one scheduler fired twice for one slot (the second firing found it
+//! taken and skipped) and left the next slot unrun.
 
+use std::future::Future;
+use std::pin::Pin;
 use std::time::Duration;
 
 use chrono::{DateTime, DurationRound, TimeDelta, Utc};
+use tokio_cron_scheduler::{Job, JobScheduler, JobSchedulerError};
+use uuid::Uuid;
 
 use agentpool_core::config::ConfigError;
 use agentpool_core::Settings;
@@ -22,6 +27,9 @@ pub enum Schedule {
     /// different moments agree on them.
     Every(Duration),
 }
+
+type Run =
+    Box<dyn FnMut(Uuid, JobScheduler) -> Pin<Box<dyn Future<Output = ()> + Send>> + Send + Sync>;
 
 impl Schedule {
     pub fn from_settings(settings: &Settings) -> Result<Self, ConfigError> {
@@ -38,7 +46,8 @@ impl Schedule {
             setting: "TICK_INTERVAL_MS".into(),
             problem: "0 turns ticking off; the scheduler needs an interval or TICK_CRON".into(),
         })?;
-        // Slots are whole seconds, as cron's are: `tick_runs` keys on them.
+        // Slots are whole seconds, as cron's are (`tick_runs` keys on them), and
+        // tokio-cron-scheduler counts repeats in whole seconds.
         Ok(Self::Every(every.max(Duration::from_secs(1))))
     }
 
@@ -63,6 +72,43 @@ impl Schedule {
                     .and_then(|start| start.checked_add_signed(every))
                     .unwrap_or(DateTime::<Utc>::MAX_UTC)
             }
+        }
+    }
+
+    /// The slot a firing at `now` is for: the scheduled time nearest to `now`, or, if that is not
+    /// after `last` (the slot of this scheduler's previous firing), the first one after `last`.
+    /// A firing a little early or late counts for the slot it was meant for; one late by more than
+    /// half a period counts for the next, whose own firing then takes the one after.
+    pub fn slot(&self, now: DateTime<Utc>, last: Option<DateTime<Utc>>) -> DateTime<Utc> {
+        let nearest = match self {
+            Self::Cron { cron, .. } => {
+                let whole_second = now.duration_trunc(TimeDelta::seconds(1)).unwrap_or(now);
+                let before = cron.find_previous_occurrence(&whole_second, true).ok();
+                let after = cron.find_next_occurrence(&whole_second, false).ok();
+                match (before, after) {
+                    (Some(before), Some(after)) if after - now < now - before => after,
+                    (Some(before), _) => before,
+                    (None, Some(after)) => after,
+                    (None, None) => whole_second,
+                }
+            }
+            Self::Every(every) => TimeDelta::from_std(*every)
+                .ok()
+                .and_then(|every| now.duration_round(every).ok())
+                .unwrap_or(now),
+        };
+        match last {
+            Some(last) if nearest <= last => self.next_slot(last, Some(last)),
+            _ => nearest,
+        }
+    }
+
+    /// The job that fires on this schedule. An interval job repeats from when it is added: add it
+    /// at a slot's time (`next_slot`) so that its firings fall on the slots.
+    pub fn job(&self, run: Run) -> Result<Job, JobSchedulerError> {
+        match self {
+            Self::Cron { expression, .. } => Job::new_async(expression.as_str(), run),
+            Self::Every(every) => Job::new_repeated_async(*every, run),
         }
     }
 
@@ -115,14 +161,15 @@ mod tests {
             let schedule = schedule(&vars);
             // A timer waking up to 3 ms early or late, as timers and stepped clocks do.
             let jitter = [3, -3, 0, -1, 2, -3, 3, -2];
-            let mut now = at("2025-01-01T10:00:07Z");
             let mut last = None;
             let mut slots = Vec::new();
-            for ms in jitter {
-                let slot = schedule.next_slot(now, last);
+            for (n, ms) in (1..).zip(jitter) {
+                let fired = at("2025-01-01T10:00:00Z")
+                    + TimeDelta::seconds(20 * n)
+                    + TimeDelta::milliseconds(ms);
+                let slot = schedule.slot(fired, last);
                 slots.push(slot);
                 last = Some(slot);
-                now = slot + TimeDelta::milliseconds(ms);
             }
             let expected: Vec<DateTime<Utc>> = (1..=8)
                 .map(|n| at("2025-01-01T10:00:00Z") + TimeDelta::seconds(20 * n))
