@@ -106,20 +106,25 @@ impl RuntimeClient {
         }
     }
 
-    /// Calls `POST /pool/provision`. What went wrong is logged here, in the caller's span; the
-    /// error says only what kind of failure it was (and never carries the token).
+    /// Calls `POST /pool/provision`, giving up after `PROVISION_TIMEOUT_MS` or at `deadline`,
+    /// whichever comes first. What went wrong is logged here, in the caller's span; the error
+    /// says only what kind of failure it was (and never carries the token).
     pub async fn provision(
         &self,
         base_url: &str,
         gateway_token: &str,
         request: &ProvisionRequest,
+        deadline: tokio::time::Instant,
     ) -> Result<ProvisionReply, ProvisionError> {
         let url = format!("{}/pool/provision", base_url.trim_end_matches('/'));
+        let timeout = self
+            .provision_timeout
+            .min(deadline.saturating_duration_since(tokio::time::Instant::now()));
         let response = self
             .http
             .post(&url)
             .bearer_auth(gateway_token)
-            .timeout(self.provision_timeout)
+            .timeout(timeout)
             .json(request)
             .send()
             .await
