@@ -5,12 +5,19 @@
 //! resource always has a row that knows how to destroy it. Whatever interrupts this leaves a state
 //! the tick recovers: a failure sends the row to `destroying` (the tick removes whatever part
 //! exists); a creator that dies leaves a `starting` row without a resource, which the tick finds
-//! after `CREATE_TIMEOUT_MS` and destroys by name.
+//! and destroys by name once the creator has been silent for `CREATE_TIMEOUT_MS`.
+//!
+//! A batch of creations has one [`Creator`], whose heartbeat (`creators.alive_at`) says it still
+//! works: rows waiting their turn in a long batch, or a creation that is merely slow, are never
+//! taken for abandoned.
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use futures::StreamExt;
+use sqlx::PgPool;
 use tracing::Instrument;
+use uuid::Uuid;
 
 use crate::domain::{Actor, InstanceStatus};
 use crate::error::{Error, Result};
@@ -26,20 +33,101 @@ use crate::Pool;
 /// Provider creations in flight at once.
 const CONCURRENCY: usize = 8;
 
-/// Inserts up to `count` `starting` rows, within the pool's `maxTotal` (see [`pool_size`]). A
-/// reservation racing a change of the size may use the size just replaced, once.
-pub async fn reserve(pool: &Pool, count: u32, actor: Actor, reason: &str) -> Result<Vec<Reserved>> {
+/// The heartbeat's beats per `CREATE_TIMEOUT_MS`: a creator misses three in a row before its
+/// rows may be reaped.
+const BEATS_PER_TIMEOUT: u32 = 4;
+
+/// One batch of creations in this process, alive (to every replica's tick) while its heartbeat
+/// runs. Dropped without [`Creator::finish`] (the work was cancelled, the task aborted) it falls
+/// silent, as a creator that died does.
+pub struct Creator {
+    id: Uuid,
+    heartbeat: tokio::task::JoinHandle<()>,
+    db: PgPool,
+}
+
+impl Creator {
+    async fn start(pool: &Pool) -> Result<Self> {
+        let id = Uuid::new_v4();
+        sqlx::query("INSERT INTO creators (id) VALUES ($1)")
+            .bind(id)
+            .execute(&pool.db)
+            .await?;
+        let every = (pool.settings.create_timeout() / BEATS_PER_TIMEOUT).max(Duration::from_millis(10));
+        let db = pool.db.clone();
+        let heartbeat = tokio::spawn(async move {
+            let mut timer = tokio::time::interval(every);
+            timer.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            timer.tick().await;
+            loop {
+                timer.tick().await;
+                let beat = sqlx::query("UPDATE creators SET alive_at = now() WHERE id = $1")
+                    .bind(id)
+                    .execute(&db)
+                    .await;
+                if let Err(e) = beat {
+                    // Missed beats let the tick reap this batch's rows without a resource; the
+                    // resources made after that are found without a row and deleted as orphans.
+                    tracing::warn!(creator = %id, error = %e, "creator heartbeat");
+                }
+            }
+        });
+        Ok(Self {
+            id,
+            heartbeat,
+            db: pool.db.clone(),
+        })
+    }
+
+    /// The batch is over: every row it reserved is created or sent to `destroying`.
+    pub async fn finish(self) {
+        self.heartbeat.abort();
+        let gone = sqlx::query("DELETE FROM creators WHERE id = $1")
+            .bind(self.id)
+            .execute(&self.db)
+            .await;
+        if let Err(e) = gone {
+            // A silent creator whose rows are all settled changes nothing; the tick drops it.
+            tracing::warn!(creator = %self.id, error = %e, "removing a finished creator");
+        }
+    }
+}
+
+impl Drop for Creator {
+    fn drop(&mut self) {
+        self.heartbeat.abort();
+    }
+}
+
+/// Rows reserved for creation, and the creator whose heartbeat keeps them from being reaped.
+pub struct Batch {
+    pub rows: Vec<Reserved>,
+    pub creator: Creator,
+}
+
+/// Inserts up to `count` `starting` rows, within the pool's `maxTotal` (see [`pool_size`]), under
+/// a new creator. A reservation racing a change of the size may use the size just replaced, once.
+pub async fn reserve(pool: &Pool, count: u32, actor: Actor, reason: &str) -> Result<Batch> {
     let settings = &pool.settings;
     let size = pool_size::current(&pool.db, settings).await?;
-    instances::reserve(
+    let creator = Creator::start(pool).await?;
+    let rows = instances::reserve(
         &pool.db,
         count,
         size.max_total,
         &settings.pool_name_prefix,
+        Some(creator.id),
         actor,
         reason,
     )
-    .await
+    .await;
+    match rows {
+        Ok(rows) => Ok(Batch { rows, creator }),
+        Err(e) => {
+            creator.finish().await;
+            Err(e)
+        }
+    }
 }
 
 /// What became of one reserved row.
@@ -74,22 +162,21 @@ impl Progress for Unwatched {
     fn step(&self, _: &str, _: StepStatus, _: &str) {}
 }
 
-/// Creates the resources of reserved rows, `CONCURRENCY` at a time. A row whose turn comes after
-/// the gate closed is not started and goes to `destroying` at once, rather than waiting for
-/// `CREATE_TIMEOUT_MS` to be found.
-pub async fn create_all(
-    pool: &Pool,
-    rows: Vec<Reserved>,
-    gate: &Gate<'_>,
-) -> Vec<(Reserved, Outcome)> {
-    futures::stream::iter(rows)
+/// Creates the resources of a batch's rows, `CONCURRENCY` at a time. A row whose turn comes after
+/// the gate closed is not started and goes to `destroying` at once, rather than waiting to be
+/// found.
+pub async fn create_all(pool: &Pool, batch: Batch, gate: &Gate<'_>) -> Vec<(Reserved, Outcome)> {
+    let Batch { rows, creator } = batch;
+    let outcomes = futures::stream::iter(rows)
         .map(|row| async move {
             let outcome = create_gated(pool, &row, gate, Arc::new(Unwatched)).await;
             (row, outcome)
         })
         .buffer_unordered(CONCURRENCY)
         .collect()
-        .await
+        .await;
+    creator.finish().await;
+    outcomes
 }
 
 /// Creates one reserved row if the gate lets it start; otherwise sends it to `destroying`.
@@ -288,6 +375,6 @@ async fn abandon(pool: &Pool, row: &Reserved, reason: &str) {
     )
     .await
     {
-        tracing::error!(instance_id = %row.id, error = %e, "could not send an unfinished creation to destroying; the tick will find it after CREATE_TIMEOUT_MS");
+        tracing::error!(instance_id = %row.id, error = %e, "could not send an unfinished creation to destroying; the tick will find it once its creator is silent");
     }
 }

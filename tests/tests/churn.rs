@@ -96,11 +96,12 @@ async fn a_churn_under_faults_leaves_nothing_behind() {
             async move {
                 let share =
                     PER_ROUND / REPLICAS as u32 + u32::from(i == 0) * (PER_ROUND % REPLICAS as u32);
-                let rows = creation::reserve(pool, share, Actor::Operator, "churn")
-                    .await
-                    .unwrap_or_default();
-                let n = rows.len();
-                let outcomes = creation::create_all(pool, rows, &Gate::until(stop)).await;
+                let Ok(batch) = creation::reserve(pool, share, Actor::Operator, "churn").await
+                else {
+                    return (0, 0);
+                };
+                let n = batch.rows.len();
+                let outcomes = creation::create_all(pool, batch, &Gate::until(stop)).await;
                 let ok = outcomes
                     .iter()
                     .filter(|(_, o)| matches!(o, Outcome::Created))

@@ -302,24 +302,29 @@ async fn while_the_listing_fails_nothing_is_crashed_and_the_pool_still_fills() {
 async fn a_starting_row_whose_creator_died_is_destroyed_after_the_create_timeout() {
     let t = TestPool::start().await;
     t.fill(3).await;
-    // A creator that reserved a row and died before creating anything.
-    let orphaned = agentpool_core::creation::reserve(
+    // A creator that reserved a row and died before creating anything: its heartbeat stops.
+    let batch = agentpool_core::creation::reserve(
         &t.pool,
         1,
         agentpool_core::domain::Actor::Operator,
         "creator about to die",
     )
     .await
-    .unwrap()
-    .remove(0);
+    .unwrap();
+    let orphaned = batch.rows[0].clone();
+    drop(batch);
     let report = t.tick().await;
     assert!(
         report.transitions.is_empty(),
         "its creator may still be at work: {report:?}"
     );
-    // Past CREATE_TIMEOUT_MS (2 minutes), far short of POOL_STUCK_TIMEOUT_MS (15).
+    // Silent past CREATE_TIMEOUT_MS (2 minutes), far short of POOL_STUCK_TIMEOUT_MS (15).
     sqlx::query("UPDATE instances SET status_since = now() - interval '3 minutes' WHERE id = $1")
         .bind(&orphaned.id)
+        .execute(&t.pool.db)
+        .await
+        .unwrap();
+    sqlx::query("UPDATE creators SET alive_at = now() - interval '3 minutes'")
         .execute(&t.pool.db)
         .await
         .unwrap();

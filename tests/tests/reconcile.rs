@@ -103,9 +103,14 @@ async fn reconcile_repairs_a_database_and_fakes_that_disagree() {
     ];
     // 4. A creation whose replica died an hour ago, after its key and its service were made and
     //    before either was recorded.
-    let reserved = creation::reserve(&t.pool, 1, Actor::Operator, "cut off")
+    let creation::Batch {
+        rows: reserved,
+        creator,
+    } = creation::reserve(&t.pool, 1, Actor::Operator, "cut off")
         .await
         .unwrap();
+    // The replica dies: its creator falls silent.
+    drop(creator);
     let cut_off = reserved[0].id.clone();
     let unrecorded_key = outside
         .openrouter
@@ -121,6 +126,10 @@ async fn reconcile_repairs_a_database_and_fakes_that_disagree() {
     .execute(&t.pool.db)
     .await
     .unwrap();
+    sqlx::query("UPDATE creators SET alive_at = now() - interval '1 hour'")
+        .execute(&t.pool.db)
+        .await
+        .unwrap();
     // 5. Someone else's, without our prefix: none of our business.
     let foreign = outside
         .railway

@@ -78,6 +78,9 @@ pub async fn run(
         if let Err(e) = forget_old_claim_requests(pool).await {
             report.error("forgetting old idempotency keys", None, &e);
         }
+        if let Err(e) = forget_silent_creators(pool).await {
+            report.error("forgetting silent creators", None, &e);
+        }
     }
     Ok(())
 }
@@ -389,15 +392,15 @@ async fn create_instances(
         return Ok(());
     }
     gate.admit().await?;
-    let reserved = match creation::reserve(pool, wanted, Actor::Tick, "replenish").await {
-        Ok(reserved) => reserved,
+    let batch = match creation::reserve(pool, wanted, Actor::Tick, "replenish").await {
+        Ok(batch) => batch,
         Err(e) => {
             report.error("reserving instances", None, &e);
             return Ok(());
         }
     };
     let mut cut = None;
-    for (row, outcome) in creation::create_all(pool, reserved, gate).await {
+    for (row, outcome) in creation::create_all(pool, batch, gate).await {
         match outcome {
             Outcome::Created => report.created.push(row.id),
             Outcome::Failed(e) => report.error("creating", Some(&row.id), &e),
@@ -405,6 +408,17 @@ async fn create_instances(
         }
     }
     cut.map_or(Ok(()), Err)
+}
+
+/// A creator silent past `CREATE_TIMEOUT_MS` died: its rows are judged by their own age, which is
+/// older still, so its record says nothing more.
+async fn forget_silent_creators(pool: &Pool) -> crate::Result<()> {
+    let timeout_ms = i64::try_from(pool.settings.create_timeout_ms).unwrap_or(i64::MAX);
+    sqlx::query("DELETE FROM creators WHERE alive_at < now() - $1 * interval '1 millisecond'")
+        .bind(timeout_ms)
+        .execute(&pool.db)
+        .await?;
+    Ok(())
 }
 
 async fn forget_old_claim_requests(pool: &Pool) -> crate::Result<()> {

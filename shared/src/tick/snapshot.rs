@@ -31,6 +31,8 @@ pub struct Row {
     pub resource_id: Option<String>,
     /// What the provider recorded at creation (`instance_infra.details`).
     pub details: Option<serde_json::Value>,
+    /// The last heartbeat of the creator still at work on this row, if it has one.
+    pub creator_alive_at: Option<DateTime<Utc>>,
 }
 
 #[derive(Debug, Clone)]
@@ -133,8 +135,9 @@ async fn read_rows(pool: &Pool) -> Result<(DateTime<Utc>, Vec<Row>)> {
         .collect::<Vec<_>>()
         .join(", ");
     let rows: Vec<Row> = sqlx::query_as(&format!(
-        "SELECT {columns}, f.resource_id, f.details
+        "SELECT {columns}, f.resource_id, f.details, c.alive_at AS creator_alive_at
            FROM instances i LEFT JOIN instance_infra f ON f.instance_id = i.id
+                LEFT JOIN creators c ON c.id = i.creator_id
           ORDER BY i.created_at, i.id"
     ))
     .fetch_all(&pool.db)
