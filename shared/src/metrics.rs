@@ -3,7 +3,7 @@
 //! `instance_events` (creations, failures, claims, crashes, destructions, every transition); claim
 //! misses; claim durations; the last tick; and errors of outside calls by service and kind.
 //!
-//! A scrape is six small queries whatever the fleet's size or the history's length.
+//! A scrape is seven small queries whatever the fleet's size or the history's length.
 
 use std::collections::BTreeMap;
 use std::sync::atomic::AtomicU64;
@@ -196,6 +196,11 @@ pub async fn render(db: &PgPool) -> Result<String> {
     )
     .fetch_optional(db)
     .await?;
+    let abandoned: Vec<(String, i64)> = sqlx::query_as(
+        "SELECT tool_id, count(*) FROM abandoned_resources GROUP BY tool_id ORDER BY tool_id",
+    )
+    .fetch_all(db)
+    .await?;
 
     let mut registry = Registry::with_prefix("agentpool");
     let by_status = Family::<Labels, Gauge>::default();
@@ -205,6 +210,16 @@ pub async fn render(db: &PgPool) -> Result<String> {
             .set(n);
     }
     registry.register("instances", "Instances by status, now", by_status);
+    let by_tool = Family::<Labels, Gauge>::default();
+    for (tool, n) in abandoned {
+        by_tool.get_or_create(&vec![("tool", tool)]).set(n);
+    }
+    registry.register(
+        "abandoned_tool_resources",
+        "Tool resources given up at teardown because their tool is no longer configured: clean \
+         them by hand (see the dashboard) or configure the tool again",
+        by_tool,
+    );
 
     let total = |from: &str, to: &str| -> u64 {
         transitions

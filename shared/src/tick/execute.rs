@@ -13,7 +13,6 @@ use tracing::Instrument;
 
 use crate::creation::{self, Outcome};
 use crate::domain::{Actor, InstanceStatus};
-use crate::error::Error;
 use crate::gate::{CutShort, Gate};
 use crate::instances::{self, Move};
 use crate::providers::ResourceRef;
@@ -73,6 +72,9 @@ pub async fn run(
     delete_orphans(pool, &plan, gate, report).await?;
     delete_tool_orphans(pool, &plan, gate, report).await?;
     create_instances(pool, plan.create, gate, report).await?;
+    if mode != Mode::Kick {
+        destroy_abandoned(pool, gate, report).await?;
+    }
     if mode == Mode::Full {
         gate.admit().await?;
         if let Err(e) = forget_old_claim_requests(pool).await {
@@ -193,19 +195,20 @@ struct Target {
 }
 
 /// Destroys what an instance owns, tools first, forgetting each tool resource as it goes (so a
-/// retry does not repeat what is done). The compute resource goes last: while it exists, the
-/// instance is found and retried.
-async fn destroy_target(pool: &Pool, target: &Target) -> crate::Result<()> {
+/// retry does not repeat what is done). A resource whose tool is no longer configured cannot be
+/// destroyed here: it is abandoned (recorded for an operator) rather than holding the teardown,
+/// and the compute, which bills, goes anyway. The compute resource goes last: while it exists,
+/// the instance is found and retried. Returns the resources abandoned, as `<tool>:<resource id>`.
+async fn destroy_target(pool: &Pool, target: &Target) -> crate::Result<Vec<String>> {
+    let mut abandoned = Vec::new();
     for owned in &target.services {
-        let tool = pool.tools.get(&owned.tool_id).ok_or_else(|| {
-            Error::provider(
-                "tools",
-                format!(
-                    "tool {} is not configured: its resource cannot be destroyed",
-                    owned.tool_id
-                ),
-            )
-        })?;
+        let Some(tool) = pool.tools.get(&owned.tool_id) else {
+            tracing::warn!(instance_id = %target.id, tool = %owned.tool_id, resource_id = %owned.resource_id,
+                "tool not configured: its resource is abandoned for an operator to clean");
+            services::abandon(&pool.db, &target.id, &owned.tool_id, &owned.resource_id).await?;
+            abandoned.push(format!("{}:{}", owned.tool_id, owned.resource_id));
+            continue;
+        };
         tool.destroy(&owned.resource_id).await?;
         services::forget(
             &pool.db,
@@ -216,7 +219,8 @@ async fn destroy_target(pool: &Pool, target: &Target) -> crate::Result<()> {
         )
         .await?;
     }
-    pool.provider.destroy(&target.resource).await
+    pool.provider.destroy(&target.resource).await?;
+    Ok(abandoned)
 }
 
 /// Destroys each instance's resources, then its row. Failures are retried by later ticks with
@@ -265,7 +269,10 @@ async fn destroy_instances(
         (Vec::new(), Vec::new(), Vec::new());
     for (target, result) in results {
         match result {
-            Ok(()) => gone.push(target.id),
+            Ok(abandoned) => {
+                report.tool_resources_abandoned.extend(abandoned);
+                gone.push(target.id);
+            }
             Err(e) => {
                 report.error("destroying", Some(&target.id), &e);
                 failed_delays.push(backoff(target.attempts + 1).as_millis() as i64);
@@ -405,6 +412,55 @@ async fn create_instances(
             Outcome::Created => report.created.push(row.id),
             Outcome::Failed(e) => report.error("creating", Some(&row.id), &e),
             Outcome::NotStarted(why) => cut = Some(why),
+        }
+    }
+    cut.map_or(Ok(()), Err)
+}
+
+/// Abandoned resources whose tool is configured again are destroyed and forgotten; the others
+/// wait for an operator.
+async fn destroy_abandoned(
+    pool: &Pool,
+    gate: &Gate<'_>,
+    report: &mut TickReport,
+) -> Result<(), CutShort> {
+    let abandoned = match services::abandoned(&pool.db).await {
+        Ok(abandoned) => abandoned,
+        Err(e) => {
+            report.error("reading abandoned tool resources", None, &e);
+            return Ok(());
+        }
+    };
+    let (back, waiting): (Vec<_>, Vec<_>) = abandoned
+        .into_iter()
+        .partition(|a| pool.tools.get(&a.tool_id).is_some());
+    report.abandoned = Some(waiting.len());
+    // The orphan pass may have deleted one already this tick (it carries our name): then only
+    // its record is left to forget.
+    let deleted: HashSet<String> = report.tool_orphans_deleted.iter().cloned().collect();
+    let deleted = &deleted;
+    let (results, cut) = each_while_open(back, gate, |a| async move {
+        let label = format!("{}:{}", a.tool_id, a.resource_id);
+        let fresh = !deleted.contains(&label);
+        let result = match pool.tools.get(&a.tool_id) {
+            Some(tool) if fresh => tool.destroy(&a.resource_id).await,
+            _ => Ok(()),
+        };
+        let result = match result {
+            Ok(()) => services::forget_abandoned(&pool.db, &a.tool_id, &a.resource_id).await,
+            Err(e) => Err(e),
+        };
+        (label, fresh, result)
+    })
+    .await;
+    for (label, fresh, result) in results {
+        match result {
+            Ok(()) if fresh => report.tool_orphans_deleted.push(label),
+            Ok(()) => {}
+            Err(e) => {
+                report.error(&format!("destroying abandoned {label}"), None, &e);
+                report.abandoned = report.abandoned.map(|n| n + 1);
+            }
         }
     }
     cut.map_or(Ok(()), Err)

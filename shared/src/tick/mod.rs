@@ -75,8 +75,15 @@ pub struct TickReport {
     pub transitions: Vec<Moved>,
     pub destroyed: Vec<String>,
     pub orphans_deleted: Vec<String>,
-    /// Tool resources (keys, inboxes, numbers) that no row owned, as `<tool>:<resource id>`.
+    /// Tool resources (keys, inboxes, numbers) that no row owned, or abandoned ones whose tool is
+    /// configured again, deleted: as `<tool>:<resource id>`.
     pub tool_orphans_deleted: Vec<String>,
+    /// Tool resources this tick gave up at teardown because their tool is no longer configured,
+    /// as `<tool>:<resource id>`; every one still abandoned is in `abandoned`.
+    pub tool_resources_abandoned: Vec<String>,
+    /// How many abandoned tool resources wait for an operator (full ticks and reconciles).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub abandoned: Option<usize>,
     pub created: Vec<String>,
     pub errors: Vec<TickError>,
     /// Set when the tick stopped starting work early; what it left waits for the next tick.
