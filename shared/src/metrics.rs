@@ -101,13 +101,17 @@ pub async fn count_claim_miss(db: &PgPool) -> Result<()> {
 }
 
 /// Records a tick that ran to the end. Ticks hold the tick lock, so this row is never contended.
-pub async fn record_tick(db: &PgPool, duration: Duration) -> Result<()> {
+pub async fn record_tick(db: &PgPool, duration: Duration, full: bool) -> Result<()> {
     sqlx::query(
-        "INSERT INTO tick_stats (id, ticks, last_success_at, last_duration_s) VALUES (1, 1, now(), $1)
+        "INSERT INTO tick_stats (id, ticks, last_success_at, last_duration_s, full_ticks, last_full_at)
+         VALUES (1, 1, now(), $1, $2::int, CASE WHEN $2 THEN now() END)
          ON CONFLICT (id) DO UPDATE
-            SET ticks = tick_stats.ticks + 1, last_success_at = now(), last_duration_s = $1",
+            SET ticks = tick_stats.ticks + 1, last_success_at = now(), last_duration_s = $1,
+                full_ticks = tick_stats.full_ticks + $2::int,
+                last_full_at = CASE WHEN $2 THEN now() ELSE tick_stats.last_full_at END",
     )
     .bind(duration.as_secs_f64())
+    .bind(full)
     .execute(db)
     .await?;
     Ok(())
@@ -191,8 +195,10 @@ pub async fn render(db: &PgPool) -> Result<String> {
     )
     .fetch_all(db)
     .await?;
-    let tick: Option<(i64, f64, f64)> = sqlx::query_as(
-        "SELECT ticks, extract(epoch FROM last_success_at)::float8, last_duration_s FROM tick_stats",
+    let tick: Option<(i64, f64, f64, i64, f64)> = sqlx::query_as(
+        "SELECT ticks, extract(epoch FROM last_success_at)::float8, last_duration_s, full_ticks,
+                coalesce(extract(epoch FROM last_full_at), 0)::float8
+           FROM tick_stats",
     )
     .fetch_optional(db)
     .await?;
@@ -289,7 +295,22 @@ pub async fn render(db: &PgPool) -> Result<String> {
         histogram,
     );
 
-    let (ticks, last_success, last_duration) = tick.unwrap_or((0, 0.0, 0.0));
+    let (ticks, last_success, last_duration, full_ticks, last_full) =
+        tick.unwrap_or((0, 0.0, 0.0, 0, 0.0));
+    let full_total = Counter::<u64>::default();
+    full_total.inc_by(u64::try_from(full_ticks).unwrap_or(0));
+    registry.register(
+        "full_ticks",
+        "Full ticks (fleet health, listings, orphans) that ran to the end",
+        full_total,
+    );
+    let last_full_gauge = Gauge::<f64, AtomicU64>::default();
+    last_full_gauge.set(last_full);
+    registry.register(
+        "full_tick_last_success_timestamp_seconds",
+        "When the last full tick that ran to the end ended (Unix time; 0 = never)",
+        last_full_gauge,
+    );
     let ticks_total = Counter::<u64>::default();
     ticks_total.inc_by(u64::try_from(ticks).unwrap_or(0));
     registry.register("ticks", "Ticks that ran to the end", ticks_total);

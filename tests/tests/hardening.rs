@@ -9,8 +9,13 @@ use std::time::Duration;
 use agentpool_core::domain::InstanceStatus::*;
 use agentpool_core::gate::CutShort;
 use agentpool_core::tick::{self, Mode, TICK_LOCK_KEY};
+use agentpool::state::Kicker;
+use agentpool_core::claim::{self, ClaimRequest};
+use agentpool_core::instances;
 use agentpool_tests::faults::FaultyProvider;
+use agentpool_tests::latency::LatencyProfile;
 use agentpool_tests::{wait_until, TestPool};
+use tokio_util::sync::CancellationToken;
 use reqwest::StatusCode;
 use serde_json::{json, Value};
 
@@ -677,4 +682,110 @@ async fn provider_failures_are_reported_by_code_without_paths() {
     }
     let (_, status) = t.get("/api/pool/status").await;
     assert!(!status.to_string().contains("nonexistent"), "{status}");
+}
+
+// 11. The full tick keeps its interval under load.
+async fn full_ticks(t: &TestPool) -> i64 {
+    sqlx::query_scalar("SELECT coalesce((SELECT full_ticks FROM tick_stats), 0)")
+        .fetch_one(&t.pool.db)
+        .await
+        .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn full_ticks_keep_their_interval_under_continuous_claims() {
+    // Two replicas, each with its tick loop; creations as slow as Railway's (scaled), runtimes at
+    // the real pace (scaled), and claims without a pause, each kicking both replicas.
+    let profile = LatencyProfile::for_tests();
+    let stub_env = profile.stub_env();
+    let stub_env: Vec<(&str, &str)> = stub_env
+        .iter()
+        .map(|(k, v)| (k.as_str(), v.as_str()))
+        .collect();
+    let mut handle = None;
+    let t = TestPool::with_provider(
+        &[
+            ("POOL_MIN_IDLE", "3"),
+            ("POOL_MAX_TOTAL", "12"),
+            ("TICK_INTERVAL_MS", "600"),
+            ("TICK_BUDGET_MS", "500"),
+            ("HEALTH_TIMEOUT_MS", "100"),
+        ],
+        &stub_env,
+        |local| {
+            let faulty = Arc::new(FaultyProvider::new(local));
+            handle = Some(faulty.clone());
+            faulty
+        },
+    )
+    .await;
+    let faulty = handle.unwrap();
+    wait_until(Duration::from_secs(30), || async {
+        t.tick().await;
+        t.count(Idle).await >= 3
+    })
+    .await;
+    faulty.slow_creates(Duration::from_millis(400));
+    let interval = Duration::from_millis(600);
+    let stop = CancellationToken::new();
+    let kickers: Vec<Kicker> = (0..2).map(|_| Kicker::default()).collect();
+    let loops: Vec<_> = kickers
+        .iter()
+        .map(|kicker| {
+            let (kicker, pool, stop) = (kicker.clone(), t.pool.clone(), stop.clone());
+            tokio::spawn(async move { kicker.run_loop(pool, Some(interval), stop).await })
+        })
+        .collect();
+    let before = full_ticks(&t).await;
+    let started = tokio::time::Instant::now();
+    let window = interval * 20;
+    let claims = std::sync::atomic::AtomicUsize::new(0);
+    let clients = (0..4).map(|i| {
+        let (t, kickers, claims) = (&t, &kickers, &claims);
+        async move {
+            let request = ClaimRequest::new(
+                format!("busy-{i}"),
+                "Keep going.".into(),
+                None,
+                None,
+                None,
+            )
+            .unwrap();
+            while started.elapsed() < window {
+                match claim::claim(&t.pool, &request, None).await {
+                    Ok(claimed) => {
+                        claims.fetch_add(1, Ordering::SeqCst);
+                        kickers.iter().for_each(Kicker::kick);
+                        let _ = instances::request_destroy(
+                            &t.pool.db,
+                            &claimed.instance_id,
+                            &[Claimed],
+                            "claimed",
+                            "released",
+                        )
+                        .await;
+                    }
+                    // Nothing idle: the pool refills by the kicks; ask again shortly.
+                    Err(_) => tokio::time::sleep(Duration::from_millis(20)).await,
+                }
+            }
+        }
+    });
+    futures::future::join_all(clients).await;
+    let elapsed = started.elapsed();
+    let ran = full_ticks(&t).await - before;
+    stop.cancel();
+    for l in loops {
+        l.await.unwrap();
+    }
+    let intervals = (elapsed.as_secs_f64() / interval.as_secs_f64()).floor() as i64;
+    let claims = claims.into_inner();
+    eprintln!("{claims} claims, {ran} full ticks in {intervals} intervals ({elapsed:?})");
+    assert!(claims >= 20, "the load was light: {claims} claims");
+    // Each replica's timer fires once an interval; one full tick per interval at least, give or
+    // take one, must run however busy the kicks keep the pool.
+    assert!(
+        ran >= intervals - 1,
+        "{ran} full ticks in {intervals} intervals under {claims} claims"
+    );
 }

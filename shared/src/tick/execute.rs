@@ -30,6 +30,8 @@ const MAX_BACKOFF: Duration = Duration::from_secs(600);
 const IDEMPOTENCY_RETENTION: &str = "24 hours";
 
 /// Carries out `plan`; stops at the first step the gate refuses, and says why.
+/// The rows to create are only reserved here, into `batch`: the caller creates them once it has
+/// released the tick lock ([`create_reserved`]).
 pub async fn run(
     pool: &Pool,
     snapshot: &Snapshot,
@@ -37,6 +39,7 @@ pub async fn run(
     mode: Mode,
     gate: &Gate<'_>,
     report: &mut TickReport,
+    batch: &mut Option<creation::Batch>,
 ) -> Result<(), CutShort> {
     gate.admit().await?;
     if let Err(e) = record_observations(pool, snapshot, &plan).await {
@@ -71,7 +74,7 @@ pub async fn run(
     destroy_instances(pool, targets, gate, report).await?;
     delete_orphans(pool, &plan, gate, report).await?;
     delete_tool_orphans(pool, &plan, gate, report).await?;
-    create_instances(pool, plan.create, gate, report).await?;
+    *batch = reserve_instances(pool, plan.create, gate, report).await?;
     if mode != Mode::Kick {
         destroy_abandoned(pool, gate, report).await?;
     }
@@ -389,23 +392,32 @@ async fn delete_tool_orphans(
     cut.map_or(Ok(()), Err)
 }
 
-async fn create_instances(
+async fn reserve_instances(
     pool: &Pool,
     wanted: u32,
     gate: &Gate<'_>,
     report: &mut TickReport,
-) -> Result<(), CutShort> {
+) -> Result<Option<creation::Batch>, CutShort> {
     if wanted == 0 {
-        return Ok(());
+        return Ok(None);
     }
     gate.admit().await?;
-    let batch = match creation::reserve(pool, wanted, Actor::Tick, "replenish").await {
-        Ok(batch) => batch,
+    match creation::reserve(pool, wanted, Actor::Tick, "replenish").await {
+        Ok(batch) => Ok(Some(batch)),
         Err(e) => {
             report.error("reserving instances", None, &e);
-            return Ok(());
+            Ok(None)
         }
-    };
+    }
+}
+
+/// Creates what a tick reserved, outside its lock: the gate has the tick's deadline and shutdown.
+pub async fn create_reserved(
+    pool: &Pool,
+    batch: creation::Batch,
+    gate: &Gate<'_>,
+    report: &mut TickReport,
+) -> Result<(), CutShort> {
     let mut cut = None;
     for (row, outcome) in creation::create_all(pool, batch, gate).await {
         match outcome {

@@ -25,6 +25,9 @@ use crate::Pool;
 pub use plan::Mode;
 
 pub const TICK_LOCK_KEY: i64 = 0x6167_706f_6f6c_0001;
+/// Held by a full (or reconcile) tick around [`TICK_LOCK_KEY`]: a second full tick skips at once,
+/// while a full tick that finds only a kicked one at work waits for it.
+pub const FULL_TICK_LOCK_KEY: i64 = 0x6167_706f_6f6c_0003;
 
 #[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
@@ -138,37 +141,66 @@ pub async fn run(pool: &Pool, mode: Mode) -> Result<TickReport> {
 }
 
 /// Runs one tick that starts no new work once `stop` is cancelled (shutdown).
+///
+/// Kicked ticks come as fast as claims; they skip while any tick holds the lock. A full tick
+/// skips only another full tick: one that finds a kicked tick at work waits for it (up to the
+/// budget), so that kicks under steady claims cannot starve the fleet's health checks, listings
+/// and clean-up. Creations run after the lock is released: the rows are reserved under it (so
+/// the next tick counts them), and a tick waits on no provider's creation while it holds it.
 pub async fn run_until(pool: &Pool, mode: Mode, stop: &CancellationToken) -> Result<TickReport> {
-    let Some(lease) = lease::Lease::try_acquire(&pool.db, TICK_LOCK_KEY).await? else {
+    let lease = match mode {
+        Mode::Kick => lease::Lease::try_acquire(&pool.db, TICK_LOCK_KEY).await?,
+        Mode::Full | Mode::Reconcile => {
+            lease::Lease::acquire_behind(
+                &pool.db,
+                FULL_TICK_LOCK_KEY,
+                TICK_LOCK_KEY,
+                pool.settings.tick_budget(),
+            )
+            .await?
+        }
+    };
+    let Some(lease) = lease else {
         return Ok(TickReport::skipped(Skip::Locked));
     };
     let started = Instant::now();
     let gate = Gate::tick(&lease, started + pool.settings.tick_budget(), stop.clone());
+    let creations = gate.without_lease();
     let span = tracing::info_span!("tick", ?mode);
     let work = async {
         let mut report = TickReport::default();
+        let mut batch = None;
         let snapshot = snapshot::take(pool, mode, &gate, &mut report).await?;
         let size = pool_size::current(&pool.db, &pool.settings).await?;
         let plan = plan::decide(&snapshot, &rules(&pool.settings, size), mode);
         report.instances = Some(snapshot.rows.len());
         report.health_checked = Some(snapshot.health.len());
-        if let Err(why) = execute::run(pool, &snapshot, plan, mode, &gate, &mut report).await {
+        if let Err(why) =
+            execute::run(pool, &snapshot, plan, mode, &gate, &mut report, &mut batch).await
+        {
             report.cut(why);
         }
-        Ok::<_, Error>(report)
+        Ok::<_, Error>((report, batch))
     };
-    let outcome = tracing::Instrument::instrument(work, span).await;
+    let outcome = tracing::Instrument::instrument(work, span.clone()).await;
     if outcome.is_ok() {
         // Under the lock still: one tick at a time writes this row.
-        if let Err(e) = crate::metrics::record_tick(&pool.db, started.elapsed()).await {
+        if let Err(e) = crate::metrics::record_tick(&pool.db, started.elapsed(), mode == Mode::Full).await {
             tracing::warn!(error = %e, "recording the tick for /metrics");
         }
     }
     if let Err(e) = crate::metrics::flush_call_errors(&pool.db).await {
         tracing::warn!(error = %e, "writing call error counts");
     }
+    drop(gate);
     lease.release().await;
-    let mut report = outcome?;
+    let (mut report, batch) = outcome?;
+    if let Some(batch) = batch {
+        let creating = execute::create_reserved(pool, batch, &creations, &mut report);
+        if let Err(why) = tracing::Instrument::instrument(creating, span).await {
+            report.cut(why);
+        }
+    }
     report.duration_ms = Some(started.elapsed().as_millis() as u64);
     Ok(report)
 }
