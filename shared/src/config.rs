@@ -82,7 +82,9 @@ pub struct Settings {
     /// deployments that tick with `agentpool-scheduler` or a Lambda schedule).
     #[serde(default = "defaults::tick_interval_ms")]
     pub tick_interval_ms: u64,
-    /// A tick starts no new work once this much time has passed.
+    /// A tick starts no new work once this much time has passed (waiting for the tick lock,
+    /// listings, health checks, destroys and creations all count), and ends within it plus one
+    /// call's timeout (`OUTBOUND_TIMEOUT_MS` or `HEALTH_TIMEOUT_MS`, the longer).
     #[serde(default = "defaults::tick_budget_ms")]
     pub tick_budget_ms: u64,
     /// When `agentpool-scheduler` ticks: a cron expression with seconds
@@ -502,6 +504,17 @@ impl Settings {
     }
     pub fn tick_budget(&self) -> Duration {
         Duration::from_millis(self.tick_budget_ms)
+    }
+    /// How long past its budget a tick may run: the longest single call it may have started
+    /// just before the budget ran out (an outside API call, a health check). Whatever is still
+    /// running then is cut, as a process that died there would be, and recovered the same way.
+    pub fn tick_overrun(&self) -> Duration {
+        self.outbound_timeout().max(self.health_timeout())
+    }
+    /// The longest a tick takes, from its call to its answer (a scheduled Lambda tick must end
+    /// within the function's timeout).
+    pub fn tick_bound(&self) -> Duration {
+        self.tick_budget() + self.tick_overrun()
     }
     pub fn provision_timeout(&self) -> Duration {
         Duration::from_millis(self.provision_timeout_ms)

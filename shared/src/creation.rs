@@ -135,8 +135,21 @@ pub async fn reserve(pool: &Pool, count: u32, actor: Actor, reason: &str) -> Res
 pub enum Outcome {
     Created,
     Failed(Error),
-    /// Never started: the gate closed first. The row went to `destroying`.
-    NotStarted(CutShort),
+    /// The gate closed (a tick's budget, shutdown) before it started or between two of its steps:
+    /// what it had made is destroyed and the row went to `destroying`.
+    CutShort(CutShort),
+}
+
+/// Why a creation did not finish.
+enum Stopped {
+    Failed(Error),
+    Cut(CutShort),
+}
+
+impl From<Error> for Stopped {
+    fn from(e: Error) -> Self {
+        Stopped::Failed(e)
+    }
 }
 
 /// How a creation step went, as the SSE stream reports it (seed 000).
@@ -167,9 +180,20 @@ impl Progress for Unwatched {
 /// found.
 pub async fn create_all(pool: &Pool, batch: Batch, gate: &Gate<'_>) -> Vec<(Reserved, Outcome)> {
     let Batch { rows, creator } = batch;
+    let overrun = pool.settings.tick_overrun();
     let outcomes = futures::stream::iter(rows)
         .map(|row| async move {
-            let outcome = create_gated(pool, &row, gate, Arc::new(Unwatched)).await;
+            let creating = create_gated(pool, &row, gate, Arc::new(Unwatched));
+            let outcome = match gate.bounded(overrun, creating).await {
+                Some(outcome) => outcome,
+                None => {
+                    // Cut one call's timeout past a budget, as a creator dying there would be:
+                    // the row goes to `destroying` (destroyed by name), a resource made and not
+                    // yet recorded is found as an orphan.
+                    abandon(pool, &row, "creation cut: past the budget").await;
+                    Outcome::CutShort(CutShort::Budget)
+                }
+            };
             (row, outcome)
         })
         .buffer_unordered(CONCURRENCY)
@@ -179,46 +203,50 @@ pub async fn create_all(pool: &Pool, batch: Batch, gate: &Gate<'_>) -> Vec<(Rese
     outcomes
 }
 
-/// Creates one reserved row if the gate lets it start; otherwise sends it to `destroying`.
+/// Creates one reserved row's tools, then its compute resource, recording each the moment it
+/// exists; the gate is asked before each step, so that work bounded by a budget starts no step
+/// past it. On failure (or a closed gate) what the earlier steps made is destroyed and the row
+/// goes to `destroying`; whatever could not be destroyed at once is still recorded, and the tick
+/// finishes the job.
 pub async fn create_gated(
     pool: &Pool,
     row: &Reserved,
     gate: &Gate<'_>,
     progress: Arc<dyn Progress>,
 ) -> Outcome {
-    match gate.admit().await {
-        Ok(()) => match create_one(pool, row, progress).await {
-            Ok(()) => Outcome::Created,
-            Err(e) => Outcome::Failed(e),
-        },
-        Err(why) => {
-            abandon(pool, row, &format!("creation not started: {why:?}")).await;
-            Outcome::NotStarted(why)
-        }
+    if let Err(why) = gate.admit().await {
+        abandon(pool, row, &format!("creation not started: {why:?}")).await;
+        return Outcome::CutShort(why);
     }
-}
-
-/// Creates one reserved row's tools, then its compute resource, recording each the moment it
-/// exists. On failure what the earlier steps made is destroyed and the row goes to `destroying`;
-/// whatever could not be destroyed at once is still recorded, and the tick finishes the job.
-pub async fn create_one(pool: &Pool, row: &Reserved, progress: Arc<dyn Progress>) -> Result<()> {
     let span = tracing::info_span!("create", instance_id = %row.id);
     async {
-        let result = provision(pool, row, progress.clone()).await;
-        match &result {
-            Ok(()) => progress.step("done", StepStatus::Ok, "starting"),
-            Err(e) => {
+        match provision(pool, row, progress.clone(), gate).await {
+            Ok(()) => {
+                progress.step("done", StepStatus::Ok, "starting");
+                Outcome::Created
+            }
+            Err(Stopped::Failed(e)) => {
                 tracing::warn!(error = %e, "create failed");
                 abandon(pool, row, &format!("create failed: {}", e.public_message())).await;
+                Outcome::Failed(e)
+            }
+            Err(Stopped::Cut(why)) => {
+                tracing::info!(?why, "creation cut short; rolled back");
+                abandon(pool, row, &format!("creation cut short: {why:?}")).await;
+                Outcome::CutShort(why)
             }
         }
-        result
     }
     .instrument(span)
     .await
 }
 
-async fn provision(pool: &Pool, row: &Reserved, progress: Arc<dyn Progress>) -> Result<()> {
+async fn provision(
+    pool: &Pool,
+    row: &Reserved,
+    progress: Arc<dyn Progress>,
+    gate: &Gate<'_>,
+) -> Result<(), Stopped> {
     for step in &pool.tools.skipped {
         progress.step(step, StepStatus::Skip, &format!("{step} is not configured"));
     }
@@ -240,6 +268,10 @@ async fn provision(pool: &Pool, row: &Reserved, progress: Arc<dyn Progress>) -> 
     };
     let mut made: Vec<(Arc<dyn Tool>, String)> = Vec::new();
     for tool in &pool.tools.tools {
+        if let Err(why) = gate.peek() {
+            roll_back(pool, &row.id, &made).await;
+            return Err(Stopped::Cut(why));
+        }
         progress.step(tool.step(), StepStatus::Active, "provisioning");
         match provision_tool(pool, tool, target).await {
             Ok(provisioned) => {
@@ -250,9 +282,13 @@ async fn provision(pool: &Pool, row: &Reserved, progress: Arc<dyn Progress>) -> 
             Err(e) => {
                 progress.step(tool.step(), StepStatus::Fail, &e.public_message());
                 roll_back(pool, &row.id, &made).await;
-                return Err(e);
+                return Err(e.into());
             }
         }
+    }
+    if let Err(why) = gate.peek() {
+        roll_back(pool, &row.id, &made).await;
+        return Err(Stopped::Cut(why));
     }
     if let Err(e) = provision_resource(pool, row, env, progress.clone()).await {
         progress.step(
@@ -261,7 +297,7 @@ async fn provision(pool: &Pool, row: &Reserved, progress: Arc<dyn Progress>) -> 
             &e.public_message(),
         );
         roll_back(pool, &row.id, &made).await;
-        return Err(e);
+        return Err(e.into());
     }
     Ok(())
 }

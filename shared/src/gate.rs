@@ -72,6 +72,21 @@ impl<'a> Gate<'a> {
         }
     }
 
+    /// Runs `work` (started while the gate was open) to its end, or cuts it `overrun` past the
+    /// deadline: `None` then. A gate without a deadline never cuts. What is cut stops on
+    /// whatever line it was at, as a process that dies there; every caller's work is recoverable
+    /// from that (the next tick repeats an idempotent step, or reaps what was left).
+    pub async fn bounded<T>(
+        &self,
+        overrun: Duration,
+        work: impl std::future::Future<Output = T>,
+    ) -> Option<T> {
+        match self.deadline {
+            Some(deadline) => tokio::time::timeout_at(deadline + overrun, work).await.ok(),
+            None => Some(work.await),
+        }
+    }
+
     /// Without a round trip: for reads (health checks), which a lost lock makes useless, not
     /// harmful.
     pub fn peek(&self) -> Result<(), CutShort> {

@@ -789,3 +789,46 @@ async fn full_ticks_keep_their_interval_under_continuous_claims() {
         "{ran} full ticks in {intervals} intervals under {claims} claims"
     );
 }
+
+// 12. The budget bounds the whole tick: listings and creations too.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tick_ends_within_its_budget_and_one_call_whatever_its_listing_and_creations_do() {
+    let (t, faulty) = faulty(&[
+        ("POOL_MIN_IDLE", "2"),
+        ("TICK_BUDGET_MS", "500"),
+        ("HEALTH_TIMEOUT_MS", "100"),
+        ("OUTBOUND_TIMEOUT_MS", "300"),
+    ])
+    .await;
+    t.fill(2).await;
+    // The provider's listing never answers.
+    faulty.hold_lists();
+    let report = t.tick().await;
+    assert_eq!(report.cut_short, Some(CutShort::Budget), "{report:?}");
+    assert_eq!(t.count(Idle).await, 2, "an unread listing judged nothing");
+    faulty.release_lists();
+
+    // A creation that never ends: the tick that started it ends anyway, and the row it reserved
+    // goes to destroying rather than waiting for its creator.
+    faulty.slow_creates(Duration::from_secs(3600));
+    sqlx::query(
+        "UPDATE instances SET status = 'destroying', next_attempt_at = now() + interval '1 hour'
+          WHERE status = 'idle'",
+    )
+    .execute(&t.pool.db)
+    .await
+    .unwrap();
+    let report = t.tick().await;
+    assert_eq!(report.cut_short, Some(CutShort::Budget), "{report:?}");
+    assert!(report.created.is_empty(), "{report:?}");
+    assert_eq!(t.count(Starting).await, 0);
+    let cut: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM instance_events
+          WHERE from_status = 'starting' AND to_status = 'destroying'
+            AND reason = 'creation cut: past the budget'",
+    )
+    .fetch_one(&t.pool.db)
+    .await
+    .unwrap();
+    assert_eq!(cut, 2);
+}

@@ -382,7 +382,7 @@ async fn create_now(
         match outcome {
             Outcome::Created => report.created.push(row.id),
             Outcome::Failed(e) => report.error("creating", Some(&row.id), &e),
-            Outcome::NotStarted(why) => report.cut(why),
+            Outcome::CutShort(why) => report.cut(why),
         }
     }
     Ok(report)

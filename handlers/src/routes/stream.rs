@@ -121,13 +121,13 @@ async fn create_streaming(state: &AppState, count: u32, tx: &UnboundedSender<Val
                         );
                     }
                     creation::Outcome::Failed(_) => failed += 1,
-                    creation::Outcome::NotStarted(_) => {
+                    creation::Outcome::CutShort(_) => {
                         failed += 1;
                         creation::Progress::step(
                             steps.as_ref(),
                             "done",
                             StepStatus::Fail,
-                            "not started: shutting down",
+                            "stopped: shutting down",
                         );
                     }
                 }

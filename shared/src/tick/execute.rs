@@ -13,6 +13,8 @@ use tracing::Instrument;
 
 use crate::creation::{self, Outcome};
 use crate::domain::{Actor, InstanceStatus};
+use crate::error::Error;
+use crate::outbound::Failure;
 use crate::gate::{CutShort, Gate};
 use crate::instances::{self, Move};
 use crate::providers::ResourceRef;
@@ -260,7 +262,11 @@ async fn destroy_instances(
     let (results, cut) = each_while_open(targets, gate, |target| {
         let span = tracing::info_span!("destroy", instance_id = %target.id);
         async move {
-            let result = destroy_target(pool, &target).await;
+            // A destroy cut past the budget is retried by the next tick: each step is idempotent.
+            let result = gate
+                .bounded(pool.settings.tick_overrun(), destroy_target(pool, &target))
+                .await
+                .unwrap_or_else(|| Err(Error::outbound("tick", "destroy", Failure::TimedOut)));
             (target, result)
         }
         .instrument(span)
@@ -355,7 +361,11 @@ async fn delete_orphans(
             details: serde_json::Value::Null,
         };
         tracing::info!(resource = %orphan.name, "deleting orphan");
-        (orphan, pool.provider.destroy(&resource).await)
+        let result = gate
+            .bounded(pool.settings.tick_overrun(), pool.provider.destroy(&resource))
+            .await
+            .unwrap_or_else(|| Err(Error::outbound("tick", "delete orphan", Failure::TimedOut)));
+        (orphan, result)
     })
     .await;
     for (orphan, result) in results {
@@ -376,7 +386,10 @@ async fn delete_tool_orphans(
     let (results, cut) = each_while_open(plan.tool_orphans.clone(), gate, |orphan| async move {
         tracing::info!(tool = %orphan.tool_id, resource = %orphan.name, "deleting a tool orphan");
         let result = match pool.tools.get(&orphan.tool_id) {
-            Some(tool) => tool.destroy(&orphan.resource_id).await,
+            Some(tool) => gate
+                .bounded(pool.settings.tick_overrun(), tool.destroy(&orphan.resource_id))
+                .await
+                .unwrap_or_else(|| Err(Error::outbound("tick", "delete orphan", Failure::TimedOut))),
             None => Ok(()),
         };
         (orphan, result)
@@ -423,7 +436,7 @@ pub async fn create_reserved(
         match outcome {
             Outcome::Created => report.created.push(row.id),
             Outcome::Failed(e) => report.error("creating", Some(&row.id), &e),
-            Outcome::NotStarted(why) => cut = Some(why),
+            Outcome::CutShort(why) => cut = Some(why),
         }
     }
     cut.map_or(Ok(()), Err)
@@ -455,7 +468,10 @@ async fn destroy_abandoned(
         let label = format!("{}:{}", a.tool_id, a.resource_id);
         let fresh = !deleted.contains(&label);
         let result = match pool.tools.get(&a.tool_id) {
-            Some(tool) if fresh => tool.destroy(&a.resource_id).await,
+            Some(tool) if fresh => gate
+                .bounded(pool.settings.tick_overrun(), tool.destroy(&a.resource_id))
+                .await
+                .unwrap_or_else(|| Err(Error::outbound("tick", "destroy", Failure::TimedOut))),
             _ => Ok(()),
         };
         let result = match result {

@@ -148,6 +148,8 @@ pub async fn run(pool: &Pool, mode: Mode) -> Result<TickReport> {
 /// and clean-up. Creations run after the lock is released: the rows are reserved under it (so
 /// the next tick counts them), and a tick waits on no provider's creation while it holds it.
 pub async fn run_until(pool: &Pool, mode: Mode, stop: &CancellationToken) -> Result<TickReport> {
+    // The wait for the lock counts against the budget too.
+    let started = Instant::now();
     let lease = match mode {
         Mode::Kick => lease::Lease::try_acquire(&pool.db, TICK_LOCK_KEY).await?,
         Mode::Full | Mode::Reconcile => {
@@ -163,7 +165,6 @@ pub async fn run_until(pool: &Pool, mode: Mode, stop: &CancellationToken) -> Res
     let Some(lease) = lease else {
         return Ok(TickReport::skipped(Skip::Locked));
     };
-    let started = Instant::now();
     let gate = Gate::tick(&lease, started + pool.settings.tick_budget(), stop.clone());
     let creations = gate.without_lease();
     let span = tracing::info_span!("tick", ?mode);

@@ -18,7 +18,7 @@ use crate::domain::{
     INSTANCE_COLUMNS,
 };
 use crate::error::Result;
-use crate::gate::Gate;
+use crate::gate::{CutShort, Gate};
 use crate::Pool;
 
 use super::plan::Mode;
@@ -63,13 +63,21 @@ pub async fn take(
     gate: &Gate<'_>,
     report: &mut TickReport,
 ) -> Result<Snapshot> {
+    // Listings count against the budget: one is started only within it, and one still unread
+    // one call's timeout past it is given up. Unread is unknown, never empty.
+    let overrun = pool.settings.tick_overrun();
+    let prefix = &pool.settings.pool_name_prefix;
     let resources = match mode {
         Mode::Kick => None,
         Mode::Full | Mode::Reconcile => {
-            match pool.provider.list(&pool.settings.pool_name_prefix).await {
-                Ok(resources) => Some(resources),
-                Err(e) => {
+            match within(gate, overrun, pool.provider.list(prefix)).await {
+                Ok(Ok(resources)) => Some(resources),
+                Ok(Err(e)) => {
                     report.error("listing resources", None, &e);
+                    None
+                }
+                Err(why) => {
+                    report.cut(why);
                     None
                 }
             }
@@ -79,7 +87,14 @@ pub async fn take(
     let mut tools_listed = HashSet::new();
     if mode != Mode::Kick {
         for tool in &pool.tools.tools {
-            match tool.list(&pool.settings.pool_name_prefix).await {
+            let listed = match within(gate, overrun, tool.list(prefix)).await {
+                Ok(listed) => listed,
+                Err(why) => {
+                    report.cut(why);
+                    continue;
+                }
+            };
+            match listed {
                 // A tool that holds nothing outside (a wallet made here) lists nothing to judge.
                 Ok(None) => {}
                 Ok(Some(listed)) => {
@@ -126,6 +141,16 @@ pub async fn take(
         tools_listed,
         recorded,
     })
+}
+
+/// Starts `work` only while the gate is open, and gives it up `overrun` past the deadline.
+async fn within<T>(
+    gate: &Gate<'_>,
+    overrun: std::time::Duration,
+    work: impl std::future::Future<Output = T>,
+) -> Result<T, CutShort> {
+    gate.peek()?;
+    gate.bounded(overrun, work).await.ok_or(CutShort::Budget)
 }
 
 async fn read_rows(pool: &Pool) -> Result<(DateTime<Utc>, Vec<Row>)> {
