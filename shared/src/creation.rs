@@ -53,7 +53,8 @@ impl Creator {
             .bind(id)
             .execute(&pool.db)
             .await?;
-        let every = (pool.settings.create_timeout() / BEATS_PER_TIMEOUT).max(Duration::from_millis(10));
+        let every =
+            (pool.settings.create_timeout() / BEATS_PER_TIMEOUT).max(Duration::from_millis(10));
         let db = pool.db.clone();
         let heartbeat = tokio::spawn(async move {
             let mut timer = tokio::time::interval(every);

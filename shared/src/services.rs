@@ -65,7 +65,12 @@ pub async fn forget(
 
 /// Gives up a resource whose tool is not configured: it leaves the instance (whose teardown may
 /// then finish) for `abandoned_resources`, where operators see it, in one statement.
-pub async fn abandon(db: &PgPool, instance_id: &str, tool_id: &str, resource_id: &str) -> Result<()> {
+pub async fn abandon(
+    db: &PgPool,
+    instance_id: &str,
+    tool_id: &str,
+    resource_id: &str,
+) -> Result<()> {
     sqlx::query(
         "WITH d AS (
            DELETE FROM instance_services

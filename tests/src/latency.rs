@@ -132,12 +132,12 @@ impl LatencyProfile {
     /// provisioning.
     pub fn stub_env(&self) -> Vec<(String, String)> {
         vec![
-            (
-                "STUB_READY_DELAY_MS".into(),
-                self.runtime_boot.stub_value(),
-            ),
+            ("STUB_READY_DELAY_MS".into(), self.runtime_boot.stub_value()),
             ("STUB_HEALTH_DELAY_MS".into(), self.health.stub_value()),
-            ("STUB_PROVISION_DELAY_MS".into(), self.provision.stub_value()),
+            (
+                "STUB_PROVISION_DELAY_MS".into(),
+                self.provision.stub_value(),
+            ),
             ("STUB_SEED".into(), self.seed.to_string()),
         ]
     }
@@ -187,9 +187,7 @@ mod tests {
                 .parse()
                 .unwrap()
         };
-        let ratio = |p: &LatencyProfile| {
-            setting(p, "HEALTH_TIMEOUT_MS") / p.health.high_ms
-        };
+        let ratio = |p: &LatencyProfile| setting(p, "HEALTH_TIMEOUT_MS") / p.health.high_ms;
         assert!((ratio(&real) - ratio(&fast)).abs() < 1e-9);
         assert_eq!(setting(&fast, "CREATE_TIMEOUT_MS"), 1_200.0);
         // A Railway creation and first deploy: 20–60 s for real.

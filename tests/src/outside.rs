@@ -6,11 +6,11 @@ use std::collections::BTreeSet;
 
 use sqlx::PgPool;
 
-use crate::latency::LatencyProfile;
 use crate::fakes::{
     AgentMailConfig, AgentMailFake, Controls, FakeConfig, OpenRouterConfig, OpenRouterFake,
     RailwayFake, TelnyxConfig, TelnyxFake,
 };
+use crate::latency::LatencyProfile;
 
 pub const RAILWAY_TOKEN: &str = "outside-railway-token-0123456789";
 

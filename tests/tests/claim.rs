@@ -283,8 +283,11 @@ async fn a_claim_ends_by_its_deadline_and_only_then_may_a_retry_take_its_key_ove
     t.fill(4).await;
     let idle = t.ids(Idle).await;
     let (failing, late) = (&idle[0], &idle[1]);
-    t.fault(failing, json!({"provisionDelayMs": 3000, "provision": "fail"}))
-        .await;
+    t.fault(
+        failing,
+        json!({"provisionDelayMs": 3000, "provision": "fail"}),
+    )
+    .await;
     t.fault(late, json!({"provisionDelayMs": 3000})).await;
     let body = json!({"agentName": "patient", "instructions": "Wait."});
 
@@ -301,7 +304,10 @@ async fn a_claim_ends_by_its_deadline_and_only_then_may_a_retry_take_its_key_ove
             .await
             .unwrap()
         };
-        wait_until(Duration::from_secs(10), || async { older().await.is_some() }).await;
+        wait_until(Duration::from_secs(10), || async {
+            older().await.is_some()
+        })
+        .await;
         wait_until(Duration::from_secs(20), || async {
             older().await.unwrap_or(true)
         })
@@ -334,7 +340,8 @@ async fn a_claimer_fenced_out_stops_at_once_and_gives_back_the_conversation() {
     let t = TestPool::with(&[("POOL_MIN_IDLE", "3")], &[]).await;
     t.fill(3).await;
     let first_idle = t.ids(Idle).await.remove(0);
-    t.fault(&first_idle, json!({"provisionDelayMs": 1500})).await;
+    t.fault(&first_idle, json!({"provisionDelayMs": 1500}))
+        .await;
     let body = json!({
         "agentName": "joiner",
         "instructions": "Join.",
@@ -347,12 +354,10 @@ async fn a_claimer_fenced_out_stops_at_once_and_gives_back_the_conversation() {
         })
         .await;
         // While its runtime answers, the key changes hands (as a takeover does).
-        sqlx::query(
-            "UPDATE claim_requests SET attempt = gen_random_uuid() WHERE key = 'order-11'",
-        )
-        .execute(&t.pool.db)
-        .await
-        .unwrap();
+        sqlx::query("UPDATE claim_requests SET attempt = gen_random_uuid() WHERE key = 'order-11'")
+            .execute(&t.pool.db)
+            .await
+            .unwrap();
     };
     let ((status, answer), ()) = tokio::join!(first, takeover);
     assert_eq!(status, StatusCode::CONFLICT, "{answer}");

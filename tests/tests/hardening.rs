@@ -6,18 +6,18 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
-use agentpool_core::domain::InstanceStatus::*;
-use agentpool_core::gate::CutShort;
-use agentpool_core::tick::{self, Mode, TICK_LOCK_KEY};
 use agentpool::state::Kicker;
 use agentpool_core::claim::{self, ClaimRequest};
+use agentpool_core::domain::InstanceStatus::*;
+use agentpool_core::gate::CutShort;
 use agentpool_core::instances;
+use agentpool_core::tick::{self, Mode, TICK_LOCK_KEY};
 use agentpool_tests::faults::FaultyProvider;
 use agentpool_tests::latency::LatencyProfile;
 use agentpool_tests::{wait_until, TestPool};
-use tokio_util::sync::CancellationToken;
 use reqwest::StatusCode;
 use serde_json::{json, Value};
+use tokio_util::sync::CancellationToken;
 
 /// A pool whose provider is wrapped in a [`FaultyProvider`], and a handle on the wrapper.
 async fn faulty(overrides: &[(&str, &str)]) -> (TestPool, Arc<FaultyProvider>) {
@@ -743,14 +743,9 @@ async fn full_ticks_keep_their_interval_under_continuous_claims() {
     let clients = (0..4).map(|i| {
         let (t, kickers, claims) = (&t, &kickers, &claims);
         async move {
-            let request = ClaimRequest::new(
-                format!("busy-{i}"),
-                "Keep going.".into(),
-                None,
-                None,
-                None,
-            )
-            .unwrap();
+            let request =
+                ClaimRequest::new(format!("busy-{i}"), "Keep going.".into(), None, None, None)
+                    .unwrap();
             while started.elapsed() < window {
                 match claim::claim(&t.pool, &request, None).await {
                     Ok(claimed) => {

@@ -15,9 +15,9 @@ use agentpool_tests::fakes::{Controls, FakeConfig, Fault, RailwayFake, Scope};
 use agentpool_tests::latency::LatencyProfile;
 use agentpool_tests::outside::Outside;
 use agentpool_tests::{set_vars, TestPool};
-use tokio_util::sync::CancellationToken;
 use reqwest::StatusCode;
 use serde_json::json;
+use tokio_util::sync::CancellationToken;
 
 const TOKEN: &str = "railway-test-token-0123456789";
 
@@ -273,8 +273,7 @@ async fn slow_outside(create_timeout_ms: &str) -> (Outside, TestPool) {
     );
     let settings = Settings::from_vars(vars.clone()).unwrap();
     let railway = Arc::new(RailwayProvider::from_settings(&settings).unwrap());
-    let overrides: Vec<(&str, &str)> =
-        vars.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+    let overrides: Vec<(&str, &str)> = vars.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
     let t = TestPool::with_provider(&overrides, &[], |_| railway).await;
     (outside, t)
 }

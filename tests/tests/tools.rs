@@ -439,7 +439,10 @@ async fn a_teardown_whose_tool_is_no_longer_configured_finishes_and_shows_what_i
         .text()
         .await
         .unwrap();
-    assert!(dashboard.contains("Abandoned tool resources"), "{dashboard}");
+    assert!(
+        dashboard.contains("Abandoned tool resources"),
+        "{dashboard}"
+    );
     assert!(dashboard.contains(&number), "{dashboard}");
     assert!(dashboard.contains(&t.name_of(&id)), "{dashboard}");
 

@@ -14,9 +14,9 @@ use tracing::Instrument;
 use crate::creation::{self, Outcome};
 use crate::domain::{Actor, InstanceStatus};
 use crate::error::Error;
-use crate::outbound::Failure;
 use crate::gate::{CutShort, Gate};
 use crate::instances::{self, Move};
+use crate::outbound::Failure;
 use crate::providers::ResourceRef;
 use crate::services;
 use crate::Pool;
@@ -362,7 +362,10 @@ async fn delete_orphans(
         };
         tracing::info!(resource = %orphan.name, "deleting orphan");
         let result = gate
-            .bounded(pool.settings.tick_overrun(), pool.provider.destroy(&resource))
+            .bounded(
+                pool.settings.tick_overrun(),
+                pool.provider.destroy(&resource),
+            )
             .await
             .unwrap_or_else(|| Err(Error::outbound("tick", "delete orphan", Failure::TimedOut)));
         (orphan, result)
@@ -386,10 +389,14 @@ async fn delete_tool_orphans(
     let (results, cut) = each_while_open(plan.tool_orphans.clone(), gate, |orphan| async move {
         tracing::info!(tool = %orphan.tool_id, resource = %orphan.name, "deleting a tool orphan");
         let result = match pool.tools.get(&orphan.tool_id) {
-            Some(tool) => gate
-                .bounded(pool.settings.tick_overrun(), tool.destroy(&orphan.resource_id))
+            Some(tool) => {
+                gate.bounded(
+                    pool.settings.tick_overrun(),
+                    tool.destroy(&orphan.resource_id),
+                )
                 .await
-                .unwrap_or_else(|| Err(Error::outbound("tick", "delete orphan", Failure::TimedOut))),
+                .unwrap_or_else(|| Err(Error::outbound("tick", "delete orphan", Failure::TimedOut)))
+            }
             None => Ok(()),
         };
         (orphan, result)

@@ -186,7 +186,9 @@ pub async fn run_until(pool: &Pool, mode: Mode, stop: &CancellationToken) -> Res
     let outcome = tracing::Instrument::instrument(work, span.clone()).await;
     if outcome.is_ok() {
         // Under the lock still: one tick at a time writes this row.
-        if let Err(e) = crate::metrics::record_tick(&pool.db, started.elapsed(), mode == Mode::Full).await {
+        if let Err(e) =
+            crate::metrics::record_tick(&pool.db, started.elapsed(), mode == Mode::Full).await
+        {
             tracing::warn!(error = %e, "recording the tick for /metrics");
         }
     }

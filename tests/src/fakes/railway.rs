@@ -415,7 +415,11 @@ impl RailwayFake {
             .set_latency(Some(profile.draws(profile.railway_call, 1)));
         *self.inner.build.lock().unwrap_or_else(|e| e.into_inner()) =
             Some(Arc::new(profile.draws(profile.railway_deploy, 5)));
-        *self.inner.stub_env.lock().unwrap_or_else(|e| e.into_inner()) = profile.stub_env();
+        *self
+            .inner
+            .stub_env
+            .lock()
+            .unwrap_or_else(|e| e.into_inner()) = profile.stub_env();
     }
 
     pub fn url(&self) -> String {
@@ -1081,7 +1085,11 @@ async fn run_deployment(
     if let Some(previous) = previous {
         wait_exited(previous).await;
     }
-    let build = inner.build.lock().unwrap_or_else(|e| e.into_inner()).clone();
+    let build = inner
+        .build
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .clone();
     if let Some(build) = build {
         tokio::time::sleep(build.next()).await;
     }

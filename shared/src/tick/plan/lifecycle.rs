@@ -63,9 +63,9 @@ fn next(
             if row.resource_id.is_none() {
                 // Queued or slow is not stuck: only a creator silent this long is gone (a row
                 // whose creator finished or was forgotten is judged by its own age).
-                let last_sign = row
-                    .creator_alive_at
-                    .map_or(instance.status_since, |alive| alive.max(instance.status_since));
+                let last_sign = row.creator_alive_at.map_or(instance.status_since, |alive| {
+                    alive.max(instance.status_since)
+                });
                 return older_than(last_sign, now, rules.create_timeout).then(|| {
                     (
                         Destroying,
