@@ -39,7 +39,9 @@ fn provider(fake: &RailwayFake, layout: &str, prefix: &str) -> Arc<RailwayProvid
         .map(|(k, v)| (k.to_string(), v.to_string())),
     )
     .unwrap();
-    Arc::new(RailwayProvider::from_settings(&settings).unwrap())
+    Arc::new(
+        RailwayProvider::from_settings(&settings.providers.railway, &settings.outbound).unwrap(),
+    )
 }
 
 async fn fake() -> RailwayFake {
@@ -272,7 +274,9 @@ async fn slow_outside(create_timeout_ms: &str) -> (Outside, TestPool) {
         .map(|(k, v)| (k.to_string(), v.to_string())),
     );
     let settings = Settings::from_vars(vars.clone()).unwrap();
-    let railway = Arc::new(RailwayProvider::from_settings(&settings).unwrap());
+    let railway = Arc::new(
+        RailwayProvider::from_settings(&settings.providers.railway, &settings.outbound).unwrap(),
+    );
     let overrides: Vec<(&str, &str)> = vars.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
     let t = TestPool::with_provider(&overrides, &[], |_| railway).await;
     (outside, t)

@@ -433,7 +433,7 @@ async fn claim_with(pool: &Pool, strategy: Strategy) -> Outcome {
             &url,
             &gateway_token,
             &request,
-            tokio::time::Instant::now() + pool.settings.claim_timeout(),
+            tokio::time::Instant::now() + pool.settings.claim.claim_timeout(),
         )
         .await
         .map_err(|e| e.to_string())?;

@@ -1,0 +1,220 @@
+//! The tick: reconcile the fleet and replenish the pool.
+//!
+//! Whichever process takes the advisory lock `TICK_LOCK_KEY` runs it, holding the lock as a
+//! [`lease::Lease`] for the whole tick and checking it before each write; every other caller skips
+//! at once. The tick itself is snapshot → plan → execute: reading is separate from deciding (pure
+//! functions, tested without a network) and from acting.
+
+pub mod execute;
+pub use crate::lease;
+mod mode;
+pub mod plan;
+pub mod slots;
+pub mod snapshot;
+
+use chrono::{DateTime, Utc};
+use serde::Serialize;
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+
+use crate::domain::InstanceStatus;
+use crate::error::{Error, Result};
+use crate::gate::{CutShort, Gate};
+use crate::pool_size::{self, PoolSize};
+use crate::Pool;
+
+pub use plan::Mode;
+
+pub const TICK_LOCK_KEY: i64 = 0x6167_706f_6f6c_0001;
+/// Held by a full (or reconcile) tick around [`TICK_LOCK_KEY`]: a second full tick skips at once,
+/// while a full tick that finds only a kicked one at work waits for it.
+pub const FULL_TICK_LOCK_KEY: i64 = 0x6167_706f_6f6c_0003;
+
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct Moved {
+    pub id: String,
+    pub from: InstanceStatus,
+    pub to: InstanceStatus,
+    pub reason: String,
+}
+
+/// One thing that went wrong, as a client may see it: a code and a short cause. The details are
+/// in the log, on a line with the same instance id.
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct TickError {
+    pub code: &'static str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub instance_id: Option<String>,
+    pub message: String,
+}
+
+/// Why a tick did nothing.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, utoipa::ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum Skip {
+    /// Another tick holds the advisory lock.
+    Locked,
+    /// Another process has already taken this scheduled slot ([`slots`]).
+    SlotTaken,
+}
+
+/// What a tick did, as `POST /api/pool/tick` and `agentpool tick` print it.
+#[derive(Debug, Clone, Default, Serialize, utoipa::ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct TickReport {
+    pub skipped: bool,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub skipped_because: Option<Skip>,
+    /// The scheduled slot this tick was for, when a schedule asked for it.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub slot: Option<DateTime<Utc>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub duration_ms: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub instances: Option<usize>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub health_checked: Option<usize>,
+    pub transitions: Vec<Moved>,
+    pub destroyed: Vec<String>,
+    pub orphans_deleted: Vec<String>,
+    /// Tool resources (keys, inboxes, numbers) that no row owned, or abandoned ones whose tool is
+    /// configured again, deleted: as `<tool>:<resource id>`.
+    pub tool_orphans_deleted: Vec<String>,
+    /// Tool resources this tick gave up at teardown because their tool is no longer configured,
+    /// as `<tool>:<resource id>`; every one still abandoned is in `abandoned`.
+    pub tool_resources_abandoned: Vec<String>,
+    /// How many abandoned tool resources wait for an operator (full ticks and reconciles).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub abandoned: Option<usize>,
+    pub created: Vec<String>,
+    pub errors: Vec<TickError>,
+    /// Set when the tick stopped starting work early; what it left waits for the next tick.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cut_short: Option<CutShort>,
+}
+
+impl TickReport {
+    fn skipped(because: Skip) -> Self {
+        Self {
+            skipped: true,
+            skipped_because: Some(because),
+            ..Self::default()
+        }
+    }
+
+    /// Records an error: the whole of it in the log, a code and a short cause in the report.
+    pub fn error(&mut self, doing: &str, instance_id: Option<&str>, error: &Error) {
+        tracing::warn!(instance_id, error = %error, "{doing} failed");
+        self.errors.push(TickError {
+            code: error.code(),
+            instance_id: instance_id.map(str::to_string),
+            message: format!("{doing}: {}", error.public_message()),
+        });
+    }
+
+    pub fn cut(&mut self, why: CutShort) {
+        if self.cut_short.is_none() {
+            tracing::warn!(?why, "tick cut short");
+            self.cut_short = Some(why);
+        }
+    }
+}
+
+/// The plan's rules: the pool's size in force (stored or from the environment), the rest from
+/// the settings.
+pub fn rules(settings: &crate::config::Settings, size: PoolSize) -> plan::Rules {
+    plan::Rules {
+        min_idle: size.min_idle,
+        max_total: size.max_total,
+        stuck_timeout: settings.tick.stuck_timeout(),
+        claim_timeout: settings.claim.claim_timeout(),
+        create_timeout: settings.creation.create_timeout(),
+        health_failure_threshold: settings.health.health_failure_threshold,
+        health_grace: settings.health.health_grace(),
+    }
+}
+
+/// Tool resources teardown gave up because their tool was no longer configured, oldest first:
+/// what an operator is to clean by hand (or what the tick deletes once the tool is back).
+pub async fn abandoned(pool: &Pool) -> Result<Vec<crate::services::Abandoned>> {
+    crate::services::abandoned(&pool.db).await
+}
+
+/// Runs one tick, or reports `skipped` if another process holds the tick lock.
+pub async fn run(pool: &Pool, mode: Mode) -> Result<TickReport> {
+    run_until(pool, mode, &CancellationToken::new()).await
+}
+
+/// Runs one tick that starts no new work once `stop` is cancelled (shutdown).
+///
+/// Kicked ticks come as fast as claims; they skip while any tick holds the lock. A full tick
+/// skips only another full tick: one that finds a kicked tick at work waits for it (up to the
+/// budget), so that kicks under steady claims cannot starve the fleet's health checks, listings
+/// and clean-up. Creations run after the lock is released: the rows are reserved under it (so
+/// the next tick counts them), and a tick waits on no provider's creation while it holds it.
+pub async fn run_until(pool: &Pool, mode: Mode, stop: &CancellationToken) -> Result<TickReport> {
+    // The wait for the lock counts against the budget too.
+    let started = Instant::now();
+    let lease = match mode {
+        Mode::Kick => lease::Lease::try_acquire(&pool.db, TICK_LOCK_KEY).await?,
+        Mode::Full | Mode::Reconcile => {
+            lease::Lease::acquire_behind(
+                &pool.db,
+                FULL_TICK_LOCK_KEY,
+                TICK_LOCK_KEY,
+                pool.settings.tick.tick_budget(),
+            )
+            .await?
+        }
+    };
+    let Some(lease) = lease else {
+        return Ok(TickReport::skipped(Skip::Locked));
+    };
+    let gate = Gate::tick(
+        &lease,
+        started + pool.settings.tick.tick_budget(),
+        stop.clone(),
+    );
+    let creations = gate.without_lease();
+    let span = tracing::info_span!("tick", ?mode);
+    let work = async {
+        let mut report = TickReport::default();
+        let mut batch = None;
+        let snapshot = snapshot::take(pool, mode, &gate, &mut report).await?;
+        let size = pool_size::current(&pool.db, &pool.settings.size).await?;
+        let plan = plan::decide(&snapshot, &rules(&pool.settings, size), mode);
+        report.instances = Some(snapshot.rows.len());
+        report.health_checked = Some(snapshot.health.len());
+        if let Err(why) =
+            execute::run(pool, &snapshot, plan, mode, &gate, &mut report, &mut batch).await
+        {
+            report.cut(why);
+        }
+        Ok::<_, Error>((report, batch))
+    };
+    let outcome = tracing::Instrument::instrument(work, span.clone()).await;
+    if outcome.is_ok() {
+        // Under the lock still: one tick at a time writes this row.
+        if let Err(e) =
+            crate::metrics::record_tick(&pool.db, started.elapsed(), mode == Mode::Full).await
+        {
+            tracing::warn!(error = %e, "recording the tick for /metrics");
+        }
+    }
+    if let Err(e) = crate::metrics::flush_call_errors(&pool.db).await {
+        tracing::warn!(error = %e, "writing call error counts");
+    }
+    drop(gate);
+    lease.release().await;
+    let (mut report, batch) = outcome?;
+    if let Some(batch) = batch {
+        let creating = execute::create_reserved(pool, batch, &creations, &mut report);
+        if let Err(why) = tracing::Instrument::instrument(creating, span).await {
+            report.cut(why);
+        }
+    }
+    report.duration_ms = Some(started.elapsed().as_millis() as u64);
+    Ok(report)
+}
