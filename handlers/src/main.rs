@@ -108,7 +108,10 @@ async fn run(command: Command) -> anyhow::Result<()> {
                 .map_err(anyhow::Error::msg)
         }
         Command::StubAgent { port, name, record } => {
-            let settings = stub_agent::StubSettings::from_env().map_err(anyhow::Error::msg)?;
+            let mut settings = stub_agent::StubSettings::from_env().map_err(anyhow::Error::msg)?;
+            if let Some(name) = &name {
+                settings = settings.for_agent(name);
+            }
             let announce = match (name, record) {
                 (Some(name), Some(record)) => Some(stub_agent::Announce { name, record }),
                 _ => None,

@@ -80,14 +80,19 @@ impl Kicker {
     }
 
     /// Runs a full tick every `every` (if set) and a kicked one (replenish, no fleet-wide health
-    /// checks) on each kick, until `stop` is cancelled. A tick in progress when `stop` comes starts
-    /// no new work and ends.
+    /// checks) on each kick, until `stop` is cancelled; then waits for the ticks it started, which
+    /// start no new work. Each tick runs as a task of its own: a tick waiting on creations (after
+    /// it released the tick lock) puts off neither the next full tick nor the next kick.
     pub async fn run_loop(&self, pool: Pool, every: Option<Duration>, stop: CancellationToken) {
         let mut timer = every.map(|period| {
             let mut timer = tokio::time::interval(period);
             timer.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
             timer
         });
+        let running = TaskTracker::new();
+        // A burst of claims needs one tick, not one per claim: kicks that arrive before this
+        // coalesce into the next one. The timer does not wait for it.
+        let mut next_kick = tokio::time::Instant::now();
         loop {
             let timed = async {
                 match timer.as_mut() {
@@ -95,30 +100,37 @@ impl Kicker {
                     None => std::future::pending().await,
                 }
             };
+            // The interval first: under steady kicks the full tick is never put off by one.
             let mode = tokio::select! {
-                _ = self.notify.notified() => Mode::Kick,
+                biased;
+                _ = stop.cancelled() => break,
                 _ = timed => Mode::Full,
-                _ = stop.cancelled() => return,
+                _ = async {
+                    tokio::time::sleep_until(next_kick).await;
+                    self.notify.notified().await
+                } => Mode::Kick,
             };
             let began = tokio::time::Instant::now();
-            match tick::run_until(&pool, mode, &stop).await {
-                Ok(report) if !report.skipped => tracing::debug!(
-                    ?mode,
-                    created = report.created.len(),
-                    destroyed = report.destroyed.len(),
-                    transitions = report.transitions.len(),
-                    cut_short = ?report.cut_short,
-                    "tick"
-                ),
-                Ok(_) => {}
-                Err(e) => tracing::warn!(error = %e, "tick failed"),
+            if mode == Mode::Kick {
+                next_kick = began + KICK_SPACING;
             }
-            // A burst of claims needs one tick, not one per claim: kicks that arrive meanwhile
-            // coalesce into the next one.
-            tokio::select! {
-                _ = tokio::time::sleep_until(began + KICK_SPACING) => {}
-                _ = stop.cancelled() => return,
-            }
+            let (pool, tick_stop) = (pool.clone(), stop.clone());
+            running.spawn(tracing::Instrument::in_current_span(async move {
+                match tick::run_until(&pool, mode, &tick_stop).await {
+                    Ok(report) if !report.skipped => tracing::debug!(
+                        ?mode,
+                        created = report.created.len(),
+                        destroyed = report.destroyed.len(),
+                        transitions = report.transitions.len(),
+                        cut_short = ?report.cut_short,
+                        "tick"
+                    ),
+                    Ok(_) => {}
+                    Err(e) => tracing::warn!(error = %e, "tick failed"),
+                }
+            }));
         }
+        running.close();
+        running.wait().await;
     }
 }

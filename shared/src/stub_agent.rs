@@ -12,12 +12,19 @@
 //! | `OPENCLAW_GATEWAY_TOKEN` | required; Bearer token for every POST |
 //! | `RUNTIME_PROTOCOL` | `pool` (default), `pool-status` or `convos` |
 //! | `STUB_READY_DELAY_MS` | readiness is refused until this long after start (default 0) |
-//! | `STUB_PROVISION_DELAY_MS` | a provision waits this long before answering (default 0) |
+//! | `STUB_PROVISION_DELAY_MS` | `/pool/provision` waits this long before answering (default 0) |
+//! | `STUB_HEALTH_DELAY_MS` | a readiness check waits this long before answering (default 0) |
 //! | `STUB_FAIL_PROVISION` | `true`: every provision answers 500 |
 //! | `STUB_REFUSE_FIRST` | the first n provisions answer 503, as a gateway just booted does |
 //! | `STUB_CONVERSATION` | a conversation already bound at start (an instance that is not clean) |
 //! | `STUB_SHARED` | `true`: answers for many instances, a fresh conversation per provision (benchmarks) |
 //! | `STUB_START_DELAY_MS` | wait this long before listening (a slow creation, default 0) |
+//! | `STUB_SEED` | seeds the draws of delays given as ranges, mixed with `--name` (default random) |
+//!
+//! Every delay is a number of milliseconds or a range `LOW..HIGH`, drawn anew for each use (the
+//! boot delays once) from a generator seeded with `STUB_SEED` and the agent's name: a test's
+//! latency profile (`agentpool_tests::latency`) gives a fleet of stubs realistic, varied and
+//! reproducible timings.
 //!
 //! Faults can also be switched at run time with `POST /stub/faults` (Bearer):
 //! `{"provision": "fail"|"ok", "health": "fail"|"ok", "exit": true, "provisionDelayMs": n,
@@ -34,23 +41,69 @@ use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
-use rand::RngCore;
+use rand::rngs::StdRng;
+use rand::{Rng, RngCore, SeedableRng};
 use serde::Deserialize;
 use serde_json::json;
 
 use crate::config::{secrets_match, RuntimeProtocol};
 
+/// A delay in milliseconds, fixed (`LOW == HIGH`) or drawn from `LOW..=HIGH` at each use.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Delay {
+    pub low_ms: u64,
+    pub high_ms: u64,
+}
+
+impl Delay {
+    pub fn fixed(ms: u64) -> Self {
+        Self {
+            low_ms: ms,
+            high_ms: ms,
+        }
+    }
+
+    /// `250` or `50..300`.
+    pub fn parse(text: &str) -> Result<Self, String> {
+        let number = |t: &str| {
+            t.trim()
+                .parse::<u64>()
+                .map_err(|e| format!("{t:?} is not a number of milliseconds: {e}"))
+        };
+        match text.split_once("..") {
+            None => number(text).map(Self::fixed),
+            Some((low, high)) => {
+                let (low_ms, high_ms) = (number(low)?, number(high)?);
+                if low_ms > high_ms {
+                    return Err(format!("{text:?}: the range ends before it starts"));
+                }
+                Ok(Self { low_ms, high_ms })
+            }
+        }
+    }
+
+    fn draw(self, rng: &Mutex<StdRng>) -> Duration {
+        if self.low_ms == self.high_ms {
+            return Duration::from_millis(self.low_ms);
+        }
+        let mut rng = rng.lock().unwrap_or_else(|e| e.into_inner());
+        Duration::from_millis(rng.gen_range(self.low_ms..=self.high_ms))
+    }
+}
+
 #[derive(Debug, Clone)]
 pub struct StubSettings {
     pub gateway_token: String,
-    pub ready_delay: Duration,
-    pub provision_delay: Duration,
+    pub ready_delay: Delay,
+    pub provision_delay: Delay,
+    pub health_delay: Delay,
     pub fail_provision: bool,
     pub shared: bool,
-    pub start_delay: Duration,
+    pub start_delay: Delay,
     pub protocol: RuntimeProtocol,
     pub refuse_first: u64,
     pub conversation: Option<String>,
+    pub seed: u64,
 }
 
 fn flag(name: &str) -> bool {
@@ -64,19 +117,21 @@ impl StubSettings {
         if token.is_empty() {
             return Err("OPENCLAW_GATEWAY_TOKEN is empty".into());
         }
-        let millis = |name: &str| -> Result<Duration, String> {
+        let millis = |name: &str| -> Result<Delay, String> {
             match std::env::var(name) {
-                Ok(v) if !v.is_empty() => v
-                    .parse::<u64>()
-                    .map(Duration::from_millis)
-                    .map_err(|e| format!("{name}: {e}")),
-                _ => Ok(Duration::ZERO),
+                Ok(v) if !v.is_empty() => Delay::parse(&v).map_err(|e| format!("{name}: {e}")),
+                _ => Ok(Delay::default()),
             }
+        };
+        let seed = match std::env::var("STUB_SEED") {
+            Ok(v) if !v.is_empty() => v.parse().map_err(|e| format!("STUB_SEED: {e}"))?,
+            _ => rand::thread_rng().gen(),
         };
         Ok(Self {
             gateway_token: token,
             ready_delay: millis("STUB_READY_DELAY_MS")?,
             provision_delay: millis("STUB_PROVISION_DELAY_MS")?,
+            health_delay: millis("STUB_HEALTH_DELAY_MS")?,
             fail_provision: flag("STUB_FAIL_PROVISION"),
             shared: flag("STUB_SHARED"),
             start_delay: millis("STUB_START_DELAY_MS")?,
@@ -94,7 +149,17 @@ impl StubSettings {
             conversation: std::env::var("STUB_CONVERSATION")
                 .ok()
                 .filter(|v| !v.is_empty()),
+            seed,
         })
+    }
+
+    /// Each agent draws its own delays: the seed mixed with its name (FNV-1a), reproducibly.
+    pub fn for_agent(mut self, name: &str) -> Self {
+        let hash = name.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| {
+            (h ^ u64::from(b)).wrapping_mul(0x100_0000_01b3)
+        });
+        self.seed ^= hash;
+        self
     }
 }
 
@@ -103,8 +168,9 @@ struct Stub {
     ready_at: Instant,
     fail_provision: AtomicBool,
     fail_health: AtomicBool,
-    health_delay_ms: AtomicU64,
-    provision_delay_ms: AtomicU64,
+    health_delay: Mutex<Delay>,
+    provision_delay: Mutex<Delay>,
+    rng: Mutex<StdRng>,
     health_in_flight: AtomicU64,
     /// Provisions still to refuse with 503, and how many were refused.
     refuse_left: AtomicU64,
@@ -118,6 +184,11 @@ struct Stub {
 }
 
 impl Stub {
+    fn delay(&self, which: &Mutex<Delay>) -> Duration {
+        let delay = *which.lock().unwrap_or_else(|e| e.into_inner());
+        delay.draw(&self.rng)
+    }
+
     fn authorized(&self, headers: &HeaderMap) -> bool {
         headers
             .get(axum::http::header::AUTHORIZATION)
@@ -153,9 +224,9 @@ impl Drop for InFlight<'_> {
 
 async fn health(State(stub): State<Arc<Stub>>) -> Response {
     let _in_flight = InFlight::enter(&stub.health_in_flight);
-    let delay = stub.health_delay_ms.load(Ordering::Relaxed);
-    if delay > 0 {
-        tokio::time::sleep(Duration::from_millis(delay)).await;
+    let delay = stub.delay(&stub.health_delay);
+    if !delay.is_zero() {
+        tokio::time::sleep(delay).await;
     }
     let ready = Instant::now() >= stub.ready_at && !stub.fail_health.load(Ordering::Relaxed);
     let conversation = match stub.conversation.lock() {
@@ -250,9 +321,9 @@ async fn provide(
         stub.refused.fetch_add(1, Ordering::SeqCst);
         return Err(failure(StatusCode::SERVICE_UNAVAILABLE, "gateway starting"));
     }
-    let delay = stub.provision_delay_ms.load(Ordering::Relaxed);
-    if delay > 0 {
-        tokio::time::sleep(Duration::from_millis(delay)).await;
+    let delay = stub.delay(&stub.provision_delay);
+    if !delay.is_zero() {
+        tokio::time::sleep(delay).await;
     }
     if stub.fail_provision.load(Ordering::Relaxed) {
         return Err(failure(
@@ -402,11 +473,13 @@ async fn faults(
         stub.fail_health
             .store(matches!(switch, Switch::Fail), Ordering::Relaxed);
     }
-    if let Some(ms) = faults.health_delay_ms {
-        stub.health_delay_ms.store(ms, Ordering::Relaxed);
-    }
-    if let Some(ms) = faults.provision_delay_ms {
-        stub.provision_delay_ms.store(ms, Ordering::Relaxed);
+    for (ms, delay) in [
+        (faults.health_delay_ms, &stub.health_delay),
+        (faults.provision_delay_ms, &stub.provision_delay),
+    ] {
+        if let Some(ms) = ms {
+            *delay.lock().unwrap_or_else(|e| e.into_inner()) = Delay::fixed(ms);
+        }
     }
     if faults.exit {
         stub.exit.notify_one();
@@ -427,13 +500,17 @@ pub async fn run(
     settings: StubSettings,
     announce: Option<Announce>,
 ) -> std::io::Result<()> {
+    let rng = Mutex::new(StdRng::seed_from_u64(settings.seed));
+    let start_delay = settings.start_delay.draw(&rng);
+    let ready_delay = settings.ready_delay.draw(&rng);
     let stub = Arc::new(Stub {
         token: settings.gateway_token,
-        ready_at: Instant::now() + settings.ready_delay,
+        ready_at: Instant::now() + ready_delay,
         fail_provision: AtomicBool::new(settings.fail_provision),
         fail_health: AtomicBool::new(false),
-        health_delay_ms: AtomicU64::new(0),
-        provision_delay_ms: AtomicU64::new(settings.provision_delay.as_millis() as u64),
+        health_delay: Mutex::new(settings.health_delay),
+        provision_delay: Mutex::new(settings.provision_delay),
+        rng,
         health_in_flight: AtomicU64::new(0),
         refuse_left: AtomicU64::new(settings.refuse_first),
         refused: AtomicU64::new(0),
@@ -460,7 +537,7 @@ pub async fn run(
         .route("/stub/faults", post(faults))
         .route("/stub/stats", get(stats))
         .with_state(stub.clone());
-    tokio::time::sleep(settings.start_delay).await;
+    tokio::time::sleep(start_delay).await;
     let listener = tokio::net::TcpListener::bind(addr).await?;
     let local = listener.local_addr()?;
     if let Some(announce) = announce {

@@ -16,6 +16,7 @@ pub struct FaultyProvider {
     inner: Arc<dyn Provider>,
     list_fails: AtomicBool,
     list_delay_ms: AtomicU64,
+    create_delay_ms: AtomicU64,
     hold: Mutex<Option<Arc<Semaphore>>>,
     /// Listings waiting at the hold right now.
     pub held: AtomicUsize,
@@ -27,6 +28,7 @@ impl FaultyProvider {
             inner,
             list_fails: AtomicBool::new(false),
             list_delay_ms: AtomicU64::new(0),
+            create_delay_ms: AtomicU64::new(0),
             hold: Mutex::new(None),
             held: AtomicUsize::new(0),
         }
@@ -39,6 +41,12 @@ impl FaultyProvider {
     /// Each listing waits this long before it reads anything: what it returns is as of the end.
     pub fn slow_lists(&self, delay: Duration) {
         self.list_delay_ms
+            .store(delay.as_millis() as u64, Ordering::SeqCst);
+    }
+
+    /// Each creation takes this long more, as one on Railway does.
+    pub fn slow_creates(&self, delay: Duration) {
+        self.create_delay_ms
             .store(delay.as_millis() as u64, Ordering::SeqCst);
     }
 
@@ -61,6 +69,8 @@ impl Provider for FaultyProvider {
     }
 
     async fn create(&self, spec: &CreateSpec) -> Result<Created> {
+        let delay = self.create_delay_ms.load(Ordering::SeqCst);
+        tokio::time::sleep(Duration::from_millis(delay)).await;
         self.inner.create(spec).await
     }
 

@@ -5,6 +5,7 @@
 pub mod fakes;
 pub mod faults;
 pub mod lambda_api;
+pub mod latency;
 pub mod outside;
 
 use std::path::{Path, PathBuf};
@@ -243,6 +244,18 @@ impl Remote {
             self.counts().await["idle"].as_i64() >= Some(n)
         })
         .await;
+    }
+}
+
+/// Sets each of `overrides` in `vars`, replacing an earlier value of the same name (settings are
+/// read from a map: a name given twice is refused).
+pub fn set_vars(
+    vars: &mut Vec<(String, String)>,
+    overrides: impl IntoIterator<Item = (String, String)>,
+) {
+    for (name, value) in overrides {
+        vars.retain(|(n, _)| *n != name);
+        vars.push((name, value));
     }
 }
 

@@ -10,6 +10,7 @@ use crate::fakes::{
     AgentMailConfig, AgentMailFake, Controls, FakeConfig, OpenRouterConfig, OpenRouterFake,
     RailwayFake, TelnyxConfig, TelnyxFake,
 };
+use crate::latency::LatencyProfile;
 
 pub const RAILWAY_TOKEN: &str = "outside-railway-token-0123456789";
 
@@ -36,6 +37,22 @@ impl Outside {
                 ..TelnyxConfig::default()
             })
             .await,
+        }
+    }
+
+    /// Every fake at `profile`'s pace (the Railway fake's runtimes too), each drawing its own
+    /// seeded stream of delays.
+    pub fn set_latency(&self, profile: &LatencyProfile) {
+        self.railway.set_latency(profile);
+        for (stream, tool) in [
+            &self.openrouter as &dyn Controls,
+            &self.agentmail,
+            &self.telnyx,
+        ]
+        .into_iter()
+        .enumerate()
+        {
+            tool.set_latency(Some(profile.draws(profile.tool_call, 2 + stream as u64)));
         }
     }
 

@@ -374,6 +374,7 @@ async fn reserve(t: &TestPool, n: u32) {
         n,
         100,
         &t.pool.settings.pool.pool_name_prefix,
+        None,
         agentpool_core::domain::Actor::Operator,
         "listing test",
     )

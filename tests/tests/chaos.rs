@@ -11,6 +11,7 @@ use std::time::{Duration, Instant};
 
 use agentpool_core::db;
 use agentpool_core::db::embedded::{create_database, EmbeddedPostgres};
+use agentpool_tests::latency::LatencyProfile;
 use agentpool_tests::{agentpool_bin, free_port, process_alive, scheduler_bin, wait_until};
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
@@ -218,6 +219,9 @@ async fn replicas_under_fire_never_hand_out_an_instance_twice() {
     ]
     .into_iter()
     .map(|(k, v)| (k.to_string(), v.to_string()))
+    // The stub agents boot, answer health checks and provision at the real pace, scaled as the
+    // settings above are (CLAIM_TIMEOUT_MS and TICK_INTERVAL_MS are the defaults / 30).
+    .chain(LatencyProfile::realistic().scaled(1.0 / 30.0).stub_env())
     .collect();
 
     let logs = tempfile::Builder::new()

@@ -12,8 +12,9 @@ use agentpool_core::providers::railway::RailwayProvider;
 use agentpool_core::tick::{self, Mode};
 use agentpool_core::{instances, Pool, Settings};
 use agentpool_tests::fakes::{Controls, Fault, Scope};
+use agentpool_tests::latency::LatencyProfile;
 use agentpool_tests::outside::Outside;
-use agentpool_tests::{wait_until, TestDb};
+use agentpool_tests::{set_vars, wait_until, TestDb};
 use tokio_util::sync::CancellationToken;
 
 const REPLICAS: usize = 3;
@@ -37,7 +38,11 @@ fn faults() -> Vec<Fault> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_churn_under_faults_leaves_nothing_behind() {
+    // Every fake and every runtime at the pace of the real services, scaled; the pool's timeouts
+    // and budget scaled alike.
+    let profile = LatencyProfile::for_tests();
     let outside = Outside::start(400).await;
+    outside.set_latency(&profile);
     let Outside {
         railway,
         openrouter,
@@ -47,7 +52,9 @@ async fn a_churn_under_faults_leaves_nothing_behind() {
     let db = TestDb::new().await;
     let prefix = "churn-";
     let mut vars = outside.settings();
-    vars.extend(
+    set_vars(&mut vars, profile.pool_settings());
+    set_vars(
+        &mut vars,
         [
             ("DATABASE_URL", db.url.clone()),
             ("POOL_API_KEY", "churn-key-0123456789".into()),
@@ -56,8 +63,6 @@ async fn a_churn_under_faults_leaves_nothing_behind() {
             ("POOL_MAX_TOTAL", "60".into()),
             ("HEALTH_GRACE_MS", "0".into()),
             ("HEALTH_FAILURE_THRESHOLD", "1".into()),
-            ("HEALTH_TIMEOUT_MS", "2000".into()),
-            ("OUTBOUND_TIMEOUT_MS", "3000".into()),
         ]
         .map(|(k, v)| (k.to_string(), v)),
     );
@@ -94,11 +99,12 @@ async fn a_churn_under_faults_leaves_nothing_behind() {
             async move {
                 let share =
                     PER_ROUND / REPLICAS as u32 + u32::from(i == 0) * (PER_ROUND % REPLICAS as u32);
-                let rows = creation::reserve(pool, share, Actor::Operator, "churn")
-                    .await
-                    .unwrap_or_default();
-                let n = rows.len();
-                let outcomes = creation::create_all(pool, rows, &Gate::until(stop)).await;
+                let Ok(batch) = creation::reserve(pool, share, Actor::Operator, "churn").await
+                else {
+                    return (0, 0);
+                };
+                let n = batch.rows.len();
+                let outcomes = creation::create_all(pool, batch, &Gate::until(stop)).await;
                 let ok = outcomes
                     .iter()
                     .filter(|(_, o)| matches!(o, Outcome::Created))

@@ -2,10 +2,12 @@
 
 use std::collections::HashSet;
 
+use std::time::Duration;
+
 use agentpool_core::domain::InstanceStatus::*;
-use agentpool_tests::TestPool;
+use agentpool_tests::{wait_until, TestPool};
 use reqwest::StatusCode;
-use serde_json::json;
+use serde_json::{json, Value};
 
 #[tokio::test]
 async fn claim_creates_a_conversation_and_returns_seed_000_fields() {
@@ -265,11 +267,13 @@ async fn a_stalled_claimer_cannot_overwrite_the_reaper() {
     .unwrap();
     assert_eq!(reaped, std::slice::from_ref(&id));
 
-    // The fenced claim gives that instance up and moves on to the next idle one.
+    // The fenced claim stops there: the reaper decided, and taking another instance would only
+    // hold one more.
     let response = claim.await.unwrap();
-    assert_eq!(response.status(), StatusCode::OK);
+    assert_eq!(response.status(), StatusCode::BAD_GATEWAY);
     let body: serde_json::Value = response.json().await.unwrap();
-    assert_ne!(body["instanceId"], id.as_str(), "{body}");
+    assert_eq!(body["code"], "runtime_failed", "{body}");
+    assert_eq!(t.count(Idle).await, 2, "nothing else taken");
     assert_eq!(
         t.instance(&id).await.unwrap().status,
         Destroying,
@@ -277,4 +281,127 @@ async fn a_stalled_claimer_cannot_overwrite_the_reaper() {
     );
     let to: Vec<String> = t.events(&id).await.into_iter().map(|(_, to)| to).collect();
     assert!(!to.contains(&"claimed".to_string()), "{to:?}");
+}
+
+async fn claim_with_key(t: &TestPool, body: Value, key: &str) -> (StatusCode, Value) {
+    t.send(
+        t.http
+            .post(t.url("/api/pool/claim"))
+            .bearer_auth(&t.key)
+            .header("Idempotency-Key", key)
+            .json(&body),
+    )
+    .await
+}
+
+/// How many times instances were taken for a claim (`idle → claiming`).
+async fn takes(t: &TestPool) -> i64 {
+    sqlx::query_scalar("SELECT count(*) FROM instance_events WHERE to_status = 'claiming'")
+        .fetch_one(&t.pool.db)
+        .await
+        .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_claim_ends_by_its_deadline_and_only_then_may_a_retry_take_its_key_over() {
+    // Each attempt fits in PROVISION_TIMEOUT_MS, but two of them do not fit in CLAIM_TIMEOUT_MS:
+    // a slow runtime that fails, then a slow one that would answer after the claim's deadline.
+    let t = TestPool::with(
+        &[
+            ("POOL_MIN_IDLE", "4"),
+            ("CLAIM_TIMEOUT_MS", "5000"),
+            ("PROVISION_TIMEOUT_MS", "4000"),
+            ("CLAIM_MAX_ATTEMPTS", "3"),
+        ],
+        &[],
+    )
+    .await;
+    t.fill(4).await;
+    let idle = t.ids(Idle).await;
+    let (failing, late) = (&idle[0], &idle[1]);
+    t.fault(
+        failing,
+        json!({"provisionDelayMs": 3000, "provision": "fail"}),
+    )
+    .await;
+    t.fault(late, json!({"provisionDelayMs": 3000})).await;
+    let body = json!({"agentName": "patient", "instructions": "Wait."});
+
+    let first = claim_with_key(&t, body.clone(), "order-9");
+    // The client gives up and retries once the key may be taken over: CLAIM_TIMEOUT_MS after it
+    // was written, by the database's clock (or once the first claim forgot it).
+    let retry = async {
+        let older = || async {
+            sqlx::query_scalar::<_, bool>(
+                "SELECT created_at < now() - interval '5000 milliseconds' FROM claim_requests
+                  WHERE key = 'order-9'",
+            )
+            .fetch_optional(&t.pool.db)
+            .await
+            .unwrap()
+        };
+        wait_until(Duration::from_secs(10), || async {
+            older().await.is_some()
+        })
+        .await;
+        wait_until(Duration::from_secs(20), || async {
+            older().await.unwrap_or(true)
+        })
+        .await;
+        claim_with_key(&t, body, "order-9").await
+    };
+    let ((status, answer), (retry_status, retried)) = tokio::join!(first, retry);
+    assert_eq!(retry_status, StatusCode::OK, "{retried}");
+    assert_eq!(status, StatusCode::BAD_GATEWAY, "{answer}");
+    assert_eq!(answer["code"], "runtime_failed", "{answer}");
+
+    // The first claim's second runtime call was cut at its deadline, not answered after it.
+    let late_row = t.instance(late).await.unwrap();
+    assert_eq!(late_row.status, Destroying);
+    assert_eq!(
+        late_row.last_error.as_deref(),
+        Some("runtime timed out"),
+        "{late_row:?}"
+    );
+    // Nothing held after both answers: the failing and the late runtime by the first claim,
+    // one by the retry, the fourth untouched.
+    assert_eq!(t.count(Claiming).await, 0);
+    assert_eq!(takes(&t).await, 3);
+    assert_eq!(t.count(Claimed).await, 1);
+    assert_eq!(t.count(Idle).await, 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_claimer_fenced_out_stops_at_once_and_gives_back_the_conversation() {
+    let t = TestPool::with(&[("POOL_MIN_IDLE", "3")], &[]).await;
+    t.fill(3).await;
+    let first_idle = t.ids(Idle).await.remove(0);
+    t.fault(&first_idle, json!({"provisionDelayMs": 1500}))
+        .await;
+    let body = json!({
+        "agentName": "joiner",
+        "instructions": "Join.",
+        "joinUrl": "https://convos.example/v2?i=fenced-conversation",
+    });
+    let first = claim_with_key(&t, body.clone(), "order-11");
+    let takeover = async {
+        wait_until(Duration::from_secs(10), || async {
+            t.count(Claiming).await == 1
+        })
+        .await;
+        // While its runtime answers, the key changes hands (as a takeover does).
+        sqlx::query("UPDATE claim_requests SET attempt = gen_random_uuid() WHERE key = 'order-11'")
+            .execute(&t.pool.db)
+            .await
+            .unwrap();
+    };
+    let ((status, answer), ()) = tokio::join!(first, takeover);
+    assert_eq!(status, StatusCode::CONFLICT, "{answer}");
+    assert_eq!(answer["code"], "claim_in_progress", "{answer}");
+    assert_eq!(takes(&t).await, 1, "nothing more taken once fenced out");
+    assert_eq!(t.count(Claiming).await, 0, "what it took is given back");
+    assert_eq!(t.instance(&first_idle).await.unwrap().status, Destroying);
+    // The conversation's slot is free for the claim that now owns it.
+    let (status, reply) = t.post("/api/pool/claim", body).await;
+    assert_eq!(status, StatusCode::OK, "{reply}");
 }

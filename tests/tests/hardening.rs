@@ -6,13 +6,18 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
+use agentpool::state::Kicker;
+use agentpool_core::claim::{self, ClaimRequest};
 use agentpool_core::domain::InstanceStatus::*;
 use agentpool_core::gate::CutShort;
+use agentpool_core::instances;
 use agentpool_core::tick::{self, Mode, TICK_LOCK_KEY};
 use agentpool_tests::faults::FaultyProvider;
+use agentpool_tests::latency::LatencyProfile;
 use agentpool_tests::{wait_until, TestPool};
 use reqwest::StatusCode;
 use serde_json::{json, Value};
+use tokio_util::sync::CancellationToken;
 
 /// A pool whose provider is wrapped in a [`FaultyProvider`], and a handle on the wrapper.
 async fn faulty(overrides: &[(&str, &str)]) -> (TestPool, Arc<FaultyProvider>) {
@@ -302,24 +307,29 @@ async fn while_the_listing_fails_nothing_is_crashed_and_the_pool_still_fills() {
 async fn a_starting_row_whose_creator_died_is_destroyed_after_the_create_timeout() {
     let t = TestPool::start().await;
     t.fill(3).await;
-    // A creator that reserved a row and died before creating anything.
-    let orphaned = agentpool_core::creation::reserve(
+    // A creator that reserved a row and died before creating anything: its heartbeat stops.
+    let batch = agentpool_core::creation::reserve(
         &t.pool,
         1,
         agentpool_core::domain::Actor::Operator,
         "creator about to die",
     )
     .await
-    .unwrap()
-    .remove(0);
+    .unwrap();
+    let orphaned = batch.rows[0].clone();
+    drop(batch);
     let report = t.tick().await;
     assert!(
         report.transitions.is_empty(),
         "its creator may still be at work: {report:?}"
     );
-    // Past CREATE_TIMEOUT_MS (2 minutes), far short of POOL_STUCK_TIMEOUT_MS (15).
+    // Silent past CREATE_TIMEOUT_MS (2 minutes), far short of POOL_STUCK_TIMEOUT_MS (15).
     sqlx::query("UPDATE instances SET status_since = now() - interval '3 minutes' WHERE id = $1")
         .bind(&orphaned.id)
+        .execute(&t.pool.db)
+        .await
+        .unwrap();
+    sqlx::query("UPDATE creators SET alive_at = now() - interval '3 minutes'")
         .execute(&t.pool.db)
         .await
         .unwrap();
@@ -672,4 +682,148 @@ async fn provider_failures_are_reported_by_code_without_paths() {
     }
     let (_, status) = t.get("/api/pool/status").await;
     assert!(!status.to_string().contains("nonexistent"), "{status}");
+}
+
+// 11. The full tick keeps its interval under load.
+async fn full_ticks(t: &TestPool) -> i64 {
+    sqlx::query_scalar("SELECT coalesce((SELECT full_ticks FROM tick_stats), 0)")
+        .fetch_one(&t.pool.db)
+        .await
+        .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn full_ticks_keep_their_interval_under_continuous_claims() {
+    // Two replicas, each with its tick loop; creations as slow as Railway's (scaled), runtimes at
+    // the real pace (scaled), and claims without a pause, each kicking both replicas.
+    let profile = LatencyProfile::for_tests();
+    let stub_env = profile.stub_env();
+    let stub_env: Vec<(&str, &str)> = stub_env
+        .iter()
+        .map(|(k, v)| (k.as_str(), v.as_str()))
+        .collect();
+    let mut handle = None;
+    let t = TestPool::with_provider(
+        &[
+            ("POOL_MIN_IDLE", "3"),
+            ("POOL_MAX_TOTAL", "12"),
+            ("TICK_INTERVAL_MS", "600"),
+            ("TICK_BUDGET_MS", "500"),
+            ("HEALTH_TIMEOUT_MS", "100"),
+        ],
+        &stub_env,
+        |local| {
+            let faulty = Arc::new(FaultyProvider::new(local));
+            handle = Some(faulty.clone());
+            faulty
+        },
+    )
+    .await;
+    let faulty = handle.unwrap();
+    wait_until(Duration::from_secs(30), || async {
+        t.tick().await;
+        t.count(Idle).await >= 3
+    })
+    .await;
+    faulty.slow_creates(Duration::from_millis(400));
+    let interval = Duration::from_millis(600);
+    let stop = CancellationToken::new();
+    let kickers: Vec<Kicker> = (0..2).map(|_| Kicker::default()).collect();
+    let loops: Vec<_> = kickers
+        .iter()
+        .map(|kicker| {
+            let (kicker, pool, stop) = (kicker.clone(), t.pool.clone(), stop.clone());
+            tokio::spawn(async move { kicker.run_loop(pool, Some(interval), stop).await })
+        })
+        .collect();
+    let before = full_ticks(&t).await;
+    let started = tokio::time::Instant::now();
+    let window = interval * 20;
+    let claims = std::sync::atomic::AtomicUsize::new(0);
+    let clients = (0..4).map(|i| {
+        let (t, kickers, claims) = (&t, &kickers, &claims);
+        async move {
+            let request =
+                ClaimRequest::new(format!("busy-{i}"), "Keep going.".into(), None, None, None)
+                    .unwrap();
+            while started.elapsed() < window {
+                match claim::claim(&t.pool, &request, None).await {
+                    Ok(claimed) => {
+                        claims.fetch_add(1, Ordering::SeqCst);
+                        kickers.iter().for_each(Kicker::kick);
+                        let _ = instances::request_destroy(
+                            &t.pool.db,
+                            &claimed.instance_id,
+                            &[Claimed],
+                            "claimed",
+                            "released",
+                        )
+                        .await;
+                    }
+                    // Nothing idle: the pool refills by the kicks; ask again shortly.
+                    Err(_) => tokio::time::sleep(Duration::from_millis(20)).await,
+                }
+            }
+        }
+    });
+    futures::future::join_all(clients).await;
+    let elapsed = started.elapsed();
+    let ran = full_ticks(&t).await - before;
+    stop.cancel();
+    for l in loops {
+        l.await.unwrap();
+    }
+    let intervals = (elapsed.as_secs_f64() / interval.as_secs_f64()).floor() as i64;
+    let claims = claims.into_inner();
+    eprintln!("{claims} claims, {ran} full ticks in {intervals} intervals ({elapsed:?})");
+    assert!(claims >= 20, "the load was light: {claims} claims");
+    // Each replica's timer fires once an interval; one full tick per interval at least, give or
+    // take one, must run however busy the kicks keep the pool.
+    assert!(
+        ran >= intervals - 1,
+        "{ran} full ticks in {intervals} intervals under {claims} claims"
+    );
+}
+
+// 12. The budget bounds the whole tick: listings and creations too.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tick_ends_within_its_budget_and_one_call_whatever_its_listing_and_creations_do() {
+    let (t, faulty) = faulty(&[
+        ("POOL_MIN_IDLE", "2"),
+        ("TICK_BUDGET_MS", "500"),
+        ("HEALTH_TIMEOUT_MS", "100"),
+        ("OUTBOUND_TIMEOUT_MS", "300"),
+    ])
+    .await;
+    t.fill(2).await;
+    // The provider's listing never answers.
+    faulty.hold_lists();
+    let report = t.tick().await;
+    assert_eq!(report.cut_short, Some(CutShort::Budget), "{report:?}");
+    assert_eq!(t.count(Idle).await, 2, "an unread listing judged nothing");
+    faulty.release_lists();
+
+    // A creation that never ends: the tick that started it ends anyway, and the row it reserved
+    // goes to destroying rather than waiting for its creator.
+    faulty.slow_creates(Duration::from_secs(3600));
+    sqlx::query(
+        "UPDATE instances SET status = 'destroying', next_attempt_at = now() + interval '1 hour'
+          WHERE status = 'idle'",
+    )
+    .execute(&t.pool.db)
+    .await
+    .unwrap();
+    let report = t.tick().await;
+    assert_eq!(report.cut_short, Some(CutShort::Budget), "{report:?}");
+    assert!(report.created.is_empty(), "{report:?}");
+    assert_eq!(t.count(Starting).await, 0);
+    let cut: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM instance_events
+          WHERE from_status = 'starting' AND to_status = 'destroying'
+            AND reason = 'creation cut: past the budget'",
+    )
+    .fetch_one(&t.pool.db)
+    .await
+    .unwrap();
+    assert_eq!(cut, 2);
 }

@@ -721,6 +721,7 @@ fn sam_problems(file: &str, text: &str) -> Vec<String> {
             ));
         }
         let variables = &properties["Environment"]["Variables"];
+        problems.extend(sam_timing_problems(file, name, &template, function));
         for (variable, value) in variables.as_object().into_iter().flatten() {
             let text = value.to_string();
             if secrets.contains(variable) && !text.contains("{{resolve:secretsmanager:") {
@@ -729,6 +730,47 @@ fn sam_problems(file: &str, text: &str) -> Vec<String> {
                 ));
             }
         }
+    }
+    problems
+}
+
+/// The function's timeout bounds what one invocation does: a scheduled tick ends within
+/// `Settings::tick_bound` (its budget plus one call's timeout), a claim by its deadline
+/// (`CLAIM_TIMEOUT_MS`). The settings are read by the code's own reader, from the literal values
+/// the template gives (the others are defaults).
+fn sam_timing_problems(file: &str, name: &str, template: &Value, function: &Value) -> Vec<String> {
+    let parameters = &template["Parameters"];
+    let timeout = function["Properties"]["Timeout"]
+        .as_u64()
+        .or_else(|| template["Globals"]["Function"]["Timeout"].as_u64())
+        .unwrap_or(3);
+    let timeout = std::time::Duration::from_secs(timeout);
+    let variables = &function["Properties"]["Environment"]["Variables"];
+    let times: Vec<(String, String)> = variables
+        .as_object()
+        .into_iter()
+        .flatten()
+        .filter(|(k, _)| k.ends_with("_MS") || k.as_str() == "CLAIM_MAX_ATTEMPTS")
+        .filter_map(|(k, v)| Some((k.clone(), cfn_value(v, parameters)?)))
+        .collect();
+    let settings = match Settings::from_vars(times) {
+        Ok(settings) => settings,
+        Err(e) => return vec![format!("{file}: {name}: {e}")],
+    };
+    let mut problems = Vec::new();
+    if settings.tick_bound() >= timeout {
+        problems.push(format!(
+            "{file}: {name}: a tick may take {:?} (TICK_BUDGET_MS + the longer of \
+             OUTBOUND_TIMEOUT_MS and HEALTH_TIMEOUT_MS), not within the function's {timeout:?}",
+            settings.tick_bound()
+        ));
+    }
+    if settings.claim.claim_timeout() >= timeout {
+        problems.push(format!(
+            "{file}: {name}: a claim may take {:?} (CLAIM_TIMEOUT_MS), not within the \
+             function's {timeout:?}",
+            settings.claim.claim_timeout()
+        ));
     }
     problems
 }
@@ -1985,7 +2027,8 @@ spec: { scaleTargetRef: { kind: Deployment, name: apis } }
         assert!(problems.contains(wanted), "{wanted} not caught: {problems}");
     }
 
-    // SAM: a credential written down, no schedule, another runtime.
+    // SAM: a credential written down, no schedule, another runtime, a tick (20 s + the default
+    // 30 s call timeout) and a claim (the default 120 s) longer than the function may run.
     let sam = r#"
 Transform: AWS::Serverless-2016-10-31
 Parameters: { Env: { Type: String, Default: staging } }
@@ -1995,15 +2038,23 @@ Resources:
     Properties:
       Runtime: nodejs22.x
       Handler: index.handler
+      Timeout: 30
       Environment:
         Variables:
+          TICK_BUDGET_MS: "20000"
           DATABASE_URL: postgres://u:p@h/db
           POOL_API_KEY: !Sub "{{resolve:secretsmanager:${Env}-key}}"
           POOL_ENVIRONMENT: !Ref Env
       Events: { Api: { Type: HttpApi } }
 "#;
     let problems = sam_problems("sam", sam).join("\n");
-    for wanted in ["provided.al2023", "Schedule", "DATABASE_URL"] {
+    for wanted in [
+        "provided.al2023",
+        "Schedule",
+        "DATABASE_URL",
+        "a tick may take 50s",
+        "a claim may take 120s",
+    ] {
         assert!(problems.contains(wanted), "{wanted} not caught: {problems}");
     }
     assert!(!problems.contains("POOL_API_KEY"), "{problems}");

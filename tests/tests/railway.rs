@@ -3,15 +3,21 @@
 
 use std::sync::Arc;
 
+use agentpool_core::creation;
+use agentpool_core::domain::Actor;
 use agentpool_core::domain::InstanceStatus::*;
+use agentpool_core::gate::Gate;
 use agentpool_core::providers::railway::RailwayProvider;
 use agentpool_core::providers::Provider;
 use agentpool_core::tick::Mode;
 use agentpool_core::Settings;
 use agentpool_tests::fakes::{Controls, FakeConfig, Fault, RailwayFake, Scope};
-use agentpool_tests::TestPool;
+use agentpool_tests::latency::LatencyProfile;
+use agentpool_tests::outside::Outside;
+use agentpool_tests::{set_vars, TestPool};
 use reqwest::StatusCode;
 use serde_json::json;
+use tokio_util::sync::CancellationToken;
 
 const TOKEN: &str = "railway-test-token-0123456789";
 
@@ -247,4 +253,109 @@ async fn a_crashed_deployment_crashes_the_claimed_agent_and_orphans_are_deleted(
         "{report:?}"
     );
     assert!(fake.service(&orphan).is_none());
+}
+
+/// Railway and every tool at the real services' pace (scaled), with CREATE_TIMEOUT_MS shorter
+/// than the queue of a large replenish: what is queued or slow must not be taken for abandoned.
+async fn slow_outside(create_timeout_ms: &str) -> (Outside, TestPool) {
+    let profile = LatencyProfile::for_tests();
+    let outside = Outside::start(60).await;
+    outside.set_latency(&profile);
+    let mut vars = outside.settings();
+    set_vars(&mut vars, profile.pool_settings());
+    set_vars(
+        &mut vars,
+        [
+            ("POOL_MIN_IDLE", "0"),
+            ("POOL_MAX_TOTAL", "40"),
+            ("POOL_NAME_PREFIX", "q-"),
+            ("CREATE_TIMEOUT_MS", create_timeout_ms),
+        ]
+        .map(|(k, v)| (k.to_string(), v.to_string())),
+    );
+    let settings = Settings::from_vars(vars.clone()).unwrap();
+    let railway = Arc::new(
+        RailwayProvider::from_settings(&settings.providers.railway, &settings.outbound).unwrap(),
+    );
+    let overrides: Vec<(&str, &str)> = vars.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+    let t = TestPool::with_provider(&overrides, &[], |_| railway).await;
+    (outside, t)
+}
+
+async fn interrupted(t: &TestPool) -> Vec<String> {
+    sqlx::query_scalar(
+        "SELECT instance_id FROM instance_events
+          WHERE from_status = 'starting' AND to_status = 'destroying'
+            AND reason LIKE 'creation interrupted%'",
+    )
+    .fetch_all(&t.pool.db)
+    .await
+    .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_replenish_longer_than_the_create_timeout_loses_nothing_to_the_tick() {
+    // 20 creations, 8 at a time, each a few tool calls and Railway calls: the last wave starts
+    // well after CREATE_TIMEOUT_MS (15 s for real, scaled) from the reservation.
+    let (outside, t) = slow_outside("300").await;
+    let done = std::sync::atomic::AtomicBool::new(false);
+    let replenish = async {
+        let reply = t.post("/api/pool/replenish", json!({"count": 20})).await;
+        done.store(true, std::sync::atomic::Ordering::SeqCst);
+        reply
+    };
+    let ticking = async {
+        // Other replicas' ticks, all along.
+        let mut ticks = 0;
+        while !done.load(std::sync::atomic::Ordering::SeqCst) {
+            t.tick().await;
+            ticks += 1;
+        }
+        ticks
+    };
+    let ((status, body), ticks) = tokio::join!(replenish, ticking);
+    assert!(ticks > 1, "the replenish outlasted {ticks} tick(s)");
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(interrupted(&t).await, Vec::<String>::new(), "{body}");
+    agentpool_tests::wait_until(std::time::Duration::from_secs(60), || async {
+        t.tick().await;
+        t.count(Idle).await == 20
+    })
+    .await;
+    assert_eq!(interrupted(&t).await, Vec::<String>::new());
+    outside.agrees_with(&t.pool.db, "q-").await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn the_rows_of_a_killed_creator_are_still_reaped() {
+    let (outside, t) = slow_outside("300").await;
+    let pool = t.pool.clone();
+    let creator = tokio::spawn(async move {
+        let batch = creation::reserve(&pool, 12, Actor::Operator, "about to be killed")
+            .await
+            .unwrap();
+        creation::create_all(&pool, batch, &Gate::until(CancellationToken::new())).await
+    });
+    // Killed mid-batch: some creations done, some half-way, some not started.
+    agentpool_tests::wait_until(std::time::Duration::from_secs(30), || async {
+        let recorded: i64 = sqlx::query_scalar("SELECT count(*) FROM instance_infra")
+            .fetch_one(&t.pool.db)
+            .await
+            .unwrap();
+        recorded >= 2
+    })
+    .await;
+    creator.abort();
+    assert!(creator.await.unwrap_err().is_cancelled());
+    agentpool_tests::wait_until(std::time::Duration::from_secs(60), || async {
+        t.tick().await;
+        t.count(Starting).await == 0
+            && t.count(Destroying).await == 0
+            && outside.agrees_with(&t.pool.db, "q-").await.is_ok()
+    })
+    .await;
+    assert!(
+        !interrupted(&t).await.is_empty(),
+        "the rows the killed creator left without a resource were reaped"
+    );
 }

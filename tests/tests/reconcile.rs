@@ -11,8 +11,9 @@ use agentpool_core::domain::Actor;
 use agentpool_core::domain::InstanceStatus::*;
 use agentpool_core::providers::railway::RailwayProvider;
 use agentpool_core::Settings;
+use agentpool_tests::latency::LatencyProfile;
 use agentpool_tests::outside::Outside;
-use agentpool_tests::{wait_until, TestPool};
+use agentpool_tests::{set_vars, wait_until, TestPool};
 use reqwest::StatusCode;
 use serde_json::json;
 
@@ -20,10 +21,13 @@ const PREFIX: &str = "rc-";
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn reconcile_repairs_a_database_and_fakes_that_disagree() {
+    // The real services' pace, scaled, and the pool's timeouts with it.
+    let profile = LatencyProfile::for_tests();
     let outside = Outside::start(50).await;
+    outside.set_latency(&profile);
     let mut vars = outside.settings();
+    set_vars(&mut vars, profile.pool_settings());
     vars.push(("POOL_NAME_PREFIX".into(), PREFIX.into()));
-    vars.push(("OUTBOUND_TIMEOUT_MS".into(), "3000".into()));
     let settings = Settings::from_vars(vars.clone()).unwrap();
     let railway = Arc::new(
         RailwayProvider::from_settings(&settings.providers.railway, &settings.outbound).unwrap(),
@@ -101,9 +105,14 @@ async fn reconcile_repairs_a_database_and_fakes_that_disagree() {
     ];
     // 4. A creation whose replica died an hour ago, after its key and its service were made and
     //    before either was recorded.
-    let reserved = creation::reserve(&t.pool, 1, Actor::Operator, "cut off")
+    let creation::Batch {
+        rows: reserved,
+        creator,
+    } = creation::reserve(&t.pool, 1, Actor::Operator, "cut off")
         .await
         .unwrap();
+    // The replica dies: its creator falls silent.
+    drop(creator);
     let cut_off = reserved[0].id.clone();
     let unrecorded_key = outside
         .openrouter
@@ -119,6 +128,10 @@ async fn reconcile_repairs_a_database_and_fakes_that_disagree() {
     .execute(&t.pool.db)
     .await
     .unwrap();
+    sqlx::query("UPDATE creators SET alive_at = now() - interval '1 hour'")
+        .execute(&t.pool.db)
+        .await
+        .unwrap();
     // 5. Someone else's, without our prefix: none of our business.
     let foreign = outside
         .railway

@@ -3,7 +3,8 @@
 //! row owns them.
 
 use agentpool_core::domain::InstanceStatus::*;
-use agentpool_core::tick::Mode;
+use agentpool_core::tick::{self, Mode};
+use agentpool_core::Pool;
 use agentpool_tests::fakes::{
     AgentMailConfig, AgentMailFake, Controls, Fault, OpenRouterConfig, OpenRouterFake, Scope,
     TelnyxConfig, TelnyxFake,
@@ -376,4 +377,78 @@ async fn a_failed_order_never_takes_the_number_another_instance_bought() {
         Some(vec![other]),
         "the other instance keeps its number, and ours is another: {numbers:?}"
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_teardown_whose_tool_is_no_longer_configured_finishes_and_shows_what_it_left() {
+    let tools = Tools::start(TelnyxConfig::default()).await;
+    let t = pool(&tools, &[]).await;
+    let prefix = t.pool.settings.pool.pool_name_prefix.clone();
+    let (status, body) = t.post("/api/pool/replenish", json!({"count": 1})).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    t.fill(1).await;
+    let id = t.ids(Idle).await.remove(0);
+    let number: String = sqlx::query_scalar(
+        "SELECT resource_id FROM instance_services WHERE instance_id = $1 AND tool_id = 'sms'",
+    )
+    .bind(&id)
+    .fetch_one(&t.pool.db)
+    .await
+    .unwrap();
+    assert!(t.pid_of(&id).is_some());
+
+    // The operator removes TELNYX_API_KEY; a replica started so tears the instance down.
+    let mut settings = (*t.pool.settings).clone();
+    settings.tools.telnyx.telnyx_api_key = None;
+    let without = Pool::new(t.pool.db.clone(), settings, t.pool.provider.clone());
+    let (status, body) = t.delete(&format!("/api/pool/instances/{id}")).await;
+    assert_eq!(status, StatusCode::ACCEPTED, "{body}");
+    let report = tick::run(&without, Mode::Reconcile).await.unwrap();
+    assert!(report.destroyed.contains(&id), "{report:?}");
+    let abandoned = format!("sms:{number}");
+    assert_eq!(report.tool_resources_abandoned, vec![abandoned.clone()]);
+    assert_eq!(report.abandoned, Some(1), "{report:?}");
+    assert!(t.instance(&id).await.is_none(), "the teardown finished");
+    assert!(t.pid_of(&id).is_none(), "the compute is gone");
+    assert_eq!(tools.left(&prefix), (0, 0, 1), "only the number is left");
+
+    // Shown: /metrics, the dashboard.
+    let metrics = agentpool_core::metrics::render(&t.pool.db).await.unwrap();
+    assert!(
+        metrics.contains("agentpool_abandoned_tool_resources{tool=\"sms\"} 1"),
+        "{metrics}"
+    );
+    let http = reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .unwrap();
+    let login = http
+        .post(t.url("/admin/login"))
+        .form(&[("key", t.key.as_str()), ("next", "/admin")])
+        .send()
+        .await
+        .unwrap();
+    let cookie = login.headers()["set-cookie"].to_str().unwrap();
+    let cookie = cookie.split(';').next().unwrap().to_string();
+    let dashboard = http
+        .get(t.url("/admin"))
+        .header("cookie", cookie)
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        dashboard.contains("Abandoned tool resources"),
+        "{dashboard}"
+    );
+    assert!(dashboard.contains(&number), "{dashboard}");
+    assert!(dashboard.contains(&t.name_of(&id)), "{dashboard}");
+
+    // The tool configured again, the next tick deletes it.
+    let report = t.tick_with(Mode::Reconcile).await;
+    assert_eq!(report.tool_orphans_deleted, vec![abandoned], "{report:?}");
+    assert_eq!(report.abandoned, Some(0));
+    assert_eq!(tools.left(&prefix), (0, 0, 0));
 }

@@ -404,13 +404,13 @@ async fn create_now(
     count: u32,
     stop: CancellationToken,
 ) -> agentpool_core::Result<TickReport> {
-    let reserved = creation::reserve(pool, count, Actor::Operator, "replenish requested").await?;
+    let batch = creation::reserve(pool, count, Actor::Operator, "replenish requested").await?;
     let mut report = TickReport::default();
-    for (row, outcome) in creation::create_all(pool, reserved, &Gate::until(stop)).await {
+    for (row, outcome) in creation::create_all(pool, batch, &Gate::until(stop)).await {
         match outcome {
             Outcome::Created => report.created.push(row.id),
             Outcome::Failed(e) => report.error("creating", Some(&row.id), &e),
-            Outcome::NotStarted(why) => report.cut(why),
+            Outcome::CutShort(why) => report.cut(why),
         }
     }
     Ok(report)

@@ -96,10 +96,11 @@ async fn create_streaming(state: &AppState, count: u32, tx: &UnboundedSender<Val
             failed = count as usize;
             send(json!({"type": "error", "code": e.code(), "message": e.public_message()}));
         }
-        Ok(reserved) => {
-            failed = count as usize - reserved.len();
+        Ok(batch) => {
+            let creation::Batch { rows, creator } = batch;
+            failed = count as usize - rows.len();
             let gate = Gate::until(state.shutdown.clone());
-            for (index, row) in reserved.into_iter().enumerate() {
+            for (index, row) in rows.into_iter().enumerate() {
                 let instance_num = index + 1;
                 let steps = Arc::new(Steps {
                     tx: tx.clone(),
@@ -120,17 +121,18 @@ async fn create_streaming(state: &AppState, count: u32, tx: &UnboundedSender<Val
                         );
                     }
                     creation::Outcome::Failed(_) => failed += 1,
-                    creation::Outcome::NotStarted(_) => {
+                    creation::Outcome::CutShort(_) => {
                         failed += 1;
                         creation::Progress::step(
                             steps.as_ref(),
                             "done",
                             StepStatus::Fail,
-                            "not started: shutting down",
+                            "stopped: shutting down",
                         );
                     }
                 }
             }
+            creator.finish().await;
         }
     }
     let counts = instances::counts(&pool.db).await.ok();

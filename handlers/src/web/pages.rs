@@ -15,8 +15,7 @@ use serde::Deserialize;
 
 use agentpool_core::domain::{Instance, InstanceStatus};
 use agentpool_core::sessions::{self, Attempt, Session};
-use agentpool_core::tick;
-use agentpool_core::{instances, listing, pool_size};
+use agentpool_core::{instances, listing, pool_size, tick};
 
 use super::session;
 use crate::error::ApiResult;
@@ -296,8 +295,21 @@ pub async fn dashboard(State(state): State<AppState>, headers: HeaderMap) -> Api
     let size = pool_size::get(db, &state.pool.settings.size).await?;
     let target = tick::latest_sample(db).await?;
     let sizing = serde_json::to_string_pretty(&size.sizing).unwrap_or_default();
+    let abandoned = tick::abandoned(&state.pool).await?;
     let now = Utc::now();
     let rows: String = listed.items.iter().map(|i| instance_row(now, i)).collect();
+    let abandoned_rows: String = abandoned
+        .iter()
+        .map(|a| {
+            format!(
+                "<tr><td>{age}</td><td>{tool}</td><td><code>{resource}</code></td><td>{name}</td></tr>",
+                age = escape(&age(now, a.abandoned_at)),
+                tool = escape(&a.tool_id),
+                resource = escape(&a.resource_id),
+                name = escape(&a.instance_name),
+            )
+        })
+        .collect();
     let csrf = session.csrf_token(&state.session_key);
     let number = |n: u32| Fill::Markup(n.to_string());
     let source = match size.source {
@@ -315,6 +327,8 @@ pub async fn dashboard(State(state): State<AppState>, headers: HeaderMap) -> Api
             ("counts", Fill::Markup(counts_markup(&counts, &[]))),
             ("rows", Fill::Markup(rows)),
             ("no_instances_hidden", hidden_if(!listed.items.is_empty())),
+            ("abandoned_rows", Fill::Markup(abandoned_rows)),
+            ("abandoned_hidden", hidden_if(abandoned.is_empty())),
             (
                 "next_disabled",
                 Fill::Markup(if listed.next.is_some() {

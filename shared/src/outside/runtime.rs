@@ -160,7 +160,8 @@ impl RuntimeClient {
         }
     }
 
-    /// Hands the agent its name and instructions and creates or joins its conversation. What
+    /// Hands the agent its name and instructions and creates or joins its conversation, giving up
+    /// after `PROVISION_TIMEOUT_MS` or at `deadline` (the claim's), whichever comes first. What
     /// went wrong is logged here, in the caller's span; the error says only what kind of failure
     /// it was (and never carries the token).
     pub async fn provision(
@@ -168,20 +169,26 @@ impl RuntimeClient {
         base_url: &str,
         gateway_token: &str,
         request: &ProvisionRequest,
+        deadline: tokio::time::Instant,
     ) -> Result<ProvisionReply, ProvisionError> {
         let base = base_url.trim_end_matches('/');
         match self.protocol {
             RuntimeProtocol::Pool | RuntimeProtocol::PoolStatus => {
                 let url = format!("{base}/pool/provision");
-                let reply: ProvisionReply = self
-                    .post(&url, gateway_token, request, self.provision_timeout)
-                    .await?;
+                let timeout = self
+                    .provision_timeout
+                    .min(deadline.saturating_duration_since(Instant::now()));
+                let reply: ProvisionReply =
+                    self.post(&url, gateway_token, request, timeout).await?;
                 if !reply.ok {
                     return Err(ProvisionError::Refused);
                 }
                 checked(reply)
             }
-            RuntimeProtocol::Convos => self.convos_provision(base, gateway_token, request).await,
+            RuntimeProtocol::Convos => {
+                self.convos_provision(base, gateway_token, request, deadline)
+                    .await
+            }
         }
     }
 
@@ -190,8 +197,9 @@ impl RuntimeClient {
         base: &str,
         gateway_token: &str,
         request: &ProvisionRequest,
+        deadline: Instant,
     ) -> Result<ProvisionReply, ProvisionError> {
-        let deadline = Instant::now() + self.provision_timeout;
+        let deadline = deadline.min(Instant::now() + self.provision_timeout);
         let mut attempt = 1u32;
         loop {
             let left = deadline.saturating_duration_since(Instant::now());

@@ -5,12 +5,19 @@
 //! resource always has a row that knows how to destroy it. Whatever interrupts this leaves a state
 //! the tick recovers: a failure sends the row to `destroying` (the tick removes whatever part
 //! exists); a creator that dies leaves a `starting` row without a resource, which the tick finds
-//! after `CREATE_TIMEOUT_MS` and destroys by name.
+//! and destroys by name once the creator has been silent for `CREATE_TIMEOUT_MS`.
+//!
+//! A batch of creations has one [`Creator`], whose heartbeat (`creators.alive_at`) says it still
+//! works: rows waiting their turn in a long batch, or a creation that is merely slow, are never
+//! taken for abandoned.
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use futures::StreamExt;
+use sqlx::PgPool;
 use tracing::Instrument;
+use uuid::Uuid;
 
 use crate::domain::{Actor, InstanceStatus};
 use crate::error::{Error, Result};
@@ -28,20 +35,102 @@ pub use crate::progress::{Progress, StepStatus, Unwatched};
 /// Provider creations in flight at once.
 const CONCURRENCY: usize = 8;
 
-/// Inserts up to `count` `starting` rows, within the pool's `maxTotal` (see [`pool_size`]). A
-/// reservation racing a change of the size may use the size just replaced, once.
-pub async fn reserve(pool: &Pool, count: u32, actor: Actor, reason: &str) -> Result<Vec<Reserved>> {
+/// The heartbeat's beats per `CREATE_TIMEOUT_MS`: a creator misses three in a row before its
+/// rows may be reaped.
+const BEATS_PER_TIMEOUT: u32 = 4;
+
+/// One batch of creations in this process, alive (to every replica's tick) while its heartbeat
+/// runs. Dropped without [`Creator::finish`] (the work was cancelled, the task aborted) it falls
+/// silent, as a creator that died does.
+pub struct Creator {
+    id: Uuid,
+    heartbeat: tokio::task::JoinHandle<()>,
+    db: PgPool,
+}
+
+impl Creator {
+    async fn start(pool: &Pool) -> Result<Self> {
+        let id = Uuid::new_v4();
+        sqlx::query("INSERT INTO creators (id) VALUES ($1)")
+            .bind(id)
+            .execute(&pool.db)
+            .await?;
+        let every = (pool.settings.creation.create_timeout() / BEATS_PER_TIMEOUT)
+            .max(Duration::from_millis(10));
+        let db = pool.db.clone();
+        let heartbeat = tokio::spawn(async move {
+            let mut timer = tokio::time::interval(every);
+            timer.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            timer.tick().await;
+            loop {
+                timer.tick().await;
+                let beat = sqlx::query("UPDATE creators SET alive_at = now() WHERE id = $1")
+                    .bind(id)
+                    .execute(&db)
+                    .await;
+                if let Err(e) = beat {
+                    // Missed beats let the tick reap this batch's rows without a resource; the
+                    // resources made after that are found without a row and deleted as orphans.
+                    tracing::warn!(creator = %id, error = %e, "creator heartbeat");
+                }
+            }
+        });
+        Ok(Self {
+            id,
+            heartbeat,
+            db: pool.db.clone(),
+        })
+    }
+
+    /// The batch is over: every row it reserved is created or sent to `destroying`.
+    pub async fn finish(self) {
+        self.heartbeat.abort();
+        let gone = sqlx::query("DELETE FROM creators WHERE id = $1")
+            .bind(self.id)
+            .execute(&self.db)
+            .await;
+        if let Err(e) = gone {
+            // A silent creator whose rows are all settled changes nothing; the tick drops it.
+            tracing::warn!(creator = %self.id, error = %e, "removing a finished creator");
+        }
+    }
+}
+
+impl Drop for Creator {
+    fn drop(&mut self) {
+        self.heartbeat.abort();
+    }
+}
+
+/// Rows reserved for creation, and the creator whose heartbeat keeps them from being reaped.
+pub struct Batch {
+    pub rows: Vec<Reserved>,
+    pub creator: Creator,
+}
+
+/// Inserts up to `count` `starting` rows, within the pool's `maxTotal` (see [`pool_size`]), under
+/// a new creator. A reservation racing a change of the size may use the size just replaced, once.
+pub async fn reserve(pool: &Pool, count: u32, actor: Actor, reason: &str) -> Result<Batch> {
     let settings = &pool.settings;
     let size = pool_size::current(&pool.db, &settings.size).await?;
-    instances::reserve(
+    let creator = Creator::start(pool).await?;
+    let rows = instances::reserve(
         &pool.db,
         count,
         size.max_total,
         &settings.pool.pool_name_prefix,
+        Some(creator.id),
         actor,
         reason,
     )
-    .await
+    .await;
+    match rows {
+        Ok(rows) => Ok(Batch { rows, creator }),
+        Err(e) => {
+            creator.finish().await;
+            Err(e)
+        }
+    }
 }
 
 /// What became of one reserved row.
@@ -49,62 +138,84 @@ pub async fn reserve(pool: &Pool, count: u32, actor: Actor, reason: &str) -> Res
 pub enum Outcome {
     Created,
     Failed(Error),
-    /// Never started: the gate closed first. The row went to `destroying`.
-    NotStarted(CutShort),
+    /// The gate closed (a tick's budget, shutdown) before it started or between two of its steps:
+    /// what it had made is destroyed and the row went to `destroying`.
+    CutShort(CutShort),
 }
 
-/// Creates the resources of reserved rows, `CONCURRENCY` at a time. A row whose turn comes after
-/// the gate closed is not started and goes to `destroying` at once, rather than waiting for
-/// `CREATE_TIMEOUT_MS` to be found.
-pub async fn create_all(
-    pool: &Pool,
-    rows: Vec<Reserved>,
-    gate: &Gate<'_>,
-) -> Vec<(Reserved, Outcome)> {
-    futures::stream::iter(rows)
+/// Why a creation did not finish.
+enum Stopped {
+    Failed(Error),
+    Cut(CutShort),
+}
+
+impl From<Error> for Stopped {
+    fn from(e: Error) -> Self {
+        Stopped::Failed(e)
+    }
+}
+
+/// Creates the resources of a batch's rows, `CONCURRENCY` at a time. A row whose turn comes after
+/// the gate closed is not started and goes to `destroying` at once, rather than waiting to be
+/// found.
+pub async fn create_all(pool: &Pool, batch: Batch, gate: &Gate<'_>) -> Vec<(Reserved, Outcome)> {
+    let Batch { rows, creator } = batch;
+    let overrun = pool.settings.tick_overrun();
+    let outcomes = futures::stream::iter(rows)
         .map(|row| async move {
-            let outcome = create_gated(pool, &row, gate, Arc::new(Unwatched)).await;
+            let creating = create_gated(pool, &row, gate, Arc::new(Unwatched));
+            let outcome = match gate.bounded(overrun, creating).await {
+                Some(outcome) => outcome,
+                None => {
+                    // Cut one call's timeout past a budget, as a creator dying there would be:
+                    // the row goes to `destroying` (destroyed by name), a resource made and not
+                    // yet recorded is found as an orphan.
+                    abandon(pool, &row, "creation cut: past the budget").await;
+                    Outcome::CutShort(CutShort::Budget)
+                }
+            };
             (row, outcome)
         })
         .buffer_unordered(CONCURRENCY)
         .collect()
-        .await
+        .await;
+    creator.finish().await;
+    outcomes
 }
 
-/// Creates one reserved row if the gate lets it start; otherwise sends it to `destroying`.
+/// Creates one reserved row's tools, then its compute resource, recording each the moment it
+/// exists; the gate is asked before each step, so that work bounded by a budget starts no step
+/// past it. On failure (or a closed gate) what the earlier steps made is destroyed and the row
+/// goes to `destroying`; whatever could not be destroyed at once is still recorded, and the tick
+/// finishes the job.
 pub async fn create_gated(
     pool: &Pool,
     row: &Reserved,
     gate: &Gate<'_>,
     progress: Arc<dyn Progress>,
 ) -> Outcome {
-    match gate.admit().await {
-        Ok(()) => match create_one(pool, row, progress).await {
-            Ok(()) => Outcome::Created,
-            Err(e) => Outcome::Failed(e),
-        },
-        Err(why) => {
-            abandon(pool, row, &format!("creation not started: {why:?}")).await;
-            Outcome::NotStarted(why)
-        }
+    if let Err(why) = gate.admit().await {
+        abandon(pool, row, &format!("creation not started: {why:?}")).await;
+        return Outcome::CutShort(why);
     }
-}
-
-/// Creates one reserved row's tools, then its compute resource, recording each the moment it
-/// exists. On failure what the earlier steps made is destroyed and the row goes to `destroying`;
-/// whatever could not be destroyed at once is still recorded, and the tick finishes the job.
-pub async fn create_one(pool: &Pool, row: &Reserved, progress: Arc<dyn Progress>) -> Result<()> {
     let span = tracing::info_span!("create", instance_id = %row.id);
     async {
-        let result = provision(pool, row, progress.clone()).await;
-        match &result {
-            Ok(()) => progress.step("done", StepStatus::Ok, "starting"),
-            Err(e) => {
+        match provision(pool, row, progress.clone(), gate).await {
+            Ok(()) => {
+                progress.step("done", StepStatus::Ok, "starting");
+                Outcome::Created
+            }
+            Err(Stopped::Failed(e)) => {
                 tracing::warn!(error = %e, "create failed");
                 abandon(pool, row, &format!("create failed: {}", e.public_message())).await;
+                Outcome::Failed(e)
+            }
+            Err(Stopped::Cut(why)) => {
+                tracing::info!(?why, "creation cut short; rolled back");
+                abandon(pool, row, &format!("creation cut short: {why:?}")).await;
+                Outcome::CutShort(why)
             }
         }
-        result
     }
     .instrument(span)
     .await
@@ -132,7 +243,12 @@ fn instance_variables(settings: &crate::Settings) -> Vec<(String, String)> {
     env
 }
 
-async fn provision(pool: &Pool, row: &Reserved, progress: Arc<dyn Progress>) -> Result<()> {
+async fn provision(
+    pool: &Pool,
+    row: &Reserved,
+    progress: Arc<dyn Progress>,
+    gate: &Gate<'_>,
+) -> Result<(), Stopped> {
     for step in &pool.tools.skipped {
         progress.step(step, StepStatus::Skip, &format!("{step} is not configured"));
     }
@@ -151,6 +267,10 @@ async fn provision(pool: &Pool, row: &Reserved, progress: Arc<dyn Progress>) -> 
     };
     let mut made: Vec<(Arc<dyn Tool>, String)> = Vec::new();
     for tool in &pool.tools.tools {
+        if let Err(why) = gate.peek() {
+            roll_back(pool, &row.id, &made).await;
+            return Err(Stopped::Cut(why));
+        }
         progress.step(tool.step(), StepStatus::Active, "provisioning");
         match provision_tool(pool, tool, target).await {
             Ok(provisioned) => {
@@ -161,9 +281,13 @@ async fn provision(pool: &Pool, row: &Reserved, progress: Arc<dyn Progress>) -> 
             Err(e) => {
                 progress.step(tool.step(), StepStatus::Fail, &e.public_message());
                 roll_back(pool, &row.id, &made).await;
-                return Err(e);
+                return Err(e.into());
             }
         }
+    }
+    if let Err(why) = gate.peek() {
+        roll_back(pool, &row.id, &made).await;
+        return Err(Stopped::Cut(why));
     }
     if let Err(e) = provision_resource(pool, row, env, progress.clone()).await {
         progress.step(
@@ -172,7 +296,7 @@ async fn provision(pool: &Pool, row: &Reserved, progress: Arc<dyn Progress>) -> 
             &e.public_message(),
         );
         roll_back(pool, &row.id, &made).await;
-        return Err(e);
+        return Err(e.into());
     }
     Ok(())
 }
@@ -290,7 +414,7 @@ async fn abandon(pool: &Pool, row: &Reserved, reason: &str) {
     )
     .await
     {
-        tracing::error!(instance_id = %row.id, error = %e, "could not send an unfinished creation to destroying; the tick will find it after CREATE_TIMEOUT_MS");
+        tracing::error!(instance_id = %row.id, error = %e, "could not send an unfinished creation to destroying; the tick will find it once its creator is silent");
     }
 }
 

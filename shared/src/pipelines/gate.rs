@@ -51,6 +51,16 @@ impl<'a> Gate<'a> {
         }
     }
 
+    /// The same deadline and shutdown, without the lease: for work that goes on after the lock is
+    /// released (creations, which are fenced by their own rows, not by the lock).
+    pub fn without_lease(&self) -> Gate<'static> {
+        Gate {
+            deadline: self.deadline,
+            lease: None,
+            stop: self.stop.clone(),
+        }
+    }
+
     /// The same gate closing `margin` before its deadline, for work that may take that long once
     /// started and must end within the deadline.
     pub fn closing_early(&self, margin: Duration) -> Self {
@@ -59,6 +69,21 @@ impl<'a> Gate<'a> {
                 .deadline
                 .map(|d| d.checked_sub(margin).unwrap_or_else(Instant::now)),
             ..self.clone()
+        }
+    }
+
+    /// Runs `work` (started while the gate was open) to its end, or cuts it `overrun` past the
+    /// deadline: `None` then. A gate without a deadline never cuts. What is cut stops on
+    /// whatever line it was at, as a process that dies there; every caller's work is recoverable
+    /// from that (the next tick repeats an idempotent step, or reaps what was left).
+    pub async fn bounded<T>(
+        &self,
+        overrun: Duration,
+        work: impl std::future::Future<Output = T>,
+    ) -> Option<T> {
+        match self.deadline {
+            Some(deadline) => tokio::time::timeout_at(deadline + overrun, work).await.ok(),
+            None => Some(work.await),
         }
     }
 

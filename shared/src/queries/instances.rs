@@ -173,6 +173,7 @@ pub async fn reserve(
     wanted: u32,
     max_total: u32,
     name_prefix: &str,
+    creator: Option<uuid::Uuid>,
     actor: Actor,
     reason: &str,
 ) -> Result<Vec<Reserved>> {
@@ -198,8 +199,9 @@ pub async fn reserve(
     }
     let reserved: Vec<Reserved> = sqlx::query_as(
         "WITH t AS (
-           INSERT INTO instances (id, name, status, gateway_token)
-           SELECT id, name, 'starting', token FROM unnest($1::text[], $2::text[], $3::text[]) AS v(id, name, token)
+           INSERT INTO instances (id, name, status, gateway_token, creator_id)
+           SELECT id, name, 'starting', token, $6
+             FROM unnest($1::text[], $2::text[], $3::text[]) AS v(id, name, token)
            RETURNING id, name, gateway_token, status_since
          ),
          e AS (
@@ -213,6 +215,7 @@ pub async fn reserve(
     .bind(&tokens)
     .bind(reason)
     .bind(actor.as_str())
+    .bind(creator)
     .fetch_all(&mut *tx)
     .await?;
     tx.commit().await?;

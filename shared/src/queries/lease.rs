@@ -41,6 +41,53 @@ impl Lease {
         }))
     }
 
+    /// Takes the lock `outer` if no one holds it (`None` if someone does), then waits up to
+    /// `max_wait` for the lock `key` behind whoever holds it (`None` if it is not free by then).
+    /// Both are held until the lease is released.
+    pub async fn acquire_behind(
+        db: &PgPool,
+        outer: i64,
+        key: i64,
+        max_wait: Duration,
+    ) -> Result<Option<Self>> {
+        let mut tx = db.begin().await?;
+        let (_, held): (String, bool) = sqlx::query_as(
+            "SELECT set_config('idle_in_transaction_session_timeout', '0', true),
+                    pg_try_advisory_xact_lock($1)",
+        )
+        .bind(outer)
+        .fetch_one(&mut *tx)
+        .await?;
+        if !held {
+            return Ok(None);
+        }
+        let wait_ms = max_wait.as_millis().clamp(1, i32::MAX as u128).to_string();
+        sqlx::query("SELECT set_config('lock_timeout', $1, true)")
+            .bind(&wait_ms)
+            .execute(&mut *tx)
+            .await?;
+        match sqlx::query("SELECT pg_advisory_xact_lock($1)")
+            .bind(key)
+            .execute(&mut *tx)
+            .await
+        {
+            Ok(_) => {}
+            // lock_not_available: still held after `max_wait`. Dropping the transaction rolls it
+            // back, and `outer` goes with it.
+            Err(sqlx::Error::Database(e)) if e.code().as_deref() == Some("55P03") => {
+                return Ok(None)
+            }
+            Err(e) => return Err(e.into()),
+        }
+        sqlx::query("SELECT set_config('lock_timeout', '0', true)")
+            .execute(&mut *tx)
+            .await?;
+        Ok(Some(Self {
+            tx: Mutex::new(Some(tx)),
+            lost: AtomicBool::new(false),
+        }))
+    }
+
     /// Known lost, without asking the database.
     pub fn is_lost(&self) -> bool {
         self.lost.load(Ordering::Acquire)

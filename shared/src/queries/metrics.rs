@@ -3,7 +3,7 @@
 //! `instance_events` (creations, failures, claims, crashes, destructions, every transition); claim
 //! misses; claim durations; the last tick; and errors of outside calls by service and kind.
 //!
-//! A scrape is six small queries whatever the fleet's size or the history's length.
+//! A scrape is seven small queries whatever the fleet's size or the history's length.
 
 use std::sync::atomic::AtomicU64;
 use std::time::Duration;
@@ -88,13 +88,17 @@ pub async fn count_claim_miss(db: &PgPool) -> Result<()> {
 }
 
 /// Records a tick that ran to the end. Ticks hold the tick lock, so this row is never contended.
-pub async fn record_tick(db: &PgPool, duration: Duration) -> Result<()> {
+pub async fn record_tick(db: &PgPool, duration: Duration, full: bool) -> Result<()> {
     sqlx::query(
-        "INSERT INTO tick_stats (id, ticks, last_success_at, last_duration_s) VALUES (1, 1, now(), $1)
+        "INSERT INTO tick_stats (id, ticks, last_success_at, last_duration_s, full_ticks, last_full_at)
+         VALUES (1, 1, now(), $1, $2::int, CASE WHEN $2 THEN now() END)
          ON CONFLICT (id) DO UPDATE
-            SET ticks = tick_stats.ticks + 1, last_success_at = now(), last_duration_s = $1",
+            SET ticks = tick_stats.ticks + 1, last_success_at = now(), last_duration_s = $1,
+                full_ticks = tick_stats.full_ticks + $2::int,
+                last_full_at = CASE WHEN $2 THEN now() ELSE tick_stats.last_full_at END",
     )
     .bind(duration.as_secs_f64())
+    .bind(full)
     .execute(db)
     .await?;
     Ok(())
@@ -178,12 +182,18 @@ pub async fn render(db: &PgPool) -> Result<String> {
     )
     .fetch_all(db)
     .await?;
-    let tick: Option<(i64, f64, f64, Option<i32>)> = sqlx::query_as(
-        "SELECT t.ticks, extract(epoch FROM t.last_success_at)::float8, t.last_duration_s, s.target
+    let tick: Option<(i64, f64, f64, i64, f64, Option<i32>)> = sqlx::query_as(
+        "SELECT t.ticks, extract(epoch FROM t.last_success_at)::float8, t.last_duration_s,
+                t.full_ticks, coalesce(extract(epoch FROM t.last_full_at), 0)::float8, s.target
            FROM tick_stats t
            LEFT JOIN LATERAL (SELECT target FROM pool_samples ORDER BY at DESC LIMIT 1) s ON true",
     )
     .fetch_optional(db)
+    .await?;
+    let abandoned: Vec<(String, i64)> = sqlx::query_as(
+        "SELECT tool_id, count(*) FROM abandoned_resources GROUP BY tool_id ORDER BY tool_id",
+    )
+    .fetch_all(db)
     .await?;
 
     let mut registry = Registry::with_prefix("agentpool");
@@ -194,6 +204,16 @@ pub async fn render(db: &PgPool) -> Result<String> {
             .set(n);
     }
     registry.register("instances", "Instances by status, now", by_status);
+    let by_tool = Family::<Labels, Gauge>::default();
+    for (tool, n) in abandoned {
+        by_tool.get_or_create(&vec![("tool", tool)]).set(n);
+    }
+    registry.register(
+        "abandoned_tool_resources",
+        "Tool resources given up at teardown because their tool is no longer configured: clean \
+         them by hand (see the dashboard) or configure the tool again",
+        by_tool,
+    );
 
     let total = |from: &str, to: &str| -> u64 {
         transitions
@@ -263,7 +283,8 @@ pub async fn render(db: &PgPool) -> Result<String> {
         histogram,
     );
 
-    let (ticks, last_success, last_duration, target) = tick.unwrap_or((0, 0.0, 0.0, None));
+    let (ticks, last_success, last_duration, full_ticks, last_full, target) =
+        tick.unwrap_or((0, 0.0, 0.0, 0, 0.0, None));
     if let Some(target) = target {
         let gauge = Gauge::<i64, std::sync::atomic::AtomicI64>::default();
         gauge.set(i64::from(target));
@@ -273,6 +294,20 @@ pub async fn render(db: &PgPool) -> Result<String> {
             gauge,
         );
     }
+    let full_total = Counter::<u64>::default();
+    full_total.inc_by(u64::try_from(full_ticks).unwrap_or(0));
+    registry.register(
+        "full_ticks",
+        "Full ticks (fleet health, listings, orphans) that ran to the end",
+        full_total,
+    );
+    let last_full_gauge = Gauge::<f64, AtomicU64>::default();
+    last_full_gauge.set(last_full);
+    registry.register(
+        "full_tick_last_success_timestamp_seconds",
+        "When the last full tick that ran to the end ended (Unix time; 0 = never)",
+        last_full_gauge,
+    );
     let ticks_total = Counter::<u64>::default();
     ticks_total.inc_by(u64::try_from(ticks).unwrap_or(0));
     registry.register("ticks", "Ticks that ran to the end", ticks_total);

@@ -63,6 +63,71 @@ pub async fn forget(
     Ok(())
 }
 
+/// Gives up a resource whose tool is not configured: it leaves the instance (whose teardown may
+/// then finish) for `abandoned_resources`, where operators see it, in one statement.
+pub async fn abandon(
+    db: &PgPool,
+    instance_id: &str,
+    tool_id: &str,
+    resource_id: &str,
+) -> Result<()> {
+    sqlx::query(
+        "WITH d AS (
+           DELETE FROM instance_services
+            WHERE instance_id = $1 AND tool_id = $2 AND resource_id = $3
+           RETURNING instance_id, tool_id, resource_id, config
+         ),
+         a AS (
+           INSERT INTO abandoned_resources (instance_id, instance_name, tool_id, resource_id, config)
+           SELECT d.instance_id, i.name, d.tool_id, d.resource_id, d.config
+             FROM d JOIN instances i ON i.id = d.instance_id
+           ON CONFLICT (tool_id, resource_id) DO NOTHING
+         )
+         INSERT INTO instance_events (instance_id, from_status, to_status, reason, actor)
+         SELECT d.instance_id, i.status, i.status,
+                $2 || ' ' || $3 || ' abandoned: the tool is not configured', 'tick'
+           FROM d JOIN instances i ON i.id = d.instance_id",
+    )
+    .bind(instance_id)
+    .bind(tool_id)
+    .bind(resource_id)
+    .execute(db)
+    .await?;
+    Ok(())
+}
+
+/// A tool resource given up at teardown, as operators see it.
+#[derive(Debug, Clone, sqlx::FromRow, serde::Serialize, utoipa::ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct Abandoned {
+    pub tool_id: String,
+    pub resource_id: String,
+    /// The instance it belonged to, and the name (tag) the resource carries.
+    pub instance_id: String,
+    pub instance_name: String,
+    pub abandoned_at: chrono::DateTime<chrono::Utc>,
+}
+
+/// Every abandoned resource, oldest first.
+pub async fn abandoned(db: &PgPool) -> Result<Vec<Abandoned>> {
+    Ok(sqlx::query_as(
+        "SELECT tool_id, resource_id, instance_id, instance_name, abandoned_at
+           FROM abandoned_resources ORDER BY abandoned_at, id",
+    )
+    .fetch_all(db)
+    .await?)
+}
+
+/// Forgets an abandoned resource that is gone after all (its tool came back and destroyed it).
+pub async fn forget_abandoned(db: &PgPool, tool_id: &str, resource_id: &str) -> Result<()> {
+    sqlx::query("DELETE FROM abandoned_resources WHERE tool_id = $1 AND resource_id = $2")
+        .bind(tool_id)
+        .bind(resource_id)
+        .execute(db)
+        .await?;
+    Ok(())
+}
+
 /// The tool resources of these instances, in one query.
 pub async fn owned_by(db: &PgPool, instance_ids: &[&str]) -> Result<Vec<Owned>> {
     Ok(sqlx::query_as(

@@ -31,6 +31,8 @@ use rand::{Rng, SeedableRng};
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 
+use crate::latency::Draws;
+
 /// What goes wrong with a request. JSON (`POST /_fake/faults`): `{"kind": "RateLimited",
 /// "retryAfterSecs": 2}`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -145,11 +147,23 @@ struct Rules {
     stats: FakeStats,
 }
 
-/// A fake's fault rules and counts, behind their own lock (never held across an await).
+/// A fake's fault rules and counts, behind their own lock (never held across an await), and the
+/// latency every request it accepts waits before it is carried out.
 #[derive(Default)]
-pub struct Faults(Mutex<Rules>);
+pub struct Faults(Mutex<Rules>, Mutex<Option<Arc<Draws>>>);
 
 impl Faults {
+    /// Every request from now on waits a draw of `latency` first (`None`: none).
+    pub fn set_latency(&self, latency: Option<Draws>) {
+        *self.1.lock().unwrap_or_else(|e| e.into_inner()) = latency.map(Arc::new);
+    }
+
+    /// How long the next request waits before it is carried out.
+    pub fn latency(&self) -> Duration {
+        let draws = self.1.lock().unwrap_or_else(|e| e.into_inner()).clone();
+        draws.map_or(Duration::ZERO, |d| d.next())
+    }
+
     /// The rules, also after a panic elsewhere (a failed test must still be able to clean up).
     fn lock(&self) -> MutexGuard<'_, Rules> {
         self.0.lock().unwrap_or_else(|e| e.into_inner())
@@ -416,6 +430,7 @@ pub async fn rest_gate<A: Fake>(
     };
     let op = format!("{} {template}", request.method());
     let fault = api.faults().admit(&op);
+    let latency = api.faults().latency();
     if fault == Some(Fault::EchoError) {
         let (parts, body) = request.into_parts();
         let body = axum::body::to_bytes(body, 1 << 20)
@@ -432,7 +447,11 @@ pub async fn rest_gate<A: Fake>(
     if let Some(fault) = &fault {
         request.extensions_mut().insert(fault.clone());
     }
-    detached(async move { apply(&*api, fault, &op, next.run(request)).await }).await
+    detached(async move {
+        tokio::time::sleep(latency).await;
+        apply(&*api, fault, &op, next.run(request)).await
+    })
+    .await
 }
 
 #[derive(Debug, Deserialize)]
@@ -552,6 +571,11 @@ pub trait Controls {
 
     fn clear_faults(&self) {
         self.faults().clear();
+    }
+
+    /// Every request waits a draw of `latency` before it is carried out.
+    fn set_latency(&self, latency: Option<Draws>) {
+        self.faults().set_latency(latency);
     }
 
     fn stats(&self) -> FakeStats {

@@ -32,6 +32,7 @@ use super::faults::{
 };
 pub use super::faults::{FakeStats, Fault, Scope};
 use super::graphql;
+use crate::latency::{Draws, LatencyProfile};
 
 /// Deployment statuses the fake sets itself (Railway has more; tests may set any with
 /// [`RailwayFake::set_status`]).
@@ -313,6 +314,10 @@ struct Inner {
     agent_bin: PathBuf,
     world: Mutex<World>,
     faults: Faults,
+    /// How long a deployment builds before its process starts (DEPLOYING meanwhile).
+    build: Mutex<Option<Arc<Draws>>>,
+    /// The runtime's pace ([`LatencyProfile::stub_env`]), under the config's `stub_env`.
+    stub_env: Mutex<Vec<(String, String)>>,
 }
 
 impl Inner {
@@ -389,6 +394,8 @@ impl RailwayFake {
             agent_bin,
             world: Mutex::new(world),
             faults: Faults::default(),
+            build: Mutex::new(None),
+            stub_env: Mutex::new(Vec::new()),
         });
         let app = Router::new()
             .route("/graphql/v2", post(graphql_route))
@@ -399,6 +406,22 @@ impl RailwayFake {
     }
 
     /// The GraphQL endpoint.
+    /// Railway at `profile`'s pace: each request, each build and deploy, and the runtimes it
+    /// deploys (their boot, health answers and provisioning). Set before the first deploy: the
+    /// runtimes' pace is part of the deployment's environment.
+    pub fn set_latency(&self, profile: &LatencyProfile) {
+        self.inner
+            .faults
+            .set_latency(Some(profile.draws(profile.railway_call, 1)));
+        *self.inner.build.lock().unwrap_or_else(|e| e.into_inner()) =
+            Some(Arc::new(profile.draws(profile.railway_deploy, 5)));
+        *self
+            .inner
+            .stub_env
+            .lock()
+            .unwrap_or_else(|e| e.into_inner()) = profile.stub_env();
+    }
+
     pub fn url(&self) -> String {
         format!("{}/graphql/v2", self.server.base_url())
     }
@@ -666,6 +689,7 @@ async fn handle(inner: Arc<Inner>, headers: HeaderMap, body: Bytes) -> Response 
     };
     let op = request.root.name.clone();
     let fault = inner.faults.admit(&op);
+    tokio::time::sleep(inner.faults.latency()).await;
     if fault == Some(Fault::EchoError) {
         // Railway's way: HTTP 200, the error quoting the input it refused.
         return graphql_error(&format!(
@@ -1013,7 +1037,13 @@ fn deploy(inner: &Arc<Inner>, service: &mut Service) -> Result<(), String> {
         exited: exited_rx,
         logs: Vec::new(),
     });
-    let mut env = inner.config.stub_env.clone();
+    let mut env = inner
+        .stub_env
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .clone();
+    env.retain(|(name, _)| !inner.config.stub_env.iter().any(|(n, _)| n == name));
+    env.extend(inner.config.stub_env.iter().cloned());
     // Committed variables win over the fake's defaults: they are what the service was given.
     env.retain(|(name, _)| !service.variables.contains_key(name));
     env.extend(
@@ -1061,6 +1091,14 @@ async fn run_deployment(
     // The same port: the old process must be gone before the new one binds it.
     if let Some(previous) = previous {
         wait_exited(previous).await;
+    }
+    let build = inner
+        .build
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .clone();
+    if let Some(build) = build {
+        tokio::time::sleep(build.next()).await;
     }
     let launch = Arc::new(launch);
     let child = {

@@ -5,8 +5,10 @@
 //! marks it `done` with the reply, in the same statement that marks the instance `claimed` (see
 //! `provision_taken`), so there is no moment at which an agent was handed out and the key does
 //! not know it. A claim that fails forgets its key. A `pending` row older than `CLAIM_TIMEOUT_MS`
-//! was left by a claimer that died: a retry takes it over (its instance, if any, is reaped by the
-//! tick, and the old claimer is fenced out by the attempt id).
+//! belongs to a claim that can no longer finish (its deadline has passed, and its finishing
+//! statement refuses a key that old), or to a claimer that died: a retry takes it over (the old
+//! claimer, fenced out by the attempt id, gives back its instance; a dead one's is reaped by the
+//! tick).
 
 use sha2::{Digest, Sha256};
 use uuid::Uuid;

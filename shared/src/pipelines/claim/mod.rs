@@ -9,12 +9,20 @@
 //! A runtime that fails leaves its instance possibly half-configured, so it never goes back to
 //! `idle`: it goes to `destroying`, and the claim tries the next idle instance.
 //!
+//! A claim has one deadline, `CLAIM_TIMEOUT_MS` after it began, that bounds all its attempts: no
+//! attempt starts after it, each runtime call ends by it, and the finishing statement refuses an
+//! idempotency key older than it. So once a key is older than `CLAIM_TIMEOUT_MS` its first claim
+//! can no longer finish, and only then may a retry take the key over. A claimer fenced out (its
+//! key taken over, or its instance reaped) stops at once and sends the instance it holds to
+//! `destroying`, which also frees the conversation's slot.
+//!
 //! Claims are idempotent two ways: one agent per conversation (`joinUrl`), and an optional
 //! `Idempotency-Key` that returns the same reply for 24 hours ([`idempotency`]).
 
 mod idempotency;
 
 use serde::{Deserialize, Serialize};
+use tokio::time::Instant;
 use tracing::Instrument;
 use uuid::Uuid;
 
@@ -131,14 +139,17 @@ pub async fn claim(
     request: &ClaimRequest,
     key: Option<&IdempotencyKey>,
 ) -> Result<Claimed> {
+    // Taken before the key's row is written: the key's clock (in the database) starts later, so
+    // this deadline passes first.
+    let deadline = Instant::now() + pool.settings.claim.claim_timeout();
     let Some(key) = key else {
-        return claim_now(pool, request, None).await;
+        return claim_now(pool, request, None, deadline).await;
     };
     let fence = match idempotency::begin(pool, key, request).await? {
         idempotency::Begun::Replay(claimed) => return Ok(claimed),
         idempotency::Begun::Run(fence) => fence,
     };
-    let outcome = claim_now(pool, request, Some(&fence)).await;
+    let outcome = claim_now(pool, request, Some(&fence), deadline).await;
     if outcome.is_err() {
         // Nothing was handed out: a retry with this key may try again.
         idempotency::forget(pool, &fence).await;
@@ -150,10 +161,14 @@ async fn claim_now(
     pool: &Pool,
     request: &ClaimRequest,
     fence: Option<&idempotency::Fence>,
+    deadline: Instant,
 ) -> Result<Claimed> {
     let attempts = pool.settings.claim.claim_max_attempts;
     let mut last_failure = None;
     for attempt in 1..=attempts {
+        if Instant::now() >= deadline {
+            break;
+        }
         let token = Uuid::new_v4();
         let Some(taken) = take_idle(pool, token, request).await? else {
             // However the earlier attempts failed, the pool is empty now: what the client can do
@@ -161,13 +176,25 @@ async fn claim_now(
             return Err(no_idle(pool).await);
         };
         let span = tracing::info_span!("claim", instance_id = %taken.id, attempt);
-        match provision_taken(pool, request, token, &taken, fence)
+        match provision_taken(pool, request, token, &taken, fence, deadline)
             .instrument(span.clone())
             .await?
         {
             Ok(claimed) => {
                 span.in_scope(|| tracing::info!(agent_name = request.agent_name(), "claimed"));
                 return Ok(claimed);
+            }
+            Err(ProvisionError::FencedOut) => {
+                // Someone else decided: a retry holds the key now, or the tick reaped the claim.
+                // Taking more instances would only hold more (and the conversation's slot).
+                span.in_scope(|| tracing::warn!("claim fenced out; stopping"));
+                return Err(match fence {
+                    Some(_) => Error::ClaimInProgress,
+                    None => Error::ClaimFailed {
+                        attempts: attempt,
+                        last: ProvisionError::FencedOut,
+                    },
+                });
             }
             Err(failure) => {
                 span.in_scope(|| tracing::warn!(%failure, "claim attempt failed"));
@@ -197,6 +224,7 @@ async fn provision_taken(
     token: Uuid,
     taken: &Taken,
     fence: Option<&idempotency::Fence>,
+    deadline: Instant,
 ) -> Result<Result<Claimed, ProvisionError>> {
     let Some(url) = taken.url.as_deref() else {
         let failure = ProvisionError::NoUrl;
@@ -205,7 +233,7 @@ async fn provision_taken(
     };
     let reply = match pool
         .runtime
-        .provision(url, &taken.gateway_token, &request.provision)
+        .provision(url, &taken.gateway_token, &request.provision, deadline)
         .await
     {
         Ok(reply) => reply,
@@ -225,11 +253,16 @@ async fn provision_taken(
     let reply_json = serde_json::to_value(&claimed)
         .map_err(|e| Error::io("serialising a claim reply", std::io::Error::other(e)))?;
     // The claim and its idempotent reply are written in one statement, both or neither: the
-    // key's row is locked first, so a takeover cannot slip in between.
+    // key's row is locked first, so a takeover cannot slip in between. A key older than
+    // CLAIM_TIMEOUT_MS may be taken over (see `idempotency::begin`), so its claim may no longer
+    // finish: the two conditions are each other's negation, on the database's clock.
+    let claim_timeout_ms = i64::try_from(pool.settings.claim.claim_timeout_ms).unwrap_or(i64::MAX);
     let finished: Option<String> = sqlx::query_scalar(
         "WITH k AS (
            SELECT 1 FROM claim_requests
-            WHERE key = $8 AND attempt = $9 AND status = 'pending' FOR UPDATE
+            WHERE key = $8 AND attempt = $9 AND status = 'pending'
+              AND created_at >= now() - $11 * interval '1 millisecond'
+              FOR UPDATE
          ),
          t AS (
            UPDATE instances
@@ -262,11 +295,14 @@ async fn provision_taken(
     .bind(fence.map(|f| f.key.as_str()))
     .bind(fence.map(|f| f.attempt))
     .bind(&reply_json)
+    .bind(claim_timeout_ms)
     .fetch_optional(&pool.db)
     .await?;
     if finished.is_none() {
         // The tick reaped this claim while we waited on the runtime (its decision stands), or the
-        // key was taken over by a retry after CLAIM_TIMEOUT_MS.
+        // key outlived CLAIM_TIMEOUT_MS (and may be a retry's now). The runtime was provisioned:
+        // the instance goes to `destroying` (if the tick has not sent it there already).
+        abandon(pool, &taken.id, token, &ProvisionError::FencedOut).await?;
         return Ok(Err(ProvisionError::FencedOut));
     }
     Ok(Ok(claimed))

@@ -350,6 +350,8 @@ fn row(id: &str, now: DateTime<Utc>) -> Row {
         },
         resource_id: Some(format!("ap-{id}")),
         details: None,
+        // The resource exists from the start, so the creator's liveness is never asked.
+        creator_alive_at: None,
     }
 }
 

@@ -16,6 +16,7 @@ use crate::domain::{Actor, InstanceStatus};
 use crate::error::Error;
 use crate::gate::{CutShort, Gate};
 use crate::instances::{self, Move};
+use crate::outbound::Failure;
 use crate::providers::ResourceRef;
 use crate::services;
 use crate::Pool;
@@ -31,6 +32,8 @@ const MAX_BACKOFF: Duration = Duration::from_secs(600);
 const IDEMPOTENCY_RETENTION: &str = "24 hours";
 
 /// Carries out `plan`; stops at the first step the gate refuses, and says why.
+/// The rows to create are only reserved here, into `batch`: the caller creates them once it has
+/// released the tick lock ([`create_reserved`]).
 pub async fn run(
     pool: &Pool,
     snapshot: &Snapshot,
@@ -38,6 +41,7 @@ pub async fn run(
     mode: Mode,
     gate: &Gate<'_>,
     report: &mut TickReport,
+    batch: &mut Option<creation::Batch>,
 ) -> Result<(), CutShort> {
     gate.admit().await?;
     if let Err(e) = record_observations(pool, snapshot, &plan).await {
@@ -72,11 +76,17 @@ pub async fn run(
     destroy_instances(pool, targets, gate, report).await?;
     delete_orphans(pool, &plan, gate, report).await?;
     delete_tool_orphans(pool, &plan, gate, report).await?;
-    create_instances(pool, plan.create, gate, report).await?;
+    *batch = reserve_instances(pool, plan.create, gate, report).await?;
+    if mode != Mode::Kick {
+        destroy_abandoned(pool, gate, report).await?;
+    }
     if mode == Mode::Full {
         gate.admit().await?;
         if let Err(e) = forget_old_claim_requests(pool).await {
             report.error("forgetting old idempotency keys", None, &e);
+        }
+        if let Err(e) = forget_silent_creators(pool).await {
+            report.error("forgetting silent creators", None, &e);
         }
     }
     Ok(())
@@ -190,19 +200,20 @@ struct Target {
 }
 
 /// Destroys what an instance owns, tools first, forgetting each tool resource as it goes (so a
-/// retry does not repeat what is done). The compute resource goes last: while it exists, the
-/// instance is found and retried.
-async fn destroy_target(pool: &Pool, target: &Target) -> crate::Result<()> {
+/// retry does not repeat what is done). A resource whose tool is no longer configured cannot be
+/// destroyed here: it is abandoned (recorded for an operator) rather than holding the teardown,
+/// and the compute, which bills, goes anyway. The compute resource goes last: while it exists,
+/// the instance is found and retried. Returns the resources abandoned, as `<tool>:<resource id>`.
+async fn destroy_target(pool: &Pool, target: &Target) -> crate::Result<Vec<String>> {
+    let mut abandoned = Vec::new();
     for owned in &target.services {
-        let tool = pool.tools.get(&owned.tool_id).ok_or_else(|| {
-            Error::provider(
-                "tools",
-                format!(
-                    "tool {} is not configured: its resource cannot be destroyed",
-                    owned.tool_id
-                ),
-            )
-        })?;
+        let Some(tool) = pool.tools.get(&owned.tool_id) else {
+            tracing::warn!(instance_id = %target.id, tool = %owned.tool_id, resource_id = %owned.resource_id,
+                "tool not configured: its resource is abandoned for an operator to clean");
+            services::abandon(&pool.db, &target.id, &owned.tool_id, &owned.resource_id).await?;
+            abandoned.push(format!("{}:{}", owned.tool_id, owned.resource_id));
+            continue;
+        };
         tool.destroy(&owned.resource_id).await?;
         services::forget(
             &pool.db,
@@ -213,7 +224,8 @@ async fn destroy_target(pool: &Pool, target: &Target) -> crate::Result<()> {
         )
         .await?;
     }
-    pool.provider.destroy(&target.resource).await
+    pool.provider.destroy(&target.resource).await?;
+    Ok(abandoned)
 }
 
 /// Destroys each instance's resources, then its row. Failures are retried by later ticks with
@@ -250,7 +262,11 @@ async fn destroy_instances(
     let (results, cut) = each_while_open(targets, gate, |target| {
         let span = tracing::info_span!("destroy", instance_id = %target.id);
         async move {
-            let result = destroy_target(pool, &target).await;
+            // A destroy cut past the budget is retried by the next tick: each step is idempotent.
+            let result = gate
+                .bounded(pool.settings.tick_overrun(), destroy_target(pool, &target))
+                .await
+                .unwrap_or_else(|| Err(Error::outbound("tick", "destroy", Failure::TimedOut)));
             (target, result)
         }
         .instrument(span)
@@ -262,7 +278,10 @@ async fn destroy_instances(
         (Vec::new(), Vec::new(), Vec::new());
     for (target, result) in results {
         match result {
-            Ok(()) => gone.push(target.id),
+            Ok(abandoned) => {
+                report.tool_resources_abandoned.extend(abandoned);
+                gone.push(target.id);
+            }
             Err(e) => {
                 report.error("destroying", Some(&target.id), &e);
                 failed_delays.push(backoff(target.attempts + 1).as_millis() as i64);
@@ -342,7 +361,14 @@ async fn delete_orphans(
             details: serde_json::Value::Null,
         };
         tracing::info!(resource = %orphan.name, "deleting orphan");
-        (orphan, pool.provider.destroy(&resource).await)
+        let result = gate
+            .bounded(
+                pool.settings.tick_overrun(),
+                pool.provider.destroy(&resource),
+            )
+            .await
+            .unwrap_or_else(|| Err(Error::outbound("tick", "delete orphan", Failure::TimedOut)));
+        (orphan, result)
     })
     .await;
     for (orphan, result) in results {
@@ -363,7 +389,14 @@ async fn delete_tool_orphans(
     let (results, cut) = each_while_open(plan.tool_orphans.clone(), gate, |orphan| async move {
         tracing::info!(tool = %orphan.tool_id, resource = %orphan.name, "deleting a tool orphan");
         let result = match pool.tools.get(&orphan.tool_id) {
-            Some(tool) => tool.destroy(&orphan.resource_id).await,
+            Some(tool) => {
+                gate.bounded(
+                    pool.settings.tick_overrun(),
+                    tool.destroy(&orphan.resource_id),
+                )
+                .await
+                .unwrap_or_else(|| Err(Error::outbound("tick", "delete orphan", Failure::TimedOut)))
+            }
             None => Ok(()),
         };
         (orphan, result)
@@ -379,32 +412,104 @@ async fn delete_tool_orphans(
     cut.map_or(Ok(()), Err)
 }
 
-async fn create_instances(
+async fn reserve_instances(
     pool: &Pool,
     wanted: u32,
     gate: &Gate<'_>,
     report: &mut TickReport,
-) -> Result<(), CutShort> {
+) -> Result<Option<creation::Batch>, CutShort> {
     if wanted == 0 {
-        return Ok(());
+        return Ok(None);
     }
     gate.admit().await?;
-    let reserved = match creation::reserve(pool, wanted, Actor::Tick, "replenish").await {
-        Ok(reserved) => reserved,
+    match creation::reserve(pool, wanted, Actor::Tick, "replenish").await {
+        Ok(batch) => Ok(Some(batch)),
         Err(e) => {
             report.error("reserving instances", None, &e);
-            return Ok(());
+            Ok(None)
         }
-    };
+    }
+}
+
+/// Creates what a tick reserved, outside its lock: the gate has the tick's deadline and shutdown.
+pub async fn create_reserved(
+    pool: &Pool,
+    batch: creation::Batch,
+    gate: &Gate<'_>,
+    report: &mut TickReport,
+) -> Result<(), CutShort> {
     let mut cut = None;
-    for (row, outcome) in creation::create_all(pool, reserved, gate).await {
+    for (row, outcome) in creation::create_all(pool, batch, gate).await {
         match outcome {
             Outcome::Created => report.created.push(row.id),
             Outcome::Failed(e) => report.error("creating", Some(&row.id), &e),
-            Outcome::NotStarted(why) => cut = Some(why),
+            Outcome::CutShort(why) => cut = Some(why),
         }
     }
     cut.map_or(Ok(()), Err)
+}
+
+/// Abandoned resources whose tool is configured again are destroyed and forgotten; the others
+/// wait for an operator.
+async fn destroy_abandoned(
+    pool: &Pool,
+    gate: &Gate<'_>,
+    report: &mut TickReport,
+) -> Result<(), CutShort> {
+    let abandoned = match services::abandoned(&pool.db).await {
+        Ok(abandoned) => abandoned,
+        Err(e) => {
+            report.error("reading abandoned tool resources", None, &e);
+            return Ok(());
+        }
+    };
+    let (back, waiting): (Vec<_>, Vec<_>) = abandoned
+        .into_iter()
+        .partition(|a| pool.tools.get(&a.tool_id).is_some());
+    report.abandoned = Some(waiting.len());
+    // The orphan pass may have deleted one already this tick (it carries our name): then only
+    // its record is left to forget.
+    let deleted: HashSet<String> = report.tool_orphans_deleted.iter().cloned().collect();
+    let deleted = &deleted;
+    let (results, cut) = each_while_open(back, gate, |a| async move {
+        let label = format!("{}:{}", a.tool_id, a.resource_id);
+        let fresh = !deleted.contains(&label);
+        let result = match pool.tools.get(&a.tool_id) {
+            Some(tool) if fresh => gate
+                .bounded(pool.settings.tick_overrun(), tool.destroy(&a.resource_id))
+                .await
+                .unwrap_or_else(|| Err(Error::outbound("tick", "destroy", Failure::TimedOut))),
+            _ => Ok(()),
+        };
+        let result = match result {
+            Ok(()) => services::forget_abandoned(&pool.db, &a.tool_id, &a.resource_id).await,
+            Err(e) => Err(e),
+        };
+        (label, fresh, result)
+    })
+    .await;
+    for (label, fresh, result) in results {
+        match result {
+            Ok(()) if fresh => report.tool_orphans_deleted.push(label),
+            Ok(()) => {}
+            Err(e) => {
+                report.error(&format!("destroying abandoned {label}"), None, &e);
+                report.abandoned = report.abandoned.map(|n| n + 1);
+            }
+        }
+    }
+    cut.map_or(Ok(()), Err)
+}
+
+/// A creator silent past `CREATE_TIMEOUT_MS` died: its rows are judged by their own age, which is
+/// older still, so its record says nothing more.
+async fn forget_silent_creators(pool: &Pool) -> crate::Result<()> {
+    let timeout_ms = i64::try_from(pool.settings.creation.create_timeout_ms).unwrap_or(i64::MAX);
+    sqlx::query("DELETE FROM creators WHERE alive_at < now() - $1 * interval '1 millisecond'")
+        .bind(timeout_ms)
+        .execute(&pool.db)
+        .await?;
+    Ok(())
 }
 
 async fn forget_old_claim_requests(pool: &Pool) -> crate::Result<()> {

@@ -29,6 +29,9 @@ use crate::Pool;
 pub use plan::Mode;
 
 pub const TICK_LOCK_KEY: i64 = 0x6167_706f_6f6c_0001;
+/// Held by a full (or reconcile) tick around [`TICK_LOCK_KEY`]: a second full tick skips at once,
+/// while a full tick that finds only a kicked one at work waits for it.
+pub const FULL_TICK_LOCK_KEY: i64 = 0x6167_706f_6f6c_0003;
 
 #[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
@@ -79,8 +82,15 @@ pub struct TickReport {
     pub transitions: Vec<Moved>,
     pub destroyed: Vec<String>,
     pub orphans_deleted: Vec<String>,
-    /// Tool resources (keys, inboxes, numbers) that no row owned, as `<tool>:<resource id>`.
+    /// Tool resources (keys, inboxes, numbers) that no row owned, or abandoned ones whose tool is
+    /// configured again, deleted: as `<tool>:<resource id>`.
     pub tool_orphans_deleted: Vec<String>,
+    /// Tool resources this tick gave up at teardown because their tool is no longer configured,
+    /// as `<tool>:<resource id>`; every one still abandoned is in `abandoned`.
+    pub tool_resources_abandoned: Vec<String>,
+    /// How many abandoned tool resources wait for an operator (full ticks and reconciles).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub abandoned: Option<usize>,
     pub created: Vec<String>,
     /// The pool's target this tick, and why (absent from a skipped tick).
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -161,25 +171,52 @@ pub async fn latest_sample(db: &sqlx::PgPool) -> Result<Option<Sample>> {
     samples::latest(db).await
 }
 
+/// Tool resources teardown gave up because their tool was no longer configured, oldest first:
+/// what an operator is to clean by hand (or what the tick deletes once the tool is back).
+pub async fn abandoned(pool: &Pool) -> Result<Vec<crate::services::Abandoned>> {
+    crate::services::abandoned(&pool.db).await
+}
+
 /// Runs one tick, or reports `skipped` if another process holds the tick lock.
 pub async fn run(pool: &Pool, mode: Mode) -> Result<TickReport> {
     run_until(pool, mode, &CancellationToken::new()).await
 }
 
 /// Runs one tick that starts no new work once `stop` is cancelled (shutdown).
+///
+/// Kicked ticks come as fast as claims; they skip while any tick holds the lock. A full tick
+/// skips only another full tick: one that finds a kicked tick at work waits for it (up to the
+/// budget), so that kicks under steady claims cannot starve the fleet's health checks, listings
+/// and clean-up. Creations run after the lock is released: the rows are reserved under it (so
+/// the next tick counts them), and a tick waits on no provider's creation while it holds it.
 pub async fn run_until(pool: &Pool, mode: Mode, stop: &CancellationToken) -> Result<TickReport> {
-    let Some(lease) = lease::Lease::try_acquire(&pool.db, TICK_LOCK_KEY).await? else {
+    // The wait for the lock counts against the budget too.
+    let started = Instant::now();
+    let lease = match mode {
+        Mode::Kick => lease::Lease::try_acquire(&pool.db, TICK_LOCK_KEY).await?,
+        Mode::Full | Mode::Reconcile => {
+            lease::Lease::acquire_behind(
+                &pool.db,
+                FULL_TICK_LOCK_KEY,
+                TICK_LOCK_KEY,
+                pool.settings.tick.tick_budget(),
+            )
+            .await?
+        }
+    };
+    let Some(lease) = lease else {
         return Ok(TickReport::skipped(Skip::Locked));
     };
-    let started = Instant::now();
     let gate = Gate::tick(
         &lease,
         started + pool.settings.tick.tick_budget(),
         stop.clone(),
     );
+    let creations = gate.without_lease();
     let span = tracing::info_span!("tick", ?mode);
     let work = async {
         let mut report = TickReport::default();
+        let mut batch = None;
         let snapshot = snapshot::take(pool, mode, &gate, &mut report).await?;
         let (size, sizing) = pool_size::in_force(&pool.db, &pool.settings.size).await?;
         let plan = plan::decide(&snapshot, &rules(&pool.settings, size, sizing), mode);
@@ -191,24 +228,35 @@ pub async fn run_until(pool: &Pool, mode: Mode, stop: &CancellationToken) -> Res
                 report.error("recording the pool's target", None, &e);
             }
         }
-        if let Err(why) = execute::run(pool, &snapshot, plan, mode, &gate, &mut report).await {
+        if let Err(why) =
+            execute::run(pool, &snapshot, plan, mode, &gate, &mut report, &mut batch).await
+        {
             report.cut(why);
         }
-        Ok::<_, Error>(report)
+        Ok::<_, Error>((report, batch))
     };
-    let outcome = tracing::Instrument::instrument(work, span).await;
+    let outcome = tracing::Instrument::instrument(work, span.clone()).await;
     // A tick cut short left work for the next one: it is not the success /metrics reports.
-    if matches!(&outcome, Ok(report) if report.cut_short.is_none()) {
+    if matches!(&outcome, Ok((report, _)) if report.cut_short.is_none()) {
         // Under the lock still: one tick at a time writes this row.
-        if let Err(e) = crate::metrics::record_tick(&pool.db, started.elapsed()).await {
+        if let Err(e) =
+            crate::metrics::record_tick(&pool.db, started.elapsed(), mode == Mode::Full).await
+        {
             tracing::warn!(error = %e, "recording the tick for /metrics");
         }
     }
     if let Err(e) = crate::metrics::flush_call_errors(&pool.db).await {
         tracing::warn!(error = %e, "writing call error counts");
     }
+    drop(gate);
     lease.release().await;
-    let mut report = outcome?;
+    let (mut report, batch) = outcome?;
+    if let Some(batch) = batch {
+        let creating = execute::create_reserved(pool, batch, &creations, &mut report);
+        if let Err(why) = tracing::Instrument::instrument(creating, span).await {
+            report.cut(why);
+        }
+    }
     report.duration_ms = Some(started.elapsed().as_millis() as u64);
     Ok(report)
 }

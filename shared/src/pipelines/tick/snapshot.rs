@@ -19,7 +19,7 @@ use crate::domain::{
     INSTANCE_COLUMNS,
 };
 use crate::error::{Error, Result};
-use crate::gate::Gate;
+use crate::gate::{CutShort, Gate};
 use crate::Pool;
 
 use super::mode::Mode;
@@ -32,6 +32,8 @@ pub struct Row {
     pub resource_id: Option<String>,
     /// What the provider recorded at creation (`instance_infra.details`).
     pub details: Option<serde_json::Value>,
+    /// The last heartbeat of the creator still at work on this row, if it has one.
+    pub creator_alive_at: Option<DateTime<Utc>>,
 }
 
 #[derive(Debug, Clone)]
@@ -64,17 +66,21 @@ pub async fn take(
     gate: &Gate<'_>,
     report: &mut TickReport,
 ) -> Result<Snapshot> {
+    // Listings count against the budget: one is started only within it, and one still unread
+    // one call's timeout past it is given up. Unread is unknown, never empty.
+    let overrun = pool.settings.tick_overrun();
+    let prefix = &pool.settings.pool.pool_name_prefix;
     let resources = match mode {
         Mode::Kick => None,
         Mode::Full | Mode::Reconcile => {
-            match pool
-                .provider
-                .list(&pool.settings.pool.pool_name_prefix)
-                .await
-            {
-                Ok(resources) => Some(resources),
-                Err(e) => {
+            match within(gate, overrun, pool.provider.list(prefix)).await {
+                Ok(Ok(resources)) => Some(resources),
+                Ok(Err(e)) => {
                     report.error("listing resources", None, &e);
+                    None
+                }
+                Err(why) => {
+                    report.cut(why);
                     None
                 }
             }
@@ -84,7 +90,14 @@ pub async fn take(
     let mut tools_listed = HashSet::new();
     if mode != Mode::Kick {
         for tool in &pool.tools.tools {
-            match tool.list(&pool.settings.pool.pool_name_prefix).await {
+            let listed = match within(gate, overrun, tool.list(prefix)).await {
+                Ok(listed) => listed,
+                Err(why) => {
+                    report.cut(why);
+                    continue;
+                }
+            };
+            match listed {
                 // A tool that holds nothing outside (a wallet made here) lists nothing to judge.
                 Ok(None) => {}
                 Ok(Some(listed)) => {
@@ -280,6 +293,16 @@ async fn recent_claims(pool: &Pool) -> Result<RecentClaims> {
     Ok([n(counts.0), n(counts.1), n(counts.2)])
 }
 
+/// Starts `work` only while the gate is open, and gives it up `overrun` past the deadline.
+async fn within<T>(
+    gate: &Gate<'_>,
+    overrun: std::time::Duration,
+    work: impl std::future::Future<Output = T>,
+) -> Result<T, CutShort> {
+    gate.peek()?;
+    gate.bounded(overrun, work).await.ok_or(CutShort::Budget)
+}
+
 async fn read_rows(pool: &Pool) -> Result<(DateTime<Utc>, Vec<Row>)> {
     let columns = INSTANCE_COLUMNS
         .split(", ")
@@ -287,8 +310,9 @@ async fn read_rows(pool: &Pool) -> Result<(DateTime<Utc>, Vec<Row>)> {
         .collect::<Vec<_>>()
         .join(", ");
     let rows: Vec<Row> = sqlx::query_as(&format!(
-        "SELECT {columns}, f.resource_id, f.details
+        "SELECT {columns}, f.resource_id, f.details, c.alive_at AS creator_alive_at
            FROM instances i LEFT JOIN instance_infra f ON f.instance_id = i.id
+                LEFT JOIN creators c ON c.id = i.creator_id
           ORDER BY i.created_at, i.id"
     ))
     .fetch_all(&pool.db)

@@ -314,6 +314,21 @@ impl Settings {
         Ok(())
     }
 
+    /// How long past its budget a tick may run: the longest single call it may have started
+    /// just before the budget ran out (an outside API call, a health check). Whatever is still
+    /// running then is cut, as a process that died there would be, and recovered the same way.
+    pub fn tick_overrun(&self) -> std::time::Duration {
+        self.outbound
+            .outbound_timeout()
+            .max(self.health.health_timeout())
+    }
+
+    /// The longest a tick takes, from its call to its answer (a scheduled Lambda tick must end
+    /// within the function's timeout).
+    pub fn tick_bound(&self) -> std::time::Duration {
+        self.tick.tick_budget() + self.tick_overrun()
+    }
+
     /// The environment variables settings are read from, named by serde itself (the fields each
     /// component asks a deserializer for), so that a new setting cannot be left out. For checks
     /// of deployment files and of the README against what the code reads.

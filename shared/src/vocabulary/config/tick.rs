@@ -12,7 +12,9 @@ pub struct TickSettings {
     /// deployments that tick with `agentpool-scheduler` or a Lambda schedule).
     #[serde(default = "TickSettings::default_interval_ms")]
     pub tick_interval_ms: u64,
-    /// A tick starts no new work once this much time has passed.
+    /// A tick starts no new work once this much time has passed (waiting for the tick lock,
+    /// listings, health checks, destroys and creations all count), and ends within it plus one
+    /// call's timeout (`Settings::tick_overrun`).
     #[serde(default = "TickSettings::default_budget_ms")]
     pub tick_budget_ms: u64,
     #[serde(default = "TickSettings::default_stuck_timeout_ms")]

@@ -429,7 +429,12 @@ async fn claim_with(pool: &Pool, strategy: Strategy) -> Outcome {
     };
     let reply = pool
         .runtime
-        .provision(&url, &gateway_token, &request)
+        .provision(
+            &url,
+            &gateway_token,
+            &request,
+            tokio::time::Instant::now() + pool.settings.claim.claim_timeout(),
+        )
         .await
         .map_err(|e| e.to_string())?;
     sqlx::query(

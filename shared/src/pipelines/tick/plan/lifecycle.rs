@@ -2,8 +2,9 @@
 //!
 //! `starting` → `idle` when ready; → `destroying` when its runtime is not clean (it says it is in
 //! a conversation already: handed out, it would carry someone else's), its creation was cut off
-//! (`CREATE_TIMEOUT_MS` without a resource), its deploy failed, its resource is gone, or it is not
-//! ready by `POOL_STUCK_TIMEOUT_MS`. `idle` → `destroying` when not clean, gone, failed, dead or one of its
+//! (no resource, and its creator silent for `CREATE_TIMEOUT_MS`), its deploy failed, its resource
+//! is gone, or it is not ready by `POOL_STUCK_TIMEOUT_MS`. `idle` → `destroying` when not clean,
+//! gone, failed, dead or one of its
 //! tool resources is gone. `claiming` older than `CLAIM_TIMEOUT_MS` → `destroying` (its claimer
 //! died). `claimed` → `crashed` when gone, dead, short of a tool resource, or failed without an
 //! answer from its runtime this tick; `crashed` → `claimed` when its runtime answers again,
@@ -76,11 +77,16 @@ fn next(
     match instance.status {
         Starting => {
             if row.resource_id.is_none() {
-                return older_than(instance.status_since, now, rules.create_timeout).then(|| {
+                // Queued or slow is not stuck: only a creator silent this long is gone (a row
+                // whose creator finished or was forgotten is judged by its own age).
+                let last_sign = row.creator_alive_at.map_or(instance.status_since, |alive| {
+                    alive.max(instance.status_since)
+                });
+                return older_than(last_sign, now, rules.create_timeout).then(|| {
                     (
                         Destroying,
                         format!(
-                            "creation interrupted: no resource after {} ms",
+                            "creation interrupted: no resource, creator silent for {} ms",
                             rules.create_timeout.as_millis()
                         ),
                     )
@@ -208,6 +214,23 @@ mod tests {
         assert!(plan.transitions[0]
             .reason
             .starts_with("creation interrupted"));
+    }
+
+    #[test]
+    fn a_creation_whose_creator_still_beats_is_never_reaped() {
+        let queued = |creator_age| {
+            Fixture::new()
+                .row("a", Starting, Duration::from_secs(3600), None, None)
+                .edit("a", |r| {
+                    r.resource_id = None;
+                    r.creator_alive_at = Some(ago(creator_age));
+                })
+                .plan()
+        };
+        // Reserved an hour ago, still waiting its turn: its creator beat a second ago.
+        assert!(queued(Duration::from_secs(1)).transitions.is_empty());
+        let plan = queued(Duration::from_secs(121));
+        assert_eq!(moved(&plan), vec![("a", Destroying)]);
     }
 
     #[test]

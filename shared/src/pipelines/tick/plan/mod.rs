@@ -207,6 +207,7 @@ pub(crate) mod fixture {
                 },
                 resource_id: Some(format!("ap-{id}")),
                 details: None,
+                creator_alive_at: None,
             });
             if let Some(status) = resource {
                 self = self.resource(&format!("ap-{id}"), status);
