@@ -25,19 +25,20 @@ pub async fn run(mut settings: Settings) -> anyhow::Result<()> {
         .prefix("agentpool-dev-")
         .tempdir()
         .context("creating the dev work directory")?;
-    let generated_key = settings.pool_api_key.is_none();
+    let generated_key = settings.server.pool_api_key.is_none();
     let api_key = settings
+        .server
         .pool_api_key
         .get_or_insert_with(|| Secret::new(new_gateway_token()))
         .clone();
     if std::env::var_os("TICK_INTERVAL_MS").is_none() {
-        settings.tick_interval_ms = DEV_TICK_INTERVAL_MS;
+        settings.tick.tick_interval_ms = DEV_TICK_INTERVAL_MS;
     }
-    if settings.local_state_dir.is_none() {
-        settings.local_state_dir = Some(workdir.path().join("agents"));
+    if settings.providers.local.local_state_dir.is_none() {
+        settings.providers.local.local_state_dir = Some(workdir.path().join("agents"));
     }
 
-    let postgres = match &settings.database_url {
+    let postgres = match &settings.db.database_url {
         Some(_) => None,
         None => {
             let root = workdir.path().join("postgres");
@@ -46,21 +47,23 @@ pub async fn run(mut settings: Settings) -> anyhow::Result<()> {
                 .await?
                 .context("starting the throwaway Postgres")?;
             create_database(&server.url("postgres"), "agentpool").await?;
-            settings.database_url = Some(Secret::new(server.url("agentpool")));
+            settings.db.database_url = Some(Secret::new(server.url("agentpool")));
             Some(server)
         }
     };
     // Local stub agents are this run's own and stop with it. Remote instances (Railway, or the
     // fakes of `agentpool-fakes`) stay; the next run's tick finds them as orphans and deletes them.
-    let local = match settings.pool_provider {
-        ProviderKind::Local => Some(Arc::new(LocalProvider::from_settings(&settings)?)),
+    let local = match settings.providers.pool_provider {
+        ProviderKind::Local => Some(Arc::new(LocalProvider::from_settings(
+            &settings.providers.local,
+        )?)),
         _ => None,
     };
     let (provider, agents): (Arc<dyn Provider>, String) = match &local {
         Some(local) => (local.clone(), local.state_dir().display().to_string()),
         None => (
-            providers::from_settings(&settings)?,
-            format!("{} provider", settings.pool_provider.as_str()),
+            providers::from_settings(&settings.providers, &settings.outbound)?,
+            format!("{} provider", settings.providers.pool_provider.as_str()),
         ),
     };
     let outcome = serve(
@@ -95,13 +98,15 @@ async fn serve(
     postgres: Option<&EmbeddedPostgres>,
 ) -> anyhow::Result<()> {
     let url = settings
+        .db
         .database_url
         .clone()
         .context("DATABASE_URL is set above")?;
-    let db = db::open(url.expose(), settings.database_max_connections).await?;
-    let port = settings.port;
+    let db = db::open(url.expose(), settings.db.database_max_connections).await?;
+    let port = settings.server.port;
     // `TICK_INTERVAL_MS=0` in dev would leave the pool to fill on kicks alone.
     let interval = settings
+        .tick
         .tick_interval()
         .unwrap_or(Duration::from_millis(DEV_TICK_INTERVAL_MS));
     let pool = Pool::new(db, settings, provider);

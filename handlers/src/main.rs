@@ -79,6 +79,7 @@ async fn run(command: Command) -> anyhow::Result<()> {
         Command::Migrate => {
             let settings = settings()?;
             let url = settings
+                .db
                 .database_url
                 .ok_or_else(|| missing("DATABASE_URL"))?;
             db::open(url.expose(), 2).await?;
@@ -97,7 +98,7 @@ async fn run(command: Command) -> anyhow::Result<()> {
             Ok(())
         }
         Command::Healthcheck => {
-            let port = settings()?.port;
+            let port = settings()?.server.port;
             agentpool::healthcheck::probe(port)
                 .await
                 .map_err(anyhow::Error::msg)
@@ -131,12 +132,16 @@ async fn serve() -> anyhow::Result<()> {
     if lambda::is_lambda() {
         lambda::check_environment()?;
     }
-    let api_key = settings.pool_api_key.clone().ok_or_else(|| ConfigError {
-        setting: "POOL_API_KEY".into(),
-        problem: "missing; `serve` refuses to start without an API key".into(),
-    })?;
-    let port = settings.port;
-    let every = settings.tick_interval();
+    let api_key = settings
+        .server
+        .pool_api_key
+        .clone()
+        .ok_or_else(|| ConfigError {
+            setting: "POOL_API_KEY".into(),
+            problem: "missing; `serve` refuses to start without an API key".into(),
+        })?;
+    let port = settings.server.port;
+    let every = settings.tick.tick_interval();
     let pool = Pool::connect(settings).await?;
     let state = AppState::new(pool.clone(), api_key);
     if lambda::is_lambda() {

@@ -27,13 +27,16 @@ type Run =
 
 impl Schedule {
     pub fn from_settings(settings: &Settings) -> Result<Self, ConfigError> {
-        if let (Some(expression), Some(cron)) = (&settings.tick_cron, settings.tick_cron()) {
+        if let (Some(expression), Some(cron)) = (
+            &settings.scheduler.tick_cron,
+            settings.scheduler.tick_cron(),
+        ) {
             return Ok(Self::Cron {
                 expression: expression.clone(),
                 cron: Box::new(cron),
             });
         }
-        let every = settings.tick_interval().ok_or_else(|| ConfigError {
+        let every = settings.tick.tick_interval().ok_or_else(|| ConfigError {
             setting: "TICK_INTERVAL_MS".into(),
             problem: "0 turns ticking off; the scheduler needs an interval or TICK_CRON".into(),
         })?;

@@ -26,14 +26,17 @@ impl Trigger {
     /// `POOL_URL` ticks over HTTP, `DATABASE_URL` in-process; both at once is refused rather
     /// than guessed at (the operator may believe the other one is in use), as is neither.
     pub async fn from_settings(settings: Settings) -> anyhow::Result<Self> {
-        match (settings.pool_url.clone(), settings.database_url.is_some()) {
+        match (
+            settings.scheduler.pool_url.clone(),
+            settings.db.database_url.is_some(),
+        ) {
             (Some(_), true) => Err(config(
                 "POOL_URL",
                 "set together with DATABASE_URL; set POOL_URL (tick over HTTP) or DATABASE_URL \
                  (tick in this process), not both",
             )),
             (Some(url), false) => {
-                let key = settings.pool_api_key.clone().ok_or_else(|| {
+                let key = settings.server.pool_api_key.clone().ok_or_else(|| {
                     config("POOL_API_KEY", "missing; POOL_URL needs the API's key")
                 })?;
                 let tick_url =
@@ -41,7 +44,7 @@ impl Trigger {
                         .map_err(|e| config("POOL_URL", &format!("not a base URL: {e}")))?;
                 // The API runs the tick before it answers: wait for its budget, and then for
                 // work in flight as long as any other outside call.
-                let timeout = settings.tick_budget() + settings.outbound_timeout();
+                let timeout = settings.tick.tick_budget() + settings.outbound.outbound_timeout();
                 let client = reqwest::Client::builder()
                     .timeout(timeout)
                     .build()

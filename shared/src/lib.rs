@@ -9,25 +9,18 @@
 //! - [`instances`]: the queries shared by the API and the tick; [`db`]: pool and migrations.
 //! - [`pool_size`]: `minIdle` and `maxTotal` as set at run time; [`sessions`]: dashboard logins.
 
-pub mod claim;
-pub mod config;
-pub mod creation;
-pub mod db;
-pub mod domain;
-pub mod error;
-pub mod gate;
-pub mod instances;
-pub mod listing;
-pub mod metrics;
-pub mod outbound;
-pub mod pool_size;
-pub mod providers;
-pub mod runtime;
-pub mod services;
-pub mod sessions;
+// One directory per layer; each layer imports only those before it (see ARCHITECTURE.md and
+// `tests/layers.rs`). The modules keep their crate-level paths (`crate::claim`, ...).
+mod vocabulary;
+pub use vocabulary::{calls, config, domain, error, progress};
+mod queries;
+pub use queries::{db, instances, lease, listing, metrics, pool_size, services, sessions};
+mod outside;
+pub use outside::{outbound, providers, runtime, tools};
+mod pipelines;
+pub use pipelines::{claim, creation, gate, tick};
+
 pub mod stub_agent;
-pub mod tick;
-pub mod tools;
 
 use std::sync::Arc;
 
@@ -51,8 +44,11 @@ pub struct Pool {
 
 impl Pool {
     pub fn new(db: PgPool, settings: Settings, provider: Arc<dyn Provider>) -> Self {
-        let runtime = RuntimeClient::new(settings.health_timeout(), settings.provision_timeout());
-        let tools = tools::Toolbox::from_settings(&settings);
+        let runtime = RuntimeClient::new(
+            settings.health.health_timeout(),
+            settings.claim.provision_timeout(),
+        );
+        let tools = tools::Toolbox::from_settings(&settings.tools, &settings.outbound);
         Self {
             db,
             settings: Arc::new(settings),
@@ -64,14 +60,14 @@ impl Pool {
 
     /// Connects to `DATABASE_URL`, migrates, and builds the configured provider.
     pub async fn connect(settings: Settings) -> Result<Self> {
-        let url = settings.database_url.clone().ok_or_else(|| {
+        let url = settings.db.database_url.clone().ok_or_else(|| {
             Error::Config(config::ConfigError {
                 setting: "DATABASE_URL".into(),
                 problem: "missing".into(),
             })
         })?;
-        let db = db::open(url.expose(), settings.database_max_connections).await?;
-        let provider = providers::from_settings(&settings)?;
+        let db = db::open(url.expose(), settings.db.database_max_connections).await?;
+        let provider = providers::from_settings(&settings.providers, &settings.outbound)?;
         Ok(Self::new(db, settings, provider))
     }
 }

@@ -305,6 +305,7 @@ impl TestPool {
             .expect("state dir");
         let settings = settings(&db.url, state_dir.path(), overrides);
         let key = settings
+            .server
             .pool_api_key
             .as_ref()
             .map(|k| k.expose().to_string())
@@ -385,7 +386,7 @@ impl TestPool {
     }
 
     pub fn name_of(&self, id: &str) -> String {
-        format!("{}{id}", self.pool.settings.pool_name_prefix)
+        format!("{}{id}", self.pool.settings.pool.pool_name_prefix)
     }
 
     pub fn pid_of(&self, id: &str) -> Option<i32> {

@@ -364,7 +364,7 @@ async fn reserve(t: &TestPool, n: u32) {
         &t.pool.db,
         n,
         100,
-        &t.pool.settings.pool_name_prefix,
+        &t.pool.settings.pool.pool_name_prefix,
         agentpool_core::domain::Actor::Operator,
         "listing test",
     )

@@ -65,7 +65,10 @@ async fn a_churn_under_faults_leaves_nothing_behind() {
     // Replicas: each its own provider and clients, one database.
     let replicas: Vec<Pool> = (0..REPLICAS)
         .map(|_| {
-            let provider = Arc::new(RailwayProvider::from_settings(&settings).unwrap());
+            let provider = Arc::new(
+                RailwayProvider::from_settings(&settings.providers.railway, &settings.outbound)
+                    .unwrap(),
+            );
             Pool::new(db.pool.clone(), settings.clone(), provider)
         })
         .collect();

@@ -979,10 +979,14 @@ fn check_file(file: &str) -> (Vec<Process>, Vec<String>) {
     }
 }
 
-/// Settings that hold credentials (`Option<Secret>` in config.rs), from its source, so the list
-/// cannot go stale.
+/// Settings that hold credentials (`Option<Secret>` in shared/src/vocabulary/config/), from
+/// their source, so the list cannot go stale.
 fn secret_variables() -> Vec<String> {
-    let source = read(&Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/src/config.rs"));
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/src/vocabulary/config");
+    let source: String = std::fs::read_dir(&dir)
+        .unwrap_or_else(|e| panic!("{}: {e}", dir.display()))
+        .map(|entry| read(&entry.expect("config entry").path()))
+        .collect();
     let names: Vec<String> = source
         .lines()
         .filter_map(|line| {
@@ -993,7 +997,7 @@ fn secret_variables() -> Vec<String> {
         .collect();
     assert!(
         names.contains(&"POOL_API_KEY".to_string()) && names.contains(&"DATABASE_URL".to_string()),
-        "secret settings not found in config.rs: {names:?}"
+        "secret settings not found in shared/src/vocabulary/config/: {names:?}"
     );
     names
 }
@@ -1117,7 +1121,7 @@ fn check_settings(process: &Process, scratch: &Path) -> Result<(), String> {
         scratch.join("agents").display().to_string(),
     ));
     let settings = Settings::from_vars(vars).map_err(|e| format!("{}: {e}", process.at))?;
-    agentpool_core::providers::from_settings(&settings)
+    agentpool_core::providers::from_settings(&settings.providers, &settings.outbound)
         .map(drop)
         .map_err(|e| format!("{}: {e}", process.at))
 }

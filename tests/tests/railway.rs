@@ -33,7 +33,9 @@ fn provider(fake: &RailwayFake, layout: &str, prefix: &str) -> Arc<RailwayProvid
         .map(|(k, v)| (k.to_string(), v.to_string())),
     )
     .unwrap();
-    Arc::new(RailwayProvider::from_settings(&settings).unwrap())
+    Arc::new(
+        RailwayProvider::from_settings(&settings.providers.railway, &settings.outbound).unwrap(),
+    )
 }
 
 async fn fake() -> RailwayFake {

@@ -25,7 +25,9 @@ async fn reconcile_repairs_a_database_and_fakes_that_disagree() {
     vars.push(("POOL_NAME_PREFIX".into(), PREFIX.into()));
     vars.push(("OUTBOUND_TIMEOUT_MS".into(), "3000".into()));
     let settings = Settings::from_vars(vars.clone()).unwrap();
-    let railway = Arc::new(RailwayProvider::from_settings(&settings).unwrap());
+    let railway = Arc::new(
+        RailwayProvider::from_settings(&settings.providers.railway, &settings.outbound).unwrap(),
+    );
     let mut overrides: Vec<(&str, &str)> =
         vars.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
     overrides.push(("POOL_MIN_IDLE", "3"));

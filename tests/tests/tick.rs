@@ -247,7 +247,7 @@ async fn two_ticks_at_once_one_runs_one_skips() {
 async fn orphans_are_deleted() {
     let t = TestPool::start().await;
     t.fill(3).await;
-    let orphan = format!("{}orphan000001", t.pool.settings.pool_name_prefix);
+    let orphan = format!("{}orphan000001", t.pool.settings.pool.pool_name_prefix);
     t.local
         .create(&CreateSpec {
             name: orphan.clone(),

@@ -107,7 +107,7 @@ async fn services_of(t: &TestPool, id: &str) -> Vec<String> {
 async fn tools_are_provisioned_recorded_and_destroyed_with_their_instance() {
     let tools = Tools::start(TelnyxConfig::default()).await;
     let t = pool(&tools, &[]).await;
-    let prefix = t.pool.settings.pool_name_prefix.clone();
+    let prefix = t.pool.settings.pool.pool_name_prefix.clone();
     let (status, body) = t.post("/api/pool/replenish", json!({"count": 2})).await;
     assert_eq!(status, StatusCode::OK, "{body}");
     assert_eq!(body["created"].as_array().unwrap().len(), 2, "{body}");
@@ -192,7 +192,7 @@ async fn the_stream_reports_skipped_and_failed_steps_and_rolls_back() {
     })
     .await;
     let t = pool(&tools, &[]).await;
-    let prefix = t.pool.settings.pool_name_prefix.clone();
+    let prefix = t.pool.settings.pool.pool_name_prefix.clone();
     let events = stream(&t, 2).await;
     for n in [1, 2] {
         let steps: Vec<(String, String)> = events
@@ -246,7 +246,7 @@ async fn a_lost_openrouter_reply_leaves_no_stray_key() {
         },
     );
     let t = pool(&tools, &[]).await;
-    let prefix = t.pool.settings.pool_name_prefix.clone();
+    let prefix = t.pool.settings.pool.pool_name_prefix.clone();
     let (status, body) = t.post("/api/pool/replenish", json!({"count": 1})).await;
     assert_eq!(status, StatusCode::OK, "{body}");
     assert_eq!(body["created"].as_array().unwrap().len(), 1, "{body}");
@@ -268,7 +268,7 @@ async fn a_lost_openrouter_reply_leaves_no_stray_key() {
 async fn a_teardown_cut_off_between_destroying_a_tool_and_forgetting_it_completes() {
     let tools = Tools::start(TelnyxConfig::default()).await;
     let t = pool(&tools, &[]).await;
-    let prefix = t.pool.settings.pool_name_prefix.clone();
+    let prefix = t.pool.settings.pool.pool_name_prefix.clone();
     let (status, _) = t.post("/api/pool/replenish", json!({"count": 1})).await;
     assert_eq!(status, StatusCode::OK);
     t.fill(1).await;
@@ -292,7 +292,7 @@ async fn a_teardown_cut_off_between_destroying_a_tool_and_forgetting_it_complete
 async fn tool_resources_no_row_owns_are_deleted_by_the_tick() {
     let tools = Tools::start(TelnyxConfig::default()).await;
     let t = pool(&tools, &[]).await;
-    let prefix = t.pool.settings.pool_name_prefix.clone();
+    let prefix = t.pool.settings.pool.pool_name_prefix.clone();
     let (status, _) = t.post("/api/pool/replenish", json!({"count": 1})).await;
     assert_eq!(status, StatusCode::OK);
     let ghost = format!("{prefix}ghost0000001");
@@ -332,7 +332,7 @@ async fn an_untagged_number_is_judged_by_its_newest_order() {
     })
     .await;
     let t = pool(&tools, &[]).await;
-    let prefix = t.pool.settings.pool_name_prefix.clone();
+    let prefix = t.pool.settings.pool.pool_name_prefix.clone();
     // One of ours bought the only number and released it; someone else bought it since.
     let ours = tools
         .telnyx
@@ -355,7 +355,7 @@ async fn a_failed_order_never_takes_the_number_another_instance_bought() {
     })
     .await;
     let t = pool(&tools, &[]).await;
-    let prefix = t.pool.settings.pool_name_prefix.clone();
+    let prefix = t.pool.settings.pool.pool_name_prefix.clone();
     let other = format!("{prefix}other0000001");
     tools.telnyx.outbid_next(&other);
     let (status, body) = t.post("/api/pool/replenish", json!({"count": 1})).await;

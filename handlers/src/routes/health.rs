@@ -35,7 +35,7 @@ pub struct VersionInfo {
     responses((status = 200, description = "The build and the environment", body = VersionInfo)))]
 pub async fn version(State(state): State<AppState>) -> Json<VersionInfo> {
     Json(VersionInfo {
-        environment: state.pool.settings.pool_environment.clone(),
+        environment: state.pool.settings.pool.pool_environment.clone(),
         version: crate::VERSION,
     })
 }
@@ -55,7 +55,7 @@ pub async fn metrics(
     State(state): State<AppState>,
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
-    if let Some(expected) = &state.pool.settings.metrics_token {
+    if let Some(expected) = &state.pool.settings.metrics.metrics_token {
         let given = headers.get(AUTHORIZATION).and_then(bearer_token);
         if !given.is_some_and(|given| secrets_match(given, expected.expose())) {
             return Err(ApiError::unauthorized(

@@ -260,22 +260,23 @@ pub struct PoolInfo {
     responses((status = 200, description = "Version, environment, provider and size in force", body = PoolInfo)))]
 pub async fn info(State(state): State<AppState>) -> ApiResult<Json<PoolInfo>> {
     let s = &state.pool.settings;
-    let size = pool_size::current(&state.pool.db, s).await?;
+    let size = pool_size::current(&state.pool.db, &s.size).await?;
+    let railway = &s.providers.railway;
     Ok(Json(PoolInfo {
-        branch: s.railway_git_branch.clone(),
-        environment: s.pool_environment.clone(),
+        branch: s.server.railway_git_branch.clone(),
+        environment: s.pool.pool_environment.clone(),
         max_total: size.max_total,
         min_idle: size.min_idle,
-        model: s.openclaw_primary_model.clone(),
-        provider: s.pool_provider.as_str(),
-        railway: (s.pool_provider == ProviderKind::Railway).then(|| RailwayInfo {
-            environment_id: s.railway_environment_id.clone(),
-            image: s.railway_runtime_image.clone(),
-            layout: s.railway_layout,
-            project_id: s.railway_project_id.clone(),
-            team_id: s.railway_team_id.clone(),
+        model: s.creation.openclaw_primary_model.clone(),
+        provider: s.providers.pool_provider.as_str(),
+        railway: (s.providers.pool_provider == ProviderKind::Railway).then(|| RailwayInfo {
+            environment_id: railway.railway_environment_id.clone(),
+            image: railway.railway_runtime_image.clone(),
+            layout: railway.railway_layout,
+            project_id: railway.railway_project_id.clone(),
+            team_id: railway.railway_team_id.clone(),
         }),
-        tick_interval_ms: s.tick_interval_ms,
+        tick_interval_ms: s.tick.tick_interval_ms,
         version: crate::VERSION,
     }))
 }

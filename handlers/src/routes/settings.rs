@@ -16,7 +16,7 @@ use crate::state::AppState;
     responses((status = 200, description = "The size in force and where it comes from", body = SizeSetting)))]
 pub async fn get(State(state): State<AppState>) -> ApiResult<Json<SizeSetting>> {
     Ok(Json(
-        pool_size::get(&state.pool.db, &state.pool.settings).await?,
+        pool_size::get(&state.pool.db, &state.pool.settings.size).await?,
     ))
 }
 
@@ -46,7 +46,7 @@ pub async fn put(
     };
     let saved = pool_size::set(
         &state.pool.db,
-        &state.pool.settings,
+        &state.pool.settings.size,
         change,
         Actor::Operator,
         via.as_str(),

@@ -113,7 +113,7 @@ fn page(
             ("page", Fill::Text(class)),
             (
                 "environment",
-                Fill::Text(&state.pool.settings.pool_environment),
+                Fill::Text(&state.pool.settings.pool.pool_environment),
             ),
             ("body", Fill::Markup(body)),
         ],
@@ -132,7 +132,7 @@ fn page(
 
 /// The environment badge (seed 002): dev, staging and production have their own colours.
 fn badge(state: &AppState) -> String {
-    let environment = &state.pool.settings.pool_environment;
+    let environment = &state.pool.settings.pool.pool_environment;
     let class = match environment.as_str() {
         "dev" | "staging" | "production" => environment.as_str(),
         _ => "other",
@@ -296,7 +296,7 @@ pub async fn dashboard(State(state): State<AppState>, headers: HeaderMap) -> Api
     let db = &state.pool.db;
     let counts = instances::counts(db).await?;
     let listed = listing::operator_page(db, None, DASHBOARD_PAGE).await?;
-    let size = pool_size::get(db, &state.pool.settings).await?;
+    let size = pool_size::get(db, &state.pool.settings.size).await?;
     let now = Utc::now();
     let rows: String = listed.items.iter().map(|i| instance_row(now, i)).collect();
     let csrf = session.csrf_token(&state.session_key);
@@ -459,7 +459,7 @@ pub async fn login(
                 ));
             }
             sessions::forget_attempts(db, &client).await?;
-            let ttl = state.pool.settings.admin_session_ttl();
+            let ttl = state.pool.settings.dashboard.admin_session_ttl();
             let cookie = sessions::open(db, &state.session_key, ttl).await?;
             tracing::info!(client, "dashboard login");
             Ok(redirect(

@@ -140,6 +140,7 @@ pub fn client_id(
     let from_proxy = state
         .pool
         .settings
+        .dashboard
         .client_ip_header
         .as_deref()
         .and_then(|name| headers.get_all(name).iter().next_back())

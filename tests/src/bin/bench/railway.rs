@@ -75,9 +75,12 @@ pub async fn measure(
         ]
         .map(|(k, v)| (k.to_string(), v));
         let settings = Settings::from_vars(vars)?;
-        let provider = Arc::new(RailwayProvider::from_settings(&settings)?);
+        let provider = Arc::new(RailwayProvider::from_settings(
+            &settings.providers.railway,
+            &settings.outbound,
+        )?);
         let pool = Pool::new(
-            db::connect(database_url, settings.database_max_connections).await?,
+            db::connect(database_url, settings.db.database_max_connections).await?,
             settings,
             provider,
         );

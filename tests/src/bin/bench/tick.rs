@@ -122,7 +122,7 @@ pub async fn pool_over(
     ]
     .map(|(k, v)| (k.to_string(), v));
     let settings = Settings::from_vars(vars)?;
-    let db = db::connect(database_url, settings.database_max_connections).await?;
+    let db = db::connect(database_url, settings.db.database_max_connections).await?;
     let provider = MemoryProvider {
         url: stub.url.clone(),
         names: Mutex::new(names),

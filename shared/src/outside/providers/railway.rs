@@ -1,0 +1,633 @@
+//! The Railway provider, over Railway's GraphQL API, in two layouts:
+//!
+//! - **shared project** (`RAILWAY_PROJECT_ID`, `RAILWAY_ENVIRONMENT_ID`; seed 000): one service per
+//!   instance in one project. Destroying deletes the service (and its volume).
+//! - **project per agent** (`RAILWAY_TEAM_ID`; seed 004): one project per instance holding its one
+//!   service. Destroying deletes the project, which removes everything in it.
+//!
+//! Creation: (project,) service, domain (before the first deploy, so the instance boots knowing
+//! its URL), optional volume, then image + start command + every variable in one
+//! `environmentPatchCommit`, so that the first (and only) deploy sees every variable. A creation
+//! whose reply was lost is found again by name before it is retried: Railway would make a second
+//! service. The whole fleet's status is one paginated query per tick.
+
+use async_trait::async_trait;
+use serde_json::{json, Value};
+
+use super::{CreateSpec, Created, Provider, ResourceRef};
+use crate::config::{OutboundSettings, ProviderKind, RailwayLayout, RailwaySettings, Secret};
+use crate::domain::{ObservedResource, ResourceStatus};
+use crate::error::{Error, Result};
+use crate::outbound::{Call, Failure, Outbound, Policy, Replay, Tokens};
+use crate::progress::StepStatus;
+
+const SERVICE: &str = "railway";
+
+const SERVICE_FIELDS: &str = "id name createdAt \
+    serviceInstances { edges { node { environmentId domains { serviceDomains { domain } } source { image } } } } \
+    deployments(first: 1) { edges { node { id status } } }";
+
+/// Where the pool's instances live at Railway.
+#[derive(Debug, Clone)]
+enum Layout {
+    Shared {
+        project_id: String,
+        environment_id: String,
+    },
+    ProjectPerAgent {
+        workspace_id: String,
+    },
+}
+
+pub struct RailwayProvider {
+    out: Outbound,
+    api: String,
+    tokens: Tokens,
+    layout: Layout,
+    image: String,
+    start_command: Option<String>,
+    volume_mount: Option<String>,
+    scheme: String,
+}
+
+/// One service as the fleet query shows it.
+#[derive(Debug, Clone)]
+struct Service {
+    id: String,
+    name: String,
+    project_id: String,
+    status: ResourceStatus,
+}
+
+fn missing(setting: &str) -> Error {
+    Error::Config(crate::config::ConfigError {
+        setting: setting.into(),
+        problem: "required with POOL_PROVIDER=railway".into(),
+    })
+}
+
+impl RailwayProvider {
+    pub fn from_settings(settings: &RailwaySettings, outbound: &OutboundSettings) -> Result<Self> {
+        let mut tokens: Vec<Secret> = settings.railway_api_token.iter().cloned().collect();
+        if let Some(many) = &settings.railway_api_tokens {
+            tokens.extend(
+                many.expose()
+                    .split(',')
+                    .map(str::trim)
+                    .filter(|t| !t.is_empty())
+                    .map(Secret::new),
+            );
+        }
+        if tokens.is_empty() {
+            return Err(missing("RAILWAY_API_TOKEN"));
+        }
+        let layout = match settings.railway_layout {
+            RailwayLayout::Shared => Layout::Shared {
+                project_id: settings
+                    .railway_project_id
+                    .clone()
+                    .ok_or_else(|| missing("RAILWAY_PROJECT_ID"))?,
+                environment_id: settings
+                    .railway_environment_id
+                    .clone()
+                    .ok_or_else(|| missing("RAILWAY_ENVIRONMENT_ID"))?,
+            },
+            RailwayLayout::Project => Layout::ProjectPerAgent {
+                workspace_id: settings
+                    .railway_team_id
+                    .clone()
+                    .ok_or_else(|| missing("RAILWAY_TEAM_ID"))?,
+            },
+        };
+        Ok(Self {
+            out: Outbound::new(Policy {
+                timeout: outbound.outbound_timeout(),
+                ..Policy::default()
+            }),
+            api: settings.railway_api_url.clone(),
+            tokens: Tokens::new(tokens),
+            layout,
+            image: settings.railway_runtime_image.clone(),
+            start_command: settings.railway_start_command.clone(),
+            volume_mount: settings.railway_volume_mount.clone(),
+            scheme: settings.railway_public_scheme.clone(),
+        })
+    }
+
+    async fn gql(
+        &self,
+        step: &'static str,
+        replay: Replay,
+        query: &str,
+        variables: Value,
+    ) -> std::result::Result<Value, Failure> {
+        let call = Call {
+            service: SERVICE,
+            step,
+            replay,
+        };
+        self.out
+            .graphql(call, &self.api, &self.tokens, query, variables)
+            .await
+    }
+
+    /// Every node of a paginated connection: `query` takes `$after`, and `path` leads from the
+    /// reply's data to the connection. One walk for the fleet and for every lookup by name, so
+    /// none of them stops at the first page.
+    async fn all_nodes(
+        &self,
+        step: &'static str,
+        query: &str,
+        mut variables: Value,
+        path: [&str; 2],
+    ) -> Result<Vec<Value>> {
+        let mut nodes = Vec::new();
+        loop {
+            let data = self
+                .gql(step, Replay::Safe, query, variables.clone())
+                .await
+                .map_err(|f| Error::outbound(SERVICE, step, f))?;
+            let connection = &data[path[0]][path[1]];
+            nodes.extend(edges(connection).map(|e| e["node"].clone()));
+            match next_page(connection) {
+                Some(cursor) => variables["after"] = json!(cursor),
+                None => return Ok(nodes),
+            }
+        }
+    }
+
+    /// Every service of the shared project, each with its status.
+    async fn project_services(&self, step: &'static str, project_id: &str) -> Result<Vec<Service>> {
+        let query = format!(
+            "query($id: String!, $after: String) {{ project(id: $id) {{ services(first: 500, after: $after) {{ edges {{ node {{ {SERVICE_FIELDS} }} }} pageInfo {{ hasNextPage endCursor }} }} }} }}"
+        );
+        let nodes = self
+            .all_nodes(
+                step,
+                &query,
+                json!({"id": project_id, "after": null}),
+                ["project", "services"],
+            )
+            .await?;
+        Ok(nodes
+            .iter()
+            .filter_map(|node| parse_service(node, project_id))
+            .collect())
+    }
+
+    /// Every project of the workspace, with its environments and its services.
+    async fn workspace_projects(
+        &self,
+        step: &'static str,
+        workspace_id: &str,
+    ) -> Result<Vec<Value>> {
+        let query = format!(
+            "query($workspaceId: String!, $after: String) {{ workspace(workspaceId: $workspaceId) {{ projects(first: 100, after: $after) {{ edges {{ node {{ id name environments {{ edges {{ node {{ id name }} }} }} services(first: 10) {{ edges {{ node {{ {SERVICE_FIELDS} }} }} }} }} }} pageInfo {{ hasNextPage endCursor }} }} }} }}"
+        );
+        self.all_nodes(
+            step,
+            &query,
+            json!({"workspaceId": workspace_id, "after": null}),
+            ["workspace", "projects"],
+        )
+        .await
+    }
+
+    /// Every service of ours, in one paginated query (per page of projects, in the
+    /// project-per-agent layout).
+    async fn fleet(&self, prefix: &str) -> Result<Vec<Service>> {
+        let mut services = match &self.layout {
+            Layout::Shared { project_id, .. } => self.project_services("list", project_id).await?,
+            Layout::ProjectPerAgent { workspace_id } => {
+                let mut services = Vec::new();
+                for project in self.workspace_projects("list", workspace_id).await? {
+                    let (Some(id), Some(name)) = (project["id"].as_str(), project["name"].as_str())
+                    else {
+                        return Err(Error::outbound(SERVICE, "list", Failure::BadReply));
+                    };
+                    // The project is the resource; its one service says how it is doing. A
+                    // project whose service is not there yet is still being created.
+                    let service =
+                        edges(&project["services"]).find_map(|e| parse_service(&e["node"], id));
+                    services.push(Service {
+                        id: service.as_ref().map_or_else(String::new, |s| s.id.clone()),
+                        name: name.to_string(),
+                        project_id: id.to_string(),
+                        status: service.map_or(ResourceStatus::Deploying, |s| s.status),
+                    });
+                }
+                services
+            }
+        };
+        services.retain(|s| s.name.starts_with(prefix));
+        Ok(services)
+    }
+
+    /// Creates `name` in `project_id`, unless a lost reply already did.
+    async fn create_service(
+        &self,
+        project_id: &str,
+        environment_id: &str,
+        name: &str,
+    ) -> Result<String> {
+        let query =
+            "mutation($input: ServiceCreateInput!) { serviceCreate(input: $input) { id name } }";
+        let input = json!({"input": {"projectId": project_id, "environmentId": environment_id, "name": name}});
+        let created = self
+            .gql("railway-service", Replay::Unsafe, query, input.clone())
+            .await;
+        match created {
+            Ok(data) => data["serviceCreate"]["id"]
+                .as_str()
+                .map(str::to_string)
+                .ok_or_else(|| Error::outbound(SERVICE, "railway-service", Failure::BadReply)),
+            Err(
+                failure @ (Failure::TimedOut | Failure::Connection | Failure::Status(500..=599)),
+            ) => {
+                // It may exist: look before making a second one.
+                let found = self.services_named(project_id, name).await?;
+                match found.into_iter().next() {
+                    Some(service) => Ok(service),
+                    None => {
+                        tracing::info!(%failure, "service not created; trying once more");
+                        let data = self
+                            .gql("railway-service", Replay::Unsafe, query, input)
+                            .await
+                            .map_err(|f| Error::outbound(SERVICE, "railway-service", f))?;
+                        data["serviceCreate"]["id"]
+                            .as_str()
+                            .map(str::to_string)
+                            .ok_or_else(|| {
+                                Error::outbound(SERVICE, "railway-service", Failure::BadReply)
+                            })
+                    }
+                }
+            }
+            Err(failure) => Err(Error::outbound(SERVICE, "railway-service", failure)),
+        }
+    }
+
+    /// Ids of the services called `name` in a project.
+    async fn services_named(&self, project_id: &str, name: &str) -> Result<Vec<String>> {
+        Ok(self
+            .project_services("railway-service", project_id)
+            .await?
+            .into_iter()
+            .filter(|s| s.name == name)
+            .map(|s| s.id)
+            .collect())
+    }
+
+    /// Creates the project `name` in the workspace, unless a lost reply already did; returns its
+    /// id and environment id.
+    async fn create_project(&self, workspace_id: &str, name: &str) -> Result<(String, String)> {
+        let query = "mutation($input: ProjectCreateInput!) { projectCreate(input: $input) { id name environments { edges { node { id name } } } } }";
+        let input = json!({"input": {"name": name, "workspaceId": workspace_id}});
+        let project = match self
+            .gql("railway-project", Replay::Unsafe, query, input.clone())
+            .await
+        {
+            Ok(data) => data["projectCreate"].clone(),
+            Err(Failure::TimedOut | Failure::Connection | Failure::Status(500..=599)) => {
+                match self.projects_named(name).await?.into_iter().next() {
+                    Some(project) => project,
+                    None => self
+                        .gql("railway-project", Replay::Unsafe, query, input)
+                        .await
+                        .map_err(|f| Error::outbound(SERVICE, "railway-project", f))?
+                        ["projectCreate"]
+                        .clone(),
+                }
+            }
+            Err(failure) => return Err(Error::outbound(SERVICE, "railway-project", failure)),
+        };
+        let id = project["id"].as_str();
+        let environment = edges(&project["environments"])
+            .find_map(|e| e["node"]["id"].as_str().map(str::to_string));
+        match (id, environment) {
+            (Some(id), Some(environment)) => Ok((id.to_string(), environment)),
+            _ => Err(Error::outbound(
+                SERVICE,
+                "railway-project",
+                Failure::BadReply,
+            )),
+        }
+    }
+
+    /// Projects called `name` in the workspace, with their environments.
+    async fn projects_named(&self, name: &str) -> Result<Vec<Value>> {
+        let Layout::ProjectPerAgent { workspace_id } = &self.layout else {
+            return Ok(Vec::new());
+        };
+        let mut projects = self
+            .workspace_projects("railway-project", workspace_id)
+            .await?;
+        projects.retain(|p| p["name"].as_str() == Some(name));
+        Ok(projects)
+    }
+
+    /// Domain, volume and the one commit that deploys, for a service that exists.
+    async fn configure(
+        &self,
+        spec: &CreateSpec,
+        project_id: &str,
+        environment_id: &str,
+        service_id: &str,
+    ) -> Result<(String, Option<String>)> {
+        spec.progress
+            .step("railway-domain", StepStatus::Active, "creating the domain");
+        // Replaying makes at most a second domain, deleted with the service.
+        let data = self
+            .gql(
+                "railway-domain",
+                Replay::Safe,
+                "mutation($input: ServiceDomainCreateInput!) { serviceDomainCreate(input: $input) { domain } }",
+                json!({"input": {"serviceId": service_id, "environmentId": environment_id}}),
+            )
+            .await
+            .map_err(|f| Error::outbound(SERVICE, "railway-domain", f))?;
+        let domain = data["serviceDomainCreate"]["domain"]
+            .as_str()
+            .map(str::to_string)
+            .ok_or_else(|| Error::outbound(SERVICE, "railway-domain", Failure::BadReply))?;
+        spec.progress
+            .step("railway-domain", StepStatus::Ok, &domain);
+        let volume = match &self.volume_mount {
+            None => None,
+            Some(mount) => {
+                let data = self
+                    .gql(
+                        "railway-volume",
+                        Replay::Unsafe,
+                        "mutation($input: VolumeCreateInput!) { volumeCreate(input: $input) { id } }",
+                        json!({"input": {"projectId": project_id, "serviceId": service_id, "mountPath": mount, "environmentId": environment_id}}),
+                    )
+                    .await
+                    .map_err(|f| Error::outbound(SERVICE, "railway-volume", f))?;
+                data["volumeCreate"]["id"].as_str().map(str::to_string)
+            }
+        };
+        let url = format!("{}://{domain}", self.scheme);
+        let mut variables: serde_json::Map<String, Value> = spec
+            .env
+            .iter()
+            .map(|(k, v)| (k.clone(), json!({"value": v})))
+            .collect();
+        variables.insert("RAILWAY_PUBLIC_URL".into(), json!({"value": url}));
+        let mut deploy = json!({});
+        if let Some(command) = &self.start_command {
+            deploy["startCommand"] = json!(command);
+        }
+        let patch = json!({"services": {service_id: {
+            "source": {"image": self.image},
+            "deploy": deploy,
+            "variables": variables,
+        }}});
+        spec.progress.step(
+            "railway-deploy",
+            StepStatus::Active,
+            "committing image and variables",
+        );
+        // The same full configuration committed twice is the same configuration.
+        self.gql(
+            "railway-deploy",
+            Replay::Safe,
+            "mutation($environmentId: String!, $patch: EnvironmentConfig!, $commitMessage: String) { environmentPatchCommit(environmentId: $environmentId, patch: $patch, commitMessage: $commitMessage) }",
+            json!({"environmentId": environment_id, "patch": patch, "commitMessage": format!("agentpool: create {}", spec.name)}),
+        )
+        .await
+        .map_err(|f| Error::outbound(SERVICE, "railway-deploy", f))?;
+        spec.progress
+            .step("railway-deploy", StepStatus::Ok, "deploying");
+        Ok((url, volume))
+    }
+
+    /// Removes what a failed creation made. What this cannot remove, the tick does: the row goes
+    /// to `destroying` and is destroyed by name.
+    async fn roll_back(&self, name: &str, project_id: &str, service_id: Option<&str>) {
+        let resource = match &self.layout {
+            Layout::ProjectPerAgent { .. } => Some(project_id.to_string()),
+            Layout::Shared { .. } => service_id.map(str::to_string),
+        };
+        let Some(resource_id) = resource else {
+            return;
+        };
+        let undo = self
+            .destroy(&ResourceRef {
+                name: name.to_string(),
+                resource_id: Some(resource_id),
+                details: Value::Null,
+            })
+            .await;
+        if let Err(e) = undo {
+            tracing::warn!(error = %e, "rolling back a failed creation; the tick will destroy it by name");
+        }
+    }
+
+    async fn delete(&self, step: &'static str, query: &str, variables: Value) -> Result<()> {
+        match self.gql(step, Replay::Safe, query, variables).await {
+            Ok(_) | Err(Failure::NotFound) => Ok(()),
+            Err(failure) => Err(Error::outbound(SERVICE, step, failure)),
+        }
+    }
+}
+
+fn edges(connection: &Value) -> impl Iterator<Item = &Value> {
+    connection["edges"].as_array().into_iter().flatten()
+}
+
+fn next_page(connection: &Value) -> Option<String> {
+    let info = &connection["pageInfo"];
+    if info["hasNextPage"].as_bool() == Some(true) {
+        info["endCursor"].as_str().map(str::to_string)
+    } else {
+        None
+    }
+}
+
+/// Railway's deployment statuses: still starting, deployed, or dead. A sleeping service wakes on
+/// a request: it is not dead for that.
+fn status_of(deployment: Option<&str>) -> ResourceStatus {
+    match deployment {
+        Some("SUCCESS" | "SLEEPING") => ResourceStatus::Running,
+        Some("FAILED" | "CRASHED" | "REMOVED" | "SKIPPED") => ResourceStatus::Failed,
+        _ => ResourceStatus::Deploying,
+    }
+}
+
+fn parse_service(node: &Value, project_id: &str) -> Option<Service> {
+    let deployment = edges(&node["deployments"])
+        .next()
+        .and_then(|d| d["node"]["status"].as_str());
+    Some(Service {
+        id: node["id"].as_str()?.to_string(),
+        name: node["name"].as_str()?.to_string(),
+        project_id: project_id.to_string(),
+        status: status_of(deployment),
+    })
+}
+
+#[async_trait]
+impl Provider for RailwayProvider {
+    fn kind(&self) -> ProviderKind {
+        ProviderKind::Railway
+    }
+
+    async fn create(&self, spec: &CreateSpec) -> Result<Created> {
+        let (project_id, environment_id) = match &self.layout {
+            Layout::Shared {
+                project_id,
+                environment_id,
+            } => (project_id.clone(), environment_id.clone()),
+            Layout::ProjectPerAgent { workspace_id } => {
+                spec.progress.step(
+                    "railway-project",
+                    StepStatus::Active,
+                    "creating the project",
+                );
+                let made = self.create_project(workspace_id, &spec.name).await?;
+                spec.progress
+                    .step("railway-project", StepStatus::Ok, "created");
+                made
+            }
+        };
+        spec.progress.step(
+            "railway-service",
+            StepStatus::Active,
+            "creating the service",
+        );
+        let service_id = match self
+            .create_service(&project_id, &environment_id, &spec.name)
+            .await
+        {
+            Ok(id) => id,
+            Err(e) => {
+                self.roll_back(&spec.name, &project_id, None).await;
+                return Err(e);
+            }
+        };
+        spec.progress
+            .step("railway-service", StepStatus::Ok, "created");
+        let (url, volume_id) = match self
+            .configure(spec, &project_id, &environment_id, &service_id)
+            .await
+        {
+            Ok(configured) => configured,
+            Err(e) => {
+                self.roll_back(&spec.name, &project_id, Some(&service_id))
+                    .await;
+                return Err(e);
+            }
+        };
+        let resource_id = match &self.layout {
+            Layout::Shared { .. } => service_id.clone(),
+            Layout::ProjectPerAgent { .. } => project_id.clone(),
+        };
+        Ok(Created {
+            resource_id,
+            url,
+            details: json!({
+                "projectId": project_id,
+                "environmentId": environment_id,
+                "serviceId": service_id,
+                "volumeId": volume_id,
+            }),
+        })
+    }
+
+    async fn destroy(&self, resource: &ResourceRef) -> Result<()> {
+        match &self.layout {
+            Layout::ProjectPerAgent { .. } => {
+                let ids = match &resource.resource_id {
+                    Some(id) => vec![id.clone()],
+                    // Created, then its creator died before recording it: find it by name.
+                    None => self
+                        .projects_named(&resource.name)
+                        .await?
+                        .iter()
+                        .filter_map(|p| p["id"].as_str().map(str::to_string))
+                        .collect(),
+                };
+                for id in ids {
+                    self.delete(
+                        "destroy",
+                        "mutation($id: String!) { projectDelete(id: $id) }",
+                        json!({"id": id}),
+                    )
+                    .await?;
+                }
+            }
+            Layout::Shared { project_id, .. } => {
+                if let Some(volume) = resource.details["volumeId"].as_str() {
+                    self.delete(
+                        "destroy",
+                        "mutation($volumeId: String!) { volumeDelete(volumeId: $volumeId) }",
+                        json!({"volumeId": volume}),
+                    )
+                    .await?;
+                }
+                let ids = match &resource.resource_id {
+                    Some(id) => vec![id.clone()],
+                    None => self.services_named(project_id, &resource.name).await?,
+                };
+                for id in ids {
+                    self.delete(
+                        "destroy",
+                        "mutation($id: String!) { serviceDelete(id: $id) }",
+                        json!({"id": id}),
+                    )
+                    .await?;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    async fn list(&self, prefix: &str) -> Result<Vec<ObservedResource>> {
+        Ok(self
+            .fleet(prefix)
+            .await?
+            .into_iter()
+            .map(|service| ObservedResource {
+                resource_id: match &self.layout {
+                    Layout::Shared { .. } => service.id,
+                    Layout::ProjectPerAgent { .. } => service.project_id,
+                },
+                name: service.name,
+                status: service.status,
+            })
+            .collect())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn deployment_statuses_map_to_resource_states() {
+        for starting in [
+            None,
+            Some("QUEUED"),
+            Some("WAITING"),
+            Some("INITIALIZING"),
+            Some("BUILDING"),
+            Some("DEPLOYING"),
+        ] {
+            assert_eq!(
+                status_of(starting),
+                ResourceStatus::Deploying,
+                "{starting:?}"
+            );
+        }
+        for dead in ["FAILED", "CRASHED", "REMOVED", "SKIPPED"] {
+            assert_eq!(status_of(Some(dead)), ResourceStatus::Failed, "{dead}");
+        }
+        assert_eq!(status_of(Some("SUCCESS")), ResourceStatus::Running);
+        assert_eq!(
+            status_of(Some("SLEEPING")),
+            ResourceStatus::Running,
+            "asleep is not dead"
+        );
+    }
+}

@@ -1,0 +1,441 @@
+//! The claim: hand one idle instance to a user.
+//!
+//! 1. One statement takes the oldest idle row (`FOR UPDATE SKIP LOCKED`), marks it `claiming` with
+//!    a fresh claim token and records the event.
+//! 2. The runtime's `/pool/provision` is called outside any transaction.
+//! 3. One statement marks it `claimed`, fenced by the claim token: a claimer that stalled past
+//!    `CLAIM_TIMEOUT_MS` finds the row already reaped and cannot overwrite that decision.
+//!
+//! A runtime that fails leaves its instance possibly half-configured, so it never goes back to
+//! `idle`: it goes to `destroying`, and the claim tries the next idle instance.
+//!
+//! Claims are idempotent two ways: one agent per conversation (`joinUrl`), and an optional
+//! `Idempotency-Key` that returns the same reply for 24 hours ([`idempotency`]).
+
+mod idempotency;
+
+use serde::{Deserialize, Serialize};
+use tracing::Instrument;
+use uuid::Uuid;
+
+use crate::domain::InstanceStatus;
+use crate::error::{Error, Result};
+use crate::runtime::{ProvisionError, ProvisionRequest};
+use crate::Pool;
+
+pub use idempotency::IdempotencyKey;
+
+pub const MAX_AGENT_NAME: usize = 100;
+pub const MAX_INSTRUCTIONS: usize = 32 * 1024;
+pub const MAX_URL: usize = 2048;
+
+/// A validated claim request.
+#[derive(Debug, Clone)]
+pub struct ClaimRequest {
+    provision: ProvisionRequest,
+}
+
+impl ClaimRequest {
+    pub fn new(
+        agent_name: String,
+        instructions: String,
+        join_url: Option<String>,
+        profile_image: Option<String>,
+        metadata: Option<serde_json::Value>,
+    ) -> Result<Self> {
+        let agent_name = agent_name.trim().to_string();
+        if agent_name.is_empty() {
+            return Err(Error::Invalid(
+                "agentName must be a non-empty string".into(),
+            ));
+        }
+        if agent_name.chars().count() > MAX_AGENT_NAME {
+            return Err(Error::Invalid(format!(
+                "agentName must be at most {MAX_AGENT_NAME} characters"
+            )));
+        }
+        if agent_name.chars().any(char::is_control) {
+            return Err(Error::Invalid(
+                "agentName must not contain control characters".into(),
+            ));
+        }
+        if instructions.trim().is_empty() {
+            return Err(Error::Invalid(
+                "instructions must be a non-empty string".into(),
+            ));
+        }
+        if instructions.len() > MAX_INSTRUCTIONS {
+            return Err(Error::Invalid(format!(
+                "instructions must be at most {MAX_INSTRUCTIONS} bytes"
+            )));
+        }
+        for (field, value) in [("joinUrl", &join_url), ("profileImage", &profile_image)] {
+            if let Some(url) = value {
+                validate_http_url(field, url)?;
+            }
+        }
+        Ok(Self {
+            provision: ProvisionRequest {
+                agent_name,
+                instructions,
+                join_url,
+                profile_image,
+                metadata,
+            },
+        })
+    }
+
+    pub fn agent_name(&self) -> &str {
+        &self.provision.agent_name
+    }
+}
+
+fn validate_http_url(field: &str, value: &str) -> Result<()> {
+    let invalid = || Error::Invalid(format!("{field} must be an http(s) URL"));
+    if value.len() > MAX_URL {
+        return Err(Error::Invalid(format!(
+            "{field} must be at most {MAX_URL} characters"
+        )));
+    }
+    let url = reqwest::Url::parse(value).map_err(|_| invalid())?;
+    if !matches!(url.scheme(), "http" | "https") || url.host_str().is_none() {
+        return Err(invalid());
+    }
+    Ok(())
+}
+
+/// What the claimer gets back: seed 000's reply, field for field. Kept whole for an
+/// `Idempotency-Key`, so that a retry gets the very same reply.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct Claimed {
+    pub invite_url: Option<String>,
+    pub conversation_id: Option<String>,
+    pub instance_id: String,
+    pub joined: bool,
+    pub gateway_token: String,
+    pub gateway_url: String,
+}
+
+#[derive(sqlx::FromRow)]
+struct Taken {
+    id: String,
+    url: Option<String>,
+    gateway_token: String,
+}
+
+/// Claims an idle instance for `request`. With an `Idempotency-Key`, a key seen before gets the
+/// reply it got then (or `ClaimInProgress` while that claim runs), and never a second agent.
+pub async fn claim(
+    pool: &Pool,
+    request: &ClaimRequest,
+    key: Option<&IdempotencyKey>,
+) -> Result<Claimed> {
+    let Some(key) = key else {
+        return claim_now(pool, request, None).await;
+    };
+    let fence = match idempotency::begin(pool, key, request).await? {
+        idempotency::Begun::Replay(claimed) => return Ok(claimed),
+        idempotency::Begun::Run(fence) => fence,
+    };
+    let outcome = claim_now(pool, request, Some(&fence)).await;
+    if outcome.is_err() {
+        // Nothing was handed out: a retry with this key may try again.
+        idempotency::forget(pool, &fence).await;
+    }
+    outcome
+}
+
+async fn claim_now(
+    pool: &Pool,
+    request: &ClaimRequest,
+    fence: Option<&idempotency::Fence>,
+) -> Result<Claimed> {
+    let attempts = pool.settings.claim.claim_max_attempts;
+    let mut last_failure = None;
+    for attempt in 1..=attempts {
+        let token = Uuid::new_v4();
+        let Some(taken) = take_idle(pool, token, request).await? else {
+            break;
+        };
+        let span = tracing::info_span!("claim", instance_id = %taken.id, attempt);
+        match provision_taken(pool, request, token, &taken, fence)
+            .instrument(span.clone())
+            .await?
+        {
+            Ok(claimed) => {
+                span.in_scope(|| tracing::info!(agent_name = request.agent_name(), "claimed"));
+                return Ok(claimed);
+            }
+            Err(failure) => {
+                span.in_scope(|| tracing::warn!(%failure, "claim attempt failed"));
+                last_failure = Some(failure);
+            }
+        }
+    }
+    Err(match last_failure {
+        None => {
+            // Counted for /metrics; a miss that cannot be counted is still answered.
+            if let Err(e) = crate::metrics::count_claim_miss(&pool.db).await {
+                tracing::warn!(error = %e, "counting a claim miss");
+            }
+            Error::NoIdle
+        }
+        Some(last) => Error::ClaimFailed { attempts, last },
+    })
+}
+
+/// Provisions a taken instance. The outer `Result` is the database; the inner one the runtime.
+async fn provision_taken(
+    pool: &Pool,
+    request: &ClaimRequest,
+    token: Uuid,
+    taken: &Taken,
+    fence: Option<&idempotency::Fence>,
+) -> Result<Result<Claimed, ProvisionError>> {
+    let Some(url) = taken.url.as_deref() else {
+        let failure = ProvisionError::NoUrl;
+        abandon(pool, &taken.id, token, &failure).await?;
+        return Ok(Err(failure));
+    };
+    let reply = match pool
+        .runtime
+        .provision(url, &taken.gateway_token, &request.provision)
+        .await
+    {
+        Ok(reply) => reply,
+        Err(failure) => {
+            abandon(pool, &taken.id, token, &failure).await?;
+            return Ok(Err(failure));
+        }
+    };
+    let claimed = Claimed {
+        instance_id: taken.id.clone(),
+        invite_url: reply.invite_url,
+        conversation_id: reply.conversation_id,
+        joined: reply.joined,
+        gateway_token: taken.gateway_token.clone(),
+        gateway_url: url.to_string(),
+    };
+    let finished = match fence {
+        None => finish(pool, taken, token, request, &claimed).await?,
+        Some(fence) => finish_fenced(pool, taken, token, request, &claimed, fence).await?,
+    };
+    if finished.is_none() {
+        // The tick reaped this claim while we waited on the runtime (its decision stands), or the
+        // key was taken over by a retry after CLAIM_TIMEOUT_MS.
+        return Ok(Err(ProvisionError::FencedOut));
+    }
+    Ok(Ok(claimed))
+}
+
+/// Marks a taken instance `claimed`, fenced by its claim token; `None` if the fence held it off.
+/// A claim without an `Idempotency-Key` has no reply to keep: this is the claim's SQL without the
+/// key's statements, which cost about a fifth of a claim's database time when carried along empty.
+async fn finish(
+    pool: &Pool,
+    taken: &Taken,
+    token: Uuid,
+    request: &ClaimRequest,
+    claimed: &Claimed,
+) -> Result<Option<String>> {
+    Ok(sqlx::query_scalar(
+        "WITH t AS (
+           UPDATE instances
+              SET status = 'claimed', claim_token = NULL, status_since = now(), claimed_at = now(),
+                  agent_name = $3, instructions = $4, join_url = $5,
+                  conversation_id = $6, invite_url = $7, health_failures = 0,
+                  failing_since = NULL
+            WHERE id = $1 AND claim_token = $2 AND status = 'claiming'
+           RETURNING id
+         ),
+         e AS (
+           INSERT INTO instance_events (instance_id, from_status, to_status, reason, actor)
+           SELECT id, 'claiming', 'claimed', 'provisioned: conversation ' || coalesce($6, '-'), 'claim'
+             FROM t
+         )
+         SELECT id FROM t",
+    )
+    .bind(&taken.id)
+    .bind(token)
+    .bind(&request.provision.agent_name)
+    .bind(&request.provision.instructions)
+    .bind(&request.provision.join_url)
+    .bind(&claimed.conversation_id)
+    .bind(&claimed.invite_url)
+    .fetch_optional(&pool.db)
+    .await?)
+}
+
+/// As [`finish`], and keeps the reply for the claim's `Idempotency-Key`. The claim and its reply
+/// are written in one statement, both or neither: the key's row is locked first, so a takeover
+/// cannot slip in between.
+async fn finish_fenced(
+    pool: &Pool,
+    taken: &Taken,
+    token: Uuid,
+    request: &ClaimRequest,
+    claimed: &Claimed,
+    fence: &idempotency::Fence,
+) -> Result<Option<String>> {
+    let reply_json = serde_json::to_value(claimed)
+        .map_err(|e| Error::io("serialising a claim reply", std::io::Error::other(e)))?;
+    Ok(sqlx::query_scalar(
+        "WITH k AS (
+           SELECT 1 FROM claim_requests
+            WHERE key = $8 AND attempt = $9 AND status = 'pending' FOR UPDATE
+         ),
+         t AS (
+           UPDATE instances
+              SET status = 'claimed', claim_token = NULL, status_since = now(), claimed_at = now(),
+                  agent_name = $3, instructions = $4, join_url = $5,
+                  conversation_id = $6, invite_url = $7, health_failures = 0,
+                  failing_since = NULL
+            WHERE id = $1 AND claim_token = $2 AND status = 'claiming'
+              AND EXISTS (SELECT 1 FROM k)
+           RETURNING id
+         ),
+         r AS (
+           UPDATE claim_requests SET status = 'done', reply = $10, instance_id = $1
+            WHERE key = $8 AND attempt = $9 AND EXISTS (SELECT 1 FROM t)
+         ),
+         e AS (
+           INSERT INTO instance_events (instance_id, from_status, to_status, reason, actor)
+           SELECT id, 'claiming', 'claimed', 'provisioned: conversation ' || coalesce($6, '-'), 'claim'
+             FROM t
+         )
+         SELECT id FROM t",
+    )
+    .bind(&taken.id)
+    .bind(token)
+    .bind(&request.provision.agent_name)
+    .bind(&request.provision.instructions)
+    .bind(&request.provision.join_url)
+    .bind(&claimed.conversation_id)
+    .bind(&claimed.invite_url)
+    .bind(fence.key.as_str())
+    .bind(fence.attempt)
+    .bind(&reply_json)
+    .fetch_optional(&pool.db)
+    .await?)
+}
+
+/// Takes the oldest idle instance and marks it `claiming`. A claim that joins a conversation
+/// writes its `joinUrl` here already: a unique index then lets only one agent per conversation be
+/// claiming, claimed or crashed, and a second claim finds the first.
+async fn take_idle(pool: &Pool, token: Uuid, request: &ClaimRequest) -> Result<Option<Taken>> {
+    let join_url = request.provision.join_url.as_deref();
+    // The holder found by a conflict may leave the conversation before we look it up; then the
+    // take is simply tried again.
+    for _ in 0..3 {
+        let taken = sqlx::query_as(
+            "WITH t AS (
+               UPDATE instances
+                  SET status = 'claiming', claim_token = $1, status_since = now(), join_url = $2
+                WHERE id = (SELECT id FROM instances WHERE status = 'idle'
+                             ORDER BY created_at, id LIMIT 1 FOR UPDATE SKIP LOCKED)
+               RETURNING id, url, gateway_token
+             ),
+             e AS (
+               INSERT INTO instance_events (instance_id, from_status, to_status, reason, actor)
+               SELECT id, 'idle', 'claiming', 'claim started', 'claim' FROM t
+             )
+             SELECT id, url, gateway_token FROM t",
+        )
+        .bind(token)
+        .bind(join_url)
+        .fetch_optional(&pool.db)
+        .await;
+        match (taken, join_url) {
+            (Err(sqlx::Error::Database(e)), Some(join_url))
+                if e.constraint() == Some(ONE_AGENT_PER_CONVERSATION) =>
+            {
+                if let Some(holder) = conversation_holder(pool, join_url).await? {
+                    return Err(holder);
+                }
+            }
+            (taken, _) => return Ok(taken?),
+        }
+    }
+    Err(Error::ClaimInProgress)
+}
+
+const ONE_AGENT_PER_CONVERSATION: &str = "instances_one_agent_per_conversation";
+
+async fn conversation_holder(pool: &Pool, join_url: &str) -> Result<Option<Error>> {
+    let holder: Option<(String, InstanceStatus)> = sqlx::query_as(
+        "SELECT id, status FROM instances
+          WHERE join_url = $1 AND status IN ('claiming', 'claimed', 'crashed')",
+    )
+    .bind(join_url)
+    .fetch_optional(&pool.db)
+    .await?;
+    Ok(
+        holder.map(|(instance_id, status)| Error::ConversationTaken {
+            instance_id,
+            status,
+        }),
+    )
+}
+
+async fn abandon(pool: &Pool, id: &str, token: Uuid, failure: &ProvisionError) -> Result<()> {
+    sqlx::query(
+        "WITH t AS (
+           UPDATE instances
+              SET status = 'destroying', claim_token = NULL, status_since = now(),
+                  next_attempt_at = now(), last_error = $3
+            WHERE id = $1 AND claim_token = $2 AND status = 'claiming'
+           RETURNING id
+         )
+         INSERT INTO instance_events (instance_id, from_status, to_status, reason, actor)
+         SELECT id, 'claiming', 'destroying', 'provision failed: ' || $3, 'claim' FROM t",
+    )
+    .bind(id)
+    .bind(token)
+    .bind(failure.to_string())
+    .execute(&pool.db)
+    .await?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn request(name: &str, instructions: &str, join: Option<&str>) -> Result<ClaimRequest> {
+        ClaimRequest::new(
+            name.into(),
+            instructions.into(),
+            join.map(Into::into),
+            None,
+            None,
+        )
+    }
+
+    #[test]
+    fn validates_fields() {
+        assert!(request("trip-planner", "Plan trips.", None).is_ok());
+        assert!(request("trip", "x", Some("https://dev.convos.org/v2?i=abc")).is_ok());
+        assert!(matches!(request("  ", "x", None), Err(Error::Invalid(_))));
+        assert!(matches!(request("a", " \n", None), Err(Error::Invalid(_))));
+        assert!(matches!(
+            request(&"n".repeat(MAX_AGENT_NAME + 1), "x", None),
+            Err(Error::Invalid(_))
+        ));
+        assert!(matches!(
+            request("a", &"x".repeat(MAX_INSTRUCTIONS + 1), None),
+            Err(Error::Invalid(_))
+        ));
+        for bad in [
+            "ftp://x.org/a",
+            "not a url",
+            "javascript:alert(1)",
+            "https://",
+        ] {
+            assert!(
+                matches!(request("a", "x", Some(bad)), Err(Error::Invalid(_))),
+                "{bad} accepted"
+            );
+        }
+    }
+}

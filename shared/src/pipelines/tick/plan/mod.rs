@@ -1,0 +1,275 @@
+//! The tick's decisions: pure functions from a snapshot to a plan. No I/O, no clock.
+//!
+//! Split by concern, each with its own tests:
+//! - [`evidence`]: what the snapshot says of each instance (health over time, presence of its
+//!   resource and of its tools' resources), and the observations to record;
+//! - [`lifecycle`]: the state machine's moves for each instance;
+//! - [`orphans`]: resources that no row owns;
+//! - [`replenish`]: how many instances to create.
+
+mod evidence;
+mod lifecycle;
+mod orphans;
+mod replenish;
+
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+
+use crate::domain::{InstanceStatus, ObservedResource, ToolResource};
+
+pub use super::mode::Mode;
+use super::snapshot::Snapshot;
+
+pub use evidence::{Observation, PresenceMark, ToolPresenceMark};
+
+#[derive(Debug, Clone, Copy)]
+pub struct Rules {
+    pub min_idle: u32,
+    pub max_total: u32,
+    pub stuck_timeout: Duration,
+    pub claim_timeout: Duration,
+    pub create_timeout: Duration,
+    pub health_failure_threshold: u32,
+    pub health_grace: Duration,
+}
+
+/// A move of one instance, fenced by the `status_since` the decision was made on: if the row
+/// changed since (claimed, recycled, moved by an operator), the move does not apply.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Transition {
+    pub id: String,
+    pub from: InstanceStatus,
+    pub since: DateTime<Utc>,
+    pub to: InstanceStatus,
+    pub reason: String,
+}
+
+#[derive(Debug, Default)]
+pub struct Plan {
+    /// Health answers to record on the rows they were about.
+    pub observations: Vec<Observation>,
+    /// Rows whose resource the listing lacks, or shows again.
+    pub presence: Vec<PresenceMark>,
+    /// Recorded tool resources their tool's listing lacks, or shows again.
+    pub tool_presence: Vec<ToolPresenceMark>,
+    pub transitions: Vec<Transition>,
+    /// Rows whose resources are to be destroyed now: already `destroying` and due, or sent there
+    /// by `transitions`.
+    pub destroy: Vec<String>,
+    pub orphans: Vec<ObservedResource>,
+    pub tool_orphans: Vec<ToolResource>,
+    pub create: u32,
+}
+
+pub fn decide(snapshot: &Snapshot, rules: &Rules, mode: Mode) -> Plan {
+    let (transitions, destroy) = lifecycle::moves(snapshot, rules);
+    let create = match mode {
+        Mode::Full | Mode::Kick => replenish::count(snapshot, &transitions, rules),
+        Mode::Reconcile => 0,
+    };
+    Plan {
+        observations: evidence::observations(snapshot),
+        presence: evidence::presence_marks(snapshot),
+        tool_presence: evidence::tool_presence_marks(snapshot),
+        orphans: orphans::find(snapshot),
+        tool_orphans: orphans::tools(snapshot),
+        transitions,
+        destroy,
+        create,
+    }
+}
+
+fn older_than(since: DateTime<Utc>, now: DateTime<Utc>, limit: Duration) -> bool {
+    (now - since).to_std().is_ok_and(|age| age > limit)
+}
+
+#[cfg(test)]
+pub(crate) mod fixture {
+    //! Snapshots for the plan's tests, built a row at a time.
+
+    use std::collections::HashMap;
+
+    use super::*;
+    use crate::domain::{Health, Instance, RecordedTool, ResourceStatus};
+    use crate::tick::snapshot::Row;
+
+    pub const MIN: Duration = Duration::from_secs(60);
+
+    pub fn rules() -> Rules {
+        Rules {
+            min_idle: 3,
+            max_total: 10,
+            stuck_timeout: Duration::from_secs(900),
+            claim_timeout: Duration::from_secs(120),
+            create_timeout: Duration::from_secs(120),
+            health_failure_threshold: 2,
+            health_grace: Duration::from_secs(60),
+        }
+    }
+
+    pub fn now() -> DateTime<Utc> {
+        DateTime::parse_from_rfc3339("2026-11-25T12:00:00Z")
+            .unwrap()
+            .with_timezone(&Utc)
+    }
+
+    pub fn ago(age: Duration) -> DateTime<Utc> {
+        now() - chrono::Duration::from_std(age).unwrap()
+    }
+
+    pub fn ready() -> Health {
+        Health::Ready {
+            conversation_id: None,
+        }
+    }
+
+    pub struct Fixture {
+        pub snapshot: Snapshot,
+    }
+
+    impl Fixture {
+        pub fn new() -> Self {
+            Self {
+                snapshot: Snapshot {
+                    now: now(),
+                    rows: Vec::new(),
+                    resources: Some(Vec::new()),
+                    health: HashMap::new(),
+                    health_cut_short: false,
+                    tool_resources: Vec::new(),
+                    tools_listed: Default::default(),
+                    recorded: Vec::new(),
+                },
+            }
+        }
+
+        /// A row `id` in `status` for `age`, with a resource in `resource` state (and a recorded
+        /// resource id) and a health answer. The runtime last answered well when it got there.
+        pub fn row(
+            mut self,
+            id: &str,
+            status: InstanceStatus,
+            age: Duration,
+            resource: Option<ResourceStatus>,
+            health: Option<Health>,
+        ) -> Self {
+            let since = ago(age);
+            self.snapshot.rows.push(Row {
+                instance: Instance {
+                    id: id.into(),
+                    name: format!("ap-{id}"),
+                    url: Some(format!("http://127.0.0.1/{id}")),
+                    status,
+                    status_since: since,
+                    agent_name: None,
+                    instructions: None,
+                    join_url: None,
+                    conversation_id: None,
+                    invite_url: None,
+                    template_id: None,
+                    health_failures: 0,
+                    destroy_attempts: 0,
+                    next_attempt_at: None,
+                    last_error: None,
+                    created_at: since,
+                    claimed_at: None,
+                    last_checked_at: None,
+                    failing_since: None,
+                    absent_since: None,
+                },
+                resource_id: Some(format!("ap-{id}")),
+                details: None,
+            });
+            if let Some(status) = resource {
+                self = self.resource(&format!("ap-{id}"), status);
+            }
+            if let Some(health) = health {
+                self.snapshot.health.insert(id.into(), health);
+            }
+            self
+        }
+
+        pub fn edit(mut self, id: &str, change: impl FnOnce(&mut Row)) -> Self {
+            let row = self
+                .snapshot
+                .rows
+                .iter_mut()
+                .find(|r| r.instance.id == id)
+                .unwrap();
+            change(row);
+            self
+        }
+
+        pub fn failures(self, id: &str, n: i32) -> Self {
+            self.edit(id, |row| row.instance.health_failures = n)
+        }
+
+        pub fn resource(mut self, name: &str, status: ResourceStatus) -> Self {
+            if let Some(listed) = self.snapshot.resources.as_mut() {
+                listed.push(ObservedResource {
+                    name: name.into(),
+                    resource_id: name.into(),
+                    status,
+                });
+            }
+            self
+        }
+
+        /// A tool resource row `id` records, and whether this tick's listing of its tool (taken)
+        /// shows it.
+        pub fn tool(
+            mut self,
+            id: &str,
+            tool_id: &str,
+            listed: bool,
+            absent_since: Option<DateTime<Utc>>,
+        ) -> Self {
+            let resource_id = format!("{tool_id}-of-{id}");
+            self.snapshot.tools_listed.insert(tool_id.into());
+            if listed {
+                self.snapshot.tool_resources.push(ToolResource {
+                    tool_id: tool_id.into(),
+                    resource_id: resource_id.clone(),
+                    name: format!("ap-{id}"),
+                });
+            }
+            let mut row = recorded(id, tool_id, &resource_id, absent_since);
+            row.id = self.snapshot.recorded.len() as i64 + 1;
+            self.snapshot.recorded.push(row);
+            self
+        }
+
+        /// The provider's listing failed.
+        pub fn unlisted(mut self) -> Self {
+            self.snapshot.resources = None;
+            self
+        }
+
+        pub fn plan(&self) -> Plan {
+            decide(&self.snapshot, &rules(), Mode::Full)
+        }
+    }
+
+    pub fn recorded(
+        instance_id: &str,
+        tool_id: &str,
+        resource_id: &str,
+        absent_since: Option<DateTime<Utc>>,
+    ) -> RecordedTool {
+        RecordedTool {
+            id: 1,
+            instance_id: instance_id.into(),
+            tool_id: tool_id.into(),
+            resource_id: resource_id.into(),
+            absent_since,
+        }
+    }
+
+    pub fn moved(plan: &Plan) -> Vec<(&str, InstanceStatus)> {
+        plan.transitions
+            .iter()
+            .map(|t| (t.id.as_str(), t.to))
+            .collect()
+    }
+}

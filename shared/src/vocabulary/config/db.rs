@@ -1,0 +1,31 @@
+//! The database (`db`): where it is and how many connections a process holds.
+
+use serde::Deserialize;
+
+use super::{Component, ConfigError, Secret};
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct DbSettings {
+    pub database_url: Option<Secret>,
+    #[serde(default = "DbSettings::default_max_connections")]
+    pub database_max_connections: u32,
+}
+
+impl DbSettings {
+    fn default_max_connections() -> u32 {
+        10
+    }
+}
+
+impl Component for DbSettings {
+    fn check(&self) -> Result<(), ConfigError> {
+        if self.database_max_connections < 2 {
+            // The tick holds one connection for its lock and needs another to work.
+            return Err(ConfigError::new(
+                "DATABASE_MAX_CONNECTIONS",
+                "must be at least 2",
+            ));
+        }
+        Ok(())
+    }
+}
