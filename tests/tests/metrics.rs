@@ -73,6 +73,8 @@ async fn metrics_count_what_happened_and_every_replica_says_the_same() {
     assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
     let (status, _) = t.post("/api/pool/tick", json!({})).await;
     assert_eq!(status, StatusCode::OK);
+    // A fold waits for every older transaction on the server, other tests' too.
+    fold_everything(&t.pool.db).await;
 
     let (status, text) = scrape(&t.http, &t.base, None).await;
     assert_eq!(status, StatusCode::OK, "{text}");
@@ -166,4 +168,152 @@ async fn every_reply_carries_a_request_id() {
         .await
         .unwrap();
     assert_eq!(response.headers()["x-request-id"].len(), 36);
+}
+
+/// `(from, to)` → total, as the folded totals say.
+async fn totals(db: &sqlx::PgPool) -> HashMap<(String, String), i64> {
+    let rows: Vec<(String, String, i64)> = sqlx::query_as(
+        "SELECT from_status, to_status, sum(n)::bigint FROM event_totals GROUP BY 1, 2",
+    )
+    .fetch_all(db)
+    .await
+    .unwrap();
+    rows.into_iter().map(|(f, t, n)| ((f, t), n)).collect()
+}
+
+/// `(from, to)` → events in the history.
+async fn history(db: &sqlx::PgPool) -> HashMap<(String, String), i64> {
+    let rows: Vec<(String, String, i64)> = sqlx::query_as(
+        "SELECT coalesce(from_status, ''), to_status, count(*) FROM instance_events GROUP BY 1, 2",
+    )
+    .fetch_all(db)
+    .await
+    .unwrap();
+    rows.into_iter().map(|(f, t, n)| ((f, t), n)).collect()
+}
+
+/// Folds until every event written so far is in the totals. Transactions of other tests on the
+/// same server may hold the fold back for a moment: a fold waits for every older transaction.
+async fn fold_everything(db: &sqlx::PgPool) {
+    agentpool_tests::wait_until(std::time::Duration::from_secs(30), || async {
+        agentpool_core::metrics::fold(db).await.unwrap();
+        totals(db).await == history(db).await
+    })
+    .await;
+}
+
+const EVENT: &str =
+    "INSERT INTO instance_events (instance_id, from_status, to_status, reason, actor)
+                     VALUES ($1, 'idle', 'claiming', 'test', 'claim')";
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_claim_writes_its_events_and_nothing_more() {
+    let t = TestPool::with(&[("POOL_MIN_IDLE", "1"), ("POOL_MAX_TOTAL", "1")], &[]).await;
+    t.fill(1).await;
+    fold_everything(&t.pool.db).await;
+    let before = totals(&t.pool.db).await;
+    let (status, body) = t.claim("quiet").await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(
+        totals(&t.pool.db).await,
+        before,
+        "a claim changed the totals itself"
+    );
+    fold_everything(&t.pool.db).await;
+    let after = totals(&t.pool.db).await;
+    let claims = |m: &HashMap<(String, String), i64>| {
+        m.get(&("claiming".into(), "claimed".into()))
+            .copied()
+            .unwrap_or(0)
+    };
+    assert_eq!(claims(&after), claims(&before) + 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_event_whose_transaction_commits_late_is_counted_once() {
+    let db = agentpool_tests::TestDb::new().await;
+    let fold = || agentpool_core::metrics::fold(&db.pool);
+    // The first event's transaction stays open while a later one commits.
+    let mut early = db.pool.begin().await.unwrap();
+    sqlx::query(EVENT)
+        .bind("early")
+        .execute(&mut *early)
+        .await
+        .unwrap();
+    sqlx::query(EVENT)
+        .bind("late")
+        .execute(&db.pool)
+        .await
+        .unwrap();
+    // The committed event waits behind the open transaction: folding it now would move the
+    // watermark past the open one's event.
+    assert_eq!(fold().await.unwrap(), 0);
+    assert!(totals(&db.pool).await.is_empty());
+    early.commit().await.unwrap();
+    fold_everything(&db.pool).await;
+    assert_eq!(fold().await.unwrap(), 0);
+    assert_eq!(
+        totals(&db.pool).await,
+        HashMap::from([(("idle".to_string(), "claiming".to_string()), 2)])
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn concurrent_folds_and_scrapes_count_every_event_exactly_once() {
+    let db = agentpool_tests::TestDb::new().await;
+    let writers: Vec<_> = (0..6)
+        .map(|w| {
+            let db = db.pool.clone();
+            tokio::spawn(async move {
+                for i in 0..40 {
+                    // Some transactions write two events and stay open across a yield, so that
+                    // commits land out of the order their ids and transaction ids were given.
+                    let mut tx = db.begin().await.unwrap();
+                    sqlx::query(EVENT)
+                        .bind(format!("w{w}-{i}"))
+                        .execute(&mut *tx)
+                        .await
+                        .unwrap();
+                    if i % 3 == 0 {
+                        tokio::task::yield_now().await;
+                        sqlx::query(EVENT)
+                            .bind(format!("w{w}-{i}b"))
+                            .execute(&mut *tx)
+                            .await
+                            .unwrap();
+                    }
+                    tx.commit().await.unwrap();
+                }
+            })
+        })
+        .collect();
+    let stop = tokio_util::sync::CancellationToken::new();
+    let folders: Vec<_> = (0..4)
+        .map(|f| {
+            let (db, stop) = (db.pool.clone(), stop.clone());
+            tokio::spawn(async move {
+                let mut folded = 0;
+                while !stop.is_cancelled() {
+                    if f % 2 == 0 {
+                        folded += agentpool_core::metrics::fold(&db).await.unwrap();
+                    } else {
+                        agentpool_core::metrics::render(&db).await.unwrap();
+                    }
+                }
+                folded
+            })
+        })
+        .collect();
+    for writer in writers {
+        writer.await.unwrap();
+    }
+    stop.cancel();
+    for folder in folders {
+        folder.await.unwrap();
+    }
+    let written = history(&db.pool).await;
+    assert_eq!(written.values().sum::<i64>(), 6 * 40 + 6 * 14);
+    // Equal, not only at least: a double count would stay above the history for good.
+    fold_everything(&db.pool).await;
+    assert_eq!(totals(&db.pool).await, written);
 }

@@ -1,9 +1,12 @@
 //! What `/metrics` reports, read from Postgres at scrape time so that every replica reports the
-//! same truth: instances by status now; the history's totals, kept by a trigger on
-//! `instance_events` (creations, failures, claims, crashes, destructions, every transition); claim
-//! misses; claim durations; the last tick; and errors of outside calls by service and kind.
+//! same truth: instances by status now; the history's totals (creations, failures, claims,
+//! crashes, destructions, every transition) and claim durations, folded from `instance_events`;
+//! claim misses; the last tick; and errors of outside calls by service and kind.
 //!
-//! A scrape is seven small queries whatever the fleet's size or the history's length.
+//! Writers of history write their events and nothing more: the totals are brought up to date by
+//! [`fold`], which the tick and every scrape run, off the writers' transactions. A scrape is a few
+//! small queries whatever the fleet's size or the history's length: a fold reads only the events
+//! written since the last one.
 
 use std::sync::atomic::AtomicU64;
 use std::time::Duration;
@@ -23,8 +26,7 @@ use crate::instances;
 /// What `GET /metrics` answers with: the OpenMetrics text format, which Prometheus reads.
 pub const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
 
-/// Upper bounds of the claim duration buckets, in seconds, as the trigger in
-/// `migrations/0006_metrics.sql` sorts claims into them.
+/// Upper bounds of the claim duration buckets, in seconds.
 const CLAIM_BUCKETS: [f64; 13] = [
     0.005,
     0.01,
@@ -160,11 +162,74 @@ const NAMED: [(&str, &str, &str, &str); 6] = [
     ),
 ];
 
+/// Adds the events written since the last fold to the totals; returns how many it added.
+///
+/// Events are taken by the transaction that wrote them (`migrations/0007_metrics_fold.sql`): those
+/// of every transaction below the oldest one still running, all of which have ended, so none can
+/// still appear below the new watermark. An event of a transaction still running waits for a later
+/// fold. Folders queue on the watermark's row, and the second statement's snapshot is taken once
+/// the lock is held, so it sees the watermark the previous folder left: no event counts twice.
+pub async fn fold(db: &PgPool) -> Result<u64> {
+    let mut tx = db.begin().await?;
+    sqlx::query("SELECT 1 FROM metrics_folded WHERE id = 1 FOR UPDATE")
+        .execute(&mut *tx)
+        .await?;
+    let buckets: Vec<f64> = CLAIM_BUCKETS.to_vec();
+    let folded: i64 = sqlx::query_scalar(
+        "WITH w AS (
+           SELECT upto AS lo, greatest(upto, pg_snapshot_xmin(pg_current_snapshot())) AS hi
+             FROM metrics_folded WHERE id = 1
+         ),
+         new AS (
+           SELECT e.id, e.instance_id, e.from_status, e.to_status, e.at
+             FROM instance_events e, w
+            WHERE e.xid >= w.lo AND e.xid < w.hi
+         ),
+         totals AS (
+           INSERT INTO event_totals (from_status, to_status, shard, n)
+           SELECT coalesce(from_status, ''), to_status, 0, count(*) FROM new GROUP BY 1, 2
+           ON CONFLICT (from_status, to_status, shard) DO UPDATE SET n = event_totals.n + EXCLUDED.n
+         ),
+         claimed AS (
+           SELECT extract(epoch FROM c.at - s.at)::float8 AS seconds
+             FROM new c
+             CROSS JOIN LATERAL (
+               SELECT e.at FROM instance_events e
+                WHERE e.instance_id = c.instance_id AND e.id < c.id AND e.to_status = 'claiming'
+                ORDER BY e.id DESC LIMIT 1
+             ) s
+            WHERE c.from_status = 'claiming' AND c.to_status = 'claimed'
+         ),
+         durations AS (
+           INSERT INTO claim_durations (le, shard, n, sum_seconds)
+           SELECT (SELECT min(le) FROM unnest($1::float8[]) le WHERE seconds <= le) AS bucket,
+                  0, count(*), sum(seconds)
+             FROM claimed GROUP BY bucket
+           ON CONFLICT (le, shard) DO UPDATE
+              SET n = claim_durations.n + EXCLUDED.n,
+                  sum_seconds = claim_durations.sum_seconds + EXCLUDED.sum_seconds
+         ),
+         advance AS (
+           UPDATE metrics_folded f SET upto = w.hi FROM w WHERE f.id = 1 AND w.hi > w.lo
+         )
+         SELECT count(*) FROM new",
+    )
+    .bind(&buckets)
+    .fetch_one(&mut *tx)
+    .await?;
+    tx.commit().await?;
+    Ok(u64::try_from(folded).unwrap_or(0))
+}
+
 /// Reads everything `/metrics` shows and encodes it.
 pub async fn render(db: &PgPool) -> Result<String> {
     // What this replica counted is written first, so that this scrape includes it.
     if let Err(e) = flush_call_errors(db).await {
         tracing::warn!(error = %e, "writing call error counts");
+    }
+    // A fold that fails leaves the totals as they were: still true, only late.
+    if let Err(e) = fold(db).await {
+        tracing::warn!(error = %e, "folding events into the metrics");
     }
     let counts = instances::counts(db).await?;
     let transitions: Vec<(String, String, i64)> = sqlx::query_as(

@@ -82,17 +82,17 @@ impl CpuSplit {
 }
 
 /// One claim: the instance handed out, or why not.
-type Outcome = Result<String, String>;
+pub type Outcome = Result<String, String>;
 
-struct Load {
-    samples: Vec<(Duration, Outcome)>,
-    elapsed: Duration,
+pub struct Load {
+    pub samples: Vec<(Duration, Outcome)>,
+    pub elapsed: Duration,
 }
 
 /// `clients` concurrent loops share `total` claims; each claim is timed on its own. Unpaced, a
 /// client claims again as soon as it has its answer (a closed loop: the figures are at
 /// saturation); paced, each client starts one claim per `pace`.
-async fn load<F, Fut>(clients: usize, total: usize, pace: Option<Duration>, claim: F) -> Load
+pub async fn load<F, Fut>(clients: usize, total: usize, pace: Option<Duration>, claim: F) -> Load
 where
     F: Fn(usize) -> Fut + Send + Sync + 'static,
     Fut: Future<Output = Outcome> + Send,
@@ -138,7 +138,7 @@ where
 }
 
 /// Empties the pool and fills it with `count` idle instances that all point at the shared stub.
-async fn fill(db: &PgPool, stub: &SharedStub, count: usize) -> anyhow::Result<()> {
+pub async fn fill(db: &PgPool, stub: &SharedStub, count: usize) -> anyhow::Result<()> {
     sqlx::query("TRUNCATE instances, instance_events CASCADE")
         .execute(db)
         .await?;
@@ -159,10 +159,10 @@ async fn fill(db: &PgPool, stub: &SharedStub, count: usize) -> anyhow::Result<()
 
 /// Holds the tick lock on its own connection: every tick that claims kick then skips
 /// after one round trip, so the figures are the claims' and not health checks of the bench rows.
-struct TickLock(sqlx::pool::PoolConnection<sqlx::Postgres>);
+pub struct TickLock(sqlx::pool::PoolConnection<sqlx::Postgres>);
 
 impl TickLock {
-    async fn take(db: &PgPool) -> anyhow::Result<Self> {
+    pub async fn take(db: &PgPool) -> anyhow::Result<Self> {
         let mut conn = db.acquire().await?;
         sqlx::query("SELECT pg_advisory_lock($1)")
             .bind(TICK_LOCK_KEY)
@@ -171,7 +171,7 @@ impl TickLock {
         Ok(Self(conn))
     }
 
-    async fn release(mut self) -> anyhow::Result<()> {
+    pub async fn release(mut self) -> anyhow::Result<()> {
         sqlx::query("SELECT pg_advisory_unlock($1)")
             .bind(TICK_LOCK_KEY)
             .execute(&mut *self.0)
@@ -254,7 +254,7 @@ pub async fn http(
     Ok(cells)
 }
 
-async fn claim_over_http(http: &reqwest::Client, base: &str) -> Outcome {
+pub async fn claim_over_http(http: &reqwest::Client, base: &str) -> Outcome {
     let response = http
         .post(format!("{base}/api/pool/claim"))
         .bearer_auth(API_KEY)

@@ -120,19 +120,40 @@ pub struct Replica {
 
 impl Replica {
     pub fn spawn(database_url: &str) -> anyhow::Result<(Self, Instant)> {
+        Self::spawn_with(database_url, &[], &[], Stdio::null())
+    }
+
+    /// As [`Replica::spawn`], run through `wrapper` (a profiler) with `env` added and stderr
+    /// (its log) going to `log`.
+    pub fn spawn_with(
+        database_url: &str,
+        wrapper: &[&str],
+        env: &[(&str, &str)],
+        log: Stdio,
+    ) -> anyhow::Result<(Self, Instant)> {
         let port = free_port();
         let started = Instant::now();
-        let child = Command::new(agentpool_bin())
+        let mut command = match wrapper.split_first() {
+            None => Command::new(agentpool_bin()),
+            Some((program, args)) => {
+                let mut command = Command::new(program);
+                command.args(args).arg(agentpool_bin());
+                command
+            }
+        };
+        let child = command
             .arg("serve")
             .env_clear()
+            .envs(env.iter().copied())
             .env("DATABASE_URL", database_url)
             .env("POOL_API_KEY", API_KEY)
             .env("PORT", port.to_string())
             .env("POOL_MIN_IDLE", "0")
             .env("POOL_MAX_TOTAL", "1000000")
+            .env("PATH", std::env::var_os("PATH").unwrap_or_default())
             .stdin(Stdio::null())
             .stdout(Stdio::null())
-            .stderr(Stdio::null())
+            .stderr(log)
             .spawn()
             .context("starting agentpool serve")?;
         Ok((

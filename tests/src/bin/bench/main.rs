@@ -2,13 +2,16 @@
 //! replicas, measures, and writes `benchmarks.json` and `benchmarks.md` (default: `docs/`).
 //!
 //! ```text
-//! cargo run --release -p agentpool-tests --bin agentpool-bench [-- --out DIR] [-- --quick]
+//! cargo run --release -p agentpool-tests --bin agentpool-bench [-- --out DIR] [--quick] [--profile]
 //! ```
 //!
 //! Figures are measured and reported, never asserted: the targets are in the report.
 
 mod claims;
+mod compare;
 mod fleet;
+mod limit;
+mod profile;
 mod railway;
 mod report;
 mod stats;
@@ -33,6 +36,10 @@ pub struct Scale {
     pub tick_sizes: &'static [usize],
     pub tick_runs: usize,
     pub cold_starts: usize,
+    /// Interleaved rounds of minimal claim, claim SQL and HTTP claims per client count.
+    pub limit_rounds: usize,
+    /// Seconds of each pgbench run in those rounds.
+    pub limit_seconds: usize,
 }
 
 const FULL: Scale = Scale {
@@ -41,6 +48,8 @@ const FULL: Scale = Scale {
     tick_sizes: &[100, 1_000, 10_000],
     tick_runs: 5,
     cold_starts: 10,
+    limit_rounds: 5,
+    limit_seconds: 3,
 };
 
 const QUICK: Scale = Scale {
@@ -49,6 +58,8 @@ const QUICK: Scale = Scale {
     tick_sizes: &[100, 1_000],
     tick_runs: 2,
     cold_starts: 3,
+    limit_rounds: 2,
+    limit_seconds: 1,
 };
 
 #[derive(Serialize)]
@@ -57,33 +68,46 @@ pub struct Report {
     pub machine: report::Machine,
     pub command: String,
     pub scale: Scale,
+    pub limit: Vec<limit::LimitCell>,
+    /// Where an HTTP claim's time goes (`--profile`).
+    pub profile: Option<profile::Profile>,
     pub claims_http: Vec<claims::HttpCell>,
     pub claim_strategies: Vec<claims::StrategyCell>,
     pub ticks: Vec<tick::TickCell>,
     pub railway: Vec<railway::RailwayCell>,
     pub process: fleet::ProcessFigures,
     pub total_seconds: f64,
+    /// Ratios that fell by more than `compare::TOLERANCE` since the last committed report.
+    pub regressions: Vec<compare::Regression>,
+    /// The commit of the report compared with; `None` when there was none to compare.
+    pub compared_with: Option<String>,
+    /// How many of this run's ratios the last report also had.
+    pub compared_ratios: usize,
 }
 
 fn main() -> anyhow::Result<()> {
     let mut out = PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/../docs"));
     let mut scale = FULL;
+    let mut with_profile = false;
     let mut args = std::env::args().skip(1);
     while let Some(arg) = args.next() {
         match arg.as_str() {
             "--out" => out = PathBuf::from(args.next().context("--out needs a directory")?),
             "--quick" => scale = QUICK,
-            other => anyhow::bail!("unknown argument {other:?}; use --out DIR and/or --quick"),
+            "--profile" => with_profile = true,
+            other => {
+                anyhow::bail!("unknown argument {other:?}; use --out DIR, --quick and/or --profile")
+            }
         }
     }
     tick::install_query_counter();
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?;
-    runtime.block_on(run(out, scale))
+    runtime.block_on(run(out, scale, with_profile))
 }
 
-async fn run(out: PathBuf, scale: Scale) -> anyhow::Result<()> {
+async fn run(out: PathBuf, scale: Scale, with_profile: bool) -> anyhow::Result<()> {
     let started = Instant::now();
     let pg_root = tempfile::Builder::new()
         .prefix("agentpool-bench-pg-")
@@ -97,7 +121,15 @@ async fn run(out: PathBuf, scale: Scale) -> anyhow::Result<()> {
     let pool = db::open(&url, 80).await?;
 
     let stub = fleet::SharedStub::start().await?;
-    eprintln!("bench: postgres and stub agent up; claims over HTTP");
+    eprintln!("bench: postgres and stub agent up; the claim against its limit");
+    let limit = limit::measure(&pool, &url, &stub, scale).await?;
+    let profile = if with_profile {
+        eprintln!("bench: profile of a replica under claims");
+        Some(profile::measure(&pool, &url, &stub).await?)
+    } else {
+        None
+    };
+    eprintln!("bench: claims over HTTP");
     let claims_http = claims::http(&pool, &url, postgres.pid() as u32, &stub, scale).await?;
     eprintln!("bench: claim strategies in-process");
     let claim_strategies = claims::strategies(&pool, &url, &stub, scale).await?;
@@ -108,17 +140,31 @@ async fn run(out: PathBuf, scale: Scale) -> anyhow::Result<()> {
     eprintln!("bench: process start and memory");
     let process = fleet::process_figures(&url, scale).await?;
 
-    let report = Report {
+    let last = compare::last_committed(&out);
+    let mut report = Report {
         machine: report::Machine::detect(&pool).await,
         command: "cargo run --release -p agentpool-tests --bin agentpool-bench".into(),
         scale,
+        limit,
+        profile,
         claims_http,
         claim_strategies,
         ticks,
         railway,
         process,
         total_seconds: started.elapsed().as_secs_f64(),
+        regressions: Vec::new(),
+        compared_with: None,
+        compared_ratios: 0,
     };
+    if let Some(last) = &last {
+        report.compared_with = Some(last.commit.clone());
+        let now = compare::ratios(&report);
+        report.regressions = compare::regressions(&last.ratios, &now);
+        let compared = last.ratios.keys().filter(|k| now.contains_key(*k)).count();
+        compare::shout(&report.regressions, compared, &last.commit);
+        report.compared_ratios = compared;
+    }
     std::fs::create_dir_all(&out)?;
     std::fs::write(
         out.join("benchmarks.json"),

@@ -100,6 +100,32 @@ pub fn markdown(report: &Report) -> String {
     };
     let _ = writeln!(md, "## Targets\n");
     let _ = writeln!(md, "| target | measured | verdict |\n|---|---|---|");
+    for cell in &report.limit {
+        let (want, sql) = if cell.clients == 1 {
+            (0.70, 0.90)
+        } else {
+            (0.85, 0.90)
+        };
+        let _ = writeln!(
+            md,
+            "| HTTP claims at {} client(s) ≥ {:.0} % of the minimal claim | {:.1} % ({:.0} vs {:.0} claims/s) | {} |",
+            cell.clients,
+            want * 100.0,
+            cell.http_share * 100.0,
+            cell.http_per_second,
+            cell.minimal_per_second,
+            verdict(cell.http_share >= want)
+        );
+        let _ = writeln!(
+            md,
+            "| claim SQL at {} client(s) within 10 % of the minimal claim | {:.1} % ({:.0} vs {:.0} claims/s) | {} |",
+            cell.clients,
+            cell.claim_sql_share * 100.0,
+            cell.claim_sql_per_second,
+            cell.minimal_per_second,
+            verdict(cell.claim_sql_share >= sql)
+        );
+    }
     if let Some(cell) = http(1, 16) {
         let _ = writeln!(
             md,
@@ -170,6 +196,104 @@ pub fn markdown(report: &Report) -> String {
         p.start_to_first_response_median_ms,
         verdict(p.start_to_first_response_median_ms <= 100.0)
     );
+
+    let _ = writeln!(md, "## The claim against its limit\n");
+    let _ = writeln!(
+        md,
+        "The *minimal claim* is the two statements no claim can do without — take the oldest idle \
+         row with `FOR UPDATE SKIP LOCKED` and record the event; confirm it, fenced by the claim \
+         token, and record the event — on two tables with only the indexes they need, run by \
+         pgbench (prepared statements, as sqlx runs them). *Claim SQL* is the project's own two \
+         statements (`shared/src/claim/mod.rs`) on the project's schema, also by pgbench. *HTTP* \
+         is `POST /api/pool/claim` through one `agentpool serve` replica, stub agent included. \
+         The three run one after the other in each of {} rounds (pgbench {} s each, {} HTTP \
+         claims), each round opening with a different one, on the same Postgres; figures are medians over the rounds, and a share \
+         is the median of each round's own ratio. The machine is shared, so claims a second move \
+         from run to run; the shares, measured seconds apart, are what to compare.\n",
+        report.scale.limit_rounds,
+        report.scale.limit_seconds,
+        report.scale.claims
+    );
+    let _ = writeln!(
+        md,
+        "| clients | minimal claims/s | claim SQL claims/s | HTTP claims/s | claim SQL share | HTTP share | rounds [minimal, claim SQL, HTTP] |\n|---|---|---|---|---|---|---|"
+    );
+    for c in &report.limit {
+        let _ = writeln!(
+            md,
+            "| {} | {:.0} | {:.0} | {:.0} | {:.1} % | {:.1} % | {:?} |",
+            c.clients,
+            c.minimal_per_second,
+            c.claim_sql_per_second,
+            c.http_per_second,
+            c.claim_sql_share * 100.0,
+            c.http_share * 100.0,
+            c.runs
+        );
+    }
+    if let Some(profile) = &report.profile {
+        let _ = writeln!(md, "\n### Where an HTTP claim's time goes\n");
+        let _ = writeln!(
+            md,
+            "One replica under 16 clients (`--profile`): `perf record -F 1999` on the replica, \
+             flat, by shared object and symbol ({} samples); statements the replica ran per \
+             claim, from its own `sqlx::query` log lines: {}; allocations per claim under \
+             `heaptrack`: {}.\n",
+            profile.cpu_samples.map_or("?".into(), |n| n.to_string()),
+            profile
+                .statements_per_claim
+                .map_or("not measured".into(), |n| n.to_string()),
+            profile
+                .allocations_per_claim
+                .map_or("not measured".into(), |n| n.to_string()),
+        );
+        let _ = writeln!(md, "```text");
+        for line in &profile.cpu_by_object {
+            let _ = writeln!(md, "{line}");
+        }
+        let _ = writeln!(md, "```\n\nBy crate (the binary's symbols summed by their first path segment; other objects as they are):\n\n```text");
+        for (name, share) in &profile.cpu_by_crate {
+            let _ = writeln!(md, "{share:6.2}% {name}");
+        }
+        let _ = writeln!(md, "```\n\nTop symbols:\n\n```text");
+        for line in &profile.cpu_top {
+            let _ = writeln!(md, "{line}");
+        }
+        let _ = writeln!(md, "```");
+        for note in &profile.notes {
+            let _ = writeln!(md, "\n{note}");
+        }
+    }
+    let _ = writeln!(md, "\n## Regressions\n");
+    match &report.compared_with {
+        None => {
+            let _ = writeln!(md, "No earlier report to compare with.\n");
+        }
+        Some(commit) if report.compared_ratios == 0 => {
+            let _ = writeln!(
+                md,
+                "The last committed report (commit {commit}) has none of these ratios: nothing to compare yet.\n"
+            );
+        }
+        Some(commit) if report.regressions.is_empty() => {
+            let _ = writeln!(
+                md,
+                "No ratio fell by more than {:.0} % since the last committed report (commit {commit}); ratios it did not have are not compared.\n",
+                crate::compare::TOLERANCE * 100.0
+            );
+        }
+        Some(commit) => {
+            let _ = writeln!(
+                md,
+                "**Fell by more than {:.0} % since the last committed report (commit {commit}):**\n\n| ratio | was | now |\n|---|---|---|",
+                crate::compare::TOLERANCE * 100.0
+            );
+            for r in &report.regressions {
+                let _ = writeln!(md, "| {} | {:.3} | **{:.3}** |", r.ratio, r.was, r.now);
+            }
+            let _ = writeln!(md);
+        }
+    }
 
     let _ = writeln!(md, "## Claims over HTTP\n");
     let _ = writeln!(

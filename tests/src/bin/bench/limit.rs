@@ -1,0 +1,278 @@
+//! The claim against its limit: the *minimal claim* (the two statements no claim can do without,
+//! on tables with only the indexes they need) and the project's own claim SQL, both through
+//! pgbench, and claims over HTTP through one replica, measured in interleaved rounds on the same
+//! Postgres. Absolute figures move with whatever else the machine runs; the shares, taken round by
+//! round from runs seconds apart, are what the report compares from run to run.
+
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use serde::{Deserialize, Serialize};
+use sqlx::PgPool;
+
+use crate::claims::{claim_over_http, fill, load, TickLock};
+use crate::fleet::{Replica, SharedStub};
+use crate::Scale;
+
+pub const CLIENTS: [usize; 2] = [1, 16];
+
+/// The minimal claim's tables: the row's identity, where its runtime is, its status, the claim
+/// token that fences the finish, the order of taking; and an append-only event log.
+const MINIMAL_SCHEMA: &str = "
+DROP SCHEMA IF EXISTS minimal CASCADE;
+CREATE SCHEMA minimal;
+CREATE TABLE minimal.instances (
+    id            TEXT PRIMARY KEY,
+    url           TEXT,
+    gateway_token TEXT NOT NULL,
+    status        TEXT NOT NULL,
+    claim_token   UUID,
+    status_since  TIMESTAMPTZ NOT NULL DEFAULT now(),
+    created_at    TIMESTAMPTZ NOT NULL
+);
+CREATE INDEX minimal_idle ON minimal.instances (created_at, id) WHERE status = 'idle';
+CREATE TABLE minimal.events (
+    id          BIGSERIAL PRIMARY KEY,
+    instance_id TEXT NOT NULL,
+    from_status TEXT,
+    to_status   TEXT NOT NULL,
+    reason      TEXT NOT NULL,
+    actor       TEXT NOT NULL,
+    at          TIMESTAMPTZ NOT NULL DEFAULT clock_timestamp()
+);";
+
+const MINIMAL_CLAIM: &str = r"WITH t AS (
+  UPDATE minimal.instances SET status = 'claiming', claim_token = gen_random_uuid(), status_since = now()
+   WHERE id = (SELECT id FROM minimal.instances WHERE status = 'idle'
+                ORDER BY created_at, id LIMIT 1 FOR UPDATE SKIP LOCKED)
+  RETURNING id, url, gateway_token, claim_token
+), e AS (
+  INSERT INTO minimal.events (instance_id, from_status, to_status, reason, actor)
+  SELECT id, 'idle', 'claiming', 'claim started', 'claim' FROM t
+)
+SELECT id, claim_token AS tok FROM t \gset
+WITH t AS (
+  UPDATE minimal.instances SET status = 'claimed', claim_token = NULL, status_since = now()
+   WHERE id = :id AND claim_token = :tok AND status = 'claiming'
+  RETURNING id
+)
+INSERT INTO minimal.events (instance_id, from_status, to_status, reason, actor)
+SELECT id, 'claiming', 'claimed', 'provisioned', 'claim' FROM t;
+";
+
+/// `shared/src/claim/mod.rs`'s two statements as a claim without an `Idempotency-Key` runs them
+/// (`take_idle`, then `finish`), with the runtime's reply as literals.
+const PROJECT_CLAIM: &str = r"WITH t AS (
+   UPDATE instances
+      SET status = 'claiming', claim_token = gen_random_uuid(), status_since = now(), join_url = NULL
+    WHERE id = (SELECT id FROM instances WHERE status = 'idle'
+                 ORDER BY created_at, id LIMIT 1 FOR UPDATE SKIP LOCKED)
+   RETURNING id, url, gateway_token, claim_token
+ ),
+ e AS (
+   INSERT INTO instance_events (instance_id, from_status, to_status, reason, actor)
+   SELECT id, 'idle', 'claiming', 'claim started', 'claim' FROM t
+ )
+ SELECT id, claim_token AS tok FROM t \gset
+WITH t AS (
+   UPDATE instances
+      SET status = 'claimed', claim_token = NULL, status_since = now(), claimed_at = now(),
+          agent_name = 'bench', instructions = 'Answer at once.', join_url = NULL,
+          conversation_id = 'bench-conversation', invite_url = NULL, health_failures = 0,
+          failing_since = NULL
+    WHERE id = :id AND claim_token = :tok AND status = 'claiming'
+   RETURNING id
+ ),
+ e AS (
+   INSERT INTO instance_events (instance_id, from_status, to_status, reason, actor)
+   SELECT id, 'claiming', 'claimed', 'provisioned: conversation ' || coalesce('bench-conversation', '-'), 'claim'
+     FROM t
+ )
+ SELECT id FROM t;
+";
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct LimitCell {
+    pub clients: usize,
+    pub rounds: usize,
+    /// Medians over the rounds, claims a second.
+    pub minimal_per_second: f64,
+    pub claim_sql_per_second: f64,
+    pub http_per_second: f64,
+    /// Medians of each round's ratio to that round's minimal claim.
+    pub claim_sql_share: f64,
+    pub http_share: f64,
+    /// Every round's `[minimal, claim SQL, HTTP]` claims a second.
+    pub runs: Vec<[f64; 3]>,
+}
+
+pub async fn measure(
+    db: &PgPool,
+    database_url: &str,
+    stub: &SharedStub,
+    scale: Scale,
+) -> anyhow::Result<Vec<LimitCell>> {
+    sqlx::raw_sql(MINIMAL_SCHEMA).execute(db).await?;
+    let scripts = tempfile::Builder::new()
+        .prefix("agentpool-bench-pgbench-")
+        .tempdir()?;
+    let minimal_script = scripts.path().join("minimal.sql");
+    let project_script = scripts.path().join("project.sql");
+    std::fs::write(&minimal_script, MINIMAL_CLAIM)?;
+    std::fs::write(&project_script, PROJECT_CLAIM)?;
+    let pgbench = agentpool_core::db::embedded::find_bin_dir()?.join("pgbench");
+
+    let lock = TickLock::take(db).await?;
+    let http = reqwest::Client::builder()
+        .pool_max_idle_per_host(256)
+        .timeout(Duration::from_secs(30))
+        .build()?;
+    let replica = Replica::start(database_url, &http).await?;
+    let base = Arc::new(replica.base.clone());
+    let mut cells = Vec::new();
+    for clients in CLIENTS {
+        let claims = scale.claims;
+        // More rows than the fastest run on this kind of machine takes in that time.
+        let rows = scale.limit_seconds * 20_000;
+        let mut runs = Vec::new();
+        for round in 0..scale.limit_rounds {
+            fill_minimal(db, rows).await?;
+            // Each round opens with a different one, so that a drift in the machine's load
+            // does not favour one side.
+            let mut order = [0usize, 1, 2];
+            order.rotate_left(round % 3);
+            let mut run = [0.0; 3];
+            for which in order {
+                run[which] = match which {
+                    0 => {
+                        pgbench_run(&pgbench, database_url, &minimal_script, clients, scale).await?
+                    }
+                    1 => {
+                        fill(db, stub, rows).await?;
+                        pgbench_run(&pgbench, database_url, &project_script, clients, scale).await?
+                    }
+                    _ => {
+                        let warmup = (clients * 4).max(50);
+                        fill(db, stub, warmup + claims).await?;
+                        let claim = {
+                            let (http, base) = (http.clone(), base.clone());
+                            move |_| {
+                                let (http, base) = (http.clone(), base.clone());
+                                async move { claim_over_http(&http, &base).await }
+                            }
+                        };
+                        load(clients, warmup, None, claim.clone()).await;
+                        let load = load(clients, claims, None, claim).await;
+                        let errors = load.samples.iter().filter(|(_, o)| o.is_err()).count();
+                        anyhow::ensure!(errors == 0, "{errors} HTTP claims failed");
+                        claims as f64 / load.elapsed.as_secs_f64()
+                    }
+                };
+            }
+            eprintln!(
+                "bench: limit, {clients:>2} clients, round {}: minimal {:.0}/s, claim SQL {:.0}/s, HTTP {:.0}/s",
+                round + 1,
+                run[0],
+                run[1],
+                run[2]
+            );
+            runs.push(run);
+        }
+        let median_of = |f: &dyn Fn(&[f64; 3]) -> f64| median(runs.iter().map(f).collect());
+        cells.push(LimitCell {
+            clients,
+            rounds: runs.len(),
+            minimal_per_second: round1(median_of(&|r| r[0])),
+            claim_sql_per_second: round1(median_of(&|r| r[1])),
+            http_per_second: round1(median_of(&|r| r[2])),
+            claim_sql_share: round3(median_of(&|r| r[1] / r[0])),
+            http_share: round3(median_of(&|r| r[2] / r[0])),
+            runs: runs
+                .iter()
+                .map(|r| [round1(r[0]), round1(r[1]), round1(r[2])])
+                .collect(),
+        });
+    }
+    drop(replica);
+    lock.release().await?;
+    sqlx::raw_sql("DROP SCHEMA minimal CASCADE")
+        .execute(db)
+        .await?;
+    Ok(cells)
+}
+
+async fn fill_minimal(db: &PgPool, count: usize) -> anyhow::Result<()> {
+    sqlx::raw_sql("TRUNCATE minimal.instances, minimal.events")
+        .execute(db)
+        .await?;
+    sqlx::query(
+        "INSERT INTO minimal.instances (id, url, status, gateway_token, created_at)
+         SELECT 'b' || lpad(g::text, 11, '0'), 'http://127.0.0.1:9', 'idle', 'token',
+                timestamptz '2026-01-01' + g * interval '1 millisecond'
+           FROM generate_series(1, $1) g",
+    )
+    .bind(count as i64)
+    .execute(db)
+    .await?;
+    sqlx::raw_sql("ANALYZE minimal.instances")
+        .execute(db)
+        .await?;
+    Ok(())
+}
+
+/// Runs `script` on `clients` connections for `scale.limit_seconds`, prepared statements (as
+/// sqlx runs them); claims a second, connection set-up excluded.
+async fn pgbench_run(
+    pgbench: &Path,
+    database_url: &str,
+    script: &Path,
+    clients: usize,
+    scale: Scale,
+) -> anyhow::Result<f64> {
+    let output = tokio::process::Command::new(pgbench)
+        .args(["--no-vacuum", "--protocol=prepared", "--file"])
+        .arg(script)
+        .args([
+            "--client",
+            &clients.to_string(),
+            "--jobs",
+            &clients.min(2).to_string(),
+            "--time",
+            &scale.limit_seconds.to_string(),
+        ])
+        .arg(database_url)
+        .output()
+        .await
+        .context("running pgbench")?;
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    anyhow::ensure!(
+        output.status.success() && stdout.contains("number of failed transactions: 0"),
+        "pgbench failed: {stdout}{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    stdout
+        .lines()
+        .find_map(|l| l.strip_prefix("tps = "))
+        .and_then(|rest| rest.split_whitespace().next()?.parse().ok())
+        .with_context(|| format!("no tps in pgbench's output: {stdout}"))
+}
+
+fn median(mut values: Vec<f64>) -> f64 {
+    values.sort_by(f64::total_cmp);
+    match values.len() {
+        0 => 0.0,
+        n if n % 2 == 1 => values[n / 2],
+        n => (values[n / 2 - 1] + values[n / 2]) / 2.0,
+    }
+}
+
+fn round1(x: f64) -> f64 {
+    (x * 10.0).round() / 10.0
+}
+
+fn round3(x: f64) -> f64 {
+    (x * 1000.0).round() / 1000.0
+}
