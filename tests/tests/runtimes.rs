@@ -152,7 +152,12 @@ async fn a_convos_gateway_refusing_past_the_deadline_fails_like_any_runtime() {
 #[tokio::test]
 async fn a_pool_runtime_refusing_is_not_retried() {
     let t = TestPool::with(
-        &[("RUNTIME_PROTOCOL", "pool"), ("POOL_MIN_IDLE", "2")],
+        // Two attempts for two agents: a third would find the pool dry and answer 503.
+        &[
+            ("RUNTIME_PROTOCOL", "pool"),
+            ("POOL_MIN_IDLE", "2"),
+            ("CLAIM_MAX_ATTEMPTS", "2"),
+        ],
         &[("STUB_REFUSE_FIRST", "1")],
     )
     .await;
