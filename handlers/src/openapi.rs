@@ -3,7 +3,7 @@
 //! script is served from the binary (`/assets/docs.js`): the CSP allows scripts from this origin
 //! only, and where the pool runs there may be no internet to fetch a viewer from.
 //!
-//! Security and the replies every route of a group can give (401, 403, 503) are added here, per
+//! Security and the replies every route of a group can give (401, 403, 429, 503) are added here, per
 //! group of the router ([`Access`]), so that a route cannot be behind the key in the router and
 //! open in the document, or the other way round.
 
@@ -151,6 +151,10 @@ pub fn restrict(doc: &mut OpenApi, access: Access) {
             .or_insert_with(|| error_reply("No key, a wrong key, or no live session").into());
         responses.entry("403".to_string()).or_insert_with(|| {
             error_reply("A session's write without its CSRF token, or from another origin").into()
+        });
+        // Wrong keys are throttled per client: while it waits, every key it sends is refused.
+        responses.entry("429".to_string()).or_insert_with(|| {
+            error_reply("Too many wrong keys from this client: try again after `Retry-After` seconds (`too_many_wrong_keys`)").into()
         });
     }
 }
