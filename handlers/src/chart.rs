@@ -26,6 +26,34 @@ pub struct Line<'a> {
     pub points: Vec<(DateTime<Utc>, u32)>,
 }
 
+/// The pool's two lines, idle agents and the target, from samples `(at, idle, target)` in time
+/// order: a step line keeps a point only where its value changes.
+pub fn idle_and_target(samples: &[(DateTime<Utc>, u32, u32)]) -> Vec<Line<'static>> {
+    let steps = |value: fn(&(DateTime<Utc>, u32, u32)) -> u32| {
+        let mut points: Vec<(DateTime<Utc>, u32)> = Vec::new();
+        for s in samples {
+            if points.last().is_none_or(|p| p.1 != value(s)) {
+                points.push((s.0, value(s)));
+            }
+        }
+        points
+    };
+    vec![
+        Line {
+            label: "idle",
+            colour: "#2a7f3f",
+            dashed: false,
+            points: steps(|s| s.1),
+        },
+        Line {
+            label: "target",
+            colour: "#d2691e",
+            dashed: true,
+            points: steps(|s| s.2),
+        },
+    ]
+}
+
 const WIDTH: f64 = 960.0;
 const HEIGHT: f64 = 320.0;
 const LEFT: f64 = 48.0;

@@ -12,7 +12,7 @@ use serde_json::json;
 use agentpool_core::simulate::recommend::{self, Evaluated};
 use agentpool_core::simulate::{self, trace, Model, Policy};
 
-use crate::chart::{Chart, Line};
+use crate::chart::{idle_and_target, Chart};
 
 #[derive(Debug, clap::Args)]
 pub struct Args {
@@ -210,16 +210,12 @@ fn chart(claims: &[DateTime<Utc>], name: &str, outcome: &simulate::Outcome) -> S
     }
     let start = bars.first().map_or(Utc::now(), |b| b.0);
     let end = bars.last().map_or(start, |b| b.0) + hour;
-    let counted: Vec<_> = outcome.samples.iter().filter(|s| s.at >= start).collect();
-    let steps = |value: fn(&simulate::Sample) -> u32| -> Vec<(DateTime<Utc>, u32)> {
-        let mut points: Vec<(DateTime<Utc>, u32)> = Vec::new();
-        for s in &counted {
-            if points.last().is_none_or(|p| p.1 != value(s)) {
-                points.push((s.at, value(s)));
-            }
-        }
-        points
-    };
+    let samples: Vec<_> = outcome
+        .samples
+        .iter()
+        .filter(|s| s.at >= start)
+        .map(|s| (s.at, s.idle, s.target))
+        .collect();
     let title = format!("simulated: {name} (claims per hour, idle agents, target)");
     Chart {
         title: &title,
@@ -228,20 +224,7 @@ fn chart(claims: &[DateTime<Utc>], name: &str, outcome: &simulate::Outcome) -> S
         bars: &bars,
         bar_width: hour,
         bar_label: "claims per hour",
-        lines: vec![
-            Line {
-                label: "idle",
-                colour: "#2a7f3f",
-                dashed: false,
-                points: steps(|s| s.idle),
-            },
-            Line {
-                label: "target",
-                colour: "#d2691e",
-                dashed: true,
-                points: steps(|s| s.target),
-            },
-        ],
+        lines: idle_and_target(&samples),
     }
     .svg()
 }

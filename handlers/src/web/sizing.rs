@@ -6,9 +6,9 @@ use axum::http::header::{CACHE_CONTROL, CONTENT_TYPE};
 use axum::response::{IntoResponse, Response};
 use chrono::Duration;
 
-use agentpool_core::tick::{self, Sample};
+use agentpool_core::tick;
 
-use crate::chart::{Chart, Line};
+use crate::chart::{self, Chart};
 use crate::error::ApiResult;
 use crate::state::AppState;
 
@@ -19,16 +19,12 @@ pub async fn chart(State(state): State<AppState>) -> ApiResult<Response> {
         .iter()
         .map(|(hour, n)| (*hour, u32::try_from(*n).unwrap_or(u32::MAX)))
         .collect();
-    let steps = |value: fn(&Sample) -> i32| {
-        let mut points: Vec<(chrono::DateTime<chrono::Utc>, u32)> = Vec::new();
-        for s in &day.samples {
-            let v = u32::try_from(value(s)).unwrap_or(0);
-            if points.last().is_none_or(|p| p.1 != v) {
-                points.push((s.at, v));
-            }
-        }
-        points
-    };
+    let non_negative = |n: i32| u32::try_from(n).unwrap_or(0);
+    let samples: Vec<_> = day
+        .samples
+        .iter()
+        .map(|s| (s.at, non_negative(s.idle), non_negative(s.target)))
+        .collect();
     let svg = Chart {
         title: "Last 24 hours: claims per hour, idle agents, target",
         start: day.now - Duration::hours(24),
@@ -36,20 +32,7 @@ pub async fn chart(State(state): State<AppState>) -> ApiResult<Response> {
         bars: &bars,
         bar_width: Duration::hours(1),
         bar_label: "claims per hour",
-        lines: vec![
-            Line {
-                label: "idle",
-                colour: "#2a7f3f",
-                dashed: false,
-                points: steps(|s| s.idle),
-            },
-            Line {
-                label: "target",
-                colour: "#d2691e",
-                dashed: true,
-                points: steps(|s| s.target),
-            },
-        ],
+        lines: chart::idle_and_target(&samples),
     }
     .svg();
     Ok((
