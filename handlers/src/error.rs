@@ -58,7 +58,15 @@ impl From<Error> for ApiError {
     fn from(error: Error) -> Self {
         let status = match &error {
             Error::Invalid(_) => StatusCode::BAD_REQUEST,
-            Error::NotFound(_) => StatusCode::NOT_FOUND,
+            Error::NotFound(_) | Error::Missing(_) => StatusCode::NOT_FOUND,
+            Error::SlugTaken(_) => StatusCode::CONFLICT,
+            Error::Notion {
+                retry_after: Some(seconds),
+                ..
+            } => {
+                return Self::new(StatusCode::BAD_GATEWAY, error.code(), error.public_message())
+                    .retry_after(*seconds)
+            }
             Error::WrongState { .. } | Error::ConversationTaken { .. } | Error::ClaimInProgress => {
                 StatusCode::CONFLICT
             }
@@ -72,6 +80,8 @@ impl From<Error> for ApiError {
                 .retry_after(NO_IDLE_RETRY_AFTER)
             }
             Error::ClaimFailed { .. }
+            | Error::ToolFailed { .. }
+            | Error::Notion { .. }
             | Error::Provider { .. }
             | Error::Outbound { .. }
             | Error::ImplausibleListing { .. } => StatusCode::BAD_GATEWAY,

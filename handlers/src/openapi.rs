@@ -50,6 +50,8 @@ pub const METRICS_TOKEN: &str = "metricsToken";
         (name = "pool", description = "Claiming, counts, listings, replenishing, ticks"),
         (name = "instances", description = "One instance: kill, dismiss"),
         (name = "settings", description = "The pool's size at run time"),
+        (name = "templates", description = "Agent templates: the public catalog, and writing them"),
+        (name = "prompts", description = "Agent instructions kept as Notion pages"),
         (name = "health", description = "Liveness, version, metrics"),
         (name = "docs", description = "This document and its page"),
     ),

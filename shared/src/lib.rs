@@ -12,13 +12,16 @@
 // One directory per layer; each layer imports only those before it (see ARCHITECTURE.md and
 // `tests/layers.rs`). The modules keep their crate-level paths (`crate::claim`, ...).
 mod vocabulary;
-pub use vocabulary::{calls, config, domain, error, progress};
+pub use vocabulary::{calls, config, domain, error, progress, template};
 mod queries;
-pub use queries::{db, instances, lease, listing, metrics, pool_size, samples, services, sessions};
+pub use queries::{
+    db, instances, lease, listing, metrics, pool_size, prompt_cache, samples, services, sessions,
+    templates,
+};
 mod outside;
-pub use outside::{outbound, providers, runtime, tools};
+pub use outside::{notion, outbound, providers, runtime, tools};
 mod pipelines;
-pub use pipelines::{claim, creation, gate, simulate, tick};
+pub use pipelines::{catalog, claim, creation, gate, prompts, simulate, tick};
 
 pub mod stub_agent;
 
@@ -40,6 +43,8 @@ pub struct Pool {
     pub provider: Arc<dyn Provider>,
     pub tools: tools::Toolbox,
     pub runtime: RuntimeClient,
+    /// Notion, for instructions kept as pages; `None` without `NOTION_API_KEY`.
+    pub notion: Option<Arc<notion::Notion>>,
 }
 
 impl Pool {
@@ -51,7 +56,9 @@ impl Pool {
             settings.runtime.retry_interval(),
         );
         let tools = tools::Toolbox::from_settings(&settings.tools, &settings.outbound);
+        let notion = notion::Notion::from_settings(&settings.prompts).map(Arc::new);
         Self {
+            notion,
             db,
             settings: Arc::new(settings),
             provider,

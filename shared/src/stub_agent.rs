@@ -30,6 +30,12 @@
 //! `{"provision": "fail"|"ok", "health": "fail"|"ok", "exit": true, "provisionDelayMs": n,
 //! "healthDelayMs": n}`. `GET /stub/stats` says how many health checks are being answered, so a
 //! test can wait for a tick to be in the middle of one, and how many provisions were refused.
+//!
+//! `/pool/provision` takes, besides the agent's name and instructions, `model` and `env`: the
+//! variables of the tools its template added at claim time (and the claimer's own credentials),
+//! which a runtime adds to its environment before it starts the agent, without a restart. The stub
+//! keeps them; `GET /stub/env` (Bearer) shows them, the model, and which tool variables the process
+//! was started with.
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -181,6 +187,8 @@ struct Stub {
     shared: bool,
     protocol: RuntimeProtocol,
     exit: tokio::sync::Notify,
+    /// What the last provision added to the environment, and the model it named.
+    added: Mutex<(std::collections::BTreeMap<String, String>, Option<String>)>,
 }
 
 impl Stub {
@@ -265,6 +273,9 @@ struct ProvisionBody {
     #[allow(dead_code)] // Part of the contract; the stub has no model to instruct.
     instructions: String,
     join_url: Option<String>,
+    model: Option<String>,
+    #[serde(default)]
+    env: std::collections::BTreeMap<String, String>,
 }
 
 /// `POST /convos/conversation`.
@@ -375,7 +386,13 @@ async fn provision(
     let body = body.ok().map(|Json(b)| b);
     let name = body.as_ref().map(|b| b.agent_name.as_str());
     let join_url = body.as_ref().and_then(|b| b.join_url.clone());
-    match provide(&stub, &headers, name, join_url).await {
+    let provided = provide(&stub, &headers, name, join_url).await;
+    if let (Ok(_), Some(body)) = (&provided, &body) {
+        // A runtime adds these to its environment before the agent starts; the stub keeps them.
+        let mut added = stub.added.lock().unwrap_or_else(|e| e.into_inner());
+        *added = (body.env.clone(), body.model.clone());
+    }
+    match provided {
         Ok(p) => Json(json!({
             "ok": true,
             "inviteUrl": p.invite_url,
@@ -415,6 +432,33 @@ async fn convos_join(
         Ok(p) => Json(json!({"conversationId": p.conversation_id})).into_response(),
         Err(response) => response,
     }
+}
+
+/// Tool variables a runtime may be started with (DESIGN.md, seed 004's runtime `.env`).
+const TOOL_VARIABLES: [&str; 8] = [
+    "OPENROUTER_API_KEY",
+    "PRIVATE_WALLET_KEY",
+    "AGENTMAIL_API_KEY",
+    "AGENTMAIL_INBOX_ID",
+    "TELNYX_API_KEY",
+    "TELNYX_PHONE_NUMBER",
+    "TELNYX_MESSAGING_PROFILE_ID",
+    "BANKR_API_KEY",
+];
+
+/// `GET /stub/env` (Bearer): the variables the last provision added, its model, and which tool
+/// variables the process was started with (names only).
+async fn env(State(stub): State<Arc<Stub>>, headers: HeaderMap) -> Response {
+    if !stub.authorized(&headers) {
+        return unauthorized();
+    }
+    let added = stub.added.lock().unwrap_or_else(|e| e.into_inner()).clone();
+    let started_with: Vec<&str> = TOOL_VARIABLES
+        .iter()
+        .copied()
+        .filter(|name| std::env::var_os(name).is_some())
+        .collect();
+    Json(json!({"env": added.0, "model": added.1, "startedWith": started_with})).into_response()
 }
 
 async fn stats(State(stub): State<Arc<Stub>>) -> Response {
@@ -518,6 +562,7 @@ pub async fn run(
         shared: settings.shared,
         protocol: settings.protocol,
         exit: tokio::sync::Notify::new(),
+        added: Mutex::new(Default::default()),
     });
     let app = match settings.protocol {
         RuntimeProtocol::Pool => Router::new()
@@ -536,6 +581,7 @@ pub async fn run(
     let app = app
         .route("/stub/faults", post(faults))
         .route("/stub/stats", get(stats))
+        .route("/stub/env", get(env))
         .with_state(stub.clone());
     tokio::time::sleep(start_delay).await;
     let listener = tokio::net::TcpListener::bind(addr).await?;

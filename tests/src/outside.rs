@@ -65,11 +65,13 @@ impl Outside {
         ]
     }
 
-    /// Railway (one shared project) and every tool, pointed at the fakes.
+    /// Railway (one shared project) and every tool, pointed at the fakes, every tool made at
+    /// creation (`TOOLS_AT_CREATION=all`; a test of claim-time tools sets `base`).
     pub fn settings(&self) -> Vec<(String, String)> {
         let ids = self.railway.shared_ids();
         [
             ("POOL_PROVIDER", "railway".to_string()),
+            ("TOOLS_AT_CREATION", "all".into()),
             ("RAILWAY_API_URL", self.railway.url()),
             ("RAILWAY_API_TOKEN", RAILWAY_TOKEN.into()),
             ("RAILWAY_PROJECT_ID", ids.project_id),

@@ -1,5 +1,6 @@
 //! No credential reaches a log line. `agentpool serve` runs at trace level in railway mode with
-//! every tool, through creation, a claim, wrong keys, injected faults on every fake and teardown;
+//! every tool, through creation, a claim, a claim by template with the claimer's own credential
+//! (`userConfig`, refused when incomplete), wrong keys, injected faults on every fake and teardown;
 //! then every secret that existed on the way is looked for in what it wrote.
 
 use std::time::Duration;
@@ -17,6 +18,8 @@ const API_KEY: &str = "log-scan-pool-api-key-0123456789";
 const WRONG_KEY: &str = "wrong-guess-0123456789abcdef";
 /// Handed to every instance (seeds 001–003), so it passes through creation's logs.
 const ANTHROPIC_KEY: &str = "sk-ant-log-scan-0123456789abcdef";
+/// A claimer's own credential for a template's `user` tool (`userConfig`).
+const USER_KEY: &str = "user-config-bankr-0123456789abcdef";
 
 /// Faults of every kind once on each fake, at the start of the next requests.
 fn disturb(fakes: &[&dyn Controls]) {
@@ -89,12 +92,12 @@ async fn no_credential_appears_in_any_log_line() {
     wait_until(Duration::from_secs(60), || async {
         remote.post("/api/pool/tick", json!({})).await;
         let counts = remote.counts().await;
-        if counts["starting"] == 0 && counts["idle"] == 0 {
+        if counts["starting"] == 0 && counts["idle"].as_i64() < Some(2) {
             remote
                 .post("/api/pool/replenish", json!({"count": 1}))
                 .await;
         }
-        counts["idle"].as_i64() >= Some(1) && counts["starting"] == 0
+        counts["idle"].as_i64() >= Some(2) && counts["starting"] == 0
     })
     .await;
     let claim = remote
@@ -104,6 +107,44 @@ async fn no_credential_appears_in_any_log_line() {
         )
         .await;
     assert_eq!(claim.status(), StatusCode::OK);
+    // A claim by template with the claimer's credential, refused twice (a missing field, a stray
+    // one carrying the credential) and then served.
+    let template = remote
+        .post(
+            "/api/templates",
+            json!({"slug": "scanned", "agentName": "Scanned", "instructions": "Say hello.",
+                   "tools": [{"id": "crypto", "provisioning": "user"}]}),
+        )
+        .await;
+    assert_eq!(template.status(), StatusCode::CREATED);
+    let template_id = template.json::<Value>().await.unwrap()["id"].clone();
+    for user_config in [json!({}), json!({"bankrApiKey": USER_KEY, "stray": USER_KEY})] {
+        let refused = remote
+            .post(
+                "/api/pool/claim",
+                json!({"templateId": template_id, "userConfig": user_config}),
+            )
+            .await;
+        assert_eq!(refused.status(), StatusCode::BAD_REQUEST);
+        assert!(!refused.text().await.unwrap().contains(USER_KEY));
+    }
+    let by_template = remote
+        .post(
+            "/api/pool/claim",
+            json!({"templateId": template_id, "userConfig": {"bankrApiKey": USER_KEY}}),
+        )
+        .await;
+    assert_eq!(by_template.status(), StatusCode::OK);
+    let by_template = by_template.text().await.unwrap();
+    assert!(!by_template.contains(USER_KEY));
+    let by_template: Value = serde_json::from_str(&by_template).unwrap();
+    assert!(
+        railway.services().iter().any(|service| service
+            .variables
+            .get("BANKR_API_KEY")
+            .is_some_and(|value| value == USER_KEY)),
+        "the claimer's credential reached its instance"
+    );
     let unauthorized = http
         .get(format!("{base}/api/pool/status"))
         .bearer_auth(WRONG_KEY)
@@ -131,6 +172,7 @@ async fn no_credential_appears_in_any_log_line() {
             API_KEY,
             WRONG_KEY,
             ANTHROPIC_KEY,
+            USER_KEY,
             RAILWAY_TOKEN,
             openrouter.management_key(),
             agentmail.api_key(),
@@ -170,14 +212,16 @@ async fn no_credential_appears_in_any_log_line() {
     let drain = remote.post("/api/pool/drain", json!({"count": 10})).await;
     assert_eq!(drain.status(), StatusCode::OK);
     let claimed = claim.json::<Value>().await.unwrap();
-    let id = claimed["instanceId"].as_str().unwrap();
-    let killed = http
-        .delete(format!("{base}/api/pool/instances/{id}"))
-        .bearer_auth(API_KEY)
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(killed.status(), StatusCode::ACCEPTED);
+    for claimed in [&claimed, &by_template] {
+        let id = claimed["instanceId"].as_str().unwrap();
+        let killed = http
+            .delete(format!("{base}/api/pool/instances/{id}"))
+            .bearer_auth(API_KEY)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(killed.status(), StatusCode::ACCEPTED);
+    }
     wait_until(Duration::from_secs(60), || async {
         sqlx::query("UPDATE instances SET next_attempt_at = now() WHERE status = 'destroying'")
             .execute(&db.pool)

@@ -29,6 +29,9 @@ const ROUTES: &[(&str, &str, Access)] = &[
     ("GET", "/api/pool/counts", Access::Public),
     ("GET", "/api/pool/agents", Access::OptionalKey),
     ("GET", "/api/pool/info", Access::Public),
+    ("GET", "/api/pool/templates", Access::Public),
+    ("GET", "/api/pool/templates/{slug}", Access::Public),
+    ("GET", "/api/prompts/{pageId}", Access::Public),
     ("GET", "/api/pool/status", Access::Operator),
     ("POST", "/api/pool/claim", Access::Operator),
     ("POST", "/api/pool/replenish", Access::Operator),
@@ -39,6 +42,11 @@ const ROUTES: &[(&str, &str, Access)] = &[
     ("DELETE", "/api/pool/crashed/{id}", Access::Operator),
     ("GET", "/api/pool/settings", Access::Operator),
     ("PUT", "/api/pool/settings", Access::Operator),
+    ("GET", "/api/templates", Access::Operator),
+    ("POST", "/api/templates", Access::Operator),
+    ("GET", "/api/templates/{id}", Access::Operator),
+    ("PUT", "/api/templates/{id}", Access::Operator),
+    ("DELETE", "/api/templates/{id}", Access::Operator),
     ("GET", "/api/pool/replenish/stream", Access::Stream),
 ];
 
@@ -183,6 +191,12 @@ async fn router_serves_each_documented_route_with_its_access() {
                 assert_eq!(status, StatusCode::UNAUTHORIZED, "{method} {path}: {body}");
                 let body: Value = serde_json::from_str(&body).expect("JSON error");
                 assert_eq!(body["code"], "unauthorized", "{method} {path}");
+            }
+            // A public route of one thing (a template by slug, a Notion page) answers for a
+            // thing that is not there with its own 404, not the fallback's.
+            Access::Public if path.contains('{') => {
+                assert_eq!(status, StatusCode::NOT_FOUND, "{method} {path}: {body}");
+                assert!(!body.contains("no such route"), "{method} {path}: {body}");
             }
             Access::Public | Access::OptionalKey => {
                 assert_eq!(status, StatusCode::OK, "{method} {path}: {body}")

@@ -36,6 +36,8 @@ impl Tools {
                 self.openrouter.management_key().to_string(),
             ),
             ("OPENROUTER_KEY_LIMIT", "20".into()),
+            // These tests are about every tool made at creation.
+            ("TOOLS_AT_CREATION", "all".into()),
             ("AGENTMAIL_API_URL", self.agentmail.url()),
             ("AGENTMAIL_API_KEY", self.agentmail.api_key().to_string()),
             ("AGENTMAIL_DOMAIN", self.agentmail.domain().to_string()),

@@ -3,7 +3,7 @@ use axum::http::HeaderMap;
 use axum::Json;
 use serde::{Deserialize, Serialize};
 
-use agentpool_core::claim::{self, ClaimRequest, Claimed, IdempotencyKey};
+use agentpool_core::claim::{self, ClaimInput, Claimed, IdempotencyKey, Redacted};
 
 use crate::error::{ApiError, ApiResult, ErrorBody};
 use crate::extract::JsonBody;
@@ -12,19 +12,35 @@ use crate::state::AppState;
 #[derive(Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct ClaimBody {
-    /// The agent's name. Seed 001 called it `agentId`, which is still accepted.
+    /// A template (seed 004) that fills the agent's name, instructions and model and names its
+    /// tools; the fields below, where given, win (the model only where the template allows it).
+    #[schema(example = "tpl_0123456789ab")]
+    template_id: Option<String>,
+    /// The agent's name; required without a template. Seed 001 called it `agentId`, which is
+    /// still accepted. Up to 100 characters, not blank, no control characters (surrounding blanks
+    /// are trimmed).
     #[serde(alias = "agentId")]
-    /// Up to 100 characters, not blank, no control characters (surrounding blanks are trimmed).
     #[schema(
         example = "tokyo-trip-planner",
         min_length = 1,
         max_length = 100,
         pattern = r"^[^\x00-\x1f\x7f-\x9f]*[^\s\x00-\x1f\x7f-\x9f][^\x00-\x1f\x7f-\x9f]*$"
     )]
-    agent_name: String,
-    /// The agent's instructions: not blank, at most 32 KiB.
+    agent_name: Option<String>,
+    /// The agent's instructions: not blank, at most 32 KiB. Required without a template or an
+    /// `instructionsPageId`.
     #[schema(min_length = 1, pattern = r"\S")]
-    instructions: String,
+    instructions: Option<String>,
+    /// A Notion page whose text is the instructions (see `/api/prompts/{pageId}`).
+    #[schema(pattern = "^[0-9a-fA-F-]{32,36}$")]
+    instructions_page_id: Option<String>,
+    /// The model, where the template allows another than its own.
+    #[schema(max_length = 200, pattern = r"^[A-Za-z0-9/_.:-]+$")]
+    model: Option<String>,
+    /// Credentials for the template's `user` tools (its `userFields`), checked before any
+    /// instance is taken; handed to the instance only, never shown or logged.
+    #[schema(value_type = Option<Object>)]
+    user_config: Option<serde_json::Map<String, serde_json::Value>>,
     /// An `http(s)` conversation URL for the agent to join; one agent per conversation.
     #[schema(max_length = 2048, pattern = r"^https?://[^\s/?#@]+([/?#]\S*)?$")]
     join_url: Option<String>,
@@ -56,10 +72,11 @@ pub struct ClaimReply {
             description = "1–255 visible ASCII characters; the same key gets the same reply for 24 hours")),
     responses(
         (status = 200, description = "Claimed", body = ClaimReply),
-        (status = 400, description = "Invalid body or Idempotency-Key", body = ErrorBody),
+        (status = 400, description = "Invalid body or Idempotency-Key, a model the template does not allow, a `userConfig` that lacks what the template's user tools need", body = ErrorBody),
+        (status = 404, description = "No such template, or its Notion page is missing or not shared with the integration", body = ErrorBody),
         (status = 409, description = "`conversation_taken` (with `instanceId`) or `claim_in_progress`", body = ErrorBody),
         (status = 422, description = "`idempotency_key_reused` with a different request", body = ErrorBody),
-        (status = 502, description = "Every runtime tried failed (`claim_failed`)", body = ErrorBody),
+        (status = 502, description = "Every runtime tried failed (`runtime_failed`), a template's tool failed (`tool_failed`, naming it), or Notion failed (`notion_failed`)", body = ErrorBody),
         (status = 503, description = "`no_idle_instance` (with `Retry-After`) or Postgres unavailable", body = ErrorBody),
     ))]
 pub async fn claim(
@@ -73,13 +90,19 @@ pub async fn claim(
             ApiError::bad_request("invalid_request", "Idempotency-Key must be visible ASCII")
         })?)?),
     };
-    let request = ClaimRequest::new(
-        body.agent_name,
-        body.instructions,
-        body.join_url,
-        body.profile_image,
-        body.metadata.map(serde_json::Value::Object),
-    )?;
+    let input = ClaimInput {
+        template_id: body.template_id,
+        agent_name: body.agent_name,
+        instructions: body.instructions,
+        instructions_page_id: body.instructions_page_id,
+        model: body.model,
+        user_config: body.user_config.map(Redacted),
+        join_url: body.join_url,
+        profile_image: body.profile_image,
+        metadata: body.metadata.map(serde_json::Value::Object),
+    };
+    // Everything the client can get wrong is found here, before any instance is taken.
+    let request = claim::prepare(&state.pool, input).await?;
     // Run the claim to its end even if the client goes away: a claim dropped half-way would
     // leave a `claiming` row for the tick to reap, and a provisioned agent wasted.
     let pool = state.pool.clone();

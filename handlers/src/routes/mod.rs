@@ -9,7 +9,9 @@ mod health;
 mod instances;
 mod pool;
 mod settings;
+mod prompts;
 mod stream;
+mod templates;
 
 use axum::http::{Request, StatusCode};
 use axum::middleware::from_fn;
@@ -48,7 +50,10 @@ fn api(state: &AppState) -> OpenApiRouter<AppState> {
         .routes(routes!(health::metrics))
         .routes(routes!(pool::counts))
         .routes(routes!(pool::agents))
-        .routes(routes!(pool::info));
+        .routes(routes!(pool::info))
+        .routes(routes!(templates::catalog))
+        .routes(routes!(templates::by_slug))
+        .routes(routes!(prompts::prompt));
     let operator = OpenApiRouter::new()
         .routes(routes!(pool::status))
         .routes(routes!(claim::claim))
@@ -59,6 +64,12 @@ fn api(state: &AppState) -> OpenApiRouter<AppState> {
         .routes(routes!(instances::kill))
         .routes(routes!(instances::dismiss))
         .routes(routes!(settings::get, settings::put))
+        .routes(routes!(templates::list, templates::create))
+        .routes(routes!(
+            templates::get,
+            templates::update,
+            templates::delete
+        ))
         .route_layer(from_fn_with_state(state.clone(), auth::require_key));
     let sse = OpenApiRouter::new()
         .routes(routes!(stream::replenish))

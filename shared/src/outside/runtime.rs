@@ -13,6 +13,8 @@
 //! handed out twice.) Health checks are not retried: the next tick asks again, and failures count
 //! only over time.
 
+use std::collections::BTreeMap;
+use std::fmt;
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
@@ -23,7 +25,9 @@ use crate::domain::Health;
 
 pub use crate::calls::ProvisionError;
 
-#[derive(Debug, Clone, Serialize)]
+/// `POST /pool/provision`'s body. `env` holds the variables of the tools added at claim time
+/// (secrets), hence the hand-written `Debug`.
+#[derive(Clone, Default, Serialize)]
 #[serde(rename_all = "camelCase")]
 pub struct ProvisionRequest {
     pub agent_name: String,
@@ -34,6 +38,25 @@ pub struct ProvisionRequest {
     pub profile_image: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub metadata: Option<serde_json::Value>,
+    /// The model the agent runs (a template's, or the claim's where the template allows it).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub model: Option<String>,
+    /// Variables the running runtime adds to its environment before it starts the agent: the
+    /// tools its template names, made at claim time, and the claimer's own credentials.
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    pub env: BTreeMap<String, String>,
+}
+
+impl fmt::Debug for ProvisionRequest {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ProvisionRequest")
+            .field("agent_name", &self.agent_name)
+            .field("instructions_bytes", &self.instructions.len())
+            .field("join_url", &self.join_url)
+            .field("model", &self.model)
+            .field("env_keys", &self.env.keys().collect::<Vec<_>>())
+            .finish()
+    }
 }
 
 #[derive(Debug, Clone, Deserialize)]

@@ -266,7 +266,13 @@ async fn provision(
         name: &row.name,
     };
     let mut made: Vec<(Arc<dyn Tool>, String)> = Vec::new();
+    let at_creation = pool.settings.creation.tools_at_creation;
     for tool in &pool.tools.tools {
+        if !at_creation.at_creation(tool.id()) {
+            // Made at claim time, for the templates that name it (TOOLS_AT_CREATION=base).
+            progress.step(tool.step(), StepStatus::Skip, "added at claim time");
+            continue;
+        }
         if let Err(why) = gate.peek() {
             roll_back(pool, &row.id, &made).await;
             return Err(Stopped::Cut(why));

@@ -222,6 +222,22 @@ pub async fn reserve(
     Ok(reserved)
 }
 
+/// Where an instance lives at the provider: its name, resource id and details; `None` before its
+/// resource is recorded.
+pub async fn infra_of(
+    db: &PgPool,
+    id: &str,
+) -> Result<Option<(String, String, serde_json::Value)>> {
+    Ok(sqlx::query_as(
+        "SELECT i.name, f.resource_id, f.details
+           FROM instances i JOIN instance_infra f ON f.instance_id = i.id
+          WHERE i.id = $1",
+    )
+    .bind(id)
+    .fetch_optional(db)
+    .await?)
+}
+
 /// Records where a freshly created resource lives, as soon as it exists.
 pub async fn record_infra(
     db: &PgPool,

@@ -7,6 +7,8 @@ pub mod lease;
 pub mod listing;
 pub mod metrics;
 pub mod pool_size;
+pub mod prompt_cache;
 pub mod samples;
 pub mod services;
 pub mod sessions;
+pub mod templates;

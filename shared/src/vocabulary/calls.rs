@@ -59,6 +59,9 @@ pub enum ProvisionError {
     Refused,
     #[error("instance has no URL")]
     NoUrl,
+    /// The provider could not save the variables of the tools added at claim time.
+    #[error("provider could not save the instance's new variables")]
+    Variables,
     /// The claim was reaped while the runtime answered, or its idempotency key taken over.
     #[error("claim fenced out while the runtime answered")]
     FencedOut,

@@ -22,6 +22,27 @@ pub enum Error {
     #[error("no idle instance available")]
     NoIdle,
 
+    /// Something other than an instance is not there (a template, a Notion page); the message
+    /// says what.
+    #[error("{0}")]
+    Missing(String),
+
+    /// A template's slug is another template's already.
+    #[error("slug {0:?} is taken by another template")]
+    SlugTaken(String),
+
+    /// A tool a claim provisions for its template failed; what the claim made was rolled back.
+    #[error("tool {tool} failed: {cause}")]
+    ToolFailed { tool: String, cause: Box<Error> },
+
+    /// Notion could not give a page's text and no copy of it is kept.
+    #[error("Notion failed: {failure}")]
+    Notion {
+        failure: crate::calls::Failure,
+        /// Seconds Notion asked to wait (its `Retry-After`).
+        retry_after: Option<u32>,
+    },
+
     /// Every attempt of a claim reached a runtime and every runtime failed.
     #[error("claim failed after {attempts} attempts; last: {last}")]
     ClaimFailed {
@@ -94,6 +115,10 @@ impl Error {
             Error::NotFound(_) => "not_found",
             Error::WrongState { .. } => "wrong_state",
             Error::NoIdle => "no_idle_instance",
+            Error::Missing(_) => "not_found",
+            Error::SlugTaken(_) => "slug_taken",
+            Error::ToolFailed { .. } => "tool_failed",
+            Error::Notion { .. } => "notion_failed",
             Error::ClaimFailed { .. } => "runtime_failed",
             Error::ConversationTaken { .. } => "conversation_taken",
             Error::ClaimInProgress => "claim_in_progress",
@@ -113,6 +138,9 @@ impl Error {
             | Error::NotFound(_)
             | Error::WrongState { .. }
             | Error::NoIdle
+            | Error::Missing(_)
+            | Error::SlugTaken(_)
+            | Error::Notion { .. }
             | Error::ClaimFailed { .. }
             | Error::ConversationTaken { .. }
             | Error::ClaimInProgress
@@ -120,6 +148,9 @@ impl Error {
             | Error::Outbound { .. }
             | Error::ImplausibleListing { .. } => self.to_string(),
             Error::Provider { provider, .. } => format!("provider {provider} failed"),
+            Error::ToolFailed { tool, cause } => {
+                format!("tool {tool} failed: {}", cause.public_message())
+            }
             Error::Db(e) if unavailable(e) => "database unavailable".into(),
             Error::Db(_) | Error::Migrate(_) | Error::Config(_) | Error::Io { .. } => {
                 "internal error".into()

@@ -4,17 +4,20 @@
 //! cargo run -p agentpool-tests --bin agentpool-fakes
 //! ```
 //!
-//! starts the Railway, OpenRouter, AgentMail and Telnyx fakes (ports from `FAKES_RAILWAY_PORT`,
-//! `FAKES_OPENROUTER_PORT`, `FAKES_AGENTMAIL_PORT`, `FAKES_TELNYX_PORT`; 4001 to 4004 by
-//! default) and prints the settings that point `agentpool dev` at them. Services the Railway
+//! starts the Railway, OpenRouter, AgentMail, Telnyx and Notion fakes (ports from
+//! `FAKES_RAILWAY_PORT`, `FAKES_OPENROUTER_PORT`, `FAKES_AGENTMAIL_PORT`, `FAKES_TELNYX_PORT`,
+//! `FAKES_NOTION_PORT`; 4001 to 4005 by default; the Notion fake holds one example page) and prints the settings that point `agentpool dev` at them. Services the Railway
 //! fake "deploys" are stub agents on loopback; Ctrl-C stops them all. Faults can be injected
 //! into any fake while it runs:
 //! `curl -X POST <base>/_fake/faults -d '{"fault":{"kind":"ServerError"},"scope":{"kind":"Rate","perMille":200,"seed":1}}'`.
 
 use agentpool_tests::fakes::{
-    AgentMailConfig, AgentMailFake, Controls, FakeConfig, OpenRouterConfig, OpenRouterFake,
-    RailwayFake, TelnyxConfig, TelnyxFake,
+    AgentMailConfig, AgentMailFake, Block, Controls, FakeConfig, NotionConfig, NotionFake,
+    OpenRouterConfig, OpenRouterFake, RailwayFake, TelnyxConfig, TelnyxFake,
 };
+
+/// The example page the Notion fake holds.
+const EXAMPLE_PAGE: &str = "0123456789abcdef0123456789abcdef";
 
 const TOKEN: &str = "fake-railway-token";
 
@@ -48,6 +51,19 @@ async fn main() {
         ..TelnyxConfig::default()
     })
     .await;
+    let notion = NotionFake::start(NotionConfig {
+        port: port("FAKES_NOTION_PORT", 4005),
+        ..NotionConfig::default()
+    })
+    .await;
+    notion.put_page(
+        EXAMPLE_PAGE,
+        "Trip planner",
+        vec![
+            Block::new("heading_1", "Rules"),
+            Block::new("paragraph", "Plan trips to Tokyo; be brief."),
+        ],
+    );
     let ids = railway.shared_ids();
     println!(
         "Railway fake at {url}  (state: {base}/_fake/state, faults: POST {base}/_fake/faults)\n\n\
@@ -66,7 +82,8 @@ async fn main() {
         "Per-agent tools (each fake has /_fake/state, /_fake/stats and /_fake/faults at its base):\n\n  \
          OPENROUTER_API_URL={openrouter_url} OPENROUTER_MANAGEMENT_KEY={openrouter_key} \\\n  \
          AGENTMAIL_API_URL={agentmail_url} AGENTMAIL_API_KEY={agentmail_key} AGENTMAIL_DOMAIN={domain} \\\n  \
-         TELNYX_API_URL={telnyx_url} TELNYX_API_KEY={telnyx_key} TELNYX_MESSAGING_PROFILE_ID={profile}\n\n\
+         TELNYX_API_URL={telnyx_url} TELNYX_API_KEY={telnyx_key} TELNYX_MESSAGING_PROFILE_ID={profile} \\\n  \
+         NOTION_API_URL={notion_url} NOTION_API_KEY={notion_key}  (example page: {EXAMPLE_PAGE})\n\n\
          Ctrl-C stops the fakes and every agent the Railway fake deployed.",
         openrouter_url = openrouter.url(),
         openrouter_key = openrouter.management_key(),
@@ -76,7 +93,9 @@ async fn main() {
         telnyx_url = telnyx.url(),
         telnyx_key = telnyx.api_key(),
         profile = telnyx.messaging_profile_id(),
+        notion_url = notion.url(),
+        notion_key = notion.token(),
     );
     agentpool_core::shutdown_signal().await;
-    drop((railway, openrouter, agentmail, telnyx));
+    drop((railway, openrouter, agentmail, telnyx, notion));
 }

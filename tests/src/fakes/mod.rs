@@ -6,6 +6,7 @@
 pub mod agentmail;
 pub mod faults;
 pub mod graphql;
+pub mod notion;
 pub mod openrouter;
 pub mod railway;
 mod rest;
@@ -13,6 +14,7 @@ pub mod telnyx;
 
 pub use agentmail::{AgentMailConfig, AgentMailFake, InboxView};
 pub use faults::{Controls, FakeStats, Fault, Scope};
+pub use notion::{Block, NotionConfig, NotionFake};
 pub use openrouter::{KeyView, OpenRouterConfig, OpenRouterFake};
 pub use railway::{FakeConfig, ProjectView, RailwayFake, ServiceView, SharedIds, VolumeView};
 pub use telnyx::{NumberView, ProfileView, TelnyxConfig, TelnyxFake};

@@ -726,6 +726,7 @@ fn execute(inner: &Arc<Inner>, request: &Request) -> Result<Value, String> {
             args.get("patch").unwrap_or(&Value::Null),
         ),
         "serviceDelete" => service_delete(inner, str_arg(args, "id")?),
+        "variableCollectionUpsert" => variable_collection_upsert(inner, object_arg(args, "input")?),
         "projectCreate" => project_create(inner, object_arg(args, "input")?),
         "projectDelete" => project_delete(inner, str_arg(args, "id")?),
         "project" => project_query(inner, request, str_arg(args, "id")?),
@@ -1001,6 +1002,41 @@ fn environment_patch_commit(
         }
     }
     Ok(json!(new_id()))
+}
+
+/// `variableCollectionUpsert(input: {projectId, environmentId, serviceId, variables,
+/// skipDeploys})`: sets the service's variables; without `skipDeploys: true` the service is
+/// redeployed (its process restarted) as at Railway.
+fn variable_collection_upsert(inner: &Arc<Inner>, input: &Value) -> Result<Value, String> {
+    let project_id = str_field(input, "projectId")?;
+    let environment_id = str_field(input, "environmentId")?;
+    let service_id = str_field(input, "serviceId")?;
+    let variables = match input.get("variables") {
+        Some(Value::Object(map)) => map.clone(),
+        _ => return Err("input.variables must be an object of strings".into()),
+    };
+    let skip = input.get("skipDeploys").and_then(Value::as_bool) == Some(true);
+    let mut world = inner.world();
+    let in_project = world
+        .project_of_environment(environment_id)
+        .is_some_and(|p| p.id == project_id);
+    if !in_project {
+        return Err("Environment not found".into());
+    }
+    let service = world.service_mut(service_id)?;
+    if service.project_id != project_id {
+        return Err("Service not found".into());
+    }
+    for (name, value) in variables {
+        let Value::String(value) = value else {
+            return Err(format!("input.variables.{name} must be a string"));
+        };
+        service.variables.insert(name, value);
+    }
+    if !skip && service.image.is_some() {
+        deploy(inner, service)?;
+    }
+    Ok(json!(true))
 }
 
 /// What a deployment's runner needs to start its process.

@@ -620,6 +620,50 @@ impl Provider for RailwayProvider {
         Ok(())
     }
 
+    /// `variableCollectionUpsert` with `skipDeploys`: the service's variables gain the new ones
+    /// (a restart or the next deploy sees them) and the running deployment is left alone; the
+    /// runtime gets them from the claim. Upserting the same values again changes nothing, so a
+    /// replay is safe.
+    async fn add_env(
+        &self,
+        resource: &ResourceRef,
+        env: &[(String, String)],
+    ) -> Option<Result<()>> {
+        let ids = (
+            resource.details["projectId"].as_str(),
+            resource.details["environmentId"].as_str(),
+            resource.details["serviceId"].as_str(),
+        );
+        let (Some(project_id), Some(environment_id), Some(service_id)) = ids else {
+            return Some(Err(Error::provider(
+                "railway",
+                "the instance's Railway ids are not recorded",
+            )));
+        };
+        let variables: serde_json::Map<String, Value> = env
+            .iter()
+            .map(|(k, v)| (k.clone(), json!(v)))
+            .collect();
+        let input = json!({
+            "projectId": project_id,
+            "environmentId": environment_id,
+            "serviceId": service_id,
+            "variables": variables,
+            "skipDeploys": true,
+        });
+        Some(
+            self.gql(
+                "railway-variables",
+                Replay::Safe,
+                "mutation($input: VariableCollectionUpsertInput!) { variableCollectionUpsert(input: $input) }",
+                json!({"input": input}),
+            )
+            .await
+            .map(|_| ())
+            .map_err(|f| Error::outbound(SERVICE, "railway-variables", f)),
+        )
+    }
+
     async fn list(&self, prefix: &str) -> Result<Vec<ObservedResource>> {
         Ok(self
             .fleet(prefix)

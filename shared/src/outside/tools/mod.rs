@@ -86,6 +86,12 @@ pub trait Tool: Send + Sync {
     }
 }
 
+impl fmt::Debug for dyn Tool {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.id())
+    }
+}
+
 /// The tools this pool provisions, in creation order, and the steps of those not configured.
 #[derive(Clone, Default)]
 pub struct Toolbox {

@@ -54,7 +54,7 @@ pub(super) enum Begun {
 /// one order, and JSON objects in `metadata` keep their keys sorted.
 fn fingerprint(request: &ClaimRequest) -> Result<String> {
     let bytes =
-        serde_json::to_vec(&request.provision).map_err(|e| Error::Invalid(e.to_string()))?;
+        serde_json::to_vec(&request.identity()).map_err(|e| Error::Invalid(e.to_string()))?;
     Ok(hex::encode(Sha256::digest(bytes)))
 }
 

@@ -16,6 +16,18 @@
 //! key taken over, or its instance reaped) stops at once and sends the instance it holds to
 //! `destroying`, which also frees the conversation's slot.
 //!
+//! A claim may name a template (seed 004): it fills the agent's name, instructions (literal or a
+//! Notion page) and model, and names the tools the agent needs. Everything a client can get wrong
+//! (the template, the model override, the `userConfig` its `user` tools need, a pool tool this
+//! pool does not offer) is checked by [`prepare`] before any instance is taken. Then, on the
+//! taken instance, the template's `pool` tools it does not hold yet are created, each recorded in
+//! `instance_services` the moment it exists (a claim that dies leaves a `claiming` row the tick
+//! reaps, destroying them with it); their variables and the claimer's credentials are saved to the
+//! provider's variables without a redeploy (`Provider::add_env`, so a restart keeps them) and
+//! handed to the running runtime in `/pool/provision`'s `env`. A tool that fails rolls back what
+//! this claim made, gives the untouched instance back to `idle`, and the claim answers 502 naming
+//! the tool: another instance would meet the same tool.
+//!
 //! Claims are idempotent two ways: one agent per conversation (`joinUrl`), and an optional
 //! `Idempotency-Key` that returns the same reply for 24 hours ([`idempotency`]).
 
@@ -26,21 +38,159 @@ use tokio::time::Instant;
 use tracing::Instrument;
 use uuid::Uuid;
 
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
 use crate::domain::InstanceStatus;
 use crate::error::{Error, Result};
+use crate::outbound::Failure;
+use crate::providers::ResourceRef;
 use crate::runtime::{ProvisionError, ProvisionRequest};
-use crate::Pool;
+use crate::services;
+use crate::template::{self, Provisioning, UserConfig};
+use crate::tools::{Target, Tool};
+use crate::{instances, prompts, templates, Pool};
 
 pub use idempotency::IdempotencyKey;
 
-pub const MAX_AGENT_NAME: usize = 100;
-pub const MAX_INSTRUCTIONS: usize = 32 * 1024;
+pub use crate::template::{MAX_AGENT_NAME, MAX_INSTRUCTIONS};
 pub const MAX_URL: usize = 2048;
 
 /// A validated claim request.
 #[derive(Debug, Clone)]
 pub struct ClaimRequest {
     provision: ProvisionRequest,
+    template: Option<FromTemplate>,
+}
+
+/// What a claim by template adds: the tools to make on the taken instance and the claimer's
+/// credentials (checked, never shown).
+#[derive(Debug, Clone)]
+struct FromTemplate {
+    id: String,
+    pool_tools: Vec<Arc<dyn Tool>>,
+    user: UserConfig,
+}
+
+/// A claim as a client sends it, before [`prepare`] checks it and fills it from its template.
+#[derive(Debug, Default)]
+pub struct ClaimInput {
+    pub template_id: Option<String>,
+    pub agent_name: Option<String>,
+    pub instructions: Option<String>,
+    pub instructions_page_id: Option<String>,
+    pub model: Option<String>,
+    /// Never logged: `Debug` of the claim input names its fields only.
+    pub user_config: Option<Redacted>,
+    pub join_url: Option<String>,
+    pub profile_image: Option<String>,
+    pub metadata: Option<serde_json::Value>,
+}
+
+/// A claimer's `userConfig` as sent, whose `Debug` shows its field names only.
+pub struct Redacted(pub serde_json::Map<String, serde_json::Value>);
+
+impl std::fmt::Debug for Redacted {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_list().entries(self.0.keys()).finish()
+    }
+}
+
+/// Checks a claim and fills it from its template, before anything is taken: the template exists,
+/// the model is the template's or one it allows, `userConfig` carries what the `user` tools need
+/// (and nothing else), this pool offers every `pool` tool, and the instructions (or their Notion
+/// page) can be read.
+pub async fn prepare(pool: &Pool, input: ClaimInput) -> Result<ClaimRequest> {
+    let Some(template_id) = input.template_id else {
+        if input.user_config.is_some() {
+            return Err(Error::Invalid(
+                "userConfig is for the user tools of a template: name one with templateId".into(),
+            ));
+        }
+        let instructions = match (input.instructions, input.instructions_page_id) {
+            (Some(text), None) => text,
+            (None, Some(page)) => prompts::instructions(pool, &page).await?,
+            (Some(_), Some(_)) => {
+                return Err(Error::Invalid(
+                    "give instructions or instructionsPageId, not both".into(),
+                ))
+            }
+            (None, None) => {
+                return Err(Error::Invalid(
+                    "instructions must be a non-empty string (or name a templateId or an instructionsPageId)".into(),
+                ))
+            }
+        };
+        let mut request = ClaimRequest::new(
+            input.agent_name.unwrap_or_default(),
+            instructions,
+            input.join_url,
+            input.profile_image,
+            input.metadata,
+        )?;
+        if let Some(model) = input.model {
+            template::check_model(&model)?;
+            request.provision.model = Some(model);
+        }
+        return Ok(request);
+    };
+    let template = templates::get(&pool.db, &template_id)
+        .await?
+        .ok_or_else(|| Error::Missing(format!("template {template_id:?} not found")))?;
+    let model = match input.model {
+        None => template.model.default.clone(),
+        Some(model) if Some(&model) == template.model.default.as_ref() => Some(model),
+        Some(_) if !template.model.allow_override => {
+            return Err(Error::Invalid(format!(
+                "template {template_id:?} does not allow another model"
+            )))
+        }
+        Some(model) => {
+            template::check_model(&model)?;
+            Some(model)
+        }
+    };
+    let user = UserConfig::check(&template.tools, input.user_config.as_ref().map(|r| &r.0))?;
+    let mut pool_tools = Vec::new();
+    for choice in template.tools.iter().filter(|t| t.provisioning == Provisioning::Pool) {
+        match pool.tools.get(&choice.id) {
+            Some(tool) => pool_tools.push(tool.clone()),
+            None => {
+                return Err(Error::ToolFailed {
+                    tool: choice.id.clone(),
+                    cause: Box::new(Error::Invalid(
+                        "this pool does not offer it (its settings are unset)".into(),
+                    )),
+                })
+            }
+        }
+    }
+    let instructions = match (
+        input.instructions,
+        input.instructions_page_id,
+        &template.instructions,
+        &template.instructions_page_id,
+    ) {
+        (Some(text), _, _, _) => text,
+        (None, Some(page), _, _) => prompts::instructions(pool, &page).await?,
+        (None, None, Some(text), _) => text.clone(),
+        (None, None, None, Some(page)) => prompts::instructions(pool, page).await?,
+        (None, None, None, None) => String::new(),
+    };
+    let mut request = ClaimRequest::new(
+        input.agent_name.unwrap_or(template.agent_name),
+        instructions,
+        input.join_url,
+        input.profile_image,
+        input.metadata,
+    )?;
+    request.provision.model = model;
+    request.template = Some(FromTemplate {
+        id: template.id,
+        pool_tools,
+        user,
+    });
+    Ok(request)
 }
 
 impl ClaimRequest {
@@ -52,31 +202,8 @@ impl ClaimRequest {
         metadata: Option<serde_json::Value>,
     ) -> Result<Self> {
         let agent_name = agent_name.trim().to_string();
-        if agent_name.is_empty() {
-            return Err(Error::Invalid(
-                "agentName must be a non-empty string".into(),
-            ));
-        }
-        if agent_name.chars().count() > MAX_AGENT_NAME {
-            return Err(Error::Invalid(format!(
-                "agentName must be at most {MAX_AGENT_NAME} characters"
-            )));
-        }
-        if agent_name.chars().any(char::is_control) {
-            return Err(Error::Invalid(
-                "agentName must not contain control characters".into(),
-            ));
-        }
-        if instructions.trim().is_empty() {
-            return Err(Error::Invalid(
-                "instructions must be a non-empty string".into(),
-            ));
-        }
-        if instructions.len() > MAX_INSTRUCTIONS {
-            return Err(Error::Invalid(format!(
-                "instructions must be at most {MAX_INSTRUCTIONS} bytes"
-            )));
-        }
+        template::check_agent_name(&agent_name)?;
+        template::check_instructions(&instructions)?;
         for (field, value) in [("joinUrl", &join_url), ("profileImage", &profile_image)] {
             if let Some(url) = value {
                 validate_http_url(field, url)?;
@@ -89,12 +216,33 @@ impl ClaimRequest {
                 join_url,
                 profile_image,
                 metadata,
+                ..ProvisionRequest::default()
             },
+            template: None,
         })
+    }
+
+    /// The fields that make two requests the same, for an `Idempotency-Key`: the claimer's
+    /// credentials count too (hashed with the rest, never kept).
+    fn identity(&self) -> serde_json::Value {
+        let template = self.template.as_ref().map(|t| {
+            let user: BTreeMap<&str, &str> =
+                t.user.variables().map(|(k, v)| (k, v.expose())).collect();
+            serde_json::json!({"id": t.id, "user": user})
+        });
+        match template {
+            // As before templates, so that a key's retry across an upgrade is still the same.
+            None => serde_json::json!(self.provision),
+            Some(template) => serde_json::json!({"provision": self.provision, "template": template}),
+        }
     }
 
     pub fn agent_name(&self) -> &str {
         &self.provision.agent_name
+    }
+
+    pub fn template_id(&self) -> Option<&str> {
+        self.template.as_ref().map(|t| t.id.as_str())
     }
 }
 
@@ -217,7 +365,165 @@ async fn no_idle(pool: &Pool) -> Error {
     Error::NoIdle
 }
 
-/// Provisions a taken instance. The outer `Result` is the database; the inner one the runtime.
+/// Makes the template's `pool` tools the taken instance does not hold yet, recording each the
+/// moment it exists, and returns the variables they and the claimer's credentials give the
+/// instance. A tool that fails destroys what this claim made and gives the instance back to
+/// `idle` (nothing reached its runtime); if something could not be destroyed, the instance goes
+/// to `destroying` instead, whose teardown finishes the job.
+async fn claim_tools(
+    pool: &Pool,
+    template: &FromTemplate,
+    token: Uuid,
+    taken: &Taken,
+    deadline: Instant,
+) -> Result<BTreeMap<String, String>> {
+    let mut env: BTreeMap<String, String> = template
+        .user
+        .variables()
+        .map(|(k, v)| (k.to_string(), v.expose().to_string()))
+        .collect();
+    if template.pool_tools.is_empty() {
+        return Ok(env);
+    }
+    let held: Vec<String> = services::owned_by(&pool.db, &[taken.id.as_str()])
+        .await?
+        .into_iter()
+        .map(|o| o.tool_id)
+        .collect();
+    let name = format!("{}{}", pool.settings.pool.pool_name_prefix, taken.id);
+    let target = Target {
+        instance_id: &taken.id,
+        name: &name,
+    };
+    let mut made: Vec<(Arc<dyn Tool>, String)> = Vec::new();
+    for tool in template.pool_tools.iter().filter(|t| !held.iter().any(|h| h == t.id())) {
+        match make_tool(pool, tool, target, deadline).await {
+            Ok(provisioned) => {
+                env.extend(provisioned.env);
+                made.push((tool.clone(), provisioned.resource_id));
+            }
+            Err(cause) => {
+                tracing::warn!(tool = tool.id(), error = %cause, "claim-time tool failed; rolling back");
+                let clean = roll_back_tools(pool, &taken.id, &made).await;
+                give_back(pool, &taken.id, token, tool.id(), clean).await?;
+                return Err(Error::ToolFailed {
+                    tool: tool.id().to_string(),
+                    cause: Box::new(cause),
+                });
+            }
+        }
+    }
+    Ok(env)
+}
+
+/// Creates one tool's resource for a claim and records it at once; one that cannot be recorded
+/// is destroyed again (or, failing that, found by the orphan pass under the instance's name).
+async fn make_tool(
+    pool: &Pool,
+    tool: &Arc<dyn Tool>,
+    target: Target<'_>,
+    deadline: Instant,
+) -> Result<crate::tools::Provisioned> {
+    // Within the claim's deadline: a tool that would outlast it fails the claim instead.
+    let limit = pool
+        .settings
+        .creation
+        .create_timeout()
+        .min(deadline.saturating_duration_since(Instant::now()));
+    let provisioned = tokio::time::timeout(limit, tool.create(target))
+            .await
+            .map_err(|_| Error::outbound(tool.step(), tool.step(), Failure::TimedOut))??;
+    let recorded = services::record(
+        &pool.db,
+        target.instance_id,
+        tool.id(),
+        &provisioned.resource_id,
+        &provisioned.config,
+    )
+    .await;
+    if let Err(e) = recorded {
+        if let Err(undo) = tool.destroy(&provisioned.resource_id).await {
+            tracing::warn!(tool = tool.id(), error = %undo, "removing an unrecorded tool resource failed; left to the orphan pass");
+        }
+        return Err(e);
+    }
+    tracing::info!(tool = tool.id(), resource_id = %provisioned.resource_id, "tool added at claim");
+    Ok(provisioned)
+}
+
+/// Destroys what a claim made and forgets each one destroyed; whether all of it is gone.
+async fn roll_back_tools(pool: &Pool, instance_id: &str, made: &[(Arc<dyn Tool>, String)]) -> bool {
+    let mut clean = true;
+    for (tool, resource_id) in made {
+        let gone = match tool.destroy(resource_id).await {
+            Ok(()) => {
+                services::forget(&pool.db, instance_id, tool.id(), resource_id, "rolled back")
+                    .await
+            }
+            Err(e) => Err(e),
+        };
+        if let Err(e) = gone {
+            tracing::warn!(tool = tool.id(), error = %e, "rolling back a claim-time tool; the instance's teardown will");
+            clean = false;
+        }
+    }
+    clean
+}
+
+/// Ends a claim whose tool failed: the instance goes back to `idle` when nothing of the claim is
+/// left on it, else to `destroying`.
+async fn give_back(pool: &Pool, id: &str, token: Uuid, tool: &str, clean: bool) -> Result<()> {
+    let to = if clean { "idle" } else { "destroying" };
+    sqlx::query(
+        "WITH t AS (
+           UPDATE instances
+              SET status = $3, claim_token = NULL, status_since = now(), join_url = NULL,
+                  next_attempt_at = CASE WHEN $3 = 'destroying' THEN now() END
+            WHERE id = $1 AND claim_token = $2 AND status = 'claiming'
+           RETURNING id
+         )
+         INSERT INTO instance_events (instance_id, from_status, to_status, reason, actor)
+         SELECT id, 'claiming', $3, 'claim-time tool ' || $4 || ' failed', 'claim' FROM t",
+    )
+    .bind(id)
+    .bind(token)
+    .bind(to)
+    .bind(tool)
+    .execute(&pool.db)
+    .await?;
+    Ok(())
+}
+
+/// Saves the new variables to the provider's, without a redeploy, so that a restart keeps them.
+/// A provider that cannot add variables to a running resource leaves them to the runtime alone.
+async fn save_variables(
+    pool: &Pool,
+    taken: &Taken,
+    env: &BTreeMap<String, String>,
+) -> Result<Result<(), ProvisionError>> {
+    if env.is_empty() {
+        return Ok(Ok(()));
+    }
+    let Some((name, resource_id, details)) = instances::infra_of(&pool.db, &taken.id).await? else {
+        return Ok(Err(ProvisionError::Variables));
+    };
+    let resource = ResourceRef {
+        name,
+        resource_id: Some(resource_id),
+        details,
+    };
+    let pairs: Vec<(String, String)> = env.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
+    match pool.provider.add_env(&resource, &pairs).await {
+        None | Some(Ok(())) => Ok(Ok(())),
+        Some(Err(e)) => {
+            tracing::warn!(error = %e, "saving claim-time variables at the provider failed");
+            Ok(Err(ProvisionError::Variables))
+        }
+    }
+}
+
+/// Provisions a taken instance. The outer `Result` is the database, or a tool of the template
+/// (which ends the claim); the inner one the runtime.
 async fn provision_taken(
     pool: &Pool,
     request: &ClaimRequest,
@@ -231,9 +537,18 @@ async fn provision_taken(
         abandon(pool, &taken.id, token, &failure).await?;
         return Ok(Err(failure));
     };
+    let mut provision = request.provision.clone();
+    if let Some(template) = &request.template {
+        provision.env = claim_tools(pool, template, token, taken, deadline).await?;
+        if let Err(failure) = save_variables(pool, taken, &provision.env).await? {
+            // Variables may be half-saved at the provider: the instance is not clean any more.
+            abandon(pool, &taken.id, token, &failure).await?;
+            return Ok(Err(failure));
+        }
+    }
     let reply = match pool
         .runtime
-        .provision(url, &taken.gateway_token, &request.provision, deadline)
+        .provision(url, &taken.gateway_token, &provision, deadline)
         .await
     {
         Ok(reply) => reply,
@@ -280,7 +595,7 @@ async fn finish(
               SET status = 'claimed', claim_token = NULL, status_since = now(), claimed_at = now(),
                   agent_name = $3, instructions = $4, join_url = $5,
                   conversation_id = $6, invite_url = $7, health_failures = 0,
-                  failing_since = NULL
+                  failing_since = NULL, template_id = $8
             WHERE id = $1 AND claim_token = $2 AND status = 'claiming'
            RETURNING id
          ),
@@ -298,6 +613,7 @@ async fn finish(
     .bind(&request.provision.join_url)
     .bind(&claimed.conversation_id)
     .bind(&claimed.invite_url)
+    .bind(request.template_id())
     .fetch_optional(&pool.db)
     .await?)
 }
@@ -330,7 +646,7 @@ async fn finish_fenced(
               SET status = 'claimed', claim_token = NULL, status_since = now(), claimed_at = now(),
                   agent_name = $3, instructions = $4, join_url = $5,
                   conversation_id = $6, invite_url = $7, health_failures = 0,
-                  failing_since = NULL
+                  failing_since = NULL, template_id = $12
             WHERE id = $1 AND claim_token = $2 AND status = 'claiming'
               AND EXISTS (SELECT 1 FROM k)
            RETURNING id
@@ -357,6 +673,7 @@ async fn finish_fenced(
     .bind(fence.attempt)
     .bind(&reply_json)
     .bind(claim_timeout_ms)
+    .bind(request.template_id())
     .fetch_optional(&pool.db)
     .await?)
 }

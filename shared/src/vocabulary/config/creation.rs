@@ -23,6 +23,28 @@ pub struct CreationSettings {
     /// The OpenClaw git ref each instance builds (seeds 002, 003). Unset: from `POOL_ENVIRONMENT`.
     pub openclaw_git_ref: Option<String>,
     pub openclaw_primary_model: Option<String>,
+    /// Which tools an idle instance is created with: `base` (its OpenRouter key and wallet; the
+    /// others come at claim time, for the templates that name them) or `all` (every configured
+    /// tool, as before templates).
+    #[serde(default)]
+    pub tools_at_creation: ToolsAtCreation,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ToolsAtCreation {
+    #[default]
+    Base,
+    All,
+}
+
+impl ToolsAtCreation {
+    /// The tools (by `tool_id`) every instance gets at creation, whatever it will be for.
+    pub const BASE: [&'static str; 2] = ["openrouter", "wallet"];
+
+    pub fn at_creation(self, tool_id: &str) -> bool {
+        self == ToolsAtCreation::All || Self::BASE.contains(&tool_id)
+    }
 }
 
 impl CreationSettings {

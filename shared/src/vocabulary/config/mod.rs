@@ -14,6 +14,7 @@ mod creation;
 mod db;
 mod outbound;
 mod pool;
+mod prompts;
 mod providers;
 mod runtime;
 mod server;
@@ -28,10 +29,11 @@ use serde::de::DeserializeOwned;
 use serde::Deserialize;
 
 pub use claim::ClaimSettings;
-pub use creation::CreationSettings;
+pub use creation::{CreationSettings, ToolsAtCreation};
 pub use db::DbSettings;
 pub use outbound::OutboundSettings;
 pub use pool::PoolSettings;
+pub use prompts::PromptSettings;
 pub use providers::{LocalSettings, ProviderSettings, RailwaySettings};
 pub use runtime::{RuntimeProtocol, RuntimeSettings};
 pub use server::{DashboardSettings, MetricsSettings, ServerSettings};
@@ -257,6 +259,7 @@ pub struct Settings {
     pub outbound: OutboundSettings,
     pub providers: ProviderSettings,
     pub tools: ToolSettings,
+    pub prompts: PromptSettings,
 }
 
 impl Settings {
@@ -286,6 +289,7 @@ impl Settings {
             outbound: read(&vars)?,
             providers: ProviderSettings::read(&vars)?,
             tools: ToolSettings::read(&vars)?,
+            prompts: read(&vars)?,
         };
         settings.check_across()?;
         Ok(settings)
@@ -349,6 +353,7 @@ impl Settings {
             variables::<OutboundSettings>(),
             ProviderSettings::variables(),
             ToolSettings::variables(),
+            variables::<PromptSettings>(),
         ]
         .concat()
     }

@@ -424,8 +424,7 @@ async fn claim_with(pool: &Pool, strategy: Strategy) -> Outcome {
         agent_name: "bench".into(),
         instructions: "Answer at once.".into(),
         join_url: None,
-        profile_image: None,
-        metadata: None,
+        ..ProvisionRequest::default()
     };
     let reply = pool
         .runtime

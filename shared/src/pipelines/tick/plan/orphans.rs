@@ -22,8 +22,9 @@ pub fn find(snapshot: &Snapshot) -> Vec<ObservedResource> {
         .collect()
 }
 
-/// Tool resources no row records. One named for a `starting` instance is left alone: its creator
-/// may be between making it and recording it. A duplicate made by a retried creation, or one whose
+/// Tool resources no row records. One named for a `starting` or `claiming` instance is left alone:
+/// its creator (or its claim, adding the template's tools) may be between making it and recording
+/// it. A duplicate made by a retried creation, or one whose
 /// instance is gone, is an orphan.
 pub fn tools(snapshot: &Snapshot) -> Vec<ToolResource> {
     let status: HashMap<&str, InstanceStatus> = snapshot
@@ -40,7 +41,12 @@ pub fn tools(snapshot: &Snapshot) -> Vec<ToolResource> {
         .tool_resources
         .iter()
         .filter(|r| !recorded.contains(&(r.tool_id.as_str(), r.resource_id.as_str())))
-        .filter(|r| status.get(r.name.as_str()) != Some(&InstanceStatus::Starting))
+        .filter(|r| {
+            !matches!(
+                status.get(r.name.as_str()),
+                Some(InstanceStatus::Starting | InstanceStatus::Claiming)
+            )
+        })
         .cloned()
         .collect()
 }
@@ -62,15 +68,12 @@ mod tests {
     }
 
     #[test]
-    fn unrecorded_tool_resources_are_orphans_unless_their_instance_is_starting() {
-        use crate::domain::InstanceStatus::Starting;
-        let mut fixture = Fixture::new().row("a", Idle, MIN, Some(Running), None).row(
-            "b",
-            Starting,
-            MIN,
-            Some(Running),
-            None,
-        );
+    fn unrecorded_tool_resources_are_orphans_unless_their_instance_is_starting_or_claiming() {
+        use crate::domain::InstanceStatus::{Claiming, Starting};
+        let mut fixture = Fixture::new()
+            .row("a", Idle, MIN, Some(Running), None)
+            .row("b", Starting, MIN, Some(Running), None)
+            .row("c", Claiming, MIN, Some(Running), None);
         let key = |hash: &str, name: &str| crate::domain::ToolResource {
             tool_id: "openrouter".into(),
             resource_id: hash.into(),
@@ -80,6 +83,7 @@ mod tests {
             key("recorded", "ap-a"),
             key("duplicate", "ap-a"),
             key("being-made", "ap-b"),
+            key("added-at-claim", "ap-c"),
             key("left-behind", "ap-gone"),
         ];
         fixture
