@@ -585,3 +585,81 @@ async fn production_asks_before_destroying() {
     b.assert_no_console_errors().await;
     b.close().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn operator_keeps_the_catalog_and_claims_from_a_template() {
+    const SECRET: &str = "dashboard-user-bankr-0123456789";
+    let t = TestPool::with(&[("POOL_MIN_IDLE", "1")], &[]).await;
+    t.fill(1).await;
+    let (status, helper) = t
+        .post(
+            "/api/templates",
+            json!({"slug": "helper", "agentName": "Helper", "instructions": "Help.",
+                   "tools": [{"id": "crypto", "provisioning": "user"}]}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{helper}");
+    let b = Browser::start().await;
+    b.goto(&t.url("/admin")).await;
+    b.log_in(&t.key).await;
+    b.find(r#"tr[data-template="helper"]"#).await;
+
+    // Add a template in the catalog; the claim form's picker offers it at once.
+    b.fill(
+        "#template-json",
+        r#"{"slug": "planner", "agentName": "Planner", "instructions": "Plan.", "visibility": "public"}"#,
+    )
+    .await;
+    b.click("#template-save").await;
+    b.wait_text("#template-message", |t| t.contains("Added planner"))
+        .await;
+    b.find(r#"tr[data-template="planner"]"#).await;
+    b.find(r#"#claim-template option[value]:not([value=""])"#).await;
+    let (_, catalog) = t.get_public("/api/pool/templates/planner").await;
+    assert_eq!(catalog["agentName"], "Planner");
+
+    // Pick the template with a user tool: its field appears, a password input.
+    let id = helper["id"].as_str().unwrap();
+    b.js(&format!(
+        "const s = document.getElementById('claim-template'); s.value = {}; \
+         s.dispatchEvent(new Event('change')); return true;",
+        json!(id)
+    ))
+    .await;
+    let field = b.find("#claim-user-bankrApiKey").await;
+    assert_eq!(
+        field.attr("type").await.unwrap().as_deref(),
+        Some("password")
+    );
+    b.fill("#claim-user-bankrApiKey", SECRET).await;
+    b.click("#claim-submit").await;
+    let said = b.wait_text("#claim-message", |t| t.starts_with("Claimed")).await;
+    let claimed: String = said
+        .rsplit_once("instance ")
+        .map(|(_, rest)| rest.trim_end_matches(").").to_string())
+        .unwrap();
+    let row = t.instance(&claimed).await.unwrap();
+    assert_eq!(row.template_id.as_deref(), Some(id));
+    assert_eq!(row.agent_name.as_deref(), Some("Helper"));
+    let value = b
+        .js("return document.getElementById('claim-user-bankrApiKey').value;")
+        .await;
+    assert_eq!(value, json!(""), "the credential stays in the form");
+    let html = b.js("return document.documentElement.outerHTML;").await;
+    assert!(!html.as_str().unwrap().contains(SECRET));
+
+    // Delete a template from the catalog.
+    b.click(r#"tr[data-template="planner"] button.danger"#).await;
+    b.wait_text("#template-message", |t| t.contains("Deleted planner"))
+        .await;
+    let (status, _) = t.get_public("/api/pool/templates/planner").await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+    b.assert_no_console_errors().await;
+    b.check_layout("admin-templates").await;
+
+    // The phone view has the picker too.
+    b.goto(&t.url("/admin/lite")).await;
+    b.find(r#"#claim-template option[value]:not([value=""])"#).await;
+    b.assert_no_console_errors().await;
+    b.close().await;
+}

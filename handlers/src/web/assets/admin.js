@@ -206,6 +206,71 @@
     refresh().catch((error) => ap.show($('notice'), error.message, 'error'));
   });
 
-  ap.claimForm(() => refresh().catch(() => {}));
+  const claim = ap.claimForm(() => refresh().catch(() => {}));
+
+  // The catalog: every template, edited as JSON.
+  const BLANK = { slug: '', agentName: '', instructions: '', tools: [], visibility: 'private' };
+  const editable = (t) => {
+    const shown = { slug: t.slug, agentName: t.agentName, model: t.model, tools: t.tools, visibility: t.visibility };
+    if (t.instructionsPageId) shown.instructionsPageId = t.instructionsPageId;
+    else shown.instructions = t.instructions;
+    if (t.creatorId) shown.creatorId = t.creatorId;
+    return shown;
+  };
+  const editTemplate = (t) => {
+    $('template-id').value = t ? t.id : '';
+    $('template-json').value = JSON.stringify(t ? editable(t) : BLANK, null, 2);
+    $('template-save').textContent = t ? 'Save template' : 'Add template';
+  };
+  const loadCatalog = async () => {
+    const templates = await ap.api('GET', '/api/templates');
+    $('template-rows').replaceChildren(...templates.map((t) => {
+      const edit = ap.el('button', { type: 'button', className: 'secondary', textContent: 'Edit' });
+      edit.addEventListener('click', () => editTemplate(t));
+      const remove = ap.el('button', { type: 'button', className: 'danger', textContent: 'Delete' });
+      remove.addEventListener('click', async () => {
+        if (!ap.confirmed('Delete template ' + t.slug)) return;
+        try {
+          await ap.api('DELETE', '/api/templates/' + encodeURIComponent(t.id));
+          ap.show($('template-message'), 'Deleted ' + t.slug + '.', 'ok');
+          await Promise.all([loadCatalog(), claim.loadTemplates()]);
+        } catch (error) {
+          ap.show($('template-message'), error.message, 'error');
+        }
+      });
+      const row = ap.el('tr', {}, [
+        ap.el('td', { textContent: t.slug }),
+        ap.el('td', { textContent: t.agentName }),
+        ap.el('td', { textContent: t.tools.map((tool) => tool.id + ' (' + tool.provisioning + ')').join(', ') }),
+        ap.el('td', { textContent: t.visibility }),
+        ap.el('td', {}, [edit, remove]),
+      ]);
+      row.dataset.template = t.slug;
+      return row;
+    }));
+  };
+  $('template-new').addEventListener('click', () => editTemplate(null));
+  $('template-form').addEventListener('submit', async (event) => {
+    event.preventDefault();
+    let body;
+    try {
+      body = JSON.parse($('template-json').value);
+    } catch (error) {
+      ap.show($('template-message'), 'Not JSON: ' + error.message, 'error');
+      return;
+    }
+    const id = $('template-id').value;
+    try {
+      const saved = id
+        ? await ap.api('PUT', '/api/templates/' + encodeURIComponent(id), body)
+        : await ap.api('POST', '/api/templates', body);
+      ap.show($('template-message'), (id ? 'Saved ' : 'Added ') + saved.slug + '.', 'ok');
+      editTemplate(null);
+      await Promise.all([loadCatalog(), claim.loadTemplates()]);
+    } catch (error) {
+      ap.show($('template-message'), error.message, 'error');
+    }
+  });
+  loadCatalog().catch((error) => ap.show($('template-message'), error.message, 'error'));
   ap.every(2000, refresh);
 })();

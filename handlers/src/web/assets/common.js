@@ -62,7 +62,9 @@ window.agentpool = (function () {
     ])));
   }
 
-  // The claim form of the dashboard and of the phone view.
+  // The claim form of the dashboard and of the phone view. With a template picked, its
+  // name and instructions are the template's unless typed, and its user tools' fields appear
+  // (password inputs: a credential is sent to the claim and never shown again).
   function claimForm(onClaimed) {
     const form = document.getElementById('claim-form');
     const message = document.getElementById('claim-message');
@@ -70,12 +72,50 @@ window.agentpool = (function () {
     const link = document.getElementById('invite-url');
     const qr = document.getElementById('invite-qr');
     const submit = document.getElementById('claim-submit');
+    const picker = document.getElementById('claim-template');
+    const fields = document.getElementById('claim-user-fields');
+    let templates = [];
+    const chosen = () => templates.find((t) => t.id === picker.value);
+    const renderFields = () => {
+      const template = chosen();
+      form.elements.agentName.required = !template;
+      form.elements.instructions.required = !template;
+      fields.replaceChildren(...(template ? template.userFields : []).flatMap((f) => {
+        const id = 'claim-user-' + f.field;
+        const input = el('input', { id: id, type: 'password', required: f.required, autocomplete: 'off' });
+        input.dataset.field = f.field;
+        return [el('label', { htmlFor: id, textContent: f.label + (f.required ? '' : ' (optional)') }), input];
+      }));
+    };
+    const loadTemplates = async () => {
+      templates = await api('GET', '/api/templates');
+      const keep = picker.value;
+      picker.replaceChildren(el('option', { value: '', textContent: 'No template' }),
+        ...templates.map((t) => el('option', { value: t.id, textContent: t.slug + ' (' + t.agentName + ')' })));
+      picker.value = templates.some((t) => t.id === keep) ? keep : '';
+      renderFields();
+    };
+    picker.addEventListener('change', renderFields);
+    loadTemplates().catch((error) => show(message, error.message, 'error'));
     form.addEventListener('submit', async (event) => {
       event.preventDefault();
-      const body = {
-        agentName: form.elements.agentName.value,
-        instructions: form.elements.instructions.value,
-      };
+      const body = {};
+      const template = chosen();
+      const agentName = form.elements.agentName.value.trim();
+      const instructions = form.elements.instructions.value;
+      if (template) {
+        body.templateId = template.id;
+        if (agentName && agentName !== template.agentName) body.agentName = agentName;
+        if (instructions.trim() && instructions !== template.instructions) body.instructions = instructions;
+        const userConfig = {};
+        fields.querySelectorAll('input[data-field]').forEach((input) => {
+          if (input.value) userConfig[input.dataset.field] = input.value;
+        });
+        if (Object.keys(userConfig).length) body.userConfig = userConfig;
+      } else {
+        body.agentName = agentName;
+        body.instructions = instructions;
+      }
       const joinUrl = form.elements.joinUrl.value.trim();
       if (joinUrl) body.joinUrl = joinUrl;
       submit.disabled = true;
@@ -83,6 +123,7 @@ window.agentpool = (function () {
       show(message, 'Claiming…');
       try {
         const claimed = await api('POST', '/api/pool/claim', body);
+        fields.querySelectorAll('input[data-field]').forEach((input) => { input.value = ''; });
         show(message, (claimed.joined ? 'Joined the conversation' : 'Claimed') +
           ' (instance ' + claimed.instanceId + ').', 'ok');
         if (httpUrl(claimed.inviteUrl)) {
@@ -98,6 +139,7 @@ window.agentpool = (function () {
         submit.disabled = false;
       }
     });
+    return { loadTemplates };
   }
 
   // Calls `work` now and then every `ms`, one call at a time.
