@@ -20,7 +20,7 @@
 //! Notion page) and model, and names the tools the agent needs. Everything a client can get wrong
 //! (the template, the model override, the `userConfig` its `user` tools need, a pool tool this
 //! pool does not offer) is checked by [`prepare`] before any instance is taken. Then, on the
-//! taken instance, the template's `pool` tools it does not hold yet are created, each recorded in
+//! taken instance, the template's `pool` tools it does not hold yet are created (at once), each recorded in
 //! `instance_services` the moment it exists (a claim that dies leaves a `claiming` row the tick
 //! reaps, destroying them with it); their variables and the claimer's credentials are saved to the
 //! provider's variables without a redeploy (`Provider::add_env`, so a restart keeps them) and
@@ -395,23 +395,40 @@ async fn claim_tools(
         instance_id: &taken.id,
         name: &name,
     };
+    // All at once: a claim waits for its slowest tool, not for their sum (Telnyx alone is three
+    // calls). Each is recorded the moment it exists, whatever the others do.
+    let wanted: Vec<&Arc<dyn Tool>> = template
+        .pool_tools
+        .iter()
+        .filter(|t| !held.iter().any(|h| h == t.id()))
+        .collect();
+    let outcomes = futures::future::join_all(
+        wanted
+            .iter()
+            .map(|tool| make_tool(pool, tool, target, deadline)),
+    )
+    .await;
     let mut made: Vec<(Arc<dyn Tool>, String)> = Vec::new();
-    for tool in template.pool_tools.iter().filter(|t| !held.iter().any(|h| h == t.id())) {
-        match make_tool(pool, tool, target, deadline).await {
+    let mut failed = None;
+    for (tool, outcome) in wanted.into_iter().zip(outcomes) {
+        match outcome {
             Ok(provisioned) => {
                 env.extend(provisioned.env);
                 made.push((tool.clone(), provisioned.resource_id));
             }
             Err(cause) => {
                 tracing::warn!(tool = tool.id(), error = %cause, "claim-time tool failed; rolling back");
-                let clean = roll_back_tools(pool, &taken.id, &made).await;
-                give_back(pool, &taken.id, token, tool.id(), clean).await?;
-                return Err(Error::ToolFailed {
-                    tool: tool.id().to_string(),
-                    cause: Box::new(cause),
-                });
+                failed.get_or_insert((tool.id(), cause));
             }
         }
+    }
+    if let Some((tool, cause)) = failed {
+        let clean = roll_back_tools(pool, &taken.id, &made).await;
+        give_back(pool, &taken.id, token, tool, clean).await?;
+        return Err(Error::ToolFailed {
+            tool: tool.to_string(),
+            cause: Box::new(cause),
+        });
     }
     Ok(env)
 }

@@ -3,6 +3,7 @@
 //!
 //! ```text
 //! cargo run --release -p agentpool-tests --bin agentpool-bench [-- --out DIR] [--quick] [--profile]
+//! cargo run --release -p agentpool-tests --bin agentpool-bench -- --templates   # that section only
 //! ```
 //!
 //! Figures are measured and reported, never asserted: the targets are in the report.
@@ -15,6 +16,7 @@ mod profile;
 mod railway;
 mod report;
 mod stats;
+mod templates;
 mod tick;
 
 use std::path::PathBuf;
@@ -75,6 +77,7 @@ pub struct Report {
     pub claim_strategies: Vec<claims::StrategyCell>,
     pub ticks: Vec<tick::TickCell>,
     pub railway: Vec<railway::RailwayCell>,
+    pub templates: templates::TemplateFigures,
     pub process: fleet::ProcessFigures,
     pub total_seconds: f64,
     /// Ratios that fell by more than `compare::TOLERANCE` since the last committed report.
@@ -89,14 +92,18 @@ fn main() -> anyhow::Result<()> {
     let mut out = PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/../docs"));
     let mut scale = FULL;
     let mut with_profile = false;
+    let mut only_templates = false;
     let mut args = std::env::args().skip(1);
     while let Some(arg) = args.next() {
         match arg.as_str() {
             "--out" => out = PathBuf::from(args.next().context("--out needs a directory")?),
             "--quick" => scale = QUICK,
             "--profile" => with_profile = true,
+            "--templates" => only_templates = true,
             other => {
-                anyhow::bail!("unknown argument {other:?}; use --out DIR, --quick and/or --profile")
+                anyhow::bail!(
+                    "unknown argument {other:?}; use --out DIR, --quick, --profile and/or --templates"
+                )
             }
         }
     }
@@ -104,7 +111,37 @@ fn main() -> anyhow::Result<()> {
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?;
+    if only_templates {
+        return runtime.block_on(run_templates(out, scale));
+    }
     runtime.block_on(run(out, scale, with_profile))
+}
+
+/// Template claims per kind.
+fn template_claims(scale: Scale) -> usize {
+    (scale.cold_starts * 2).max(6)
+}
+
+/// The templates section alone, written to `benchmarks-templates.md` (the full run puts it in
+/// `benchmarks.md`).
+async fn run_templates(out: PathBuf, scale: Scale) -> anyhow::Result<()> {
+    let pg_root = tempfile::Builder::new()
+        .prefix("agentpool-bench-pg-")
+        .tempdir()?;
+    let root = pg_root.path().to_path_buf();
+    let postgres = tokio::task::spawn_blocking(move || EmbeddedPostgres::start(&root))
+        .await?
+        .context("starting postgres")?;
+    create_database(&postgres.url("postgres"), "bench").await?;
+    let url = postgres.url("bench");
+    db::open(&url, 4).await?.close().await;
+    let figures = templates::measure(&url, template_claims(scale)).await?;
+    let markdown = templates::markdown(&figures);
+    std::fs::create_dir_all(&out)?;
+    std::fs::write(out.join("benchmarks-templates.md"), &markdown)?;
+    println!("{markdown}");
+    tokio::task::spawn_blocking(move || postgres.stop()).await??;
+    Ok(())
 }
 
 async fn run(out: PathBuf, scale: Scale, with_profile: bool) -> anyhow::Result<()> {
@@ -137,6 +174,8 @@ async fn run(out: PathBuf, scale: Scale, with_profile: bool) -> anyhow::Result<(
     let ticks = tick::measure(&pool, &url, &stub, scale).await?;
     eprintln!("bench: Railway requests per tick");
     let railway = railway::measure(&pool, &url, &stub).await?;
+    eprintln!("bench: claims by template");
+    let templates = templates::measure(&url, template_claims(scale)).await?;
     eprintln!("bench: process start and memory");
     let process = fleet::process_figures(&url, scale).await?;
 
@@ -151,6 +190,7 @@ async fn run(out: PathBuf, scale: Scale, with_profile: bool) -> anyhow::Result<(
         claim_strategies,
         ticks,
         railway,
+        templates,
         process,
         total_seconds: started.elapsed().as_secs_f64(),
         regressions: Vec::new(),

@@ -425,6 +425,8 @@ pub fn markdown(report: &Report) -> String {
         );
     }
 
+    let _ = writeln!(md, "\n{}", crate::templates::markdown(&report.templates));
+
     let _ = writeln!(md, "\n## One replica: start and memory\n");
     let _ = writeln!(
         md,
