@@ -64,8 +64,12 @@ impl From<Error> for ApiError {
                 retry_after: Some(seconds),
                 ..
             } => {
-                return Self::new(StatusCode::BAD_GATEWAY, error.code(), error.public_message())
-                    .retry_after(*seconds)
+                return Self::new(
+                    StatusCode::BAD_GATEWAY,
+                    error.code(),
+                    error.public_message(),
+                )
+                .retry_after(*seconds)
             }
             Error::WrongState { .. } | Error::ConversationTaken { .. } | Error::ClaimInProgress => {
                 StatusCode::CONFLICT
@@ -85,7 +89,7 @@ impl From<Error> for ApiError {
             | Error::Provider { .. }
             | Error::Outbound { .. }
             | Error::ImplausibleListing { .. } => StatusCode::BAD_GATEWAY,
-            Error::Db(db) if agentpool_core::db::unavailable(db) => {
+            Error::Db(db) if agentpool_core::error::unavailable(db) => {
                 tracing::error!(%error, "database unavailable");
                 return Self::new(
                     StatusCode::SERVICE_UNAVAILABLE,

@@ -21,7 +21,9 @@ pub use queries::{
 mod outside;
 pub use outside::{notion, outbound, providers, runtime, tools};
 mod pipelines;
-pub use pipelines::{catalog, claim, creation, gate, prompts, simulate, tick};
+pub use pipelines::{
+    access, catalog, claim, creation, gate, operator, overview, prompts, simulate, tick,
+};
 
 pub mod stub_agent;
 
@@ -30,6 +32,7 @@ use std::sync::Arc;
 pub use config::Settings;
 pub use error::{Error, Result};
 
+use calls::Tally;
 use providers::Provider;
 use runtime::RuntimeClient;
 use sqlx::PgPool;
@@ -43,20 +46,24 @@ pub struct Pool {
     pub provider: Arc<dyn Provider>,
     pub tools: tools::Toolbox,
     pub runtime: RuntimeClient,
+    /// Failed outside calls not yet written to `/metrics`: the only thing held in memory, and
+    /// only counts.
+    pub tally: Tally,
     /// Notion, for instructions kept as pages; `None` without `NOTION_API_KEY`.
     pub notion: Option<Arc<notion::Notion>>,
 }
 
 impl Pool {
-    pub fn new(db: PgPool, settings: Settings, provider: Arc<dyn Provider>) -> Self {
+    /// `tally` is the one the provider's client reports to, if it has one; the tools get it too.
+    pub fn new(db: PgPool, settings: Settings, provider: Arc<dyn Provider>, tally: Tally) -> Self {
         let runtime = RuntimeClient::new(
             settings.runtime.runtime_protocol,
             settings.health.health_timeout(),
             settings.claim.provision_timeout(),
             settings.runtime.retry_interval(),
         );
-        let tools = tools::Toolbox::from_settings(&settings.tools, &settings.outbound);
-        let notion = notion::Notion::from_settings(&settings.prompts).map(Arc::new);
+        let tools = tools::Toolbox::from_settings(&settings.tools, &settings.outbound, &tally);
+        let notion = notion::Notion::from_settings(&settings.prompts, &tally).map(Arc::new);
         Self {
             notion,
             db,
@@ -64,6 +71,7 @@ impl Pool {
             provider,
             tools,
             runtime,
+            tally,
         }
     }
 
@@ -76,8 +84,9 @@ impl Pool {
             })
         })?;
         let db = db::open(url.expose(), settings.db.database_max_connections).await?;
-        let provider = providers::from_settings(&settings.providers, &settings.outbound)?;
-        Ok(Self::new(db, settings, provider))
+        let tally = Tally::default();
+        let provider = providers::from_settings(&settings.providers, &settings.outbound, &tally)?;
+        Ok(Self::new(db, settings, provider, tally))
     }
 }
 

@@ -614,7 +614,8 @@ async fn operator_keeps_the_catalog_and_claims_from_a_template() {
     b.wait_text("#template-message", |t| t.contains("Added planner"))
         .await;
     b.find(r#"tr[data-template="planner"]"#).await;
-    b.find(r#"#claim-template option[value]:not([value=""])"#).await;
+    b.find(r#"#claim-template option[value]:not([value=""])"#)
+        .await;
     let (_, catalog) = t.get_public("/api/pool/templates/planner").await;
     assert_eq!(catalog["agentName"], "Planner");
 
@@ -633,7 +634,9 @@ async fn operator_keeps_the_catalog_and_claims_from_a_template() {
     );
     b.fill("#claim-user-bankrApiKey", SECRET).await;
     b.click("#claim-submit").await;
-    let said = b.wait_text("#claim-message", |t| t.starts_with("Claimed")).await;
+    let said = b
+        .wait_text("#claim-message", |t| t.starts_with("Claimed"))
+        .await;
     let claimed: String = said
         .rsplit_once("instance ")
         .map(|(_, rest)| rest.trim_end_matches(").").to_string())
@@ -649,7 +652,8 @@ async fn operator_keeps_the_catalog_and_claims_from_a_template() {
     assert!(!html.as_str().unwrap().contains(SECRET));
 
     // Delete a template from the catalog.
-    b.click(r#"tr[data-template="planner"] button.danger"#).await;
+    b.click(r#"tr[data-template="planner"] button.danger"#)
+        .await;
     b.wait_text("#template-message", |t| t.contains("Deleted planner"))
         .await;
     let (status, _) = t.get_public("/api/pool/templates/planner").await;
@@ -659,7 +663,8 @@ async fn operator_keeps_the_catalog_and_claims_from_a_template() {
 
     // The phone view has the picker too.
     b.goto(&t.url("/admin/lite")).await;
-    b.find(r#"#claim-template option[value]:not([value=""])"#).await;
+    b.find(r#"#claim-template option[value]:not([value=""])"#)
+        .await;
     b.assert_no_console_errors().await;
     b.close().await;
 }

@@ -118,7 +118,10 @@ async fn no_credential_appears_in_any_log_line() {
         .await;
     assert_eq!(template.status(), StatusCode::CREATED);
     let template_id = template.json::<Value>().await.unwrap()["id"].clone();
-    for user_config in [json!({}), json!({"bankrApiKey": USER_KEY, "stray": USER_KEY})] {
+    for user_config in [
+        json!({}),
+        json!({"bankrApiKey": USER_KEY, "stray": USER_KEY}),
+    ] {
         let refused = remote
             .post(
                 "/api/pool/claim",

@@ -36,11 +36,16 @@ async fn with_notion() -> (NotionFake, TestPool) {
         vec![
             Block::new("heading_1", "Rules"),
             Block::new("paragraph", "Plan trips to Tokyo."),
-            Block::new("bulleted_list_item", "Trains")
-                .with(vec![Block::new("paragraph", "Prefer the Shinkansen.")
-                    .with(vec![Block::new("quote", "Green car if asked.")])]),
+            Block::new("bulleted_list_item", "Trains").with(vec![Block::new(
+                "paragraph",
+                "Prefer the Shinkansen.",
+            )
+            .with(vec![Block::new("quote", "Green car if asked.")])]),
             Block::new("to_do", "Book hotels"),
-            Block::new("table", "").with(vec![Block::row(&["city", "days"]), Block::row(&["Kyoto", "2"])]),
+            Block::new("table", "").with(vec![
+                Block::row(&["city", "days"]),
+                Block::row(&["Kyoto", "2"]),
+            ]),
             Block::new("paragraph", "Be brief."),
         ],
     );
@@ -80,7 +85,11 @@ async fn three_replicas_asking_at_once_cost_notion_one_fetch() {
     let stats = notion.stats();
     assert_eq!(stats.requests_for(PAGE_OP), 1, "{stats:?}");
     // Six top-level blocks in pages of three: two calls, and one per nested level.
-    assert_eq!(stats.requests_for("GET /v1/blocks/{id}/children"), 5, "{stats:?}");
+    assert_eq!(
+        stats.requests_for("GET /v1/blocks/{id}/children"),
+        5,
+        "{stats:?}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -96,7 +105,13 @@ async fn a_stale_copy_is_served_while_notion_fails_and_a_missing_page_is_404() {
             .unwrap();
     };
     age().await;
-    notion.inject(Fault::ServerError, Scope::Next { op: None, count: 1000 });
+    notion.inject(
+        Fault::ServerError,
+        Scope::Next {
+            op: None,
+            count: 1000,
+        },
+    );
     let (status, stale, body) = prompt(&t, &t.base, PAGE).await;
     assert_eq!(status, StatusCode::OK, "{body}");
     assert_eq!(stale.as_deref(), Some("true"));
@@ -110,8 +125,13 @@ async fn a_stale_copy_is_served_while_notion_fails_and_a_missing_page_is_404() {
 
     // A 429 is waited out (its Retry-After) and the fetch goes through.
     notion.inject(
-        Fault::RateLimited { retry_after_secs: 1 },
-        Scope::Next { op: Some(PAGE_OP.into()), count: 1 },
+        Fault::RateLimited {
+            retry_after_secs: 1,
+        },
+        Scope::Next {
+            op: Some(PAGE_OP.into()),
+            count: 1,
+        },
     );
     let (status, stale, body) = prompt(&t, &t.base, PAGE).await;
     assert_eq!(status, StatusCode::OK, "{body}");

@@ -31,17 +31,23 @@ async fn railway_pool(outside: &Outside, idle: &str) -> TestPool {
         [
             ("POOL_NAME_PREFIX".to_string(), PREFIX.to_string()),
             ("TOOLS_AT_CREATION".to_string(), "base".to_string()),
-            ("BANKR_API_KEY".to_string(), "pool-bankr-key-0123456789".to_string()),
+            (
+                "BANKR_API_KEY".to_string(),
+                "pool-bankr-key-0123456789".to_string(),
+            ),
         ],
     );
     let settings = Settings::from_vars(vars.clone()).unwrap();
-    let railway = Arc::new(
-        RailwayProvider::from_settings(&settings.providers.railway, &settings.outbound).unwrap(),
-    );
     let mut overrides: Vec<(&str, &str)> =
         vars.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
     overrides.push(("POOL_MIN_IDLE", idle));
-    let t = TestPool::with_provider(&overrides, &[], |_| railway).await;
+    let t = TestPool::with_provider(&overrides, &[], |_, tally| {
+        Arc::new(
+            RailwayProvider::from_settings(&settings.providers.railway, &settings.outbound, tally)
+                .unwrap(),
+        )
+    })
+    .await;
     let want: i64 = idle.parse().unwrap();
     wait_until(Duration::from_secs(60), || async {
         t.tick().await;
@@ -52,11 +58,13 @@ async fn railway_pool(outside: &Outside, idle: &str) -> TestPool {
 }
 
 async fn tools_of(t: &TestPool, id: &str) -> Vec<String> {
-    sqlx::query_scalar("SELECT tool_id FROM instance_services WHERE instance_id = $1 ORDER BY tool_id")
-        .bind(id)
-        .fetch_all(&t.pool.db)
-        .await
-        .unwrap()
+    sqlx::query_scalar(
+        "SELECT tool_id FROM instance_services WHERE instance_id = $1 ORDER BY tool_id",
+    )
+    .bind(id)
+    .fetch_all(&t.pool.db)
+    .await
+    .unwrap()
 }
 
 /// A DELETE's status (204 has no body).
@@ -153,7 +161,10 @@ async fn a_claim_by_template_adds_exactly_its_pool_tools_to_a_running_instance()
         .json()
         .await
         .unwrap();
-    assert_eq!(env["env"]["AGENTMAIL_INBOX_ID"], inboxes[0].inbox_id.as_str());
+    assert_eq!(
+        env["env"]["AGENTMAIL_INBOX_ID"],
+        inboxes[0].inbox_id.as_str()
+    );
     assert_eq!(env["env"]["BANKR_API_KEY"], USER_SECRET);
     assert_eq!(env["model"], "anthropic/claude-sonnet-4");
     let started: Vec<&str> = env["startedWith"]
@@ -210,7 +221,10 @@ async fn a_missing_user_config_takes_nothing_and_a_failing_tool_is_rolled_back()
     for (user_config, field) in [
         (Value::Null, "bankrApiKey"),
         (json!({}), "bankrApiKey"),
-        (json!({"bankrApiKey": USER_SECRET, "telnyxApiKey": USER_SECRET}), "telnyxApiKey"),
+        (
+            json!({"bankrApiKey": USER_SECRET, "telnyxApiKey": USER_SECRET}),
+            "telnyxApiKey",
+        ),
         (json!({"bankrApiKey": 42}), "bankrApiKey"),
     ] {
         let mut body = json!({"templateId": template_id});
@@ -259,7 +273,10 @@ async fn a_missing_user_config_takes_nothing_and_a_failing_tool_is_rolled_back()
         .await;
     assert_eq!(status, StatusCode::BAD_GATEWAY, "{reply}");
     assert_eq!(reply["code"], "tool_failed");
-    assert!(reply["error"].as_str().unwrap().contains("email"), "{reply}");
+    assert!(
+        reply["error"].as_str().unwrap().contains("email"),
+        "{reply}"
+    );
     assert!(outside.telnyx.numbers().is_empty(), "the number was kept");
     assert!(outside.agentmail.inboxes().is_empty());
     assert_eq!(t.ids(Idle).await, idle, "the instance was not given back");
@@ -346,8 +363,10 @@ async fn the_catalog_shows_public_templates_and_the_key_writes_them() {
             t.http
                 .put(t.url(&format!("/api/templates/{private_id}")))
                 .bearer_auth(&t.key)
-                .json(&json!({"slug": "ops", "agentName": "Ops", "instructions": "Operate.",
-                              "visibility": "public"})),
+                .json(
+                    &json!({"slug": "ops", "agentName": "Ops", "instructions": "Operate.",
+                              "visibility": "public"}),
+                ),
         )
         .await;
     assert_eq!(status, StatusCode::OK, "{updated}");

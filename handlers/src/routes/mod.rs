@@ -8,8 +8,8 @@ mod claim;
 mod health;
 mod instances;
 mod pool;
-mod settings;
 mod prompts;
+mod settings;
 mod stream;
 mod templates;
 

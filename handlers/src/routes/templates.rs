@@ -114,7 +114,10 @@ pub async fn update(
         (status = 204, description = "Deleted; instances made from it are left as they are"),
         (status = 404, description = "No such template", body = ErrorBody),
     ))]
-pub async fn delete(State(state): State<AppState>, Path(id): Path<String>) -> ApiResult<StatusCode> {
+pub async fn delete(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+) -> ApiResult<StatusCode> {
     plausible("template", &id)?;
     catalog::delete(&state.pool, &id).await?;
     tracing::info!(template_id = %id, "template deleted");

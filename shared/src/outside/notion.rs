@@ -11,6 +11,7 @@ use std::sync::Arc;
 
 use serde_json::Value;
 
+use crate::calls::Tally;
 use crate::config::{PromptSettings, Secret};
 use crate::error::{Error, Result};
 use crate::outbound::{Call, Failure, Outbound, Policy, Replay};
@@ -39,18 +40,21 @@ pub struct Notion {
 
 impl Notion {
     /// `None` without `NOTION_API_KEY`.
-    pub fn from_settings(settings: &PromptSettings) -> Option<Self> {
+    pub fn from_settings(settings: &PromptSettings, tally: &Tally) -> Option<Self> {
         let key = settings.notion_api_key.clone()?;
         Some(Self {
             // Notion allows about 3 requests a second: a page of many nested blocks may meet a
             // 429, whose Retry-After (seconds) is honoured up to a bound a request can wait.
-            out: Arc::new(Outbound::new(Policy {
-                timeout: std::time::Duration::from_secs(10),
-                attempts: 4,
-                max_retry_after: std::time::Duration::from_secs(10),
-                per_host: 3,
-                ..Policy::default()
-            })),
+            out: Arc::new(Outbound::new(
+                Policy {
+                    timeout: std::time::Duration::from_secs(10),
+                    attempts: 4,
+                    max_retry_after: std::time::Duration::from_secs(10),
+                    per_host: 3,
+                    ..Policy::default()
+                },
+                tally.clone(),
+            )),
             api: settings.notion_api_url.trim_end_matches('/').to_string(),
             key,
         })
@@ -134,10 +138,7 @@ impl Notion {
                     Box::pin(self.children(id, depth + 1, lines, blocks)).await?;
                 }
             }
-            match (
-                page["has_more"].as_bool(),
-                page["next_cursor"].as_str(),
-            ) {
+            match (page["has_more"].as_bool(), page["next_cursor"].as_str()) {
                 (Some(true), Some(next)) => cursor = Some(next.to_string()),
                 _ => return Ok(()),
             }
@@ -186,11 +187,7 @@ fn title_of(page: &Value) -> String {
 fn line_of(block: &Value, kind: &str) -> Option<String> {
     let content = &block[kind];
     if kind == "table_row" {
-        let cells: Vec<String> = content["cells"]
-            .as_array()?
-            .iter()
-            .map(plain)
-            .collect();
+        let cells: Vec<String> = content["cells"].as_array()?.iter().map(plain).collect();
         return Some(cells.join(" | "));
     }
     let text = plain(content.get("rich_text")?);

@@ -70,4 +70,3 @@ pub async fn forget(db: impl sqlx::PgExecutor<'_>, page_id: &str) -> Result<()> 
         .await?;
     Ok(())
 }
-

@@ -5,9 +5,7 @@ use sqlx::types::Json;
 use sqlx::PgPool;
 
 use crate::error::{Error, Result};
-use crate::template::{
-    user_fields, ModelChoice, Template, TemplateInput, ToolChoice, Visibility,
-};
+use crate::template::{user_fields, ModelChoice, Template, TemplateInput, ToolChoice, Visibility};
 
 #[derive(sqlx::FromRow)]
 struct Row {
@@ -117,11 +115,12 @@ pub async fn delete(db: &PgPool, id: &str) -> Result<bool> {
 }
 
 pub async fn get(db: &PgPool, id: &str) -> Result<Option<Template>> {
-    let row: Option<Row> =
-        sqlx::query_as(&format!("SELECT {COLUMNS} FROM agent_templates WHERE id = $1"))
-            .bind(id)
-            .fetch_optional(db)
-            .await?;
+    let row: Option<Row> = sqlx::query_as(&format!(
+        "SELECT {COLUMNS} FROM agent_templates WHERE id = $1"
+    ))
+    .bind(id)
+    .fetch_optional(db)
+    .await?;
     Ok(row.map(Into::into))
 }
 

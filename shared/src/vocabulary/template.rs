@@ -165,7 +165,10 @@ impl TemplateInput {
                 )));
             }
             if seen.contains(&tool.id) {
-                return Err(Error::Invalid(format!("tools: {:?} is listed twice", tool.id)));
+                return Err(Error::Invalid(format!(
+                    "tools: {:?} is listed twice",
+                    tool.id
+                )));
             }
             seen.push(tool.id.clone());
         }
@@ -277,15 +280,39 @@ pub const TOOLS: &[ToolNeeds] = &[
     ToolNeeds {
         id: "email",
         fields: &[
-            field("email", "agentmailApiKey", "AGENTMAIL_API_KEY", "AgentMail API key", true),
-            field("email", "agentmailInboxId", "AGENTMAIL_INBOX_ID", "AgentMail inbox id", true),
+            field(
+                "email",
+                "agentmailApiKey",
+                "AGENTMAIL_API_KEY",
+                "AgentMail API key",
+                true,
+            ),
+            field(
+                "email",
+                "agentmailInboxId",
+                "AGENTMAIL_INBOX_ID",
+                "AgentMail inbox id",
+                true,
+            ),
         ],
     },
     ToolNeeds {
         id: "sms",
         fields: &[
-            field("sms", "telnyxApiKey", "TELNYX_API_KEY", "Telnyx API key", true),
-            field("sms", "telnyxPhoneNumber", "TELNYX_PHONE_NUMBER", "Telnyx phone number", true),
+            field(
+                "sms",
+                "telnyxApiKey",
+                "TELNYX_API_KEY",
+                "Telnyx API key",
+                true,
+            ),
+            field(
+                "sms",
+                "telnyxPhoneNumber",
+                "TELNYX_PHONE_NUMBER",
+                "Telnyx phone number",
+                true,
+            ),
             field(
                 "sms",
                 "telnyxMessagingProfileId",
@@ -297,7 +324,13 @@ pub const TOOLS: &[ToolNeeds] = &[
     },
     ToolNeeds {
         id: "crypto",
-        fields: &[field("crypto", "bankrApiKey", "BANKR_API_KEY", "Bankr API key", true)],
+        fields: &[field(
+            "crypto",
+            "bankrApiKey",
+            "BANKR_API_KEY",
+            "Bankr API key",
+            true,
+        )],
     },
     ToolNeeds {
         id: "openrouter",

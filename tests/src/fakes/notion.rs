@@ -270,7 +270,11 @@ fn not_found(inner: &Inner, id: &str) -> Response {
     )
 }
 
-async fn page(State(inner): State<Arc<Inner>>, headers: HeaderMap, Path(id): Path<String>) -> Response {
+async fn page(
+    State(inner): State<Arc<Inner>>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+) -> Response {
     if let Err(refused) = versioned(&inner, &headers) {
         return refused;
     }

@@ -12,6 +12,7 @@ use std::time::{Duration, Instant};
 use serde::Serialize;
 use serde_json::json;
 
+use agentpool_core::calls::Tally;
 use agentpool_core::claim::{self, ClaimInput, Redacted};
 use agentpool_core::domain::InstanceStatus;
 use agentpool_core::providers::railway::RailwayProvider;
@@ -39,14 +40,17 @@ pub struct TemplateFigures {
 
 async fn pool_with(database_url: &str, vars: &[(String, String)]) -> anyhow::Result<Pool> {
     let settings = Settings::from_vars(vars.to_vec())?;
+    let tally = Tally::default();
     let provider = Arc::new(RailwayProvider::from_settings(
         &settings.providers.railway,
         &settings.outbound,
+        &tally,
     )?);
     Ok(Pool::new(
         db::connect(database_url, settings.db.database_max_connections).await?,
         settings,
         provider,
+        tally,
     ))
 }
 
@@ -59,7 +63,10 @@ async fn fill(pool: &Pool, n: i64) -> anyhow::Result<()> {
         if idle >= n {
             return Ok(());
         }
-        anyhow::ensure!(Instant::now() < deadline, "the pool did not fill: {idle} idle");
+        anyhow::ensure!(
+            Instant::now() < deadline,
+            "the pool did not fill: {idle} idle"
+        );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
@@ -67,12 +74,11 @@ async fn fill(pool: &Pool, n: i64) -> anyhow::Result<()> {
 /// Tool resources per idle instance of this pool (by its name prefix), by tool id.
 async fn idle_resources(pool: &Pool) -> anyhow::Result<BTreeMap<String, f64>> {
     let prefix = format!("{}%", pool.settings.pool.pool_name_prefix);
-    let idle: i64 = sqlx::query_scalar(
-        "SELECT count(*) FROM instances WHERE status = 'idle' AND name LIKE $1",
-    )
-    .bind(&prefix)
-    .fetch_one(&pool.db)
-    .await?;
+    let idle: i64 =
+        sqlx::query_scalar("SELECT count(*) FROM instances WHERE status = 'idle' AND name LIKE $1")
+            .bind(&prefix)
+            .fetch_one(&pool.db)
+            .await?;
     let rows: Vec<(String, i64)> = sqlx::query_as(
         "SELECT s.tool_id, count(*) FROM instance_services s
            JOIN instances i ON i.id = s.instance_id
