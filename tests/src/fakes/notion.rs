@@ -249,15 +249,14 @@ fn store(world: &mut World, block: Block) -> String {
     id
 }
 
-/// Notion refuses a request without `Notion-Version`.
-fn versioned(inner: &Inner, headers: &HeaderMap) -> Result<(), Response> {
-    if headers.get("notion-version").is_none() {
-        return Err(inner.error(
+/// Notion's refusal of a request without `Notion-Version`.
+fn unversioned(inner: &Inner, headers: &HeaderMap) -> Option<Response> {
+    headers.get("notion-version").is_none().then(|| {
+        inner.error(
             StatusCode::BAD_REQUEST,
             "Notion-Version header failed validation: Notion-Version header should be defined",
-        ));
-    }
-    Ok(())
+        )
+    })
 }
 
 fn not_found(inner: &Inner, id: &str) -> Response {
@@ -275,7 +274,7 @@ async fn page(
     headers: HeaderMap,
     Path(id): Path<String>,
 ) -> Response {
-    if let Err(refused) = versioned(&inner, &headers) {
+    if let Some(refused) = unversioned(&inner, &headers) {
         return refused;
     }
     let id = bare(&id);
@@ -299,7 +298,7 @@ async fn children(
     Path(id): Path<String>,
     query: Result<Query<Vec<(String, String)>>, QueryRejection>,
 ) -> Response {
-    if let Err(refused) = versioned(&inner, &headers) {
+    if let Some(refused) = unversioned(&inner, &headers) {
         return refused;
     }
     let read = || -> Result<(usize, usize), String> {
