@@ -6,7 +6,8 @@
 //!
 //! starts the Railway, OpenRouter, AgentMail, Telnyx and Notion fakes (ports from
 //! `FAKES_RAILWAY_PORT`, `FAKES_OPENROUTER_PORT`, `FAKES_AGENTMAIL_PORT`, `FAKES_TELNYX_PORT`,
-//! `FAKES_NOTION_PORT`; 4001 to 4005 by default; the Notion fake holds one example page) and prints the settings that point `agentpool dev` at them. Services the Railway
+//! `FAKES_NOTION_PORT`; 4001 to 4005 by default; the Notion fake holds one example page) and
+//! prints the settings that point `agentpool dev` at them. Services the Railway
 //! fake "deploys" are stub agents on loopback; Ctrl-C stops them all. Faults can be injected
 //! into any fake while it runs:
 //! `curl -X POST <base>/_fake/faults -d '{"fault":{"kind":"ServerError"},"scope":{"kind":"Rate","perMille":200,"seed":1}}'`.
