@@ -188,6 +188,8 @@ impl Sim {
                 health_failure_threshold: 3,
                 health_grace: Duration::from_secs(60),
                 sizing,
+                // Simulated instances are never renamed (nothing is listed).
+                name_prefix: String::new(),
             },
             boot,
             record,

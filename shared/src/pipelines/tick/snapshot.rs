@@ -114,11 +114,12 @@ pub async fn take(
     }
     let (now, rows) = read_rows(pool).await?;
     let resources = resources.filter(|listed| {
-        let listed: HashSet<&str> = listed.iter().map(|r| r.name.as_str()).collect();
+        // By id: a claimed agent's resource is renamed after it.
+        let listed: HashSet<&str> = listed.iter().map(|r| r.resource_id.as_str()).collect();
         let expected = rows
             .iter()
-            .filter(|r| r.resource_id.is_some() && r.instance.status != InstanceStatus::Destroying)
-            .map(|r| r.instance.name.as_str());
+            .filter(|r| r.instance.status != InstanceStatus::Destroying)
+            .filter_map(|r| r.resource_id.as_deref());
         believed(pool.provider.kind().as_str(), expected, &listed, report)
     });
     let recent_claims = recent_claims(pool).await?;
@@ -339,11 +340,15 @@ pub fn health_targets(
         let running: HashSet<&str> = listed
             .iter()
             .filter(|r| r.status == ResourceStatus::Running)
-            .map(|r| r.name.as_str())
+            .map(|r| r.resource_id.as_str())
             .collect();
         rows.iter()
-            .map(|row| row.instance.name.as_str())
-            .filter(|name| !running.contains(name))
+            .filter(|row| {
+                row.resource_id
+                    .as_deref()
+                    .is_none_or(|id| !running.contains(id))
+            })
+            .map(|row| row.instance.id.as_str())
             .collect()
     });
     let mut targets: Vec<&Row> = rows
@@ -358,7 +363,7 @@ pub fn health_targets(
             matches!(row.instance.status, Claimed | Crashed)
                 || not_running
                     .as_ref()
-                    .is_none_or(|skip| !skip.contains(row.instance.name.as_str()))
+                    .is_none_or(|skip| !skip.contains(row.instance.id.as_str()))
         })
         .filter(|row| row.instance.url.is_some())
         .collect();
