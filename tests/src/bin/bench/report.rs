@@ -382,7 +382,7 @@ pub fn markdown(report: &Report) -> String {
          are the statements sqlx ran, counted from its `sqlx::query` events. Memory is the peak \
          resident size of the benchmark process during the tick and its growth over the size \
          before. The last column is one `GET /metrics` rendering over the same fleet \
-         (`agentpool_core::metrics::render`), and the statements it ran.\n"
+         (`agentpool_core::overview::metrics`), and the statements it ran.\n"
     );
     let _ = writeln!(
         md,
