@@ -432,7 +432,11 @@ async fn a_service_built_from_source_sees_its_settings_and_becomes_idle() {
     assert_eq!(build.repo, "xmtplabs/convos-agent-pool-manager");
     assert_eq!(build.branch.as_deref(), Some("staging"));
     assert_eq!(build.root_directory.as_deref(), Some("agent"));
-    for variable in ["OPENCLAW_GIT_REF", "OPENCLAW_GATEWAY_TOKEN", "RAILWAY_PUBLIC_URL"] {
+    for variable in [
+        "OPENCLAW_GIT_REF",
+        "OPENCLAW_GATEWAY_TOKEN",
+        "RAILWAY_PUBLIC_URL",
+    ] {
         assert!(build.variables.iter().any(|v| v == variable), "{build:?}");
     }
     assert_eq!(service.variables["OPENCLAW_GIT_REF"], "v2026.2.1");
@@ -504,10 +508,22 @@ async fn a_renamed_claimed_service_survives_reconcile_and_a_real_orphan_does_not
     assert_eq!(fake.service(&service_id).unwrap().name, t.name_of(&id));
 
     // A rename that fails is not the claim's business, and the next tick makes it.
-    fake.inject(Fault::GraphqlError, Scope::Next { op: Some("serviceUpdate".into()), count: 1 });
+    fake.inject(
+        Fault::GraphqlError,
+        Scope::Next {
+            op: Some("serviceUpdate".into()),
+            count: 1,
+        },
+    );
     let report = t.tick_with(Mode::Reconcile).await;
     assert!(report.renamed.is_empty(), "{report:?}");
-    assert!(report.errors.iter().any(|e| e.instance_id.as_deref() == Some(id.as_str())), "{report:?}");
+    assert!(
+        report
+            .errors
+            .iter()
+            .any(|e| e.instance_id.as_deref() == Some(id.as_str())),
+        "{report:?}"
+    );
     let report = t.tick_with(Mode::Reconcile).await;
     assert_eq!(report.renamed, vec![id.clone()], "{report:?}");
     let renamed = format!("rn-trip-planner-{id}");
@@ -515,7 +531,11 @@ async fn a_renamed_claimed_service_survives_reconcile_and_a_real_orphan_does_not
 
     let orphan = fake.create_service_behind_our_back(&fake.shared_ids().project_id, "rn-orphan");
     let report = t.tick_with(Mode::Reconcile).await;
-    assert_eq!(report.orphans_deleted, vec!["rn-orphan".to_string()], "{report:?}");
+    assert_eq!(
+        report.orphans_deleted,
+        vec!["rn-orphan".to_string()],
+        "{report:?}"
+    );
     assert!(report.renamed.is_empty(), "renamed once: {report:?}");
     assert!(report.transitions.is_empty(), "{report:?}");
     assert!(fake.service(&orphan).is_none());

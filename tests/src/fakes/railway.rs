@@ -793,7 +793,9 @@ fn execute(inner: &Arc<Inner>, request: &Request) -> Result<Value, String> {
             object_arg(args, "input")?,
         ),
         "variableCollectionUpsert" => variable_collection_upsert(inner, object_arg(args, "input")?),
-        "serviceConnect" => service_connect(inner, str_arg(args, "id")?, object_arg(args, "input")?),
+        "serviceConnect" => {
+            service_connect(inner, str_arg(args, "id")?, object_arg(args, "input")?)
+        }
         "serviceDisconnect" => service_disconnect(inner, str_arg(args, "id")?),
         "serviceUpdate" => service_update(inner, str_arg(args, "id")?, object_arg(args, "input")?),
         "projectUpdate" => project_update(inner, str_arg(args, "id")?, object_arg(args, "input")?),
@@ -1302,7 +1304,9 @@ async fn built(inner: &Inner, launch: &Launch) -> bool {
     }
     if fails {
         deployment.status = FAILED.into();
-        deployment.logs.push("build failed: the Dockerfile did not build".into());
+        deployment
+            .logs
+            .push("build failed: the Dockerfile did not build".into());
         return false;
     }
     deployment.status = DEPLOYING.into();
@@ -1346,7 +1350,9 @@ fn variable_collection_upsert(inner: &Arc<Inner>, input: &Value) -> Result<Value
     let environment_id = str_field(input, "environmentId")?;
     let variables = match input.get("variables") {
         Some(Value::Object(map)) => map.clone(),
-        _ => return Err("Field \"variables\" of type \"EnvironmentVariables!\" is required".into()),
+        _ => {
+            return Err("Field \"variables\" of type \"EnvironmentVariables!\" is required".into())
+        }
     };
     let skip = input.get("skipDeploys").and_then(Value::as_bool) == Some(true);
     let mut world = inner.world();

@@ -408,8 +408,15 @@ impl RailwayProvider {
                     branch: branch.as_deref(),
                     root_dir: root_dir.as_deref(),
                 };
-                self.build(spec, project_id, environment_id, service_id, build, &variables)
-                    .await?
+                self.build(
+                    spec,
+                    project_id,
+                    environment_id,
+                    service_id,
+                    build,
+                    &variables,
+                )
+                .await?
             }
         }
         Ok((url, volume))
@@ -539,8 +546,8 @@ impl RailwayProvider {
         let step = "railway-build";
         let deadline = tokio::time::Instant::now() + self.build_timeout;
         // About 120 looks over the whole timeout: every 5 s at the default 10 minutes.
-        let every = (self.build_timeout / 120)
-            .clamp(Duration::from_millis(20), Duration::from_secs(10));
+        let every =
+            (self.build_timeout / 120).clamp(Duration::from_millis(20), Duration::from_secs(10));
         loop {
             let status = self
                 .gql(
@@ -833,7 +840,12 @@ impl Provider for RailwayProvider {
         };
         // Setting a name twice sets the same name.
         let renamed = self
-            .gql("rename", Replay::Safe, query, json!({"id": id, "input": {"name": name}}))
+            .gql(
+                "rename",
+                Replay::Safe,
+                query,
+                json!({"id": id, "input": {"name": name}}),
+            )
             .await
             .map(|_| ())
             .map_err(|f| Error::outbound(SERVICE, "rename", f));

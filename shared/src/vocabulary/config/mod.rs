@@ -459,8 +459,15 @@ mod tests {
             let all: Vec<(&str, &str)> = source.iter().chain(extra).copied().collect();
             Settings::from_vars(vars(&all)).unwrap_err().setting
         };
-        assert_eq!(refused(&[("RAILWAY_RUNTIME_IMAGE", "img")]), "RAILWAY_SOURCE_REPO");
-        assert_eq!(refused(&[]), "CREATE_TIMEOUT_MS", "2 min is no build's time");
+        assert_eq!(
+            refused(&[("RAILWAY_RUNTIME_IMAGE", "img")]),
+            "RAILWAY_SOURCE_REPO"
+        );
+        assert_eq!(
+            refused(&[]),
+            "CREATE_TIMEOUT_MS",
+            "2 min is no build's time"
+        );
         assert_eq!(
             refused(&[("CREATE_TIMEOUT_MS", "720000")]),
             "TICK_BUDGET_MS",
@@ -486,8 +493,15 @@ mod tests {
         assert_eq!(stray.unwrap_err().setting, "RAILWAY_SOURCE_ROOT_DIR");
         // The checks are Railway's: the same values mean nothing to another provider.
         assert!(Settings::from_vars(vars(&source[1..])).is_ok());
-        let image = Settings::from_vars(vars(&[])).unwrap().providers.railway.source();
-        assert_eq!(image, RailwaySource::Image(RailwaySettings::DEFAULT_IMAGE.into()));
+        let image = Settings::from_vars(vars(&[]))
+            .unwrap()
+            .providers
+            .railway
+            .source();
+        assert_eq!(
+            image,
+            RailwaySource::Image(RailwaySettings::DEFAULT_IMAGE.into())
+        );
     }
 
     /// As before the split: envy reads a variable whatever the case of its name.

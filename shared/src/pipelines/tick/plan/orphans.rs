@@ -141,7 +141,9 @@ mod tests {
         use crate::domain::InstanceStatus::Claimed;
         let fixture = Fixture::new()
             .row("a", Claimed, MIN, None, Some(ready()))
-            .edit("a", |row| row.instance.agent_name = Some("Trip Planner".into()))
+            .edit("a", |row| {
+                row.instance.agent_name = Some("Trip Planner".into())
+            })
             .renamed("ap-a", "ap-trip-planner-a", Running)
             .resource("ap-ghost", Running);
         let plan = fixture.plan();
@@ -156,7 +158,9 @@ mod tests {
         use crate::domain::InstanceStatus::{Claimed, Crashed};
         let plan = Fixture::new()
             .row("a", Claimed, MIN, Some(Running), Some(ready()))
-            .edit("a", |row| row.instance.agent_name = Some("Trip Planner".into()))
+            .edit("a", |row| {
+                row.instance.agent_name = Some("Trip Planner".into())
+            })
             .row("b", Idle, MIN, Some(Running), Some(ready()))
             .row("c", Crashed, MIN, Some(Running), None)
             .edit("c", |row| row.instance.agent_name = Some("c".into()))
