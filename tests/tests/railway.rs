@@ -399,15 +399,18 @@ async fn from_source(prefix: &str) -> (RailwayFake, TestPool) {
         .map(|(k, v)| (k.to_string(), v.to_string())),
     );
     let settings = Settings::from_vars(vars.clone()).unwrap();
-    let railway = Arc::new(
-        RailwayProvider::from_settings(&settings.providers.railway, &settings.outbound).unwrap(),
-    );
     let overrides: Vec<(&str, &str)> = vars
         .iter()
         .filter(|(k, _)| k != "POOL_PROVIDER")
         .map(|(k, v)| (k.as_str(), v.as_str()))
         .collect();
-    let t = TestPool::with_provider(&overrides, &[], |_| railway).await;
+    let t = TestPool::with_provider(&overrides, &[], |_, tally| {
+        Arc::new(
+            RailwayProvider::from_settings(&settings.providers.railway, &settings.outbound, tally)
+                .unwrap(),
+        )
+    })
+    .await;
     (fake, t)
 }
 
@@ -483,11 +486,10 @@ async fn a_failed_build_is_a_failed_creation_that_leaves_nothing_behind() {
 async fn a_renamed_claimed_service_survives_reconcile_and_a_real_orphan_does_not() {
     let fake = fake().await;
     let prefix = "rn-";
-    let railway = provider(&fake, "shared", prefix);
     let t = TestPool::with_provider(
         &[("POOL_MIN_IDLE", "1"), ("POOL_NAME_PREFIX", prefix)],
         &[],
-        |_| railway,
+        |_, tally| provider(&fake, "shared", prefix, tally),
     )
     .await;
     agentpool_tests::wait_until(std::time::Duration::from_secs(20), || async {
