@@ -354,6 +354,8 @@ fn row(id: &str, now: DateTime<Utc>) -> Row {
         details: None,
         // The resource exists from the start, so the creator's liveness is never asked.
         creator_alive_at: None,
+        // No runtime is asked.
+        gateway_token: crate::config::Secret::new(String::new()),
     }
 }
 

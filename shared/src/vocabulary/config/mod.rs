@@ -54,7 +54,16 @@ impl Secret {
     pub fn new(value: impl Into<String>) -> Self {
         Self(value.into())
     }
+}
 
+/// For a secret read from the database (`#[sqlx(try_from = "String")]`).
+impl From<String> for Secret {
+    fn from(value: String) -> Self {
+        Self(value)
+    }
+}
+
+impl Secret {
     pub fn expose(&self) -> &str {
         &self.0
     }

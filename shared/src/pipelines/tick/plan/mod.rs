@@ -215,6 +215,7 @@ pub(crate) mod fixture {
                 resource_id: Some(format!("ap-{id}")),
                 details: None,
                 creator_alive_at: None,
+                gateway_token: crate::config::Secret::new("token"),
             });
             if let Some(status) = resource {
                 self = self.resource(&format!("ap-{id}"), status);
