@@ -64,6 +64,13 @@ pub trait Provider: Send + Sync {
     /// never be left out, because a resource left out looks gone (and, twice, is destroyed).
     async fn list(&self, prefix: &str) -> Result<Vec<ObservedResource>>;
 
+    /// Renames a resource for an operator's eyes (a claimed agent after its name, seeds 001 and
+    /// 003). The resource keeps its id, by which the tick knows it; the new name keeps the pool's
+    /// prefix. `None`: this provider's names are fixed.
+    async fn rename(&self, _resource: &ResourceRef, _name: &str) -> Option<Result<()>> {
+        None
+    }
+
     // Room for what comes next. Both default to "not offered", and a caller falls back to what
     // every provider can do: destroy and create anew.
 

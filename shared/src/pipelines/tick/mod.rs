@@ -92,6 +92,8 @@ pub struct TickReport {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub abandoned: Option<usize>,
     pub created: Vec<String>,
+    /// Claimed agents whose resource this tick called after them (ids).
+    pub renamed: Vec<String>,
     /// The pool's target this tick, and why (absent from a skipped tick).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub target: Option<plan::Target>,
@@ -140,6 +142,7 @@ pub fn rules(settings: &crate::config::Settings, size: PoolSize, sizing: Sizing)
         health_failure_threshold: settings.health.health_failure_threshold,
         health_grace: settings.health.health_grace(),
         sizing,
+        name_prefix: settings.pool.pool_name_prefix.clone(),
     }
 }
 
