@@ -135,14 +135,15 @@ async fn a_claim_by_template_adds_exactly_its_pool_tools_to_a_running_instance()
             .unwrap();
     assert_eq!(recorded.as_deref(), Some(template_id));
 
-    // Saved at Railway, so a restart keeps them, without a redeploy.
+    // Saved at Railway, so a restart keeps them, without a redeploy. (Found by id: the tick the
+    // claim kicks renames a claimed agent's service after it.)
     let name = t.name_of(&id);
     let before = services_before.iter().find(|s| s.name == name).unwrap();
     let after = outside
         .railway
         .services()
         .into_iter()
-        .find(|s| s.name == name)
+        .find(|s| s.id == before.id)
         .unwrap();
     assert_eq!(after.deployments, before.deployments, "redeployed");
     assert_eq!(after.variables["AGENTMAIL_INBOX_ID"], inboxes[0].inbox_id);
@@ -195,7 +196,7 @@ async fn a_claim_by_template_adds_exactly_its_pool_tools_to_a_running_instance()
     assert_eq!(status, StatusCode::NO_CONTENT);
     t.tick().await;
     assert_eq!(t.instance(&id).await.unwrap().status, Claimed);
-    assert!(outside.railway.services().iter().any(|s| s.name == name));
+    assert!(outside.railway.services().iter().any(|s| s.id == before.id));
     assert_eq!(outside.agentmail.inboxes().len(), 1);
     outside.agrees_with(&t.pool.db, PREFIX).await.unwrap();
 }
