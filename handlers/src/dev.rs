@@ -62,7 +62,7 @@ pub async fn run(mut settings: Settings) -> anyhow::Result<()> {
     let (provider, agents): (Arc<dyn Provider>, String) = match &local {
         Some(local) => (local.clone(), local.state_dir().display().to_string()),
         None => (
-            providers::from_settings(&settings.providers, &settings.outbound)?,
+            providers::from_settings(&settings)?,
             format!("{} provider", settings.providers.pool_provider.as_str()),
         ),
     };

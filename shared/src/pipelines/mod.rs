@@ -3,6 +3,9 @@
 
 pub mod claim;
 pub mod creation;
+pub mod debug;
 pub mod gate;
+pub mod heartbeat;
+pub mod recycle;
 pub mod simulate;
 pub mod tick;
