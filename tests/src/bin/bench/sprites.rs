@@ -12,7 +12,7 @@ use serde::Serialize;
 use agentpool_core::creation;
 use agentpool_core::db;
 use agentpool_core::db::embedded::create_database;
-use agentpool_core::domain::{Actor, InstanceStatus};
+use agentpool_core::domain::Actor;
 use agentpool_core::gate::Gate;
 use agentpool_core::instances;
 use agentpool_core::providers::sprites::SpritesProvider;
@@ -113,7 +113,7 @@ async fn pool(
             ("SPRITES_EXEC_TIMEOUT_MS", "60000"),
             ("CREATE_TIMEOUT_MS", "60000"),
             ("RECYCLE_TIMEOUT_MS", "60000"),
-            ("HEALTH_TIMEOUT_MS", "2000"),
+            ("POOL_STUCK_TIMEOUT_MS", "600000"),
         ]
         .map(|(k, v)| (k.to_string(), v.to_string())),
     );
@@ -142,16 +142,24 @@ async fn create(pool: &Pool, count: u32) -> anyhow::Result<Vec<String>> {
         );
         ids.push(row.id);
     }
-    until_idle(pool, ids.len()).await?;
+    until_idle(pool, &ids).await?;
     Ok(ids)
 }
 
-/// Ticks (kicked: health, moves) until `count` instances are idle.
-async fn until_idle(pool: &Pool, count: usize) -> anyhow::Result<()> {
-    while instances::counts(&pool.db).await?[&InstanceStatus::Idle] < count as i64 {
+/// Ticks (kicked: health, moves) until every one of `ids` is idle.
+async fn until_idle(pool: &Pool, ids: &[String]) -> anyhow::Result<()> {
+    loop {
+        let idle: i64 = sqlx::query_scalar(
+            "SELECT count(*) FROM instances WHERE id = ANY($1) AND status = 'idle'",
+        )
+        .bind(ids)
+        .fetch_one(&pool.db)
+        .await?;
+        if idle == ids.len() as i64 {
+            return Ok(());
+        }
         tick::run(pool, Mode::Kick).await?;
     }
-    Ok(())
 }
 
 /// Marks an idle instance claimed (the claim's own cost is measured elsewhere).
@@ -183,7 +191,7 @@ async fn refill(pool: &Pool, recycling: bool) -> anyhow::Result<f64> {
         for done in futures::future::join_all(runs).await {
             anyhow::ensure!(done?, "a recycle failed");
         }
-        until_idle(pool, POOL).await?;
+        until_idle(pool, &ids).await?;
     } else {
         for id in &ids {
             recycle::destroy(pool, id).await?;
