@@ -1211,7 +1211,7 @@ fn check_settings(process: &Process, scratch: &Path) -> Result<(), String> {
         scratch.join("agents").display().to_string(),
     ));
     let settings = Settings::from_vars(vars).map_err(|e| format!("{}: {e}", process.at))?;
-    agentpool_core::providers::from_settings(&settings)
+    agentpool_core::providers::from_settings(&settings, &Default::default())
         .map(drop)
         .map_err(|e| format!("{}: {e}", process.at))
 }

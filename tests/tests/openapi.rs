@@ -37,7 +37,11 @@ const ROUTES: &[(&str, &str, Access)] = &[
     ("POST", "/api/pool/tick", Access::Operator),
     ("DELETE", "/api/pool/instances", Access::Operator),
     ("DELETE", "/api/pool/instances/{id}", Access::Operator),
-    ("DELETE", "/api/pool/instances/{id}/destroy", Access::Operator),
+    (
+        "DELETE",
+        "/api/pool/instances/{id}/destroy",
+        Access::Operator,
+    ),
     ("GET", "/api/pool/debug/{id}", Access::Operator),
     ("DELETE", "/api/pool/crashed/{id}", Access::Operator),
     ("GET", "/api/pool/settings", Access::Operator),

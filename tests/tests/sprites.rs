@@ -6,6 +6,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use agentpool_core::calls::Tally;
 use agentpool_core::domain::InstanceStatus::{self, *};
 use agentpool_core::heartbeat::{self, Round};
 use agentpool_core::providers::sprites::SpritesProvider;
@@ -17,7 +18,7 @@ use serde_json::{json, Value};
 
 const PREFIX: &str = "ap-";
 
-fn provider(fake: &SpritesFake) -> Arc<SpritesProvider> {
+fn provider(fake: &SpritesFake, tally: &Tally) -> Arc<SpritesProvider> {
     let settings = Settings::from_vars(
         [
             ("POOL_PROVIDER", "sprites"),
@@ -40,20 +41,20 @@ fn provider(fake: &SpritesFake) -> Arc<SpritesProvider> {
             &settings.outbound,
             "dev",
             Duration::from_secs(10),
+            tally,
         )
         .expect("sprites provider"),
     )
 }
 
 async fn pool(fake: &SpritesFake, overrides: &[(&str, &str)]) -> TestPool {
-    let sprites = provider(fake);
     let mut settings = vec![
         ("POOL_MIN_IDLE", "0"),
         ("POOL_NAME_PREFIX", PREFIX),
         ("RECYCLE_TIMEOUT_MS", "10000"),
     ];
     settings.extend_from_slice(overrides);
-    TestPool::with_provider(&settings, &[], |_| sprites).await
+    TestPool::with_provider(&settings, &[], |_, tally| provider(fake, tally)).await
 }
 
 async fn wait_status(t: &TestPool, id: &str, status: InstanceStatus) {
@@ -103,7 +104,10 @@ async fn a_recycled_sprite_comes_back_clean_and_serves_a_second_user() {
     assert_eq!(sprite.url_auth, "public");
     assert_eq!(sprite.checkpoints, vec!["v0"], "golden checkpoint taken");
     assert_eq!(golden_of(&t, &id).await.as_deref(), Some("v0"));
-    assert_eq!(t.instance(&id).await.unwrap().url.as_deref(), Some(sprite.url.as_str()));
+    assert_eq!(
+        t.instance(&id).await.unwrap().url.as_deref(),
+        Some(sprite.url.as_str())
+    );
     t.tick().await;
     assert_eq!(t.instance(&id).await.unwrap().status, Idle);
 
@@ -135,7 +139,11 @@ async fn a_recycled_sprite_comes_back_clean_and_serves_a_second_user() {
     assert_eq!(row.agent_name, None);
     assert_eq!(row.instructions, None);
     assert_eq!(row.conversation_id, None);
-    assert_ne!(t.gateway_token(&id).await, first_token, "a new gateway token");
+    assert_ne!(
+        t.gateway_token(&id).await,
+        first_token,
+        "a new gateway token"
+    );
     // The token the first user was handed opens nothing any more.
     let url = row.url.clone().unwrap();
     let refused = t
@@ -155,7 +163,16 @@ async fn a_recycled_sprite_comes_back_clean_and_serves_a_second_user() {
     let to: Vec<String> = t.events(&id).await.into_iter().map(|(_, to)| to).collect();
     assert_eq!(
         to,
-        ["starting", "idle", "claiming", "claimed", "recycling", "idle", "claiming", "claimed"]
+        [
+            "starting",
+            "idle",
+            "claiming",
+            "claimed",
+            "recycling",
+            "idle",
+            "claiming",
+            "claimed"
+        ]
     );
     // One sprite built, once: the recycle restored, it did not rebuild.
     assert_eq!(fake.sprites().len(), 1);
@@ -295,7 +312,11 @@ async fn a_provider_that_cannot_recycle_destroys_on_release() {
 async fn three_replicas_send_as_many_beats_as_one() {
     let fake = SpritesFake::start(SpritesConfig::default()).await;
     // An hour: every call below falls in one interval (or, across an hour's turn, two).
-    let t = pool(&fake, &[("POOL_MIN_IDLE", "2"), ("HEARTBEAT_INTERVAL_MS", "3600000")]).await;
+    let t = pool(
+        &fake,
+        &[("POOL_MIN_IDLE", "2"), ("HEARTBEAT_INTERVAL_MS", "3600000")],
+    )
+    .await;
     t.fill(2).await;
     let one: Vec<Round> = beats(&t, 1).await;
     let pinged: usize = one.iter().map(|r| r.pinged).sum();
@@ -333,7 +354,11 @@ async fn beats(t: &TestPool, replicas: usize) -> Vec<Round> {
 async fn silent_sprites_are_woken_then_given_up() {
     let fake = SpritesFake::start(SpritesConfig::default()).await;
     // A new interval at every call.
-    let t = pool(&fake, &[("POOL_MIN_IDLE", "2"), ("HEARTBEAT_INTERVAL_MS", "1")]).await;
+    let t = pool(
+        &fake,
+        &[("POOL_MIN_IDLE", "2"), ("HEARTBEAT_INTERVAL_MS", "1")],
+    )
+    .await;
     t.fill(2).await;
     let (_, claimed) = t.claim("user").await;
     let claimed_id = claimed["instanceId"].as_str().unwrap().to_string();
@@ -393,8 +418,20 @@ async fn the_debug_probe_tells_what_it_can_and_no_secret() {
     assert!(!text.contains(fake.token()), "{text}");
     let probe = &body["resource"]["probe"];
     assert_eq!(probe["envFileExists"], true, "{body}");
-    assert!(probe["processes"]["output"].as_str().unwrap().contains("OPENCLAW_GATEWAY_TOKEN=[redacted]"), "{body}");
-    assert!(probe["listeningPorts"]["output"].as_str().unwrap().contains("LISTEN"), "{body}");
+    assert!(
+        probe["processes"]["output"]
+            .as_str()
+            .unwrap()
+            .contains("OPENCLAW_GATEWAY_TOKEN=[redacted]"),
+        "{body}"
+    );
+    assert!(
+        probe["listeningPorts"]["output"]
+            .as_str()
+            .unwrap()
+            .contains("LISTEN"),
+        "{body}"
+    );
     assert_eq!(probe["sprite"]["name"], format!("dev-{PREFIX}{id}"));
     assert_eq!(body["runtime"]["state"], "ready");
     assert_eq!(body["resource"]["recorded"]["golden"], "v0");

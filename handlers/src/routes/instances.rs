@@ -5,7 +5,7 @@ use serde::Serialize;
 use utoipa::ToSchema;
 
 use agentpool_core::domain::InstanceStatus;
-use agentpool_core::{debug, instances, recycle};
+use agentpool_core::{debug, operator, recycle};
 
 use super::plausible_id;
 use crate::error::{ApiResult, ErrorBody};
@@ -69,9 +69,9 @@ pub async fn kill(
     Path(id): Path<String>,
 ) -> ApiResult<(StatusCode, Json<Released>)> {
     let id = plausible_id(&id)?;
-    let released = recycle::destroy(&state.pool, id).await?;
+    let previous = operator::kill(&state.pool, id).await?;
     state.kicker.kick();
-    Ok(accepted(id, released.previous, released.status))
+    Ok(accepted(id, previous, InstanceStatus::Destroying))
 }
 
 /// `DELETE /api/pool/instances`: seed 002's listing of the claimed instances' ids (it changes
@@ -117,14 +117,7 @@ pub async fn dismiss(
     Path(id): Path<String>,
 ) -> ApiResult<(StatusCode, Json<Released>)> {
     let id = plausible_id(&id)?;
-    let previous = instances::request_destroy(
-        &state.pool.db,
-        id,
-        &[InstanceStatus::Crashed],
-        "crashed",
-        "crashed agent dismissed",
-    )
-    .await?;
+    let previous = operator::dismiss(&state.pool, id).await?;
     state.kicker.kick();
     Ok(accepted(id, previous, InstanceStatus::Destroying))
 }

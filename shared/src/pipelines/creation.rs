@@ -213,7 +213,12 @@ pub async fn create_gated(
                         .unwrap_or_default(),
                 };
                 progress.step(kind, StepStatus::Skip, &e.public_message());
-                abandon(pool, row, &format!("creation paused: {}", e.public_message())).await;
+                abandon(
+                    pool,
+                    row,
+                    &format!("creation paused: {}", e.public_message()),
+                )
+                .await;
                 return Outcome::Failed(e);
             }
             Ok(None) => {}

@@ -6,7 +6,7 @@
 use serde_json::{json, Map, Value};
 
 use crate::domain::Health;
-use crate::error::{Error, Result};
+use crate::error::Result;
 use crate::instances;
 use crate::providers::ResourceRef;
 use crate::Pool;
@@ -15,12 +15,7 @@ const REDACTED: &str = "[redacted]";
 
 pub async fn probe(pool: &Pool, id: &str) -> Result<Value> {
     let instance = instances::get(&pool.db, id).await?;
-    let gateway_token: String =
-        sqlx::query_scalar("SELECT gateway_token FROM instances WHERE id = $1")
-            .bind(id)
-            .fetch_optional(&pool.db)
-            .await?
-            .ok_or_else(|| Error::NotFound(id.to_string()))?;
+    let gateway_token = instances::gateway_token(&pool.db, id).await?;
     let infra = instances::infra_of(&pool.db, id).await?;
     let runtime = match instance.url.as_deref() {
         Some(url) => match pool.runtime.health(url).await {
@@ -126,7 +121,10 @@ mod tests {
         redact(&mut report, &[token.as_str()]);
         let text = report.to_string();
         assert!(!text.contains(&token), "{text}");
-        assert!(!text.contains("sk-123") && !text.contains("sk-ant-1") && !text.contains("hunter2"), "{text}");
+        assert!(
+            !text.contains("sk-123") && !text.contains("sk-ant-1") && !text.contains("hunter2"),
+            "{text}"
+        );
         assert_eq!(report["recorded"]["pid"], 7);
         assert_eq!(report["list"][0], "PATH=/bin");
         assert!(report["processes"].as_str().unwrap().ends_with("\n2 sh"));

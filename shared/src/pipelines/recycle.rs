@@ -56,30 +56,16 @@ pub async fn release(pool: &Pool, id: &str) -> Result<Released> {
             Err(e) => return Err(e),
         }
     }
-    destroy(pool, id).await
+    Ok(Released {
+        previous: crate::operator::kill(pool, id).await?,
+        status: InstanceStatus::Destroying,
+        recycle: None,
+    })
 }
 
 /// Seed 002's `DELETE /api/pool/instances`: the claimed instances' ids, for bulk actions.
 pub async fn claimed(pool: &Pool) -> Result<Vec<String>> {
     instances::claimed_ids(&pool.db).await
-}
-
-/// `DELETE /api/pool/instances/:id/destroy`: always destroys, whatever the state.
-pub async fn destroy(pool: &Pool, id: &str) -> Result<Released> {
-    use InstanceStatus::*;
-    let previous = instances::request_destroy(
-        &pool.db,
-        id,
-        &[Starting, Idle, Claiming, Claimed, Crashed, Recycling],
-        "not already destroying",
-        "killed by operator",
-    )
-    .await?;
-    Ok(Released {
-        previous,
-        status: Destroying,
-        recycle: None,
-    })
 }
 
 /// Recycles an instance that is `recycling` since `since`, or sends it to `destroying`.
@@ -94,19 +80,20 @@ pub async fn run(pool: &Pool, id: &str, since: DateTime<Utc>) -> bool {
         )),
     };
     let failure = match outcome {
-        Ok((url, token)) => match instances::finish_recycle(&pool.db, id, since, &url, &token).await
-        {
-            Ok(true) => {
-                tracing::info!("recycled: idle again");
-                return true;
+        Ok((url, token)) => {
+            match instances::finish_recycle(&pool.db, id, since, &url, &token).await {
+                Ok(true) => {
+                    tracing::info!("recycled: idle again");
+                    return true;
+                }
+                Ok(false) => {
+                    // Moved meanwhile (the tick gave up on it): its new owner decides.
+                    tracing::info!("recycled, but the row moved on meanwhile");
+                    return false;
+                }
+                Err(e) => e,
             }
-            Ok(false) => {
-                // Moved meanwhile (the tick gave up on it): its new owner decides.
-                tracing::info!("recycled, but the row moved on meanwhile");
-                return false;
-            }
-            Err(e) => e,
-        },
+        }
         Err(e) => e,
     };
     tracing::warn!(error = %failure, "recycle failed; destroying instead");

@@ -351,3 +351,12 @@ pub async fn claimed_ids(db: &PgPool) -> Result<Vec<String>> {
     .fetch_all(db)
     .await?)
 }
+
+/// An instance's gateway token (to blank it wherever it might show).
+pub async fn gateway_token(db: &PgPool, id: &str) -> Result<String> {
+    sqlx::query_scalar("SELECT gateway_token FROM instances WHERE id = $1")
+        .bind(id)
+        .fetch_optional(db)
+        .await?
+        .ok_or_else(|| Error::NotFound(id.to_string()))
+}

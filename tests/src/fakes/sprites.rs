@@ -306,10 +306,7 @@ impl SpritesFake {
             .route("/v1/sprites/{name}/services/{svc}", put(put_service))
             .route("/v1/sprites/{name}/checkpoint", post(checkpoint))
             .route("/v1/sprites/{name}/checkpoints", get(checkpoints))
-            .route(
-                "/v1/sprites/{name}/checkpoints/{id}/restore",
-                post(restore),
-            )
+            .route("/v1/sprites/{name}/checkpoints/{id}/restore", post(restore))
             .route("/v1/sprites/{name}/exec", get(exec))
             .route_layer(axum::middleware::from_fn_with_state(
                 inner.clone(),
@@ -380,7 +377,11 @@ impl SpritesFake {
 
     /// The next `count` build execs exit 1.
     pub fn fail_next_execs(&self, count: u32) {
-        *self.inner.fail_execs.lock().unwrap_or_else(|e| e.into_inner()) = count;
+        *self
+            .inner
+            .fail_execs
+            .lock()
+            .unwrap_or_else(|e| e.into_inner()) = count;
     }
 
     /// Exec sessions opened since start.
@@ -562,7 +563,10 @@ async fn create(State(inner): State<Arc<Inner>>, body: Bytes) -> Response {
         .and_then(Value::as_str)
         .unwrap_or("sprite");
     if auth != "sprite" && auth != "public" {
-        return inner.error(StatusCode::BAD_REQUEST, "url_settings.auth: sprite or public");
+        return inner.error(
+            StatusCode::BAD_REQUEST,
+            "url_settings.auth: sprite or public",
+        );
     }
     let mut world = inner.world();
     if world.sprites.iter().any(|s| s.name == name) {
@@ -637,11 +641,7 @@ async fn list(
         .collect();
     names.sort_by(|a, b| a.name.cmp(&b.name));
     let has_more = names.len() > max;
-    let page: Vec<Value> = names
-        .iter()
-        .take(max)
-        .map(|s| inner.json_of(s))
-        .collect();
+    let page: Vec<Value> = names.iter().take(max).map(|s| inner.json_of(s)).collect();
     let next = if has_more {
         names.get(max - 1).map(|s| s.name.clone())
     } else {
@@ -678,7 +678,12 @@ async fn update(
     };
     match auth {
         Some(auth @ ("sprite" | "public")) => sprite.url_auth = auth.into(),
-        Some(_) => return inner.error(StatusCode::BAD_REQUEST, "url_settings.auth: sprite or public"),
+        Some(_) => {
+            return inner.error(
+                StatusCode::BAD_REQUEST,
+                "url_settings.auth: sprite or public",
+            )
+        }
         None => {}
     }
     Json(inner.json_of(sprite)).into_response()
@@ -1002,7 +1007,10 @@ async fn run_exec(inner: Arc<Inner>, name: String, command: Command, mut socket:
                     env.join(" ")
                 ))
             });
-            (0, format!("PID USER COMMAND\n{}", line.unwrap_or_default()).into_bytes())
+            (
+                0,
+                format!("PID USER COMMAND\n{}", line.unwrap_or_default()).into_bytes(),
+            )
         }
         Command::Ports => {
             let world = inner.world();
@@ -1016,7 +1024,11 @@ async fn run_exec(inner: Arc<Inner>, name: String, command: Command, mut socket:
         Command::Curl(path) => {
             let port = {
                 let world = inner.world();
-                world.sprites.iter().find(|s| s.name == name).map(|s| s.port)
+                world
+                    .sprites
+                    .iter()
+                    .find(|s| s.name == name)
+                    .map(|s| s.port)
             };
             let answer = match port {
                 Some(port) => match reqwest::get(format!("http://127.0.0.1:{port}{path}")).await {

@@ -9,6 +9,7 @@ use std::sync::Arc;
 
 use async_trait::async_trait;
 
+use crate::calls::Tally;
 use crate::config::{ProviderKind, Settings};
 use crate::domain::ObservedResource;
 use crate::error::Result;
@@ -137,7 +138,7 @@ pub fn replace_vars(env: &mut Vec<(String, String)>, replace: &[(String, String)
 
 /// The provider `POOL_PROVIDER` names, with its own settings (and, for Sprites, the pool's
 /// environment in every name and the recycle's deadline).
-pub fn from_settings(all: &Settings) -> Result<Arc<dyn Provider>> {
+pub fn from_settings(all: &Settings, tally: &Tally) -> Result<Arc<dyn Provider>> {
     let settings = &all.providers;
     let outbound = &all.outbound;
     match settings.pool_provider {
@@ -147,12 +148,14 @@ pub fn from_settings(all: &Settings) -> Result<Arc<dyn Provider>> {
         ProviderKind::Railway => Ok(Arc::new(railway::RailwayProvider::from_settings(
             &settings.railway,
             outbound,
+            tally,
         )?)),
         ProviderKind::Sprites => Ok(Arc::new(sprites::SpritesProvider::from_settings(
             &settings.sprites,
             outbound,
             &all.pool.pool_environment,
             all.creation.recycle_timeout(),
+            tally,
         )?)),
     }
 }

@@ -24,7 +24,7 @@ use super::{CreateSpec, Created, Provider, ResourceRef};
 use crate::config::{OutboundSettings, ProviderKind, Secret, SpritesSettings};
 use crate::domain::{ObservedResource, ResourceStatus};
 use crate::error::{Error, Result};
-use crate::outbound::{Call, Failure, Outbound, Policy, Replay};
+use crate::outbound::{Call, Failure, Outbound, Policy, Replay, Tally};
 use crate::progress::StepStatus;
 
 const SERVICE: &str = "sprites";
@@ -68,6 +68,7 @@ impl SpritesProvider {
         outbound: &OutboundSettings,
         environment: &str,
         recycle_timeout: Duration,
+        tally: &Tally,
     ) -> Result<Self> {
         let token = settings.sprite_token.clone().ok_or_else(|| {
             Error::Config(crate::config::ConfigError::new(
@@ -76,10 +77,13 @@ impl SpritesProvider {
             ))
         })?;
         Ok(Self {
-            out: Outbound::new(Policy {
-                timeout: outbound.outbound_timeout(),
-                ..Policy::default()
-            }),
+            out: Outbound::new(
+                Policy {
+                    timeout: outbound.outbound_timeout(),
+                    ..Policy::default()
+                },
+                tally.clone(),
+            ),
             api: settings.sprites_api_url.trim_end_matches('/').to_string(),
             token,
             environment: environment.to_ascii_lowercase(),
@@ -132,9 +136,12 @@ impl SpritesProvider {
     /// `GET /v1/sprites/{name}`; `None` when it does not exist.
     async fn get(&self, sprite: &str) -> Result<Option<Value>> {
         match self
-            .call("get", Replay::Safe, self.url(&format!("/{sprite}")), |c, u| {
-                c.get(u)
-            })
+            .call(
+                "get",
+                Replay::Safe,
+                self.url(&format!("/{sprite}")),
+                |c, u| c.get(u),
+            )
             .await
         {
             Ok(v) => Ok(Some(v)),
@@ -182,7 +189,13 @@ impl SpritesProvider {
                 })
             }
             // An existing name (400 at Sprites, sometimes): found by the lookup.
-            _ if status.as_u16() == 400 && reply["message"].as_str().is_some_and(|m| m.contains("exist")) => Ok(()),
+            _ if status.as_u16() == 400
+                && reply["message"]
+                    .as_str()
+                    .is_some_and(|m| m.contains("exist")) =>
+            {
+                Ok(())
+            }
             _ if status.as_u16() == 429 => Err(Error::Capacity {
                 provider: SERVICE,
                 code: "rate_limited".into(),
@@ -203,7 +216,12 @@ impl SpritesProvider {
     /// Runs one command in the sprite over the exec WebSocket: stdin (if any) as frames of
     /// stream 0 and an EOF frame (4); stdout (1) and stderr (2) collected until the exit frame
     /// (3, then the code).
-    pub async fn exec(&self, sprite: &str, cmd: &[&str], stdin: Option<&[u8]>) -> Result<ExecOutput> {
+    pub async fn exec(
+        &self,
+        sprite: &str,
+        cmd: &[&str],
+        stdin: Option<&[u8]>,
+    ) -> Result<ExecOutput> {
         let mut url = reqwest::Url::parse(&self.url(&format!("/{sprite}/exec")))
             .map_err(|e| failed(format!("exec url: {e}")))?;
         {
@@ -285,7 +303,14 @@ impl SpritesProvider {
                 Ok(out) if out.code == 0 => return Ok(()),
                 Ok(out) => {
                     // The command's own words may quote the env file: only its length is logged.
-                    tracing::warn!(sprite, what, attempt, code = out.code, stderr_bytes = out.stderr.len(), "setup step failed");
+                    tracing::warn!(
+                        sprite,
+                        what,
+                        attempt,
+                        code = out.code,
+                        stderr_bytes = out.stderr.len(),
+                        "setup step failed"
+                    );
                     last = Some(failed(format!("{what} exited {}", out.code)));
                 }
                 Err(e) => {
@@ -368,7 +393,11 @@ impl SpritesProvider {
             return Err(Error::outbound(SERVICE, step, Failure::NotFound));
         }
         if !status.is_success() {
-            return Err(Error::outbound(SERVICE, step, Failure::Status(status.as_u16())));
+            return Err(Error::outbound(
+                SERVICE,
+                step,
+                Failure::Status(status.as_u16()),
+            ));
         }
         let text = response
             .text()
@@ -458,9 +487,12 @@ impl Provider for SpritesProvider {
         }
         // Public: the runtime checks its gateway token itself.
         let record = self
-            .call("public url", Replay::Safe, self.url(&format!("/{sprite}")), |c, u| {
-                c.put(u).json(&json!({"url_settings": {"auth": "public"}}))
-            })
+            .call(
+                "public url",
+                Replay::Safe,
+                self.url(&format!("/{sprite}")),
+                |c, u| c.put(u).json(&json!({"url_settings": {"auth": "public"}})),
+            )
             .await
             .map_err(|f| Error::outbound(SERVICE, "public url", f))?;
         let record = if record["url"].is_string() {
@@ -475,8 +507,13 @@ impl Provider for SpritesProvider {
         self.write_env(&sprite, &spec.env).await?;
         for (n, command) in self.setup.iter().enumerate() {
             let script = self.with_env(command);
-            self.exec_retried(&sprite, &format!("setup step {}", n + 1), &["bash", "-lc", &script], None)
-                .await?;
+            self.exec_retried(
+                &sprite,
+                &format!("setup step {}", n + 1),
+                &["bash", "-lc", &script],
+                None,
+            )
+            .await?;
         }
         spec.progress.step(SERVICE, StepStatus::Active, "service");
         self.register_service(&sprite).await?;
@@ -487,9 +524,12 @@ impl Provider for SpritesProvider {
     async fn destroy(&self, resource: &ResourceRef) -> Result<()> {
         let sprite = self.sprite_name(&resource.name);
         match self
-            .call("delete", Replay::Safe, self.url(&format!("/{sprite}")), |c, u| {
-                c.delete(u)
-            })
+            .call(
+                "delete",
+                Replay::Safe,
+                self.url(&format!("/{sprite}")),
+                |c, u| c.delete(u),
+            )
             .await
         {
             Ok(_) | Err(Failure::NotFound) => Ok(()),
@@ -502,8 +542,8 @@ impl Provider for SpritesProvider {
         let mut listed = Vec::new();
         let mut token: Option<String> = None;
         loop {
-            let mut url = reqwest::Url::parse(&self.url(""))
-                .map_err(|e| failed(format!("list url: {e}")))?;
+            let mut url =
+                reqwest::Url::parse(&self.url("")).map_err(|e| failed(format!("list url: {e}")))?;
             {
                 let mut query = url.query_pairs_mut();
                 query.append_pair("prefix", &sprite_prefix);
@@ -570,7 +610,11 @@ impl Provider for SpritesProvider {
                 .await,
         );
         let env_file = match self
-            .exec(&sprite, &["sh", "-c", &format!("test -f '{}'", self.env_file)], None)
+            .exec(
+                &sprite,
+                &["sh", "-c", &format!("test -f '{}'", self.env_file)],
+                None,
+            )
             .await
         {
             Ok(out) => json!(out.code == 0),
@@ -658,7 +702,11 @@ impl Provider for SpritesProvider {
                 if !replace.is_empty() {
                     // The checkpoint's env file, with the new values, and the runtime restarted on it.
                     let kept = self
-                        .exec(&sprite, &["sh", "-c", &format!("cat '{}'", self.env_file)], None)
+                        .exec(
+                            &sprite,
+                            &["sh", "-c", &format!("cat '{}'", self.env_file)],
+                            None,
+                        )
                         .await?;
                     if kept.code != 0 {
                         return Err(failed("env file missing after restore"));

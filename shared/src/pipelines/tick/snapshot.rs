@@ -124,8 +124,7 @@ pub async fn take(
         believed(pool.provider.kind().as_str(), expected, &listed, report)
     });
     let recent_claims = recent_claims(pool).await?;
-    let creation_paused =
-        crate::capacity::current(&pool.db, pool.provider.kind().as_str()).await?;
+    let creation_paused = crate::capacity::current(&pool.db, pool.provider.kind().as_str()).await?;
     let recorded: Vec<RecordedTool> = if tools_listed.is_empty() {
         Vec::new()
     } else {

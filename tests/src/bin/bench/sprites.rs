@@ -9,6 +9,7 @@ use std::time::Instant;
 
 use serde::Serialize;
 
+use agentpool_core::calls::Tally;
 use agentpool_core::creation;
 use agentpool_core::db;
 use agentpool_core::db::embedded::create_database;
@@ -18,7 +19,7 @@ use agentpool_core::instances;
 use agentpool_core::providers::sprites::SpritesProvider;
 use agentpool_core::providers::Provider;
 use agentpool_core::tick::{self, Mode};
-use agentpool_core::{recycle, Pool, Settings};
+use agentpool_core::{operator, recycle, Pool, Settings};
 use agentpool_tests::fakes::{SpritesConfig, SpritesFake};
 use agentpool_tests::latency::LatencyProfile;
 
@@ -95,9 +96,9 @@ async fn pool(
     profile: &LatencyProfile,
 ) -> anyhow::Result<Pool> {
     create_database(admin_url, name).await?;
-    let url = admin_url.rsplit_once('/').map_or(admin_url.to_string(), |(base, _)| {
-        format!("{base}/{name}")
-    });
+    let url = admin_url
+        .rsplit_once('/')
+        .map_or(admin_url.to_string(), |(base, _)| format!("{base}/{name}"));
     let mut vars: Vec<(String, String)> = profile.pool_settings();
     vars.extend(
         [
@@ -121,13 +122,15 @@ async fn pool(
     unique.extend(vars);
     let settings = Settings::from_vars(unique)?;
     let db = db::open(&url, 20).await?;
+    let tally = Tally::default();
     let provider: Arc<dyn Provider> = Arc::new(SpritesProvider::from_settings(
         &settings.providers.sprites,
         &settings.outbound,
         &settings.pool.pool_environment,
         settings.creation.recycle_timeout(),
+        &tally,
     )?);
-    Ok(Pool::new(db, settings, provider))
+    Ok(Pool::new(db, settings, provider, tally))
 }
 
 /// Creates `count` instances at once, as a tick does, and waits until they are idle.
@@ -194,7 +197,7 @@ async fn refill(pool: &Pool, recycling: bool) -> anyhow::Result<f64> {
         until_idle(pool, &ids).await?;
     } else {
         for id in &ids {
-            recycle::destroy(pool, id).await?;
+            operator::kill(pool, id).await?;
         }
         create(pool, POOL as u32).await?;
     }
@@ -205,7 +208,7 @@ async fn refill(pool: &Pool, recycling: bool) -> anyhow::Result<f64> {
             .fetch_all(&pool.db)
             .await?;
     for id in live {
-        recycle::destroy(pool, &id).await?;
+        operator::kill(pool, &id).await?;
     }
     tick::run(pool, Mode::Full).await?;
     Ok(elapsed)

@@ -194,13 +194,27 @@ mod tests {
     #[test]
     fn a_recycle_whose_recycler_died_is_destroyed_after_the_recycle_timeout() {
         let plan = Fixture::new()
-            .row("a", Recycling, Duration::from_secs(121), Some(Running), Some(ready()))
-            .row("b", Recycling, MIN, Some(Running), Some(Health::Unreachable))
+            .row(
+                "a",
+                Recycling,
+                Duration::from_secs(121),
+                Some(Running),
+                Some(ready()),
+            )
+            .row(
+                "b",
+                Recycling,
+                MIN,
+                Some(Running),
+                Some(Health::Unreachable),
+            )
             .row("c", Recycling, Duration::from_secs(121), None, None)
             .plan();
         assert_eq!(moved(&plan), vec![("a", Destroying), ("c", Destroying)]);
         assert_eq!(plan.destroy, vec!["a", "c"]);
-        assert!(plan.transitions[0].reason.starts_with("recycle not finished"));
+        assert!(plan.transitions[0]
+            .reason
+            .starts_with("recycle not finished"));
     }
 
     #[test]
