@@ -127,6 +127,10 @@ async fn a_recycled_sprite_comes_back_clean_and_serves_a_second_user() {
     assert_eq!(status, StatusCode::ACCEPTED, "{body}");
     assert_eq!(body["status"], "recycling");
     assert_eq!(body["previousStatus"], "claimed");
+    // Asked again meanwhile (a double click): the recycle goes on, nothing is destroyed.
+    let (status, again) = t.delete(&format!("/api/pool/instances/{id}")).await;
+    assert_eq!(status, StatusCode::ACCEPTED, "{again}");
+    assert_eq!(again["status"], "recycling", "{again}");
     wait_status(&t, &id, Idle).await;
 
     assert_eq!(conversation_of(&t, &id).await, Value::Null);

@@ -37,7 +37,8 @@ pub struct Released {
 }
 
 /// `DELETE /api/pool/instances/:id`: a claimed instance on a provider that recycles is recycled
-/// (by the returned work; the answer says `recycling`); anything else is destroyed.
+/// (by the returned work; the answer says `recycling`), one already recycling is left to its
+/// recycler; anything else is destroyed.
 pub async fn release(pool: &Pool, id: &str) -> Result<Released> {
     if pool.provider.can_recycle() {
         match instances::start_recycle(&pool.db, id).await {
@@ -51,6 +52,17 @@ pub async fn release(pool: &Pool, id: &str) -> Result<Released> {
                     status: InstanceStatus::Recycling,
                     recycle: Some(Box::pin(work)),
                 });
+            }
+            // Asked twice (a double click, two operators): the recycle under way goes on.
+            Err(Error::WrongState {
+                actual: InstanceStatus::Recycling,
+                ..
+            }) => {
+                return Ok(Released {
+                    previous: InstanceStatus::Recycling,
+                    status: InstanceStatus::Recycling,
+                    recycle: None,
+                })
             }
             Err(Error::WrongState { .. }) => {}
             Err(e) => return Err(e),
