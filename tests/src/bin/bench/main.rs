@@ -3,6 +3,7 @@
 //!
 //! ```text
 //! cargo run --release -p agentpool-tests --bin agentpool-bench [-- --out DIR] [--quick] [--profile]
+//! cargo run --release -p agentpool-tests --bin agentpool-bench -- --sprites   # seed 002's figures only
 //! ```
 //!
 //! Figures are measured and reported, never asserted: the targets are in the report.
@@ -14,6 +15,7 @@ mod limit;
 mod profile;
 mod railway;
 mod report;
+mod sprites;
 mod stats;
 mod tick;
 
@@ -75,6 +77,8 @@ pub struct Report {
     pub claim_strategies: Vec<claims::StrategyCell>,
     pub ticks: Vec<tick::TickCell>,
     pub railway: Vec<railway::RailwayCell>,
+    /// Seed 002: recycle vs fresh creation, refill after a burst.
+    pub sprites: Option<sprites::SpritesFigures>,
     pub process: fleet::ProcessFigures,
     pub total_seconds: f64,
     /// Ratios that fell by more than `compare::TOLERANCE` since the last committed report.
@@ -89,14 +93,18 @@ fn main() -> anyhow::Result<()> {
     let mut out = PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/../docs"));
     let mut scale = FULL;
     let mut with_profile = false;
+    let mut only_sprites = false;
     let mut args = std::env::args().skip(1);
     while let Some(arg) = args.next() {
         match arg.as_str() {
             "--out" => out = PathBuf::from(args.next().context("--out needs a directory")?),
             "--quick" => scale = QUICK,
             "--profile" => with_profile = true,
+            "--sprites" => only_sprites = true,
             other => {
-                anyhow::bail!("unknown argument {other:?}; use --out DIR, --quick and/or --profile")
+                anyhow::bail!(
+                    "unknown argument {other:?}; use --out DIR, --quick, --profile and/or --sprites"
+                )
             }
         }
     }
@@ -104,7 +112,27 @@ fn main() -> anyhow::Result<()> {
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?;
+    if only_sprites {
+        return runtime.block_on(run_sprites());
+    }
     runtime.block_on(run(out, scale, with_profile))
+}
+
+/// `--sprites`: only seed 002's figures, printed (the report is not rewritten).
+async fn run_sprites() -> anyhow::Result<()> {
+    let pg_root = tempfile::Builder::new()
+        .prefix("agentpool-bench-pg-")
+        .tempdir()?;
+    let root = pg_root.path().to_path_buf();
+    let postgres = tokio::task::spawn_blocking(move || EmbeddedPostgres::start(&root))
+        .await?
+        .context("starting postgres")?;
+    let figures = sprites::measure(&postgres.url("postgres")).await;
+    tokio::task::spawn_blocking(move || postgres.stop()).await??;
+    let mut md = String::new();
+    report::sprites_section(&mut md, &figures?);
+    println!("{md}");
+    Ok(())
 }
 
 async fn run(out: PathBuf, scale: Scale, with_profile: bool) -> anyhow::Result<()> {
@@ -137,6 +165,8 @@ async fn run(out: PathBuf, scale: Scale, with_profile: bool) -> anyhow::Result<(
     let ticks = tick::measure(&pool, &url, &stub, scale).await?;
     eprintln!("bench: Railway requests per tick");
     let railway = railway::measure(&pool, &url, &stub).await?;
+    eprintln!("bench: Sprites recycle vs fresh creation");
+    let sprites = Some(sprites::measure(&postgres.url("postgres")).await?);
     eprintln!("bench: process start and memory");
     let process = fleet::process_figures(&url, scale).await?;
 
@@ -151,6 +181,7 @@ async fn run(out: PathBuf, scale: Scale, with_profile: bool) -> anyhow::Result<(
         claim_strategies,
         ticks,
         railway,
+        sprites,
         process,
         total_seconds: started.elapsed().as_secs_f64(),
         regressions: Vec::new(),
