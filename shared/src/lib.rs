@@ -4,7 +4,8 @@
 //! - [`tick`]: reconcile the fleet and replenish the pool (snapshot → plan → execute).
 //! - [`creation`]: the one pipeline that creates instances, for the tick and the API.
 //! - [`gate`]: when long work may start another step (budget, lock, shutdown).
-//! - [`providers`]: where instances run (`local` stub agents; Railway and Sprites to come).
+//! - [`recycle`]: a used instance back to the pool from its golden checkpoint.
+//! - [`providers`]: where instances run (`local` stub agents, Railway, Fly.io Sprites).
 //! - [`runtime`]: client of the agent runtime contract; [`stub_agent`]: its reference server.
 //! - [`instances`]: the queries shared by the API and the tick; [`db`]: pool and migrations.
 //! - [`pool_size`]: `minIdle` and `maxTotal` as set at run time; [`sessions`]: dashboard logins.
@@ -15,14 +16,15 @@ mod vocabulary;
 pub use vocabulary::{calls, config, domain, error, progress, template};
 mod queries;
 pub use queries::{
-    db, instances, lease, listing, metrics, pool_size, prompt_cache, samples, services, sessions,
-    templates,
+    capacity, db, instances, lease, listing, metrics, pool_size, prompt_cache, samples, services,
+    sessions, templates,
 };
 mod outside;
 pub use outside::{notion, outbound, providers, runtime, tools};
 mod pipelines;
 pub use pipelines::{
-    access, catalog, claim, creation, gate, operator, overview, prompts, simulate, tick,
+    access, catalog, claim, creation, debug, gate, heartbeat, operator, overview, prompts, recycle,
+    simulate, tick,
 };
 
 pub mod stub_agent;
@@ -85,7 +87,7 @@ impl Pool {
         })?;
         let db = db::open(url.expose(), settings.db.database_max_connections).await?;
         let tally = Tally::default();
-        let provider = providers::from_settings(&settings.providers, &settings.outbound, &tally)?;
+        let provider = providers::from_settings(&settings, &tally)?;
         Ok(Self::new(db, settings, provider, tally))
     }
 }

@@ -4,17 +4,18 @@
 //! cargo run -p agentpool-tests --bin agentpool-fakes
 //! ```
 //!
-//! starts the Railway, OpenRouter, AgentMail, Telnyx and Notion fakes (ports from
+//! starts the Railway, OpenRouter, AgentMail, Telnyx, Sprites and Notion fakes (ports from
 //! `FAKES_RAILWAY_PORT`, `FAKES_OPENROUTER_PORT`, `FAKES_AGENTMAIL_PORT`, `FAKES_TELNYX_PORT`,
-//! `FAKES_NOTION_PORT`; 4001 to 4005 by default; the Notion fake holds one example page) and
-//! prints the settings that point `agentpool dev` at them. Services the Railway
+//! `FAKES_SPRITES_PORT`, `FAKES_NOTION_PORT`; 4001 to 4006 by default; the Notion fake holds one
+//! example page) and prints the settings that point `agentpool dev` at them. Services the Railway
 //! fake "deploys" are stub agents on loopback; Ctrl-C stops them all. Faults can be injected
 //! into any fake while it runs:
 //! `curl -X POST <base>/_fake/faults -d '{"fault":{"kind":"ServerError"},"scope":{"kind":"Rate","perMille":200,"seed":1}}'`.
 
 use agentpool_tests::fakes::{
     AgentMailConfig, AgentMailFake, Block, Controls, FakeConfig, NotionConfig, NotionFake,
-    OpenRouterConfig, OpenRouterFake, RailwayFake, TelnyxConfig, TelnyxFake,
+    OpenRouterConfig, OpenRouterFake, RailwayFake, SpritesConfig, SpritesFake, TelnyxConfig,
+    TelnyxFake,
 };
 
 /// The example page the Notion fake holds.
@@ -52,8 +53,13 @@ async fn main() {
         ..TelnyxConfig::default()
     })
     .await;
+    let sprites = SpritesFake::start(SpritesConfig {
+        port: port("FAKES_SPRITES_PORT", 4005),
+        ..SpritesConfig::default()
+    })
+    .await;
     let notion = NotionFake::start(NotionConfig {
-        port: port("FAKES_NOTION_PORT", 4005),
+        port: port("FAKES_NOTION_PORT", 4006),
         ..NotionConfig::default()
     })
     .await;
@@ -97,6 +103,13 @@ async fn main() {
         notion_url = notion.url(),
         notion_key = notion.token(),
     );
+    println!(
+        "\nSprites mode (seed 002: golden checkpoints, recycling; its sprites run stub agents):\n\n  \
+         POOL_PROVIDER=sprites SPRITES_API_URL={url} SPRITE_TOKEN={token} \\\n  \
+         SPRITES_SETUP_COMMANDS='[\"build\"]' cargo run -p agentpool -- dev\n",
+        url = sprites.url(),
+        token = sprites.token(),
+    );
     agentpool_core::shutdown_signal().await;
-    drop((railway, openrouter, agentmail, telnyx, notion));
+    drop((railway, openrouter, agentmail, telnyx, sprites, notion));
 }

@@ -10,6 +10,7 @@ pub mod notion;
 pub mod openrouter;
 pub mod railway;
 mod rest;
+pub mod sprites;
 pub mod telnyx;
 
 pub use agentmail::{AgentMailConfig, AgentMailFake, InboxView};
@@ -17,4 +18,5 @@ pub use faults::{Controls, FakeStats, Fault, Scope};
 pub use notion::{Block, NotionConfig, NotionFake};
 pub use openrouter::{KeyView, OpenRouterConfig, OpenRouterFake};
 pub use railway::{FakeConfig, ProjectView, RailwayFake, ServiceView, SharedIds, VolumeView};
+pub use sprites::{SpriteView, SpritesConfig, SpritesFake};
 pub use telnyx::{NumberView, ProfileView, TelnyxConfig, TelnyxFake};

@@ -34,7 +34,9 @@ pub use db::DbSettings;
 pub use outbound::OutboundSettings;
 pub use pool::PoolSettings;
 pub use prompts::PromptSettings;
-pub use providers::{LocalSettings, ProviderSettings, RailwaySettings, RailwaySource};
+pub use providers::{
+    LocalSettings, ProviderSettings, RailwaySettings, RailwaySource, SpritesSettings,
+};
 pub use runtime::{RuntimeProtocol, RuntimeSettings};
 pub use server::{DashboardSettings, MetricsSettings, ServerSettings};
 pub use size::SizeSettings;

@@ -4,6 +4,7 @@
 //! ```text
 //! cargo run --release -p agentpool-tests --bin agentpool-bench [-- --out DIR] [--quick] [--profile]
 //! cargo run --release -p agentpool-tests --bin agentpool-bench -- --templates   # that section only
+//! cargo run --release -p agentpool-tests --bin agentpool-bench -- --sprites   # seed 002's figures only
 //! ```
 //!
 //! Figures are measured and reported, never asserted: the targets are in the report.
@@ -15,6 +16,7 @@ mod limit;
 mod profile;
 mod railway;
 mod report;
+mod sprites;
 mod stats;
 mod templates;
 mod tick;
@@ -77,7 +79,10 @@ pub struct Report {
     pub claim_strategies: Vec<claims::StrategyCell>,
     pub ticks: Vec<tick::TickCell>,
     pub railway: Vec<railway::RailwayCell>,
-    pub templates: templates::TemplateFigures,
+    /// Issue 17: claims by template, idle resources before and after.
+    pub templates: Option<templates::TemplateFigures>,
+    /// Seed 002: recycle vs fresh creation, refill after a burst.
+    pub sprites: Option<sprites::SpritesFigures>,
     pub process: fleet::ProcessFigures,
     pub total_seconds: f64,
     /// Ratios that fell by more than `compare::TOLERANCE` since the last committed report.
@@ -93,6 +98,7 @@ fn main() -> anyhow::Result<()> {
     let mut scale = FULL;
     let mut with_profile = false;
     let mut only_templates = false;
+    let mut only_sprites = false;
     let mut args = std::env::args().skip(1);
     while let Some(arg) = args.next() {
         match arg.as_str() {
@@ -100,9 +106,10 @@ fn main() -> anyhow::Result<()> {
             "--quick" => scale = QUICK,
             "--profile" => with_profile = true,
             "--templates" => only_templates = true,
+            "--sprites" => only_sprites = true,
             other => {
                 anyhow::bail!(
-                    "unknown argument {other:?}; use --out DIR, --quick, --profile and/or --templates"
+                    "unknown argument {other:?}; use --out DIR, --quick, --profile, --templates and/or --sprites"
                 )
             }
         }
@@ -114,6 +121,9 @@ fn main() -> anyhow::Result<()> {
     if only_templates {
         return runtime.block_on(run_templates(out, scale));
     }
+    if only_sprites {
+        return runtime.block_on(run_sprites());
+    }
     runtime.block_on(run(out, scale, with_profile))
 }
 
@@ -122,8 +132,8 @@ fn template_claims(scale: Scale) -> usize {
     (scale.cold_starts * 2).max(6)
 }
 
-/// The templates section alone, written to `benchmarks-templates.md` (the full run puts it in
-/// `benchmarks.md`).
+/// `--templates`: only issue 17's figures, written to `benchmarks-templates.md` (the full run puts
+/// them in `benchmarks.md`).
 async fn run_templates(out: PathBuf, scale: Scale) -> anyhow::Result<()> {
     let pg_root = tempfile::Builder::new()
         .prefix("agentpool-bench-pg-")
@@ -141,6 +151,23 @@ async fn run_templates(out: PathBuf, scale: Scale) -> anyhow::Result<()> {
     std::fs::write(out.join("benchmarks-templates.md"), &markdown)?;
     println!("{markdown}");
     tokio::task::spawn_blocking(move || postgres.stop()).await??;
+    Ok(())
+}
+
+/// `--sprites`: only seed 002's figures, printed (the report is not rewritten).
+async fn run_sprites() -> anyhow::Result<()> {
+    let pg_root = tempfile::Builder::new()
+        .prefix("agentpool-bench-pg-")
+        .tempdir()?;
+    let root = pg_root.path().to_path_buf();
+    let postgres = tokio::task::spawn_blocking(move || EmbeddedPostgres::start(&root))
+        .await?
+        .context("starting postgres")?;
+    let figures = sprites::measure(&postgres.url("postgres")).await;
+    tokio::task::spawn_blocking(move || postgres.stop()).await??;
+    let mut md = String::new();
+    report::sprites_section(&mut md, &figures?);
+    println!("{md}");
     Ok(())
 }
 
@@ -176,6 +203,8 @@ async fn run(out: PathBuf, scale: Scale, with_profile: bool) -> anyhow::Result<(
     let railway = railway::measure(&pool, &url, &stub).await?;
     eprintln!("bench: claims by template");
     let templates = templates::measure(&url, template_claims(scale)).await?;
+    eprintln!("bench: Sprites recycle vs fresh creation");
+    let sprites = Some(sprites::measure(&postgres.url("postgres")).await?);
     eprintln!("bench: process start and memory");
     let process = fleet::process_figures(&url, scale).await?;
 
@@ -190,7 +219,8 @@ async fn run(out: PathBuf, scale: Scale, with_profile: bool) -> anyhow::Result<(
         claim_strategies,
         ticks,
         railway,
-        templates,
+        templates: Some(templates),
+        sprites,
         process,
         total_seconds: started.elapsed().as_secs_f64(),
         regressions: Vec::new(),
