@@ -48,7 +48,8 @@ fn api(state: &AppState) -> OpenApiRouter<AppState> {
         .routes(routes!(health::metrics))
         .routes(routes!(pool::counts))
         .routes(routes!(pool::agents))
-        .routes(routes!(pool::info));
+        .routes(routes!(pool::info))
+        .routes(routes!(instances::heartbeat));
     let operator = OpenApiRouter::new()
         .routes(routes!(pool::status))
         .routes(routes!(claim::claim))

@@ -4,5 +4,6 @@
 pub mod claim;
 pub mod creation;
 pub mod gate;
+pub mod heartbeat;
 pub mod simulate;
 pub mod tick;

@@ -3,6 +3,7 @@
 //!
 //! ```text
 //! cargo run --release -p agentpool-tests --bin agentpool-bench [-- --out DIR] [--quick] [--profile]
+//! cargo run --release -p agentpool-tests --bin agentpool-bench -- --fleet-tick [--out DIR]
 //! ```
 //!
 //! Figures are measured and reported, never asserted: the targets are in the report.
@@ -10,6 +11,7 @@
 mod claims;
 mod compare;
 mod fleet;
+mod fleet_tick;
 mod limit;
 mod profile;
 mod railway;
@@ -89,14 +91,18 @@ fn main() -> anyhow::Result<()> {
     let mut out = PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/../docs"));
     let mut scale = FULL;
     let mut with_profile = false;
+    let mut only_fleet_tick = false;
     let mut args = std::env::args().skip(1);
     while let Some(arg) = args.next() {
         match arg.as_str() {
             "--out" => out = PathBuf::from(args.next().context("--out needs a directory")?),
             "--quick" => scale = QUICK,
             "--profile" => with_profile = true,
+            "--fleet-tick" => only_fleet_tick = true,
             other => {
-                anyhow::bail!("unknown argument {other:?}; use --out DIR, --quick and/or --profile")
+                anyhow::bail!(
+                    "unknown argument {other:?}; use --out DIR, --quick, --profile and/or --fleet-tick"
+                )
             }
         }
     }
@@ -104,10 +110,15 @@ fn main() -> anyhow::Result<()> {
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?;
-    runtime.block_on(run(out, scale, with_profile))
+    runtime.block_on(run(out, scale, with_profile, only_fleet_tick))
 }
 
-async fn run(out: PathBuf, scale: Scale, with_profile: bool) -> anyhow::Result<()> {
+async fn run(
+    out: PathBuf,
+    scale: Scale,
+    with_profile: bool,
+    only_fleet_tick: bool,
+) -> anyhow::Result<()> {
     let started = Instant::now();
     let pg_root = tempfile::Builder::new()
         .prefix("agentpool-bench-pg-")
@@ -119,6 +130,13 @@ async fn run(out: PathBuf, scale: Scale, with_profile: bool) -> anyhow::Result<(
     create_database(&postgres.url("postgres"), "bench").await?;
     let url = postgres.url("bench");
     let pool = db::open(&url, 80).await?;
+    if only_fleet_tick {
+        let figures = fleet_tick::measure(&pool, &url).await?;
+        fleet_tick::write(&out, &figures)?;
+        pool.close().await;
+        tokio::task::spawn_blocking(move || postgres.stop()).await??;
+        return Ok(());
+    }
 
     let stub = fleet::SharedStub::start().await?;
     eprintln!("bench: postgres and stub agent up; the claim against its limit");
@@ -139,6 +157,9 @@ async fn run(out: PathBuf, scale: Scale, with_profile: bool) -> anyhow::Result<(
     let railway = railway::measure(&pool, &url, &stub).await?;
     eprintln!("bench: process start and memory");
     let process = fleet::process_figures(&url, scale).await?;
+    eprintln!("bench: a tick for {} agents", fleet_tick::FLEET);
+    let fleet = fleet_tick::measure(&pool, &url).await?;
+    fleet_tick::write(&out, &fleet)?;
 
     let last = compare::last_committed(&out);
     let mut report = Report {
