@@ -60,8 +60,10 @@ pub struct TickFigures {
     /// Transactions Postgres committed meanwhile (`pg_stat_database.xact_commit`).
     pub transactions: i64,
     pub cut_short: Option<String>,
-    /// After the tick: the oldest last-heard-from (check or beat) of any running runtime.
+    /// After the tick: the oldest last-heard-from (check or beat) of any running runtime heard
+    /// from, and how many were never heard from.
     pub oldest_answer_s: f64,
+    pub never_heard: i64,
 }
 
 #[derive(Debug, Serialize)]
@@ -96,10 +98,11 @@ async fn settle() {
     tokio::time::sleep(Duration::from_millis(1_500)).await;
 }
 
-async fn oldest_answer(db: &PgPool) -> anyhow::Result<f64> {
-    Ok(sqlx::query_scalar(
-        "SELECT coalesce(extract(epoch FROM now() - min(coalesce(greatest(last_checked_at, last_ok_at),
-                                                               '-infinity')))::float8, 0)
+/// The oldest last-heard-from among running runtimes heard from at all, and how many were never.
+async fn oldest_answer(db: &PgPool) -> anyhow::Result<(f64, i64)> {
+    Ok(sqlx::query_as(
+        "SELECT coalesce(extract(epoch FROM now() - min(greatest(last_checked_at, last_ok_at)))::float8, 0),
+                count(*) FILTER (WHERE greatest(last_checked_at, last_ok_at) IS NULL)
            FROM instances WHERE status IN ('idle', 'claimed')",
     )
     .fetch_one(db)
@@ -142,6 +145,7 @@ async fn one_tick(
     }
     settle().await;
     let (xacts_after, _) = counters(db).await?;
+    let (oldest_answer_s, never_heard) = oldest_answer(db).await?;
     let figures = TickFigures {
         duration_ms: ms(elapsed),
         health_checked: report.health_checked.unwrap_or(0),
@@ -150,7 +154,8 @@ async fn one_tick(
         // Less the two reads of the counters.
         transactions: xacts_after - xacts - 2,
         cut_short: report.cut_short.map(|c| format!("{c:?}")),
-        oldest_answer_s: oldest_answer(db).await?,
+        oldest_answer_s,
+        never_heard,
     };
     eprintln!("bench: fleet tick: {figures:?}");
     Ok(figures)
@@ -353,9 +358,9 @@ fn markdown(f: &FleetTick) -> String {
     );
     let _ = writeln!(
         md,
-        "| tick | due | asked | duration | statements | transactions | cut short | oldest answer after |"
+        "| tick | due | asked | duration | statements | transactions | cut short | oldest answer after | never heard from |"
     );
-    let _ = writeln!(md, "|---|---:|---:|---:|---:|---:|---|---:|");
+    let _ = writeln!(md, "|---|---:|---:|---:|---:|---:|---|---:|---:|");
     for (label, t) in [
         (
             "every runtime every tick (`HEALTH_INTERVAL_MS=0`, as before)",
@@ -366,14 +371,15 @@ fn markdown(f: &FleetTick) -> String {
     ] {
         let _ = writeln!(
             md,
-            "| {label} | {} | {} | {:.0} ms | {} | {} | {} | {:.0} s |",
+            "| {label} | {} | {} | {:.0} ms | {} | {} | {} | {:.0} s | {} |",
             t.due,
             t.health_checked,
             t.duration_ms,
             t.queries,
             t.transactions,
             t.cut_short.as_deref().unwrap_or("no"),
-            t.oldest_answer_s
+            t.oldest_answer_s,
+            t.never_heard
         );
     }
     let _ = writeln!(
