@@ -12,6 +12,7 @@
 //! |---|---|---|
 //! | one Railway GraphQL request | 150–1 200 | 3–24 |
 //! | Railway build and deploy until the runtime process starts | 15 000–45 000 | 300–900 |
+//! | Railway build from source (`RAILWAY_SOURCE_REPO`), before that deploy | 120 000–420 000 | 2 400–8 400 |
 //! | runtime boot: process start to `/pool/health` ready | 5 000–15 000 | 100–300 |
 //! | one tool request (OpenRouter, AgentMail, Telnyx) | 500–3 000 | 10–60 |
 //! | a health answer | 50–300 | 1–6 |
@@ -72,6 +73,8 @@ pub struct LatencyProfile {
     pub seed: u64,
     pub railway_call: Between,
     pub railway_deploy: Between,
+    /// A build from a repo (seeds see about 5 minutes), before the deploy.
+    pub railway_build: Between,
     pub runtime_boot: Between,
     pub tool_call: Between,
     pub health: Between,
@@ -86,6 +89,7 @@ impl LatencyProfile {
             seed: 0x5eed,
             railway_call: between(150.0, 1_200.0),
             railway_deploy: between(15_000.0, 45_000.0),
+            railway_build: between(120_000.0, 420_000.0),
             runtime_boot: between(5_000.0, 15_000.0),
             tool_call: between(500.0, 3_000.0),
             health: between(50.0, 300.0),
@@ -104,6 +108,7 @@ impl LatencyProfile {
             factor: self.factor * factor,
             railway_call: self.railway_call.scaled(factor),
             railway_deploy: self.railway_deploy.scaled(factor),
+            railway_build: self.railway_build.scaled(factor),
             runtime_boot: self.runtime_boot.scaled(factor),
             tool_call: self.tool_call.scaled(factor),
             health: self.health.scaled(factor),

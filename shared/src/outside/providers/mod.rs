@@ -8,6 +8,7 @@ use std::sync::Arc;
 
 use async_trait::async_trait;
 
+use crate::calls::Tally;
 use crate::config::{OutboundSettings, ProviderKind, ProviderSettings};
 use crate::domain::ObservedResource;
 use crate::error::{Error, Result};
@@ -63,6 +64,13 @@ pub trait Provider: Send + Sync {
     /// never be left out, because a resource left out looks gone (and, twice, is destroyed).
     async fn list(&self, prefix: &str) -> Result<Vec<ObservedResource>>;
 
+    /// Renames a resource for an operator's eyes (a claimed agent after its name, seeds 001 and
+    /// 003). The resource keeps its id, by which the tick knows it; the new name keeps the pool's
+    /// prefix. `None`: this provider's names are fixed.
+    async fn rename(&self, _resource: &ResourceRef, _name: &str) -> Option<Result<()>> {
+        None
+    }
+
     // Room for what comes next. Both default to "not offered", and a caller falls back to what
     // every provider can do: destroy and create anew.
 
@@ -87,6 +95,7 @@ pub trait Provider: Send + Sync {
 pub fn from_settings(
     settings: &ProviderSettings,
     outbound: &OutboundSettings,
+    tally: &Tally,
 ) -> Result<Arc<dyn Provider>> {
     match settings.pool_provider {
         ProviderKind::Local => Ok(Arc::new(local::LocalProvider::from_settings(
@@ -95,6 +104,7 @@ pub fn from_settings(
         ProviderKind::Railway => Ok(Arc::new(railway::RailwayProvider::from_settings(
             &settings.railway,
             outbound,
+            tally,
         )?)),
         other => Err(Error::Config(crate::config::ConfigError {
             setting: "POOL_PROVIDER".into(),

@@ -188,6 +188,8 @@ impl Sim {
                 health_failure_threshold: 3,
                 health_grace: Duration::from_secs(60),
                 sizing,
+                // Simulated instances are never renamed (nothing is listed).
+                name_prefix: String::new(),
             },
             boot,
             record,
@@ -352,6 +354,8 @@ fn row(id: &str, now: DateTime<Utc>) -> Row {
         details: None,
         // The resource exists from the start, so the creator's liveness is never asked.
         creator_alive_at: None,
+        // No runtime is asked.
+        gateway_token: crate::config::Secret::new(String::new()),
     }
 }
 

@@ -92,6 +92,8 @@ pub struct TickReport {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub abandoned: Option<usize>,
     pub created: Vec<String>,
+    /// Claimed agents whose resource this tick called after them (ids).
+    pub renamed: Vec<String>,
     /// The pool's target this tick, and why (absent from a skipped tick).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub target: Option<plan::Target>,
@@ -140,6 +142,7 @@ pub fn rules(settings: &crate::config::Settings, size: PoolSize, sizing: Sizing)
         health_failure_threshold: settings.health.health_failure_threshold,
         health_grace: settings.health.health_grace(),
         sizing,
+        name_prefix: settings.pool.pool_name_prefix.clone(),
     }
 }
 
@@ -162,13 +165,13 @@ fn sample(snapshot: &snapshot::Snapshot, target: &plan::Target) -> Sample {
 }
 
 /// The last 24 hours of claims and of the ticks' targets, for the dashboard's chart.
-pub async fn last_day(db: &sqlx::PgPool) -> Result<Day> {
-    samples::last_day(db).await
+pub async fn last_day(pool: &Pool) -> Result<Day> {
+    samples::last_day(&pool.db).await
 }
 
 /// The last full tick's target and why, if a tick has run.
-pub async fn latest_sample(db: &sqlx::PgPool) -> Result<Option<Sample>> {
-    samples::latest(db).await
+pub async fn latest_sample(pool: &Pool) -> Result<Option<Sample>> {
+    samples::latest(&pool.db).await
 }
 
 /// Tool resources teardown gave up because their tool was no longer configured, oldest first:
@@ -252,7 +255,7 @@ pub async fn run_until(pool: &Pool, mode: Mode, stop: &CancellationToken) -> Res
             tracing::warn!(error = %e, "folding events into the metrics");
         }
     }
-    if let Err(e) = crate::metrics::flush_call_errors(&pool.db).await {
+    if let Err(e) = crate::metrics::flush_call_errors(&pool.db, &pool.tally).await {
         tracing::warn!(error = %e, "writing call error counts");
     }
     drop(gate);

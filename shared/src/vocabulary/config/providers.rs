@@ -1,10 +1,13 @@
 //! Compute providers (`providers`): which one, and each one's own settings.
 
 use std::path::PathBuf;
+use std::time::Duration;
 
 use serde::Deserialize;
 
-use super::{read, variables, Component, ConfigError, ProviderKind, RailwayLayout, Secret, Vars};
+use super::{
+    nonzero, read, variables, Component, ConfigError, ProviderKind, RailwayLayout, Secret, Vars,
+};
 
 /// Which provider runs instances, and the settings of each (only the chosen one's are used).
 #[derive(Debug, Clone)]
@@ -70,8 +73,19 @@ pub struct RailwaySettings {
     pub railway_project_id: Option<String>,
     pub railway_environment_id: Option<String>,
     pub railway_team_id: Option<String>,
-    #[serde(default = "RailwaySettings::default_runtime_image")]
-    pub railway_runtime_image: String,
+    /// The image every instance runs. Unset: [`RailwaySettings::DEFAULT_IMAGE`], unless instances
+    /// are built from `RAILWAY_SOURCE_REPO` (exactly one of the two says where instances come from).
+    pub railway_runtime_image: Option<String>,
+    /// `owner/name` of a GitHub repo each instance's service is built from (seeds 001, 003), in
+    /// place of an image.
+    pub railway_source_repo: Option<String>,
+    /// The branch built; unset: the repo's default branch.
+    pub railway_source_branch: Option<String>,
+    /// The directory of the repo holding the Dockerfile (seed 003's `agent`).
+    pub railway_source_root_dir: Option<String>,
+    /// How long one build from source may take before its creation fails (seeds see ~5 min).
+    #[serde(default = "RailwaySettings::default_build_timeout_ms")]
+    pub railway_build_timeout_ms: u64,
     pub railway_start_command: Option<String>,
     /// Mount path of a volume for each instance; none when unset.
     pub railway_volume_mount: Option<String>,
@@ -84,12 +98,80 @@ impl RailwaySettings {
     fn default_api_url() -> String {
         "https://backboard.railway.com/graphql/v2".into()
     }
-    fn default_runtime_image() -> String {
-        "ghcr.io/xmtplabs/convos-runtime:latest".into()
+    pub const DEFAULT_IMAGE: &'static str = "ghcr.io/xmtplabs/convos-runtime:latest";
+
+    fn default_build_timeout_ms() -> u64 {
+        600_000
+    }
+
+    pub fn build_timeout(&self) -> Duration {
+        Duration::from_millis(self.railway_build_timeout_ms)
+    }
+
+    /// Where instances come from: the image, or the repo they are built from.
+    pub fn source(&self) -> RailwaySource {
+        match &self.railway_source_repo {
+            Some(repo) => RailwaySource::Repo {
+                repo: repo.clone(),
+                branch: self.railway_source_branch.clone(),
+                root_dir: self.railway_source_root_dir.clone(),
+            },
+            None => RailwaySource::Image(
+                self.railway_runtime_image
+                    .clone()
+                    .unwrap_or_else(|| Self::DEFAULT_IMAGE.into()),
+            ),
+        }
     }
     fn default_public_scheme() -> String {
         "https".into()
     }
 }
 
-impl Component for RailwaySettings {}
+/// Where Railway instances come from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RailwaySource {
+    Image(String),
+    /// Built by Railway from a GitHub repo, which takes minutes.
+    Repo {
+        repo: String,
+        branch: Option<String>,
+        root_dir: Option<String>,
+    },
+}
+
+impl Component for RailwaySettings {
+    fn check(&self) -> Result<(), ConfigError> {
+        nonzero("RAILWAY_BUILD_TIMEOUT_MS", self.railway_build_timeout_ms)?;
+        match &self.railway_source_repo {
+            Some(_) if self.railway_runtime_image.is_some() => Err(ConfigError::new(
+                "RAILWAY_SOURCE_REPO",
+                "and RAILWAY_RUNTIME_IMAGE are both set; instances come from one of them",
+            )),
+            Some(repo) => {
+                let parts: Vec<&str> = repo.split('/').collect();
+                if parts.len() != 2 || parts.iter().any(|p| p.is_empty()) {
+                    return Err(ConfigError::new(
+                        "RAILWAY_SOURCE_REPO",
+                        format!("{repo:?} is not a GitHub repo as owner/name"),
+                    ));
+                }
+                Ok(())
+            }
+            None => {
+                for (setting, value) in [
+                    ("RAILWAY_SOURCE_BRANCH", &self.railway_source_branch),
+                    ("RAILWAY_SOURCE_ROOT_DIR", &self.railway_source_root_dir),
+                ] {
+                    if value.is_some() {
+                        return Err(ConfigError::new(
+                            setting,
+                            "is set but RAILWAY_SOURCE_REPO is not; it says what to build",
+                        ));
+                    }
+                }
+                Ok(())
+            }
+        }
+    }
+}

@@ -15,6 +15,7 @@ use tracing::{Event, Metadata, Subscriber};
 use tracing_subscriber::layer::{Context, SubscriberExt};
 use tracing_subscriber::Layer;
 
+use agentpool_core::calls::Tally;
 use agentpool_core::config::ProviderKind;
 use agentpool_core::domain::{ObservedResource, ResourceStatus};
 use agentpool_core::providers::{CreateSpec, Created, Provider, ResourceRef};
@@ -141,7 +142,12 @@ pub async fn pool_with(
         url: stub.url.clone(),
         names: Mutex::new(names),
     };
-    Ok(Pool::new(db, settings, Arc::new(provider)))
+    Ok(Pool::new(
+        db,
+        settings,
+        Arc::new(provider),
+        Tally::default(),
+    ))
 }
 
 #[derive(Debug, Serialize)]
@@ -262,7 +268,7 @@ pub async fn measure(
         QUERIES.store(0, Ordering::Relaxed);
         COUNTING.store(true, Ordering::Relaxed);
         let started = Instant::now();
-        agentpool_core::metrics::render(&pool.db).await?;
+        agentpool_core::overview::metrics(&pool).await?;
         cell.scrape_ms = ms(started.elapsed());
         COUNTING.store(false, Ordering::Relaxed);
         cell.scrape_queries = QUERIES.load(Ordering::Relaxed);

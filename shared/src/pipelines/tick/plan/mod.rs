@@ -25,6 +25,7 @@ pub use super::mode::Mode;
 use super::snapshot::Snapshot;
 
 pub use evidence::{Observation, PresenceMark, ToolPresenceMark};
+pub use orphans::Rename;
 pub use sizing::Target;
 
 #[derive(Debug, Clone)]
@@ -38,6 +39,8 @@ pub struct Rules {
     pub health_failure_threshold: u32,
     pub health_grace: Duration,
     pub sizing: Sizing,
+    /// `POOL_NAME_PREFIX`, which a claimed agent's renamed resource keeps.
+    pub name_prefix: String,
 }
 
 /// A move of one instance, fenced by the `status_since` the decision was made on: if the row
@@ -65,6 +68,8 @@ pub struct Plan {
     pub destroy: Vec<String>,
     pub orphans: Vec<ObservedResource>,
     pub tool_orphans: Vec<ToolResource>,
+    /// Claimed agents' resources to call after them.
+    pub renames: Vec<Rename>,
     pub create: u32,
     pub target: Target,
 }
@@ -98,6 +103,7 @@ pub fn decide(snapshot: &Snapshot, rules: &Rules, mode: Mode) -> Plan {
         tool_presence: evidence::tool_presence_marks(snapshot),
         orphans: orphans::find(snapshot),
         tool_orphans: orphans::tools(snapshot),
+        renames: orphans::renames(snapshot, &rules.name_prefix),
         transitions,
         destroy,
         create,
@@ -131,6 +137,7 @@ pub(crate) mod fixture {
             health_failure_threshold: 2,
             health_grace: Duration::from_secs(60),
             sizing: Sizing::default(),
+            name_prefix: "ap-".into(),
         }
     }
 
@@ -208,6 +215,7 @@ pub(crate) mod fixture {
                 resource_id: Some(format!("ap-{id}")),
                 details: None,
                 creator_alive_at: None,
+                gateway_token: crate::config::Secret::new("token"),
             });
             if let Some(status) = resource {
                 self = self.resource(&format!("ap-{id}"), status);
@@ -233,11 +241,16 @@ pub(crate) mod fixture {
             self.edit(id, |row| row.instance.health_failures = n)
         }
 
-        pub fn resource(mut self, name: &str, status: ResourceStatus) -> Self {
+        pub fn resource(self, name: &str, status: ResourceStatus) -> Self {
+            self.renamed(name, name, status)
+        }
+
+        /// The resource with id `id`, listed under the name `name`.
+        pub fn renamed(mut self, id: &str, name: &str, status: ResourceStatus) -> Self {
             if let Some(listed) = self.snapshot.resources.as_mut() {
                 listed.push(ObservedResource {
                     name: name.into(),
-                    resource_id: name.into(),
+                    resource_id: id.into(),
                     status,
                 });
             }
