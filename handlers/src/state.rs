@@ -8,8 +8,8 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use agentpool_core::access::SessionKey;
+use agentpool_core::beats::Beats;
 use agentpool_core::config::Secret;
-use agentpool_core::heartbeat::Beats;
 use agentpool_core::tick::{self, Mode};
 use agentpool_core::Pool;
 

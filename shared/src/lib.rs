@@ -18,7 +18,7 @@ pub use queries::{db, instances, lease, listing, metrics, pool_size, samples, se
 mod outside;
 pub use outside::{outbound, providers, runtime, tools};
 mod pipelines;
-pub use pipelines::{access, claim, creation, gate, heartbeat, operator, overview, simulate, tick};
+pub use pipelines::{access, beats, claim, creation, gate, operator, overview, simulate, tick};
 
 pub mod stub_agent;
 

@@ -5,8 +5,8 @@ use axum::Json;
 use serde::Serialize;
 use utoipa::ToSchema;
 
+use agentpool_core::beats::Beat;
 use agentpool_core::domain::InstanceStatus;
-use agentpool_core::heartbeat::Beat;
 use agentpool_core::operator;
 
 use super::plausible_id;

@@ -3,10 +3,10 @@
 //! (`handlers/`, `scheduler/`) call these and nothing under them.
 
 pub mod access;
+pub mod beats;
 pub mod claim;
 pub mod creation;
 pub mod gate;
-pub mod heartbeat;
 pub mod operator;
 pub mod overview;
 pub mod simulate;
