@@ -71,6 +71,15 @@ impl From<Error> for ApiError {
                 )
                 .retry_after(NO_IDLE_RETRY_AFTER)
             }
+            Error::Capacity { retry_after, .. } => {
+                let seconds = u32::try_from(retry_after.as_secs().max(1)).unwrap_or(u32::MAX);
+                return Self::new(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    error.code(),
+                    error.public_message(),
+                )
+                .retry_after(seconds);
+            }
             Error::ClaimFailed { .. }
             | Error::Provider { .. }
             | Error::Outbound { .. }

@@ -17,6 +17,9 @@
 //! | one tool request (OpenRouter, AgentMail, Telnyx) | 500–3 000 | 10–60 |
 //! | a health answer | 50–300 | 1–6 |
 //! | `/pool/provision` (the agent joins its conversation) | 1 000–5 000 | 20–100 |
+//! | one Sprites API request | 100–600 | 2–12 |
+//! | Sprites build from source (seed 002's setup) | 240 000–360 000 | 4 800–7 200 |
+//! | Sprites checkpoint restore and gateway restart | 10 000–20 000 | 200–400 |
 //!
 //! So a Railway service create plus its first deploy takes 20–60 s, scaled.
 
@@ -80,6 +83,9 @@ pub struct LatencyProfile {
     pub tool_call: Between,
     pub health: Between,
     pub provision: Between,
+    pub sprites_call: Between,
+    pub sprites_build: Between,
+    pub sprites_restore: Between,
 }
 
 impl LatencyProfile {
@@ -95,6 +101,9 @@ impl LatencyProfile {
             tool_call: between(500.0, 3_000.0),
             health: between(50.0, 300.0),
             provision: between(1_000.0, 5_000.0),
+            sprites_call: between(100.0, 600.0),
+            sprites_build: between(240_000.0, 360_000.0),
+            sprites_restore: between(10_000.0, 20_000.0),
         }
     }
 
@@ -114,6 +123,9 @@ impl LatencyProfile {
             tool_call: self.tool_call.scaled(factor),
             health: self.health.scaled(factor),
             provision: self.provision.scaled(factor),
+            sprites_call: self.sprites_call.scaled(factor),
+            sprites_build: self.sprites_build.scaled(factor),
+            sprites_restore: self.sprites_restore.scaled(factor),
             ..self
         }
     }

@@ -867,6 +867,22 @@ impl Provider for RailwayProvider {
             })
             .collect())
     }
+
+    async fn probe(&self, resource: &ResourceRef) -> Option<Result<Value>> {
+        Some(self.fleet(&resource.name).await.map(|services| {
+            match services.into_iter().find(|s| s.name == resource.name) {
+                Some(service) => json!({
+                    "service": {
+                        "id": service.id,
+                        "name": service.name,
+                        "projectId": service.project_id,
+                        "status": format!("{:?}", service.status),
+                    }
+                }),
+                None => json!({"service": null}),
+            }
+        }))
+    }
 }
 
 #[cfg(test)]

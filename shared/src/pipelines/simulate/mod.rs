@@ -185,6 +185,7 @@ impl Sim {
                 stuck_timeout: (model.boot * 2).max(Duration::from_secs(900)),
                 claim_timeout: Duration::from_secs(120),
                 create_timeout: (model.boot * 2).max(Duration::from_secs(120)),
+                recycle_timeout: Duration::from_secs(120),
                 health_failure_threshold: 3,
                 health_grace: Duration::from_secs(60),
                 sizing,
@@ -277,6 +278,7 @@ impl Sim {
             tools_listed: Default::default(),
             recorded: Vec::new(),
             recent_claims,
+            creation_paused: None,
         };
         let plan = plan::decide(&snapshot, &self.rules, mode);
         let moves: HashMap<&str, InstanceStatus> = plan

@@ -60,6 +60,8 @@ pub struct Snapshot {
     pub recorded: Vec<RecordedTool>,
     /// Claims started in each of the demand windows up to `now`, for the sizing policy.
     pub recent_claims: RecentClaims,
+    /// Creation paused while the provider is at capacity (until its `Retry-After`).
+    pub creation_paused: Option<crate::capacity::Pause>,
 }
 
 pub async fn take(
@@ -125,6 +127,7 @@ pub async fn take(
         believed(pool.provider.kind().as_str(), expected, &listed, report)
     });
     let recent_claims = recent_claims(pool).await?;
+    let creation_paused = crate::capacity::current(&pool.db, pool.provider.kind().as_str()).await?;
     let recorded: Vec<RecordedTool> = if tools_listed.is_empty() {
         Vec::new()
     } else {
@@ -169,6 +172,7 @@ pub async fn take(
         tools_listed,
         recorded,
         recent_claims,
+        creation_paused,
     })
 }
 

@@ -32,7 +32,9 @@ pub use creation::CreationSettings;
 pub use db::DbSettings;
 pub use outbound::OutboundSettings;
 pub use pool::PoolSettings;
-pub use providers::{LocalSettings, ProviderSettings, RailwaySettings, RailwaySource};
+pub use providers::{
+    LocalSettings, ProviderSettings, RailwaySettings, RailwaySource, SpritesSettings,
+};
 pub use runtime::{RuntimeProtocol, RuntimeSettings};
 pub use server::{DashboardSettings, MetricsSettings, ServerSettings};
 pub use size::SizeSettings;

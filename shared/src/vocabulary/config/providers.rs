@@ -15,6 +15,7 @@ pub struct ProviderSettings {
     pub pool_provider: ProviderKind,
     pub local: LocalSettings,
     pub railway: RailwaySettings,
+    pub sprites: SpritesSettings,
 }
 
 #[derive(Deserialize)]
@@ -37,6 +38,7 @@ impl ProviderSettings {
             pool_provider: read::<Choice>(vars)?.pool_provider,
             local: read(vars)?,
             railway: read(vars)?,
+            sprites: read(vars)?,
         })
     }
 
@@ -45,6 +47,7 @@ impl ProviderSettings {
             variables::<Choice>(),
             variables::<LocalSettings>(),
             variables::<RailwaySettings>(),
+            variables::<SpritesSettings>(),
         ]
         .concat()
     }
@@ -57,6 +60,10 @@ pub struct LocalSettings {
     pub local_state_dir: Option<PathBuf>,
     /// The `agentpool` binary the local provider starts as `agentpool stub-agent`.
     pub local_agent_bin: Option<PathBuf>,
+    /// Recycle a used agent (restart it with a clean state) instead of destroying it, as the
+    /// Sprites provider restores its golden checkpoint: `agentpool dev` shows the path.
+    #[serde(default)]
+    pub local_recycle: bool,
 }
 
 impl Component for LocalSettings {}
@@ -173,5 +180,67 @@ impl Component for RailwaySettings {
                 Ok(())
             }
         }
+    }
+}
+
+/// Fly.io Sprites (seed 002): one sprite per instance, built once, recycled from its golden
+/// checkpoint.
+#[derive(Debug, Clone, Deserialize)]
+pub struct SpritesSettings {
+    pub sprite_token: Option<Secret>,
+    #[serde(default = "SpritesSettings::default_api_url")]
+    pub sprites_api_url: String,
+    /// The setup, one exec per command (each retried), run after the env file is written and
+    /// with its variables set: a JSON array of shell commands.
+    #[serde(default = "SpritesSettings::default_setup_commands")]
+    pub sprites_setup_commands: String,
+    /// The runtime, registered as the sprite's service on `SPRITES_HTTP_PORT`.
+    #[serde(default = "SpritesSettings::default_start_command")]
+    pub sprites_start_command: String,
+    #[serde(default = "SpritesSettings::default_http_port")]
+    pub sprites_http_port: u16,
+    /// Where the setup writes the instance's variables inside the sprite (mode 600).
+    #[serde(default = "SpritesSettings::default_env_file")]
+    pub sprites_env_file: String,
+    /// How long one exec may take (a build step is minutes long).
+    #[serde(default = "SpritesSettings::default_exec_timeout_ms")]
+    pub sprites_exec_timeout_ms: u64,
+}
+
+impl SpritesSettings {
+    fn default_api_url() -> String {
+        "https://api.sprites.dev".into()
+    }
+    fn default_setup_commands() -> String {
+        r#"["git clone --depth 1 --branch \"$OPENCLAW_GIT_REF\" https://github.com/xmtplabs/openclaw /home/sprite/openclaw", "cd /home/sprite/openclaw && pnpm install && pnpm build"]"#.into()
+    }
+    fn default_start_command() -> String {
+        "cd /home/sprite/openclaw && exec node openclaw.mjs gateway --port 8080".into()
+    }
+    fn default_http_port() -> u16 {
+        8080
+    }
+    fn default_env_file() -> String {
+        "/home/sprite/.agentpool.env".into()
+    }
+    fn default_exec_timeout_ms() -> u64 {
+        600_000
+    }
+
+    /// The setup commands, in order.
+    pub fn setup_commands(&self) -> Result<Vec<String>, ConfigError> {
+        serde_json::from_str(&self.sprites_setup_commands).map_err(|e| {
+            ConfigError::new(
+                "SPRITES_SETUP_COMMANDS",
+                format!("must be a JSON array of strings: {e}"),
+            )
+        })
+    }
+}
+
+impl Component for SpritesSettings {
+    fn check(&self) -> Result<(), ConfigError> {
+        self.setup_commands().map(|_| ())?;
+        super::nonzero("SPRITES_EXEC_TIMEOUT_MS", self.sprites_exec_timeout_ms)
     }
 }

@@ -4,6 +4,7 @@
 //! ```text
 //! cargo run --release -p agentpool-tests --bin agentpool-bench [-- --out DIR] [--quick] [--profile]
 //! cargo run --release -p agentpool-tests --bin agentpool-bench -- --fleet-tick [--out DIR]
+//! cargo run --release -p agentpool-tests --bin agentpool-bench -- --sprites   # seed 002's figures only
 //! ```
 //!
 //! Figures are measured and reported, never asserted: the targets are in the report.
@@ -16,6 +17,7 @@ mod limit;
 mod profile;
 mod railway;
 mod report;
+mod sprites;
 mod stats;
 mod tick;
 
@@ -77,6 +79,8 @@ pub struct Report {
     pub claim_strategies: Vec<claims::StrategyCell>,
     pub ticks: Vec<tick::TickCell>,
     pub railway: Vec<railway::RailwayCell>,
+    /// Seed 002: recycle vs fresh creation, refill after a burst.
+    pub sprites: Option<sprites::SpritesFigures>,
     pub process: fleet::ProcessFigures,
     pub total_seconds: f64,
     /// Ratios that fell by more than `compare::TOLERANCE` since the last committed report.
@@ -92,6 +96,7 @@ fn main() -> anyhow::Result<()> {
     let mut scale = FULL;
     let mut with_profile = false;
     let mut only_fleet_tick = false;
+    let mut only_sprites = false;
     let mut args = std::env::args().skip(1);
     while let Some(arg) = args.next() {
         match arg.as_str() {
@@ -99,9 +104,10 @@ fn main() -> anyhow::Result<()> {
             "--quick" => scale = QUICK,
             "--profile" => with_profile = true,
             "--fleet-tick" => only_fleet_tick = true,
+            "--sprites" => only_sprites = true,
             other => {
                 anyhow::bail!(
-                    "unknown argument {other:?}; use --out DIR, --quick, --profile and/or --fleet-tick"
+                    "unknown argument {other:?}; use --out DIR, --quick, --profile, --fleet-tick and/or --sprites"
                 )
             }
         }
@@ -110,7 +116,27 @@ fn main() -> anyhow::Result<()> {
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?;
+    if only_sprites {
+        return runtime.block_on(run_sprites());
+    }
     runtime.block_on(run(out, scale, with_profile, only_fleet_tick))
+}
+
+/// `--sprites`: only seed 002's figures, printed (the report is not rewritten).
+async fn run_sprites() -> anyhow::Result<()> {
+    let pg_root = tempfile::Builder::new()
+        .prefix("agentpool-bench-pg-")
+        .tempdir()?;
+    let root = pg_root.path().to_path_buf();
+    let postgres = tokio::task::spawn_blocking(move || EmbeddedPostgres::start(&root))
+        .await?
+        .context("starting postgres")?;
+    let figures = sprites::measure(&postgres.url("postgres")).await;
+    tokio::task::spawn_blocking(move || postgres.stop()).await??;
+    let mut md = String::new();
+    report::sprites_section(&mut md, &figures?);
+    println!("{md}");
+    Ok(())
 }
 
 async fn run(
@@ -155,6 +181,8 @@ async fn run(
     let ticks = tick::measure(&pool, &url, &stub, scale).await?;
     eprintln!("bench: Railway requests per tick");
     let railway = railway::measure(&pool, &url, &stub).await?;
+    eprintln!("bench: Sprites recycle vs fresh creation");
+    let sprites = Some(sprites::measure(&postgres.url("postgres")).await?);
     eprintln!("bench: process start and memory");
     let process = fleet::process_figures(&url, scale).await?;
     eprintln!("bench: a tick for {} agents", fleet_tick::FLEET);
@@ -172,6 +200,7 @@ async fn run(
         claim_strategies,
         ticks,
         railway,
+        sprites,
         process,
         total_seconds: started.elapsed().as_secs_f64(),
         regressions: Vec::new(),

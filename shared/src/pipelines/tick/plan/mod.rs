@@ -36,6 +36,8 @@ pub struct Rules {
     pub stuck_timeout: Duration,
     pub claim_timeout: Duration,
     pub create_timeout: Duration,
+    /// A `recycling` row older than this lost its recycler (or its restore hangs).
+    pub recycle_timeout: Duration,
     pub health_failure_threshold: u32,
     pub health_grace: Duration,
     pub sizing: Sizing,
@@ -84,6 +86,8 @@ pub fn decide(snapshot: &Snapshot, rules: &Rules, mode: Mode) -> Plan {
         &snapshot.recent_claims,
     );
     let create = match mode {
+        // At capacity: asking again before the Retry-After would only be refused again.
+        _ if snapshot.creation_paused.is_some() => 0,
         Mode::Full | Mode::Kick => {
             replenish::count(snapshot, &transitions, target.min_idle, rules.max_total)
         }
@@ -134,6 +138,7 @@ pub(crate) mod fixture {
             stuck_timeout: Duration::from_secs(900),
             claim_timeout: Duration::from_secs(120),
             create_timeout: Duration::from_secs(120),
+            recycle_timeout: Duration::from_secs(120),
             health_failure_threshold: 2,
             health_grace: Duration::from_secs(60),
             sizing: Sizing::default(),
@@ -173,6 +178,7 @@ pub(crate) mod fixture {
                     tools_listed: Default::default(),
                     recorded: Vec::new(),
                     recent_claims: [0; 3],
+                    creation_paused: None,
                 },
             }
         }
