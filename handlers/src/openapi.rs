@@ -37,6 +37,7 @@ pub const BEARER: &str = "bearer";
 pub const QUERY_KEY: &str = "queryKey";
 pub const SESSION: &str = "session";
 pub const METRICS_TOKEN: &str = "metricsToken";
+pub const RUNTIME_TOKEN: &str = "runtimeToken";
 
 #[derive(utoipa::OpenApi)]
 #[openapi(
@@ -86,6 +87,10 @@ pub fn base() -> OpenApi {
                  CSRF token in `{CSRF_HEADER}` (`?csrf=` on the event stream)."
             ),
         ))),
+    );
+    components.add_security_scheme(
+        RUNTIME_TOKEN,
+        bearer("`Authorization: Bearer <the instance's OPENCLAW_GATEWAY_TOKEN>`: runtimes only"),
     );
     components.add_security_scheme(
         METRICS_TOKEN,

@@ -8,6 +8,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use agentpool_core::access::SessionKey;
+use agentpool_core::beats::Beats;
 use agentpool_core::config::Secret;
 use agentpool_core::tick::{self, Mode};
 use agentpool_core::Pool;
@@ -24,6 +25,8 @@ pub struct AppState {
     pub tasks: TaskTracker,
     /// Cancelled when the process starts shutting down: long work starts no new steps.
     pub shutdown: CancellationToken,
+    /// Runtimes' pushed heartbeats, gathered here and written once a second.
+    pub beats: Arc<Beats>,
 }
 
 impl AppState {
@@ -35,6 +38,7 @@ impl AppState {
             kicker: Kicker::default(),
             tasks: TaskTracker::new(),
             shutdown: CancellationToken::new(),
+            beats: Arc::default(),
         }
     }
 

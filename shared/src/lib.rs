@@ -23,8 +23,8 @@ mod outside;
 pub use outside::{notion, outbound, providers, runtime, tools};
 mod pipelines;
 pub use pipelines::{
-    access, catalog, claim, creation, debug, gate, heartbeat, operator, overview, prompts, recycle,
-    simulate, tick,
+    access, beats, catalog, claim, creation, debug, gate, heartbeat, operator, overview, prompts,
+    recycle, simulate, tick,
 };
 
 pub mod stub_agent;

@@ -20,6 +20,8 @@
 //! | `STUB_SHARED` | `true`: answers for many instances, a fresh conversation per provision (benchmarks) |
 //! | `STUB_START_DELAY_MS` | wait this long before listening (a slow creation, default 0) |
 //! | `STUB_SEED` | seeds the draws of delays given as ranges, mixed with `--name` (default random) |
+//! | `POOL_HEARTBEAT_URL` | given by a pool with `RUNTIME_HEARTBEAT_URL`: push a heartbeat there (Bearer) |
+//! | `STUB_HEARTBEAT_EVERY_MS` | how often it is pushed (default 30000, a quarter of the pool's default `HEALTH_INTERVAL_MS`) |
 //!
 //! Every delay is a number of milliseconds or a range `LOW..HIGH`, drawn anew for each use (the
 //! boot delays once) from a generator seeded with `STUB_SEED` and the agent's name: a test's
@@ -27,9 +29,11 @@
 //! reproducible timings.
 //!
 //! Faults can also be switched at run time with `POST /stub/faults` (Bearer):
-//! `{"provision": "fail"|"ok", "health": "fail"|"ok", "exit": true, "provisionDelayMs": n,
-//! "healthDelayMs": n}`. `GET /stub/stats` says how many health checks are being answered, so a
-//! test can wait for a tick to be in the middle of one, and how many provisions were refused.
+//! `{"provision": "fail"|"ok", "health": "fail"|"ok", "heartbeat": "fail"|"ok", "exit": true,
+//! "provisionDelayMs": n, "healthDelayMs": n}` (`"heartbeat": "fail"` stops the pushes).
+//! `GET /stub/stats` says how many health checks are being answered (so a test can wait for a
+//! tick to be in the middle of one) and have been asked in all, how many heartbeats the pool
+//! accepted, and how many provisions were refused.
 //!
 //! `/pool/provision` takes, besides the agent's name and instructions, `model` and `env`: the
 //! variables of the tools its template added at claim time (and the claimer's own credentials),
@@ -110,6 +114,8 @@ pub struct StubSettings {
     pub refuse_first: u64,
     pub conversation: Option<String>,
     pub seed: u64,
+    /// Where to push heartbeats, and how often.
+    pub heartbeat: Option<(String, Duration)>,
 }
 
 fn flag(name: &str) -> bool {
@@ -156,6 +162,21 @@ impl StubSettings {
                 .ok()
                 .filter(|v| !v.is_empty()),
             seed,
+            heartbeat: match std::env::var("POOL_HEARTBEAT_URL") {
+                Ok(url) if !url.is_empty() => {
+                    let every = match std::env::var("STUB_HEARTBEAT_EVERY_MS") {
+                        Ok(v) if !v.is_empty() => v
+                            .parse()
+                            .map_err(|e| format!("STUB_HEARTBEAT_EVERY_MS: {e}"))?,
+                        _ => 30_000,
+                    };
+                    if every == 0 {
+                        return Err("STUB_HEARTBEAT_EVERY_MS must be above 0".into());
+                    }
+                    Some((url, Duration::from_millis(every)))
+                }
+                _ => None,
+            },
         })
     }
 
@@ -178,6 +199,10 @@ struct Stub {
     provision_delay: Mutex<Delay>,
     rng: Mutex<StdRng>,
     health_in_flight: AtomicU64,
+    health_asked: AtomicU64,
+    /// Pushes stopped by a fault.
+    silent: AtomicBool,
+    heartbeats: AtomicU64,
     /// Provisions still to refuse with 503, and how many were refused.
     refuse_left: AtomicU64,
     refused: AtomicU64,
@@ -237,6 +262,7 @@ async fn health(State(stub): State<Arc<Stub>>, headers: HeaderMap) -> Response {
         return unauthorized();
     }
     let _in_flight = InFlight::enter(&stub.health_in_flight);
+    stub.health_asked.fetch_add(1, Ordering::SeqCst);
     let delay = stub.delay(&stub.health_delay);
     if !delay.is_zero() {
         tokio::time::sleep(delay).await;
@@ -469,6 +495,8 @@ async fn env(State(stub): State<Arc<Stub>>, headers: HeaderMap) -> Response {
 async fn stats(State(stub): State<Arc<Stub>>) -> Response {
     Json(json!({
         "healthInFlight": stub.health_in_flight.load(Ordering::SeqCst),
+        "healthAsked": stub.health_asked.load(Ordering::SeqCst),
+        "heartbeats": stub.heartbeats.load(Ordering::SeqCst),
         "refused": stub.refused.load(Ordering::SeqCst),
     }))
     .into_response()
@@ -486,6 +514,7 @@ async fn restart(State(stub): State<Arc<Stub>>, headers: HeaderMap) -> Response 
 struct Faults {
     provision: Option<Switch>,
     health: Option<Switch>,
+    heartbeat: Option<Switch>,
     provision_delay_ms: Option<u64>,
     health_delay_ms: Option<u64>,
     #[serde(default)]
@@ -520,6 +549,10 @@ async fn faults(
     }
     if let Some(switch) = faults.health {
         stub.fail_health
+            .store(matches!(switch, Switch::Fail), Ordering::Relaxed);
+    }
+    if let Some(switch) = faults.heartbeat {
+        stub.silent
             .store(matches!(switch, Switch::Fail), Ordering::Relaxed);
     }
     for (ms, delay) in [
@@ -561,6 +594,9 @@ pub async fn run(
         provision_delay: Mutex::new(settings.provision_delay),
         rng,
         health_in_flight: AtomicU64::new(0),
+        health_asked: AtomicU64::new(0),
+        silent: AtomicBool::new(false),
+        heartbeats: AtomicU64::new(0),
         refuse_left: AtomicU64::new(settings.refuse_first),
         refused: AtomicU64::new(0),
         conversation: Mutex::new(settings.conversation),
@@ -604,6 +640,9 @@ pub async fn run(
         writeln!(out, "LISTENING {local}")?;
         out.flush()?;
     }
+    if let Some((url, every)) = settings.heartbeat {
+        tokio::spawn(push_heartbeats(stub.clone(), url, every));
+    }
     axum::serve(listener, app)
         .with_graceful_shutdown(async move {
             tokio::select! {
@@ -612,4 +651,29 @@ pub async fn run(
             }
         })
         .await
+}
+
+/// The optional push of the runtime contract: `POST $POOL_HEARTBEAT_URL` with the gateway token,
+/// every `every`, from the moment it listens. A refused or failed beat is logged and the next
+/// one tried: the pool asks a runtime it has not heard from.
+async fn push_heartbeats(stub: Arc<Stub>, url: String, every: Duration) {
+    let http = reqwest::Client::builder()
+        .timeout(every.min(Duration::from_secs(10)))
+        .build()
+        .unwrap_or_default();
+    let mut ticks = tokio::time::interval(every);
+    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        ticks.tick().await;
+        if stub.silent.load(Ordering::Relaxed) {
+            continue;
+        }
+        match http.post(&url).bearer_auth(&stub.token).send().await {
+            Ok(reply) if reply.status().is_success() => {
+                stub.heartbeats.fetch_add(1, Ordering::SeqCst);
+            }
+            Ok(reply) => tracing::warn!(status = %reply.status(), "heartbeat refused"),
+            Err(e) => tracing::warn!(error = %e, "heartbeat not delivered"),
+        }
+    }
 }

@@ -57,7 +57,7 @@ impl Between {
 
 /// The pool's settings that are times, at their production defaults (see `config.rs`), scaled
 /// with the outside world so that the ratios hold.
-const POOL_TIMES: [(&str, f64); 9] = [
+const POOL_TIMES: [(&str, f64); 10] = [
     ("CREATE_TIMEOUT_MS", 120_000.0),
     ("CLAIM_TIMEOUT_MS", 120_000.0),
     ("PROVISION_TIMEOUT_MS", 60_000.0),
@@ -67,6 +67,7 @@ const POOL_TIMES: [(&str, f64); 9] = [
     ("TICK_BUDGET_MS", 25_000.0),
     ("POOL_STUCK_TIMEOUT_MS", 900_000.0),
     ("HEALTH_GRACE_MS", 60_000.0),
+    ("HEALTH_INTERVAL_MS", 120_000.0),
 ];
 
 #[derive(Debug, Clone, PartialEq)]

@@ -272,6 +272,8 @@ pub fn settings(database_url: &str, state_dir: &Path, overrides: &[(&str, &str)]
         // still needs two listings).
         ("HEALTH_GRACE_MS".into(), "0".into()),
         ("HEALTH_TIMEOUT_MS".into(), "2000".into()),
+        // Every runtime every tick, as tests expect unless they set an interval.
+        ("HEALTH_INTERVAL_MS".into(), "0".into()),
         ("LOCAL_STATE_DIR".into(), state_dir.display().to_string()),
         (
             "LOCAL_AGENT_BIN".into(),
@@ -318,6 +320,19 @@ impl TestPool {
             .prefix("agentpool-test-agents-")
             .tempdir()
             .expect("state dir");
+        // Bound before the settings are read: a setting may name this pool's own address as
+        // `{base}` (`RUNTIME_HEARTBEAT_URL`).
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let own = format!("http://{}", listener.local_addr().expect("addr"));
+        let overrides: Vec<(&str, String)> = overrides
+            .iter()
+            .map(|(k, v)| (*k, v.replace("{base}", &own)))
+            .collect();
+        let overrides: Vec<(&str, &str)> =
+            overrides.iter().map(|(k, v)| (*k, v.as_str())).collect();
+        let overrides = overrides.as_slice();
         let settings = settings(&db.url, state_dir.path(), overrides);
         let key = settings
             .server
@@ -348,7 +363,10 @@ impl TestPool {
         let tally = Tally::default();
         let provider = wrap(local.clone(), &tally);
         let pool = Pool::new(db.pool.clone(), settings, provider, tally);
-        let base = serve(AppState::new(pool.clone(), Secret::new(key.clone()))).await;
+        let base = serve_on(
+            listener,
+            AppState::new(pool.clone(), Secret::new(key.clone())),
+        );
         Self {
             db,
             pool,
@@ -470,6 +488,19 @@ impl TestPool {
         stats["healthInFlight"].as_u64().expect("healthInFlight")
     }
 
+    /// A stub agent's `GET /stub/stats`.
+    pub async fn stub_stats(&self, id: &str) -> Value {
+        let url = self.instance(id).await.and_then(|i| i.url).expect("url");
+        self.http
+            .get(format!("{url}/stub/stats"))
+            .send()
+            .await
+            .expect("stats")
+            .json()
+            .await
+            .expect("stats json")
+    }
+
     /// Every row of `instance_events`, for "nothing was written" checks.
     pub async fn event_count(&self) -> i64 {
         sqlx::query_scalar("SELECT count(*) FROM instance_events")
@@ -558,6 +589,10 @@ async fn serve(state: AppState) -> String {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
         .await
         .expect("bind");
+    serve_on(listener, state)
+}
+
+fn serve_on(listener: tokio::net::TcpListener, state: AppState) -> String {
     let base = format!("http://{}", listener.local_addr().expect("addr"));
     let app =
         agentpool::router(state).into_make_service_with_connect_info::<std::net::SocketAddr>();

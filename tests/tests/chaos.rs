@@ -210,6 +210,7 @@ async fn replicas_under_fire_never_hand_out_an_instance_twice() {
         ("PROVISION_TIMEOUT_MS", "3000"),
         ("HEALTH_TIMEOUT_MS", "2000"),
         ("HEALTH_FAILURE_THRESHOLD", "2"),
+        ("HEALTH_INTERVAL_MS", "4000"),
         ("TICK_INTERVAL_MS", "1000"),
         ("TICK_BUDGET_MS", "5000"),
         ("POOL_NAME_PREFIX", prefix.as_str()),

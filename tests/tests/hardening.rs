@@ -421,11 +421,15 @@ async fn a_partitioned_fleet_ends_the_tick_by_its_budget_and_the_tail_goes_first
             .collect()
     };
     assert_eq!(changed(&before, &after_first).len(), first);
+    // Every answer is recorded (a ready one at fill too): the ones this tick left out are those
+    // whose time it did not move.
     let unchecked: HashSet<String> = after_first
         .iter()
-        .filter(|(_, at)| at.is_none())
-        .map(|(id, _)| id.clone())
+        .zip(&before)
+        .filter(|((_, at), (_, was))| at == was)
+        .map(|((id, _), _)| id.clone())
         .collect();
+    assert_eq!(unchecked.len(), 6 - first);
     t.tick().await;
     let second = changed(&after_first, &checked_at().await);
     // Those left out last time are asked first: either all of them were, or only they were.

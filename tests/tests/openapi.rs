@@ -17,6 +17,8 @@ enum Access {
     Operator,
     /// As `Operator`, or the key as `?key=`.
     Stream,
+    /// An instance's runtime, with its own gateway token as Bearer.
+    Runtime,
 }
 
 /// The JSON API as README.md describes it: every route, its method and who may call it.
@@ -55,6 +57,7 @@ const ROUTES: &[(&str, &str, Access)] = &[
     ("PUT", "/api/templates/{id}", Access::Operator),
     ("DELETE", "/api/templates/{id}", Access::Operator),
     ("GET", "/api/pool/replenish/stream", Access::Stream),
+    ("POST", "/api/instances/{id}/heartbeat", Access::Runtime),
 ];
 
 const METHODS: [&str; 5] = ["get", "put", "post", "delete", "patch"];
@@ -158,9 +161,13 @@ async fn document_is_openapi_3_1_with_every_route_and_its_access() {
                 !optional && offers("bearer") && offers("queryKey"),
                 "{method} {path}: {declared:?}"
             ),
+            Access::Runtime => assert!(
+                !optional && offers("runtimeToken") && !offers("bearer"),
+                "{method} {path}: {declared:?}"
+            ),
         }
         let responses = operation["responses"].as_object().expect("responses");
-        if matches!(access, Access::Operator | Access::Stream) {
+        if matches!(access, Access::Operator | Access::Stream | Access::Runtime) {
             assert!(responses.contains_key("401"), "{method} {path}");
         }
         // Every error reply is the one error schema.
@@ -207,6 +214,12 @@ async fn router_serves_each_documented_route_with_its_access() {
             }
             Access::Public | Access::OptionalKey => {
                 assert_eq!(status, StatusCode::OK, "{method} {path}: {body}")
+            }
+            // No such instance, whatever the token (`fleet_health.rs` tries the tokens).
+            Access::Runtime => {
+                assert_eq!(status, StatusCode::NOT_FOUND, "{method} {path}: {body}");
+                let body: Value = serde_json::from_str(&body).expect("JSON error");
+                assert_eq!(body["code"], "not_found", "{method} {path}");
             }
         }
         if *access == Access::OptionalKey {

@@ -39,6 +39,8 @@ fn railway(fake: &RailwayFake, layout: &str, prefix: &str, extra: &[(&str, &str)
         ("RAILWAY_TEAM_ID", ids.workspace_id.as_str()),
         ("RAILWAY_PUBLIC_SCHEME", "http"),
         ("OUTBOUND_TIMEOUT_MS", "1000"),
+        // Every runtime every tick: these tests tick by hand, not on the interval.
+        ("HEALTH_INTERVAL_MS", "0"),
     ]
     .iter()
     .map(|(k, v)| (k.to_string(), v.to_string()))

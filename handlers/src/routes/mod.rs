@@ -53,7 +53,8 @@ fn api(state: &AppState) -> OpenApiRouter<AppState> {
         .routes(routes!(pool::info))
         .routes(routes!(templates::catalog))
         .routes(routes!(templates::by_slug))
-        .routes(routes!(prompts::prompt));
+        .routes(routes!(prompts::prompt))
+        .routes(routes!(instances::heartbeat));
     let operator = OpenApiRouter::new()
         .routes(routes!(pool::status))
         .routes(routes!(claim::claim))

@@ -292,6 +292,9 @@ async fn provision(
             pool.settings.pool.pool_environment.clone(),
         ),
     ];
+    if let Some(url) = pool.settings.runtime.heartbeat_url(&row.id) {
+        env.push(("POOL_HEARTBEAT_URL".into(), url));
+    }
     env.extend(instance_variables(&pool.settings));
     let target = Target {
         instance_id: &row.id,

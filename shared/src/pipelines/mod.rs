@@ -3,6 +3,7 @@
 //! (`handlers/`, `scheduler/`) call these and nothing under them.
 
 pub mod access;
+pub mod beats;
 pub mod catalog;
 pub mod claim;
 pub mod creation;

@@ -173,6 +173,8 @@ pub struct Instance {
     pub last_checked_at: Option<DateTime<Utc>>,
     pub failing_since: Option<DateTime<Utc>>,
     pub absent_since: Option<DateTime<Utc>>,
+    /// The last good sign of life: a ready answer to a health check, or a pushed heartbeat.
+    pub last_ok_at: Option<DateTime<Utc>>,
 }
 
 /// The columns of [`Instance`], for `SELECT`s that read it.
@@ -180,7 +182,7 @@ pub const INSTANCE_COLUMNS: &str =
     "id, name, url, status, status_since, agent_name, instructions, \
      join_url, conversation_id, invite_url, template_id, health_failures, destroy_attempts, \
      next_attempt_at, last_error, created_at, claimed_at, last_checked_at, failing_since, \
-     absent_since";
+     absent_since, last_ok_at";
 
 /// What a runtime's `GET /pool/health` said.
 #[derive(Debug, Clone, PartialEq, Eq)]

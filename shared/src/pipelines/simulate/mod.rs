@@ -274,7 +274,6 @@ impl Sim {
             // A listing is not simulated: nothing is judged absent, nothing is an orphan.
             resources: None,
             health,
-            health_cut_short: false,
             tool_resources: Vec::new(),
             tools_listed: Default::default(),
             recorded: Vec::new(),
@@ -351,6 +350,7 @@ fn row(id: &str, now: DateTime<Utc>) -> Row {
             last_checked_at: None,
             failing_since: None,
             absent_since: None,
+            last_ok_at: None,
         },
         resource_id: Some(format!("ap-{id}")),
         details: None,

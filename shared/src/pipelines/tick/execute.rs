@@ -105,6 +105,8 @@ async fn record_observations(pool: &Pool, snapshot: &Snapshot, plan: &Plan) -> c
         sqlx::query(
             "UPDATE instances i
                 SET last_checked_at = $5,
+                    last_ok_at = CASE WHEN v.healthy THEN greatest(i.last_ok_at, $5)
+                                      ELSE i.last_ok_at END,
                     health_failures = CASE WHEN v.healthy THEN 0 ELSE i.health_failures + 1 END,
                     failing_since = CASE WHEN v.healthy THEN NULL
                                          ELSE coalesce(i.failing_since, $5) END

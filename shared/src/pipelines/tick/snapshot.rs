@@ -7,6 +7,7 @@
 //! many creations run meanwhile.
 
 use std::collections::{HashMap, HashSet};
+use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use futures::future::OptionFuture;
@@ -50,8 +51,6 @@ pub struct Snapshot {
     /// Answers of the runtimes asked this tick, by instance id. A runtime not asked (budget, or not
     /// due) is not in here, which is not a failure.
     pub health: HashMap<String, Health>,
-    /// The budget ended the health checks before every runtime due was asked.
-    pub health_cut_short: bool,
     /// Tool resources of ours, listed before the rows were read (tools whose listing failed are
     /// left out: nothing of theirs is an orphan or missing then).
     pub tool_resources: Vec<ToolResource>,
@@ -148,16 +147,20 @@ pub async fn take(
         report,
     )
     .await;
-    let targets = health_targets(&rows, resources.as_deref(), mode);
+    let targets = health_targets(
+        &rows,
+        resources.as_deref(),
+        mode,
+        now,
+        Cadence::of(&pool.settings),
+    );
     let due = targets.len();
     // A check is started only if it can end within the budget: it may take HEALTH_TIMEOUT_MS.
     let window = gate.closing_early(pool.settings.health.health_timeout());
     let health = check_health(pool, targets, &window).await;
-    let mut health_cut_short = false;
     if health.len() < due {
         if let Err(why) = window.peek() {
             report.cut(why);
-            health_cut_short = true;
         }
     }
     Ok(Snapshot {
@@ -165,7 +168,6 @@ pub async fn take(
         rows,
         resources,
         health,
-        health_cut_short,
         tool_resources,
         tools_listed,
         recorded,
@@ -331,9 +333,34 @@ async fn read_rows(pool: &Pool) -> Result<(DateTime<Utc>, Vec<Row>)> {
     Ok((now, rows))
 }
 
-/// Which runtimes to ask, least recently asked first, so that a tick cut short by its budget
-/// leaves the tail of the fleet for the next one to ask first. A kicked tick asks only `starting`
-/// runtimes (so new instances become idle quickly); the whole fleet is asked on the interval.
+/// When a runtime is due to be asked.
+#[derive(Debug, Clone, Copy)]
+pub struct Cadence {
+    /// `HEALTH_INTERVAL_MS`: the longest a running runtime goes without a good sign of life or a
+    /// check.
+    pub interval: Duration,
+    /// How far ahead this tick looks: the next full tick's distance (`TICK_INTERVAL_MS`, zero
+    /// when ticks come from elsewhere). A runtime that would pass its interval before then is
+    /// asked now, so that none goes longer than the interval between two ticks.
+    pub lookahead: Duration,
+}
+
+impl Cadence {
+    pub fn of(settings: &crate::config::Settings) -> Self {
+        Self {
+            interval: settings.health.health_interval(),
+            lookahead: settings.tick.tick_interval().unwrap_or_default(),
+        }
+    }
+}
+
+/// Which runtimes to ask: starting ones first, then the least recently heard from, so that a
+/// tick cut short by its budget leaves the others for the next one to ask first. A kicked tick asks only `starting` runtimes
+/// (so new instances become idle quickly). On the interval, a running runtime is asked only when
+/// due: never heard from, failing (asked every tick until it recovers or is judged), or last
+/// heard from (a check, or a pushed heartbeat) so long ago that it would pass
+/// `HEALTH_INTERVAL_MS` before the next tick. A runtime not asked is not judged (see
+/// `plan::evidence`): not asked is not dead.
 /// A starting or idle runtime whose resource the listing shows not running is not asked (it is
 /// replaced anyway); a user's agent always is, since it may serve whatever its last deployment
 /// says.
@@ -341,6 +368,8 @@ pub fn health_targets(
     rows: &[Row],
     resources: Option<&[ObservedResource]>,
     mode: Mode,
+    now: DateTime<Utc>,
+    cadence: Cadence,
 ) -> Vec<HealthTarget> {
     use InstanceStatus::*;
     let not_running: Option<HashSet<&str>> = resources.map(|listed| {
@@ -366,6 +395,7 @@ pub fn health_targets(
                 (_, Starting) | (Mode::Full | Mode::Reconcile, Idle | Claimed | Crashed)
             )
         })
+        .filter(|row| row.instance.status == Starting || due(&row.instance, now, cadence))
         .filter(|row| {
             matches!(row.instance.status, Claimed | Crashed)
                 || not_running
@@ -374,8 +404,15 @@ pub fn health_targets(
         })
         .filter(|row| row.instance.url.is_some())
         .collect();
-    // `None` (never asked) sorts first.
-    targets.sort_by_key(|row| (row.instance.last_checked_at, row.instance.created_at));
+    // Starting runtimes first (few, and one not asked in time is reaped as stuck), then the
+    // least recently heard from: `None` (never) sorts first.
+    targets.sort_by_key(|row| {
+        (
+            row.instance.status != Starting,
+            heard_from(&row.instance),
+            row.instance.created_at,
+        )
+    });
     targets
         .into_iter()
         .filter_map(|row| {
@@ -386,6 +423,24 @@ pub fn health_targets(
             })
         })
         .collect()
+}
+
+/// The last time the pool heard from a runtime: its last check, or its last good sign of life
+/// (a pushed heartbeat is one), whichever is later.
+fn heard_from(instance: &Instance) -> Option<DateTime<Utc>> {
+    instance.last_checked_at.max(instance.last_ok_at)
+}
+
+/// Whether a running runtime is to be asked this tick (see [`health_targets`]).
+fn due(instance: &Instance, now: DateTime<Utc>, cadence: Cadence) -> bool {
+    if instance.health_failures > 0 {
+        return true;
+    }
+    let Some(heard) = heard_from(instance) else {
+        return true;
+    };
+    let age = (now - heard).to_std().unwrap_or_default();
+    age + cadence.lookahead >= cadence.interval
 }
 
 /// A runtime to ask, and the token it asks for.
@@ -427,4 +482,103 @@ async fn check_health(
         .filter_map(|checked| async move { checked })
         .collect()
         .await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::domain::ResourceStatus::Running;
+    use crate::pipelines::tick::plan::fixture::{ago, now, Fixture, MIN};
+
+    const CADENCE: Cadence = Cadence {
+        interval: Duration::from_secs(120),
+        lookahead: Duration::from_secs(30),
+    };
+
+    fn asked(fixture: &Fixture, mode: Mode) -> Vec<String> {
+        health_targets(
+            &fixture.snapshot.rows,
+            fixture.snapshot.resources.as_deref(),
+            mode,
+            now(),
+            CADENCE,
+        )
+        .into_iter()
+        .map(|target| target.id)
+        .collect()
+    }
+
+    fn heard(
+        fixture: Fixture,
+        id: &str,
+        checked: Option<Duration>,
+        ok: Option<Duration>,
+    ) -> Fixture {
+        fixture.edit(id, |r| {
+            r.instance.last_checked_at = checked.map(ago);
+            r.instance.last_ok_at = ok.map(ago);
+        })
+    }
+
+    #[test]
+    fn only_the_due_runtimes_are_asked_least_recently_heard_from_first() {
+        let mut fixture = Fixture::new();
+        for id in ["fresh", "pushed", "stale", "never", "almost"] {
+            fixture = fixture.row(id, InstanceStatus::Idle, MIN * 60, Some(Running), None);
+        }
+        let fixture = heard(fixture, "fresh", Some(MIN / 2), Some(MIN / 2));
+        // Checked long ago, but it pushed a heartbeat a minute ago: spared.
+        let fixture = heard(fixture, "pushed", Some(MIN * 30), Some(MIN));
+        let fixture = heard(fixture, "stale", Some(MIN * 3), Some(MIN * 3));
+        // 100 s old: past the interval (120 s) before the next tick, 30 s away.
+        let fixture = heard(
+            fixture,
+            "almost",
+            Some(Duration::from_secs(100)),
+            Some(Duration::from_secs(100)),
+        );
+        assert_eq!(asked(&fixture, Mode::Full), ["never", "stale", "almost"]);
+    }
+
+    #[test]
+    fn a_failing_runtime_is_asked_every_tick() {
+        let fixture = Fixture::new()
+            .row("a", InstanceStatus::Claimed, MIN * 60, Some(Running), None)
+            .failures("a", 1);
+        let fixture = heard(fixture, "a", Some(Duration::from_secs(1)), Some(MIN * 5));
+        assert_eq!(asked(&fixture, Mode::Full), ["a"]);
+    }
+
+    #[test]
+    fn a_starting_runtime_is_asked_whenever_it_was_last_asked() {
+        let fixture = Fixture::new()
+            .row("s", InstanceStatus::Starting, MIN, Some(Running), None)
+            .row("i", InstanceStatus::Idle, MIN, Some(Running), None);
+        let fixture = heard(fixture, "s", Some(Duration::from_secs(1)), None);
+        let fixture = heard(fixture, "i", Some(MIN * 10), None);
+        assert_eq!(asked(&fixture, Mode::Full), ["s", "i"]);
+        assert_eq!(
+            asked(&fixture, Mode::Kick),
+            ["s"],
+            "a kick asks only starting ones"
+        );
+    }
+
+    #[test]
+    fn without_an_interval_every_runtime_is_asked_every_tick() {
+        let fixture = Fixture::new().row("a", InstanceStatus::Idle, MIN, Some(Running), None);
+        let fixture = heard(fixture, "a", Some(Duration::ZERO), Some(Duration::ZERO));
+        let every = Cadence {
+            interval: Duration::ZERO,
+            lookahead: Duration::ZERO,
+        };
+        let targets = health_targets(
+            &fixture.snapshot.rows,
+            fixture.snapshot.resources.as_deref(),
+            Mode::Full,
+            now(),
+            every,
+        );
+        assert_eq!(targets.len(), 1);
+    }
 }

@@ -45,6 +45,11 @@ pub struct RuntimeSettings {
     /// for a while after boot); the attempts stop at `PROVISION_TIMEOUT_MS`.
     #[serde(default = "RuntimeSettings::default_retry_interval_ms")]
     pub runtime_retry_interval_ms: u64,
+    /// This pool's base URL as its runtimes reach it. When set, each runtime is given
+    /// `POOL_HEARTBEAT_URL` (`{this}/api/instances/{id}/heartbeat`) and may push its heartbeat
+    /// there, with its own `OPENCLAW_GATEWAY_TOKEN`, instead of being asked. Unset: runtimes are
+    /// only asked.
+    pub runtime_heartbeat_url: Option<String>,
 }
 
 impl RuntimeSettings {
@@ -55,10 +60,26 @@ impl RuntimeSettings {
     pub fn retry_interval(&self) -> Duration {
         Duration::from_millis(self.runtime_retry_interval_ms)
     }
+
+    /// Where the runtime of instance `id` pushes its heartbeat, when runtimes are told.
+    pub fn heartbeat_url(&self, id: &str) -> Option<String> {
+        let base = self.runtime_heartbeat_url.as_deref()?.trim_end_matches('/');
+        Some(format!("{base}/api/instances/{id}/heartbeat"))
+    }
 }
 
 impl Component for RuntimeSettings {
     fn check(&self) -> Result<(), ConfigError> {
-        nonzero("RUNTIME_RETRY_INTERVAL_MS", self.runtime_retry_interval_ms)
+        nonzero("RUNTIME_RETRY_INTERVAL_MS", self.runtime_retry_interval_ms)?;
+        if let Some(url) = &self.runtime_heartbeat_url {
+            let scheme = reqwest::Url::parse(url).map(|u| u.scheme().to_string());
+            if !matches!(scheme.as_deref(), Ok("http" | "https")) {
+                return Err(ConfigError::new(
+                    "RUNTIME_HEARTBEAT_URL",
+                    "must be an http:// or https:// URL",
+                ));
+            }
+        }
+        Ok(())
     }
 }

@@ -78,6 +78,12 @@ pub struct HealthSettings {
     /// Ticks come as fast as claims kick them; time is what makes a failure lasting.
     #[serde(default = "HealthSettings::default_grace_ms")]
     pub health_grace_ms: u64,
+    /// Each running runtime is asked at least this often, and no more: a tick asks only the ones
+    /// that would otherwise go longer than this without a good sign of life (a pushed heartbeat
+    /// counts), oldest first, so health work follows what changed rather than the fleet's size.
+    /// A failing runtime is asked every tick. `0`: every runtime, every tick.
+    #[serde(default = "HealthSettings::default_interval_ms")]
+    pub health_interval_ms: u64,
 }
 
 impl HealthSettings {
@@ -93,12 +99,20 @@ impl HealthSettings {
     fn default_grace_ms() -> u64 {
         60_000
     }
+    /// Long enough for a runtime that pushes a heartbeat every 30 s to be spared every pull (see
+    /// `pipelines::beats`), short enough that a silent one is asked within two minutes.
+    fn default_interval_ms() -> u64 {
+        120_000
+    }
 
     pub fn health_timeout(&self) -> Duration {
         Duration::from_millis(self.health_timeout_ms)
     }
     pub fn health_grace(&self) -> Duration {
         Duration::from_millis(self.health_grace_ms)
+    }
+    pub fn health_interval(&self) -> Duration {
+        Duration::from_millis(self.health_interval_ms)
     }
 }
 

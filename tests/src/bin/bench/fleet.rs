@@ -42,10 +42,16 @@ pub struct SharedStub {
 
 impl SharedStub {
     pub async fn start() -> anyhow::Result<Self> {
+        Self::start_with(&[]).await
+    }
+
+    /// As [`SharedStub::start`], with `env` added (`STUB_HEALTH_DELAY_MS`).
+    pub async fn start_with(env: &[(&str, &str)]) -> anyhow::Result<Self> {
         let token = "b".repeat(64);
         let mut child = Command::new(agentpool_bin())
             .args(["stub-agent", "--port", "0"])
             .env_clear()
+            .envs(env.iter().copied())
             .env("OPENCLAW_GATEWAY_TOKEN", &token)
             .env("STUB_SHARED", "true")
             .env("RUST_LOG", "warn")

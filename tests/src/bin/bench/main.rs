@@ -4,6 +4,7 @@
 //! ```text
 //! cargo run --release -p agentpool-tests --bin agentpool-bench [-- --out DIR] [--quick] [--profile]
 //! cargo run --release -p agentpool-tests --bin agentpool-bench -- --templates   # that section only
+//! cargo run --release -p agentpool-tests --bin agentpool-bench -- --fleet-tick [--out DIR]
 //! cargo run --release -p agentpool-tests --bin agentpool-bench -- --sprites   # seed 002's figures only
 //! ```
 //!
@@ -12,6 +13,7 @@
 mod claims;
 mod compare;
 mod fleet;
+mod fleet_tick;
 mod limit;
 mod profile;
 mod railway;
@@ -98,6 +100,7 @@ fn main() -> anyhow::Result<()> {
     let mut scale = FULL;
     let mut with_profile = false;
     let mut only_templates = false;
+    let mut only_fleet_tick = false;
     let mut only_sprites = false;
     let mut args = std::env::args().skip(1);
     while let Some(arg) = args.next() {
@@ -106,10 +109,11 @@ fn main() -> anyhow::Result<()> {
             "--quick" => scale = QUICK,
             "--profile" => with_profile = true,
             "--templates" => only_templates = true,
+            "--fleet-tick" => only_fleet_tick = true,
             "--sprites" => only_sprites = true,
             other => {
                 anyhow::bail!(
-                    "unknown argument {other:?}; use --out DIR, --quick, --profile, --templates and/or --sprites"
+                    "unknown argument {other:?}; use --out DIR, --quick, --profile, --templates, --fleet-tick and/or --sprites"
                 )
             }
         }
@@ -124,7 +128,7 @@ fn main() -> anyhow::Result<()> {
     if only_sprites {
         return runtime.block_on(run_sprites());
     }
-    runtime.block_on(run(out, scale, with_profile))
+    runtime.block_on(run(out, scale, with_profile, only_fleet_tick))
 }
 
 /// Template claims per kind.
@@ -171,7 +175,12 @@ async fn run_sprites() -> anyhow::Result<()> {
     Ok(())
 }
 
-async fn run(out: PathBuf, scale: Scale, with_profile: bool) -> anyhow::Result<()> {
+async fn run(
+    out: PathBuf,
+    scale: Scale,
+    with_profile: bool,
+    only_fleet_tick: bool,
+) -> anyhow::Result<()> {
     let started = Instant::now();
     let pg_root = tempfile::Builder::new()
         .prefix("agentpool-bench-pg-")
@@ -183,6 +192,13 @@ async fn run(out: PathBuf, scale: Scale, with_profile: bool) -> anyhow::Result<(
     create_database(&postgres.url("postgres"), "bench").await?;
     let url = postgres.url("bench");
     let pool = db::open(&url, 80).await?;
+    if only_fleet_tick {
+        let figures = fleet_tick::measure(&pool, &url).await?;
+        fleet_tick::write(&out, &figures)?;
+        pool.close().await;
+        tokio::task::spawn_blocking(move || postgres.stop()).await??;
+        return Ok(());
+    }
 
     let stub = fleet::SharedStub::start().await?;
     eprintln!("bench: postgres and stub agent up; the claim against its limit");
@@ -207,6 +223,9 @@ async fn run(out: PathBuf, scale: Scale, with_profile: bool) -> anyhow::Result<(
     let sprites = Some(sprites::measure(&postgres.url("postgres")).await?);
     eprintln!("bench: process start and memory");
     let process = fleet::process_figures(&url, scale).await?;
+    eprintln!("bench: a tick for {} agents", fleet_tick::FLEET);
+    let fleet = fleet_tick::measure(&pool, &url).await?;
+    fleet_tick::write(&out, &fleet)?;
 
     let last = compare::last_committed(&out);
     let mut report = Report {

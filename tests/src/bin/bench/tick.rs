@@ -31,8 +31,8 @@ pub const PREFIX: &str = "bench-";
 /// Counts the statements sqlx runs (its `sqlx::query` events) while switched on.
 struct QueryCounter;
 
-static COUNTING: AtomicBool = AtomicBool::new(false);
-static QUERIES: AtomicUsize = AtomicUsize::new(0);
+pub static COUNTING: AtomicBool = AtomicBool::new(false);
+pub static QUERIES: AtomicUsize = AtomicUsize::new(0);
 
 impl<S: Subscriber> Layer<S> for QueryCounter {
     fn register_callsite(&self, metadata: &'static Metadata<'static>) -> Interest {
@@ -115,13 +115,27 @@ pub async fn pool_over(
     stub: &SharedStub,
     names: BTreeSet<String>,
 ) -> anyhow::Result<Pool> {
+    pool_with(database_url, min_idle, max_total, stub, names, &[]).await
+}
+
+/// As [`pool_over`], with `extra` settings.
+pub async fn pool_with(
+    database_url: &str,
+    min_idle: usize,
+    max_total: usize,
+    stub: &SharedStub,
+    names: BTreeSet<String>,
+    extra: &[(&str, &str)],
+) -> anyhow::Result<Pool> {
     let vars = [
         ("DATABASE_URL", database_url.to_string()),
         ("POOL_MIN_IDLE", min_idle.to_string()),
         ("POOL_MAX_TOTAL", max_total.to_string()),
         ("POOL_NAME_PREFIX", PREFIX.to_string()),
     ]
-    .map(|(k, v)| (k.to_string(), v));
+    .map(|(k, v)| (k.to_string(), v))
+    .into_iter()
+    .chain(extra.iter().map(|(k, v)| (k.to_string(), v.to_string())));
     let settings = Settings::from_vars(vars)?;
     let db = db::connect(database_url, settings.db.database_max_connections).await?;
     let provider = MemoryProvider {

@@ -1,8 +1,10 @@
 //! What the snapshot says of each instance, believed slowly.
 //!
 //! - Health is judged over time: a failed check condemns a runtime only once
-//!   `HEALTH_FAILURE_THRESHOLD` checks in a row have failed *and* its last good answer is older than
-//!   `HEALTH_GRACE_MS`. Ticks come as fast as claims kick them; time does not.
+//!   `HEALTH_FAILURE_THRESHOLD` checks in a row have failed *and* its last good sign of life (a
+//!   ready answer or a pushed heartbeat) is older than `HEALTH_GRACE_MS`. Ticks come as fast as
+//!   claims kick them; time does not. A runtime not asked this tick (not due, or the budget ran
+//!   out) is not judged at all: not asked is not dead.
 //! - Presence: a resource is gone only when a listing lacks it and an earlier listing, at least
 //!   the grace period before, lacked it too. A listing that failed says nothing. The same holds
 //!   for the tool resources (keys, inboxes, numbers) of settled instances: idle, claimed or
@@ -19,8 +21,9 @@ use crate::tick::snapshot::{Row, Snapshot};
 use super::Rules;
 
 /// A health answer to record: counts are updated relative to the row as it is then, and only if
-/// it is still in the state the check was made in. Only answers that change something are
-/// recorded (a failure, a recovery), and every answer of a tick cut short (to keep the order).
+/// it is still in the state the check was made in. Every answer is recorded, in one statement:
+/// when a runtime was last heard from is what makes it due again (`snapshot::health_targets`),
+/// and a tick asks only the due ones, so the writes follow the checks, not the fleet.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Observation {
     pub id: String,
@@ -159,10 +162,12 @@ pub fn dead(row: &Row, snapshot: &Snapshot, rules: &Rules) -> Option<String> {
         return None;
     }
     let failures = instance.health_failures + 1;
-    // The run of failures began with the first of them (this one, if it is the first), and no
-    // earlier than the instance's arrival in this state (a claim is a fresh start).
+    // Quiet since its last good sign of life; without one on record, since the first failure of
+    // this run (this one, if it is the first). Never earlier than the instance's arrival in this
+    // state (a claim is a fresh start).
     let began = instance
-        .failing_since
+        .last_ok_at
+        .or(instance.failing_since)
         .unwrap_or(snapshot.now)
         .max(instance.status_since);
     let lasting = failures >= rules.health_failure_threshold as i32
@@ -190,10 +195,6 @@ pub fn observations(snapshot: &Snapshot) -> Vec<Observation> {
         .iter()
         .filter_map(|row| {
             let health = snapshot.health.get(&row.instance.id)?;
-            let changes = !health.is_ready() || row.instance.health_failures > 0;
-            if !changes && !snapshot.health_cut_short {
-                return None;
-            }
             Some(Observation {
                 id: row.instance.id.clone(),
                 status: row.instance.status,
@@ -367,14 +368,41 @@ mod tests {
     }
 
     #[test]
-    fn a_healthy_fleet_writes_nothing_unless_the_tick_was_cut_short() {
-        let mut fixture = Fixture::new()
+    fn every_answer_is_recorded_and_only_answers() {
+        // When it was last heard from makes a runtime due again: a good answer is recorded too.
+        let fixture = Fixture::new()
             .row("a", Idle, MIN, Some(Running), Some(ready()))
-            .row("b", Claimed, MIN, Some(Running), Some(ready()));
-        assert!(observations(&fixture.snapshot).is_empty());
-        // Cut short, every answer is kept, so that the next tick asks the others first.
-        fixture.snapshot.health_cut_short = true;
-        assert_eq!(observations(&fixture.snapshot).len(), 2);
+            .row("b", Claimed, MIN, Some(Running), Some(ready()))
+            .row("c", Idle, MIN, Some(Running), None);
+        let ids: Vec<String> = observations(&fixture.snapshot)
+            .into_iter()
+            .map(|o| o.id)
+            .collect();
+        assert_eq!(ids, ["a", "b"]);
+    }
+
+    #[test]
+    fn death_is_judged_by_time_since_the_last_good_sign_of_life() {
+        // Its first failed check is fresh, but it pushed nothing and answered nothing for 5 min.
+        let quiet = Fixture::new()
+            .row(
+                "a",
+                Claimed,
+                MIN * 60,
+                Some(Running),
+                Some(Health::Unreachable),
+            )
+            .failures("a", 2)
+            .edit("a", |r| {
+                r.instance.failing_since = Some(ago(Duration::from_secs(1)));
+                r.instance.last_ok_at = Some(ago(MIN * 5));
+            });
+        assert!(facts(&quiet, "a").1.is_some());
+        // A heartbeat 10 s ago: the failures are not lasting yet.
+        let beating = quiet.edit("a", |r| {
+            r.instance.last_ok_at = Some(ago(Duration::from_secs(10)))
+        });
+        assert_eq!(facts(&beating, "a").1, None);
     }
 
     #[test]
