@@ -71,6 +71,14 @@ impl From<Error> for ApiError {
                 )
                 .retry_after(NO_IDLE_RETRY_AFTER)
             }
+            Error::ClaimTimedOut => {
+                return Self::new(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "claim_timed_out",
+                    "the claim did not finish within its deadline; try again",
+                )
+                .retry_after(1)
+            }
             Error::ClaimFailed { .. }
             | Error::Provider { .. }
             | Error::Outbound { .. }

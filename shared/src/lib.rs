@@ -12,7 +12,7 @@
 // One directory per layer; each layer imports only those before it (see ARCHITECTURE.md and
 // `tests/layers.rs`). The modules keep their crate-level paths (`crate::claim`, ...).
 mod vocabulary;
-pub use vocabulary::{calls, config, domain, error, progress};
+pub use vocabulary::{calls, config, domain, error, failpoint, progress};
 mod queries;
 pub use queries::{db, instances, lease, listing, metrics, pool_size, samples, services, sessions};
 mod outside;

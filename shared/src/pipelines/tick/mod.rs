@@ -192,6 +192,10 @@ pub async fn run(pool: &Pool, mode: Mode) -> Result<TickReport> {
 pub async fn run_until(pool: &Pool, mode: Mode, stop: &CancellationToken) -> Result<TickReport> {
     // The wait for the lock counts against the budget too.
     let started = Instant::now();
+    crate::failpoint!(
+        "tick.lease.before",
+        return Err(crate::failpoint::db_error().into())
+    );
     let lease = match mode {
         Mode::Kick => lease::Lease::try_acquire(&pool.db, TICK_LOCK_KEY).await?,
         Mode::Full | Mode::Reconcile => {
@@ -215,6 +219,10 @@ pub async fn run_until(pool: &Pool, mode: Mode, stop: &CancellationToken) -> Res
     let creations = gate.without_lease();
     let span = tracing::info_span!("tick", ?mode);
     let work = async {
+        crate::failpoint!(
+            "tick.lease.after",
+            return Err(crate::failpoint::db_error().into())
+        );
         let mut report = TickReport::default();
         let mut batch = None;
         let snapshot = snapshot::take(pool, mode, &gate, &mut report).await?;
@@ -224,6 +232,7 @@ pub async fn run_until(pool: &Pool, mode: Mode, stop: &CancellationToken) -> Res
         report.health_checked = Some(snapshot.health.len());
         report.target = Some(plan.target.clone());
         if mode == Mode::Full {
+            crate::failpoint!("tick.sample.before");
             if let Err(e) = samples::record(&pool.db, &sample(&snapshot, &plan.target)).await {
                 report.error("recording the pool's target", None, &e);
             }
@@ -235,30 +244,61 @@ pub async fn run_until(pool: &Pool, mode: Mode, stop: &CancellationToken) -> Res
         }
         Ok::<_, Error>((report, batch))
     };
-    let outcome = tracing::Instrument::instrument(work, span.clone()).await;
-    // A tick cut short left work for the next one: it is not the success /metrics reports.
-    if matches!(&outcome, Ok((report, _)) if report.cut_short.is_none()) {
-        // Under the lock still: one tick at a time writes this row.
-        if let Err(e) =
-            crate::metrics::record_tick(&pool.db, started.elapsed(), mode == Mode::Full).await
-        {
-            tracing::warn!(error = %e, "recording the tick for /metrics");
+    // Everything under the lock ends within the tick's bound, whatever hangs (a statement, a
+    // stalled step): a holder that hangs would otherwise stop every replica's ticks for as long.
+    // What is cut stops on whatever line it was at, as a process dying there (see `Gate::bounded`).
+    let locked_until = started + pool.settings.tick_bound();
+    let outcome = match tokio::time::timeout_at(
+        locked_until,
+        tracing::Instrument::instrument(work, span.clone()),
+    )
+    .await
+    {
+        Ok(outcome) => outcome,
+        Err(_) => {
+            let mut report = TickReport::default();
+            report.cut(CutShort::Budget);
+            Ok((report, None))
         }
-    }
-    // Keeps each scrape's fold small, however rarely /metrics is scraped; a kicked tick leaves
-    // it to the next full one.
-    if mode != Mode::Kick {
-        if let Err(e) = crate::metrics::fold(&pool.db).await {
-            tracing::warn!(error = %e, "folding events into the metrics");
+    };
+    let succeeded = matches!(&outcome, Ok((report, _)) if report.cut_short.is_none());
+    let bookkeeping = async {
+        // A tick cut short left work for the next one: it is not the success /metrics reports.
+        if succeeded {
+            // Under the lock still: one tick at a time writes this row.
+            crate::failpoint!("tick.record.before");
+            if let Err(e) =
+                crate::metrics::record_tick(&pool.db, started.elapsed(), mode == Mode::Full).await
+            {
+                tracing::warn!(error = %e, "recording the tick for /metrics");
+            }
         }
-    }
-    if let Err(e) = crate::metrics::flush_call_errors(&pool.db).await {
-        tracing::warn!(error = %e, "writing call error counts");
+        // Keeps each scrape's fold small, however rarely /metrics is scraped; a kicked tick
+        // leaves it to the next full one.
+        if mode != Mode::Kick {
+            crate::failpoint!("tick.fold.before");
+            if let Err(e) = crate::metrics::fold(&pool.db).await {
+                tracing::warn!(error = %e, "folding events into the metrics");
+            }
+        }
+        if let Err(e) = crate::metrics::flush_call_errors(&pool.db).await {
+            tracing::warn!(error = %e, "writing call error counts");
+        }
+        crate::failpoint!("tick.flush.after");
+    };
+    // Bounded too, by one call's timeout: what it did not write, the next tick does.
+    if tokio::time::timeout(pool.settings.tick_overrun(), bookkeeping)
+        .await
+        .is_err()
+    {
+        tracing::warn!("the tick's bookkeeping cut past one call's timeout");
     }
     drop(gate);
     lease.release().await;
+    crate::failpoint!("tick.release.after");
     let (mut report, batch) = outcome?;
     if let Some(batch) = batch {
+        crate::failpoint!("tick.create_reserved.before");
         let creating = execute::create_reserved(pool, batch, &creations, &mut report);
         if let Err(why) = tracing::Instrument::instrument(creating, span).await {
             report.cut(why);
