@@ -155,7 +155,7 @@ pub const SCALE: f64 = 1.0 / 50.0;
 const MIN_IDLE: i64 = 4;
 const API_KEY: &str = "sweep-key-0123456789abcdef";
 /// However slow a settle, the case fails past this (the table records the real settle time).
-const SETTLE_LIMIT: Duration = Duration::from_secs(90);
+const SETTLE_LIMIT: Duration = Duration::from_secs(45);
 
 fn setting(profile: &LatencyProfile, name: &str) -> Duration {
     let ms: u64 = profile
@@ -325,7 +325,7 @@ pub async fn run_case(failpoint: &'static str, action: Action) -> Verdict {
             ("POOL_API_KEY", API_KEY.into()),
             ("POOL_NAME_PREFIX", prefix.clone()),
             ("POOL_MIN_IDLE", MIN_IDLE.to_string()),
-            ("POOL_MAX_TOTAL", "8".into()),
+            ("POOL_MAX_TOTAL", "16".into()),
             ("RAILWAY_VOLUME_MOUNT", "/data".into()),
             ("RUST_LOG", "warn".into()),
         ]

@@ -328,13 +328,26 @@ async fn provision_tool(
     tool: &Arc<dyn Tool>,
     target: Target<'_>,
 ) -> Result<crate::tools::Provisioned> {
-    let failed = || Error::outbound(tool.step(), tool.step(), Failure::Connection);
-    crate::failpoint!("creation.tool_create.before", return Err(failed()));
+    crate::failpoint!(
+        "creation.tool_create.before",
+        return Err(Error::outbound(
+            tool.step(),
+            tool.step(),
+            Failure::Connection
+        ))
+    );
     let provisioned =
         tokio::time::timeout(pool.settings.creation.create_timeout(), tool.create(target))
             .await
             .map_err(|_| Error::outbound(tool.step(), tool.step(), Failure::TimedOut))??;
-    crate::failpoint!("creation.tool_create.after", return Err(failed()));
+    crate::failpoint!(
+        "creation.tool_create.after",
+        return Err(Error::outbound(
+            tool.step(),
+            tool.step(),
+            Failure::Connection
+        ))
+    );
     let recorded = services::record(
         &pool.db,
         target.instance_id,

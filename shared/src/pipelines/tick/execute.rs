@@ -242,10 +242,15 @@ async fn destroy_target(pool: &Pool, target: &Target) -> crate::Result<Vec<Strin
             abandoned.push(format!("{}:{}", owned.tool_id, owned.resource_id));
             continue;
         };
-        let failed = || Error::outbound(tool.step(), "delete", Failure::Connection);
-        crate::failpoint!("teardown.tool_destroy.before", return Err(failed()));
+        crate::failpoint!(
+            "teardown.tool_destroy.before",
+            return Err(Error::outbound(tool.step(), "delete", Failure::Connection))
+        );
         tool.destroy(&owned.resource_id).await?;
-        crate::failpoint!("teardown.tool_destroy.after", return Err(failed()));
+        crate::failpoint!(
+            "teardown.tool_destroy.after",
+            return Err(Error::outbound(tool.step(), "delete", Failure::Connection))
+        );
         services::forget(
             &pool.db,
             &target.id,
@@ -259,15 +264,20 @@ async fn destroy_target(pool: &Pool, target: &Target) -> crate::Result<Vec<Strin
             return Err(crate::failpoint::db_error().into())
         );
     }
-    let kind = pool.provider.kind().as_str();
     crate::failpoint!(
         "teardown.provider_destroy.before",
-        return Err(Error::provider(kind, "failpoint: delete failed"))
+        return Err(Error::provider(
+            pool.provider.kind().as_str(),
+            "failpoint: delete failed"
+        ))
     );
     pool.provider.destroy(&target.resource).await?;
     crate::failpoint!(
         "teardown.provider_destroy.after",
-        return Err(Error::provider(kind, "delete timed out"))
+        return Err(Error::provider(
+            pool.provider.kind().as_str(),
+            "delete timed out"
+        ))
     );
     Ok(abandoned)
 }
@@ -447,10 +457,15 @@ async fn delete_tool_orphans(
         let result = match pool.tools.get(&orphan.tool_id) {
             Some(tool) => {
                 let deleting = async {
-                    let failed = || Error::outbound(tool.step(), "delete", Failure::Connection);
-                    crate::failpoint!("tick.tool_orphan_delete.before", return Err(failed()));
+                    crate::failpoint!(
+                        "tick.tool_orphan_delete.before",
+                        return Err(Error::outbound(tool.step(), "delete", Failure::Connection))
+                    );
                     let deleted = tool.destroy(&orphan.resource_id).await;
-                    crate::failpoint!("tick.tool_orphan_delete.after", return Err(failed()));
+                    crate::failpoint!(
+                        "tick.tool_orphan_delete.after",
+                        return Err(Error::outbound(tool.step(), "delete", Failure::Connection))
+                    );
                     deleted
                 };
                 gate.bounded(pool.settings.tick_overrun(), deleting)
@@ -539,10 +554,15 @@ async fn destroy_abandoned(
         let result = match pool.tools.get(&a.tool_id) {
             Some(tool) if fresh => gate
                 .bounded(pool.settings.tick_overrun(), async {
-                    let failed = || Error::outbound(tool.step(), "delete", Failure::Connection);
-                    crate::failpoint!("teardown.abandoned_destroy.before", return Err(failed()));
+                    crate::failpoint!(
+                        "teardown.abandoned_destroy.before",
+                        return Err(Error::outbound(tool.step(), "delete", Failure::Connection))
+                    );
                     let deleted = tool.destroy(&a.resource_id).await;
-                    crate::failpoint!("teardown.abandoned_destroy.after", return Err(failed()));
+                    crate::failpoint!(
+                        "teardown.abandoned_destroy.after",
+                        return Err(Error::outbound(tool.step(), "delete", Failure::Connection))
+                    );
                     deleted
                 })
                 .await

@@ -103,12 +103,23 @@ pub async fn take(
     if mode != Mode::Kick {
         for tool in &pool.tools.tools {
             let listing = async {
-                let failed = || {
-                    crate::Error::outbound(tool.step(), "list", crate::calls::Failure::Connection)
-                };
-                crate::failpoint!("tick.tool_list.before", return Err(failed()));
+                crate::failpoint!(
+                    "tick.tool_list.before",
+                    return Err(crate::Error::outbound(
+                        tool.step(),
+                        "list",
+                        crate::calls::Failure::Connection
+                    ))
+                );
                 let listed = tool.list(prefix).await;
-                crate::failpoint!("tick.tool_list.after", return Err(failed()));
+                crate::failpoint!(
+                    "tick.tool_list.after",
+                    return Err(crate::Error::outbound(
+                        tool.step(),
+                        "list",
+                        crate::calls::Failure::Connection
+                    ))
+                );
                 listed
             };
             let listed = match within(gate, overrun, listing).await {
