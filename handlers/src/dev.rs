@@ -8,6 +8,7 @@ use std::time::Duration;
 
 use anyhow::Context;
 
+use agentpool_core::calls::Tally;
 use agentpool_core::config::{ProviderKind, Secret};
 use agentpool_core::db::embedded::{create_database, EmbeddedPostgres};
 use agentpool_core::domain::new_gateway_token;
@@ -59,10 +60,11 @@ pub async fn run(mut settings: Settings) -> anyhow::Result<()> {
         )?)),
         _ => None,
     };
+    let tally = Tally::default();
     let (provider, agents): (Arc<dyn Provider>, String) = match &local {
         Some(local) => (local.clone(), local.state_dir().display().to_string()),
         None => (
-            providers::from_settings(&settings.providers, &settings.outbound)?,
+            providers::from_settings(&settings.providers, &settings.outbound, &tally)?,
             format!("{} provider", settings.providers.pool_provider.as_str()),
         ),
     };
@@ -70,7 +72,7 @@ pub async fn run(mut settings: Settings) -> anyhow::Result<()> {
         settings,
         api_key,
         generated_key,
-        provider,
+        (provider, tally),
         agents,
         postgres.as_ref(),
     )
@@ -93,7 +95,7 @@ async fn serve(
     settings: Settings,
     api_key: Secret,
     generated_key: bool,
-    provider: Arc<dyn Provider>,
+    (provider, tally): (Arc<dyn Provider>, Tally),
     agents: String,
     postgres: Option<&EmbeddedPostgres>,
 ) -> anyhow::Result<()> {
@@ -109,7 +111,7 @@ async fn serve(
         .tick
         .tick_interval()
         .unwrap_or(Duration::from_millis(DEV_TICK_INTERVAL_MS));
-    let pool = Pool::new(db, settings, provider);
+    let pool = Pool::new(db, settings, provider, tally);
     let state = AppState::new(pool.clone(), api_key.clone());
 
     let listener = tokio::net::TcpListener::bind((Ipv4Addr::LOCALHOST, port))

@@ -83,7 +83,7 @@ impl From<Error> for ApiError {
             | Error::Provider { .. }
             | Error::Outbound { .. }
             | Error::ImplausibleListing { .. } => StatusCode::BAD_GATEWAY,
-            Error::Db(db) if agentpool_core::db::unavailable(db) => {
+            Error::Db(db) if agentpool_core::error::unavailable(db) => {
                 tracing::error!(%error, "database unavailable");
                 return Self::new(
                     StatusCode::SERVICE_UNAVAILABLE,

@@ -7,8 +7,8 @@ use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use agentpool_core::access::SessionKey;
 use agentpool_core::config::Secret;
-use agentpool_core::sessions::SessionKey;
 use agentpool_core::tick::{self, Mode};
 use agentpool_core::Pool;
 

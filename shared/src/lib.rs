@@ -18,7 +18,7 @@ pub use queries::{db, instances, lease, listing, metrics, pool_size, samples, se
 mod outside;
 pub use outside::{outbound, providers, runtime, tools};
 mod pipelines;
-pub use pipelines::{claim, creation, gate, simulate, tick};
+pub use pipelines::{access, claim, creation, gate, operator, overview, simulate, tick};
 
 pub mod stub_agent;
 
@@ -27,6 +27,7 @@ use std::sync::Arc;
 pub use config::Settings;
 pub use error::{Error, Result};
 
+use calls::Tally;
 use providers::Provider;
 use runtime::RuntimeClient;
 use sqlx::PgPool;
@@ -40,23 +41,28 @@ pub struct Pool {
     pub provider: Arc<dyn Provider>,
     pub tools: tools::Toolbox,
     pub runtime: RuntimeClient,
+    /// Failed outside calls not yet written to `/metrics`: the only thing held in memory, and
+    /// only counts.
+    pub tally: Tally,
 }
 
 impl Pool {
-    pub fn new(db: PgPool, settings: Settings, provider: Arc<dyn Provider>) -> Self {
+    /// `tally` is the one the provider's client reports to, if it has one; the tools get it too.
+    pub fn new(db: PgPool, settings: Settings, provider: Arc<dyn Provider>, tally: Tally) -> Self {
         let runtime = RuntimeClient::new(
             settings.runtime.runtime_protocol,
             settings.health.health_timeout(),
             settings.claim.provision_timeout(),
             settings.runtime.retry_interval(),
         );
-        let tools = tools::Toolbox::from_settings(&settings.tools, &settings.outbound);
+        let tools = tools::Toolbox::from_settings(&settings.tools, &settings.outbound, &tally);
         Self {
             db,
             settings: Arc::new(settings),
             provider,
             tools,
             runtime,
+            tally,
         }
     }
 
@@ -69,8 +75,9 @@ impl Pool {
             })
         })?;
         let db = db::open(url.expose(), settings.db.database_max_connections).await?;
-        let provider = providers::from_settings(&settings.providers, &settings.outbound)?;
-        Ok(Self::new(db, settings, provider))
+        let tally = Tally::default();
+        let provider = providers::from_settings(&settings.providers, &settings.outbound, &tally)?;
+        Ok(Self::new(db, settings, provider, tally))
     }
 }
 

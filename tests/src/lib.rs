@@ -20,6 +20,7 @@ use serde_json::Value;
 use sqlx::PgPool;
 
 use agentpool::AppState;
+use agentpool_core::calls::Tally;
 use agentpool_core::config::Secret;
 use agentpool_core::db::embedded::{create_database, EmbeddedPostgres};
 use agentpool_core::domain::{Instance, InstanceStatus};
@@ -307,14 +308,15 @@ impl TestPool {
 
     /// `overrides` are settings; `stub_env` is handed to every stub agent started.
     pub async fn with(overrides: &[(&str, &str)], stub_env: &[(&str, &str)]) -> Self {
-        Self::with_provider(overrides, stub_env, |local| local).await
+        Self::with_provider(overrides, stub_env, |local, _| local).await
     }
 
-    /// As [`TestPool::with`], with the local provider wrapped by `wrap` (faults, delays).
+    /// As [`TestPool::with`], with the local provider wrapped by `wrap` (faults, delays) or
+    /// replaced; a provider made here reports its failed calls to the pool's tally.
     pub async fn with_provider(
         overrides: &[(&str, &str)],
         stub_env: &[(&str, &str)],
-        wrap: impl FnOnce(Arc<LocalProvider>) -> Arc<dyn Provider>,
+        wrap: impl FnOnce(Arc<LocalProvider>, &Tally) -> Arc<dyn Provider>,
     ) -> Self {
         let db = TestDb::new().await;
         let state_dir = tempfile::Builder::new()
@@ -345,7 +347,9 @@ impl TestPool {
             )
             .expect("local provider"),
         );
-        let pool = Pool::new(db.pool.clone(), settings, wrap(local.clone()));
+        let tally = Tally::default();
+        let provider = wrap(local.clone(), &tally);
+        let pool = Pool::new(db.pool.clone(), settings, provider, tally);
         let base = serve(AppState::new(pool.clone(), Secret::new(key.clone()))).await;
         Self {
             db,

@@ -5,6 +5,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use agentpool_core::calls::Tally;
 use agentpool_core::creation::{self, Outcome};
 use agentpool_core::domain::Actor;
 use agentpool_core::gate::Gate;
@@ -70,11 +71,16 @@ async fn a_churn_under_faults_leaves_nothing_behind() {
     // Replicas: each its own provider and clients, one database.
     let replicas: Vec<Pool> = (0..REPLICAS)
         .map(|_| {
+            let tally = Tally::default();
             let provider = Arc::new(
-                RailwayProvider::from_settings(&settings.providers.railway, &settings.outbound)
-                    .unwrap(),
+                RailwayProvider::from_settings(
+                    &settings.providers.railway,
+                    &settings.outbound,
+                    &tally,
+                )
+                .unwrap(),
             );
-            Pool::new(db.pool.clone(), settings.clone(), provider)
+            Pool::new(db.pool.clone(), settings.clone(), provider, tally)
         })
         .collect();
 

@@ -22,7 +22,7 @@ use tokio_util::sync::CancellationToken;
 /// A pool whose provider is wrapped in a [`FaultyProvider`], and a handle on the wrapper.
 async fn faulty(overrides: &[(&str, &str)]) -> (TestPool, Arc<FaultyProvider>) {
     let mut handle = None;
-    let t = TestPool::with_provider(overrides, &[], |local| {
+    let t = TestPool::with_provider(overrides, &[], |local, _| {
         let faulty = Arc::new(FaultyProvider::new(local));
         handle = Some(faulty.clone());
         faulty
@@ -639,7 +639,7 @@ async fn a_key_left_pending_by_a_dead_claimer_is_taken_over_after_the_claim_time
 #[tokio::test]
 async fn provider_failures_are_reported_by_code_without_paths() {
     let missing = "/nonexistent/agentpool-private-dir/agentpool";
-    let t = TestPool::with_provider(&[], &[], |local| {
+    let t = TestPool::with_provider(&[], &[], |local, _| {
         let broken = agentpool_core::providers::local::LocalProvider::new(
             local.state_dir().to_path_buf(),
             missing.into(),
@@ -712,7 +712,7 @@ async fn full_ticks_keep_their_interval_under_continuous_claims() {
             ("HEALTH_TIMEOUT_MS", "100"),
         ],
         &stub_env,
-        |local| {
+        |local, _| {
             let faulty = Arc::new(FaultyProvider::new(local));
             handle = Some(faulty.clone());
             faulty

@@ -297,7 +297,9 @@ async fn concurrent_folds_and_scrapes_count_every_event_exactly_once() {
                     if f % 2 == 0 {
                         folded += agentpool_core::metrics::fold(&db).await.unwrap();
                     } else {
-                        agentpool_core::metrics::render(&db).await.unwrap();
+                        agentpool_core::metrics::render(&db, &Default::default())
+                            .await
+                            .unwrap();
                     }
                 }
                 folded

@@ -3,6 +3,7 @@
 
 use std::sync::Arc;
 
+use agentpool_core::calls::Tally;
 use agentpool_core::creation;
 use agentpool_core::domain::Actor;
 use agentpool_core::domain::InstanceStatus::*;
@@ -21,7 +22,7 @@ use tokio_util::sync::CancellationToken;
 
 const TOKEN: &str = "railway-test-token-0123456789";
 
-fn provider(fake: &RailwayFake, layout: &str, prefix: &str) -> Arc<RailwayProvider> {
+fn provider(fake: &RailwayFake, layout: &str, prefix: &str, tally: &Tally) -> Arc<RailwayProvider> {
     let ids = fake.shared_ids();
     let settings = Settings::from_vars(
         [
@@ -40,7 +41,8 @@ fn provider(fake: &RailwayFake, layout: &str, prefix: &str) -> Arc<RailwayProvid
     )
     .unwrap();
     Arc::new(
-        RailwayProvider::from_settings(&settings.providers.railway, &settings.outbound).unwrap(),
+        RailwayProvider::from_settings(&settings.providers.railway, &settings.outbound, tally)
+            .unwrap(),
     )
 }
 
@@ -68,11 +70,10 @@ fn left(fake: &RailwayFake, prefix: &str) -> Vec<String> {
 async fn lifecycle(layout: &str) {
     let fake = fake().await;
     let prefix = "ap-";
-    let railway = provider(&fake, layout, prefix);
     let t = TestPool::with_provider(
         &[("POOL_MIN_IDLE", "0"), ("POOL_NAME_PREFIX", prefix)],
         &[],
-        |_| railway,
+        |_, tally| provider(&fake, layout, prefix, tally),
     )
     .await;
     let (status, body) = t.post("/api/pool/replenish", json!({"count": 2})).await;
@@ -123,7 +124,6 @@ async fn a_creation_whose_reply_was_lost_is_found_not_made_twice() {
     for layout in ["shared", "project"] {
         let fake = fake().await;
         let prefix = "lost-";
-        let railway = provider(&fake, layout, prefix);
         let op = if layout == "shared" {
             "serviceCreate"
         } else {
@@ -139,7 +139,7 @@ async fn a_creation_whose_reply_was_lost_is_found_not_made_twice() {
         let t = TestPool::with_provider(
             &[("POOL_MIN_IDLE", "0"), ("POOL_NAME_PREFIX", prefix)],
             &[],
-            |_| railway,
+            |_, tally| provider(&fake, layout, prefix, tally),
         )
         .await;
         let (status, body) = t.post("/api/pool/replenish", json!({"count": 1})).await;
@@ -164,7 +164,6 @@ async fn a_creation_whose_reply_was_lost_is_found_not_made_twice() {
 async fn a_failed_step_rolls_back_what_the_earlier_steps_made() {
     let fake = fake().await;
     let prefix = "rb-";
-    let railway = provider(&fake, "shared", prefix);
     // The deploy commit fails for good (a GraphQL error is not retried).
     fake.inject(
         Fault::GraphqlError,
@@ -176,7 +175,7 @@ async fn a_failed_step_rolls_back_what_the_earlier_steps_made() {
     let t = TestPool::with_provider(
         &[("POOL_MIN_IDLE", "0"), ("POOL_NAME_PREFIX", prefix)],
         &[],
-        |_| railway,
+        |_, tally| provider(&fake, "shared", prefix, tally),
     )
     .await;
     let (_, body) = t.post("/api/pool/replenish", json!({"count": 1})).await;
@@ -195,7 +194,7 @@ async fn a_failed_step_rolls_back_what_the_earlier_steps_made() {
 async fn the_fleet_is_listed_in_one_request_per_page() {
     let fake = fake().await;
     let prefix = "many-";
-    let railway = provider(&fake, "shared", prefix);
+    let railway = provider(&fake, "shared", prefix, &Tally::default());
     let project = fake.shared_ids().project_id;
     let mut figures = Vec::new();
     let mut made = 0;
@@ -217,11 +216,10 @@ async fn the_fleet_is_listed_in_one_request_per_page() {
 async fn a_crashed_deployment_crashes_the_claimed_agent_and_orphans_are_deleted() {
     let fake = fake().await;
     let prefix = "cr-";
-    let railway = provider(&fake, "shared", prefix);
     let t = TestPool::with_provider(
         &[("POOL_MIN_IDLE", "1"), ("POOL_NAME_PREFIX", prefix)],
         &[],
-        |_| railway,
+        |_, tally| provider(&fake, "shared", prefix, tally),
     )
     .await;
     agentpool_tests::wait_until(std::time::Duration::from_secs(20), || async {
@@ -274,11 +272,14 @@ async fn slow_outside(create_timeout_ms: &str) -> (Outside, TestPool) {
         .map(|(k, v)| (k.to_string(), v.to_string())),
     );
     let settings = Settings::from_vars(vars.clone()).unwrap();
-    let railway = Arc::new(
-        RailwayProvider::from_settings(&settings.providers.railway, &settings.outbound).unwrap(),
-    );
     let overrides: Vec<(&str, &str)> = vars.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
-    let t = TestPool::with_provider(&overrides, &[], |_| railway).await;
+    let t = TestPool::with_provider(&overrides, &[], |_, tally| {
+        Arc::new(
+            RailwayProvider::from_settings(&settings.providers.railway, &settings.outbound, tally)
+                .unwrap(),
+        )
+    })
+    .await;
     (outside, t)
 }
 

@@ -52,12 +52,15 @@ fn railway(fake: &RailwayFake, layout: &str, prefix: &str, extra: &[(&str, &str)
 
 /// A pool on the Railway fake: `TestPool`'s settings, the provider built from `settings`.
 async fn railway_pool(settings: Settings, prefix: &str, overrides: &[(&str, &str)]) -> TestPool {
-    let provider = Arc::new(
-        RailwayProvider::from_settings(&settings.providers.railway, &settings.outbound).unwrap(),
-    );
     let mut all = vec![("POOL_MIN_IDLE", "0"), ("POOL_NAME_PREFIX", prefix)];
     all.extend_from_slice(overrides);
-    TestPool::with_provider(&all, &[], |_| provider).await
+    TestPool::with_provider(&all, &[], |_, tally| {
+        Arc::new(
+            RailwayProvider::from_settings(&settings.providers.railway, &settings.outbound, tally)
+                .unwrap(),
+        )
+    })
+    .await
 }
 
 /// Names of ours the fake still holds (services and projects), with repeats.
@@ -365,13 +368,16 @@ async fn an_outside_error_quoting_the_request_logs_no_secret() {
     vars.push(("POOL_NAME_PREFIX".into(), prefix.into()));
     vars.push(("OUTBOUND_TIMEOUT_MS".into(), "2000".into()));
     let settings = Settings::from_vars(vars.clone()).unwrap();
-    let provider = Arc::new(
-        RailwayProvider::from_settings(&settings.providers.railway, &settings.outbound).unwrap(),
-    );
     let mut overrides: Vec<(&str, &str)> =
         vars.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
     overrides.push(("POOL_MIN_IDLE", "0"));
-    let t = TestPool::with_provider(&overrides, &[], |_| provider).await;
+    let t = TestPool::with_provider(&overrides, &[], |_, tally| {
+        Arc::new(
+            RailwayProvider::from_settings(&settings.providers.railway, &settings.outbound, tally)
+                .unwrap(),
+        )
+    })
+    .await;
 
     // The deploy commit carries the gateway token and every tool's key; Railway quotes it.
     outside.railway.inject(
@@ -455,13 +461,16 @@ async fn outside_pool(
     vars.push(("POOL_NAME_PREFIX".into(), prefix.into()));
     vars.push(("OUTBOUND_TIMEOUT_MS".into(), "2000".into()));
     let settings = Settings::from_vars(vars.clone()).unwrap();
-    let provider = Arc::new(
-        RailwayProvider::from_settings(&settings.providers.railway, &settings.outbound).unwrap(),
-    );
     let mut overrides: Vec<(&str, &str)> =
         vars.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
     overrides.push(("POOL_MIN_IDLE", n));
-    let t = TestPool::with_provider(&overrides, &[], |_| provider).await;
+    let t = TestPool::with_provider(&overrides, &[], |_, tally| {
+        Arc::new(
+            RailwayProvider::from_settings(&settings.providers.railway, &settings.outbound, tally)
+                .unwrap(),
+        )
+    })
+    .await;
     let n: i64 = n.parse().unwrap();
     wait_until(Duration::from_secs(60), || async {
         t.tick().await;

@@ -29,13 +29,16 @@ async fn reconcile_repairs_a_database_and_fakes_that_disagree() {
     set_vars(&mut vars, profile.pool_settings());
     vars.push(("POOL_NAME_PREFIX".into(), PREFIX.into()));
     let settings = Settings::from_vars(vars.clone()).unwrap();
-    let railway = Arc::new(
-        RailwayProvider::from_settings(&settings.providers.railway, &settings.outbound).unwrap(),
-    );
     let mut overrides: Vec<(&str, &str)> =
         vars.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
     overrides.push(("POOL_MIN_IDLE", "3"));
-    let t = TestPool::with_provider(&overrides, &[], |_| railway).await;
+    let t = TestPool::with_provider(&overrides, &[], |_, tally| {
+        Arc::new(
+            RailwayProvider::from_settings(&settings.providers.railway, &settings.outbound, tally)
+                .unwrap(),
+        )
+    })
+    .await;
     wait_until(Duration::from_secs(60), || async {
         t.tick().await;
         t.count(Idle).await == 3

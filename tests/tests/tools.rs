@@ -400,7 +400,12 @@ async fn a_teardown_whose_tool_is_no_longer_configured_finishes_and_shows_what_i
     // The operator removes TELNYX_API_KEY; a replica started so tears the instance down.
     let mut settings = (*t.pool.settings).clone();
     settings.tools.telnyx.telnyx_api_key = None;
-    let without = Pool::new(t.pool.db.clone(), settings, t.pool.provider.clone());
+    let without = Pool::new(
+        t.pool.db.clone(),
+        settings,
+        t.pool.provider.clone(),
+        t.pool.tally.clone(),
+    );
     let (status, body) = t.delete(&format!("/api/pool/instances/{id}")).await;
     assert_eq!(status, StatusCode::ACCEPTED, "{body}");
     let report = tick::run(&without, Mode::Reconcile).await.unwrap();
@@ -413,7 +418,7 @@ async fn a_teardown_whose_tool_is_no_longer_configured_finishes_and_shows_what_i
     assert_eq!(tools.left(&prefix), (0, 0, 1), "only the number is left");
 
     // Shown: /metrics, the dashboard.
-    let metrics = agentpool_core::metrics::render(&t.pool.db).await.unwrap();
+    let metrics = agentpool_core::overview::metrics(&t.pool).await.unwrap();
     assert!(
         metrics.contains("agentpool_abandoned_tool_resources{tool=\"sms\"} 1"),
         "{metrics}"

@@ -7,6 +7,7 @@ use serde::Serialize;
 use utoipa::ToSchema;
 
 use agentpool_core::config::secrets_match;
+use agentpool_core::overview;
 
 use crate::auth::bearer_token;
 use crate::error::{ApiError, ErrorBody};
@@ -63,10 +64,6 @@ pub async fn metrics(
             ));
         }
     }
-    let text = agentpool_core::metrics::render(&state.pool.db).await?;
-    Ok((
-        [(CONTENT_TYPE, agentpool_core::metrics::CONTENT_TYPE)],
-        text,
-    )
-        .into_response())
+    let text = overview::metrics(&state.pool).await?;
+    Ok(([(CONTENT_TYPE, overview::CONTENT_TYPE)], text).into_response())
 }

@@ -5,7 +5,7 @@ use serde::Serialize;
 use utoipa::ToSchema;
 
 use agentpool_core::domain::InstanceStatus;
-use agentpool_core::instances;
+use agentpool_core::operator;
 
 use super::plausible_id;
 use crate::error::{ApiResult, ErrorBody};
@@ -35,16 +35,8 @@ pub async fn kill(
     State(state): State<AppState>,
     Path(id): Path<String>,
 ) -> ApiResult<(StatusCode, Json<Destroying>)> {
-    use InstanceStatus::*;
     let id = plausible_id(&id)?;
-    let previous = instances::request_destroy(
-        &state.pool.db,
-        id,
-        &[Starting, Idle, Claiming, Claimed, Crashed, Recycling],
-        "not already destroying",
-        "killed by operator",
-    )
-    .await?;
+    let previous = operator::kill(&state.pool, id).await?;
     state.kicker.kick();
     Ok(accepted(id, previous))
 }
@@ -62,14 +54,7 @@ pub async fn dismiss(
     Path(id): Path<String>,
 ) -> ApiResult<(StatusCode, Json<Destroying>)> {
     let id = plausible_id(&id)?;
-    let previous = instances::request_destroy(
-        &state.pool.db,
-        id,
-        &[InstanceStatus::Crashed],
-        "crashed",
-        "crashed agent dismissed",
-    )
-    .await?;
+    let previous = operator::dismiss(&state.pool, id).await?;
     state.kicker.kick();
     Ok(accepted(id, previous))
 }

@@ -11,9 +11,8 @@ use agentpool_core::config::{ProviderKind, RailwayLayout};
 use agentpool_core::creation::{self, Outcome};
 use agentpool_core::domain::{Actor, Instance, InstanceStatus};
 use agentpool_core::gate::Gate;
-use agentpool_core::instances;
-use agentpool_core::listing::{self, Cursor, PublicAgent};
-use agentpool_core::pool_size;
+use agentpool_core::operator;
+use agentpool_core::overview::{self, Cursor, PublicAgent};
 use agentpool_core::tick::{self, Mode, TickReport};
 use agentpool_core::Pool;
 use tokio_util::sync::CancellationToken;
@@ -30,7 +29,7 @@ const MAX_BATCH: u32 = 100;
 pub type Counts = BTreeMap<InstanceStatus, i64>;
 
 async fn counts_of(state: &AppState) -> ApiResult<Counts> {
-    Ok(instances::counts(&state.pool.db).await?)
+    Ok(overview::counts(&state.pool).await?)
 }
 
 /// `GET /api/pool/counts` (public).
@@ -185,17 +184,17 @@ impl PageQuery {
 
     fn parse(&self) -> ApiResult<(Option<Cursor>, u32)> {
         let limit = match self.limit.as_deref() {
-            None => listing::DEFAULT_LIMIT,
+            None => overview::DEFAULT_LIMIT,
             Some(raw) => raw
                 .parse::<u32>()
                 .ok()
-                .filter(|n| (1..=listing::MAX_LIMIT).contains(n))
+                .filter(|n| (1..=overview::MAX_LIMIT).contains(n))
                 .ok_or_else(|| {
                     ApiError::bad_request(
                         "invalid_request",
                         format!(
                             "limit must be an integer between 1 and {}",
-                            listing::MAX_LIMIT
+                            overview::MAX_LIMIT
                         ),
                     )
                 })?,
@@ -230,7 +229,7 @@ pub async fn agents(
     let mut reply = AgentsPage::default();
     let next = match caller {
         Caller::Operator => {
-            let page = listing::operator_page(&state.pool.db, after.as_ref(), limit, only).await?;
+            let page = overview::operator_page(&state.pool, after.as_ref(), limit, only).await?;
             for instance in &page.items {
                 reply.push(
                     instance.status,
@@ -240,7 +239,7 @@ pub async fn agents(
             page.next
         }
         Caller::Anonymous => {
-            let page = listing::public_page(&state.pool.db, after.as_ref(), limit, only).await?;
+            let page = overview::public_page(&state.pool, after.as_ref(), limit, only).await?;
             for agent in &page.items {
                 reply.push(agent.status, AgentView::Public(agent.into()));
             }
@@ -285,7 +284,7 @@ pub struct PoolInfo {
     responses((status = 200, description = "Version, environment, provider and size in force", body = PoolInfo)))]
 pub async fn info(State(state): State<AppState>) -> ApiResult<Json<PoolInfo>> {
     let s = &state.pool.settings;
-    let size = pool_size::current(&state.pool.db, &s.size).await?;
+    let size = overview::size_in_force(&state.pool).await?;
     let railway = &s.providers.railway;
     Ok(Json(PoolInfo {
         branch: s.server.railway_git_branch.clone(),
@@ -329,8 +328,7 @@ pub async fn status(
 ) -> ApiResult<Json<StatusPage>> {
     let (after, limit) = query.parse()?;
     let only = query.statuses()?;
-    let page =
-        listing::operator_page(&state.pool.db, after.as_ref(), limit, only.as_deref()).await?;
+    let page = overview::operator_page(&state.pool, after.as_ref(), limit, only.as_deref()).await?;
     Ok(Json(StatusPage {
         counts: counts_of(&state).await?,
         instances: page.items.iter().map(InstanceView::from).collect(),
@@ -455,7 +453,7 @@ pub async fn drain(
 ) -> ApiResult<Json<Drained>> {
     let count = batch_size(body.count)?
         .ok_or_else(|| ApiError::bad_request("invalid_request", "count is required"))?;
-    let ids = instances::drain(&state.pool.db, count).await?;
+    let ids = operator::drain(&state.pool, count).await?;
     state.kicker.kick();
     Ok(Json(Drained {
         counts: counts_of(&state).await?,

@@ -6,8 +6,8 @@ use axum::{Extension, Json};
 use serde::Deserialize;
 
 use agentpool_core::config::SizingPolicy;
-use agentpool_core::domain::Actor;
-use agentpool_core::pool_size::{self, SizeChange, SizeSetting};
+use agentpool_core::operator::{self, SizeChange};
+use agentpool_core::overview::{self, SizeSetting};
 
 use crate::auth::Via;
 use crate::error::{ApiResult, ErrorBody};
@@ -17,9 +17,7 @@ use crate::state::AppState;
 #[utoipa::path(get, path = "/api/pool/settings", tag = "settings",
     responses((status = 200, description = "The size in force and where it comes from", body = SizeSetting)))]
 pub async fn get(State(state): State<AppState>) -> ApiResult<Json<SizeSetting>> {
-    Ok(Json(
-        pool_size::get(&state.pool.db, &state.pool.settings.size).await?,
-    ))
+    Ok(Json(overview::size(&state.pool).await?))
 }
 
 #[derive(Deserialize, utoipa::ToSchema)]
@@ -50,14 +48,7 @@ pub async fn put(
         max_total: body.max_total,
         sizing: body.sizing,
     };
-    let saved = pool_size::set(
-        &state.pool.db,
-        &state.pool.settings.size,
-        change,
-        Actor::Operator,
-        via.as_str(),
-    )
-    .await?;
+    let saved = operator::resize(&state.pool, change, via.as_str()).await?;
     tracing::info!(
         min_idle = saved.size.min_idle,
         max_total = saved.size.max_total,

@@ -17,7 +17,7 @@ use tokio_stream::StreamExt;
 use agentpool_core::creation::{self, StepStatus};
 use agentpool_core::domain::Actor;
 use agentpool_core::gate::Gate;
-use agentpool_core::instances;
+use agentpool_core::overview;
 
 use crate::error::{ApiError, ApiResult};
 use crate::extract::Query;
@@ -110,7 +110,7 @@ async fn create_streaming(state: &AppState, count: u32, tx: &UnboundedSender<Val
                 match creation::create_gated(pool, &row, &gate, steps.clone()).await {
                     creation::Outcome::Created => {
                         created += 1;
-                        let url = instances::get(&pool.db, &row.id)
+                        let url = overview::instance(pool, &row.id)
                             .await
                             .ok()
                             .and_then(|i| i.url);
@@ -135,7 +135,7 @@ async fn create_streaming(state: &AppState, count: u32, tx: &UnboundedSender<Val
             creator.finish().await;
         }
     }
-    let counts = instances::counts(&pool.db).await.ok();
+    let counts = overview::counts(pool).await.ok();
     send(json!({"type": "complete", "created": created, "failed": failed, "counts": counts}));
     state.kicker.kick();
 }

@@ -13,9 +13,9 @@ use axum::Form;
 use chrono::{DateTime, Utc};
 use serde::Deserialize;
 
+use agentpool_core::access::{self, Login, Session};
 use agentpool_core::domain::{Instance, InstanceStatus};
-use agentpool_core::sessions::{self, Attempt, Session};
-use agentpool_core::{instances, listing, pool_size, tick};
+use agentpool_core::{overview, tick};
 
 use super::session;
 use crate::error::ApiResult;
@@ -170,10 +170,10 @@ fn hidden_if(hide: bool) -> Fill<'static> {
 
 /// `GET /`: the pool's counts and its live agents, names and status only.
 pub async fn public(State(state): State<AppState>) -> ApiResult<Response> {
-    let counts = instances::counts(&state.pool.db).await?;
+    let counts = overview::counts(&state.pool).await?;
     // Only the agents in use are read, so that they are found wherever they are in the table.
     let listed =
-        listing::public_page(&state.pool.db, None, PUBLIC_AGENTS, Some(&listing::LIVE)).await?;
+        overview::public_page(&state.pool, None, PUBLIC_AGENTS, Some(&overview::LIVE)).await?;
     let live: Vec<String> = listed
         .items
         .iter()
@@ -289,11 +289,10 @@ pub async fn dashboard(State(state): State<AppState>, headers: HeaderMap) -> Api
     let Some(session) = session::current(&state, &headers).await? else {
         return Ok(login_page(&state, StatusCode::OK, "/admin", None));
     };
-    let db = &state.pool.db;
-    let counts = instances::counts(db).await?;
-    let listed = listing::operator_page(db, None, DASHBOARD_PAGE, None).await?;
-    let size = pool_size::get(db, &state.pool.settings.size).await?;
-    let target = tick::latest_sample(db).await?;
+    let counts = overview::counts(&state.pool).await?;
+    let listed = overview::operator_page(&state.pool, None, DASHBOARD_PAGE, None).await?;
+    let size = overview::size(&state.pool).await?;
+    let target = tick::latest_sample(&state.pool).await?;
     let sizing = serde_json::to_string_pretty(&size.sizing).unwrap_or_default();
     let abandoned = tick::abandoned(&state.pool).await?;
     let now = Utc::now();
@@ -374,7 +373,7 @@ pub async fn lite(State(state): State<AppState>, headers: HeaderMap) -> ApiResul
     let Some(session) = session::current(&state, &headers).await? else {
         return Ok(login_page(&state, StatusCode::OK, "/admin/lite", None));
     };
-    let counts = instances::counts(&state.pool.db).await?;
+    let counts = overview::counts(&state.pool).await?;
     let csrf = session.csrf_token(&state.session_key);
     let shown = [
         InstanceStatus::Idle,
@@ -452,9 +451,16 @@ pub async fn login(
         &headers,
         extensions.get::<ConnectInfo<SocketAddr>>(),
     );
-    let db = &state.pool.db;
-    match sessions::attempt(db, &client).await? {
-        Attempt::Blocked { wait } => {
+    let login = access::login(
+        &state.pool,
+        &state.session_key,
+        &state.api_key,
+        &client,
+        form.key.trim(),
+    )
+    .await?;
+    match login {
+        Login::Blocked { wait } => {
             let seconds = whole_seconds(wait);
             let mut response = login_page(
                 &state,
@@ -467,27 +473,25 @@ pub async fn login(
                 .insert(RETRY_AFTER, HeaderValue::from(seconds));
             Ok(response)
         }
-        Attempt::Allowed { wait_if_wrong } => {
-            if !agentpool_core::config::secrets_match(form.key.trim(), state.api_key.expose()) {
-                tracing::warn!(client, "dashboard login with a wrong key");
-                let mut message = "Wrong key: that is not this pool's POOL_API_KEY.".to_string();
-                if !wait_if_wrong.is_zero() {
-                    message.push_str(&format!(
-                        " Wait {} s before the next try.",
-                        whole_seconds(wait_if_wrong)
-                    ));
-                }
-                return Ok(login_page(
-                    &state,
-                    StatusCode::UNAUTHORIZED,
-                    next,
-                    Some(&message),
+        Login::Wrong { wait } => {
+            tracing::warn!(client, "dashboard login with a wrong key");
+            let mut message = "Wrong key: that is not this pool's POOL_API_KEY.".to_string();
+            if !wait.is_zero() {
+                message.push_str(&format!(
+                    " Wait {} s before the next try.",
+                    whole_seconds(wait)
                 ));
             }
-            sessions::forget_attempts(db, &client).await?;
-            let ttl = state.pool.settings.dashboard.admin_session_ttl();
-            let cookie = sessions::open(db, &state.session_key, ttl).await?;
+            Ok(login_page(
+                &state,
+                StatusCode::UNAUTHORIZED,
+                next,
+                Some(&message),
+            ))
+        }
+        Login::Opened { cookie } => {
             tracing::info!(client, "dashboard login");
+            let ttl = state.pool.settings.dashboard.admin_session_ttl();
             Ok(redirect(
                 next,
                 session::set_cookie(&cookie, ttl, &headers, &uri),
@@ -511,7 +515,7 @@ pub async fn logout(
     let token = form.ok().and_then(|Form(f)| f.csrf);
     if let Some(session) = session::current(&state, &headers).await? {
         check_logout(&state, &session, &headers, token.as_deref())?;
-        sessions::close(&state.pool.db, &session).await?;
+        access::logout(&state.pool, &session).await?;
         tracing::info!("dashboard logout");
     }
     Ok(redirect("/admin", session::clear_cookie(&headers, &uri)))

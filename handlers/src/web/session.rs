@@ -13,7 +13,7 @@ use axum::extract::ConnectInfo;
 use axum::http::header::{COOKIE, HOST, ORIGIN};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, Uri};
 
-use agentpool_core::sessions::{self, Session};
+use agentpool_core::access::{self, Session};
 
 use crate::error::{ApiError, ApiResult};
 use crate::state::AppState;
@@ -38,7 +38,7 @@ fn cookie_value(headers: &HeaderMap) -> Option<&str> {
 pub async fn current(state: &AppState, headers: &HeaderMap) -> ApiResult<Option<Session>> {
     match cookie_value(headers) {
         None => Ok(None),
-        Some(cookie) => Ok(sessions::check(&state.pool.db, &state.session_key, cookie).await?),
+        Some(cookie) => Ok(access::session(&state.pool, &state.session_key, cookie).await?),
     }
 }
 
@@ -144,20 +144,18 @@ fn too_many(wait: Duration) -> ApiError {
 /// a guess made then must not learn that it was right; else its wrong keys are forgotten. One
 /// read when the client has no record, the common case.
 pub async fn let_right_key_in(state: &AppState, client: &str) -> ApiResult<()> {
-    let db = &state.pool.db;
-    match sessions::standing(db, client).await? {
+    match access::right_key(&state.pool, client).await? {
         None => Ok(()),
-        Some(wait) if !wait.is_zero() => Err(too_many(wait)),
-        Some(_) => Ok(sessions::forget_attempts(db, client).await?),
+        Some(wait) => Err(too_many(wait)),
     }
 }
 
 /// A wrong API key from `client`, counted as a wrong login is: the answer is 401, or 429 while the
 /// client must wait.
 pub async fn count_wrong_key(state: &AppState, client: &str) -> ApiResult<ApiError> {
-    Ok(match sessions::attempt(&state.pool.db, client).await? {
-        sessions::Attempt::Blocked { wait } => too_many(wait),
-        sessions::Attempt::Allowed { .. } => ApiError::unauthorized("invalid API key"),
+    Ok(match access::wrong_key(&state.pool, client).await? {
+        Some(wait) => too_many(wait),
+        None => ApiError::unauthorized("invalid API key"),
     })
 }
 

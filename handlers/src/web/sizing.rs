@@ -13,7 +13,7 @@ use crate::error::ApiResult;
 use crate::state::AppState;
 
 pub async fn chart(State(state): State<AppState>) -> ApiResult<Response> {
-    let day = tick::last_day(&state.pool.db).await?;
+    let day = tick::last_day(&state.pool).await?;
     let bars: Vec<_> = day
         .claims_per_hour
         .iter()

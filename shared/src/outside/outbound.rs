@@ -29,7 +29,7 @@ use tokio::sync::Semaphore;
 
 use crate::config::Secret;
 
-pub use crate::calls::Failure;
+pub use crate::calls::{Failure, Tally};
 
 /// Strings shorter than this are not taken for secrets: every token and key is longer, and
 /// blanking short words would blank the message.
@@ -199,6 +199,8 @@ pub struct Outbound {
     http: reqwest::Client,
     policy: Policy,
     hosts: Mutex<HashMap<String, Arc<Semaphore>>>,
+    /// Where failed attempts are told; the pool that built this client writes them out.
+    tally: Tally,
 }
 
 /// One call, for the log and the error: which service, which step.
@@ -210,7 +212,7 @@ pub struct Call {
 }
 
 impl Outbound {
-    pub fn new(policy: Policy) -> Self {
+    pub fn new(policy: Policy, tally: Tally) -> Self {
         let http = reqwest::Client::builder()
             .connect_timeout(policy.timeout.min(Duration::from_secs(10)))
             .pool_idle_timeout(Duration::from_secs(30))
@@ -220,6 +222,7 @@ impl Outbound {
             http,
             policy,
             hosts: Mutex::new(HashMap::new()),
+            tally,
         }
     }
 
@@ -314,7 +317,7 @@ impl Outbound {
                 Err(failed) => failed,
             };
             let (failure, retry_after) = (failed.failure.clone(), failed.retry_after);
-            crate::calls::failed(call.service, &failure);
+            self.tally.failed(call.service, &failure);
             if !failed.retry(call.replay) || n >= self.policy.attempts {
                 tracing::warn!(service = call.service, step = call.step, attempt = n, %failure, "call failed");
                 return Err(failure);
@@ -518,14 +521,17 @@ mod tests {
     }
 
     fn fast() -> Outbound {
-        Outbound::new(Policy {
-            timeout: Duration::from_millis(300),
-            attempts: 4,
-            backoff: Duration::from_millis(1),
-            max_backoff: Duration::from_millis(5),
-            max_retry_after: Duration::from_secs(2),
-            per_host: 2,
-        })
+        Outbound::new(
+            Policy {
+                timeout: Duration::from_millis(300),
+                attempts: 4,
+                backoff: Duration::from_millis(1),
+                max_backoff: Duration::from_millis(5),
+                max_retry_after: Duration::from_secs(2),
+                per_host: 2,
+            },
+            Tally::default(),
+        )
     }
 
     fn call(replay: Replay) -> Call {
@@ -569,6 +575,34 @@ mod tests {
             1,
             "a creation is not replayed blind"
         );
+    }
+
+    #[tokio::test]
+    async fn failed_attempts_are_told_to_the_clients_own_tally_only() {
+        let (url, _script) = serve(Duration::ZERO, |n, _| {
+            if n <= 2 {
+                AxumStatus::SERVICE_UNAVAILABLE.into_response()
+            } else {
+                ok()
+            }
+        })
+        .await;
+        let (ours, theirs) = (Tally::default(), Tally::default());
+        let out = Outbound::new(fast().policy, ours.clone());
+        let _other = Outbound::new(fast().policy, theirs.clone());
+        let post = |c: &reqwest::Client| c.post(&url);
+        assert!(out.json(call(Replay::Safe), &url, post).await.is_ok());
+        let told: Vec<_> = ours.take().into_iter().collect();
+        assert_eq!(
+            told,
+            vec![(("test", "server_error"), 2)],
+            "a success after retries still counts them"
+        );
+        assert!(
+            theirs.take().is_empty(),
+            "another pool's clients are not told"
+        );
+        assert!(ours.take().is_empty(), "taken once");
     }
 
     #[tokio::test]

@@ -19,7 +19,7 @@ use prometheus_client::metrics::MetricType;
 use prometheus_client::registry::Registry;
 use sqlx::PgPool;
 
-use crate::calls;
+use crate::calls::Tally;
 use crate::error::{Error, Result};
 use crate::instances;
 
@@ -47,8 +47,8 @@ const CLAIM_BUCKETS: [f64; 13] = [
 const SHARDS: f64 = 32.0;
 
 /// Writes the call errors counted so far; on failure they are kept for the next attempt.
-pub async fn flush_call_errors(db: &PgPool) -> Result<()> {
-    let pending = calls::take_failed();
+pub async fn flush_call_errors(db: &PgPool, tally: &Tally) -> Result<()> {
+    let pending = tally.take();
     if pending.is_empty() {
         return Ok(());
     }
@@ -69,7 +69,7 @@ pub async fn flush_call_errors(db: &PgPool) -> Result<()> {
     .execute(db)
     .await;
     if let Err(e) = written {
-        calls::put_back(pending);
+        tally.put_back(pending);
         return Err(e.into());
     }
     Ok(())
@@ -222,9 +222,9 @@ pub async fn fold(db: &PgPool) -> Result<u64> {
 }
 
 /// Reads everything `/metrics` shows and encodes it.
-pub async fn render(db: &PgPool) -> Result<String> {
+pub async fn render(db: &PgPool, tally: &Tally) -> Result<String> {
     // What this replica counted is written first, so that this scrape includes it.
-    if let Err(e) = flush_call_errors(db).await {
+    if let Err(e) = flush_call_errors(db, tally).await {
         tracing::warn!(error = %e, "writing call error counts");
     }
     // A fold that fails leaves the totals as they were: still true, only late.

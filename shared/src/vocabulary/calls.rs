@@ -3,7 +3,7 @@
 //! happened here and know nothing of counters; the pipelines and the scrape hand the tally on.
 
 use std::collections::BTreeMap;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 
 /// What went wrong with a call, in words fit for a client: no server text, no credential.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -64,28 +64,35 @@ pub enum ProvisionError {
     FencedOut,
 }
 
-/// Failed attempts of outside calls this process made and nobody has taken yet, by (service,
-/// kind).
-static FAILED: Mutex<BTreeMap<(&'static str, &'static str), i64>> = Mutex::new(BTreeMap::new());
+/// Failed attempts of outside calls that nobody has written yet, by (service, kind). One per
+/// `Pool`: the outside clients it built add to it, the tick and the scrape write it out. Held in
+/// memory until then; a process that dies first loses what it had not handed on.
+#[derive(Clone, Default)]
+pub struct Tally(Arc<Mutex<BTreeMap<(&'static str, &'static str), i64>>>);
 
-/// Records a failed attempt of a call to `service` (not-found answers are not failures). Held in
-/// this process until taken; a process that dies first loses what it had not handed on.
-pub fn failed(service: &'static str, failure: &Failure) {
-    if let Some(kind) = failure.kind() {
-        let mut failed = FAILED.lock().unwrap_or_else(|e| e.into_inner());
-        *failed.entry((service, kind)).or_default() += 1;
+impl Tally {
+    /// Records a failed attempt of a call to `service` (not-found answers are not failures).
+    pub fn failed(&self, service: &'static str, failure: &Failure) {
+        if let Some(kind) = failure.kind() {
+            *self.lock().entry((service, kind)).or_default() += 1;
+        }
     }
-}
 
-/// Takes the failed attempts recorded so far.
-pub fn take_failed() -> BTreeMap<(&'static str, &'static str), i64> {
-    std::mem::take(&mut *FAILED.lock().unwrap_or_else(|e| e.into_inner()))
-}
+    /// Takes the failed attempts recorded so far.
+    pub fn take(&self) -> BTreeMap<(&'static str, &'static str), i64> {
+        std::mem::take(&mut *self.lock())
+    }
 
-/// Gives back attempts taken but not written, for the next taker.
-pub fn put_back(taken: BTreeMap<(&'static str, &'static str), i64>) {
-    let mut failed = FAILED.lock().unwrap_or_else(|e| e.into_inner());
-    for (key, n) in taken {
-        *failed.entry(key).or_default() += n;
+    /// Gives back attempts taken but not written, for the next taker.
+    pub fn put_back(&self, taken: BTreeMap<(&'static str, &'static str), i64>) {
+        let mut failed = self.lock();
+        for (key, n) in taken {
+            *failed.entry(key).or_default() += n;
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, BTreeMap<(&'static str, &'static str), i64>> {
+        // A panic while counting leaves a count, not a broken map.
+        self.0.lock().unwrap_or_else(|e| e.into_inner())
     }
 }

@@ -23,6 +23,8 @@ async fn main() -> anyhow::Result<()> {
             ("POOL_MIN_IDLE", "2"),
             ("POOL_MAX_TOTAL", "4"),
             ("POOL_MAX_TOTAL_CAP", "4"),
+            // The fuzzer stands for many clients behind a proxy (`.ci/fuzz_hooks.py`).
+            ("TRUSTED_PROXIES", "127.0.0.1/32"),
         ],
         &[],
     )

@@ -8,6 +8,7 @@ use std::sync::Arc;
 
 use async_trait::async_trait;
 
+use crate::calls::Tally;
 use crate::config::{OutboundSettings, ProviderKind, ProviderSettings};
 use crate::domain::ObservedResource;
 use crate::error::{Error, Result};
@@ -87,6 +88,7 @@ pub trait Provider: Send + Sync {
 pub fn from_settings(
     settings: &ProviderSettings,
     outbound: &OutboundSettings,
+    tally: &Tally,
 ) -> Result<Arc<dyn Provider>> {
     match settings.pool_provider {
         ProviderKind::Local => Ok(Arc::new(local::LocalProvider::from_settings(
@@ -95,6 +97,7 @@ pub fn from_settings(
         ProviderKind::Railway => Ok(Arc::new(railway::RailwayProvider::from_settings(
             &settings.railway,
             outbound,
+            tally,
         )?)),
         other => Err(Error::Config(crate::config::ConfigError {
             setting: "POOL_PROVIDER".into(),

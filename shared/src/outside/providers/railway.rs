@@ -19,7 +19,7 @@ use super::{CreateSpec, Created, Provider, ResourceRef};
 use crate::config::{OutboundSettings, ProviderKind, RailwayLayout, RailwaySettings, Secret};
 use crate::domain::{ObservedResource, ResourceStatus};
 use crate::error::{Error, Result};
-use crate::outbound::{Call, Failure, Outbound, Policy, Replay, Tokens};
+use crate::outbound::{Call, Failure, Outbound, Policy, Replay, Tally, Tokens};
 use crate::progress::StepStatus;
 
 const SERVICE: &str = "railway";
@@ -68,7 +68,11 @@ fn missing(setting: &str) -> Error {
 }
 
 impl RailwayProvider {
-    pub fn from_settings(settings: &RailwaySettings, outbound: &OutboundSettings) -> Result<Self> {
+    pub fn from_settings(
+        settings: &RailwaySettings,
+        outbound: &OutboundSettings,
+        tally: &Tally,
+    ) -> Result<Self> {
         let mut tokens: Vec<Secret> = settings.railway_api_token.iter().cloned().collect();
         if let Some(many) = &settings.railway_api_tokens {
             tokens.extend(
@@ -101,10 +105,13 @@ impl RailwayProvider {
             },
         };
         Ok(Self {
-            out: Outbound::new(Policy {
-                timeout: outbound.outbound_timeout(),
-                ..Policy::default()
-            }),
+            out: Outbound::new(
+                Policy {
+                    timeout: outbound.outbound_timeout(),
+                    ..Policy::default()
+                },
+                tally.clone(),
+            ),
             api: settings.railway_api_url.clone(),
             tokens: Tokens::new(tokens),
             layout,

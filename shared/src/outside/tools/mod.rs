@@ -21,7 +21,7 @@ use serde_json::Value;
 
 use crate::config::{OutboundSettings, Secret, ToolSettings};
 use crate::error::{Error, Result};
-use crate::outbound::{Call, Failure, Outbound, Policy, Replay};
+use crate::outbound::{Call, Failure, Outbound, Policy, Replay, Tally};
 
 /// The instance a tool provisions for.
 #[derive(Debug, Clone, Copy)]
@@ -94,16 +94,23 @@ pub struct Toolbox {
 }
 
 impl Toolbox {
-    pub fn from_settings(settings: &ToolSettings, outbound: &OutboundSettings) -> Self {
+    pub fn from_settings(
+        settings: &ToolSettings,
+        outbound: &OutboundSettings,
+        tally: &Tally,
+    ) -> Self {
         // One client for every tool, made only if a tool needs it.
         let shared: std::cell::OnceCell<Arc<Outbound>> = std::cell::OnceCell::new();
         let out = || {
             shared
                 .get_or_init(|| {
-                    Arc::new(Outbound::new(Policy {
-                        timeout: outbound.outbound_timeout(),
-                        ..Policy::default()
-                    }))
+                    Arc::new(Outbound::new(
+                        Policy {
+                            timeout: outbound.outbound_timeout(),
+                            ..Policy::default()
+                        },
+                        tally.clone(),
+                    ))
                 })
                 .clone()
         };

@@ -162,13 +162,13 @@ fn sample(snapshot: &snapshot::Snapshot, target: &plan::Target) -> Sample {
 }
 
 /// The last 24 hours of claims and of the ticks' targets, for the dashboard's chart.
-pub async fn last_day(db: &sqlx::PgPool) -> Result<Day> {
-    samples::last_day(db).await
+pub async fn last_day(pool: &Pool) -> Result<Day> {
+    samples::last_day(&pool.db).await
 }
 
 /// The last full tick's target and why, if a tick has run.
-pub async fn latest_sample(db: &sqlx::PgPool) -> Result<Option<Sample>> {
-    samples::latest(db).await
+pub async fn latest_sample(pool: &Pool) -> Result<Option<Sample>> {
+    samples::latest(&pool.db).await
 }
 
 /// Tool resources teardown gave up because their tool was no longer configured, oldest first:
@@ -281,7 +281,7 @@ pub async fn run_until(pool: &Pool, mode: Mode, stop: &CancellationToken) -> Res
                 tracing::warn!(error = %e, "folding events into the metrics");
             }
         }
-        if let Err(e) = crate::metrics::flush_call_errors(&pool.db).await {
+        if let Err(e) = crate::metrics::flush_call_errors(&pool.db, &pool.tally).await {
             tracing::warn!(error = %e, "writing call error counts");
         }
         crate::failpoint!("tick.flush.after");

@@ -62,7 +62,7 @@ INSERT INTO minimal.events (instance_id, from_status, to_status, reason, actor)
 SELECT id, 'claiming', 'claimed', 'provisioned', 'claim' FROM t;
 ";
 
-/// `shared/src/claim/mod.rs`'s two statements as a claim without an `Idempotency-Key` runs them
+/// `shared/src/pipelines/claim/mod.rs`'s two statements as a claim without an `Idempotency-Key` runs them
 /// (`take_idle`, then `finish`), with the runtime's reply as literals.
 const PROJECT_CLAIM: &str = r"WITH t AS (
    UPDATE instances

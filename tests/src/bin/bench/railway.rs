@@ -8,6 +8,7 @@ use std::sync::Arc;
 use serde::Serialize;
 use sqlx::PgPool;
 
+use agentpool_core::calls::Tally;
 use agentpool_core::providers::railway::RailwayProvider;
 use agentpool_core::tick::{self, Mode};
 use agentpool_core::{db, Pool, Settings};
@@ -75,14 +76,17 @@ pub async fn measure(
         ]
         .map(|(k, v)| (k.to_string(), v));
         let settings = Settings::from_vars(vars)?;
+        let tally = Tally::default();
         let provider = Arc::new(RailwayProvider::from_settings(
             &settings.providers.railway,
             &settings.outbound,
+            &tally,
         )?);
         let pool = Pool::new(
             db::connect(database_url, settings.db.database_max_connections).await?,
             settings,
             provider,
+            tally,
         );
         let requests = || fake.stats().requests.values().sum::<u64>();
         let mut changes = 0;

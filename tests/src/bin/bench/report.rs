@@ -204,7 +204,7 @@ pub fn markdown(report: &Report) -> String {
          row with `FOR UPDATE SKIP LOCKED` and record the event; confirm it, fenced by the claim \
          token, and record the event — on two tables with only the indexes they need, run by \
          pgbench (prepared statements, as sqlx runs them). *Claim SQL* is the project's own two \
-         statements (`shared/src/claim/mod.rs`) on the project's schema, also by pgbench. *HTTP* \
+         statements (`shared/src/pipelines/claim/mod.rs`) on the project's schema, also by pgbench. *HTTP* \
          is `POST /api/pool/claim` through one `agentpool serve` replica, stub agent included. \
          The three run one after the other in each of {} rounds (pgbench {} s each, {} HTTP \
          claims), each round opening with a different one, on the same Postgres; figures are medians over the rounds, and a share \
@@ -382,7 +382,7 @@ pub fn markdown(report: &Report) -> String {
          are the statements sqlx ran, counted from its `sqlx::query` events. Memory is the peak \
          resident size of the benchmark process during the tick and its growth over the size \
          before. The last column is one `GET /metrics` rendering over the same fleet \
-         (`agentpool_core::metrics::render`), and the statements it ran.\n"
+         (`agentpool_core::overview::metrics`), and the statements it ran.\n"
     );
     let _ = writeln!(
         md,

@@ -15,6 +15,7 @@ use tracing::{Event, Metadata, Subscriber};
 use tracing_subscriber::layer::{Context, SubscriberExt};
 use tracing_subscriber::Layer;
 
+use agentpool_core::calls::Tally;
 use agentpool_core::config::ProviderKind;
 use agentpool_core::domain::{ObservedResource, ResourceStatus};
 use agentpool_core::providers::{CreateSpec, Created, Provider, ResourceRef};
@@ -127,7 +128,12 @@ pub async fn pool_over(
         url: stub.url.clone(),
         names: Mutex::new(names),
     };
-    Ok(Pool::new(db, settings, Arc::new(provider)))
+    Ok(Pool::new(
+        db,
+        settings,
+        Arc::new(provider),
+        Tally::default(),
+    ))
 }
 
 #[derive(Debug, Serialize)]
@@ -248,7 +254,7 @@ pub async fn measure(
         QUERIES.store(0, Ordering::Relaxed);
         COUNTING.store(true, Ordering::Relaxed);
         let started = Instant::now();
-        agentpool_core::metrics::render(&pool.db).await?;
+        agentpool_core::overview::metrics(&pool).await?;
         cell.scrape_ms = ms(started.elapsed());
         COUNTING.store(false, Ordering::Relaxed);
         cell.scrape_queries = QUERIES.load(Ordering::Relaxed);
