@@ -383,6 +383,8 @@ pub async fn run_case(failpoint: &'static str, action: Action) -> Verdict {
             times.tick * 2
                 + setting(&profile, "TICK_BUDGET_MS")
                 + setting(&profile, "OUTBOUND_TIMEOUT_MS"),
+            // A created row waits for its runtime to be ready, up to `POOL_STUCK_TIMEOUT_MS`.
+            setting(&profile, "POOL_STUCK_TIMEOUT_MS") + times.tick * 2,
         );
         tokio::spawn(async move {
             // Each row once, at the oldest it was seen.
@@ -813,26 +815,31 @@ async fn dashboard_round(http: &reqwest::Client, base: &str) -> Vec<String> {
 /// Rows past their transient state's timeout plus two ticks, as the database's clock says.
 async fn transient_overdue(
     db: &PgPool,
-    limits: (Duration, Duration, Duration),
+    limits: (Duration, Duration, Duration, Duration),
 ) -> Vec<(String, String, f64)> {
     let ms = |d: Duration| d.as_millis() as i64;
     sqlx::query_as(
         "SELECT i.id, i.status,
-                extract(epoch FROM now() - CASE i.status
-                   WHEN 'starting' THEN greatest(i.status_since, c.alive_at)
-                   WHEN 'destroying' THEN greatest(i.status_since, i.next_attempt_at)
+                extract(epoch FROM now() - CASE
+                   WHEN i.status = 'starting' AND f.instance_id IS NULL
+                        THEN greatest(i.status_since, c.alive_at)
+                   WHEN i.status = 'destroying' THEN greatest(i.status_since, i.next_attempt_at)
                    ELSE i.status_since END)::float8
            FROM instances i LEFT JOIN creators c ON c.id = i.creator_id
+                LEFT JOIN instance_infra f ON f.instance_id = i.id
           WHERE (i.status = 'claiming'
                  AND i.status_since < now() - $1 * interval '1 millisecond')
-             OR (i.status = 'starting'
+             OR (i.status = 'starting' AND f.instance_id IS NULL
                  AND greatest(i.status_since, c.alive_at) < now() - $2 * interval '1 millisecond')
+             OR (i.status = 'starting' AND f.instance_id IS NOT NULL
+                 AND i.status_since < now() - $4 * interval '1 millisecond')
              OR (i.status = 'destroying'
                  AND greatest(i.status_since, i.next_attempt_at) < now() - $3 * interval '1 millisecond')",
     )
     .bind(ms(limits.0))
     .bind(ms(limits.1))
     .bind(ms(limits.2))
+    .bind(ms(limits.3))
     .fetch_all(db)
     .await
     .unwrap_or_default()

@@ -83,10 +83,14 @@ fn check(verdicts: &[sweep::Verdict]) {
 async fn a_fast_subset_of_the_sweep_holds() {
     let cases = vec![
         ("claim.provision.after", Action::Kill),
-        ("claim.finish.before", Action::Delay),
+        // Before the claim's deadline cut every step: "claim 2 got no answer: no reply within
+        // 3.6s" (the reply came after the 4.8 s stall).
+        ("claim.provision.after", Action::Delay),
         ("creation.provider_create.after", Action::Kill),
         ("creation.tool_create.after", Action::Error),
         ("teardown.provider_destroy.before", Action::Error),
+        // Before the tick's bound cut what hangs under its lock: "… starting for 3.7 s, past its
+        // timeout plus two ticks" (no replica could tick while the stalled one held the lock).
         ("tick.lease.after", Action::Delay),
     ];
     let verdicts = sweep::run_all(cases, 2).await;

@@ -247,7 +247,9 @@ pub async fn run_until(pool: &Pool, mode: Mode, stop: &CancellationToken) -> Res
     // Everything under the lock ends within the tick's bound, whatever hangs (a statement, a
     // stalled step): a holder that hangs would otherwise stop every replica's ticks for as long.
     // What is cut stops on whatever line it was at, as a process dying there (see `Gate::bounded`).
-    let locked_until = started + pool.settings.tick_bound();
+    // Later than the steps' own cut (`Gate::bounded`, at the same bound), so that a step cut
+    // there is still recorded (a failed destroy's backoff, the rows destroyed).
+    let locked_until = started + pool.settings.tick_bound() + pool.settings.tick_overrun();
     let outcome = match tokio::time::timeout_at(
         locked_until,
         tracing::Instrument::instrument(work, span.clone()),
