@@ -378,11 +378,13 @@ pub async fn run_case(failpoint: &'static str, action: Action) -> Verdict {
         let limits = (
             times.claim_timeout + times.tick * 2,
             times.create_timeout + times.tick * 2,
-            // A due destroy is tried by one of the next two ticks; a tick may run its budget
-            // and one call's timeout past it (`Settings::tick_overrun`).
-            times.tick * 2
+            // A due destroy is done by one of the next two ticks, each of which may run its budget
+            // and twice one call's timeout (its steps' cut, then the cut of what hangs under its
+            // lock: `tick::run_until`).
+            (times.tick
                 + setting(&profile, "TICK_BUDGET_MS")
-                + setting(&profile, "OUTBOUND_TIMEOUT_MS"),
+                + setting(&profile, "OUTBOUND_TIMEOUT_MS") * 2)
+                * 2,
             // A created row waits for its runtime to be ready, up to `POOL_STUCK_TIMEOUT_MS`.
             setting(&profile, "POOL_STUCK_TIMEOUT_MS") + times.tick * 2,
         );

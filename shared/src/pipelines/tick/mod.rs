@@ -218,13 +218,16 @@ pub async fn run_until(pool: &Pool, mode: Mode, stop: &CancellationToken) -> Res
     );
     let creations = gate.without_lease();
     let span = tracing::info_span!("tick", ?mode);
+    // Outside the work: rows it reserved are created even if the work is cut after reserving them
+    // (else they would wait, creator silent, to be reaped).
+    let mut batch = None;
+    let reserved = &mut batch;
     let work = async {
         crate::failpoint!(
             "tick.lease.after",
             return Err(crate::failpoint::db_error().into())
         );
         let mut report = TickReport::default();
-        let mut batch = None;
         let snapshot = snapshot::take(pool, mode, &gate, &mut report).await?;
         let (size, sizing) = pool_size::in_force(&pool.db, &pool.settings.size).await?;
         let plan = plan::decide(&snapshot, &rules(&pool.settings, size, sizing), mode);
@@ -238,11 +241,11 @@ pub async fn run_until(pool: &Pool, mode: Mode, stop: &CancellationToken) -> Res
             }
         }
         if let Err(why) =
-            execute::run(pool, &snapshot, plan, mode, &gate, &mut report, &mut batch).await
+            execute::run(pool, &snapshot, plan, mode, &gate, &mut report, reserved).await
         {
             report.cut(why);
         }
-        Ok::<_, Error>((report, batch))
+        Ok::<_, Error>(report)
     };
     // Everything under the lock ends within the tick's bound, whatever hangs (a statement, a
     // stalled step): a holder that hangs would otherwise stop every replica's ticks for as long.
@@ -260,10 +263,10 @@ pub async fn run_until(pool: &Pool, mode: Mode, stop: &CancellationToken) -> Res
         Err(_) => {
             let mut report = TickReport::default();
             report.cut(CutShort::Budget);
-            Ok((report, None))
+            Ok(report)
         }
     };
-    let succeeded = matches!(&outcome, Ok((report, _)) if report.cut_short.is_none());
+    let succeeded = matches!(&outcome, Ok(report) if report.cut_short.is_none());
     let bookkeeping = async {
         // A tick cut short left work for the next one: it is not the success /metrics reports.
         if succeeded {
@@ -298,7 +301,7 @@ pub async fn run_until(pool: &Pool, mode: Mode, stop: &CancellationToken) -> Res
     drop(gate);
     lease.release().await;
     crate::failpoint!("tick.release.after");
-    let (mut report, batch) = outcome?;
+    let mut report = outcome?;
     if let Some(batch) = batch {
         crate::failpoint!("tick.create_reserved.before");
         let creating = execute::create_reserved(pool, batch, &creations, &mut report);
