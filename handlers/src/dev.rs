@@ -64,7 +64,7 @@ pub async fn run(mut settings: Settings) -> anyhow::Result<()> {
     let (provider, agents): (Arc<dyn Provider>, String) = match &local {
         Some(local) => (local.clone(), local.state_dir().display().to_string()),
         None => (
-            providers::from_settings(&settings.providers, &settings.outbound, &tally)?,
+            providers::from_settings(&settings, &tally)?,
             format!("{} provider", settings.providers.pool_provider.as_str()),
         ),
     };

@@ -79,6 +79,15 @@ impl From<Error> for ApiError {
                 )
                 .retry_after(1)
             }
+            Error::Capacity { retry_after, .. } => {
+                let seconds = u32::try_from(retry_after.as_secs().max(1)).unwrap_or(u32::MAX);
+                return Self::new(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    error.code(),
+                    error.public_message(),
+                )
+                .retry_after(seconds);
+            }
             Error::ClaimFailed { .. }
             | Error::Provider { .. }
             | Error::Outbound { .. }

@@ -16,6 +16,27 @@ pub async fn until_signal(
         let shutdown = shutdown.clone();
         async move { kicker.run_loop(pool, every, shutdown).await }
     });
+    if state.pool.provider.keeps_alive() {
+        let pool = state.pool.clone();
+        let shutdown = shutdown.clone();
+        tokio::spawn(async move {
+            let mut timer = tokio::time::interval(pool.settings.tick.heartbeat_interval());
+            timer.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                tokio::select! {
+                    _ = shutdown.cancelled() => return,
+                    _ = timer.tick() => {}
+                }
+                match agentpool_core::heartbeat::beat(&pool).await {
+                    Ok(Some(round)) if round.failed > 0 => {
+                        tracing::warn!(?round, "keep-alive round had failed pings")
+                    }
+                    Ok(_) => {}
+                    Err(e) => tracing::warn!(error = %e, "keep-alive round"),
+                }
+            }
+        });
+    }
     tokio::spawn({
         let shutdown = shutdown.clone();
         async move {

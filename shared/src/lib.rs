@@ -4,7 +4,8 @@
 //! - [`tick`]: reconcile the fleet and replenish the pool (snapshot → plan → execute).
 //! - [`creation`]: the one pipeline that creates instances, for the tick and the API.
 //! - [`gate`]: when long work may start another step (budget, lock, shutdown).
-//! - [`providers`]: where instances run (`local` stub agents; Railway and Sprites to come).
+//! - [`recycle`]: a used instance back to the pool from its golden checkpoint.
+//! - [`providers`]: where instances run (`local` stub agents, Railway, Fly.io Sprites).
 //! - [`runtime`]: client of the agent runtime contract; [`stub_agent`]: its reference server.
 //! - [`instances`]: the queries shared by the API and the tick; [`db`]: pool and migrations.
 //! - [`pool_size`]: `minIdle` and `maxTotal` as set at run time; [`sessions`]: dashboard logins.
@@ -14,11 +15,15 @@
 mod vocabulary;
 pub use vocabulary::{calls, config, domain, error, failpoint, progress};
 mod queries;
-pub use queries::{db, instances, lease, listing, metrics, pool_size, samples, services, sessions};
+pub use queries::{
+    capacity, db, instances, lease, listing, metrics, pool_size, samples, services, sessions,
+};
 mod outside;
 pub use outside::{outbound, providers, runtime, tools};
 mod pipelines;
-pub use pipelines::{access, claim, creation, gate, operator, overview, simulate, tick};
+pub use pipelines::{
+    access, claim, creation, debug, gate, heartbeat, operator, overview, recycle, simulate, tick,
+};
 
 pub mod stub_agent;
 
@@ -76,7 +81,7 @@ impl Pool {
         })?;
         let db = db::open(url.expose(), settings.db.database_max_connections).await?;
         let tally = Tally::default();
-        let provider = providers::from_settings(&settings.providers, &settings.outbound, &tally)?;
+        let provider = providers::from_settings(&settings, &tally)?;
         Ok(Self::new(db, settings, provider, tally))
     }
 }

@@ -9,7 +9,7 @@
 //!
 //! | variable | meaning |
 //! |---|---|
-//! | `OPENCLAW_GATEWAY_TOKEN` | required; Bearer token for every POST |
+//! | `OPENCLAW_GATEWAY_TOKEN` | required; Bearer token for every POST (and, as the Convos gateway, for `/convos/status`) |
 //! | `RUNTIME_PROTOCOL` | `pool` (default), `pool-status` or `convos` |
 //! | `STUB_READY_DELAY_MS` | readiness is refused until this long after start (default 0) |
 //! | `STUB_PROVISION_DELAY_MS` | `/pool/provision` waits this long before answering (default 0) |
@@ -222,7 +222,12 @@ impl Drop for InFlight<'_> {
     }
 }
 
-async fn health(State(stub): State<Arc<Stub>>) -> Response {
+async fn health(State(stub): State<Arc<Stub>>, headers: HeaderMap) -> Response {
+    // The Convos gateway asks for its token on `/convos/status` too; shared stubs stand in for
+    // agents with many tokens.
+    if stub.protocol == RuntimeProtocol::Convos && !stub.shared && !stub.authorized(&headers) {
+        return unauthorized();
+    }
     let _in_flight = InFlight::enter(&stub.health_in_flight);
     let delay = stub.delay(&stub.health_delay);
     if !delay.is_zero() {

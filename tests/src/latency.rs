@@ -12,10 +12,14 @@
 //! |---|---|---|
 //! | one Railway GraphQL request | 150–1 200 | 3–24 |
 //! | Railway build and deploy until the runtime process starts | 15 000–45 000 | 300–900 |
+//! | Railway build from source (`RAILWAY_SOURCE_REPO`), before that deploy | 120 000–420 000 | 2 400–8 400 |
 //! | runtime boot: process start to `/pool/health` ready | 5 000–15 000 | 100–300 |
 //! | one tool request (OpenRouter, AgentMail, Telnyx) | 500–3 000 | 10–60 |
 //! | a health answer | 50–300 | 1–6 |
 //! | `/pool/provision` (the agent joins its conversation) | 1 000–5 000 | 20–100 |
+//! | one Sprites API request | 100–600 | 2–12 |
+//! | Sprites build from source (seed 002's setup) | 240 000–360 000 | 4 800–7 200 |
+//! | Sprites checkpoint restore and gateway restart | 10 000–20 000 | 200–400 |
 //!
 //! So a Railway service create plus its first deploy takes 20–60 s, scaled.
 
@@ -72,10 +76,15 @@ pub struct LatencyProfile {
     pub seed: u64,
     pub railway_call: Between,
     pub railway_deploy: Between,
+    /// A build from a repo (seeds see about 5 minutes), before the deploy.
+    pub railway_build: Between,
     pub runtime_boot: Between,
     pub tool_call: Between,
     pub health: Between,
     pub provision: Between,
+    pub sprites_call: Between,
+    pub sprites_build: Between,
+    pub sprites_restore: Between,
 }
 
 impl LatencyProfile {
@@ -86,10 +95,14 @@ impl LatencyProfile {
             seed: 0x5eed,
             railway_call: between(150.0, 1_200.0),
             railway_deploy: between(15_000.0, 45_000.0),
+            railway_build: between(120_000.0, 420_000.0),
             runtime_boot: between(5_000.0, 15_000.0),
             tool_call: between(500.0, 3_000.0),
             health: between(50.0, 300.0),
             provision: between(1_000.0, 5_000.0),
+            sprites_call: between(100.0, 600.0),
+            sprites_build: between(240_000.0, 360_000.0),
+            sprites_restore: between(10_000.0, 20_000.0),
         }
     }
 
@@ -104,10 +117,14 @@ impl LatencyProfile {
             factor: self.factor * factor,
             railway_call: self.railway_call.scaled(factor),
             railway_deploy: self.railway_deploy.scaled(factor),
+            railway_build: self.railway_build.scaled(factor),
             runtime_boot: self.runtime_boot.scaled(factor),
             tool_call: self.tool_call.scaled(factor),
             health: self.health.scaled(factor),
             provision: self.provision.scaled(factor),
+            sprites_call: self.sprites_call.scaled(factor),
+            sprites_build: self.sprites_build.scaled(factor),
+            sprites_restore: self.sprites_restore.scaled(factor),
             ..self
         }
     }

@@ -335,18 +335,21 @@ impl TestPool {
             .iter()
             .filter(|(k, _)| *k == "RUNTIME_PROTOCOL")
             .map(|(k, v)| (k.to_string(), v.to_string()));
-        let local = Arc::new(
-            LocalProvider::new(
-                state_dir.path().to_path_buf(),
-                agentpool_bin().to_path_buf(),
-                stub_env
-                    .iter()
-                    .map(|(k, v)| (k.to_string(), v.to_string()))
-                    .chain(protocol)
-                    .collect(),
-            )
-            .expect("local provider"),
-        );
+        let local = LocalProvider::new(
+            state_dir.path().to_path_buf(),
+            agentpool_bin().to_path_buf(),
+            stub_env
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .chain(protocol)
+                .collect(),
+        )
+        .expect("local provider");
+        let local = Arc::new(if settings.providers.local.local_recycle {
+            local.recycling()
+        } else {
+            local
+        });
         let tally = Tally::default();
         let provider = wrap(local.clone(), &tally);
         let pool = Pool::new(db.pool.clone(), settings, provider, tally);

@@ -585,3 +585,29 @@ async fn production_asks_before_destroying() {
     b.assert_no_console_errors().await;
     b.close().await;
 }
+
+/// The Recycle action beside Kill, on a claimed agent: with a provider that recycles, the agent
+/// goes back to the pool (the same instance idle again), not away.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn recycle_beside_kill_returns_a_claimed_agent_to_the_pool() {
+    let t = TestPool::with(&[("POOL_MIN_IDLE", "1"), ("LOCAL_RECYCLE", "true")], &[]).await;
+    t.fill(1).await;
+    let (_, claimed) = t.claim("recycled-agent").await;
+    let id = claimed["instanceId"].as_str().unwrap().to_string();
+    let b = Browser::start().await;
+    b.goto(&t.url("/admin")).await;
+    b.log_in(&t.key).await;
+    let recycle = format!("#instance-rows tr[data-id=\"{id}\"] button.recycle");
+    b.find(&recycle).await;
+    b.find(&format!("#instance-rows tr[data-id=\"{id}\"] button.kill"))
+        .await;
+    b.click(&recycle).await;
+    b.wait_text("#notice", |t| t.contains("is being recycled"))
+        .await;
+    wait_until(PATIENCE, || async {
+        instance_status(&t, &id).await == Some(Idle)
+    })
+    .await;
+    b.assert_no_console_errors().await;
+    b.close().await;
+}

@@ -1211,13 +1211,9 @@ fn check_settings(process: &Process, scratch: &Path) -> Result<(), String> {
         scratch.join("agents").display().to_string(),
     ));
     let settings = Settings::from_vars(vars).map_err(|e| format!("{}: {e}", process.at))?;
-    agentpool_core::providers::from_settings(
-        &settings.providers,
-        &settings.outbound,
-        &Default::default(),
-    )
-    .map(drop)
-    .map_err(|e| format!("{}: {e}", process.at))
+    agentpool_core::providers::from_settings(&settings, &Default::default())
+        .map(drop)
+        .map_err(|e| format!("{}: {e}", process.at))
 }
 
 /// A health check asks `/healthz`, directly or through `agentpool healthcheck` (which does).

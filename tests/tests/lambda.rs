@@ -91,7 +91,7 @@ async fn lambda_serves_http_events_and_ticks_on_a_schedule() {
         json!({
             "skipped": true, "skippedBecause": "slot_taken", "slot": first,
             "transitions": [], "destroyed": [], "orphansDeleted": [], "toolOrphansDeleted": [],
-            "toolResourcesAbandoned": [], "created": [], "errors": []
+            "toolResourcesAbandoned": [], "created": [], "renamed": [], "errors": []
         })
     );
 

@@ -360,3 +360,192 @@ async fn the_rows_of_a_killed_creator_are_still_reaped() {
         "the rows the killed creator left without a resource were reaped"
     );
 }
+
+/// Seeds 001 and 003: each service built from a repo directory, the build taking its time at the
+/// fake (scaled down further than the profile's minutes: the flow is under test, not the wait).
+async fn from_source(prefix: &str) -> (RailwayFake, TestPool) {
+    let mut profile = LatencyProfile::for_tests();
+    profile.railway_build = agentpool_tests::latency::Between {
+        low_ms: 100.0,
+        high_ms: 300.0,
+    };
+    let fake = fake().await;
+    fake.set_latency(&profile);
+    let ids = fake.shared_ids();
+    let url = fake.url();
+    let mut vars: Vec<(String, String)> = profile.pool_settings();
+    set_vars(
+        &mut vars,
+        [
+            ("POOL_PROVIDER", "railway"),
+            ("POOL_MIN_IDLE", "0"),
+            ("POOL_NAME_PREFIX", prefix),
+            ("RAILWAY_API_URL", url.as_str()),
+            ("RAILWAY_API_TOKENS", TOKEN),
+            ("RAILWAY_PROJECT_ID", ids.project_id.as_str()),
+            ("RAILWAY_ENVIRONMENT_ID", ids.environment_id.as_str()),
+            ("RAILWAY_PUBLIC_SCHEME", "http"),
+            ("RAILWAY_VOLUME_MOUNT", "/data"),
+            ("RAILWAY_SOURCE_REPO", "xmtplabs/convos-agent-pool-manager"),
+            ("RAILWAY_SOURCE_BRANCH", "staging"),
+            ("RAILWAY_SOURCE_ROOT_DIR", "agent"),
+            ("OPENCLAW_GIT_REF", "v2026.2.1"),
+            // The build's minutes within the creation, the creation within the tick's budget:
+            // the settings refuse less (see `Settings::check_across`).
+            ("RAILWAY_BUILD_TIMEOUT_MS", "5000"),
+            ("CREATE_TIMEOUT_MS", "8000"),
+            ("TICK_BUDGET_MS", "8000"),
+        ]
+        .map(|(k, v)| (k.to_string(), v.to_string())),
+    );
+    let settings = Settings::from_vars(vars.clone()).unwrap();
+    let overrides: Vec<(&str, &str)> = vars
+        .iter()
+        .filter(|(k, _)| k != "POOL_PROVIDER")
+        .map(|(k, v)| (k.as_str(), v.as_str()))
+        .collect();
+    let t = TestPool::with_provider(&overrides, &[], |_, tally| {
+        Arc::new(
+            RailwayProvider::from_settings(&settings.providers.railway, &settings.outbound, tally)
+                .unwrap(),
+        )
+    })
+    .await;
+    (fake, t)
+}
+
+async fn rows(t: &TestPool) -> Vec<(String, String)> {
+    sqlx::query_as("SELECT id, status FROM instances ORDER BY created_at")
+        .fetch_all(&t.pool.db)
+        .await
+        .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_service_built_from_source_sees_its_settings_and_becomes_idle() {
+    let prefix = "src-";
+    let (fake, t) = from_source(prefix).await;
+    let (status, body) = t.post("/api/pool/replenish", json!({"count": 1})).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(body["created"].as_array().unwrap().len(), 1, "{body}");
+    let [service] = fake.services().try_into().unwrap();
+    // One build, from the branch and directory asked, seeing every variable: the build-time
+    // OPENCLAW_GIT_REF, and the domain made before it.
+    let [build] = service.builds.clone().try_into().unwrap();
+    assert_eq!(build.repo, "xmtplabs/convos-agent-pool-manager");
+    assert_eq!(build.branch.as_deref(), Some("staging"));
+    assert_eq!(build.root_directory.as_deref(), Some("agent"));
+    for variable in [
+        "OPENCLAW_GIT_REF",
+        "OPENCLAW_GATEWAY_TOKEN",
+        "RAILWAY_PUBLIC_URL",
+    ] {
+        assert!(build.variables.iter().any(|v| v == variable), "{build:?}");
+    }
+    assert_eq!(service.variables["OPENCLAW_GIT_REF"], "v2026.2.1");
+    assert_eq!(service.deployments, 1, "{service:?}");
+    // Built, then disconnected: a push to the branch rebuilds no agent.
+    assert_eq!(service.repo, None, "{service:?}");
+    assert_eq!(service.image, None, "{service:?}");
+    assert_eq!(fake.volumes().len(), 1);
+    agentpool_tests::wait_until(std::time::Duration::from_secs(20), || async {
+        t.tick().await;
+        t.count(Idle).await == 1
+    })
+    .await;
+    let (status, claimed) = t.claim("built-from-source").await;
+    assert_eq!(status, StatusCode::OK, "{claimed}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failed_build_is_a_failed_creation_that_leaves_nothing_behind() {
+    let prefix = "bf-";
+    let (fake, t) = from_source(prefix).await;
+    fake.fail_builds(1);
+    let (status, body) = t.post("/api/pool/replenish", json!({"count": 1})).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert!(body["created"].as_array().unwrap().is_empty(), "{body}");
+    let errors = body["errors"].as_array().unwrap();
+    assert_eq!(errors.len(), 1, "{body}");
+    assert_eq!(errors[0]["code"], "provider_failed", "{body}");
+    // The creation removed its service and its volume itself.
+    assert!(fake.services().is_empty(), "{:?}", fake.services());
+    assert!(fake.volumes().is_empty(), "{:?}", fake.volumes());
+    let [(id, status)] = rows(&t).await.try_into().unwrap();
+    assert_eq!(status, "destroying");
+    // The next tick forgets the row, and builds anew (this build passes).
+    let report = t.tick().await;
+    assert_eq!(report.destroyed, vec![id], "{report:?}");
+    assert!(rows(&t).await.is_empty());
+    let stats = fake.stats();
+    assert_eq!(stats.requests_for("serviceDelete"), 1, "{stats:?}");
+    assert_eq!(stats.requests_for("volumeDelete"), 1, "{stats:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_renamed_claimed_service_survives_reconcile_and_a_real_orphan_does_not() {
+    let fake = fake().await;
+    let prefix = "rn-";
+    let t = TestPool::with_provider(
+        &[("POOL_MIN_IDLE", "1"), ("POOL_NAME_PREFIX", prefix)],
+        &[],
+        |_, tally| provider(&fake, "shared", prefix, tally),
+    )
+    .await;
+    agentpool_tests::wait_until(std::time::Duration::from_secs(20), || async {
+        t.tick().await;
+        t.count(Idle).await == 1
+    })
+    .await;
+    let (status, claimed) = t.claim("Trip Planner").await;
+    assert_eq!(status, StatusCode::OK, "{claimed}");
+    let id = claimed["instanceId"].as_str().unwrap().to_string();
+    let service_id: String =
+        sqlx::query_scalar("SELECT resource_id FROM instance_infra WHERE instance_id = $1")
+            .bind(&id)
+            .fetch_one(&t.pool.db)
+            .await
+            .unwrap();
+    // The claim's answer did not wait for the rename: the service still has its first name.
+    assert_eq!(fake.service(&service_id).unwrap().name, t.name_of(&id));
+
+    // A rename that fails is not the claim's business, and the next tick makes it.
+    fake.inject(
+        Fault::GraphqlError,
+        Scope::Next {
+            op: Some("serviceUpdate".into()),
+            count: 1,
+        },
+    );
+    let report = t.tick_with(Mode::Reconcile).await;
+    assert!(report.renamed.is_empty(), "{report:?}");
+    assert!(
+        report
+            .errors
+            .iter()
+            .any(|e| e.instance_id.as_deref() == Some(id.as_str())),
+        "{report:?}"
+    );
+    let report = t.tick_with(Mode::Reconcile).await;
+    assert_eq!(report.renamed, vec![id.clone()], "{report:?}");
+    let renamed = format!("rn-trip-planner-{id}");
+    assert_eq!(fake.service(&service_id).unwrap().name, renamed);
+
+    let orphan = fake.create_service_behind_our_back(&fake.shared_ids().project_id, "rn-orphan");
+    let report = t.tick_with(Mode::Reconcile).await;
+    assert_eq!(
+        report.orphans_deleted,
+        vec!["rn-orphan".to_string()],
+        "{report:?}"
+    );
+    assert!(report.renamed.is_empty(), "renamed once: {report:?}");
+    assert!(report.transitions.is_empty(), "{report:?}");
+    assert!(fake.service(&orphan).is_none());
+    assert_eq!(fake.service(&service_id).unwrap().name, renamed);
+    assert_eq!(t.count(Claimed).await, 1);
+    // Still the user's, under its new name, through the full tick too.
+    let report = t.tick().await;
+    assert!(report.transitions.iter().all(|m| m.id != id), "{report:?}");
+    assert!(report.orphans_deleted.is_empty(), "{report:?}");
+    assert!(fake.service(&service_id).is_some());
+}

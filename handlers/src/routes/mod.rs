@@ -56,7 +56,10 @@ fn api(state: &AppState) -> OpenApiRouter<AppState> {
         .routes(routes!(pool::drain))
         .routes(routes!(pool::reconcile))
         .routes(routes!(pool::tick))
+        .routes(routes!(instances::release))
         .routes(routes!(instances::kill))
+        .routes(routes!(instances::claimed))
+        .routes(routes!(instances::probe))
         .routes(routes!(instances::dismiss))
         .routes(routes!(settings::get, settings::put))
         .route_layer(from_fn_with_state(state.clone(), auth::require_key));

@@ -7,7 +7,7 @@ use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, ToSchema};
 
-use agentpool_core::config::{ProviderKind, RailwayLayout};
+use agentpool_core::config::{ProviderKind, RailwayLayout, RailwaySource};
 use agentpool_core::creation::{self, Outcome};
 use agentpool_core::domain::{Actor, Instance, InstanceStatus};
 use agentpool_core::gate::Gate;
@@ -255,9 +255,12 @@ pub async fn agents(
 #[serde(rename_all = "camelCase")]
 pub struct RailwayInfo {
     environment_id: Option<String>,
-    image: String,
+    /// The image instances run; absent when they are built from `sourceRepo`.
+    image: Option<String>,
     layout: RailwayLayout,
     project_id: Option<String>,
+    /// The GitHub repo (`owner/name`) instances are built from, if they are.
+    source_repo: Option<String>,
     team_id: Option<String>,
 }
 
@@ -295,9 +298,13 @@ pub async fn info(State(state): State<AppState>) -> ApiResult<Json<PoolInfo>> {
         provider: s.providers.pool_provider.as_str(),
         railway: (s.providers.pool_provider == ProviderKind::Railway).then(|| RailwayInfo {
             environment_id: railway.railway_environment_id.clone(),
-            image: railway.railway_runtime_image.clone(),
+            image: match railway.source() {
+                RailwaySource::Image(image) => Some(image),
+                RailwaySource::Repo { .. } => None,
+            },
             layout: railway.railway_layout,
             project_id: railway.railway_project_id.clone(),
+            source_repo: railway.railway_source_repo.clone(),
             team_id: railway.railway_team_id.clone(),
         }),
         tick_interval_ms: s.tick.tick_interval_ms,

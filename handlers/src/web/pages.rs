@@ -259,6 +259,10 @@ fn link(href: Option<&str>, text: &str) -> String {
 /// One row of the instance table, as the dashboard's script also draws it.
 fn instance_row(now: DateTime<Utc>, i: &Instance) -> String {
     let mut actions = String::new();
+    if i.status == InstanceStatus::Claimed {
+        actions
+            .push_str("<button type=\"button\" class=\"small secondary recycle\">Recycle</button>");
+    }
     if i.status != InstanceStatus::Destroying {
         actions.push_str("<button type=\"button\" class=\"small danger kill\">Kill</button>");
     }

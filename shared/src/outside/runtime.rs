@@ -124,7 +124,9 @@ impl RuntimeClient {
         self.protocol
     }
 
-    pub async fn health(&self, base_url: &str) -> Health {
+    /// Readiness, asked with the instance's gateway token as every runtime route is (the Convos
+    /// gateway refuses `/convos/status` without it).
+    pub async fn health(&self, base_url: &str, gateway_token: &str) -> Health {
         let path = match self.protocol {
             RuntimeProtocol::Pool => "/pool/health",
             RuntimeProtocol::PoolStatus => "/pool/status",
@@ -134,6 +136,7 @@ impl RuntimeClient {
         let response = match self
             .http
             .get(&url)
+            .bearer_auth(gateway_token)
             .timeout(self.health_timeout)
             .send()
             .await

@@ -19,6 +19,7 @@ use sqlx::PgPool;
 use tracing::Instrument;
 use uuid::Uuid;
 
+use crate::capacity;
 use crate::domain::{Actor, InstanceStatus};
 use crate::error::{Error, Result};
 use crate::gate::{CutShort, Gate};
@@ -220,6 +221,29 @@ pub async fn create_gated(
     }
     let span = tracing::info_span!("create", instance_id = %row.id);
     async {
+        // A provider at capacity is not asked again before its Retry-After, by any replica.
+        let kind = pool.provider.kind().as_str();
+        match capacity::current(&pool.db, kind).await {
+            Ok(Some(pause)) => {
+                let e = Error::Capacity {
+                    provider: pool.provider.kind().as_str(),
+                    code: pause.code.clone(),
+                    retry_after: (pause.until - chrono::Utc::now())
+                        .to_std()
+                        .unwrap_or_default(),
+                };
+                progress.step(kind, StepStatus::Skip, &e.public_message());
+                abandon(
+                    pool,
+                    row,
+                    &format!("creation paused: {}", e.public_message()),
+                )
+                .await;
+                return Outcome::Failed(e);
+            }
+            Ok(None) => {}
+            Err(e) => tracing::warn!(error = %e, "reading the creation pause; creating anyway"),
+        }
         match provision(pool, row, progress.clone(), gate).await {
             Ok(()) => {
                 progress.step("done", StepStatus::Ok, "starting");
@@ -227,6 +251,14 @@ pub async fn create_gated(
             }
             Err(Stopped::Failed(e)) => {
                 tracing::warn!(error = %e, "create failed");
+                if let Error::Capacity {
+                    code, retry_after, ..
+                } = &e
+                {
+                    if let Err(db) = capacity::pause(&pool.db, kind, code, *retry_after).await {
+                        tracing::error!(error = %db, "recording a capacity pause");
+                    }
+                }
                 abandon(pool, row, &format!("create failed: {}", e.public_message())).await;
                 Outcome::Failed(e)
             }
@@ -456,6 +488,36 @@ async fn provision_resource(
         return Err(e);
     }
     tracing::info!(url = %created.url, "created");
+    if pool.provider.can_recycle() {
+        let resource = ResourceRef {
+            name: row.name.clone(),
+            resource_id: Some(created.resource_id),
+            details: created.details,
+        };
+        golden(pool, row, &resource, &created.url).await?;
+    }
+    Ok(())
+}
+
+/// Seed 002's last steps of a creation on a provider that recycles: the runtime ready, checked
+/// clean (no conversation identity yet), then its golden checkpoint taken and its id recorded
+/// with the resource. A failure leaves a recorded resource: the row goes to `destroying` and the
+/// tick removes it.
+async fn golden(pool: &Pool, row: &Reserved, resource: &ResourceRef, url: &str) -> Result<()> {
+    let kind = pool.provider.kind().as_str();
+    let limit = pool.settings.creation.create_timeout();
+    tokio::time::timeout(
+        limit,
+        crate::recycle::ready_and_clean(pool, url, &row.gateway_token),
+    )
+    .await
+    .map_err(|_| Error::provider(kind, "runtime not ready before its golden checkpoint"))??;
+    let details = tokio::time::timeout(limit, pool.provider.checkpoint(resource))
+        .await
+        .map_err(|_| Error::provider(kind, "golden checkpoint timed out"))?
+        .ok_or_else(|| Error::provider(kind, "no checkpoint from a provider that recycles"))??;
+    instances::add_infra_details(&pool.db, &row.id, &details).await?;
+    tracing::info!(%details, "golden checkpoint taken");
     Ok(())
 }
 

@@ -5,8 +5,11 @@
 pub mod access;
 pub mod claim;
 pub mod creation;
+pub mod debug;
 pub mod gate;
+pub mod heartbeat;
 pub mod operator;
 pub mod overview;
+pub mod recycle;
 pub mod simulate;
 pub mod tick;

@@ -256,3 +256,115 @@ pub async fn record_infra(
     .await?;
     Ok(())
 }
+
+/// Adds to what the provider recorded of a resource (the golden checkpoint's id).
+pub async fn add_infra_details(db: &PgPool, id: &str, details: &serde_json::Value) -> Result<()> {
+    sqlx::query("UPDATE instance_infra SET details = details || $2 WHERE instance_id = $1")
+        .bind(id)
+        .bind(details)
+        .execute(db)
+        .await?;
+    Ok(())
+}
+
+/// An instance's name and what its provider recorded (`None` before its resource exists).
+pub async fn infra_of(
+    db: &PgPool,
+    id: &str,
+) -> Result<Option<(String, String, serde_json::Value)>> {
+    Ok(sqlx::query_as(
+        "SELECT i.name, f.resource_id, f.details
+           FROM instances i JOIN instance_infra f ON f.instance_id = i.id
+          WHERE i.id = $1",
+    )
+    .bind(id)
+    .fetch_optional(db)
+    .await?)
+}
+
+/// `claimed → recycling`, for an operator. Returns the new `status_since` (the recycler's
+/// fence); unknown id → `NotFound`; another state → `WrongState`.
+pub async fn start_recycle(db: &PgPool, id: &str) -> Result<DateTime<Utc>> {
+    let row: Option<(InstanceStatus, Option<DateTime<Utc>>)> = sqlx::query_as(
+        "WITH old AS (SELECT id, status FROM instances WHERE id = $1 FOR UPDATE),
+         t AS (
+           UPDATE instances i
+              SET status = 'recycling', status_since = now(), health_failures = 0,
+                  failing_since = NULL, absent_since = NULL
+             FROM old
+            WHERE i.id = old.id AND old.status = 'claimed'
+           RETURNING i.id, i.status_since
+         ),
+         e AS (
+           INSERT INTO instance_events (instance_id, from_status, to_status, reason, actor)
+           SELECT id, 'claimed', 'recycling', 'recycled by operator', 'operator' FROM t
+         )
+         SELECT old.status, (SELECT status_since FROM t) FROM old",
+    )
+    .bind(id)
+    .fetch_optional(db)
+    .await?;
+    match row {
+        None => Err(Error::NotFound(id.to_string())),
+        Some((_, Some(since))) => Ok(since),
+        Some((actual, None)) => Err(Error::WrongState {
+            id: id.to_string(),
+            actual,
+            expected: "claimed",
+        }),
+    }
+}
+
+/// `recycling → idle` for the recycler that started it (same `status_since`): the user's fields
+/// cleared, the new URL and gateway token recorded. False if the row moved meanwhile (the tick
+/// destroyed a recycle past its time).
+pub async fn finish_recycle(
+    db: &PgPool,
+    id: &str,
+    since: DateTime<Utc>,
+    url: &str,
+    gateway_token: &str,
+) -> Result<bool> {
+    let moved: Option<String> = sqlx::query_scalar(
+        "WITH t AS (
+           UPDATE instances
+              SET status = 'idle', status_since = now(), url = $3, gateway_token = $4,
+                  agent_name = NULL, instructions = NULL, join_url = NULL,
+                  conversation_id = NULL, invite_url = NULL, claimed_at = NULL,
+                  health_failures = 0, failing_since = NULL, absent_since = NULL,
+                  ping_failures = 0
+            WHERE id = $1 AND status = 'recycling' AND status_since = $2
+           RETURNING id
+         ),
+         e AS (
+           INSERT INTO instance_events (instance_id, from_status, to_status, reason, actor)
+           SELECT id, 'recycling', 'idle', 'restored from its golden checkpoint: ready and clean', 'operator' FROM t
+         )
+         SELECT id FROM t",
+    )
+    .bind(id)
+    .bind(since)
+    .bind(url)
+    .bind(gateway_token)
+    .fetch_optional(db)
+    .await?;
+    Ok(moved.is_some())
+}
+
+/// The ids of every claimed instance, oldest claim first (seed 002's `DELETE /api/pool/instances`).
+pub async fn claimed_ids(db: &PgPool) -> Result<Vec<String>> {
+    Ok(sqlx::query_scalar(
+        "SELECT id FROM instances WHERE status = 'claimed' ORDER BY claimed_at, id",
+    )
+    .fetch_all(db)
+    .await?)
+}
+
+/// An instance's gateway token (to blank it wherever it might show).
+pub async fn gateway_token(db: &PgPool, id: &str) -> Result<String> {
+    sqlx::query_scalar("SELECT gateway_token FROM instances WHERE id = $1")
+        .bind(id)
+        .fetch_optional(db)
+        .await?
+        .ok_or_else(|| Error::NotFound(id.to_string()))
+}

@@ -391,6 +391,20 @@ pub async fn render(db: &PgPool, tally: &Tally) -> Result<String> {
         duration,
     );
 
+    // Seconds left of a creation pause (a provider at capacity), 0 when none is in force.
+    let paused: Option<f64> = sqlx::query_scalar(
+        "SELECT max(extract(epoch FROM until - now()))::float8 FROM creation_pauses WHERE until > now()",
+    )
+    .fetch_one(db)
+    .await?;
+    let paused_gauge = Gauge::<f64, AtomicU64>::default();
+    paused_gauge.set(paused.unwrap_or(0.0));
+    registry.register(
+        "creation_paused_seconds",
+        "Seconds until creation resumes: the provider refused for capacity (0 = not paused)",
+        paused_gauge,
+    );
+
     let mut text = String::new();
     prometheus_client::encoding::text::encode(&mut text, &registry)
         .map_err(|e| Error::io("encoding metrics", std::io::Error::other(e)))?;

@@ -123,6 +123,26 @@ pub fn new_instance_id() -> String {
         .to_ascii_lowercase()
 }
 
+/// The name a claimed instance's resource takes at the provider, so that an operator finds it by
+/// its agent there (seeds 001 and 003): the pool's prefix, the agent's name in lowercase letters,
+/// digits and dashes, and the instance id, which keeps it unique and unlike any generated name
+/// (`<prefix><id>` has no dash after the prefix). `None` for a name with nothing to show.
+pub fn claimed_name(prefix: &str, agent_name: &str, instance_id: &str) -> Option<String> {
+    let mut slug = String::new();
+    for c in agent_name.chars() {
+        if c.is_ascii_alphanumeric() {
+            slug.push(c.to_ascii_lowercase());
+        } else if !slug.is_empty() && !slug.ends_with('-') {
+            slug.push('-');
+        }
+        if slug.len() >= 32 {
+            break;
+        }
+    }
+    let slug = slug.trim_end_matches('-');
+    (!slug.is_empty()).then(|| format!("{prefix}{slug}-{instance_id}"))
+}
+
 /// 32 random bytes as 64 hex chars.
 pub fn new_gateway_token() -> String {
     let mut bytes = [0u8; 32];
@@ -229,6 +249,22 @@ mod tests {
             assert_eq!(status.as_str().parse::<InstanceStatus>().unwrap(), status);
         }
         assert!("deleted".parse::<InstanceStatus>().is_err());
+    }
+
+    #[test]
+    fn a_claimed_name_shows_the_agent_and_never_looks_generated() {
+        assert_eq!(
+            claimed_name("ap-", "Tokyo Trip Planner!", "abc123def456").as_deref(),
+            Some("ap-tokyo-trip-planner-abc123def456")
+        );
+        // An agent named like an instance id still gets a name no generated one has.
+        let id = new_instance_id();
+        let named = claimed_name("ap-", &id, "abc123def456").unwrap();
+        assert_ne!(named, format!("ap-{id}"));
+        assert!(named.trim_start_matches("ap-").contains('-'));
+        assert_eq!(claimed_name("ap-", "!!! ???", "abc123def456"), None);
+        let long = claimed_name("ap-", &"x".repeat(500), "abc123def456").unwrap();
+        assert!(long.len() <= "ap-".len() + 32 + 1 + 12, "{long}");
     }
 
     #[test]

@@ -55,6 +55,15 @@ pub enum Error {
         message: String,
     },
 
+    /// The provider refused a creation for capacity (Sprites' `concurrent_sprite_limit_exceeded`,
+    /// a creation rate limit): a limit to wait out until `retry_after`, not a fault to retry.
+    #[error("provider {provider} at capacity ({code}); retry after {} s", retry_after.as_secs())]
+    Capacity {
+        provider: &'static str,
+        code: String,
+        retry_after: std::time::Duration,
+    },
+
     /// A call to an outside API failed, after the retries it was allowed.
     #[error("{} failed: {failure}", if service == step { service.to_string() } else { format!("{service} {step}") })]
     Outbound {
@@ -105,6 +114,7 @@ impl Error {
             Error::ClaimTimedOut => "claim_timed_out",
             Error::IdempotencyKeyReused => "idempotency_key_reused",
             Error::Provider { .. } | Error::Outbound { .. } => "provider_failed",
+            Error::Capacity { .. } => "provider_at_capacity",
             Error::ImplausibleListing { .. } => "implausible_listing",
             Error::Db(e) if unavailable(e) => "database_unavailable",
             Error::Db(_) | Error::Migrate(_) | Error::Config(_) | Error::Io { .. } => "internal",
@@ -125,6 +135,7 @@ impl Error {
             | Error::ClaimTimedOut
             | Error::IdempotencyKeyReused
             | Error::Outbound { .. }
+            | Error::Capacity { .. }
             | Error::ImplausibleListing { .. } => self.to_string(),
             Error::Provider { provider, .. } => format!("provider {provider} failed"),
             Error::Db(e) if unavailable(e) => "database unavailable".into(),

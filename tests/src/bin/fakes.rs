@@ -4,16 +4,16 @@
 //! cargo run -p agentpool-tests --bin agentpool-fakes
 //! ```
 //!
-//! starts the Railway, OpenRouter, AgentMail and Telnyx fakes (ports from `FAKES_RAILWAY_PORT`,
-//! `FAKES_OPENROUTER_PORT`, `FAKES_AGENTMAIL_PORT`, `FAKES_TELNYX_PORT`; 4001 to 4004 by
-//! default) and prints the settings that point `agentpool dev` at them. Services the Railway
+//! starts the Railway, OpenRouter, AgentMail, Telnyx and Sprites fakes (ports from
+//! `FAKES_RAILWAY_PORT`, `FAKES_OPENROUTER_PORT`, `FAKES_AGENTMAIL_PORT`, `FAKES_TELNYX_PORT`,
+//! `FAKES_SPRITES_PORT`; 4001 to 4005 by default) and prints the settings that point `agentpool dev` at them. Services the Railway
 //! fake "deploys" are stub agents on loopback; Ctrl-C stops them all. Faults can be injected
 //! into any fake while it runs:
 //! `curl -X POST <base>/_fake/faults -d '{"fault":{"kind":"ServerError"},"scope":{"kind":"Rate","perMille":200,"seed":1}}'`.
 
 use agentpool_tests::fakes::{
     AgentMailConfig, AgentMailFake, Controls, FakeConfig, OpenRouterConfig, OpenRouterFake,
-    RailwayFake, TelnyxConfig, TelnyxFake,
+    RailwayFake, SpritesConfig, SpritesFake, TelnyxConfig, TelnyxFake,
 };
 
 const TOKEN: &str = "fake-railway-token";
@@ -48,6 +48,11 @@ async fn main() {
         ..TelnyxConfig::default()
     })
     .await;
+    let sprites = SpritesFake::start(SpritesConfig {
+        port: port("FAKES_SPRITES_PORT", 4005),
+        ..SpritesConfig::default()
+    })
+    .await;
     let ids = railway.shared_ids();
     println!(
         "Railway fake at {url}  (state: {base}/_fake/state, faults: POST {base}/_fake/faults)\n\n\
@@ -77,6 +82,13 @@ async fn main() {
         telnyx_key = telnyx.api_key(),
         profile = telnyx.messaging_profile_id(),
     );
+    println!(
+        "\nSprites mode (seed 002: golden checkpoints, recycling; its sprites run stub agents):\n\n  \
+         POOL_PROVIDER=sprites SPRITES_API_URL={url} SPRITE_TOKEN={token} \\\n  \
+         SPRITES_SETUP_COMMANDS='[\"build\"]' cargo run -p agentpool -- dev\n",
+        url = sprites.url(),
+        token = sprites.token(),
+    );
     agentpool_core::shutdown_signal().await;
-    drop((railway, openrouter, agentmail, telnyx));
+    drop((railway, openrouter, agentmail, telnyx, sprites));
 }

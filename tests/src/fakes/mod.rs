@@ -9,10 +9,12 @@ pub mod graphql;
 pub mod openrouter;
 pub mod railway;
 mod rest;
+pub mod sprites;
 pub mod telnyx;
 
 pub use agentmail::{AgentMailConfig, AgentMailFake, InboxView};
 pub use faults::{Controls, FakeStats, Fault, Scope};
 pub use openrouter::{KeyView, OpenRouterConfig, OpenRouterFake};
 pub use railway::{FakeConfig, ProjectView, RailwayFake, ServiceView, SharedIds, VolumeView};
+pub use sprites::{SpriteView, SpritesConfig, SpritesFake};
 pub use telnyx::{NumberView, ProfileView, TelnyxConfig, TelnyxFake};

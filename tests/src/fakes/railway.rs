@@ -8,6 +8,10 @@
 //! provisioning reach a live runtime at the domain the API returned. Faults are injected per
 //! request ([`Fault`], [`Scope`]) from the test or over HTTP (`POST /_fake/faults`).
 //!
+//! A service connected to a repo (`serviceConnect`) is built first: BUILDING for the profile's
+//! build time ([`LatencyProfile::railway_build`]), then deployed as above, or FAILED when the test
+//! asked for failed builds ([`RailwayFake::fail_builds`]).
+//!
 //! Operations are recognised by their root field and answered with a fixed, full shape (the
 //! fields the provider selects and a few more); selections are not evaluated.
 
@@ -36,6 +40,7 @@ use crate::latency::{Draws, LatencyProfile};
 
 /// Deployment statuses the fake sets itself (Railway has more; tests may set any with
 /// [`RailwayFake::set_status`]).
+pub const BUILDING: &str = "BUILDING";
 pub const DEPLOYING: &str = "DEPLOYING";
 pub const SUCCESS: &str = "SUCCESS";
 pub const CRASHED: &str = "CRASHED";
@@ -100,6 +105,12 @@ pub struct ServiceView {
     pub domain: Option<String>,
     pub port: Option<u16>,
     pub image: Option<String>,
+    /// The repo it is connected to, and its branch.
+    pub repo: Option<String>,
+    pub branch: Option<String>,
+    pub root_directory: Option<String>,
+    /// Every repo it was built from (a disconnected service keeps what it was built from).
+    pub builds: Vec<Build>,
     pub start_command: Option<String>,
     /// Values are secrets (gateway tokens): serialized and printed by name only.
     #[serde(serialize_with = "names_only")]
@@ -128,6 +139,10 @@ impl std::fmt::Debug for ServiceView {
             .field("domain", &self.domain)
             .field("port", &self.port)
             .field("image", &self.image)
+            .field("repo", &self.repo)
+            .field("branch", &self.branch)
+            .field("root_directory", &self.root_directory)
+            .field("builds", &self.builds)
             .field("start_command", &self.start_command)
             .field("variables", &self.variables.keys().collect::<Vec<_>>())
             .field("status", &self.status)
@@ -155,6 +170,17 @@ pub struct VolumeView {
     pub service_id: String,
     pub environment_id: String,
     pub mount_path: String,
+}
+
+/// What one build was made from, as the builder saw it when it started.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Build {
+    pub repo: String,
+    pub branch: Option<String>,
+    pub root_directory: Option<String>,
+    /// The variables the build saw, by name (their values are secrets).
+    pub variables: Vec<String>,
 }
 
 struct Environment {
@@ -193,6 +219,10 @@ struct Service {
     port: Option<u16>,
     domain: Option<String>,
     image: Option<String>,
+    repo: Option<String>,
+    branch: Option<String>,
+    root_directory: Option<String>,
+    builds: Vec<Build>,
     start_command: Option<String>,
     variables: BTreeMap<String, String>,
     /// Oldest first.
@@ -213,6 +243,10 @@ impl Service {
             domain: self.domain.clone(),
             port: self.port,
             image: self.image.clone(),
+            repo: self.repo.clone(),
+            branch: self.branch.clone(),
+            root_directory: self.root_directory.clone(),
+            builds: self.builds.clone(),
             start_command: self.start_command.clone(),
             variables: self.variables.clone(),
             status: self.latest().map(|d| d.status.clone()),
@@ -316,6 +350,10 @@ struct Inner {
     faults: Faults,
     /// How long a deployment builds before its process starts (DEPLOYING meanwhile).
     build: Mutex<Option<Arc<Draws>>>,
+    /// How long a build from source takes before that (BUILDING meanwhile).
+    source_build: Mutex<Option<Arc<Draws>>>,
+    /// Builds from source still to fail.
+    failing_builds: Mutex<u32>,
     /// The runtime's pace ([`LatencyProfile::stub_env`]), under the config's `stub_env`.
     stub_env: Mutex<Vec<(String, String)>>,
 }
@@ -395,6 +433,8 @@ impl RailwayFake {
             world: Mutex::new(world),
             faults: Faults::default(),
             build: Mutex::new(None),
+            source_build: Mutex::new(None),
+            failing_builds: Mutex::new(0),
             stub_env: Mutex::new(Vec::new()),
         });
         let app = Router::new()
@@ -415,6 +455,12 @@ impl RailwayFake {
             .set_latency(Some(profile.draws(profile.railway_call, 1)));
         *self.inner.build.lock().unwrap_or_else(|e| e.into_inner()) =
             Some(Arc::new(profile.draws(profile.railway_deploy, 5)));
+        *self
+            .inner
+            .source_build
+            .lock()
+            .unwrap_or_else(|e| e.into_inner()) =
+            Some(Arc::new(profile.draws(profile.railway_build, 6)));
         *self
             .inner
             .stub_env
@@ -502,6 +548,16 @@ impl RailwayFake {
         true
     }
 
+    /// The next `count` builds from source end FAILED (after their build time), as a build of a
+    /// ref that does not compile does.
+    pub fn fail_builds(&self, count: u32) {
+        *self
+            .inner
+            .failing_builds
+            .lock()
+            .unwrap_or_else(|e| e.into_inner()) = count;
+    }
+
     /// Sets the latest deployment's status (e.g. SLEEPING); false if there is none.
     pub fn set_status(&self, service_id: &str, status: &str) -> bool {
         let mut world = self.inner.world();
@@ -539,6 +595,10 @@ impl RailwayFake {
             port: None,
             domain: None,
             image: None,
+            repo: None,
+            branch: None,
+            root_directory: None,
+            builds: Vec::new(),
             start_command: None,
             variables: BTreeMap::new(),
             deployments: Vec::new(),
@@ -726,6 +786,20 @@ fn execute(inner: &Arc<Inner>, request: &Request) -> Result<Value, String> {
             args.get("patch").unwrap_or(&Value::Null),
         ),
         "serviceDelete" => service_delete(inner, str_arg(args, "id")?),
+        "serviceInstanceUpdate" => service_instance_update(
+            inner,
+            str_arg(args, "serviceId")?,
+            args.get("environmentId").and_then(Value::as_str),
+            object_arg(args, "input")?,
+        ),
+        "variableCollectionUpsert" => variable_collection_upsert(inner, object_arg(args, "input")?),
+        "serviceConnect" => {
+            service_connect(inner, str_arg(args, "id")?, object_arg(args, "input")?)
+        }
+        "serviceDisconnect" => service_disconnect(inner, str_arg(args, "id")?),
+        "serviceUpdate" => service_update(inner, str_arg(args, "id")?, object_arg(args, "input")?),
+        "projectUpdate" => project_update(inner, str_arg(args, "id")?, object_arg(args, "input")?),
+        "service" => service_query(inner, request, str_arg(args, "id")?),
         "projectCreate" => project_create(inner, object_arg(args, "input")?),
         "projectDelete" => project_delete(inner, str_arg(args, "id")?),
         "project" => project_query(inner, request, str_arg(args, "id")?),
@@ -805,6 +879,10 @@ fn service_create(inner: &Inner, input: &Value) -> Result<Value, String> {
         port: None,
         domain: None,
         image: None,
+        repo: None,
+        branch: None,
+        root_directory: None,
+        builds: Vec::new(),
         start_command: None,
         variables: BTreeMap::new(),
         deployments: Vec::new(),
@@ -1010,11 +1088,15 @@ struct Launch {
     name: String,
     port: u16,
     env: Vec<(String, String)>,
+    /// Built from a repo first (BUILDING), which may fail.
+    from_source: bool,
 }
 
 /// Starts a new deployment of `service`: the previous one is removed (its process killed), the
-/// new one is DEPLOYING until its stub says it listens.
+/// new one is DEPLOYING until its stub says it listens; BUILDING before that when it is built from
+/// a repo.
 fn deploy(inner: &Arc<Inner>, service: &mut Service) -> Result<(), String> {
+    let from_source = service.repo.is_some();
     let port = match service.port {
         Some(port) => port,
         None => free_port()?,
@@ -1031,7 +1113,7 @@ fn deploy(inner: &Arc<Inner>, service: &mut Service) -> Result<(), String> {
     let deployment_id = new_id();
     service.deployments.push(Deployment {
         id: deployment_id.clone(),
-        status: DEPLOYING.into(),
+        status: if from_source { BUILDING } else { DEPLOYING }.into(),
         created_at: now(),
         pid: None,
         exited: exited_rx,
@@ -1058,6 +1140,7 @@ fn deploy(inner: &Arc<Inner>, service: &mut Service) -> Result<(), String> {
         name: service.name.clone(),
         port,
         env,
+        from_source,
     };
     tokio::spawn(run_deployment(inner.clone(), launch, exited_tx, previous));
     Ok(())
@@ -1091,6 +1174,10 @@ async fn run_deployment(
     // The same port: the old process must be gone before the new one binds it.
     if let Some(previous) = previous {
         wait_exited(previous).await;
+    }
+    if launch.from_source && !built(&inner, &launch).await {
+        exited.send_replace(true);
+        return;
     }
     let build = inner
         .build
@@ -1188,11 +1275,163 @@ async fn run_deployment(
     exited.send_replace(true);
 }
 
+/// The build from source: BUILDING for its time, then DEPLOYING, or FAILED. False when it failed
+/// or its deployment was removed meanwhile.
+async fn built(inner: &Inner, launch: &Launch) -> bool {
+    let time = inner
+        .source_build
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .clone();
+    if let Some(time) = time {
+        tokio::time::sleep(time.next()).await;
+    }
+    let fails = {
+        let mut failing = inner
+            .failing_builds
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        let fails = *failing > 0;
+        *failing = failing.saturating_sub(1);
+        fails
+    };
+    let mut world = inner.world();
+    let Some(deployment) = world.deployment_mut(&launch.service_id, &launch.deployment_id) else {
+        return false;
+    };
+    if deployment.status != BUILDING {
+        return false;
+    }
+    if fails {
+        deployment.status = FAILED.into();
+        deployment
+            .logs
+            .push("build failed: the Dockerfile did not build".into());
+        return false;
+    }
+    deployment.status = DEPLOYING.into();
+    true
+}
+
 fn service_delete(inner: &Inner, id: &str) -> Result<Value, String> {
     let mut world = inner.world();
     world.service_mut(id)?;
     world.remove_service(id);
     Ok(json!(true))
+}
+
+/// Settings of the service in an environment; none of them deploys.
+fn service_instance_update(
+    inner: &Inner,
+    service_id: &str,
+    environment_id: Option<&str>,
+    input: &Value,
+) -> Result<Value, String> {
+    let root_directory = opt_str_field(input, "rootDirectory")?;
+    let start_command = opt_str_field(input, "startCommand")?;
+    let mut world = inner.world();
+    let service = world.service_mut(service_id)?;
+    if environment_id.is_some_and(|e| e != service.environment_id) {
+        return Err("Environment not found".into());
+    }
+    if let Some(dir) = root_directory {
+        service.root_directory = Some(dir.to_string());
+    }
+    if let Some(command) = start_command {
+        service.start_command = Some(command.to_string());
+    }
+    Ok(json!(true))
+}
+
+/// Variables as a plain map of name to value. Without `skipDeploys`, a service that has a source
+/// redeploys to see them, as at Railway.
+fn variable_collection_upsert(inner: &Arc<Inner>, input: &Value) -> Result<Value, String> {
+    let service_id = str_field(input, "serviceId")?;
+    let environment_id = str_field(input, "environmentId")?;
+    let variables = match input.get("variables") {
+        Some(Value::Object(map)) => map.clone(),
+        _ => {
+            return Err("Field \"variables\" of type \"EnvironmentVariables!\" is required".into())
+        }
+    };
+    let skip = input.get("skipDeploys").and_then(Value::as_bool) == Some(true);
+    let mut world = inner.world();
+    let service = world.service_mut(service_id)?;
+    if service.environment_id != environment_id {
+        return Err("Environment not found".into());
+    }
+    for (name, value) in variables {
+        let Value::String(value) = value else {
+            return Err(format!("variables.{name} must be a string"));
+        };
+        service.variables.insert(name, value);
+    }
+    if !skip && (service.image.is_some() || service.repo.is_some()) {
+        deploy(inner, service)?;
+    }
+    Ok(json!(true))
+}
+
+/// Connects a repo (and branch) and builds it, as Railway does on connecting.
+fn service_connect(inner: &Arc<Inner>, id: &str, input: &Value) -> Result<Value, String> {
+    let repo = opt_str_field(input, "repo")?;
+    let branch = opt_str_field(input, "branch")?;
+    let image = opt_str_field(input, "image")?;
+    let mut world = inner.world();
+    let service = world.service_mut(id)?;
+    match (repo, image) {
+        (Some(repo), None) => {
+            service.repo = Some(repo.to_string());
+            service.branch = branch.map(str::to_string);
+            service.image = None;
+            service.builds.push(Build {
+                repo: repo.to_string(),
+                branch: service.branch.clone(),
+                root_directory: service.root_directory.clone(),
+                variables: service.variables.keys().cloned().collect(),
+            });
+        }
+        (None, Some(image)) => {
+            service.image = Some(image.to_string());
+            service.repo = None;
+        }
+        _ => return Err("Either repo or image is required".into()),
+    }
+    deploy(inner, service)?;
+    Ok(json!({"id": service.id, "name": service.name}))
+}
+
+/// Removes the source; what is deployed stays.
+fn service_disconnect(inner: &Inner, id: &str) -> Result<Value, String> {
+    let mut world = inner.world();
+    let service = world.service_mut(id)?;
+    service.repo = None;
+    service.branch = None;
+    Ok(json!({"id": service.id, "name": service.name}))
+}
+
+fn service_update(inner: &Inner, id: &str, input: &Value) -> Result<Value, String> {
+    let name = opt_str_field(input, "name")?;
+    let mut world = inner.world();
+    let service = world.service_mut(id)?;
+    if let Some(name) = name {
+        service.name = name.to_string();
+    }
+    Ok(json!({"id": service.id, "name": service.name}))
+}
+
+fn project_update(inner: &Inner, id: &str, input: &Value) -> Result<Value, String> {
+    let name = opt_str_field(input, "name")?;
+    let mut world = inner.world();
+    let project = world
+        .projects
+        .iter_mut()
+        .find(|p| p.id == id)
+        .ok_or("Project not found")?;
+    if let Some(name) = name {
+        project.name = name.to_string();
+    }
+    Ok(json!({"id": project.id, "name": project.name}))
 }
 
 fn project_create(inner: &Inner, input: &Value) -> Result<Value, String> {
@@ -1337,7 +1576,9 @@ fn service_node(service: &Service, deployments: usize) -> Value {
                     .collect::<Vec<_>>(),
                 "customDomains": [],
             },
-            "source": service.image.as_ref().map(|image| json!({"image": image, "repo": null})),
+            "source": (service.image.is_some() || service.repo.is_some())
+                .then(|| json!({"image": service.image, "repo": service.repo})),
+            "rootDirectory": service.root_directory,
             "startCommand": service.start_command,
         }}]},
         // Newest first, as Railway lists them.
@@ -1402,6 +1643,17 @@ fn project_node(
             services_after,
         ),
     })
+}
+
+fn service_query(inner: &Inner, request: &Request, id: &str) -> Result<Value, String> {
+    let deployments = deployments_first(request)?;
+    let world = inner.world();
+    let service = world
+        .services
+        .iter()
+        .find(|s| s.id == id)
+        .ok_or("Service not found")?;
+    Ok(service_node(service, deployments))
 }
 
 fn project_query(inner: &Inner, request: &Request, id: &str) -> Result<Value, String> {

@@ -1,4 +1,4 @@
-// The dashboard: counts, instances (paged), pool size, add with live progress, drain, kill,
+// The dashboard: counts, instances (paged), pool size, add with live progress, drain, recycle, kill,
 // dismiss, claim. Refreshes itself every two seconds.
 'use strict';
 
@@ -24,6 +24,9 @@
 
   function row(instance) {
     const actions = [];
+    if (instance.status === 'claimed') {
+      actions.push(actionButton('Recycle', 'secondary recycle', () => recycle(instance.id)));
+    }
     if (instance.status !== 'destroying') {
       actions.push(actionButton('Kill', 'danger kill', () => kill(instance.id)));
     }
@@ -103,8 +106,21 @@
   async function kill(id) {
     if (!ap.confirmed('Kill instance ' + id)) return;
     try {
-      await ap.api('DELETE', '/api/pool/instances/' + encodeURIComponent(id));
+      await ap.api('DELETE', '/api/pool/instances/' + encodeURIComponent(id) + '/destroy');
       ap.show($('notice'), 'Instance ' + id + ' is being destroyed.', 'ok');
+      await refresh();
+    } catch (error) {
+      ap.show($('notice'), error.message, 'error');
+    }
+  }
+
+  // Back to the pool from its golden checkpoint where the provider can; destroyed otherwise.
+  async function recycle(id) {
+    if (!ap.confirmed('Recycle instance ' + id)) return;
+    try {
+      const reply = await ap.api('DELETE', '/api/pool/instances/' + encodeURIComponent(id));
+      const what = reply.status === 'recycling' ? 'is being recycled' : 'is being destroyed (this provider does not recycle)';
+      ap.show($('notice'), 'Instance ' + id + ' ' + what + '.', 'ok');
       await refresh();
     } catch (error) {
       ap.show($('notice'), error.message, 'error');

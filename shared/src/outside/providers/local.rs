@@ -52,6 +52,8 @@ pub struct LocalProvider {
     /// starts, so they speak what the pool speaks (and nothing else: an agent never sees the
     /// pool's own secrets).
     stub_env: Vec<(String, String)>,
+    /// Whether a used agent is restarted clean rather than destroyed ([`Provider::recycle`]).
+    recycle: bool,
 }
 
 impl LocalProvider {
@@ -67,7 +69,15 @@ impl LocalProvider {
         let stub_env = std::env::vars()
             .filter(|(k, _)| k.starts_with("STUB_") || k == "RUST_LOG" || k == "RUNTIME_PROTOCOL")
             .collect();
-        Self::new(state_dir, agent_bin, stub_env)
+        let mut provider = Self::new(state_dir, agent_bin, stub_env)?;
+        provider.recycle = settings.local_recycle;
+        Ok(provider)
+    }
+
+    /// Offers recycling (see `LOCAL_RECYCLE`).
+    pub fn recycling(mut self) -> Self {
+        self.recycle = true;
+        self
     }
 
     pub fn new(
@@ -85,6 +95,7 @@ impl LocalProvider {
             state_dir,
             agent_bin,
             stub_env,
+            recycle: false,
         })
     }
 
@@ -94,6 +105,45 @@ impl LocalProvider {
 
     fn record_path(&self, name: &str) -> PathBuf {
         self.state_dir.join(format!("{name}.json"))
+    }
+
+    /// The variables an agent was started with, kept (mode 600) to start it again clean when it
+    /// is recycled: the local "golden checkpoint".
+    fn env_path(&self, name: &str) -> PathBuf {
+        self.state_dir.join(format!("{name}.env"))
+    }
+
+    fn keep_env(&self, spec: &CreateSpec) -> Result<()> {
+        use std::io::Write;
+        use std::os::unix::fs::OpenOptionsExt;
+        let path = self.env_path(&spec.name);
+        let bytes = serde_json::to_vec(&spec.env)
+            .map_err(|e| Error::provider(KIND, format!("encoding env: {e}")))?;
+        let mut file = std::fs::OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .mode(0o600)
+            .open(&path)
+            .map_err(|e| Error::io(format!("writing {}", path.display()), e))?;
+        file.write_all(&bytes)
+            .map_err(|e| Error::io(format!("writing {}", path.display()), e))
+    }
+
+    /// Stops an agent's process (SIGTERM, then SIGKILL after a grace) if it runs.
+    async fn stop(&self, record: &Record) -> Result<()> {
+        if is_alive(record)? {
+            let pid = Pid::from_raw(record.pid);
+            let _ = kill(pid, Signal::SIGTERM);
+            let deadline = tokio::time::Instant::now() + STOP_GRACE;
+            while is_alive(record)? && tokio::time::Instant::now() < deadline {
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+            if is_alive(record)? {
+                let _ = kill(pid, Signal::SIGKILL);
+            }
+        }
+        Ok(())
     }
 
     /// The record of `name`: `None` only if there is none. A record that cannot be read is an
@@ -274,6 +324,9 @@ impl Provider for LocalProvider {
             Some(record) if is_alive(&record)? => Some(record),
             _ => None,
         };
+        if self.recycle {
+            self.keep_env(spec)?;
+        }
         let record = match existing {
             Some(record) => record,
             None => self.spawn(spec).await?,
@@ -290,20 +343,11 @@ impl Provider for LocalProvider {
         let Some(record) = self.read_record(&resource.name)? else {
             return Ok(());
         };
-        if is_alive(&record)? {
-            let pid = Pid::from_raw(record.pid);
-            let _ = kill(pid, Signal::SIGTERM);
-            let deadline = tokio::time::Instant::now() + STOP_GRACE;
-            while is_alive(&record)? && tokio::time::Instant::now() < deadline {
-                tokio::time::sleep(Duration::from_millis(10)).await;
-            }
-            if is_alive(&record)? {
-                let _ = kill(pid, Signal::SIGKILL);
-            }
-        }
+        self.stop(&record).await?;
         for path in [
             self.record_path(&resource.name),
             self.state_dir.join(format!("{}.log", resource.name)),
+            self.env_path(&resource.name),
         ] {
             match std::fs::remove_file(&path) {
                 Ok(()) => {}
@@ -312,6 +356,67 @@ impl Provider for LocalProvider {
             }
         }
         Ok(())
+    }
+
+    fn can_recycle(&self) -> bool {
+        self.recycle
+    }
+
+    async fn probe(&self, resource: &ResourceRef) -> Option<Result<serde_json::Value>> {
+        Some((|| {
+            let record = self.read_record(&resource.name)?;
+            let alive = match &record {
+                Some(record) => is_alive(record)?,
+                None => false,
+            };
+            Ok(serde_json::json!({
+                "record": record.as_ref().map(|r| serde_json::json!({"pid": r.pid, "url": r.url})),
+                "processAlive": alive,
+                "envKept": self.env_path(&resource.name).exists(),
+            }))
+        })())
+    }
+
+    async fn checkpoint(&self, _resource: &ResourceRef) -> Option<Result<serde_json::Value>> {
+        // The kept variables are the checkpoint: a restart from them is clean.
+        self.recycle
+            .then(|| Ok(serde_json::json!({"golden": "clean start"})))
+    }
+
+    async fn recycle(
+        &self,
+        resource: &ResourceRef,
+        replace: &[(String, String)],
+    ) -> Option<Result<Created>> {
+        if !self.recycle {
+            return None;
+        }
+        Some(
+            async {
+                let path = self.env_path(&resource.name);
+                let bytes = std::fs::read(&path)
+                    .map_err(|e| Error::io(format!("reading {}", path.display()), e))?;
+                let mut env: Vec<(String, String)> = serde_json::from_slice(&bytes)
+                    .map_err(|e| Error::provider(KIND, format!("kept env unreadable: {e}")))?;
+                super::replace_vars(&mut env, replace);
+                if let Some(record) = self.read_record(&resource.name)? {
+                    self.stop(&record).await?;
+                }
+                let spec = CreateSpec {
+                    name: resource.name.clone(),
+                    env,
+                    progress: std::sync::Arc::new(crate::progress::Unwatched),
+                };
+                self.keep_env(&spec)?;
+                let record = self.spawn(&spec).await?;
+                Ok(Created {
+                    resource_id: record.name.clone(),
+                    url: record.url,
+                    details: serde_json::json!({ "pid": record.pid, "golden": "clean start" }),
+                })
+            }
+            .await,
+        )
     }
 
     async fn list(&self, prefix: &str) -> Result<Vec<ObservedResource>> {

@@ -11,12 +11,32 @@
 //! whose reply was lost is found again by name, and never sent twice: Railway would make a second
 //! service, and a late answer may still be carried out. The whole fleet's status is one paginated
 //! query per tick.
+//!
+//! **From source** (`RAILWAY_SOURCE_REPO`, seeds 001 and 003) the service is made without a source
+//! as above, then given its root directory (`serviceInstanceUpdate`) and its variables
+//! (`variableCollectionUpsert`, no deploy), and only then connected to the repo and branch
+//! (`serviceConnect`), which starts the one build: it sees the directory, every variable (the
+//! build-time `OPENCLAW_GIT_REF` among them) and the domain. Seed 003 passed the repo to
+//! `serviceCreate` and found that it deploys the default branch at once, before the root directory
+//! is set, and had to cancel that deployment and deploy again. The creation then waits for the
+//! build (minutes, within `RAILWAY_BUILD_TIMEOUT_MS`): a build that fails fails the creation, and
+//! what it made is removed like after any failed step. A built service is disconnected from the
+//! repo, as seed 003 did, so that a push to the branch does not rebuild (and restart) every agent
+//! at once.
+//!
+//! **Renaming** (a claimed agent after its name, seeds 001 and 003) changes a service's name (a
+//! project's, in the project-per-agent layout) and nothing else: the tick knows its resources by
+//! id, and the new name keeps the pool's prefix.
+
+use std::time::Duration;
 
 use async_trait::async_trait;
 use serde_json::{json, Value};
 
 use super::{CreateSpec, Created, Provider, ResourceRef};
-use crate::config::{OutboundSettings, ProviderKind, RailwayLayout, RailwaySettings, Secret};
+use crate::config::{
+    OutboundSettings, ProviderKind, RailwayLayout, RailwaySettings, RailwaySource, Secret,
+};
 use crate::domain::{ObservedResource, ResourceStatus};
 use crate::error::{Error, Result};
 use crate::outbound::{Call, Failure, Outbound, Policy, Replay, Tally, Tokens};
@@ -45,7 +65,8 @@ pub struct RailwayProvider {
     api: String,
     tokens: Tokens,
     layout: Layout,
-    image: String,
+    source: RailwaySource,
+    build_timeout: Duration,
     start_command: Option<String>,
     volume_mount: Option<String>,
     scheme: String,
@@ -115,7 +136,8 @@ impl RailwayProvider {
             api: settings.railway_api_url.clone(),
             tokens: Tokens::new(tokens),
             layout,
-            image: settings.railway_runtime_image.clone(),
+            source: settings.source(),
+            build_timeout: settings.build_timeout(),
             start_command: settings.railway_start_command.clone(),
             volume_mount: settings.railway_volume_mount.clone(),
             scheme: settings.railway_public_scheme.clone(),
@@ -369,18 +391,56 @@ impl RailwayProvider {
             }
         };
         let url = format!("{}://{domain}", self.scheme);
-        let mut variables: serde_json::Map<String, Value> = spec
-            .env
+        let mut variables = spec.env.clone();
+        variables.push(("RAILWAY_PUBLIC_URL".into(), url.clone()));
+        match &self.source {
+            RailwaySource::Image(image) => {
+                self.deploy_image(spec, environment_id, service_id, image, &variables)
+                    .await?
+            }
+            RailwaySource::Repo {
+                repo,
+                branch,
+                root_dir,
+            } => {
+                let build = Build {
+                    repo,
+                    branch: branch.as_deref(),
+                    root_dir: root_dir.as_deref(),
+                };
+                self.build(
+                    spec,
+                    project_id,
+                    environment_id,
+                    service_id,
+                    build,
+                    &variables,
+                )
+                .await?
+            }
+        }
+        Ok((url, volume))
+    }
+
+    /// Image, start command and every variable in one commit: one deploy, seeing them all.
+    async fn deploy_image(
+        &self,
+        spec: &CreateSpec,
+        environment_id: &str,
+        service_id: &str,
+        image: &str,
+        variables: &[(String, String)],
+    ) -> Result<()> {
+        let variables: serde_json::Map<String, Value> = variables
             .iter()
             .map(|(k, v)| (k.clone(), json!({"value": v})))
             .collect();
-        variables.insert("RAILWAY_PUBLIC_URL".into(), json!({"value": url}));
         let mut deploy = json!({});
         if let Some(command) = &self.start_command {
             deploy["startCommand"] = json!(command);
         }
         let patch = json!({"services": {service_id: {
-            "source": {"image": self.image},
+            "source": {"image": image},
             "deploy": deploy,
             "variables": variables,
         }}});
@@ -400,7 +460,134 @@ impl RailwayProvider {
         .map_err(|f| Error::outbound(SERVICE, "railway-deploy", f))?;
         spec.progress
             .step("railway-deploy", StepStatus::Ok, "deploying");
-        Ok((url, volume))
+        Ok(())
+    }
+
+    /// Settings and variables first, then the repo, whose connection starts the one build; then
+    /// the wait for it, and the disconnection.
+    async fn build(
+        &self,
+        spec: &CreateSpec,
+        project_id: &str,
+        environment_id: &str,
+        service_id: &str,
+        build: Build<'_>,
+        variables: &[(String, String)],
+    ) -> Result<()> {
+        let step = "railway-build";
+        spec.progress
+            .step(step, StepStatus::Active, "configuring the build");
+        let mut instance = serde_json::Map::new();
+        if let Some(dir) = build.root_dir {
+            instance.insert("rootDirectory".into(), json!(dir));
+        }
+        if let Some(command) = &self.start_command {
+            instance.insert("startCommand".into(), json!(command));
+        }
+        // Each of these sets a value: sent twice, it sets the same one. A service without a
+        // source does not deploy on them.
+        if !instance.is_empty() {
+            self.gql(
+                step,
+                Replay::Safe,
+                "mutation($serviceId: String!, $environmentId: String, $input: ServiceInstanceUpdateInput!) { serviceInstanceUpdate(serviceId: $serviceId, environmentId: $environmentId, input: $input) }",
+                json!({"serviceId": service_id, "environmentId": environment_id, "input": instance}),
+            )
+            .await
+            .map_err(|f| Error::outbound(SERVICE, step, f))?;
+        }
+        let variables: serde_json::Map<String, Value> = variables
+            .iter()
+            .map(|(k, v)| (k.clone(), json!(v)))
+            .collect();
+        self.gql(
+            step,
+            Replay::Safe,
+            "mutation($input: VariableCollectionUpsertInput!) { variableCollectionUpsert(input: $input) }",
+            json!({"input": {"projectId": project_id, "environmentId": environment_id, "serviceId": service_id, "variables": variables, "skipDeploys": true}}),
+        )
+        .await
+        .map_err(|f| Error::outbound(SERVICE, step, f))?;
+        spec.progress.step(
+            step,
+            StepStatus::Active,
+            &format!("building {}", build.repo),
+        );
+        let mut connect = json!({"repo": build.repo});
+        if let Some(branch) = build.branch {
+            connect["branch"] = json!(branch);
+        }
+        // Sent twice, at most a second build of the same commit, which replaces the first.
+        self.gql(
+            step,
+            Replay::Safe,
+            "mutation($id: String!, $input: ServiceConnectInput!) { serviceConnect(id: $id, input: $input) { id } }",
+            json!({"id": service_id, "input": connect}),
+        )
+        .await
+        .map_err(|f| Error::outbound(SERVICE, step, f))?;
+        self.wait_for_build(service_id).await?;
+        self.gql(
+            step,
+            Replay::Safe,
+            "mutation($id: String!) { serviceDisconnect(id: $id) { id } }",
+            json!({"id": service_id}),
+        )
+        .await
+        .map_err(|f| Error::outbound(SERVICE, step, f))?;
+        spec.progress.step(step, StepStatus::Ok, "built; deploying");
+        Ok(())
+    }
+
+    /// Polls the service's latest deployment until its build is over: DEPLOYING or later is
+    /// built, a dead status is a failed build. A poll that fails for a moment (the outbound
+    /// layer's retries spent) does not fail a build that may be going well; only the timeout does.
+    async fn wait_for_build(&self, service_id: &str) -> Result<()> {
+        let step = "railway-build";
+        let deadline = tokio::time::Instant::now() + self.build_timeout;
+        // About 120 looks over the whole timeout: every 5 s at the default 10 minutes.
+        let every =
+            (self.build_timeout / 120).clamp(Duration::from_millis(20), Duration::from_secs(10));
+        loop {
+            let status = self
+                .gql(
+                    step,
+                    Replay::Safe,
+                    "query($id: String!) { service(id: $id) { id deployments(first: 1) { edges { node { id status } } } } }",
+                    json!({"id": service_id}),
+                )
+                .await;
+            match status {
+                Ok(data) => {
+                    let latest = edges(&data["service"]["deployments"])
+                        .next()
+                        .and_then(|d| d["node"]["status"].as_str());
+                    match latest {
+                        Some("DEPLOYING" | "SUCCESS" | "SLEEPING") => return Ok(()),
+                        Some(dead @ ("FAILED" | "CRASHED" | "REMOVED" | "SKIPPED")) => {
+                            return Err(Error::provider(
+                                "railway",
+                                format!("the build of service {service_id} ended {dead}"),
+                            ))
+                        }
+                        _ => {}
+                    }
+                }
+                Err(
+                    failure @ (Failure::TimedOut
+                    | Failure::Connection
+                    | Failure::RateLimited
+                    | Failure::Status(500..=599)),
+                ) => {
+                    tracing::debug!(%failure, "polling a build");
+                }
+                Err(failure) => return Err(Error::outbound(SERVICE, step, failure)),
+            }
+            if tokio::time::Instant::now() + every > deadline {
+                return Err(Error::outbound(SERVICE, step, Failure::TimedOut));
+            }
+            tokio::time::sleep(every).await;
+        }
     }
 
     /// Removes what a failed creation made, its volume too (found by its service: the step that
@@ -472,6 +659,14 @@ impl RailwayProvider {
             Err(failure) => Err(Error::outbound(SERVICE, step, failure)),
         }
     }
+}
+
+/// What a service from source is built from.
+#[derive(Clone, Copy)]
+struct Build<'a> {
+    repo: &'a str,
+    branch: Option<&'a str>,
+    root_dir: Option<&'a str>,
 }
 
 fn edges(connection: &Value) -> impl Iterator<Item = &Value> {
@@ -627,6 +822,36 @@ impl Provider for RailwayProvider {
         Ok(())
     }
 
+    async fn rename(&self, resource: &ResourceRef, name: &str) -> Option<Result<()>> {
+        let Some(id) = resource.resource_id.clone() else {
+            return Some(Err(Error::provider(
+                "railway",
+                "renaming needs the resource's id",
+            )));
+        };
+        // The listed resource: the service, or in its own layout the project.
+        let query = match &self.layout {
+            Layout::Shared { .. } => {
+                "mutation($id: String!, $input: ServiceUpdateInput!) { serviceUpdate(id: $id, input: $input) { id name } }"
+            }
+            Layout::ProjectPerAgent { .. } => {
+                "mutation($id: String!, $input: ProjectUpdateInput!) { projectUpdate(id: $id, input: $input) { id name } }"
+            }
+        };
+        // Setting a name twice sets the same name.
+        let renamed = self
+            .gql(
+                "rename",
+                Replay::Safe,
+                query,
+                json!({"id": id, "input": {"name": name}}),
+            )
+            .await
+            .map(|_| ())
+            .map_err(|f| Error::outbound(SERVICE, "rename", f));
+        Some(renamed)
+    }
+
     async fn list(&self, prefix: &str) -> Result<Vec<ObservedResource>> {
         Ok(self
             .fleet(prefix)
@@ -641,6 +866,22 @@ impl Provider for RailwayProvider {
                 status: service.status,
             })
             .collect())
+    }
+
+    async fn probe(&self, resource: &ResourceRef) -> Option<Result<Value>> {
+        Some(self.fleet(&resource.name).await.map(|services| {
+            match services.into_iter().find(|s| s.name == resource.name) {
+                Some(service) => json!({
+                    "service": {
+                        "id": service.id,
+                        "name": service.name,
+                        "projectId": service.project_id,
+                        "status": format!("{:?}", service.status),
+                    }
+                }),
+                None => json!({"service": null}),
+            }
+        }))
     }
 }
 

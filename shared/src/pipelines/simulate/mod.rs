@@ -185,9 +185,12 @@ impl Sim {
                 stuck_timeout: (model.boot * 2).max(Duration::from_secs(900)),
                 claim_timeout: Duration::from_secs(120),
                 create_timeout: (model.boot * 2).max(Duration::from_secs(120)),
+                recycle_timeout: Duration::from_secs(120),
                 health_failure_threshold: 3,
                 health_grace: Duration::from_secs(60),
                 sizing,
+                // Simulated instances are never renamed (nothing is listed).
+                name_prefix: String::new(),
             },
             boot,
             record,
@@ -276,6 +279,7 @@ impl Sim {
             tools_listed: Default::default(),
             recorded: Vec::new(),
             recent_claims,
+            creation_paused: None,
         };
         let plan = plan::decide(&snapshot, &self.rules, mode);
         let moves: HashMap<&str, InstanceStatus> = plan
@@ -352,6 +356,8 @@ fn row(id: &str, now: DateTime<Utc>) -> Row {
         details: None,
         // The resource exists from the start, so the creator's liveness is never asked.
         creator_alive_at: None,
+        // No runtime is asked.
+        gateway_token: crate::config::Secret::new(String::new()),
     }
 }
 

@@ -21,7 +21,7 @@ use crate::providers::ResourceRef;
 use crate::services;
 use crate::Pool;
 
-use super::plan::{Mode, Plan, Transition};
+use super::plan::{Mode, Plan, Rename, Transition};
 use super::snapshot::{Row, Snapshot};
 use super::TickReport;
 
@@ -76,6 +76,7 @@ pub async fn run(
     destroy_instances(pool, targets, gate, report).await?;
     delete_orphans(pool, &plan, gate, report).await?;
     delete_tool_orphans(pool, &plan, gate, report).await?;
+    rename_claimed(pool, &by_id, &plan, gate, report).await?;
     *batch = reserve_instances(pool, plan.create, gate, report).await?;
     if mode != Mode::Kick {
         destroy_abandoned(pool, gate, report).await?;
@@ -441,6 +442,61 @@ async fn delete_orphans(
         match result {
             Ok(()) => report.orphans_deleted.push(orphan.name),
             Err(e) => report.error(&format!("deleting orphan {}", orphan.name), None, &e),
+        }
+    }
+    cut.map_or(Ok(()), Err)
+}
+
+/// Calls claimed agents' resources after them, best effort: a rename that fails is reported and
+/// made by a later tick, since the plan asks again as long as the listing shows the old name. The
+/// claim never waits for it.
+async fn rename_claimed(
+    pool: &Pool,
+    rows: &HashMap<&str, &Row>,
+    plan: &Plan,
+    gate: &Gate<'_>,
+    report: &mut TickReport,
+) -> Result<(), CutShort> {
+    let renames: Vec<(Rename, ResourceRef)> = plan
+        .renames
+        .iter()
+        .filter_map(|rename| {
+            let row = rows.get(rename.id.as_str())?;
+            Some((
+                rename.clone(),
+                ResourceRef {
+                    name: row.instance.name.clone(),
+                    resource_id: row.resource_id.clone(),
+                    details: row.details.clone().unwrap_or_default(),
+                },
+            ))
+        })
+        .collect();
+    let (results, cut) = each_while_open(renames, gate, |(rename, resource)| async move {
+        let span = tracing::info_span!("rename", instance_id = %rename.id);
+        let renaming = pool.provider.rename(&resource, &rename.name);
+        let result = gate
+            .bounded(pool.settings.tick_overrun(), renaming)
+            .instrument(span)
+            .await
+            .unwrap_or_else(|| Some(Err(Error::outbound("tick", "rename", Failure::TimedOut))));
+        (rename, result)
+    })
+    .await;
+    for (rename, result) in results {
+        match result {
+            // This provider's names are fixed.
+            None => {}
+            Some(Ok(())) => {
+                tracing::info!(instance_id = %rename.id, name = %rename.name, "renamed after its agent");
+                report.renamed.push(rename.id);
+            }
+            // Gone meanwhile (destroyed by an operator): nothing left to name.
+            Some(Err(Error::Outbound {
+                failure: Failure::NotFound,
+                ..
+            })) => {}
+            Some(Err(e)) => report.error("renaming after the agent", Some(&rename.id), &e),
         }
     }
     cut.map_or(Ok(()), Err)

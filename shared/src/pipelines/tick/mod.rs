@@ -92,9 +92,14 @@ pub struct TickReport {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub abandoned: Option<usize>,
     pub created: Vec<String>,
+    /// Claimed agents whose resource this tick called after them (ids).
+    pub renamed: Vec<String>,
     /// The pool's target this tick, and why (absent from a skipped tick).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub target: Option<plan::Target>,
+    /// Creation paused: the provider is at capacity until then (absent when not paused).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub creation_paused: Option<crate::capacity::Pause>,
     pub errors: Vec<TickError>,
     /// Set when the tick stopped starting work early; what it left waits for the next tick.
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -137,9 +142,11 @@ pub fn rules(settings: &crate::config::Settings, size: PoolSize, sizing: Sizing)
         stuck_timeout: settings.tick.stuck_timeout(),
         claim_timeout: settings.claim.claim_timeout(),
         create_timeout: settings.creation.create_timeout(),
+        recycle_timeout: settings.creation.recycle_timeout(),
         health_failure_threshold: settings.health.health_failure_threshold,
         health_grace: settings.health.health_grace(),
         sizing,
+        name_prefix: settings.pool.pool_name_prefix.clone(),
     }
 }
 
@@ -234,6 +241,7 @@ pub async fn run_until(pool: &Pool, mode: Mode, stop: &CancellationToken) -> Res
         report.instances = Some(snapshot.rows.len());
         report.health_checked = Some(snapshot.health.len());
         report.target = Some(plan.target.clone());
+        report.creation_paused = snapshot.creation_paused.clone();
         if mode == Mode::Full {
             crate::failpoint!("tick.sample.before");
             if let Err(e) = samples::record(&pool.db, &sample(&snapshot, &plan.target)).await {

@@ -13,7 +13,7 @@ use futures::future::OptionFuture;
 use futures::StreamExt;
 use tracing::Instrument;
 
-use crate::config::{RecentClaims, DEMAND_WINDOWS};
+use crate::config::{RecentClaims, Secret, DEMAND_WINDOWS};
 use crate::domain::{
     Health, Instance, InstanceStatus, ObservedResource, RecordedTool, ResourceStatus, ToolResource,
     INSTANCE_COLUMNS,
@@ -34,6 +34,9 @@ pub struct Row {
     pub details: Option<serde_json::Value>,
     /// The last heartbeat of the creator still at work on this row, if it has one.
     pub creator_alive_at: Option<DateTime<Utc>>,
+    /// The instance's gateway token, which its runtime asks for on readiness too.
+    #[sqlx(try_from = "String")]
+    pub gateway_token: Secret,
 }
 
 #[derive(Debug, Clone)]
@@ -58,6 +61,8 @@ pub struct Snapshot {
     pub recorded: Vec<RecordedTool>,
     /// Claims started in each of the demand windows up to `now`, for the sizing policy.
     pub recent_claims: RecentClaims,
+    /// Creation paused while the provider is at capacity (until its `Retry-After`).
+    pub creation_paused: Option<crate::capacity::Pause>,
 }
 
 pub async fn take(
@@ -146,14 +151,16 @@ pub async fn take(
     }
     let (now, rows) = read_rows(pool).await?;
     let resources = resources.filter(|listed| {
-        let listed: HashSet<&str> = listed.iter().map(|r| r.name.as_str()).collect();
+        // By id: a claimed agent's resource is renamed after it.
+        let listed: HashSet<&str> = listed.iter().map(|r| r.resource_id.as_str()).collect();
         let expected = rows
             .iter()
-            .filter(|r| r.resource_id.is_some() && r.instance.status != InstanceStatus::Destroying)
-            .map(|r| r.instance.name.as_str());
+            .filter(|r| r.instance.status != InstanceStatus::Destroying)
+            .filter_map(|r| r.resource_id.as_deref());
         believed(pool.provider.kind().as_str(), expected, &listed, report)
     });
     let recent_claims = recent_claims(pool).await?;
+    let creation_paused = crate::capacity::current(&pool.db, pool.provider.kind().as_str()).await?;
     let recorded: Vec<RecordedTool> = if tools_listed.is_empty() {
         Vec::new()
     } else {
@@ -195,6 +202,7 @@ pub async fn take(
         tools_listed,
         recorded,
         recent_claims,
+        creation_paused,
     })
 }
 
@@ -353,7 +361,7 @@ async fn read_rows(pool: &Pool) -> Result<(DateTime<Utc>, Vec<Row>)> {
         .collect::<Vec<_>>()
         .join(", ");
     let rows: Vec<Row> = sqlx::query_as(&format!(
-        "SELECT {columns}, f.resource_id, f.details, c.alive_at AS creator_alive_at
+        "SELECT {columns}, f.resource_id, f.details, c.alive_at AS creator_alive_at, i.gateway_token
            FROM instances i LEFT JOIN instance_infra f ON f.instance_id = i.id
                 LEFT JOIN creators c ON c.id = i.creator_id
           ORDER BY i.created_at, i.id"
@@ -376,17 +384,21 @@ pub fn health_targets(
     rows: &[Row],
     resources: Option<&[ObservedResource]>,
     mode: Mode,
-) -> Vec<(String, String)> {
+) -> Vec<HealthTarget> {
     use InstanceStatus::*;
     let not_running: Option<HashSet<&str>> = resources.map(|listed| {
         let running: HashSet<&str> = listed
             .iter()
             .filter(|r| r.status == ResourceStatus::Running)
-            .map(|r| r.name.as_str())
+            .map(|r| r.resource_id.as_str())
             .collect();
         rows.iter()
-            .map(|row| row.instance.name.as_str())
-            .filter(|name| !running.contains(name))
+            .filter(|row| {
+                row.resource_id
+                    .as_deref()
+                    .is_none_or(|id| !running.contains(id))
+            })
+            .map(|row| row.instance.id.as_str())
             .collect()
     });
     let mut targets: Vec<&Row> = rows
@@ -401,7 +413,7 @@ pub fn health_targets(
             matches!(row.instance.status, Claimed | Crashed)
                 || not_running
                     .as_ref()
-                    .is_none_or(|skip| !skip.contains(row.instance.name.as_str()))
+                    .is_none_or(|skip| !skip.contains(row.instance.id.as_str()))
         })
         .filter(|row| row.instance.url.is_some())
         .collect();
@@ -409,33 +421,53 @@ pub fn health_targets(
     targets.sort_by_key(|row| (row.instance.last_checked_at, row.instance.created_at));
     targets
         .into_iter()
-        .filter_map(|row| Some((row.instance.id.clone(), row.instance.url.clone()?)))
+        .filter_map(|row| {
+            Some(HealthTarget {
+                id: row.instance.id.clone(),
+                url: row.instance.url.clone()?,
+                gateway_token: row.gateway_token.clone(),
+            })
+        })
         .collect()
+}
+
+/// A runtime to ask, and the token it asks for.
+#[derive(Debug)]
+pub struct HealthTarget {
+    pub id: String,
+    pub url: String,
+    pub gateway_token: Secret,
 }
 
 /// Asks each runtime, `HEALTH_CONCURRENCY` at a time, each within `HEALTH_TIMEOUT_MS`, starting no
 /// check once the gate closes.
 async fn check_health(
     pool: &Pool,
-    targets: Vec<(String, String)>,
+    targets: Vec<HealthTarget>,
     gate: &Gate<'_>,
 ) -> HashMap<String, Health> {
     futures::stream::iter(targets)
-        .map(|(id, url)| {
-            // `buffer_unordered` pulls the next target only when a slot is free, so the gate is
-            // asked when the check would start.
-            OptionFuture::from(gate.peek().is_ok().then(|| {
-                let span = tracing::debug_span!("health", instance_id = %id);
-                async move {
-                    crate::failpoint!("tick.health.before", return (id, Health::Unreachable));
-                    let health = pool.runtime.health(&url).await;
-                    crate::failpoint!("tick.health.after", return (id, Health::Unreachable));
-                    tracing::debug!(?health);
-                    (id, health)
-                }
-                .instrument(span)
-            }))
-        })
+        .map(
+            |HealthTarget {
+                 id,
+                 url,
+                 gateway_token,
+             }| {
+                // `buffer_unordered` pulls the next target only when a slot is free, so the gate is
+                // asked when the check would start.
+                OptionFuture::from(gate.peek().is_ok().then(|| {
+                    let span = tracing::debug_span!("health", instance_id = %id);
+                    async move {
+                        crate::failpoint!("tick.health.before", return (id, Health::Unreachable));
+                        let health = pool.runtime.health(&url, gateway_token.expose()).await;
+                        crate::failpoint!("tick.health.after", return (id, Health::Unreachable));
+                        tracing::debug!(?health);
+                        (id, health)
+                    }
+                    .instrument(span)
+                }))
+            },
+        )
         .buffer_unordered(pool.settings.health.health_concurrency)
         .filter_map(|checked| async move { checked })
         .collect()

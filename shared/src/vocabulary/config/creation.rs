@@ -13,6 +13,10 @@ pub struct CreationSettings {
     /// recorded after this was left by a creator that died or was cut off, and is destroyed.
     #[serde(default = "CreationSettings::default_create_timeout_ms")]
     pub create_timeout_ms: u64,
+    /// How long a recycle (restore the golden checkpoint, the runtime ready and clean again) may
+    /// take; past it the instance is destroyed instead, by its recycler or by the tick.
+    #[serde(default = "CreationSettings::default_recycle_timeout_ms")]
+    pub recycle_timeout_ms: u64,
     /// The XMTP network instances join (`XMTP_ENV` on each). Seeds 001–003 name it
     /// `INSTANCE_XMTP_ENV`; either may be set, and they must agree. Unset: from
     /// `POOL_ENVIRONMENT`, as the seeds do.
@@ -28,6 +32,14 @@ pub struct CreationSettings {
 impl CreationSettings {
     fn default_create_timeout_ms() -> u64 {
         120_000
+    }
+
+    fn default_recycle_timeout_ms() -> u64 {
+        120_000
+    }
+
+    pub fn recycle_timeout(&self) -> Duration {
+        Duration::from_millis(self.recycle_timeout_ms)
     }
 
     pub fn create_timeout(&self) -> Duration {
@@ -59,6 +71,7 @@ impl CreationSettings {
 impl Component for CreationSettings {
     fn check(&self) -> Result<(), ConfigError> {
         nonzero("CREATE_TIMEOUT_MS", self.create_timeout_ms)?;
+        nonzero("RECYCLE_TIMEOUT_MS", self.recycle_timeout_ms)?;
         if let (Some(seeds), Some(ours)) = (&self.instance_xmtp_env, &self.xmtp_env) {
             if seeds != ours {
                 return Err(ConfigError::new(

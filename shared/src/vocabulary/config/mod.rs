@@ -32,7 +32,9 @@ pub use creation::CreationSettings;
 pub use db::DbSettings;
 pub use outbound::OutboundSettings;
 pub use pool::PoolSettings;
-pub use providers::{LocalSettings, ProviderSettings, RailwaySettings};
+pub use providers::{
+    LocalSettings, ProviderSettings, RailwaySettings, RailwaySource, SpritesSettings,
+};
 pub use runtime::{RuntimeProtocol, RuntimeSettings};
 pub use server::{DashboardSettings, MetricsSettings, ServerSettings};
 pub use size::SizeSettings;
@@ -54,7 +56,16 @@ impl Secret {
     pub fn new(value: impl Into<String>) -> Self {
         Self(value.into())
     }
+}
 
+/// For a secret read from the database (`#[sqlx(try_from = "String")]`).
+impl From<String> for Secret {
+    fn from(value: String) -> Self {
+        Self(value)
+    }
+}
+
+impl Secret {
     pub fn expose(&self) -> &str {
         &self.0
     }
@@ -302,12 +313,45 @@ impl Settings {
                 ),
             ));
         }
+        self.check_build_from_source()?;
         if self.creation.create_timeout_ms >= self.tick.pool_stuck_timeout_ms {
             return Err(ConfigError::new(
                 "CREATE_TIMEOUT_MS",
                 format!(
                     "must be shorter than POOL_STUCK_TIMEOUT_MS ({} ms)",
                     self.tick.pool_stuck_timeout_ms
+                ),
+            ));
+        }
+        Ok(())
+    }
+
+    /// A creation from source waits for its build (minutes), within `CREATE_TIMEOUT_MS`; the
+    /// tick's creations are cut past its budget. Either too short for the build, and no instance
+    /// built from source ever becomes idle.
+    fn check_build_from_source(&self) -> Result<(), ConfigError> {
+        let railway = &self.providers.railway;
+        if self.providers.pool_provider != ProviderKind::Railway
+            || railway.railway_source_repo.is_none()
+        {
+            return Ok(());
+        }
+        let build = railway.railway_build_timeout_ms;
+        let create = self.creation.create_timeout_ms;
+        if create <= build {
+            return Err(ConfigError::new(
+                "CREATE_TIMEOUT_MS",
+                format!(
+                    "({create} ms) must be longer than RAILWAY_BUILD_TIMEOUT_MS ({build} ms): a creation from RAILWAY_SOURCE_REPO waits for its build"
+                ),
+            ));
+        }
+        let budget = self.tick.tick_budget_ms;
+        if budget < create {
+            return Err(ConfigError::new(
+                "TICK_BUDGET_MS",
+                format!(
+                    "({budget} ms) must be at least CREATE_TIMEOUT_MS ({create} ms) when building from RAILWAY_SOURCE_REPO: the tick cuts its creations at its budget"
                 ),
             ));
         }
@@ -412,6 +456,63 @@ mod tests {
         assert_eq!(s.outbound.outbound_timeout(), Duration::from_millis(1500));
         assert_eq!(s.tools.openrouter.openrouter_key_limit, Some(2.5));
         assert_eq!(s.providers.railway.railway_layout, RailwayLayout::Project);
+    }
+
+    /// Instances come from an image or from a repo, never both; a build takes minutes, which
+    /// the creation's timeout and the tick's budget must hold.
+    #[test]
+    fn building_from_source_is_checked_against_the_timeouts() {
+        let source = [
+            ("POOL_PROVIDER", "railway"),
+            ("RAILWAY_SOURCE_REPO", "xmtplabs/convos-agent-pool-manager"),
+        ];
+        let refused = |extra: &[(&str, &str)]| {
+            let all: Vec<(&str, &str)> = source.iter().chain(extra).copied().collect();
+            Settings::from_vars(vars(&all)).unwrap_err().setting
+        };
+        assert_eq!(
+            refused(&[("RAILWAY_RUNTIME_IMAGE", "img")]),
+            "RAILWAY_SOURCE_REPO"
+        );
+        assert_eq!(
+            refused(&[]),
+            "CREATE_TIMEOUT_MS",
+            "2 min is no build's time"
+        );
+        assert_eq!(
+            refused(&[("CREATE_TIMEOUT_MS", "720000")]),
+            "TICK_BUDGET_MS",
+            "the tick would cut every creation"
+        );
+        let fits = [
+            ("CREATE_TIMEOUT_MS", "720000"),
+            ("TICK_BUDGET_MS", "720000"),
+        ];
+        let all: Vec<(&str, &str)> = source.iter().chain(&fits).copied().collect();
+        let s = Settings::from_vars(vars(&all)).unwrap();
+        assert_eq!(
+            s.providers.railway.source(),
+            RailwaySource::Repo {
+                repo: "xmtplabs/convos-agent-pool-manager".into(),
+                branch: None,
+                root_dir: None,
+            }
+        );
+        let not_a_repo = Settings::from_vars(vars(&[("RAILWAY_SOURCE_REPO", "convos")]));
+        assert_eq!(not_a_repo.unwrap_err().setting, "RAILWAY_SOURCE_REPO");
+        let stray = Settings::from_vars(vars(&[("RAILWAY_SOURCE_ROOT_DIR", "agent")]));
+        assert_eq!(stray.unwrap_err().setting, "RAILWAY_SOURCE_ROOT_DIR");
+        // The checks are Railway's: the same values mean nothing to another provider.
+        assert!(Settings::from_vars(vars(&source[1..])).is_ok());
+        let image = Settings::from_vars(vars(&[]))
+            .unwrap()
+            .providers
+            .railway
+            .source();
+        assert_eq!(
+            image,
+            RailwaySource::Image(RailwaySettings::DEFAULT_IMAGE.into())
+        );
     }
 
     /// As before the split: envy reads a variable whatever the case of its name.

@@ -19,6 +19,10 @@ pub struct TickSettings {
     pub tick_budget_ms: u64,
     #[serde(default = "TickSettings::default_stuck_timeout_ms")]
     pub pool_stuck_timeout_ms: u64,
+    /// Keep-alive of providers whose instances sleep when left alone (Sprites): idle and claimed
+    /// instances are pinged this often, once per interval across every replica.
+    #[serde(default = "TickSettings::default_heartbeat_interval_ms")]
+    pub heartbeat_interval_ms: u64,
 }
 
 impl TickSettings {
@@ -30,6 +34,13 @@ impl TickSettings {
     }
     fn default_stuck_timeout_ms() -> u64 {
         900_000
+    }
+    fn default_heartbeat_interval_ms() -> u64 {
+        20_000
+    }
+
+    pub fn heartbeat_interval(&self) -> Duration {
+        Duration::from_millis(self.heartbeat_interval_ms)
     }
 
     /// `None` when ticking on a timer is turned off.
@@ -46,6 +57,7 @@ impl TickSettings {
 
 impl Component for TickSettings {
     fn check(&self) -> Result<(), ConfigError> {
+        nonzero("HEARTBEAT_INTERVAL_MS", self.heartbeat_interval_ms)?;
         nonzero("TICK_BUDGET_MS", self.tick_budget_ms)
     }
 }

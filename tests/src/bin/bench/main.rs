@@ -4,6 +4,7 @@
 //! ```text
 //! cargo run --release -p agentpool-tests --bin agentpool-bench [-- --out DIR] [--quick] [--profile]
 //! cargo run --release -p agentpool-tests --bin agentpool-bench -- --cadence-only
+//! cargo run --release -p agentpool-tests --bin agentpool-bench -- --sprites   # seed 002's figures only
 //! ```
 //!
 //! `--cadence-only` measures only the full tick's cadence under continuous claims (about two
@@ -19,6 +20,7 @@ mod limit;
 mod profile;
 mod railway;
 mod report;
+mod sprites;
 mod stats;
 mod tick;
 
@@ -80,6 +82,8 @@ pub struct Report {
     pub claim_strategies: Vec<claims::StrategyCell>,
     pub ticks: Vec<tick::TickCell>,
     pub railway: Vec<railway::RailwayCell>,
+    /// Seed 002: recycle vs fresh creation, refill after a burst.
+    pub sprites: Option<sprites::SpritesFigures>,
     pub process: fleet::ProcessFigures,
     /// The full tick's cadence under continuous claims.
     pub cadence: cadence::Cadence,
@@ -97,6 +101,7 @@ fn main() -> anyhow::Result<()> {
     let mut scale = FULL;
     let mut with_profile = false;
     let mut cadence_only = false;
+    let mut only_sprites = false;
     let mut args = std::env::args().skip(1);
     while let Some(arg) = args.next() {
         match arg.as_str() {
@@ -104,8 +109,12 @@ fn main() -> anyhow::Result<()> {
             "--quick" => scale = QUICK,
             "--profile" => with_profile = true,
             "--cadence-only" => cadence_only = true,
+            "--sprites" => only_sprites = true,
             other => {
-                anyhow::bail!("unknown argument {other:?}; use --out DIR, --quick, --profile and/or --cadence-only")
+                anyhow::bail!(
+                    "unknown argument {other:?}; use --out DIR, --quick, --profile, --cadence-only \
+                     and/or --sprites"
+                )
             }
         }
     }
@@ -116,7 +125,27 @@ fn main() -> anyhow::Result<()> {
     if cadence_only {
         return runtime.block_on(run_cadence(out));
     }
+    if only_sprites {
+        return runtime.block_on(run_sprites());
+    }
     runtime.block_on(run(out, scale, with_profile))
+}
+
+/// `--sprites`: only seed 002's figures, printed (the report is not rewritten).
+async fn run_sprites() -> anyhow::Result<()> {
+    let pg_root = tempfile::Builder::new()
+        .prefix("agentpool-bench-pg-")
+        .tempdir()?;
+    let root = pg_root.path().to_path_buf();
+    let postgres = tokio::task::spawn_blocking(move || EmbeddedPostgres::start(&root))
+        .await?
+        .context("starting postgres")?;
+    let figures = sprites::measure(&postgres.url("postgres")).await;
+    tokio::task::spawn_blocking(move || postgres.stop()).await??;
+    let mut md = String::new();
+    report::sprites_section(&mut md, &figures?);
+    println!("{md}");
+    Ok(())
 }
 
 /// Postgres of its own for the cadence figure alone.
@@ -184,6 +213,8 @@ async fn run(out: PathBuf, scale: Scale, with_profile: bool) -> anyhow::Result<(
     let ticks = tick::measure(&pool, &url, &stub, scale).await?;
     eprintln!("bench: Railway requests per tick");
     let railway = railway::measure(&pool, &url, &stub).await?;
+    eprintln!("bench: Sprites recycle vs fresh creation");
+    let sprites = Some(sprites::measure(&postgres.url("postgres")).await?);
     eprintln!("bench: process start and memory");
     let process = fleet::process_figures(&url, scale).await?;
     eprintln!("bench: the full tick's cadence under continuous claims");
@@ -201,6 +232,7 @@ async fn run(out: PathBuf, scale: Scale, with_profile: bool) -> anyhow::Result<(
         claim_strategies,
         ticks,
         railway,
+        sprites,
         process,
         cadence,
         total_seconds: started.elapsed().as_secs_f64(),

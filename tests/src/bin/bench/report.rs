@@ -425,6 +425,10 @@ pub fn markdown(report: &Report) -> String {
         );
     }
 
+    if let Some(sprites) = &report.sprites {
+        sprites_section(&mut md, sprites);
+    }
+
     let _ = writeln!(md, "\n## One replica: start and memory\n");
     let _ = writeln!(
         md,
@@ -473,4 +477,51 @@ pub fn markdown(report: &Report) -> String {
         let _ = writeln!(md, "\n{}", notes.trim());
     }
     md
+}
+
+/// Seed 002's figures: recycle against fresh creation, refill after a burst.
+pub fn sprites_section(md: &mut String, f: &crate::sprites::SpritesFigures) {
+    use crate::sprites::SpritesFigures as F;
+    let median = |v: &[f64]| {
+        let mut v = v.to_vec();
+        v.sort_by(|a, b| a.total_cmp(b));
+        v.get(v.len() / 2).copied().unwrap_or(0.0)
+    };
+    let _ = writeln!(md, "\n## Sprites: recycle vs fresh creation (seed 002)\n");
+    let _ = writeln!(
+        md,
+        "The real Sprites provider against the Sprites fake (`tests/src/fakes/sprites.rs`) at seed \
+         002's latencies scaled by {:.3} (a build from source 4–6 min, a restore and gateway \
+         restart 10–20 s, an API request 0.1–0.6 s, the stub agent's boot 5–15 s), each sprite \
+         running a stub agent. A fresh creation is the sprite, its setup, its service, the \
+         runtime ready and the golden checkpoint; a recycle is the restore, a new gateway token, \
+         the runtime ready and clean. Real-time equivalents are the scaled times ÷ the factor.\n",
+        f.factor
+    );
+    let _ = writeln!(
+        md,
+        "| path | runs | median ms (scaled) | real-time equivalent s | all ms |\n|---|---|---|---|---|"
+    );
+    for (name, runs) in [("fresh creation", &f.fresh_ms), ("recycle", &f.recycle_ms)] {
+        let m = median(runs);
+        let _ = writeln!(
+            md,
+            "| {name} | {} | {m:.0} | {:.0} | {:?} |",
+            runs.len(),
+            F::real_seconds(m),
+            runs.iter().map(|v| v.round()).collect::<Vec<_>>()
+        );
+    }
+    let _ = writeln!(
+        md,
+        "\nRefill after a burst: a pool of {} idle instances all claimed, then all let go; time \
+         until {} are idle again.\n\n| path | ms (scaled) | real-time equivalent s |\n|---|---|---|\n\
+         | destroyed and rebuilt | {:.0} | {:.0} |\n| recycled | {:.0} | {:.0} |",
+        f.pool,
+        f.pool,
+        f.refill_without_recycling_ms,
+        F::real_seconds(f.refill_without_recycling_ms),
+        f.refill_with_recycling_ms,
+        F::real_seconds(f.refill_with_recycling_ms),
+    );
 }

@@ -13,7 +13,7 @@ use std::collections::{HashMap, HashSet};
 
 use chrono::{DateTime, Utc};
 
-use crate::domain::{Health, InstanceStatus, RecordedTool, ResourceStatus};
+use crate::domain::{Health, InstanceStatus, ObservedResource, RecordedTool, ResourceStatus};
 use crate::tick::snapshot::{Row, Snapshot};
 
 use super::Rules;
@@ -59,18 +59,23 @@ pub enum Presence {
     Gone,
 }
 
-/// The provider's listing by resource name, built once per plan: a fleet of 10,000 is looked up
-/// 10,000 times.
-pub struct Listing<'a>(Option<HashMap<&'a str, ResourceStatus>>);
+/// The provider's listing by resource id, built once per plan: a fleet of 10,000 is looked up
+/// 10,000 times. By id, not by name: a claimed agent's resource is renamed after it.
+pub struct Listing<'a>(Option<HashMap<&'a str, &'a ObservedResource>>);
 
 impl<'a> Listing<'a> {
     pub fn of(snapshot: &'a Snapshot) -> Self {
         Self(snapshot.resources.as_ref().map(|resources| {
             resources
                 .iter()
-                .map(|r| (r.name.as_str(), r.status))
+                .map(|r| (r.resource_id.as_str(), r))
                 .collect()
         }))
+    }
+
+    /// The listed resource a row records, if the listing was taken and shows it.
+    pub fn of_row(&self, row: &'a Row) -> Option<&'a ObservedResource> {
+        self.0.as_ref()?.get(row.resource_id.as_deref()?).copied()
     }
 }
 
@@ -78,11 +83,11 @@ pub fn presence(row: &Row, listing: &Listing<'_>, snapshot: &Snapshot, rules: &R
     let Some(resources) = &listing.0 else {
         return Presence::Unknown;
     };
-    if row.resource_id.is_none() {
+    let Some(resource_id) = row.resource_id.as_deref() else {
         return Presence::NotCreated;
-    }
-    match resources.get(row.instance.name.as_str()) {
-        Some(status) => Presence::Listed(*status),
+    };
+    match resources.get(resource_id) {
+        Some(resource) => Presence::Listed(resource.status),
         None => match row.instance.absent_since {
             Some(since) if !younger_than(since, snapshot.now, rules) => Presence::Gone,
             _ => Presence::Missing,
@@ -204,7 +209,7 @@ pub fn presence_marks(snapshot: &Snapshot) -> Vec<PresenceMark> {
         return Vec::new();
     };
     let listed: std::collections::HashSet<&str> =
-        resources.iter().map(|r| r.name.as_str()).collect();
+        resources.iter().map(|r| r.resource_id.as_str()).collect();
     snapshot
         .rows
         .iter()
@@ -212,7 +217,7 @@ pub fn presence_marks(snapshot: &Snapshot) -> Vec<PresenceMark> {
             row.resource_id.is_some() && row.instance.status != InstanceStatus::Destroying
         })
         .filter_map(|row| {
-            let absent = !listed.contains(row.instance.name.as_str());
+            let absent = !listed.contains(row.resource_id.as_deref()?);
             let marked = row.instance.absent_since.is_some();
             (absent != marked).then(|| PresenceMark {
                 id: row.instance.id.clone(),

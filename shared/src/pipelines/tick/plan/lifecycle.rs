@@ -9,6 +9,7 @@
 //! died). `claimed` → `crashed` when gone, dead, short of a tool resource, or failed without an
 //! answer from its runtime this tick; `crashed` → `claimed` when its runtime answers again,
 //! whatever its last deployment says (a failed redeploy leaves the old one serving).
+//! `recycling` older than `RECYCLE_TIMEOUT_MS` → `destroying` (its recycler died or hangs).
 //! `destroying` rows are destroyed when due.
 
 use crate::domain::{Health, InstanceStatus, ResourceStatus};
@@ -137,8 +138,19 @@ fn next(
         // ... and only whole: an agent still short of a tool resource would crash again.
         Crashed => (recovered(row, snapshot) && tool_gone.is_none() && !gone)
             .then(|| (Claimed, "runtime answers again".into())),
-        // Driven by providers that restore a checkpoint.
-        Recycling | Destroying => None,
+        // Its recycler finishes it (idle) or gives up (destroying); one silent this long died
+        // or hangs, and a half-restored instance is never handed out: destroyed, the pool
+        // refills.
+        Recycling => older_than(instance.status_since, now, rules.recycle_timeout).then(|| {
+            (
+                Destroying,
+                format!(
+                    "recycle not finished within {} ms",
+                    rules.recycle_timeout.as_millis()
+                ),
+            )
+        }),
+        Destroying => None,
     }
 }
 
@@ -174,6 +186,35 @@ mod tests {
         assert_eq!(moved(&plan), vec![("a", Destroying), ("b", Destroying)]);
         assert_eq!(plan.destroy, vec!["a", "b"]);
         assert!(plan.transitions[0].reason.starts_with("not clean"));
+    }
+
+    /// A recycler that died leaves its row `recycling`: once older than `RECYCLE_TIMEOUT_MS` it
+    /// is destroyed (never handed out half-restored), and not before: its recycler may still
+    /// be at work, whatever its runtime answers meanwhile.
+    #[test]
+    fn a_recycle_whose_recycler_died_is_destroyed_after_the_recycle_timeout() {
+        let plan = Fixture::new()
+            .row(
+                "a",
+                Recycling,
+                Duration::from_secs(121),
+                Some(Running),
+                Some(ready()),
+            )
+            .row(
+                "b",
+                Recycling,
+                MIN,
+                Some(Running),
+                Some(Health::Unreachable),
+            )
+            .row("c", Recycling, Duration::from_secs(121), None, None)
+            .plan();
+        assert_eq!(moved(&plan), vec![("a", Destroying), ("c", Destroying)]);
+        assert_eq!(plan.destroy, vec!["a", "c"]);
+        assert!(plan.transitions[0]
+            .reason
+            .starts_with("recycle not finished"));
     }
 
     #[test]

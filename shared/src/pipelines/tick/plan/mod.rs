@@ -25,6 +25,7 @@ pub use super::mode::Mode;
 use super::snapshot::Snapshot;
 
 pub use evidence::{Observation, PresenceMark, ToolPresenceMark};
+pub use orphans::Rename;
 pub use sizing::Target;
 
 #[derive(Debug, Clone)]
@@ -35,9 +36,13 @@ pub struct Rules {
     pub stuck_timeout: Duration,
     pub claim_timeout: Duration,
     pub create_timeout: Duration,
+    /// A `recycling` row older than this lost its recycler (or its restore hangs).
+    pub recycle_timeout: Duration,
     pub health_failure_threshold: u32,
     pub health_grace: Duration,
     pub sizing: Sizing,
+    /// `POOL_NAME_PREFIX`, which a claimed agent's renamed resource keeps.
+    pub name_prefix: String,
 }
 
 /// A move of one instance, fenced by the `status_since` the decision was made on: if the row
@@ -65,6 +70,8 @@ pub struct Plan {
     pub destroy: Vec<String>,
     pub orphans: Vec<ObservedResource>,
     pub tool_orphans: Vec<ToolResource>,
+    /// Claimed agents' resources to call after them.
+    pub renames: Vec<Rename>,
     pub create: u32,
     pub target: Target,
 }
@@ -79,6 +86,8 @@ pub fn decide(snapshot: &Snapshot, rules: &Rules, mode: Mode) -> Plan {
         &snapshot.recent_claims,
     );
     let create = match mode {
+        // At capacity: asking again before the Retry-After would only be refused again.
+        _ if snapshot.creation_paused.is_some() => 0,
         Mode::Full | Mode::Kick => {
             replenish::count(snapshot, &transitions, target.min_idle, rules.max_total)
         }
@@ -98,6 +107,7 @@ pub fn decide(snapshot: &Snapshot, rules: &Rules, mode: Mode) -> Plan {
         tool_presence: evidence::tool_presence_marks(snapshot),
         orphans: orphans::find(snapshot),
         tool_orphans: orphans::tools(snapshot),
+        renames: orphans::renames(snapshot, &rules.name_prefix),
         transitions,
         destroy,
         create,
@@ -128,9 +138,11 @@ pub(crate) mod fixture {
             stuck_timeout: Duration::from_secs(900),
             claim_timeout: Duration::from_secs(120),
             create_timeout: Duration::from_secs(120),
+            recycle_timeout: Duration::from_secs(120),
             health_failure_threshold: 2,
             health_grace: Duration::from_secs(60),
             sizing: Sizing::default(),
+            name_prefix: "ap-".into(),
         }
     }
 
@@ -167,6 +179,7 @@ pub(crate) mod fixture {
                     tools_listed: Default::default(),
                     recorded: Vec::new(),
                     recent_claims: [0; 3],
+                    creation_paused: None,
                 },
             }
         }
@@ -208,6 +221,7 @@ pub(crate) mod fixture {
                 resource_id: Some(format!("ap-{id}")),
                 details: None,
                 creator_alive_at: None,
+                gateway_token: crate::config::Secret::new("token"),
             });
             if let Some(status) = resource {
                 self = self.resource(&format!("ap-{id}"), status);
@@ -233,11 +247,16 @@ pub(crate) mod fixture {
             self.edit(id, |row| row.instance.health_failures = n)
         }
 
-        pub fn resource(mut self, name: &str, status: ResourceStatus) -> Self {
+        pub fn resource(self, name: &str, status: ResourceStatus) -> Self {
+            self.renamed(name, name, status)
+        }
+
+        /// The resource with id `id`, listed under the name `name`.
+        pub fn renamed(mut self, id: &str, name: &str, status: ResourceStatus) -> Self {
             if let Some(listed) = self.snapshot.resources.as_mut() {
                 listed.push(ObservedResource {
                     name: name.into(),
-                    resource_id: name.into(),
+                    resource_id: id.into(),
                     status,
                 });
             }

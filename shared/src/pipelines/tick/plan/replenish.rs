@@ -94,6 +94,19 @@ mod tests {
         assert_eq!(Fixture::new().plan().create, 3);
     }
 
+    /// A provider at capacity (Sprites' `concurrent_sprite_limit_exceeded`) is not asked again
+    /// before its Retry-After: no creation is planned, whatever the pool lacks.
+    #[test]
+    fn nothing_is_created_while_the_provider_is_at_capacity() {
+        let mut fixture = Fixture::new();
+        fixture.snapshot.creation_paused = Some(crate::capacity::Pause {
+            until: now() + chrono::Duration::seconds(30),
+            code: "concurrent_sprite_limit_exceeded".into(),
+            refusals: 1,
+        });
+        assert_eq!(fixture.plan().create, 0);
+    }
+
     #[test]
     fn starting_instances_count_toward_the_minimum() {
         let plan = Fixture::new()
