@@ -142,14 +142,17 @@ pub async fn claim(
     // Taken before the key's row is written: the key's clock (in the database) starts later, so
     // this deadline passes first.
     let deadline = Instant::now() + pool.settings.claim.claim_timeout();
+    // What hangs is cut a little after the deadline, so that the steps' own bounds (a runtime
+    // call ends by the deadline, and its instance is then sent to `destroying`) come first.
+    let cut = deadline + pool.settings.claim.claim_timeout() / 20;
     let Some(key) = key else {
-        return by_deadline(deadline, claim_now(pool, request, None, deadline)).await;
+        return by_deadline(cut, claim_now(pool, request, None, deadline)).await;
     };
-    let fence = match by_deadline(deadline, idempotency::begin(pool, key, request)).await? {
+    let fence = match by_deadline(cut, idempotency::begin(pool, key, request)).await? {
         idempotency::Begun::Replay(claimed) => return Ok(claimed),
         idempotency::Begun::Run(fence) => fence,
     };
-    let outcome = by_deadline(deadline, claim_now(pool, request, Some(&fence), deadline)).await;
+    let outcome = by_deadline(cut, claim_now(pool, request, Some(&fence), deadline)).await;
     if outcome.is_err() {
         // Nothing was handed out (a finishing statement cut in flight either committed, and the
         // key is `done`, which this leaves alone, or it did not): a retry with this key may try
