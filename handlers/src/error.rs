@@ -83,6 +83,14 @@ impl From<Error> for ApiError {
                 )
                 .retry_after(NO_IDLE_RETRY_AFTER)
             }
+            Error::ClaimTimedOut => {
+                return Self::new(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "claim_timed_out",
+                    "the claim did not finish within its deadline; try again",
+                )
+                .retry_after(1)
+            }
             Error::Capacity { retry_after, .. } => {
                 let seconds = u32::try_from(retry_after.as_secs().max(1)).unwrap_or(u32::MAX);
                 return Self::new(

@@ -52,6 +52,8 @@ enum Command {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     agentpool::init_tracing();
+    // Only a build with the `failpoints` feature acts on it (the failpoint sweep's replicas).
+    agentpool_core::failpoint::from_env();
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()

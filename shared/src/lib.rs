@@ -13,7 +13,7 @@
 // One directory per layer; each layer imports only those before it (see ARCHITECTURE.md and
 // `tests/layers.rs`). The modules keep their crate-level paths (`crate::claim`, ...).
 mod vocabulary;
-pub use vocabulary::{calls, config, domain, error, progress, template};
+pub use vocabulary::{calls, config, domain, error, failpoint, progress, template};
 mod queries;
 pub use queries::{
     capacity, db, instances, lease, listing, metrics, pool_size, prompt_cache, samples, services,

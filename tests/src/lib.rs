@@ -7,6 +7,7 @@ pub mod faults;
 pub mod lambda_api;
 pub mod latency;
 pub mod outside;
+pub mod sweep;
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -144,6 +145,10 @@ pub fn agentpool_bin() -> &'static Path {
             "-p",
             "agentpool-scheduler",
             "--bins",
+            // As this crate builds them (see Cargo.toml): one build of the library, and the
+            // failpoint sweep's replicas.
+            "--features",
+            "agentpool/failpoints",
         ]);
         // Cargo sets these for the test process; passed on, they make the build look dirty and
         // relink what the outer `cargo test` just built.

@@ -77,7 +77,7 @@ pub struct ClaimReply {
         (status = 409, description = "`conversation_taken` (with `instanceId`) or `claim_in_progress`", body = ErrorBody),
         (status = 422, description = "`idempotency_key_reused` with a different request", body = ErrorBody),
         (status = 502, description = "Every runtime tried failed (`runtime_failed`), a template's tool failed (`tool_failed`, naming it), or Notion failed (`notion_failed`)", body = ErrorBody),
-        (status = 503, description = "`no_idle_instance` (with `Retry-After`) or Postgres unavailable", body = ErrorBody),
+        (status = 503, description = "`no_idle_instance`, `claim_timed_out` (both with `Retry-After`) or Postgres unavailable", body = ErrorBody),
     ))]
 pub async fn claim(
     State(state): State<AppState>,

@@ -64,7 +64,14 @@ pub async fn right_key(pool: &Pool, client: &str) -> Result<Option<Duration>> {
         None => Ok(None),
         Some(wait) if !wait.is_zero() => Ok(Some(wait)),
         Some(_) => {
-            sessions::forget_attempts(&pool.db, client).await?;
+            // In the background: the request is not held up by this bookkeeping (a record left
+            // over is forgotten by the next right key, and waits out nothing meanwhile).
+            let (db, client) = (pool.db.clone(), client.to_string());
+            tokio::spawn(async move {
+                if let Err(e) = sessions::forget_attempts(&db, &client).await {
+                    tracing::warn!(error = %e, "forgetting a client's wrong keys");
+                }
+            });
             Ok(None)
         }
     }

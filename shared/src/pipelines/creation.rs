@@ -52,10 +52,18 @@ pub struct Creator {
 impl Creator {
     async fn start(pool: &Pool) -> Result<Self> {
         let id = Uuid::new_v4();
+        crate::failpoint!(
+            "creation.creator_start.before",
+            return Err(crate::failpoint::db_error().into())
+        );
         sqlx::query("INSERT INTO creators (id) VALUES ($1)")
             .bind(id)
             .execute(&pool.db)
             .await?;
+        crate::failpoint!(
+            "creation.creator_start.after",
+            return Err(crate::failpoint::db_error().into())
+        );
         let every = (pool.settings.creation.create_timeout() / BEATS_PER_TIMEOUT)
             .max(Duration::from_millis(10));
         let db = pool.db.clone();
@@ -65,10 +73,12 @@ impl Creator {
             timer.tick().await;
             loop {
                 timer.tick().await;
+                crate::failpoint!("creation.heartbeat.before", continue);
                 let beat = sqlx::query("UPDATE creators SET alive_at = now() WHERE id = $1")
                     .bind(id)
                     .execute(&db)
                     .await;
+                crate::failpoint!("creation.heartbeat.after");
                 if let Err(e) = beat {
                     // Missed beats let the tick reap this batch's rows without a resource; the
                     // resources made after that are found without a row and deleted as orphans.
@@ -86,10 +96,12 @@ impl Creator {
     /// The batch is over: every row it reserved is created or sent to `destroying`.
     pub async fn finish(self) {
         self.heartbeat.abort();
+        crate::failpoint!("creation.creator_finish.before", return);
         let gone = sqlx::query("DELETE FROM creators WHERE id = $1")
             .bind(self.id)
             .execute(&self.db)
             .await;
+        crate::failpoint!("creation.creator_finish.after");
         if let Err(e) = gone {
             // A silent creator whose rows are all settled changes nothing; the tick drops it.
             tracing::warn!(creator = %self.id, error = %e, "removing a finished creator");
@@ -115,6 +127,10 @@ pub async fn reserve(pool: &Pool, count: u32, actor: Actor, reason: &str) -> Res
     let settings = &pool.settings;
     let size = pool_size::current(&pool.db, &settings.size).await?;
     let creator = Creator::start(pool).await?;
+    crate::failpoint!("creation.reserve.before", {
+        creator.finish().await;
+        return Err(crate::failpoint::db_error().into());
+    });
     let rows = instances::reserve(
         &pool.db,
         count,
@@ -125,6 +141,10 @@ pub async fn reserve(pool: &Pool, count: u32, actor: Actor, reason: &str) -> Res
         reason,
     )
     .await;
+    crate::failpoint!("creation.reserve.after", {
+        creator.finish().await;
+        return Err(crate::failpoint::db_error().into());
+    });
     match rows {
         Ok(rows) => Ok(Batch { rows, creator }),
         Err(e) => {
@@ -349,10 +369,26 @@ async fn provision_tool(
     tool: &Arc<dyn Tool>,
     target: Target<'_>,
 ) -> Result<crate::tools::Provisioned> {
+    crate::failpoint!(
+        "creation.tool_create.before",
+        return Err(Error::outbound(
+            tool.step(),
+            tool.step(),
+            Failure::Connection
+        ))
+    );
     let provisioned =
         tokio::time::timeout(pool.settings.creation.create_timeout(), tool.create(target))
             .await
             .map_err(|_| Error::outbound(tool.step(), tool.step(), Failure::TimedOut))??;
+    crate::failpoint!(
+        "creation.tool_create.after",
+        return Err(Error::outbound(
+            tool.step(),
+            tool.step(),
+            Failure::Connection
+        ))
+    );
     let recorded = services::record(
         &pool.db,
         target.instance_id,
@@ -361,6 +397,9 @@ async fn provision_tool(
         &provisioned.config,
     )
     .await;
+    crate::failpoint!("creation.tool_record.after", {
+        return Err(crate::failpoint::db_error().into());
+    });
     if let Err(e) = recorded {
         if let Err(undo) = tool.destroy(&provisioned.resource_id).await {
             tracing::warn!(tool = tool.id(), error = %undo, "removing an unrecorded tool resource failed; left to the orphan pass");
@@ -375,7 +414,19 @@ async fn provision_tool(
 /// recorded; the tick destroys it with the row.
 async fn roll_back(pool: &Pool, instance_id: &str, made: &[(Arc<dyn Tool>, String)]) {
     for (tool, resource_id) in made {
-        match tool.destroy(resource_id).await {
+        let destroyed = async {
+            crate::failpoint!(
+                "creation.roll_back.before",
+                return Err(Error::outbound(tool.step(), "delete", Failure::Connection))
+            );
+            let destroyed = tool.destroy(resource_id).await;
+            crate::failpoint!(
+                "creation.roll_back.after",
+                return Err(Error::outbound(tool.step(), "delete", Failure::TimedOut))
+            );
+            destroyed
+        };
+        match destroyed.await {
             Ok(()) => {
                 if let Err(e) =
                     services::forget(&pool.db, instance_id, tool.id(), resource_id, "rolled back")
@@ -403,12 +454,20 @@ async fn provision_resource(
         progress,
     };
     let kind = pool.provider.kind().as_str();
+    crate::failpoint!(
+        "creation.provider_create.before",
+        return Err(Error::provider(kind, "failpoint: create failed"))
+    );
     let created = tokio::time::timeout(
         pool.settings.creation.create_timeout(),
         pool.provider.create(&spec),
     )
     .await
     .map_err(|_| Error::provider(kind, "create timed out"))??;
+    crate::failpoint!(
+        "creation.provider_create.after",
+        return Err(Error::provider(kind, "create timed out"))
+    );
     let recorded = instances::record_infra(
         &pool.db,
         &row.id,
@@ -418,6 +477,9 @@ async fn provision_resource(
         &created.details,
     )
     .await;
+    crate::failpoint!("creation.record_infra.after", {
+        return Err(crate::failpoint::db_error().into());
+    });
     if let Err(e) = recorded {
         // Without a record the resource would be found only as an orphan; remove it now. If that
         // fails too, the orphan pass will.
@@ -476,6 +538,7 @@ async fn abandon(pool: &Pool, row: &Reserved, reason: &str) {
         since: row.status_since,
         reason: reason.to_string(),
     }];
+    crate::failpoint!("creation.abandon.before", return);
     if let Err(e) = instances::transition(
         &pool.db,
         InstanceStatus::Starting,
@@ -487,6 +550,7 @@ async fn abandon(pool: &Pool, row: &Reserved, reason: &str) {
     {
         tracing::error!(instance_id = %row.id, error = %e, "could not send an unfinished creation to destroying; the tick will find it once its creator is silent");
     }
+    crate::failpoint!("creation.abandon.after");
 }
 
 #[cfg(test)]

@@ -81,6 +81,13 @@ impl<'a> Gate<'a> {
         overrun: Duration,
         work: impl std::future::Future<Output = T>,
     ) -> Option<T> {
+        // A delay here holds the work past its overrun, as an outside call that hangs would.
+        // (Without the `failpoints` feature the block only awaits `work`.)
+        #[allow(clippy::redundant_async_block)]
+        let work = async {
+            crate::failpoint!("gate.bounded");
+            work.await
+        };
         match self.deadline {
             Some(deadline) => tokio::time::timeout_at(deadline + overrun, work).await.ok(),
             None => Some(work.await),

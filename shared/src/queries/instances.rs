@@ -100,6 +100,10 @@ pub async fn request_destroy(
     reason: &str,
 ) -> Result<InstanceStatus> {
     let allowed: Vec<&str> = allowed.iter().map(|s| s.as_str()).collect();
+    crate::failpoint!(
+        "teardown.request_destroy.before",
+        return Err(crate::failpoint::db_error().into())
+    );
     let row: Option<(InstanceStatus, bool)> = sqlx::query_as(
         "WITH old AS (SELECT id, status FROM instances WHERE id = $1 FOR UPDATE),
          t AS (
@@ -121,6 +125,10 @@ pub async fn request_destroy(
     .bind(reason)
     .fetch_optional(db)
     .await?;
+    crate::failpoint!(
+        "teardown.request_destroy.after",
+        return Err(crate::failpoint::db_error().into())
+    );
     match row {
         None => Err(Error::NotFound(id.to_string())),
         Some((status, true)) => Ok(status),

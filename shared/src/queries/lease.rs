@@ -61,6 +61,11 @@ impl Lease {
         if !held {
             return Ok(None);
         }
+        // Holding the outer lock, waiting for the inner one.
+        crate::failpoint!(
+            "tick.lease.behind",
+            return Err(crate::failpoint::db_error().into())
+        );
         let wait_ms = max_wait.as_millis().clamp(1, i32::MAX as u128).to_string();
         sqlx::query("SELECT set_config('lock_timeout', $1, true)")
             .bind(&wait_ms)

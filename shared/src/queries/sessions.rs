@@ -82,6 +82,10 @@ pub async fn open(db: &PgPool, key: &SessionKey, ttl: Duration) -> Result<String
     rand::rngs::OsRng.fill_bytes(&mut bytes);
     let id = hex::encode(bytes);
     let ttl_ms = i64::try_from(ttl.as_millis()).unwrap_or(i64::MAX);
+    crate::failpoint!(
+        "sessions.open.before",
+        return Err(crate::failpoint::db_error().into())
+    );
     sqlx::query(
         "WITH gone AS (DELETE FROM admin_sessions WHERE expires_at < now()),
               forgotten AS (DELETE FROM admin_login_attempts WHERE blocked_until < now() - interval '1 day')
@@ -92,6 +96,10 @@ pub async fn open(db: &PgPool, key: &SessionKey, ttl: Duration) -> Result<String
     .bind(ttl_ms as f64)
     .execute(db)
     .await?;
+    crate::failpoint!(
+        "sessions.open.after",
+        return Err(crate::failpoint::db_error().into())
+    );
     Ok(format!("{id}.{}", key.mac("session", &id)))
 }
 
@@ -114,10 +122,18 @@ pub async fn check(db: &PgPool, key: &SessionKey, cookie: &str) -> Result<Option
 
 /// Ends a session on every replica.
 pub async fn close(db: &PgPool, session: &Session) -> Result<()> {
+    crate::failpoint!(
+        "sessions.close.before",
+        return Err(crate::failpoint::db_error().into())
+    );
     sqlx::query("DELETE FROM admin_sessions WHERE id_hash = $1")
         .bind(hash_id(&session.id))
         .execute(db)
         .await?;
+    crate::failpoint!(
+        "sessions.close.after",
+        return Err(crate::failpoint::db_error().into())
+    );
     Ok(())
 }
 
@@ -150,6 +166,10 @@ pub enum Attempt {
 /// like serial ones: each attempt let through moves the client's next chance out by the delay it
 /// would earn by being wrong; a right key then clears the record ([`forget_attempts`]).
 pub async fn attempt(db: &PgPool, client: &str) -> Result<Attempt> {
+    crate::failpoint!(
+        "sessions.attempt.before",
+        return Err(crate::failpoint::db_error().into())
+    );
     let mut tx = db.begin().await?;
     sqlx::query(
         "INSERT INTO admin_login_attempts (client, attempts, blocked_until)
@@ -187,6 +207,10 @@ pub async fn attempt(db: &PgPool, client: &str) -> Result<Attempt> {
     .execute(&mut *tx)
     .await?;
     tx.commit().await?;
+    crate::failpoint!(
+        "sessions.attempt.after",
+        return Err(crate::failpoint::db_error().into())
+    );
     Ok(Attempt::Allowed {
         wait_if_wrong: delay,
     })
@@ -207,10 +231,18 @@ pub async fn standing(db: &PgPool, client: &str) -> Result<Option<Duration>> {
 
 /// A right key: the client's wrong ones are forgotten.
 pub async fn forget_attempts(db: &PgPool, client: &str) -> Result<()> {
+    crate::failpoint!(
+        "sessions.forget_attempts.before",
+        return Err(crate::failpoint::db_error().into())
+    );
     sqlx::query("DELETE FROM admin_login_attempts WHERE client = $1")
         .bind(client)
         .execute(db)
         .await?;
+    crate::failpoint!(
+        "sessions.forget_attempts.after",
+        return Err(crate::failpoint::db_error().into())
+    );
     Ok(())
 }
 

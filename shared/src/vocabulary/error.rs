@@ -57,6 +57,11 @@ pub enum Error {
         status: InstanceStatus,
     },
 
+    /// The claim's deadline (`CLAIM_TIMEOUT_MS`) passed while a step (a statement, the runtime)
+    /// still ran: the client is answered by then, whatever hangs.
+    #[error("the claim did not finish within its deadline")]
+    ClaimTimedOut,
+
     /// A claim with the same `Idempotency-Key` is still running.
     #[error("another claim with this Idempotency-Key or joinUrl is in progress; retry shortly")]
     ClaimInProgress,
@@ -131,6 +136,7 @@ impl Error {
             Error::ClaimFailed { .. } => "runtime_failed",
             Error::ConversationTaken { .. } => "conversation_taken",
             Error::ClaimInProgress => "claim_in_progress",
+            Error::ClaimTimedOut => "claim_timed_out",
             Error::IdempotencyKeyReused => "idempotency_key_reused",
             Error::Provider { .. } | Error::Outbound { .. } => "provider_failed",
             Error::Capacity { .. } => "provider_at_capacity",
@@ -154,6 +160,7 @@ impl Error {
             | Error::ClaimFailed { .. }
             | Error::ConversationTaken { .. }
             | Error::ClaimInProgress
+            | Error::ClaimTimedOut
             | Error::IdempotencyKeyReused
             | Error::Outbound { .. }
             | Error::Capacity { .. }

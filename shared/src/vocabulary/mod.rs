@@ -5,5 +5,6 @@ pub mod calls;
 pub mod config;
 pub mod domain;
 pub mod error;
+pub mod failpoint;
 pub mod progress;
 pub mod template;

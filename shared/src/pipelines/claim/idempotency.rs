@@ -66,6 +66,10 @@ pub(super) async fn begin(
     let fingerprint = fingerprint(request)?;
     let attempt = Uuid::new_v4();
     let claim_timeout_ms = i64::try_from(pool.settings.claim.claim_timeout_ms).unwrap_or(i64::MAX);
+    crate::failpoint!(
+        "idempotency.begin.before",
+        return Err(crate::failpoint::db_error().into())
+    );
     let mine: Option<Uuid> = sqlx::query_scalar(
         "INSERT INTO claim_requests (key, fingerprint, attempt, status)
          VALUES ($1, $2, $3, 'pending')
@@ -83,6 +87,10 @@ pub(super) async fn begin(
     .bind(claim_timeout_ms)
     .fetch_optional(&pool.db)
     .await?;
+    crate::failpoint!(
+        "idempotency.begin.after",
+        return Err(crate::failpoint::db_error().into())
+    );
     if mine == Some(attempt) {
         return Ok(Begun::Run(Fence {
             key: key.0.clone(),
@@ -106,6 +114,7 @@ pub(super) async fn begin(
 
 /// A claim that handed out nothing forgets its key, so that a retry runs anew.
 pub(super) async fn forget(pool: &Pool, fence: &Fence) {
+    crate::failpoint!("idempotency.forget.before", return);
     let result = sqlx::query(
         "DELETE FROM claim_requests WHERE key = $1 AND attempt = $2 AND status = 'pending'",
     )
@@ -113,6 +122,7 @@ pub(super) async fn forget(pool: &Pool, fence: &Fence) {
     .bind(fence.attempt)
     .execute(&pool.db)
     .await;
+    crate::failpoint!("idempotency.forget.after");
     if let Err(e) = result {
         // The row stays pending; a retry takes it over after CLAIM_TIMEOUT_MS.
         tracing::warn!(error = %e, "forgetting a failed claim's idempotency key");

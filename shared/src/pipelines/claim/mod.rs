@@ -296,19 +296,39 @@ pub async fn claim(
     // Taken before the key's row is written: the key's clock (in the database) starts later, so
     // this deadline passes first.
     let deadline = Instant::now() + pool.settings.claim.claim_timeout();
+    // What hangs is cut a little after the deadline, so that the steps' own bounds (a runtime
+    // call ends by the deadline, and its instance is then sent to `destroying`) come first.
+    let cut = deadline + pool.settings.claim.claim_timeout() / 20;
     let Some(key) = key else {
-        return claim_now(pool, request, None, deadline).await;
+        return by_deadline(cut, claim_now(pool, request, None, deadline)).await;
     };
-    let fence = match idempotency::begin(pool, key, request).await? {
+    let fence = match by_deadline(cut, idempotency::begin(pool, key, request)).await? {
         idempotency::Begun::Replay(claimed) => return Ok(claimed),
         idempotency::Begun::Run(fence) => fence,
     };
-    let outcome = claim_now(pool, request, Some(&fence), deadline).await;
+    let outcome = by_deadline(cut, claim_now(pool, request, Some(&fence), deadline)).await;
     if outcome.is_err() {
-        // Nothing was handed out: a retry with this key may try again.
-        idempotency::forget(pool, &fence).await;
+        // Nothing was handed out (a finishing statement cut in flight either committed, and the
+        // key is `done`, which this leaves alone, or it did not): a retry with this key may try
+        // again. In the background: the answer is not held up by a slow database.
+        let pool = pool.clone();
+        tokio::spawn(async move { idempotency::forget(&pool, &fence).await });
     }
     outcome
+}
+
+/// Cuts a claim's step at its deadline, so that the client is answered by then whatever hangs (a
+/// statement waiting on a lock, a stalled connection). A step cut there is a claimer dying on
+/// that line: a `claiming` row is reaped by the tick, a pending key taken over by a retry. Only a
+/// finishing statement cut in flight may still commit: with an `Idempotency-Key` a retry gets its
+/// reply; without one the agent stays `claimed` for nobody, as when the reply is lost on the way.
+async fn by_deadline<T>(
+    deadline: Instant,
+    step: impl std::future::Future<Output = Result<T>>,
+) -> Result<T> {
+    tokio::time::timeout_at(deadline, step)
+        .await
+        .unwrap_or(Err(Error::ClaimTimedOut))
 }
 
 async fn claim_now(
@@ -365,6 +385,7 @@ async fn claim_now(
 /// A claim that found the pool empty, counted for /metrics; a miss that cannot be counted is
 /// still answered.
 async fn no_idle(pool: &Pool) -> Error {
+    crate::failpoint!("claim.count_miss.before", return Error::NoIdle);
     if let Err(e) = crate::metrics::count_claim_miss(&pool.db).await {
         tracing::warn!(error = %e, "counting a claim miss");
     }
@@ -568,11 +589,22 @@ async fn provision_taken(
             return Ok(Err(failure));
         }
     }
-    let reply = match pool
-        .runtime
-        .provision(url, &taken.gateway_token, &provision, deadline)
-        .await
-    {
+    let provisioned = async {
+        crate::failpoint!(
+            "claim.provision.before",
+            return Err(ProvisionError::Unreachable)
+        );
+        let reply = pool
+            .runtime
+            .provision(url, &taken.gateway_token, &provision, deadline)
+            .await;
+        crate::failpoint!(
+            "claim.provision.after",
+            return Err(ProvisionError::TimedOut)
+        );
+        reply
+    };
+    let reply = match provisioned.await {
         Ok(reply) => reply,
         Err(failure) => {
             abandon(pool, &taken.id, token, &failure).await?;
@@ -587,7 +619,15 @@ async fn provision_taken(
         gateway_token: taken.gateway_token.clone(),
         gateway_url: url.to_string(),
     };
+    crate::failpoint!(
+        "claim.finish.before",
+        return Err(crate::failpoint::db_error().into())
+    );
     let finished = finish(pool, taken, token, request, &claimed, fence).await?;
+    crate::failpoint!(
+        "claim.finish.after",
+        return Err(crate::failpoint::db_error().into())
+    );
     if finished.is_none() {
         // The tick reaped this claim while we waited on the runtime (its decision stands), or the
         // key outlived CLAIM_TIMEOUT_MS (and may be a retry's now). The runtime was provisioned:
@@ -695,6 +735,10 @@ async fn finish(
 /// claiming, claimed or crashed, and a second claim finds the first.
 async fn take_idle(pool: &Pool, token: Uuid, request: &ClaimRequest) -> Result<Option<Taken>> {
     let join_url = request.provision.join_url.as_deref();
+    crate::failpoint!(
+        "claim.take.before",
+        return Err(crate::failpoint::db_error().into())
+    );
     // The holder found by a conflict may leave the conversation before we look it up; then the
     // take is simply tried again.
     for _ in 0..3 {
@@ -724,7 +768,14 @@ async fn take_idle(pool: &Pool, token: Uuid, request: &ClaimRequest) -> Result<O
                     return Err(holder);
                 }
             }
-            (taken, _) => return Ok(taken?),
+            (taken, _) => {
+                let taken = taken?;
+                crate::failpoint!(
+                    "claim.take.after",
+                    return Err(crate::failpoint::db_error().into())
+                );
+                return Ok(taken);
+            }
         }
     }
     Err(Error::ClaimInProgress)
@@ -749,6 +800,10 @@ async fn conversation_holder(pool: &Pool, join_url: &str) -> Result<Option<Error
 }
 
 async fn abandon(pool: &Pool, id: &str, token: Uuid, failure: &ProvisionError) -> Result<()> {
+    crate::failpoint!(
+        "claim.abandon.before",
+        return Err(crate::failpoint::db_error().into())
+    );
     sqlx::query(
         "WITH t AS (
            UPDATE instances
@@ -765,6 +820,10 @@ async fn abandon(pool: &Pool, id: &str, token: Uuid, failure: &ProvisionError) -
     .bind(failure.to_string())
     .execute(&pool.db)
     .await?;
+    crate::failpoint!(
+        "claim.abandon.after",
+        return Err(crate::failpoint::db_error().into())
+    );
     Ok(())
 }
 

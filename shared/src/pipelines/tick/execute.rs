@@ -97,6 +97,10 @@ pub async fn run(
 /// snapshot), and only on the incarnation that was asked: same status, same `status_since`.
 async fn record_observations(pool: &Pool, snapshot: &Snapshot, plan: &Plan) -> crate::Result<()> {
     let (observations, presence) = (&plan.observations, &plan.presence);
+    crate::failpoint!(
+        "tick.observations.before",
+        return Err(crate::failpoint::db_error().into())
+    );
     if !observations.is_empty() {
         let ids: Vec<&str> = observations.iter().map(|o| o.id.as_str()).collect();
         let statuses: Vec<&str> = observations.iter().map(|o| o.status.as_str()).collect();
@@ -153,6 +157,10 @@ async fn record_observations(pool: &Pool, snapshot: &Snapshot, plan: &Plan) -> c
         .execute(&pool.db)
         .await?;
     }
+    crate::failpoint!(
+        "tick.observations.after",
+        return Err(crate::failpoint::db_error().into())
+    );
     Ok(())
 }
 
@@ -174,7 +182,19 @@ async fn apply_transitions(
     let mut applied = HashSet::new();
     for ((from, to), moves) in groups {
         gate.admit().await?;
-        match instances::transition(&pool.db, from, to, &moves, Actor::Tick).await {
+        let moved = async {
+            crate::failpoint!(
+                "tick.transition.before",
+                return Err(crate::failpoint::db_error().into())
+            );
+            let moved = instances::transition(&pool.db, from, to, &moves, Actor::Tick).await;
+            crate::failpoint!(
+                "tick.transition.after",
+                return Err(crate::failpoint::db_error().into())
+            );
+            moved
+        };
+        match moved.await {
             Ok(moved) => {
                 let moved: HashSet<String> = moved.into_iter().collect();
                 for m in moves.into_iter().filter(|m| moved.contains(&m.id)) {
@@ -213,11 +233,27 @@ async fn destroy_target(pool: &Pool, target: &Target) -> crate::Result<Vec<Strin
         let Some(tool) = pool.tools.get(&owned.tool_id) else {
             tracing::warn!(instance_id = %target.id, tool = %owned.tool_id, resource_id = %owned.resource_id,
                 "tool not configured: its resource is abandoned for an operator to clean");
+            crate::failpoint!(
+                "teardown.services_abandon.before",
+                return Err(crate::failpoint::db_error().into())
+            );
             services::abandon(&pool.db, &target.id, &owned.tool_id, &owned.resource_id).await?;
+            crate::failpoint!(
+                "teardown.services_abandon.after",
+                return Err(crate::failpoint::db_error().into())
+            );
             abandoned.push(format!("{}:{}", owned.tool_id, owned.resource_id));
             continue;
         };
+        crate::failpoint!(
+            "teardown.tool_destroy.before",
+            return Err(Error::outbound(tool.step(), "delete", Failure::Connection))
+        );
         tool.destroy(&owned.resource_id).await?;
+        crate::failpoint!(
+            "teardown.tool_destroy.after",
+            return Err(Error::outbound(tool.step(), "delete", Failure::Connection))
+        );
         services::forget(
             &pool.db,
             &target.id,
@@ -226,8 +262,26 @@ async fn destroy_target(pool: &Pool, target: &Target) -> crate::Result<Vec<Strin
             "destroyed",
         )
         .await?;
+        crate::failpoint!(
+            "teardown.services_forget.after",
+            return Err(crate::failpoint::db_error().into())
+        );
     }
+    crate::failpoint!(
+        "teardown.provider_destroy.before",
+        return Err(Error::provider(
+            pool.provider.kind().as_str(),
+            "failpoint: delete failed"
+        ))
+    );
     pool.provider.destroy(&target.resource).await?;
+    crate::failpoint!(
+        "teardown.provider_destroy.after",
+        return Err(Error::provider(
+            pool.provider.kind().as_str(),
+            "delete timed out"
+        ))
+    );
     Ok(abandoned)
 }
 
@@ -297,6 +351,7 @@ async fn destroy_instances(
     // A lost lease stops it: the next tick destroys again (idempotent), then deletes.
     if !gone.is_empty() {
         gate.admit().await.or_else(allow_budget)?;
+        crate::failpoint!("teardown.row_delete.before", return Ok(()));
         let deleted: crate::Result<Vec<String>> = sqlx::query_scalar(
             "WITH d AS (
                DELETE FROM instances WHERE id = ANY($1::text[]) AND status = 'destroying' RETURNING id
@@ -311,6 +366,7 @@ async fn destroy_instances(
         .fetch_all(&pool.db)
         .await
         .map_err(Into::into);
+        crate::failpoint!("teardown.row_delete.after", return Ok(()));
         match deleted {
             Ok(ids) => report.destroyed.extend(ids),
             Err(e) => report.error("deleting destroyed rows", None, &e),
@@ -330,6 +386,7 @@ async fn destroy_instances(
         .bind(&failed_delays)
         .execute(&pool.db)
         .await;
+        crate::failpoint!("teardown.record_failures.after");
         if let Err(e) = result {
             report.error("recording destroy failures", None, &e.into());
         }
@@ -364,11 +421,20 @@ async fn delete_orphans(
             details: serde_json::Value::Null,
         };
         tracing::info!(resource = %orphan.name, "deleting orphan");
+        let deleting = async {
+            crate::failpoint!(
+                "tick.orphan_delete.before",
+                return Err(Error::provider("tick", "failpoint: delete failed"))
+            );
+            let deleted = pool.provider.destroy(&resource).await;
+            crate::failpoint!(
+                "tick.orphan_delete.after",
+                return Err(Error::provider("tick", "delete timed out"))
+            );
+            deleted
+        };
         let result = gate
-            .bounded(
-                pool.settings.tick_overrun(),
-                pool.provider.destroy(&resource),
-            )
+            .bounded(pool.settings.tick_overrun(), deleting)
             .await
             .unwrap_or_else(|| Err(Error::outbound("tick", "delete orphan", Failure::TimedOut)));
         (orphan, result)
@@ -448,12 +514,23 @@ async fn delete_tool_orphans(
         tracing::info!(tool = %orphan.tool_id, resource = %orphan.name, "deleting a tool orphan");
         let result = match pool.tools.get(&orphan.tool_id) {
             Some(tool) => {
-                gate.bounded(
-                    pool.settings.tick_overrun(),
-                    tool.destroy(&orphan.resource_id),
-                )
-                .await
-                .unwrap_or_else(|| Err(Error::outbound("tick", "delete orphan", Failure::TimedOut)))
+                let deleting = async {
+                    crate::failpoint!(
+                        "tick.tool_orphan_delete.before",
+                        return Err(Error::outbound(tool.step(), "delete", Failure::Connection))
+                    );
+                    let deleted = tool.destroy(&orphan.resource_id).await;
+                    crate::failpoint!(
+                        "tick.tool_orphan_delete.after",
+                        return Err(Error::outbound(tool.step(), "delete", Failure::Connection))
+                    );
+                    deleted
+                };
+                gate.bounded(pool.settings.tick_overrun(), deleting)
+                    .await
+                    .unwrap_or_else(|| {
+                        Err(Error::outbound("tick", "delete orphan", Failure::TimedOut))
+                    })
             }
             None => Ok(()),
         };
@@ -534,7 +611,18 @@ async fn destroy_abandoned(
         let fresh = !deleted.contains(&label);
         let result = match pool.tools.get(&a.tool_id) {
             Some(tool) if fresh => gate
-                .bounded(pool.settings.tick_overrun(), tool.destroy(&a.resource_id))
+                .bounded(pool.settings.tick_overrun(), async {
+                    crate::failpoint!(
+                        "teardown.abandoned_destroy.before",
+                        return Err(Error::outbound(tool.step(), "delete", Failure::Connection))
+                    );
+                    let deleted = tool.destroy(&a.resource_id).await;
+                    crate::failpoint!(
+                        "teardown.abandoned_destroy.after",
+                        return Err(Error::outbound(tool.step(), "delete", Failure::Connection))
+                    );
+                    deleted
+                })
                 .await
                 .unwrap_or_else(|| Err(Error::outbound("tick", "destroy", Failure::TimedOut))),
             _ => Ok(()),
@@ -562,6 +650,10 @@ async fn destroy_abandoned(
 /// A creator silent past `CREATE_TIMEOUT_MS` died: its rows are judged by their own age, which is
 /// older still, so its record says nothing more.
 async fn forget_silent_creators(pool: &Pool) -> crate::Result<()> {
+    crate::failpoint!(
+        "tick.forget_creators.before",
+        return Err(crate::failpoint::db_error().into())
+    );
     let timeout_ms = i64::try_from(pool.settings.creation.create_timeout_ms).unwrap_or(i64::MAX);
     sqlx::query("DELETE FROM creators WHERE alive_at < now() - $1 * interval '1 millisecond'")
         .bind(timeout_ms)
@@ -571,6 +663,10 @@ async fn forget_silent_creators(pool: &Pool) -> crate::Result<()> {
 }
 
 async fn forget_old_claim_requests(pool: &Pool) -> crate::Result<()> {
+    crate::failpoint!(
+        "tick.forget_claim_requests.before",
+        return Err(crate::failpoint::db_error().into())
+    );
     sqlx::query(&format!(
         "DELETE FROM claim_requests WHERE created_at < now() - interval '{IDEMPOTENCY_RETENTION}'"
     ))

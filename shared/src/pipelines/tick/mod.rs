@@ -199,6 +199,10 @@ pub async fn run(pool: &Pool, mode: Mode) -> Result<TickReport> {
 pub async fn run_until(pool: &Pool, mode: Mode, stop: &CancellationToken) -> Result<TickReport> {
     // The wait for the lock counts against the budget too.
     let started = Instant::now();
+    crate::failpoint!(
+        "tick.lease.before",
+        return Err(crate::failpoint::db_error().into())
+    );
     let lease = match mode {
         Mode::Kick => lease::Lease::try_acquire(&pool.db, TICK_LOCK_KEY).await?,
         Mode::Full | Mode::Reconcile => {
@@ -221,9 +225,16 @@ pub async fn run_until(pool: &Pool, mode: Mode, stop: &CancellationToken) -> Res
     );
     let creations = gate.without_lease();
     let span = tracing::info_span!("tick", ?mode);
+    // Outside the work: rows it reserved are created even if the work is cut after reserving them
+    // (else they would wait, creator silent, to be reaped).
+    let mut batch = None;
+    let reserved = &mut batch;
     let work = async {
+        crate::failpoint!(
+            "tick.lease.after",
+            return Err(crate::failpoint::db_error().into())
+        );
         let mut report = TickReport::default();
-        let mut batch = None;
         let snapshot = snapshot::take(pool, mode, &gate, &mut report).await?;
         let (size, sizing) = pool_size::in_force(&pool.db, &pool.settings.size).await?;
         let plan = plan::decide(&snapshot, &rules(&pool.settings, size, sizing), mode);
@@ -232,41 +243,75 @@ pub async fn run_until(pool: &Pool, mode: Mode, stop: &CancellationToken) -> Res
         report.target = Some(plan.target.clone());
         report.creation_paused = snapshot.creation_paused.clone();
         if mode == Mode::Full {
+            crate::failpoint!("tick.sample.before");
             if let Err(e) = samples::record(&pool.db, &sample(&snapshot, &plan.target)).await {
                 report.error("recording the pool's target", None, &e);
             }
         }
         if let Err(why) =
-            execute::run(pool, &snapshot, plan, mode, &gate, &mut report, &mut batch).await
+            execute::run(pool, &snapshot, plan, mode, &gate, &mut report, reserved).await
         {
             report.cut(why);
         }
-        Ok::<_, Error>((report, batch))
+        Ok::<_, Error>(report)
     };
-    let outcome = tracing::Instrument::instrument(work, span.clone()).await;
-    // A tick cut short left work for the next one: it is not the success /metrics reports.
-    if matches!(&outcome, Ok((report, _)) if report.cut_short.is_none()) {
-        // Under the lock still: one tick at a time writes this row.
-        if let Err(e) =
-            crate::metrics::record_tick(&pool.db, started.elapsed(), mode == Mode::Full).await
-        {
-            tracing::warn!(error = %e, "recording the tick for /metrics");
+    // Everything under the lock ends within the tick's bound, whatever hangs (a statement, a
+    // stalled step): a holder that hangs would otherwise stop every replica's ticks for as long.
+    // What is cut stops on whatever line it was at, as a process dying there (see `Gate::bounded`).
+    // Later than the steps' own cut (`Gate::bounded`, at the same bound), so that a step cut
+    // there is still recorded (a failed destroy's backoff, the rows destroyed).
+    let locked_until = started + pool.settings.tick_bound() + pool.settings.tick_overrun();
+    let outcome = match tokio::time::timeout_at(
+        locked_until,
+        tracing::Instrument::instrument(work, span.clone()),
+    )
+    .await
+    {
+        Ok(outcome) => outcome,
+        Err(_) => {
+            let mut report = TickReport::default();
+            report.cut(CutShort::Budget);
+            Ok(report)
         }
-    }
-    // Keeps each scrape's fold small, however rarely /metrics is scraped; a kicked tick leaves
-    // it to the next full one.
-    if mode != Mode::Kick {
-        if let Err(e) = crate::metrics::fold(&pool.db).await {
-            tracing::warn!(error = %e, "folding events into the metrics");
+    };
+    let succeeded = matches!(&outcome, Ok(report) if report.cut_short.is_none());
+    let bookkeeping = async {
+        // A tick cut short left work for the next one: it is not the success /metrics reports.
+        if succeeded {
+            // Under the lock still: one tick at a time writes this row.
+            crate::failpoint!("tick.record.before");
+            if let Err(e) =
+                crate::metrics::record_tick(&pool.db, started.elapsed(), mode == Mode::Full).await
+            {
+                tracing::warn!(error = %e, "recording the tick for /metrics");
+            }
         }
-    }
-    if let Err(e) = crate::metrics::flush_call_errors(&pool.db, &pool.tally).await {
-        tracing::warn!(error = %e, "writing call error counts");
+        // Keeps each scrape's fold small, however rarely /metrics is scraped; a kicked tick
+        // leaves it to the next full one.
+        if mode != Mode::Kick {
+            crate::failpoint!("tick.fold.before");
+            if let Err(e) = crate::metrics::fold(&pool.db).await {
+                tracing::warn!(error = %e, "folding events into the metrics");
+            }
+        }
+        if let Err(e) = crate::metrics::flush_call_errors(&pool.db, &pool.tally).await {
+            tracing::warn!(error = %e, "writing call error counts");
+        }
+        crate::failpoint!("tick.flush.after");
+    };
+    // Bounded too, by one call's timeout: what it did not write, the next tick does.
+    if tokio::time::timeout(pool.settings.tick_overrun(), bookkeeping)
+        .await
+        .is_err()
+    {
+        tracing::warn!("the tick's bookkeeping cut past one call's timeout");
     }
     drop(gate);
     lease.release().await;
-    let (mut report, batch) = outcome?;
+    crate::failpoint!("tick.release.after");
+    let mut report = outcome?;
     if let Some(batch) = batch {
+        crate::failpoint!("tick.create_reserved.before");
         let creating = execute::create_reserved(pool, batch, &creations, &mut report);
         if let Err(why) = tracing::Instrument::instrument(creating, span).await {
             report.cut(why);

@@ -77,7 +77,19 @@ pub async fn take(
     let resources = match mode {
         Mode::Kick => None,
         Mode::Full | Mode::Reconcile => {
-            match within(gate, overrun, pool.provider.list(prefix)).await {
+            let listing = async {
+                crate::failpoint!(
+                    "tick.provider_list.before",
+                    return Err(crate::Error::provider("tick", "failpoint: listing failed"))
+                );
+                let listed = pool.provider.list(prefix).await;
+                crate::failpoint!(
+                    "tick.provider_list.after",
+                    return Err(crate::Error::provider("tick", "listing timed out"))
+                );
+                listed
+            };
+            match within(gate, overrun, listing).await {
                 Ok(Ok(resources)) => Some(resources),
                 Ok(Err(e)) => {
                     report.error("listing resources", None, &e);
@@ -94,7 +106,27 @@ pub async fn take(
     let mut tools_listed = HashSet::new();
     if mode != Mode::Kick {
         for tool in &pool.tools.tools {
-            let listed = match within(gate, overrun, tool.list(prefix)).await {
+            let listing = async {
+                crate::failpoint!(
+                    "tick.tool_list.before",
+                    return Err(crate::Error::outbound(
+                        tool.step(),
+                        "list",
+                        crate::calls::Failure::Connection
+                    ))
+                );
+                let listed = tool.list(prefix).await;
+                crate::failpoint!(
+                    "tick.tool_list.after",
+                    return Err(crate::Error::outbound(
+                        tool.step(),
+                        "list",
+                        crate::calls::Failure::Connection
+                    ))
+                );
+                listed
+            };
+            let listed = match within(gate, overrun, listing).await {
                 Ok(listed) => listed,
                 Err(why) => {
                     report.cut(why);
@@ -261,7 +293,18 @@ async fn confirm_absences(
                 judged = false;
                 break;
             }
-            match tool.exists(&resource_id).await {
+            let exists = async {
+                crate::failpoint!(
+                    "tick.tool_exists.before",
+                    return Some(Err(crate::Error::outbound(
+                        tool.step(),
+                        "lookup",
+                        crate::calls::Failure::Connection
+                    )))
+                );
+                tool.exists(&resource_id).await
+            };
+            match exists.await {
                 None | Some(Ok(false)) => {}
                 Some(Ok(true)) => tool_resources.push(ToolResource {
                     tool_id: tool_id.to_string(),
@@ -470,7 +513,9 @@ async fn check_health(
                 OptionFuture::from(gate.peek().is_ok().then(|| {
                     let span = tracing::debug_span!("health", instance_id = %id);
                     async move {
+                        crate::failpoint!("tick.health.before", return (id, Health::Unreachable));
                         let health = pool.runtime.health(&url, gateway_token.expose()).await;
+                        crate::failpoint!("tick.health.after", return (id, Health::Unreachable));
                         tracing::debug!(?health);
                         (id, health)
                     }

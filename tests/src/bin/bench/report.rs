@@ -469,6 +469,8 @@ pub fn markdown(report: &Report) -> String {
          start and the network to a real database come on top."
     );
 
+    let _ = writeln!(md, "\n{}", crate::cadence::markdown(&report.cadence));
+
     let notes = std::fs::read_to_string(concat!(
         env!("CARGO_MANIFEST_DIR"),
         "/../docs/benchmarks-notes.md"

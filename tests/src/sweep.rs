@@ -1,0 +1,1027 @@
+//! The failpoint sweep (issue 15, section 3): for a failpoint and an action (an error, a delay past
+//! the caller's timeout, the process dying on that line), one scenario on real Postgres with two
+//! `agentpool serve` replicas and the stateful fakes at realistic latency (scaled): claims (with
+//! `Idempotency-Key`s, retried on the other replica when a connection breaks), a dashboard login
+//! and logout, an operator's delete, a replenish, a kicked tick, and the replicas' own ticks.
+//! Replica A runs with the failpoint; a killed A is restarted without it. Once the pool settles,
+//! [`Verdict::violations`] lists every invariant broken:
+//!
+//! - no instance handed to two claims (the claim events), no conversation served by two agents;
+//! - no resource of a claimed, healthy agent destroyed;
+//! - every outside resource (service, volume, key, inbox, number) owned by a row or deleted;
+//! - no row in a transient state past its timeout plus two ticks;
+//! - every client answered (a success or a JSON error with a code) within the claim deadline.
+//!
+//! The list of failpoints is [`FAILPOINTS`]; `tests/tests/failpoints.rs` runs a fast subset, and
+//! the whole sweep (`--ignored`) writes `docs/failpoints.md`.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use rand::Rng;
+use serde_json::{json, Value};
+use sqlx::PgPool;
+
+use crate::latency::LatencyProfile;
+use crate::outside::Outside;
+use crate::{agentpool_bin, free_port, set_vars, TestDb};
+
+/// Every failpoint in the code, by the step it marks (see `shared/src/vocabulary/failpoint.rs`).
+/// `shared`'s test `every_failpoint_is_swept` keeps this list and the code in step.
+pub const FAILPOINTS: &[&str] = &[
+    // The claim.
+    "claim.take.before",
+    "claim.take.after",
+    "claim.provision.before",
+    "claim.provision.after",
+    "claim.finish.before",
+    "claim.finish.after",
+    "claim.abandon.before",
+    "claim.abandon.after",
+    "claim.count_miss.before",
+    // Idempotency.
+    "idempotency.begin.before",
+    "idempotency.begin.after",
+    "idempotency.forget.before",
+    "idempotency.forget.after",
+    // Creation.
+    "creation.creator_start.before",
+    "creation.creator_start.after",
+    "creation.heartbeat.before",
+    "creation.heartbeat.after",
+    "creation.creator_finish.before",
+    "creation.creator_finish.after",
+    "creation.reserve.before",
+    "creation.reserve.after",
+    "creation.tool_create.before",
+    "creation.tool_create.after",
+    "creation.tool_record.after",
+    "creation.provider_create.before",
+    "creation.provider_create.after",
+    "creation.record_infra.after",
+    "creation.roll_back.before",
+    "creation.roll_back.after",
+    "creation.abandon.before",
+    "creation.abandon.after",
+    // Teardown.
+    "teardown.request_destroy.before",
+    "teardown.request_destroy.after",
+    "teardown.services_abandon.before",
+    "teardown.services_abandon.after",
+    "teardown.tool_destroy.before",
+    "teardown.tool_destroy.after",
+    "teardown.services_forget.after",
+    "teardown.provider_destroy.before",
+    "teardown.provider_destroy.after",
+    "teardown.row_delete.before",
+    "teardown.row_delete.after",
+    "teardown.record_failures.after",
+    "teardown.abandoned_destroy.before",
+    "teardown.abandoned_destroy.after",
+    // The tick.
+    "tick.lease.before",
+    "tick.lease.behind",
+    "tick.lease.after",
+    "tick.provider_list.before",
+    "tick.provider_list.after",
+    "tick.tool_list.before",
+    "tick.tool_list.after",
+    "tick.tool_exists.before",
+    "tick.health.before",
+    "tick.health.after",
+    "tick.observations.before",
+    "tick.observations.after",
+    "tick.transition.before",
+    "tick.transition.after",
+    "tick.orphan_delete.before",
+    "tick.orphan_delete.after",
+    "tick.tool_orphan_delete.before",
+    "tick.tool_orphan_delete.after",
+    "tick.forget_creators.before",
+    "tick.forget_claim_requests.before",
+    "tick.sample.before",
+    "tick.record.before",
+    "tick.fold.before",
+    "tick.flush.after",
+    "tick.release.after",
+    "tick.create_reserved.before",
+    "gate.bounded",
+    // Sessions.
+    "sessions.attempt.before",
+    "sessions.attempt.after",
+    "sessions.forget_attempts.before",
+    "sessions.forget_attempts.after",
+    "sessions.open.before",
+    "sessions.open.after",
+    "sessions.close.before",
+    "sessions.close.after",
+];
+
+/// What a failpoint does when reached.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Action {
+    Error,
+    Delay,
+    Kill,
+}
+
+impl Action {
+    pub const ALL: [Action; 3] = [Action::Error, Action::Delay, Action::Kill];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Action::Error => "error",
+            Action::Delay => "delay",
+            Action::Kill => "kill",
+        }
+    }
+
+    /// fail-rs's configuration for replica A: a fault that happens a few times (once for a kill:
+    /// the restarted replica runs without it), then goes away, as real ones do.
+    fn config(self, delay: Duration) -> String {
+        match self {
+            Action::Error => "3*return(error)".into(),
+            Action::Delay => format!("2*return(delay:{})", delay.as_millis()),
+            Action::Kill => "1*return(kill)".into(),
+        }
+    }
+}
+
+/// The scale of the sweep: the pool's timeouts and the fakes' latencies are production's × this.
+pub const SCALE: f64 = 1.0 / 50.0;
+const MIN_IDLE: i64 = 4;
+const API_KEY: &str = "sweep-key-0123456789abcdef";
+/// However slow a settle, the case fails past this (the table records the real settle time).
+const SETTLE_LIMIT: Duration = Duration::from_secs(45);
+
+fn setting(profile: &LatencyProfile, name: &str) -> Duration {
+    let ms: u64 = profile
+        .pool_settings()
+        .into_iter()
+        .find(|(n, _)| n == name)
+        .and_then(|(_, v)| v.parse().ok())
+        .unwrap_or(0);
+    Duration::from_millis(ms)
+}
+
+/// One case's result.
+#[derive(Debug, Clone)]
+pub struct Verdict {
+    pub failpoint: &'static str,
+    pub action: Action,
+    /// Replica A logged the failpoint firing.
+    pub fired: bool,
+    pub violations: Vec<String>,
+    /// From the end of the driving to a settled pool.
+    pub settle: Option<Duration>,
+    pub claims: usize,
+}
+
+impl Verdict {
+    pub fn passed(&self) -> bool {
+        self.violations.is_empty()
+    }
+}
+
+/// How one claim ended, as its client saw it.
+#[derive(Debug)]
+enum Answer {
+    Claimed {
+        instance: String,
+        took: Duration,
+    },
+    Refused {
+        took: Duration,
+    },
+    /// No answer (the connection broke on both replicas, or no reply in time).
+    Silent(String),
+}
+
+struct Replica {
+    port: u16,
+    child: Child,
+    log: PathBuf,
+}
+
+/// The two replicas; A carries the failpoint.
+struct Replicas {
+    bin: PathBuf,
+    env: Vec<(String, String)>,
+    logs: PathBuf,
+    a: Replica,
+    b: Replica,
+    /// A was restarted after dying (a kill, or a crash that is then a violation).
+    restarts: u32,
+    unexpected_exits: Vec<String>,
+    kill_expected: bool,
+}
+
+impl Replicas {
+    fn spawn(
+        bin: &std::path::Path,
+        env: &[(String, String)],
+        log: &std::path::Path,
+        port: u16,
+        failpoints: Option<&str>,
+    ) -> Child {
+        let file = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(log)
+            .expect("replica log");
+        let mut command = Command::new(bin);
+        command
+            .arg("serve")
+            .env_clear()
+            .envs(env.iter().map(|(k, v)| (k, v)))
+            .env("PATH", std::env::var("PATH").unwrap_or_default())
+            .env("PORT", port.to_string())
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(file);
+        if let Some(spec) = failpoints {
+            command.env("FAILPOINTS", spec);
+        }
+        command.spawn().expect("spawn replica")
+    }
+
+    fn base(&self, which: usize) -> String {
+        let port = if which == 0 { self.a.port } else { self.b.port };
+        format!("http://127.0.0.1:{port}")
+    }
+
+    /// Restarts A if it died; records any other death.
+    fn watch(&mut self) {
+        if let Ok(Some(status)) = self.a.child.try_wait() {
+            if !self.kill_expected || self.restarts > 0 {
+                self.unexpected_exits
+                    .push(format!("replica A exited by itself: {status}"));
+            }
+            self.restarts += 1;
+            self.a.child = Self::spawn(&self.bin, &self.env, &self.a.log, self.a.port, None);
+        }
+        if let Ok(Some(status)) = self.b.child.try_wait() {
+            self.unexpected_exits
+                .push(format!("replica B exited by itself: {status}"));
+            self.b.child = Self::spawn(&self.bin, &self.env, &self.b.log, self.b.port, None);
+        }
+    }
+}
+
+impl Drop for Replicas {
+    fn drop(&mut self) {
+        for child in [&mut self.a.child, &mut self.b.child] {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+/// The settings of a sweep's pool.
+struct Times {
+    claim_timeout: Duration,
+    create_timeout: Duration,
+    tick: Duration,
+    delay: Duration,
+}
+
+/// Runs one case. `bin` is an `agentpool` built with the `failpoints` feature.
+pub async fn run_case(failpoint: &'static str, action: Action) -> Verdict {
+    let profile = LatencyProfile::realistic().scaled(SCALE).seeded(
+        failpoint
+            .bytes()
+            .fold(action as u64, |h, b| h.wrapping_mul(31) ^ u64::from(b)),
+    );
+    let times = Times {
+        claim_timeout: setting(&profile, "CLAIM_TIMEOUT_MS"),
+        create_timeout: setting(&profile, "CREATE_TIMEOUT_MS"),
+        tick: setting(&profile, "TICK_INTERVAL_MS"),
+        // Past every caller's timeout: the claim's deadline, a creation's, the tick's budget.
+        delay: setting(&profile, "CLAIM_TIMEOUT_MS") * 2,
+    };
+    let case_started = Instant::now();
+    let phase = |what: &str| {
+        if std::env::var_os("SWEEP_VERBOSE").is_some() {
+            eprintln!(
+                "  {failpoint} × {}: {what} at {:.1?}",
+                action.name(),
+                case_started.elapsed()
+            );
+        }
+    };
+    let outside = Outside::start(100).await;
+    outside.set_latency(&profile);
+    let db = TestDb::new().await;
+    let prefix = format!("sw{}-", rand::thread_rng().gen_range(100_000u32..999_999));
+    let mut vars = outside.settings();
+    set_vars(&mut vars, profile.pool_settings());
+    set_vars(
+        &mut vars,
+        [
+            ("DATABASE_URL", db.url.clone()),
+            ("POOL_API_KEY", API_KEY.into()),
+            ("POOL_NAME_PREFIX", prefix.clone()),
+            ("POOL_MIN_IDLE", MIN_IDLE.to_string()),
+            ("POOL_MAX_TOTAL", "16".into()),
+            ("RAILWAY_VOLUME_MOUNT", "/data".into()),
+            ("RUST_LOG", "warn".into()),
+        ]
+        .map(|(k, v)| (k.to_string(), v)),
+    );
+    let logs = tempfile::Builder::new()
+        .prefix("agentpool-sweep-")
+        .tempdir()
+        .expect("log dir");
+    let bin = agentpool_bin().to_path_buf();
+    let spec = format!("{failpoint}={}", action.config(times.delay));
+    let (a_log, b_log) = (logs.path().join("a.log"), logs.path().join("b.log"));
+    let (a_port, b_port) = (free_port(), free_port());
+    let replicas = Replicas {
+        a: Replica {
+            port: a_port,
+            child: Replicas::spawn(&bin, &vars, &a_log, a_port, Some(&spec)),
+            log: a_log.clone(),
+        },
+        b: Replica {
+            port: b_port,
+            child: Replicas::spawn(&bin, &vars, &b_log, b_port, None),
+            log: b_log,
+        },
+        bin,
+        env: vars,
+        logs: logs.path().to_path_buf(),
+        restarts: 0,
+        unexpected_exits: Vec::new(),
+        kill_expected: action == Action::Kill,
+    };
+    let _ = &replicas.logs;
+    let replicas = Arc::new(Mutex::new(replicas));
+    let mut violations = Vec::new();
+
+    phase("spawned");
+    // The watchers: A restarted when it dies, transient rows checked against their timeouts.
+    let stop = tokio_util::sync::CancellationToken::new();
+    let watcher = {
+        let (replicas, stop) = (replicas.clone(), stop.clone());
+        tokio::spawn(async move {
+            while !stop.is_cancelled() {
+                replicas.lock().unwrap_or_else(|e| e.into_inner()).watch();
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        })
+    };
+    let overdue = {
+        let (db, stop) = (db.pool.clone(), stop.clone());
+        let limits = (
+            times.claim_timeout + times.tick * 2,
+            times.create_timeout + times.tick * 2,
+            // A due destroy is done by one of the next two ticks, each of which may run its budget
+            // and twice one call's timeout (its steps' cut, then the cut of what hangs under its
+            // lock: `tick::run_until`).
+            (times.tick
+                + setting(&profile, "TICK_BUDGET_MS")
+                + setting(&profile, "OUTBOUND_TIMEOUT_MS") * 2)
+                * 2,
+            // A created row waits for its runtime to be ready, up to `POOL_STUCK_TIMEOUT_MS`.
+            setting(&profile, "POOL_STUCK_TIMEOUT_MS") + times.tick * 2,
+        );
+        tokio::spawn(async move {
+            // Each row once, at the oldest it was seen.
+            let mut seen: BTreeMap<String, (String, f64)> = BTreeMap::new();
+            while !stop.is_cancelled() {
+                for (id, status, age) in transient_overdue(&db, limits).await {
+                    let entry = seen.entry(id).or_insert((status.clone(), age));
+                    if age >= entry.1 {
+                        *entry = (status, age);
+                    }
+                }
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            seen.into_iter()
+                .map(|(id, (status, age))| {
+                    format!("{id} {status} for {age:.1} s, past its timeout plus two ticks")
+                })
+                .collect::<Vec<_>>()
+        })
+    };
+
+    let http = reqwest::Client::builder()
+        .pool_max_idle_per_host(0)
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .expect("http client");
+    let bases = {
+        let r = replicas.lock().unwrap_or_else(|e| e.into_inner());
+        [r.base(0), r.base(1)]
+    };
+    // Both replicas up (A may already be dead and restarting: a kill during its first tick).
+    for base in &bases {
+        let up = wait_for(Duration::from_secs(30), || async {
+            http.get(format!("{base}/healthz"))
+                .send()
+                .await
+                .is_ok_and(|r| r.status().is_success())
+        })
+        .await;
+        if !up {
+            violations.push(format!("{base} never answered /healthz"));
+        }
+    }
+    phase("healthy");
+    // The pool fills through the replicas' ticks.
+    let filled = wait_for(Duration::from_secs(60), || async {
+        count(&db.pool, "status = 'idle'").await >= MIN_IDLE
+    })
+    .await;
+    if !filled {
+        violations.push("the pool never filled before the claims".into());
+    }
+
+    phase("filled");
+    // The driving: everything at once, on both replicas, most claims first on A (which has the
+    // failpoint).
+    let mut answers = Vec::new();
+    let mut kept = BTreeSet::new();
+    let claims = (0..4).map(|i| {
+        let (http, bases) = (http.clone(), bases.clone());
+        let limit = times.claim_timeout + times.tick * 2;
+        async move {
+            claim(
+                &http,
+                &bases,
+                usize::from(i == 3),
+                &format!("key-{i}"),
+                limit,
+            )
+            .await
+        }
+    });
+    let side = async {
+        let mut notes = Vec::new();
+        notes.extend(dashboard_round(&http, &bases[0]).await);
+        notes.extend(dashboard_round(&http, &bases[1]).await);
+        for (which, path, body) in [
+            (0, "/api/pool/replenish", json!({"count": 1})),
+            (1, "/api/pool/tick", json!({})),
+            (0, "/api/pool/tick", json!({})),
+        ] {
+            let request = |base: &str| {
+                http.post(format!("{base}{path}"))
+                    .json(&body)
+                    .bearer_auth(API_KEY)
+            };
+            if let Some(note) = answered_somewhere(&bases, which, request).await {
+                notes.push(format!("POST {path}: {note}"));
+            }
+        }
+        notes
+    };
+    let (claimed, side_notes) =
+        futures::future::join(futures::future::join_all(claims), side).await;
+    answers.extend(claimed);
+    violations.extend(side_notes);
+    phase("first claims");
+    // An operator deletes one claimed instance; the others stay claimed, and healthy.
+    let mut handed = Vec::new();
+    for answer in &answers {
+        if let Answer::Claimed { instance, .. } = answer {
+            handed.push(instance.clone());
+        }
+    }
+    if let Some((deleted, rest)) = handed.split_first() {
+        kept.extend(rest.iter().cloned());
+        let request = |base: &str| {
+            http.delete(format!("{base}/api/pool/instances/{deleted}"))
+                .bearer_auth(API_KEY)
+        };
+        if let Some(note) = answered_somewhere(&bases, 0, request).await {
+            violations.push(format!("DELETE: {note}"));
+        }
+    }
+    // A second round of claims while the pool refills and the teardown runs.
+    let claims = (4..6).map(|i| {
+        let (http, bases) = (http.clone(), bases.clone());
+        let limit = times.claim_timeout + times.tick * 2;
+        async move { claim(&http, &bases, 0, &format!("key-{i}"), limit).await }
+    });
+    let second = futures::future::join_all(claims).await;
+    for answer in &second {
+        if let Answer::Claimed { instance, .. } = answer {
+            kept.insert(instance.clone());
+        }
+    }
+    answers.extend(second);
+
+    phase("driven");
+    // The settling.
+    let driven = Instant::now();
+    let settled = wait_for(SETTLE_LIMIT, || async {
+        settled(&db.pool, &outside, &prefix).await.is_ok()
+    })
+    .await;
+    let settle = settled.then(|| driven.elapsed());
+    if !settled {
+        let why = settled_why(&db.pool, &outside, &prefix).await;
+        violations.push(format!("did not settle within {SETTLE_LIMIT:?}: {why}"));
+    }
+    stop.cancel();
+    let _ = watcher.await;
+    for found in overdue.await.unwrap_or_default() {
+        violations.push(found);
+    }
+
+    // The invariants.
+    violations.extend(double_claims(&db.pool).await);
+    let limit = times.claim_timeout + times.tick * 2;
+    for (i, answer) in answers.iter().enumerate() {
+        match answer {
+            Answer::Claimed { took, .. } | Answer::Refused { took, .. } if *took > limit => {
+                violations.push(format!("claim {i} answered after {took:?}, past {limit:?}"))
+            }
+            Answer::Silent(why) => violations.push(format!("claim {i} got no answer: {why}")),
+            _ => {}
+        }
+    }
+    let claimed_ids: Vec<&str> = answers
+        .iter()
+        .filter_map(|a| match a {
+            Answer::Claimed { instance, .. } => Some(instance.as_str()),
+            _ => None,
+        })
+        .collect();
+    let distinct: BTreeSet<&str> = claimed_ids.iter().copied().collect();
+    if distinct.len() != claimed_ids.len() {
+        violations.push(format!("two claims got one instance: {claimed_ids:?}"));
+    }
+    for id in &kept {
+        let status: Option<String> =
+            sqlx::query_scalar("SELECT status FROM instances WHERE id = $1")
+                .bind(id)
+                .fetch_optional(&db.pool)
+                .await
+                .unwrap_or(None);
+        if status.as_deref() != Some("claimed") {
+            violations.push(format!(
+                "claimed instance {id} (healthy, never released) is now {status:?}"
+            ));
+        }
+    }
+    let conversations: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM (SELECT conversation_id FROM instances
+          WHERE status IN ('claimed', 'claiming') AND conversation_id IS NOT NULL
+          GROUP BY conversation_id HAVING count(*) > 1) twice",
+    )
+    .fetch_one(&db.pool)
+    .await
+    .unwrap_or(0);
+    if conversations > 0 {
+        violations.push(format!(
+            "{conversations} conversations served by two agents"
+        ));
+    }
+    let fired = std::fs::read_to_string(&a_log)
+        .unwrap_or_default()
+        .contains(&format!("failpoint=\"{failpoint}\""));
+    {
+        let r = replicas.lock().unwrap_or_else(|e| e.into_inner());
+        violations.extend(r.unexpected_exits.iter().cloned());
+        if !violations.is_empty() {
+            // Kept for whoever reads the failure.
+            let kept_logs = std::env::temp_dir().join(format!(
+                "agentpool-sweep-{}-{}",
+                failpoint,
+                action.name()
+            ));
+            let _ = std::fs::create_dir_all(&kept_logs);
+            let _ = std::fs::copy(&r.a.log, kept_logs.join("a.log"));
+            let _ = std::fs::copy(&r.b.log, kept_logs.join("b.log"));
+            violations.push(format!("logs in {}", kept_logs.display()));
+        }
+    }
+    Verdict {
+        failpoint,
+        action,
+        fired,
+        violations,
+        settle,
+        claims: answers.len(),
+    }
+}
+
+/// Awaits a condition; false past `limit`.
+async fn wait_for<F, Fut>(limit: Duration, mut condition: F) -> bool
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = Instant::now() + limit;
+    loop {
+        if condition().await {
+            return true;
+        }
+        if Instant::now() >= deadline {
+            return false;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+async fn count(db: &PgPool, condition: &str) -> i64 {
+    sqlx::query_scalar(&format!("SELECT count(*) FROM instances WHERE {condition}"))
+        .fetch_one(db)
+        .await
+        .unwrap_or(-1)
+}
+
+/// A claim with its `Idempotency-Key`, on replica `first`; a broken connection is retried with
+/// the same key on the other replica, a `claim_in_progress` on either, until `limit` from the
+/// first try.
+async fn claim(
+    http: &reqwest::Client,
+    bases: &[String; 2],
+    first: usize,
+    key: &str,
+    limit: Duration,
+) -> Answer {
+    let started = Instant::now();
+    let mut which = first;
+    let mut last = String::new();
+    while started.elapsed() < limit {
+        let left = limit.saturating_sub(started.elapsed());
+        let sent = http
+            .post(format!("{}/api/pool/claim", bases[which]))
+            .bearer_auth(API_KEY)
+            .header("Idempotency-Key", key)
+            .timeout(left)
+            .json(&json!({"agentName": format!("sweep-{key}"), "instructions": "Sweep."}))
+            .send()
+            .await;
+        let response = match sent {
+            Ok(response) => response,
+            Err(e) if e.is_timeout() => {
+                return Answer::Silent(format!("no reply within {limit:?}"))
+            }
+            Err(e) => {
+                last = format!("{}: {e}", bases[which]);
+                which = 1 - which;
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                continue;
+            }
+        };
+        let status = response.status().as_u16();
+        let body: Value = match response.json().await {
+            Ok(body) => body,
+            Err(e) => {
+                // A reply cut mid-body: the replica died while answering.
+                last = format!("{status}, body cut: {e}");
+                which = 1 - which;
+                continue;
+            }
+        };
+        if status == 200 {
+            return match body["instanceId"].as_str() {
+                Some(instance) => Answer::Claimed {
+                    instance: instance.to_string(),
+                    took: started.elapsed(),
+                },
+                None => Answer::Silent(format!("200 without an instanceId: {body}")),
+            };
+        }
+        let code = body["error"]["code"]
+            .as_str()
+            .or_else(|| body["code"].as_str())
+            .map(str::to_string);
+        match code {
+            Some(code) if code == "claim_in_progress" => {
+                // The first claim with this key may still finish, or be taken over after its
+                // deadline: the client asks again, as the reply's Retry-After says.
+                last = "claim_in_progress".into();
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            Some(code) => {
+                let _ = code;
+                return Answer::Refused {
+                    took: started.elapsed(),
+                };
+            }
+            None => return Answer::Silent(format!("{status} without an error code: {body}")),
+        }
+    }
+    Answer::Silent(format!("no final answer within {limit:?}: {last}"))
+}
+
+/// As [`answered`], on replica `first`, then (the connection broken: it died) on the other one,
+/// as an operator would.
+async fn answered_somewhere(
+    bases: &[String; 2],
+    first: usize,
+    request: impl Fn(&str) -> reqwest::RequestBuilder,
+) -> Option<String> {
+    let note = answered(request(&bases[first])).await?;
+    if !note.starts_with("no answer") {
+        return Some(note);
+    }
+    answered(request(&bases[1 - first]))
+        .await
+        .map(|again| format!("{note}; then {again}"))
+}
+
+/// `None` if a request got an answer (a success, or an error that says what it is); else why not.
+async fn answered(request: reqwest::RequestBuilder) -> Option<String> {
+    match request.timeout(Duration::from_secs(30)).send().await {
+        Err(e) => Some(format!("no answer: {e}")),
+        Ok(response) => {
+            let status = response.status();
+            let text = response.text().await.unwrap_or_default();
+            if status.is_success() || status.is_redirection() {
+                return None;
+            }
+            let value: Value = serde_json::from_str(&text).unwrap_or(Value::Null);
+            let coded = value["error"]["code"].is_string() || value["code"].is_string();
+            // The dashboard answers a person with a page; a page is an answer too.
+            let page =
+                text.contains("<html") || text.contains("<!doctype") || text.contains("<!DOCTYPE");
+            (!coded && !page).then(|| format!("{status} that says nothing: {text}"))
+        }
+    }
+}
+
+/// A login with a wrong key, one with the right key, the dashboard, a logout.
+async fn dashboard_round(http: &reqwest::Client, base: &str) -> Vec<String> {
+    let mut notes = Vec::new();
+    let wrong = http
+        .post(format!("{base}/admin/login"))
+        .form(&[("key", "wrong-key-0123456789"), ("next", "/admin")]);
+    if let Some(note) = answered(wrong).await {
+        // A replica dying under it is the kill's doing; the watcher tells a death of its own.
+        if !note.starts_with("no answer") {
+            notes.push(format!("wrong login: {note}"));
+        }
+    }
+    let right = http
+        .post(format!("{base}/admin/login"))
+        .form(&[("key", API_KEY), ("next", "/admin")])
+        .timeout(Duration::from_secs(30))
+        .send()
+        .await;
+    let cookie = match right {
+        Ok(response) if response.status().is_redirection() => response
+            .headers()
+            .get(reqwest::header::SET_COOKIE)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.split(';').next())
+            .map(str::to_string),
+        Ok(response) => {
+            let status = response.status();
+            let text = response.text().await.unwrap_or_default();
+            if !text.contains("<") && !text.contains("code") {
+                notes.push(format!("login: {status} that says nothing"));
+            }
+            None
+        }
+        // A replica dying under the login: the operator logs in again elsewhere.
+        Err(_) => None,
+    };
+    let Some(cookie) = cookie else {
+        return notes;
+    };
+    let page = http
+        .get(format!("{base}/admin"))
+        .header("cookie", &cookie)
+        .timeout(Duration::from_secs(30))
+        .send()
+        .await;
+    let Ok(page) = page else { return notes };
+    let html = page.text().await.unwrap_or_default();
+    let Some(csrf) = html
+        .split_once("name=\"csrf-token\" content=\"")
+        .and_then(|(_, rest)| rest.split('"').next())
+    else {
+        return notes;
+    };
+    let out = http
+        .post(format!("{base}/admin/logout"))
+        .header("cookie", &cookie)
+        .form(&[("csrf", csrf)]);
+    if let Some(note) = answered(out).await {
+        if !note.starts_with("no answer") {
+            notes.push(format!("logout: {note}"));
+        }
+    }
+    notes
+}
+
+/// Rows past their transient state's timeout plus two ticks, as the database's clock says.
+async fn transient_overdue(
+    db: &PgPool,
+    limits: (Duration, Duration, Duration, Duration),
+) -> Vec<(String, String, f64)> {
+    let ms = |d: Duration| d.as_millis() as i64;
+    sqlx::query_as(
+        "SELECT i.id, i.status,
+                extract(epoch FROM now() - CASE
+                   WHEN i.status = 'starting' AND f.instance_id IS NULL
+                        THEN greatest(i.status_since, c.alive_at)
+                   WHEN i.status = 'destroying' THEN greatest(i.status_since, i.next_attempt_at)
+                   ELSE i.status_since END)::float8
+           FROM instances i LEFT JOIN creators c ON c.id = i.creator_id
+                LEFT JOIN instance_infra f ON f.instance_id = i.id
+          WHERE (i.status = 'claiming'
+                 AND i.status_since < now() - $1 * interval '1 millisecond')
+             OR (i.status = 'starting' AND f.instance_id IS NULL
+                 AND greatest(i.status_since, c.alive_at) < now() - $2 * interval '1 millisecond')
+             OR (i.status = 'starting' AND f.instance_id IS NOT NULL
+                 AND i.status_since < now() - $4 * interval '1 millisecond')
+             OR (i.status = 'destroying'
+                 AND greatest(i.status_since, i.next_attempt_at) < now() - $3 * interval '1 millisecond')",
+    )
+    .bind(ms(limits.0))
+    .bind(ms(limits.1))
+    .bind(ms(limits.2))
+    .bind(ms(limits.3))
+    .fetch_all(db)
+    .await
+    .unwrap_or_default()
+}
+
+/// No transient row, the pool at its minimum, the fakes and the rows agreeing.
+async fn settled(db: &PgPool, outside: &Outside, prefix: &str) -> Result<(), String> {
+    let transient = count(db, "status IN ('claiming', 'starting', 'destroying')").await;
+    if transient != 0 {
+        return Err(format!("{transient} rows in a transient state"));
+    }
+    let idle = count(db, "status = 'idle'").await;
+    if idle < MIN_IDLE {
+        return Err(format!("{idle} idle"));
+    }
+    outside.agrees_with(db, prefix).await?;
+    let services: BTreeSet<String> = outside
+        .railway
+        .services()
+        .into_iter()
+        .map(|s| s.id)
+        .collect();
+    let stray: Vec<String> = outside
+        .railway
+        .volumes()
+        .into_iter()
+        .filter(|v| !services.contains(&v.service_id))
+        .map(|v| v.id)
+        .collect();
+    if !stray.is_empty() {
+        return Err(format!("volumes of no service: {stray:?}"));
+    }
+    Ok(())
+}
+
+async fn settled_why(db: &PgPool, outside: &Outside, prefix: &str) -> String {
+    let statuses: Vec<(String, i64)> =
+        sqlx::query_as("SELECT status, count(*) FROM instances GROUP BY status")
+            .fetch_all(db)
+            .await
+            .unwrap_or_default();
+    let statuses: BTreeMap<String, i64> = statuses.into_iter().collect();
+    let errors: Vec<Option<String>> =
+        sqlx::query_scalar("SELECT last_error FROM instances WHERE status = 'destroying' LIMIT 3")
+            .fetch_all(db)
+            .await
+            .unwrap_or_default();
+    format!(
+        "{:?}; rows {statuses:?}; destroy errors {errors:?}",
+        settled(db, outside, prefix).await.err()
+    )
+}
+
+/// Instances whose events show two claims handing them out.
+async fn double_claims(db: &PgPool) -> Vec<String> {
+    let twice: Vec<(String, i64)> = sqlx::query_as(
+        "SELECT instance_id, count(*) FROM instance_events
+          WHERE to_status = 'claimed' GROUP BY instance_id HAVING count(*) > 1",
+    )
+    .fetch_all(db)
+    .await
+    .unwrap_or_default();
+    twice
+        .into_iter()
+        .map(|(id, n)| format!("instance {id} claimed {n} times"))
+        .collect()
+}
+
+/// Runs `cases`, `jobs` at a time, each on its own fakes, database and replicas.
+pub async fn run_all(cases: Vec<(&'static str, Action)>, jobs: usize) -> Vec<Verdict> {
+    use futures::StreamExt;
+    let total = cases.len();
+    let done = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    futures::stream::iter(cases)
+        .map(|(failpoint, action)| {
+            let done = done.clone();
+            async move {
+                let started = Instant::now();
+                let verdict = tokio::spawn(run_case(failpoint, action))
+                    .await
+                    .unwrap_or_else(|e| Verdict {
+                        failpoint,
+                        action,
+                        fired: false,
+                        violations: vec![format!("the case panicked: {e}")],
+                        settle: None,
+                        claims: 0,
+                    });
+                let n = done.fetch_add(1, std::sync::atomic::Ordering::SeqCst) + 1;
+                eprintln!(
+                    "[{n}/{total}] {failpoint} × {}: {} (fired: {}, settle {:?}, case {:.1?}){}",
+                    action.name(),
+                    if verdict.passed() { "passed" } else { "FAILED" },
+                    verdict.fired,
+                    verdict.settle,
+                    started.elapsed(),
+                    if verdict.passed() {
+                        String::new()
+                    } else {
+                        format!("\n    {}", verdict.violations.join("\n    "))
+                    }
+                );
+                verdict
+            }
+        })
+        .buffer_unordered(jobs.max(1))
+        .collect()
+        .await
+}
+
+/// The report: failpoints × actions, passed or failed, whether the failpoint fired, settle time.
+pub fn report(verdicts: &[Verdict], elapsed: Duration) -> String {
+    let mut by: HashMap<(&str, Action), &Verdict> = HashMap::new();
+    for v in verdicts {
+        by.insert((v.failpoint, v.action), v);
+    }
+    let passed = verdicts.iter().filter(|v| v.passed()).count();
+    let fired = verdicts.iter().filter(|v| v.fired).count();
+    let failpoints: BTreeSet<&str> = verdicts.iter().map(|v| v.failpoint).collect();
+    let mut out = String::new();
+    out.push_str("# The failpoint sweep\n\n");
+    out.push_str(
+        "Written by `cargo test -p agentpool-tests --test failpoints -- --ignored --nocapture` \
+         (see `tests/src/sweep.rs`); do not edit by hand.\n\n",
+    );
+    out.push_str(&format!(
+        "Each case: replica A of two `agentpool serve` replicas runs with one failpoint set to \
+         one action (`error`: 3 times the site's natural error; `delay`: twice an asynchronous \
+         wait of 2 × `CLAIM_TIMEOUT_MS`; `kill`: SIGKILL on that line, A restarted without the \
+         failpoint), on real Postgres with the Railway, OpenRouter, AgentMail and Telnyx fakes at \
+         production latency × {SCALE} (the pool's timeouts scaled alike). Six claims (with \
+         `Idempotency-Key`s, retried on the other replica when a connection breaks), dashboard \
+         logins and logouts, an operator's delete, a replenish and kicked ticks, then the pool \
+         settles and the invariants are checked: no instance handed to two claims, no \
+         conversation served by two agents, no resource of a claimed healthy agent destroyed, \
+         every service, volume, key, inbox and number owned by a row or deleted, no row in a \
+         transient state past its timeout plus two ticks, every claim answered (a success or a \
+         JSON error) within the claim deadline plus two ticks.\n\n"
+    ));
+    out.push_str(&format!(
+        "**{} failpoints, {} cases, {passed} passed, {} failed; {fired} cases reached their \
+         failpoint.** Whole sweep: {:.0} s.\n\n",
+        failpoints.len(),
+        verdicts.len(),
+        verdicts.len() - passed,
+        elapsed.as_secs_f64()
+    ));
+    out.push_str("A cell: `passed`/`FAILED`, then the settle time (from the end of the driving to a settled pool); `(not reached)` when the scenario never came to that line on replica A.\n\n");
+    out.push_str("| failpoint | error | delay | kill |\n|---|---|---|---|\n");
+    for failpoint in FAILPOINTS {
+        if !failpoints.contains(failpoint) {
+            continue;
+        }
+        let cells: Vec<String> = Action::ALL
+            .iter()
+            .map(|action| match by.get(&(*failpoint, *action)) {
+                None => "—".into(),
+                Some(v) => format!(
+                    "{} {}{}",
+                    if v.passed() { "passed" } else { "**FAILED**" },
+                    v.settle
+                        .map(|s| format!("{:.1} s", s.as_secs_f64()))
+                        .unwrap_or_else(|| "unsettled".into()),
+                    if v.fired { "" } else { " (not reached)" }
+                ),
+            })
+            .collect();
+        out.push_str(&format!("| `{failpoint}` | {} |\n", cells.join(" | ")));
+    }
+    let failed: Vec<&Verdict> = verdicts.iter().filter(|v| !v.passed()).collect();
+    if !failed.is_empty() {
+        out.push_str("\n## Failures\n\n");
+        for v in failed {
+            out.push_str(&format!(
+                "- `{}` × {}: {}\n",
+                v.failpoint,
+                v.action.name(),
+                v.violations.join("; ")
+            ));
+        }
+    }
+    out
+}
