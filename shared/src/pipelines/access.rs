@@ -11,6 +11,9 @@ use crate::Pool;
 
 pub use crate::sessions::{Session, SessionKey};
 
+/// The longest a right key's answer waits for its client's wrong keys to be forgotten.
+const FORGET_WAIT: Duration = Duration::from_millis(250);
+
 /// What became of a login.
 #[derive(Debug)]
 pub enum Login {
@@ -64,14 +67,17 @@ pub async fn right_key(pool: &Pool, client: &str) -> Result<Option<Duration>> {
         None => Ok(None),
         Some(wait) if !wait.is_zero() => Ok(Some(wait)),
         Some(_) => {
-            // In the background: the request is not held up by this bookkeeping (a record left
-            // over is forgotten by the next right key, and waits out nothing meanwhile).
+            // Forgotten before the answer as a rule, so that a wrong key right after is a first
+            // one again; but a stalled database holds the request up only so long: the forget
+            // then goes on in the background (a record left over waits out nothing, and the next
+            // right key forgets it).
             let (db, client) = (pool.db.clone(), client.to_string());
-            tokio::spawn(async move {
+            let forget = tokio::spawn(async move {
                 if let Err(e) = sessions::forget_attempts(&db, &client).await {
                     tracing::warn!(error = %e, "forgetting a client's wrong keys");
                 }
             });
+            let _ = tokio::time::timeout(FORGET_WAIT, forget).await;
             Ok(None)
         }
     }
