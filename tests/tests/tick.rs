@@ -350,7 +350,7 @@ async fn a_claim_racing_a_shrink_keeps_its_agent() {
         .unwrap();
     let plan = plan::decide(
         &snap,
-        &tick::rules(&t.pool.settings, size, sizing),
+        &tick::rules(&t.pool.settings, size, sizing, t.pool.provider.can_rename()),
         Mode::Full,
     );
     let shrinking: Vec<&str> = plan.transitions.iter().map(|m| m.id.as_str()).collect();

@@ -72,6 +72,12 @@ pub trait Provider: Send + Sync {
         None
     }
 
+    /// Whether [`Provider::rename`] is offered, so that the tick plans renames only where they
+    /// can happen (with fixed names, every claimed agent would be planned again every tick).
+    fn can_rename(&self) -> bool {
+        false
+    }
+
     // Room for what comes next. Both default to "not offered", and a caller falls back to what
     // every provider can do: destroy and create anew.
 

@@ -864,6 +864,10 @@ impl Provider for RailwayProvider {
         )
     }
 
+    fn can_rename(&self) -> bool {
+        true
+    }
+
     async fn rename(&self, resource: &ResourceRef, name: &str) -> Option<Result<()>> {
         let Some(id) = resource.resource_id.clone() else {
             return Some(Err(Error::provider(

@@ -190,7 +190,7 @@ impl Sim {
                 health_grace: Duration::from_secs(60),
                 sizing,
                 // Simulated instances are never renamed (nothing is listed).
-                name_prefix: String::new(),
+                rename_with_prefix: None,
             },
             boot,
             record,

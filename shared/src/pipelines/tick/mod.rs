@@ -135,7 +135,13 @@ impl TickReport {
 
 /// The plan's rules: the pool's size and sizing policy in force (stored or from the environment),
 /// the rest from the settings.
-pub fn rules(settings: &crate::config::Settings, size: PoolSize, sizing: Sizing) -> plan::Rules {
+/// The plan's rules; `renames`: whether the provider renames claimed agents' resources.
+pub fn rules(
+    settings: &crate::config::Settings,
+    size: PoolSize,
+    sizing: Sizing,
+    renames: bool,
+) -> plan::Rules {
     plan::Rules {
         min_idle: size.min_idle,
         max_total: size.max_total,
@@ -146,7 +152,7 @@ pub fn rules(settings: &crate::config::Settings, size: PoolSize, sizing: Sizing)
         health_failure_threshold: settings.health.health_failure_threshold,
         health_grace: settings.health.health_grace(),
         sizing,
-        name_prefix: settings.pool.pool_name_prefix.clone(),
+        rename_with_prefix: renames.then(|| settings.pool.pool_name_prefix.clone()),
     }
 }
 
@@ -237,7 +243,11 @@ pub async fn run_until(pool: &Pool, mode: Mode, stop: &CancellationToken) -> Res
         let mut report = TickReport::default();
         let snapshot = snapshot::take(pool, mode, &gate, &mut report).await?;
         let (size, sizing) = pool_size::in_force(&pool.db, &pool.settings.size).await?;
-        let plan = plan::decide(&snapshot, &rules(&pool.settings, size, sizing), mode);
+        let plan = plan::decide(
+            &snapshot,
+            &rules(&pool.settings, size, sizing, pool.provider.can_rename()),
+            mode,
+        );
         report.instances = Some(snapshot.rows.len());
         report.health_checked = Some(snapshot.health.len());
         report.target = Some(plan.target.clone());

@@ -41,8 +41,9 @@ pub struct Rules {
     pub health_failure_threshold: u32,
     pub health_grace: Duration,
     pub sizing: Sizing,
-    /// `POOL_NAME_PREFIX`, which a claimed agent's renamed resource keeps.
-    pub name_prefix: String,
+    /// `POOL_NAME_PREFIX`, which a claimed agent's renamed resource keeps, when the provider
+    /// renames resources; `None` when its names are fixed.
+    pub rename_with_prefix: Option<String>,
 }
 
 /// A move of one instance, fenced by the `status_since` the decision was made on: if the row
@@ -107,7 +108,11 @@ pub fn decide(snapshot: &Snapshot, rules: &Rules, mode: Mode) -> Plan {
         tool_presence: evidence::tool_presence_marks(snapshot),
         orphans: orphans::find(snapshot),
         tool_orphans: orphans::tools(snapshot),
-        renames: orphans::renames(snapshot, &rules.name_prefix),
+        renames: rules
+            .rename_with_prefix
+            .as_deref()
+            .map(|prefix| orphans::renames(snapshot, prefix))
+            .unwrap_or_default(),
         transitions,
         destroy,
         create,
@@ -142,7 +147,7 @@ pub(crate) mod fixture {
             health_failure_threshold: 2,
             health_grace: Duration::from_secs(60),
             sizing: Sizing::default(),
-            name_prefix: "ap-".into(),
+            rename_with_prefix: Some("ap-".into()),
         }
     }
 

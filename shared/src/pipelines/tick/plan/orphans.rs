@@ -191,6 +191,20 @@ mod tests {
     }
 
     #[test]
+    fn nothing_is_renamed_where_names_are_fixed() {
+        use crate::domain::InstanceStatus::Claimed;
+        let fixture = Fixture::new()
+            .row("a", Claimed, MIN, Some(Running), Some(ready()))
+            .edit("a", |row| row.instance.agent_name = Some("x".into()));
+        let fixed = super::super::Rules {
+            rename_with_prefix: None,
+            ..rules()
+        };
+        let plan = super::super::decide(&fixture.snapshot, &fixed, super::super::Mode::Full);
+        assert!(plan.renames.is_empty(), "{:?}", plan.renames);
+    }
+
+    #[test]
     fn without_a_listing_nothing_is_an_orphan() {
         let plan = Fixture::new()
             .resource("ap-ghost", Running)
