@@ -1,7 +1,8 @@
 //! The failpoint sweep (issue 15, section 3): for a failpoint and an action (an error, a delay past
 //! the caller's timeout, the process dying on that line), one scenario on real Postgres with two
 //! `agentpool serve` replicas and the stateful fakes at realistic latency (scaled): claims (with
-//! `Idempotency-Key`s, retried on the other replica when a connection breaks), a dashboard login
+//! `Idempotency-Key`s, retried on the other replica when a connection breaks; one by a template
+//! whose two pool tools the claim makes on the instance it takes), a dashboard login
 //! and logout, an operator's delete, a replenish, a kicked tick, and the replicas' own ticks.
 //! Replica A runs with the failpoint; a killed A is restarted without it. Once the pool settles,
 //! [`Verdict::violations`] lists every invariant broken:
@@ -41,6 +42,15 @@ pub const FAILPOINTS: &[&str] = &[
     "claim.finish.after",
     "claim.abandon.before",
     "claim.abandon.after",
+    "claim.tool_create.before",
+    "claim.tool_create.after",
+    "claim.tool_record.before",
+    "claim.tool_record.after",
+    "claim.tool_rollback.before",
+    "claim.give_back.before",
+    "claim.give_back.after",
+    "claim.save_variables.before",
+    "claim.save_variables.after",
     "claim.count_miss.before",
     // Idempotency.
     "idempotency.begin.before",
@@ -327,6 +337,8 @@ pub async fn run_case(failpoint: &'static str, action: Action) -> Verdict {
             ("POOL_MIN_IDLE", MIN_IDLE.to_string()),
             ("POOL_MAX_TOTAL", "16".into()),
             ("RAILWAY_VOLUME_MOUNT", "/data".into()),
+            // Idle instances hold the base tools; the template's are made by its claim.
+            ("TOOLS_AT_CREATION", "base".into()),
             ("RUST_LOG", "warn".into()),
         ]
         .map(|(k, v)| (k.to_string(), v)),
@@ -441,19 +453,47 @@ pub async fn run_case(failpoint: &'static str, action: Action) -> Verdict {
     }
 
     phase("filled");
+    // A template whose two pool tools a claim makes on the instance it takes (issue 17), written
+    // through B, which has no failpoint.
+    let template = http
+        .post(format!("{}/api/templates", bases[1]))
+        .bearer_auth(API_KEY)
+        .json(&json!({
+            "slug": "sweep", "agentName": "Sweep", "instructions": "Sweep.",
+            "tools": [{"id": "email", "provisioning": "pool"}, {"id": "sms", "provisioning": "pool"}],
+            "visibility": "private",
+        }))
+        .send()
+        .await;
+    let template_id = match template {
+        Ok(reply) => reply
+            .json::<Value>()
+            .await
+            .ok()
+            .and_then(|t| t["id"].as_str().map(str::to_string)),
+        Err(_) => None,
+    };
+    if template_id.is_none() {
+        violations.push("the sweep's template could not be made".into());
+    }
     // The driving: everything at once, on both replicas, most claims first on A (which has the
-    // failpoint).
+    // failpoint); the third claim is by the template.
     let mut answers = Vec::new();
     let mut kept = BTreeSet::new();
     let claims = (0..4).map(|i| {
         let (http, bases) = (http.clone(), bases.clone());
         let limit = times.claim_timeout + times.tick * 2;
+        let body = match (&template_id, i) {
+            (Some(id), 2) => json!({"templateId": id}),
+            _ => json!({"agentName": format!("sweep-key-{i}"), "instructions": "Sweep."}),
+        };
         async move {
             claim(
                 &http,
                 &bases,
                 usize::from(i == 3),
                 &format!("key-{i}"),
+                &body,
                 limit,
             )
             .await
@@ -505,7 +545,8 @@ pub async fn run_case(failpoint: &'static str, action: Action) -> Verdict {
     let claims = (4..6).map(|i| {
         let (http, bases) = (http.clone(), bases.clone());
         let limit = times.claim_timeout + times.tick * 2;
-        async move { claim(&http, &bases, 0, &format!("key-{i}"), limit).await }
+        let body = json!({"agentName": format!("sweep-key-{i}"), "instructions": "Sweep."});
+        async move { claim(&http, &bases, 0, &format!("key-{i}"), &body, limit).await }
     });
     let second = futures::future::join_all(claims).await;
     for answer in &second {
@@ -644,6 +685,7 @@ async fn claim(
     bases: &[String; 2],
     first: usize,
     key: &str,
+    body: &Value,
     limit: Duration,
 ) -> Answer {
     let started = Instant::now();
@@ -656,7 +698,7 @@ async fn claim(
             .bearer_auth(API_KEY)
             .header("Idempotency-Key", key)
             .timeout(left)
-            .json(&json!({"agentName": format!("sweep-{key}"), "instructions": "Sweep."}))
+            .json(body)
             .send()
             .await;
         let response = match sent {

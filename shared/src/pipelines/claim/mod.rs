@@ -474,9 +474,29 @@ async fn make_tool(
         .creation
         .create_timeout()
         .min(deadline.saturating_duration_since(Instant::now()));
-    let provisioned = tokio::time::timeout(limit, tool.create(target))
+    let created = async {
+        crate::failpoint!(
+            "claim.tool_create.before",
+            return Err(Error::outbound(
+                tool.step(),
+                tool.step(),
+                Failure::Connection
+            ))
+        );
+        let created = tool.create(target).await;
+        crate::failpoint!(
+            "claim.tool_create.after",
+            return Err(Error::outbound(tool.step(), tool.step(), Failure::TimedOut))
+        );
+        created
+    };
+    let provisioned = tokio::time::timeout(limit, created)
         .await
         .map_err(|_| Error::outbound(tool.step(), tool.step(), Failure::TimedOut))??;
+    crate::failpoint!(
+        "claim.tool_record.before",
+        return Err(crate::failpoint::db_error().into())
+    );
     let recorded = services::record(
         &pool.db,
         target.instance_id,
@@ -485,6 +505,10 @@ async fn make_tool(
         &provisioned.config,
     )
     .await;
+    crate::failpoint!(
+        "claim.tool_record.after",
+        return Err(crate::failpoint::db_error().into())
+    );
     if let Err(e) = recorded {
         if let Err(undo) = tool.destroy(&provisioned.resource_id).await {
             tracing::warn!(tool = tool.id(), error = %undo, "removing an unrecorded tool resource failed; left to the orphan pass");
@@ -499,6 +523,10 @@ async fn make_tool(
 async fn roll_back_tools(pool: &Pool, instance_id: &str, made: &[(Arc<dyn Tool>, String)]) -> bool {
     let mut clean = true;
     for (tool, resource_id) in made {
+        crate::failpoint!("claim.tool_rollback.before", {
+            clean = false;
+            continue;
+        });
         let gone = match tool.destroy(resource_id).await {
             Ok(()) => {
                 services::forget(&pool.db, instance_id, tool.id(), resource_id, "rolled back").await
@@ -517,6 +545,10 @@ async fn roll_back_tools(pool: &Pool, instance_id: &str, made: &[(Arc<dyn Tool>,
 /// left on it, else to `destroying`.
 async fn give_back(pool: &Pool, id: &str, token: Uuid, tool: &str, clean: bool) -> Result<()> {
     let to = if clean { "idle" } else { "destroying" };
+    crate::failpoint!(
+        "claim.give_back.before",
+        return Err(crate::failpoint::db_error().into())
+    );
     sqlx::query(
         "WITH t AS (
            UPDATE instances
@@ -534,6 +566,10 @@ async fn give_back(pool: &Pool, id: &str, token: Uuid, tool: &str, clean: bool) 
     .bind(tool)
     .execute(&pool.db)
     .await?;
+    crate::failpoint!(
+        "claim.give_back.after",
+        return Err(crate::failpoint::db_error().into())
+    );
     Ok(())
 }
 
@@ -556,7 +592,16 @@ async fn save_variables(
         details,
     };
     let pairs: Vec<(String, String)> = env.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
-    match pool.provider.add_env(&resource, &pairs).await {
+    crate::failpoint!(
+        "claim.save_variables.before",
+        return Ok(Err(ProvisionError::Variables))
+    );
+    let saved = pool.provider.add_env(&resource, &pairs).await;
+    crate::failpoint!(
+        "claim.save_variables.after",
+        return Ok(Err(ProvisionError::Variables))
+    );
+    match saved {
         None | Some(Ok(())) => Ok(Ok(())),
         Some(Err(e)) => {
             tracing::warn!(error = %e, "saving claim-time variables at the provider failed");
