@@ -1015,7 +1015,8 @@ pub fn report(verdicts: &[Verdict], elapsed: Duration) -> String {
          wait of 2 × `CLAIM_TIMEOUT_MS`; `kill`: SIGKILL on that line, A restarted without the \
          failpoint), on real Postgres with the Railway, OpenRouter, AgentMail and Telnyx fakes at \
          production latency × {SCALE} (the pool's timeouts scaled alike). Six claims (with \
-         `Idempotency-Key`s, retried on the other replica when a connection breaks), dashboard \
+         `Idempotency-Key`s, retried on the other replica when a connection breaks; one by a \
+         template whose two pool tools the claim makes), dashboard \
          logins and logouts, an operator's delete, a replenish and kicked ticks, then the pool \
          settles and the invariants are checked: no instance handed to two claims, no \
          conversation served by two agents, no resource of a claimed healthy agent destroyed, \
