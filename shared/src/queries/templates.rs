@@ -57,51 +57,53 @@ fn slug_taken(e: sqlx::Error, slug: &str) -> Error {
     }
 }
 
+/// `sql` with a template's id as `$1` and its fields as `$2`..`$9`, in the order of `COLUMNS`.
+fn with_input<'q>(
+    sql: &'q str,
+    id: &'q str,
+    input: &'q TemplateInput,
+) -> sqlx::query::QueryAs<'q, sqlx::Postgres, Row, sqlx::postgres::PgArguments> {
+    sqlx::query_as(sql)
+        .bind(id)
+        .bind(&input.slug)
+        .bind(&input.creator_id)
+        .bind(&input.agent_name)
+        .bind(&input.instructions)
+        .bind(&input.instructions_page_id)
+        .bind(Json(&input.model))
+        .bind(Json(&input.tools))
+        .bind(input.visibility.as_str())
+}
+
 pub async fn insert(db: &PgPool, id: &str, input: &TemplateInput) -> Result<Template> {
-    let row: Row = sqlx::query_as(&format!(
+    let sql = format!(
         "INSERT INTO agent_templates
            (id, slug, creator_id, agent_name, instructions, instructions_page_id, model, tools,
             visibility)
          VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)
          RETURNING {COLUMNS}"
-    ))
-    .bind(id)
-    .bind(&input.slug)
-    .bind(&input.creator_id)
-    .bind(&input.agent_name)
-    .bind(&input.instructions)
-    .bind(&input.instructions_page_id)
-    .bind(Json(&input.model))
-    .bind(Json(&input.tools))
-    .bind(input.visibility.as_str())
-    .fetch_one(db)
-    .await
-    .map_err(|e| slug_taken(e, &input.slug))?;
+    );
+    let row = with_input(&sql, id, input)
+        .fetch_one(db)
+        .await
+        .map_err(|e| slug_taken(e, &input.slug))?;
     Ok(row.into())
 }
 
 /// Replaces a template's fields; `None` if there is no such template.
 pub async fn update(db: &PgPool, id: &str, input: &TemplateInput) -> Result<Option<Template>> {
-    let row: Option<Row> = sqlx::query_as(&format!(
+    let sql = format!(
         "UPDATE agent_templates
             SET slug = $2, creator_id = $3, agent_name = $4, instructions = $5,
                 instructions_page_id = $6, model = $7, tools = $8, visibility = $9,
                 updated_at = now()
           WHERE id = $1
          RETURNING {COLUMNS}"
-    ))
-    .bind(id)
-    .bind(&input.slug)
-    .bind(&input.creator_id)
-    .bind(&input.agent_name)
-    .bind(&input.instructions)
-    .bind(&input.instructions_page_id)
-    .bind(Json(&input.model))
-    .bind(Json(&input.tools))
-    .bind(input.visibility.as_str())
-    .fetch_optional(db)
-    .await
-    .map_err(|e| slug_taken(e, &input.slug))?;
+    );
+    let row = with_input(&sql, id, input)
+        .fetch_optional(db)
+        .await
+        .map_err(|e| slug_taken(e, &input.slug))?;
     Ok(row.map(Into::into))
 }
 

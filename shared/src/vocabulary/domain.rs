@@ -177,6 +177,42 @@ pub struct Instance {
     pub last_ok_at: Option<DateTime<Utc>>,
 }
 
+impl Instance {
+    /// A row as it is the moment it enters `status`, with nothing claimed, checked or failed yet
+    /// (the tick's simulator and the plans' tests build fleets from it).
+    pub fn new(
+        id: &str,
+        name: String,
+        url: Option<String>,
+        status: InstanceStatus,
+        since: DateTime<Utc>,
+    ) -> Self {
+        Self {
+            id: id.into(),
+            name,
+            url,
+            status,
+            status_since: since,
+            agent_name: None,
+            instructions: None,
+            join_url: None,
+            conversation_id: None,
+            invite_url: None,
+            template_id: None,
+            health_failures: 0,
+            destroy_attempts: 0,
+            next_attempt_at: None,
+            last_error: None,
+            created_at: since,
+            claimed_at: None,
+            last_checked_at: None,
+            failing_since: None,
+            absent_since: None,
+            last_ok_at: None,
+        }
+    }
+}
+
 /// The columns of [`Instance`], for `SELECT`s that read it.
 pub const INSTANCE_COLUMNS: &str =
     "id, name, url, status, status_since, agent_name, instructions, \

@@ -23,9 +23,7 @@ use axum::{Json, Router};
 use serde::Serialize;
 use serde_json::{json, Value};
 
-use super::faults::{
-    bearer_in, control_routes, new_id, now, rest_gate, Controls, Fake, Faults, Server,
-};
+use super::faults::{bearer_in, new_id, now, unpoisoned, Controls, Fake, Faults, Server};
 use super::rest::{json_body, opt_str, random_hex, Params};
 
 #[derive(Debug, Clone)]
@@ -126,15 +124,11 @@ struct Inner {
 impl Inner {
     /// The state, also after a panic elsewhere (a failed test must still be able to clean up).
     fn world(&self) -> MutexGuard<'_, World> {
-        self.world.lock().unwrap_or_else(|e| e.into_inner())
+        unpoisoned(&self.world)
     }
 
     fn not_found(&self) -> Response {
         self.error(StatusCode::NOT_FOUND, "Inbox not found")
-    }
-
-    fn bad_request(&self, message: &str) -> Response {
-        self.error(StatusCode::BAD_REQUEST, message)
     }
 }
 
@@ -180,19 +174,13 @@ impl AgentMailFake {
             world: Mutex::new(World::default()),
             faults: Faults::default(),
         });
-        let app = Router::new()
+        let routes = Router::new()
             .route("/v0/inboxes", get(list_inboxes).post(create_inbox))
             .route(
                 "/v0/inboxes/{inbox_id}",
                 get(get_inbox).delete(delete_inbox),
-            )
-            .route_layer(axum::middleware::from_fn_with_state(
-                inner.clone(),
-                rest_gate::<Inner>,
-            ))
-            .merge(control_routes())
-            .with_state(inner.clone());
-        let server = Server::start("agentmail", port, app).await;
+            );
+        let server = Server::rest("agentmail", port, inner.clone(), routes).await;
         Self { inner, server }
     }
 

@@ -155,18 +155,18 @@ pub struct Faults(Mutex<Rules>, Mutex<Option<Arc<Draws>>>);
 impl Faults {
     /// Every request from now on waits a draw of `latency` first (`None`: none).
     pub fn set_latency(&self, latency: Option<Draws>) {
-        *self.1.lock().unwrap_or_else(|e| e.into_inner()) = latency.map(Arc::new);
+        *unpoisoned(&self.1) = latency.map(Arc::new);
     }
 
     /// How long the next request waits before it is carried out.
     pub fn latency(&self) -> Duration {
-        let draws = self.1.lock().unwrap_or_else(|e| e.into_inner()).clone();
+        let draws = unpoisoned(&self.1).clone();
         draws.map_or(Duration::ZERO, |d| d.next())
     }
 
     /// The rules, also after a panic elsewhere (a failed test must still be able to clean up).
     fn lock(&self) -> MutexGuard<'_, Rules> {
-        self.0.lock().unwrap_or_else(|e| e.into_inner())
+        unpoisoned(&self.0)
     }
 
     pub fn inject(&self, fault: Fault, scope: Scope) {
@@ -258,10 +258,21 @@ pub trait Fake: Send + Sync + 'static {
         self.error(StatusCode::TOO_MANY_REQUESTS, "Rate limit exceeded")
     }
 
+    /// A request the API refuses as malformed.
+    fn bad_request(&self, message: &str) -> Response {
+        self.error(StatusCode::BAD_REQUEST, message)
+    }
+
     /// The answer to [`Fault::GraphqlError`].
     fn internal_error(&self) -> Response {
         self.error(StatusCode::INTERNAL_SERVER_ERROR, "Internal error")
     }
+}
+
+/// A fake's state behind its lock, also after a panic elsewhere: a failed test must still be able
+/// to clean up.
+pub fn unpoisoned<T>(lock: &Mutex<T>) -> MutexGuard<'_, T> {
+    lock.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 /// Whether `headers` carry `Authorization: Bearer <one of tokens>`.
@@ -522,6 +533,19 @@ impl Server {
             let _ = axum::serve(listener, app).await;
         });
         Self { addr, task }
+    }
+
+    /// Serves a REST fake: `routes` behind its credential check and fault injection
+    /// ([`rest_gate`]), beside the `/_fake/*` control routes.
+    pub async fn rest<A: Fake>(what: &str, port: u16, api: Arc<A>, routes: Router<Arc<A>>) -> Self {
+        let app = routes
+            .route_layer(axum::middleware::from_fn_with_state(
+                api.clone(),
+                rest_gate::<A>,
+            ))
+            .merge(control_routes())
+            .with_state(api);
+        Self::start(what, port, app).await
     }
 
     /// Stops accepting now (dropping does it too).

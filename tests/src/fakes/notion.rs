@@ -19,7 +19,7 @@ use axum::routing::get;
 use axum::{Json, Router};
 use serde_json::{json, Value};
 
-use super::faults::{bearer_in, control_routes, rest_gate, Controls, Fake, Faults, Server};
+use super::faults::{bearer_in, unpoisoned, Controls, Fake, Faults, Server};
 use super::rest::Params;
 
 #[derive(Debug, Clone)]
@@ -95,7 +95,7 @@ struct Inner {
 
 impl Inner {
     fn world(&self) -> MutexGuard<'_, World> {
-        self.world.lock().unwrap_or_else(|e| e.into_inner())
+        unpoisoned(&self.world)
     }
 }
 
@@ -184,16 +184,10 @@ impl NotionFake {
             world: Mutex::new(World::default()),
             faults: Faults::default(),
         });
-        let app = Router::new()
+        let routes = Router::new()
             .route("/v1/pages/{id}", get(page))
-            .route("/v1/blocks/{id}/children", get(children))
-            .route_layer(axum::middleware::from_fn_with_state(
-                inner.clone(),
-                rest_gate::<Inner>,
-            ))
-            .merge(control_routes())
-            .with_state(inner.clone());
-        let server = Server::start("notion", port, app).await;
+            .route("/v1/blocks/{id}/children", get(children));
+        let server = Server::rest("notion", port, inner.clone(), routes).await;
         Self { inner, server }
     }
 

@@ -25,7 +25,7 @@ use serde::Serialize;
 use serde_json::{json, Map, Value};
 
 use super::faults::{
-    bearer_in, control_routes, now, rest_gate, shifted_by, Controls, Fake, Fault, Faults, Server,
+    bearer_in, now, shifted_by, unpoisoned, Controls, Fake, Fault, Faults, Server,
 };
 use super::rest::{json_body, opt_str, random_hex, Change, Params};
 
@@ -150,15 +150,11 @@ struct Inner {
 impl Inner {
     /// The state, also after a panic elsewhere (a failed test must still be able to clean up).
     fn world(&self) -> MutexGuard<'_, World> {
-        self.world.lock().unwrap_or_else(|e| e.into_inner())
+        unpoisoned(&self.world)
     }
 
     fn not_found(&self) -> Response {
         self.error(StatusCode::NOT_FOUND, "Key not found")
-    }
-
-    fn bad_request(&self, message: &str) -> Response {
-        self.error(StatusCode::BAD_REQUEST, message)
     }
 }
 
@@ -198,20 +194,14 @@ impl OpenRouterFake {
             world: Mutex::new(World::default()),
             faults: Faults::default(),
         });
-        let app = Router::new()
+        let routes = Router::new()
             .route("/api/v1/keys", get(list_keys).post(create_key))
             .route(
                 "/api/v1/keys/{hash}",
                 get(get_key).patch(update_key).delete(delete_key),
             )
-            .route("/api/v1/credits", get(credits))
-            .route_layer(axum::middleware::from_fn_with_state(
-                inner.clone(),
-                rest_gate::<Inner>,
-            ))
-            .merge(control_routes())
-            .with_state(inner.clone());
-        let server = Server::start("openrouter", port, app).await;
+            .route("/api/v1/credits", get(credits));
+        let server = Server::rest("openrouter", port, inner.clone(), routes).await;
         Self { inner, server }
     }
 

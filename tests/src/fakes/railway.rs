@@ -32,7 +32,8 @@ use tokio::io::{AsyncBufReadExt, AsyncRead, BufReader};
 use tokio::sync::watch;
 
 use super::faults::{
-    apply, bearer_in, control_routes, detached, new_id, now, Controls, Fake, Faults, Server,
+    apply, bearer_in, control_routes, detached, new_id, now, unpoisoned, Controls, Fake, Faults,
+    Server,
 };
 pub use super::faults::{FakeStats, Fault, Scope};
 use super::graphql;
@@ -361,7 +362,7 @@ struct Inner {
 impl Inner {
     /// The state, also after a panic elsewhere (a failed test must still be able to clean up).
     fn world(&self) -> MutexGuard<'_, World> {
-        self.world.lock().unwrap_or_else(|e| e.into_inner())
+        unpoisoned(&self.world)
     }
 }
 
@@ -453,8 +454,7 @@ impl RailwayFake {
         self.inner
             .faults
             .set_latency(Some(profile.draws(profile.railway_call, 1)));
-        *self.inner.build.lock().unwrap_or_else(|e| e.into_inner()) =
-            Some(Arc::new(profile.draws(profile.railway_deploy, 5)));
+        *unpoisoned(&self.inner.build) = Some(Arc::new(profile.draws(profile.railway_deploy, 5)));
         *self
             .inner
             .source_build

@@ -45,7 +45,7 @@ use serde_json::{json, Value};
 use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::sync::watch;
 
-use super::faults::{bearer_in, control_routes, now, rest_gate, Controls, Fake, Faults, Server};
+use super::faults::{bearer_in, now, unpoisoned, Controls, Fake, Faults, Server};
 use super::rest::{json_body, random_hex, Params};
 use crate::latency::{Draws, LatencyProfile};
 
@@ -163,7 +163,7 @@ struct Inner {
 
 impl Inner {
     fn world(&self) -> MutexGuard<'_, World> {
-        self.world.lock().unwrap_or_else(|e| e.into_inner())
+        unpoisoned(&self.world)
     }
 
     fn url_of(&self, sprite: &Sprite) -> String {
@@ -195,7 +195,7 @@ impl Inner {
     }
 
     fn draw(which: &Mutex<Option<Arc<Draws>>>) -> Duration {
-        let draws = which.lock().unwrap_or_else(|e| e.into_inner()).clone();
+        let draws = unpoisoned(which).clone();
         draws.map_or(Duration::ZERO, |d| d.next())
     }
 
@@ -297,7 +297,7 @@ impl SpritesFake {
             fail_execs: Mutex::new(0),
             execs: Mutex::new(0),
         });
-        let app = Router::new()
+        let routes = Router::new()
             .route("/v1/sprites", post(create).get(list))
             .route(
                 "/v1/sprites/{name}",
@@ -307,14 +307,8 @@ impl SpritesFake {
             .route("/v1/sprites/{name}/checkpoint", post(checkpoint))
             .route("/v1/sprites/{name}/checkpoints", get(checkpoints))
             .route("/v1/sprites/{name}/checkpoints/{id}/restore", post(restore))
-            .route("/v1/sprites/{name}/exec", get(exec))
-            .route_layer(axum::middleware::from_fn_with_state(
-                inner.clone(),
-                rest_gate::<Inner>,
-            ))
-            .merge(control_routes())
-            .with_state(inner.clone());
-        let server = Server::start("sprites", port, app).await;
+            .route("/v1/sprites/{name}/exec", get(exec));
+        let server = Server::rest("sprites", port, inner.clone(), routes).await;
         Self { inner, server }
     }
 
@@ -324,9 +318,8 @@ impl SpritesFake {
         self.inner
             .faults
             .set_latency(Some(profile.draws(profile.sprites_call, 11)));
-        *self.inner.build.lock().unwrap_or_else(|e| e.into_inner()) =
-            Some(Arc::new(profile.draws(profile.sprites_build, 12)));
-        *self.inner.restore.lock().unwrap_or_else(|e| e.into_inner()) =
+        *unpoisoned(&self.inner.build) = Some(Arc::new(profile.draws(profile.sprites_build, 12)));
+        *unpoisoned(&self.inner.restore) =
             Some(Arc::new(profile.draws(profile.sprites_restore, 13)));
         *self
             .inner
@@ -386,7 +379,7 @@ impl SpritesFake {
 
     /// Exec sessions opened since start.
     pub fn execs(&self) -> u64 {
-        *self.inner.execs.lock().unwrap_or_else(|e| e.into_inner())
+        *unpoisoned(&self.inner.execs)
     }
 
     /// Kills a sprite's service behind the API's back; false if none ran.
@@ -941,7 +934,7 @@ async fn exec(
         // An exec wakes a sleeping sprite: its services start again.
         start_service(&inner, &mut world, &name);
     }
-    *inner.execs.lock().unwrap_or_else(|e| e.into_inner()) += 1;
+    *unpoisoned(&inner.execs) += 1;
     upgrade.on_upgrade(move |socket| run_exec(inner, name, parse_command(&cmd), socket))
 }
 
@@ -1044,7 +1037,7 @@ async fn run_exec(inner: Arc<Inner>, name: String, command: Command, mut socket:
         }
         Command::Build => {
             tokio::time::sleep(Inner::draw(&inner.build)).await;
-            let mut left = inner.fail_execs.lock().unwrap_or_else(|e| e.into_inner());
+            let mut left = unpoisoned(&inner.fail_execs);
             if *left > 0 {
                 *left -= 1;
                 (1, b"build failed".to_vec())

@@ -39,8 +39,7 @@ use serde::Serialize;
 use serde_json::{json, Value};
 
 use super::faults::{
-    bearer_in, control_routes, new_id, now, rest_gate, shifted_by, Controls, Fake, Fault, Faults,
-    Server,
+    bearer_in, new_id, now, shifted_by, unpoisoned, Controls, Fake, Fault, Faults, Server,
 };
 use super::rest::{json_body, opt_str, Params};
 
@@ -290,7 +289,7 @@ struct Inner {
 impl Inner {
     /// The state, also after a panic elsewhere (a failed test must still be able to clean up).
     fn world(&self) -> MutexGuard<'_, World> {
-        self.world.lock().unwrap_or_else(|e| e.into_inner())
+        unpoisoned(&self.world)
     }
 
     fn not_found(&self) -> Response {
@@ -387,7 +386,7 @@ impl TelnyxFake {
             world: Mutex::new(world),
             faults: Faults::default(),
         });
-        let app = Router::new()
+        let routes = Router::new()
             .route("/v2/available_phone_numbers", get(search_numbers))
             .route("/v2/number_orders", post(order_numbers).get(list_orders))
             .route("/v2/phone_numbers", get(list_numbers))
@@ -398,14 +397,8 @@ impl TelnyxFake {
             .route(
                 "/v2/messaging_profiles",
                 get(list_profiles).post(create_profile),
-            )
-            .route_layer(axum::middleware::from_fn_with_state(
-                inner.clone(),
-                rest_gate::<Inner>,
-            ))
-            .merge(control_routes())
-            .with_state(inner.clone());
-        let server = Server::start("telnyx", port, app).await;
+            );
+        let server = Server::rest("telnyx", port, inner.clone(), routes).await;
         Self { inner, server }
     }
 

@@ -329,29 +329,13 @@ impl Sim {
 
 fn row(id: &str, now: DateTime<Utc>) -> Row {
     Row {
-        instance: Instance {
-            id: id.into(),
-            name: format!("ap-{id}"),
-            url: Some(format!("sim://{id}")),
-            status: InstanceStatus::Starting,
-            status_since: now,
-            agent_name: None,
-            instructions: None,
-            join_url: None,
-            conversation_id: None,
-            invite_url: None,
-            template_id: None,
-            health_failures: 0,
-            destroy_attempts: 0,
-            next_attempt_at: None,
-            last_error: None,
-            created_at: now,
-            claimed_at: None,
-            last_checked_at: None,
-            failing_since: None,
-            absent_since: None,
-            last_ok_at: None,
-        },
+        instance: Instance::new(
+            id,
+            format!("ap-{id}"),
+            Some(format!("sim://{id}")),
+            InstanceStatus::Starting,
+            now,
+        ),
         resource_id: Some(format!("ap-{id}")),
         details: None,
         // The resource exists from the start, so the creator's liveness is never asked.
