@@ -215,21 +215,7 @@ async fn the_fleet_is_listed_in_one_request_per_page() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_crashed_deployment_crashes_the_claimed_agent_and_orphans_are_deleted() {
     let fake = fake().await;
-    let prefix = "cr-";
-    let t = TestPool::with_provider(
-        &[("POOL_MIN_IDLE", "1"), ("POOL_NAME_PREFIX", prefix)],
-        &[],
-        |_, tally| provider(&fake, "shared", prefix, tally),
-    )
-    .await;
-    agentpool_tests::wait_until(std::time::Duration::from_secs(20), || async {
-        t.tick().await;
-        t.count(Idle).await == 1
-    })
-    .await;
-    let (status, claimed) = t.claim("fragile").await;
-    assert_eq!(status, StatusCode::OK, "{claimed}");
-    let id = claimed["instanceId"].as_str().unwrap().to_string();
+    let (t, id) = one_claimed(&fake, "cr-", "fragile").await;
     let service = fake
         .services()
         .into_iter()
@@ -485,21 +471,7 @@ async fn a_failed_build_is_a_failed_creation_that_leaves_nothing_behind() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_renamed_claimed_service_survives_reconcile_and_a_real_orphan_does_not() {
     let fake = fake().await;
-    let prefix = "rn-";
-    let t = TestPool::with_provider(
-        &[("POOL_MIN_IDLE", "1"), ("POOL_NAME_PREFIX", prefix)],
-        &[],
-        |_, tally| provider(&fake, "shared", prefix, tally),
-    )
-    .await;
-    agentpool_tests::wait_until(std::time::Duration::from_secs(20), || async {
-        t.tick().await;
-        t.count(Idle).await == 1
-    })
-    .await;
-    let (status, claimed) = t.claim("Trip Planner").await;
-    assert_eq!(status, StatusCode::OK, "{claimed}");
-    let id = claimed["instanceId"].as_str().unwrap().to_string();
+    let (t, id) = one_claimed(&fake, "rn-", "Trip Planner").await;
     let service_id: String =
         sqlx::query_scalar("SELECT resource_id FROM instance_infra WHERE instance_id = $1")
             .bind(&id)
@@ -548,4 +520,24 @@ async fn a_renamed_claimed_service_survives_reconcile_and_a_real_orphan_does_not
     assert!(report.transitions.iter().all(|m| m.id != id), "{report:?}");
     assert!(report.orphans_deleted.is_empty(), "{report:?}");
     assert!(fake.service(&service_id).is_some());
+}
+
+/// A pool of one Railway agent on `fake`, with names under `prefix`, claimed as `agent`: the
+/// pool and the instance's id.
+async fn one_claimed(fake: &RailwayFake, prefix: &str, agent: &str) -> (TestPool, String) {
+    let t = TestPool::with_provider(
+        &[("POOL_MIN_IDLE", "1"), ("POOL_NAME_PREFIX", prefix)],
+        &[],
+        |_, tally| provider(fake, "shared", prefix, tally),
+    )
+    .await;
+    agentpool_tests::wait_until(std::time::Duration::from_secs(20), || async {
+        t.tick().await;
+        t.count(Idle).await == 1
+    })
+    .await;
+    let (status, claimed) = t.claim(agent).await;
+    assert_eq!(status, StatusCode::OK, "{claimed}");
+    let id = claimed["instanceId"].as_str().unwrap().to_string();
+    (t, id)
 }
