@@ -25,6 +25,7 @@ use agentpool_core::config::Secret;
 use agentpool_core::db::embedded::{create_database, EmbeddedPostgres};
 use agentpool_core::domain::{Instance, InstanceStatus};
 use agentpool_core::providers::local::LocalProvider;
+use agentpool_core::providers::railway::RailwayProvider;
 use agentpool_core::providers::Provider;
 use agentpool_core::tick::{self, Mode, TickReport};
 use agentpool_core::{db, instances, Pool, Settings};
@@ -383,6 +384,34 @@ impl TestPool {
         }
     }
 
+    /// A pool on the Railway provider, whose settings (the fakes' addresses and keys among them)
+    /// are `vars`, once `idle` instances are idle and none is starting.
+    pub async fn on_railway(vars: &[(String, String)], idle: i64) -> Self {
+        let settings = Settings::from_vars(vars.to_vec()).expect("railway settings");
+        let idle_setting = idle.to_string();
+        let mut overrides: Vec<(&str, &str)> =
+            vars.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+        overrides.push(("POOL_MIN_IDLE", &idle_setting));
+        let t = Self::with_provider(&overrides, &[], |_, tally| {
+            Arc::new(
+                RailwayProvider::from_settings(
+                    &settings.providers.railway,
+                    &settings.outbound,
+                    tally,
+                )
+                .expect("railway provider"),
+            )
+        })
+        .await;
+        wait_until(Duration::from_secs(60), || async {
+            t.tick().await;
+            t.count(InstanceStatus::Idle).await == idle
+                && t.count(InstanceStatus::Starting).await == 0
+        })
+        .await;
+        t
+    }
+
     /// Another replica: its own API server over the same database and settings.
     pub async fn replica(&self) -> String {
         serve(AppState::new(
@@ -424,6 +453,17 @@ impl TestPool {
             .fetch_all(&self.pool.db)
             .await
             .expect("ids")
+    }
+
+    /// The tools whose resources are recorded against instance `id`, by id.
+    pub async fn tool_ids(&self, id: &str) -> Vec<String> {
+        sqlx::query_scalar(
+            "SELECT tool_id FROM instance_services WHERE instance_id = $1 ORDER BY tool_id",
+        )
+        .bind(id)
+        .fetch_all(&self.pool.db)
+        .await
+        .expect("tool ids")
     }
 
     pub async fn gateway_token(&self, id: &str) -> String {

@@ -457,29 +457,12 @@ async fn a_claimed_agent_comes_back_whatever_its_last_deployment_says() {
 async fn outside_pool(
     outside: &agentpool_tests::outside::Outside,
     prefix: &str,
-    n: &str,
+    n: i64,
 ) -> TestPool {
     let mut vars = outside.settings();
     vars.push(("POOL_NAME_PREFIX".into(), prefix.into()));
     vars.push(("OUTBOUND_TIMEOUT_MS".into(), "2000".into()));
-    let settings = Settings::from_vars(vars.clone()).unwrap();
-    let mut overrides: Vec<(&str, &str)> =
-        vars.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
-    overrides.push(("POOL_MIN_IDLE", n));
-    let t = TestPool::with_provider(&overrides, &[], |_, tally| {
-        Arc::new(
-            RailwayProvider::from_settings(&settings.providers.railway, &settings.outbound, tally)
-                .unwrap(),
-        )
-    })
-    .await;
-    let n: i64 = n.parse().unwrap();
-    wait_until(Duration::from_secs(60), || async {
-        t.tick().await;
-        t.count(Idle).await == n && t.count(Starting).await == 0
-    })
-    .await;
-    t
+    TestPool::on_railway(&vars, n).await
 }
 
 /// Two reconciling ticks, each after `disturb` (absence is believed from two listings; the tests'
@@ -539,7 +522,7 @@ async fn an_implausible_railway_listing_destroys_nothing() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_shifting_or_empty_tool_listing_loses_no_agent() {
     let outside = agentpool_tests::outside::Outside::start(10).await;
-    let t = outside_pool(&outside, "shift-", "3").await;
+    let t = outside_pool(&outside, "shift-", 3).await;
     for (fake, op) in [
         (&outside.openrouter as &dyn Controls, "GET /api/v1/keys"),
         (&outside.telnyx as &dyn Controls, "GET /v2/phone_numbers"),

@@ -4,16 +4,11 @@
 //! anything is taken, a failing tool rolled back, and a template's deletion leaving its instances
 //! alone.
 
-use std::sync::Arc;
-use std::time::Duration;
-
 use agentpool_core::domain::InstanceStatus::*;
-use agentpool_core::providers::railway::RailwayProvider;
-use agentpool_core::Settings;
 use agentpool_tests::fakes::{Controls, Fault, Scope};
 use agentpool_tests::latency::LatencyProfile;
 use agentpool_tests::outside::Outside;
-use agentpool_tests::{set_vars, wait_until, TestPool};
+use agentpool_tests::{set_vars, TestPool};
 use reqwest::StatusCode;
 use serde_json::{json, Value};
 
@@ -22,7 +17,7 @@ const USER_SECRET: &str = "user-bankr-key-never-shown-0123456789";
 
 /// A railway-mode pool over every fake, idle instances holding only their OpenRouter key and
 /// wallet, `idle` of them ready.
-async fn railway_pool(outside: &Outside, idle: &str) -> TestPool {
+async fn railway_pool(outside: &Outside, idle: i64) -> TestPool {
     let profile = LatencyProfile::for_tests();
     let mut vars = outside.settings();
     set_vars(&mut vars, profile.pool_settings());
@@ -37,34 +32,7 @@ async fn railway_pool(outside: &Outside, idle: &str) -> TestPool {
             ),
         ],
     );
-    let settings = Settings::from_vars(vars.clone()).unwrap();
-    let mut overrides: Vec<(&str, &str)> =
-        vars.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
-    overrides.push(("POOL_MIN_IDLE", idle));
-    let t = TestPool::with_provider(&overrides, &[], |_, tally| {
-        Arc::new(
-            RailwayProvider::from_settings(&settings.providers.railway, &settings.outbound, tally)
-                .unwrap(),
-        )
-    })
-    .await;
-    let want: i64 = idle.parse().unwrap();
-    wait_until(Duration::from_secs(60), || async {
-        t.tick().await;
-        t.count(Idle).await == want
-    })
-    .await;
-    t
-}
-
-async fn tools_of(t: &TestPool, id: &str) -> Vec<String> {
-    sqlx::query_scalar(
-        "SELECT tool_id FROM instance_services WHERE instance_id = $1 ORDER BY tool_id",
-    )
-    .bind(id)
-    .fetch_all(&t.pool.db)
-    .await
-    .unwrap()
+    TestPool::on_railway(&vars, idle).await
 }
 
 /// A DELETE's status (204 has no body).
@@ -87,11 +55,11 @@ async fn create_template(t: &TestPool, body: Value) -> Value {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_claim_by_template_adds_exactly_its_pool_tools_to_a_running_instance() {
     let outside = Outside::start(20).await;
-    let t = railway_pool(&outside, "2").await;
+    let t = railway_pool(&outside, 2).await;
 
     // Idle instances hold what every agent needs, and nothing else.
     for id in t.ids(Idle).await {
-        assert_eq!(tools_of(&t, &id).await, ["openrouter", "wallet"], "{id}");
+        assert_eq!(t.tool_ids(&id).await, ["openrouter", "wallet"], "{id}");
     }
     assert!(outside.agentmail.inboxes().is_empty());
     assert!(outside.telnyx.numbers().is_empty());
@@ -120,7 +88,7 @@ async fn a_claim_by_template_adds_exactly_its_pool_tools_to_a_running_instance()
     let id = claimed["instanceId"].as_str().unwrap().to_string();
 
     // The template's pool tool, and no other: one inbox, no number.
-    assert_eq!(tools_of(&t, &id).await, ["email", "openrouter", "wallet"]);
+    assert_eq!(t.tool_ids(&id).await, ["email", "openrouter", "wallet"]);
     let inboxes = outside.agentmail.inboxes();
     assert_eq!(inboxes.len(), 1, "{inboxes:?}");
     assert!(inboxes[0].inbox_id.starts_with(&t.name_of(&id)));
@@ -204,7 +172,7 @@ async fn a_claim_by_template_adds_exactly_its_pool_tools_to_a_running_instance()
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_missing_user_config_takes_nothing_and_a_failing_tool_is_rolled_back() {
     let outside = Outside::start(20).await;
-    let t = railway_pool(&outside, "1").await;
+    let t = railway_pool(&outside, 1).await;
     let template = create_template(
         &t,
         json!({
@@ -281,7 +249,7 @@ async fn a_missing_user_config_takes_nothing_and_a_failing_tool_is_rolled_back()
     assert!(outside.telnyx.numbers().is_empty(), "the number was kept");
     assert!(outside.agentmail.inboxes().is_empty());
     assert_eq!(t.ids(Idle).await, idle, "the instance was not given back");
-    assert_eq!(tools_of(&t, &idle[0]).await, ["openrouter", "wallet"]);
+    assert_eq!(t.tool_ids(&idle[0]).await, ["openrouter", "wallet"]);
 
     // Once AgentMail is back, the same instance serves the claim.
     outside.agentmail.clear_faults();
@@ -294,7 +262,7 @@ async fn a_missing_user_config_takes_nothing_and_a_failing_tool_is_rolled_back()
     assert_eq!(status, StatusCode::OK, "{reply}");
     assert_eq!(reply["instanceId"], idle[0].as_str());
     assert_eq!(
-        tools_of(&t, &idle[0]).await,
+        t.tool_ids(&idle[0]).await,
         ["email", "openrouter", "sms", "wallet"]
     );
     outside.agrees_with(&t.pool.db, PREFIX).await.unwrap();

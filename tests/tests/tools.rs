@@ -96,16 +96,6 @@ async fn pool(tools: &Tools, extra: &[(&str, &str)]) -> TestPool {
     TestPool::with(&overrides, &[]).await
 }
 
-async fn services_of(t: &TestPool, id: &str) -> Vec<String> {
-    sqlx::query_scalar(
-        "SELECT tool_id FROM instance_services WHERE instance_id = $1 ORDER BY tool_id",
-    )
-    .bind(id)
-    .fetch_all(&t.pool.db)
-    .await
-    .unwrap()
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn tools_are_provisioned_recorded_and_destroyed_with_their_instance() {
     let tools = Tools::start(TelnyxConfig::default()).await;
@@ -117,7 +107,7 @@ async fn tools_are_provisioned_recorded_and_destroyed_with_their_instance() {
     assert_eq!(tools.left(&prefix), (2, 2, 2));
     for id in t.ids(Starting).await {
         assert_eq!(
-            services_of(&t, &id).await,
+            t.tool_ids(&id).await,
             vec!["email", "openrouter", "sms", "wallet"]
         );
         let key = tools
