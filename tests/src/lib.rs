@@ -520,17 +520,9 @@ impl TestPool {
 
     /// Health checks a stub agent is answering right now.
     pub async fn health_in_flight(&self, id: &str) -> u64 {
-        let url = self.instance(id).await.and_then(|i| i.url).expect("url");
-        let stats: Value = self
-            .http
-            .get(format!("{url}/stub/stats"))
-            .send()
-            .await
-            .expect("stats")
-            .json()
-            .await
-            .expect("stats json");
-        stats["healthInFlight"].as_u64().expect("healthInFlight")
+        self.stub_stats(id).await["healthInFlight"]
+            .as_u64()
+            .expect("healthInFlight")
     }
 
     /// A stub agent's `GET /stub/stats`.

@@ -157,6 +157,16 @@ pub struct Policy {
     pub per_host: usize,
 }
 
+impl Policy {
+    /// The default policy with the operator's per-attempt timeout (`OUTBOUND_TIMEOUT_MS`).
+    pub fn from_settings(settings: &crate::config::OutboundSettings) -> Self {
+        Self {
+            timeout: settings.outbound_timeout(),
+            ..Self::default()
+        }
+    }
+}
+
 impl Default for Policy {
     fn default() -> Self {
         Self {

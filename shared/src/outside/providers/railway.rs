@@ -126,13 +126,7 @@ impl RailwayProvider {
             },
         };
         Ok(Self {
-            out: Outbound::new(
-                Policy {
-                    timeout: outbound.outbound_timeout(),
-                    ..Policy::default()
-                },
-                tally.clone(),
-            ),
+            out: Outbound::new(Policy::from_settings(outbound), tally.clone()),
             api: settings.railway_api_url.clone(),
             tokens: Tokens::new(tokens),
             layout,

@@ -77,13 +77,7 @@ impl SpritesProvider {
             ))
         })?;
         Ok(Self {
-            out: Outbound::new(
-                Policy {
-                    timeout: outbound.outbound_timeout(),
-                    ..Policy::default()
-                },
-                tally.clone(),
-            ),
+            out: Outbound::new(Policy::from_settings(outbound), tally.clone()),
             api: settings.sprites_api_url.trim_end_matches('/').to_string(),
             token,
             environment: environment.to_ascii_lowercase(),

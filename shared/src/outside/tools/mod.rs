@@ -111,10 +111,7 @@ impl Toolbox {
             shared
                 .get_or_init(|| {
                     Arc::new(Outbound::new(
-                        Policy {
-                            timeout: outbound.outbound_timeout(),
-                            ..Policy::default()
-                        },
+                        Policy::from_settings(outbound),
                         tally.clone(),
                     ))
                 })
