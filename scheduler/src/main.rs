@@ -79,7 +79,7 @@ async fn run() -> anyhow::Result<()> {
         mode = trigger.mode(),
         target = %trigger.target(),
         schedule = %schedule.describe(),
-        keep_alive_every_ms = keep_alive.then(|| heartbeat_every.as_millis() as u64),
+        keep_alive_every_ms = keep_alive.then_some(heartbeat_every.as_millis() as u64),
         "scheduler started"
     );
     // Firings of one scheduler never share a slot: each takes the slot after the last one's.
