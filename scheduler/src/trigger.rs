@@ -6,7 +6,8 @@ use chrono::{DateTime, Utc};
 use serde_json::{json, Value};
 use tokio_util::sync::CancellationToken;
 
-use agentpool_core::config::{ConfigError, Secret};
+use agentpool_core::config::{ConfigError, ProviderKind, Secret};
+use agentpool_core::heartbeat;
 use agentpool_core::tick::slots;
 use agentpool_core::{Pool, Settings};
 
@@ -18,6 +19,7 @@ pub enum Trigger {
     Http {
         client: reqwest::Client,
         tick_url: reqwest::Url,
+        keep_alive_url: reqwest::Url,
         key: Secret,
     },
 }
@@ -39,9 +41,12 @@ impl Trigger {
                 let key = settings.server.pool_api_key.clone().ok_or_else(|| {
                     config("POOL_API_KEY", "missing; POOL_URL needs the API's key")
                 })?;
-                let tick_url =
-                    reqwest::Url::parse(&format!("{}/api/pool/tick", url.trim_end_matches('/')))
-                        .map_err(|e| config("POOL_URL", &format!("not a base URL: {e}")))?;
+                let at = |path: &str| {
+                    reqwest::Url::parse(&format!("{}{path}", url.trim_end_matches('/')))
+                        .map_err(|e| config("POOL_URL", &format!("not a base URL: {e}")))
+                };
+                let (tick_url, keep_alive_url) =
+                    (at("/api/pool/tick")?, at("/api/pool/keepalive")?);
                 // The API runs the tick before it answers: wait for its budget, and then for
                 // work in flight as long as any other outside call.
                 let timeout = settings.tick.tick_budget() + settings.outbound.outbound_timeout();
@@ -52,6 +57,7 @@ impl Trigger {
                 Ok(Self::Http {
                     client,
                     tick_url,
+                    keep_alive_url,
                     key,
                 })
             }
@@ -99,29 +105,65 @@ impl Trigger {
                 client,
                 tick_url,
                 key,
-            } => {
-                let response = client
-                    .post(tick_url.clone())
-                    .bearer_auth(key.expose())
-                    .json(&json!({ "slot": slot }))
-                    .send()
-                    .await
-                    .with_context(|| format!("POST {tick_url}"))?;
-                let status = response.status();
-                let body: Value = response
-                    .json()
-                    .await
-                    .with_context(|| format!("POST {tick_url} answered {status}, not JSON"))?;
-                anyhow::ensure!(
-                    status.is_success(),
-                    "POST {tick_url} answered {status}: {} ({})",
-                    body["error"].as_str().unwrap_or("no message"),
-                    body["code"].as_str().unwrap_or("no code"),
-                );
-                Ok(body)
-            }
+                ..
+            } => post(client, tick_url, key, &json!({ "slot": slot })).await,
         }
     }
+
+    /// Whether the provider keeps its instances alive, as far as this scheduler can tell: the
+    /// provider itself in-process; over HTTP, the one `POOL_PROVIDER` names here (the API's own
+    /// is not known from here: `SCHEDULER_KEEP_ALIVE=true` says so).
+    pub fn keeps_alive(&self, settings_provider: ProviderKind) -> bool {
+        match self {
+            Self::Database { pool, .. } => pool.provider.keeps_alive(),
+            Self::Http { .. } => settings_provider == ProviderKind::Sprites,
+        }
+    }
+
+    /// Sends this interval's keep-alive round unless someone did (`heartbeat_rounds`), and returns
+    /// what it did as the API would show it.
+    pub async fn keep_alive(&self) -> anyhow::Result<Value> {
+        match self {
+            Self::Database { pool, .. } => {
+                let round = heartbeat::beat(pool).await?;
+                Ok(json!({"skipped": round.is_none(), "round": round}))
+            }
+            Self::Http {
+                client,
+                keep_alive_url,
+                key,
+                ..
+            } => post(client, keep_alive_url, key, &json!({})).await,
+        }
+    }
+}
+
+/// A POST to the API with its key; a non-2xx answer is an error naming its message and code.
+async fn post(
+    client: &reqwest::Client,
+    url: &reqwest::Url,
+    key: &Secret,
+    body: &Value,
+) -> anyhow::Result<Value> {
+    let response = client
+        .post(url.clone())
+        .bearer_auth(key.expose())
+        .json(body)
+        .send()
+        .await
+        .with_context(|| format!("POST {url}"))?;
+    let status = response.status();
+    let body: Value = response
+        .json()
+        .await
+        .with_context(|| format!("POST {url} answered {status}, not JSON"))?;
+    anyhow::ensure!(
+        status.is_success(),
+        "POST {url} answered {status}: {} ({})",
+        body["error"].as_str().unwrap_or("no message"),
+        body["code"].as_str().unwrap_or("no code"),
+    );
+    Ok(body)
 }
 
 fn config(setting: &str, problem: &str) -> anyhow::Error {

@@ -100,13 +100,27 @@ impl Outside {
     /// Whether every row's service and tool resources exist in the fakes and every resource of
     /// ours in a fake belongs to a row; `Err` says how they differ.
     pub async fn agrees_with(&self, db: &PgPool, prefix: &str) -> Result<(), String> {
-        let services: BTreeSet<String> = self
-            .railway
-            .services()
-            .into_iter()
-            .filter(|s| s.name.starts_with(prefix))
-            .map(|s| s.id)
-            .collect();
+        self.agrees_with_compute(
+            db,
+            self.railway
+                .services()
+                .into_iter()
+                .filter(|s| s.name.starts_with(prefix))
+                .map(|s| s.id)
+                .collect(),
+            prefix,
+        )
+        .await
+    }
+
+    /// As [`Outside::agrees_with`], with the compute resources of ours another provider holds
+    /// (`services`: their resource ids) in place of Railway's.
+    pub async fn agrees_with_compute(
+        &self,
+        db: &PgPool,
+        services: BTreeSet<String>,
+        prefix: &str,
+    ) -> Result<(), String> {
         let infra: BTreeSet<String> = sqlx::query_scalar("SELECT resource_id FROM instance_infra")
             .fetch_all(db)
             .await

@@ -4,10 +4,14 @@
 //! `Idempotency-Key`s, retried on the other replica when a connection breaks; one by a template
 //! whose two pool tools the claim makes on the instance it takes), a dashboard login
 //! and logout, an operator's delete, a replenish, a kicked tick, and the replicas' own ticks.
+//! Recycling and keep-alive (`recycle.*`, `heartbeat.*`) need a provider that restores and whose
+//! instances sleep: those cases run on the Sprites fake, where the operator's delete recycles the
+//! template's claim, a second release meets failing restores, and one idle sprite falls silent.
 //! Replica A runs with the failpoint; a killed A is restarted without it. Once the pool settles,
 //! [`Verdict::violations`] lists every invariant broken:
 //!
-//! - no instance handed to two claims (the claim events), no conversation served by two agents;
+//! - no instance handed to two claims (the claim events; a recycled instance once per life),
+//!   no conversation served by two agents;
 //! - no resource of a claimed, healthy agent destroyed;
 //! - every outside resource (service, volume, key, inbox, number) owned by a row or deleted;
 //! - no row in a transient state past its timeout plus two ticks;
@@ -26,6 +30,7 @@ use rand::Rng;
 use serde_json::{json, Value};
 use sqlx::PgPool;
 
+use crate::fakes::{Controls, Fault, Scope, SpritesConfig, SpritesFake};
 use crate::latency::LatencyProfile;
 use crate::outside::Outside;
 use crate::{agentpool_bin, free_port, set_vars, TestDb};
@@ -119,6 +124,25 @@ pub const FAILPOINTS: &[&str] = &[
     "tick.release.after",
     "tick.create_reserved.before",
     "gate.bounded",
+    // Recycling (sprites mode).
+    "recycle.start.after",
+    "recycle.tool_destroy.before",
+    "recycle.tool_destroy.after",
+    "recycle.tool_forget.after",
+    "recycle.provider_recycle.before",
+    "recycle.provider_recycle.after",
+    "recycle.finish.before",
+    "recycle.finish.after",
+    "recycle.destroy_instead.before",
+    "recycle.destroy_instead.after",
+    // Keep-alive (sprites mode).
+    "heartbeat.slot.after",
+    "heartbeat.ping.before",
+    "heartbeat.ping.after",
+    "heartbeat.wake.before",
+    "heartbeat.wake.after",
+    "heartbeat.give_up.before",
+    "heartbeat.give_up.after",
     // Sessions.
     "sessions.attempt.before",
     "sessions.attempt.after",
@@ -296,6 +320,7 @@ struct Times {
     create_timeout: Duration,
     tick: Duration,
     delay: Duration,
+    recycle_timeout: Duration,
 }
 
 /// Runs one case. `bin` is an `agentpool` built with the `failpoints` feature.
@@ -311,6 +336,7 @@ pub async fn run_case(failpoint: &'static str, action: Action) -> Verdict {
         tick: setting(&profile, "TICK_INTERVAL_MS"),
         // Past every caller's timeout: the claim's deadline, a creation's, the tick's budget.
         delay: setting(&profile, "CLAIM_TIMEOUT_MS") * 2,
+        recycle_timeout: Duration::from_millis(120_000).mul_f64(SCALE),
     };
     let case_started = Instant::now();
     let phase = |what: &str| {
@@ -324,6 +350,19 @@ pub async fn run_case(failpoint: &'static str, action: Action) -> Verdict {
     };
     let outside = Outside::start(100).await;
     outside.set_latency(&profile);
+    // Recycling and keep-alive happen only on a provider that restores and whose instances
+    // sleep: their failpoints' cases run on the Sprites fake (the tools' fakes as for the others).
+    let sprites = if on_sprites(failpoint) {
+        Some(
+            SpritesFake::start(SpritesConfig {
+                stub_env: profile.stub_env(),
+                ..SpritesConfig::default()
+            })
+            .await,
+        )
+    } else {
+        None
+    };
     let db = TestDb::new().await;
     let prefix = format!("sw{}-", rand::thread_rng().gen_range(100_000u32..999_999));
     let mut vars = outside.settings();
@@ -343,6 +382,24 @@ pub async fn run_case(failpoint: &'static str, action: Action) -> Verdict {
         ]
         .map(|(k, v)| (k.to_string(), v)),
     );
+    let scaled = |ms: f64| ((ms * SCALE).round().max(1.0) as u64).to_string();
+    if let Some(fake) = &sprites {
+        set_vars(
+            &mut vars,
+            [
+                ("POOL_PROVIDER", "sprites".to_string()),
+                ("SPRITES_API_URL", fake.url()),
+                ("SPRITE_TOKEN", fake.token().to_string()),
+                ("SPRITES_SETUP_COMMANDS", r#"["echo build"]"#.to_string()),
+                ("POOL_ENVIRONMENT", "dev".to_string()),
+                // Seed 002's 20 s, and a few times faster still: a silent sprite is given up
+                // by the beats before the tick's health checks condemn it.
+                ("HEARTBEAT_INTERVAL_MS", scaled(20_000.0 / 2.0)),
+                ("RECYCLE_TIMEOUT_MS", scaled(120_000.0)),
+            ]
+            .map(|(k, v)| (k.to_string(), v)),
+        );
+    }
     let logs = tempfile::Builder::new()
         .prefix("agentpool-sweep-")
         .tempdir()
@@ -399,6 +456,8 @@ pub async fn run_case(failpoint: &'static str, action: Action) -> Verdict {
                 * 2,
             // A created row waits for its runtime to be ready, up to `POOL_STUCK_TIMEOUT_MS`.
             setting(&profile, "POOL_STUCK_TIMEOUT_MS") + times.tick * 2,
+            // A recycle ends within `RECYCLE_TIMEOUT_MS`, or the tick destroys it.
+            times.recycle_timeout + times.tick * 2,
         );
         tokio::spawn(async move {
             // Each row once, at the oldest it was seen.
@@ -531,7 +590,12 @@ pub async fn run_case(failpoint: &'static str, action: Action) -> Verdict {
             handed.push(instance.clone());
         }
     }
-    if let Some((deleted, rest)) = handed.split_first() {
+    if let Some(fake) = &sprites {
+        let (notes, released) =
+            recycle_round(&http, &bases, &db.pool, fake, &answers, &times).await;
+        violations.extend(notes);
+        kept.extend(handed.iter().filter(|i| !released.contains(i)).cloned());
+    } else if let Some((deleted, rest)) = handed.split_first() {
         kept.extend(rest.iter().cloned());
         let request = |base: &str| {
             http.delete(format!("{base}/api/pool/instances/{deleted}"))
@@ -556,16 +620,21 @@ pub async fn run_case(failpoint: &'static str, action: Action) -> Verdict {
     }
     answers.extend(second);
 
+    if let Some(fake) = &sprites {
+        silence_one(&http, &bases[0], &db.pool, fake, &prefix).await;
+    }
     phase("driven");
     // The settling.
     let driven = Instant::now();
     let settled = wait_for(SETTLE_LIMIT, || async {
-        settled(&db.pool, &outside, &prefix).await.is_ok()
+        settled(&db.pool, &outside, sprites.as_ref(), &prefix)
+            .await
+            .is_ok()
     })
     .await;
     let settle = settled.then(|| driven.elapsed());
     if !settled {
-        let why = settled_why(&db.pool, &outside, &prefix).await;
+        let why = settled_why(&db.pool, &outside, sprites.as_ref(), &prefix).await;
         violations.push(format!("did not settle within {SETTLE_LIMIT:?}: {why}"));
     }
     stop.cancel();
@@ -593,8 +662,15 @@ pub async fn run_case(failpoint: &'static str, action: Action) -> Verdict {
             _ => None,
         })
         .collect();
-    let distinct: BTreeSet<&str> = claimed_ids.iter().copied().collect();
-    if distinct.len() != claimed_ids.len() {
+    // A recycled instance serves one claim per life (`double_claims` checks the lives).
+    let recycled = recycled(&db.pool).await;
+    let once: Vec<&str> = claimed_ids
+        .iter()
+        .copied()
+        .filter(|id| !recycled.contains(*id))
+        .collect();
+    let distinct: BTreeSet<&str> = once.iter().copied().collect();
+    if distinct.len() != once.len() {
         violations.push(format!("two claims got one instance: {claimed_ids:?}"));
     }
     for id in &kept {
@@ -650,6 +726,118 @@ pub async fn run_case(failpoint: &'static str, action: Action) -> Verdict {
         settle,
         claims: answers.len(),
     }
+}
+
+/// Whether a failpoint's case runs on the Sprites fake: recycling and keep-alive need a provider
+/// that restores and whose instances sleep.
+fn on_sprites(failpoint: &str) -> bool {
+    failpoint.starts_with("recycle.") || failpoint.starts_with("heartbeat.")
+}
+
+/// The operator's part in Sprites mode: the template's claim is released and recycled (its pool
+/// tools destroyed, the checkpoint restored, idle again), then another claim is released with
+/// every restore failing, so that recycle sends it to `destroying` instead. Returns notes of
+/// requests not answered, and the instances released.
+async fn recycle_round(
+    http: &reqwest::Client,
+    bases: &[String; 2],
+    db: &PgPool,
+    fake: &SpritesFake,
+    answers: &[Answer],
+    times: &Times,
+) -> (Vec<String>, Vec<String>) {
+    let mut notes = Vec::new();
+    let mut released = Vec::new();
+    let claimed: Vec<&String> = answers
+        .iter()
+        .filter_map(|a| match a {
+            Answer::Claimed { instance, .. } => Some(instance),
+            _ => None,
+        })
+        .collect();
+    // The template's claim is the third; failing that, any.
+    let template_claim = match answers.get(2) {
+        Some(Answer::Claimed { instance, .. }) => Some(instance),
+        _ => claimed.first().copied(),
+    };
+    let release = |id: &str| {
+        let id = id.to_string();
+        move |base: &str| {
+            http.delete(format!("{base}/api/pool/instances/{id}"))
+                .bearer_auth(API_KEY)
+        }
+    };
+    if let Some(id) = template_claim {
+        released.push(id.clone());
+        if let Some(note) = answered_somewhere(bases, 0, release(id)).await {
+            notes.push(format!("DELETE (recycle): {note}"));
+        }
+        // Its recycle ends (idle, or destroyed) before the next one starts.
+        wait_for(times.recycle_timeout + times.tick * 4, || async {
+            count(db, &format!("id = '{id}' AND status = 'recycling'")).await == 0
+        })
+        .await;
+    }
+    if let Some(id) = claimed.iter().find(|i| !released.contains(i)) {
+        released.push((*id).clone());
+        fake.inject(
+            Fault::ServerError,
+            Scope::Next {
+                op: Some("POST /v1/sprites/{name}/checkpoints/{id}/restore".into()),
+                count: 20,
+            },
+        );
+        if let Some(note) = answered_somewhere(bases, 0, release(id)).await {
+            notes.push(format!("DELETE (failed recycle): {note}"));
+        }
+        wait_for(times.recycle_timeout + times.tick * 4, || async {
+            count(db, &format!("id = '{id}' AND status = 'recycling'")).await == 0
+        })
+        .await;
+        fake.clear_faults();
+    }
+    (notes, released)
+}
+
+/// Keep-alive's escalation in Sprites mode: one idle sprite's runtime stops and execs fail for a
+/// while, so the beats fail, wake it in vain and give it up (the pool then refills). Waits until
+/// it has left `idle`, or a bounded while, asking replica A for rounds meanwhile.
+async fn silence_one(
+    http: &reqwest::Client,
+    a: &str,
+    db: &PgPool,
+    fake: &SpritesFake,
+    prefix: &str,
+) {
+    let id: Option<String> = sqlx::query_scalar(
+        "SELECT id FROM instances WHERE status = 'idle' ORDER BY status_since, id LIMIT 1",
+    )
+    .fetch_optional(db)
+    .await
+    .unwrap_or(None);
+    let Some(id) = id else { return };
+    fake.inject(
+        Fault::ServerError,
+        Scope::Next {
+            op: Some("GET /v1/sprites/{name}/exec".into()),
+            count: 30,
+        },
+    );
+    fake.kill_service(&format!("dev-{prefix}{id}"));
+    // Rounds asked of A too (`POST /api/pool/keepalive`), as a scheduler would: the replicas'
+    // own timers race for each interval's slot, and one whose timer runs a little behind the
+    // other's would never win it, nor reach the failpoint.
+    wait_for(Duration::from_secs(15), || async {
+        let _ = http
+            .post(format!("{a}/api/pool/keepalive"))
+            .bearer_auth(API_KEY)
+            .timeout(Duration::from_millis(500))
+            .send()
+            .await;
+        count(db, &format!("id = '{id}' AND status = 'idle'")).await == 0
+    })
+    .await;
+    fake.clear_faults();
 }
 
 /// Awaits a condition; false past `limit`.
@@ -859,7 +1047,7 @@ async fn dashboard_round(http: &reqwest::Client, base: &str) -> Vec<String> {
 /// Rows past their transient state's timeout plus two ticks, as the database's clock says.
 async fn transient_overdue(
     db: &PgPool,
-    limits: (Duration, Duration, Duration, Duration),
+    limits: (Duration, Duration, Duration, Duration, Duration),
 ) -> Vec<(String, String, f64)> {
     let ms = |d: Duration| d.as_millis() as i64;
     sqlx::query_as(
@@ -878,20 +1066,32 @@ async fn transient_overdue(
              OR (i.status = 'starting' AND f.instance_id IS NOT NULL
                  AND i.status_since < now() - $4 * interval '1 millisecond')
              OR (i.status = 'destroying'
-                 AND greatest(i.status_since, i.next_attempt_at) < now() - $3 * interval '1 millisecond')",
+                 AND greatest(i.status_since, i.next_attempt_at) < now() - $3 * interval '1 millisecond')
+             OR (i.status = 'recycling'
+                 AND i.status_since < now() - $5 * interval '1 millisecond')",
     )
     .bind(ms(limits.0))
     .bind(ms(limits.1))
     .bind(ms(limits.2))
     .bind(ms(limits.3))
+    .bind(ms(limits.4))
     .fetch_all(db)
     .await
     .unwrap_or_default()
 }
 
 /// No transient row, the pool at its minimum, the fakes and the rows agreeing.
-async fn settled(db: &PgPool, outside: &Outside, prefix: &str) -> Result<(), String> {
-    let transient = count(db, "status IN ('claiming', 'starting', 'destroying')").await;
+async fn settled(
+    db: &PgPool,
+    outside: &Outside,
+    sprites: Option<&SpritesFake>,
+    prefix: &str,
+) -> Result<(), String> {
+    let transient = count(
+        db,
+        "status IN ('claiming', 'starting', 'destroying', 'recycling')",
+    )
+    .await;
     if transient != 0 {
         return Err(format!("{transient} rows in a transient state"));
     }
@@ -899,7 +1099,19 @@ async fn settled(db: &PgPool, outside: &Outside, prefix: &str) -> Result<(), Str
     if idle < MIN_IDLE {
         return Err(format!("{idle} idle"));
     }
-    outside.agrees_with(db, prefix).await?;
+    match sprites {
+        Some(fake) => {
+            let ours = format!("dev-{prefix}");
+            let alive: BTreeSet<String> = fake
+                .sprites()
+                .into_iter()
+                .map(|s| s.name)
+                .filter(|n| n.starts_with(&ours))
+                .collect();
+            outside.agrees_with_compute(db, alive, prefix).await?;
+        }
+        None => outside.agrees_with(db, prefix).await?,
+    }
     let services: BTreeSet<String> = outside
         .railway
         .services()
@@ -919,7 +1131,12 @@ async fn settled(db: &PgPool, outside: &Outside, prefix: &str) -> Result<(), Str
     Ok(())
 }
 
-async fn settled_why(db: &PgPool, outside: &Outside, prefix: &str) -> String {
+async fn settled_why(
+    db: &PgPool,
+    outside: &Outside,
+    sprites: Option<&SpritesFake>,
+    prefix: &str,
+) -> String {
     let statuses: Vec<(String, i64)> =
         sqlx::query_as("SELECT status, count(*) FROM instances GROUP BY status")
             .fetch_all(db)
@@ -933,23 +1150,46 @@ async fn settled_why(db: &PgPool, outside: &Outside, prefix: &str) -> String {
             .unwrap_or_default();
     format!(
         "{:?}; rows {statuses:?}; destroy errors {errors:?}",
-        settled(db, outside, prefix).await.err()
+        settled(db, outside, sprites, prefix).await.err()
     )
 }
 
-/// Instances whose events show two claims handing them out.
+/// Instances whose events show two claims handing them out: a second `claimed` with no
+/// `recycling → idle` between them (a recycled instance serves its next user rightly).
 async fn double_claims(db: &PgPool) -> Vec<String> {
     let twice: Vec<(String, i64)> = sqlx::query_as(
-        "SELECT instance_id, count(*) FROM instance_events
-          WHERE to_status = 'claimed' GROUP BY instance_id HAVING count(*) > 1",
+        "WITH c AS (
+           SELECT instance_id, id, lag(id) OVER (PARTITION BY instance_id ORDER BY id) AS before
+             FROM instance_events WHERE to_status = 'claimed'
+         )
+         SELECT instance_id, count(*) FROM c
+          WHERE before IS NOT NULL
+            AND NOT EXISTS (
+              SELECT 1 FROM instance_events r
+               WHERE r.instance_id = c.instance_id AND r.from_status = 'recycling'
+                 AND r.to_status = 'idle' AND r.id > c.before AND r.id < c.id)
+          GROUP BY instance_id",
     )
     .fetch_all(db)
     .await
     .unwrap_or_default();
     twice
         .into_iter()
-        .map(|(id, n)| format!("instance {id} claimed {n} times"))
+        .map(|(id, n)| format!("instance {id} claimed again {n} times without a recycle between"))
         .collect()
+}
+
+/// The instances recycled back to idle at least once: each may serve more than one claim.
+async fn recycled(db: &PgPool) -> BTreeSet<String> {
+    sqlx::query_scalar(
+        "SELECT DISTINCT instance_id FROM instance_events
+          WHERE from_status = 'recycling' AND to_status = 'idle'",
+    )
+    .fetch_all(db)
+    .await
+    .unwrap_or_default()
+    .into_iter()
+    .collect()
 }
 
 /// Runs `cases`, `jobs` at a time, each on its own fakes, database and replicas.
@@ -1018,11 +1258,17 @@ pub fn report(verdicts: &[Verdict], elapsed: Duration) -> String {
          `Idempotency-Key`s, retried on the other replica when a connection breaks; one by a \
          template whose two pool tools the claim makes), dashboard \
          logins and logouts, an operator's delete, a replenish and kicked ticks, then the pool \
-         settles and the invariants are checked: no instance handed to two claims, no \
+         settles and the invariants are checked: no instance handed to two claims (a \
+         recycled one once per life), no \
          conversation served by two agents, no resource of a claimed healthy agent destroyed, \
          every service, volume, key, inbox and number owned by a row or deleted, no row in a \
          transient state past its timeout plus two ticks, every claim answered (a success or a \
-         JSON error) within the claim deadline plus two ticks.\n\n"
+         JSON error) within the claim deadline plus two ticks. The cases of `recycle.*` and \
+         `heartbeat.*` run on the Sprites fake instead of Railway's: the template's claim is \
+         recycled (its pool tools destroyed), a second claim's recycle fails on its restore \
+         (destroyed instead), and one idle sprite falls silent, execs failing, so the beats \
+         wake it in vain and give it up; no row may stay `recycling` past `RECYCLE_TIMEOUT_MS` \
+         plus two ticks.\n\n"
     ));
     out.push_str(&format!(
         "**{} failpoints, {} cases, {passed} passed, {} failed; {fired} cases reached their \

@@ -94,13 +94,14 @@ async fn public_agents_show_names_status_and_times_only() {
 #[tokio::test]
 async fn operator_routes_need_the_key_in_the_header() {
     let t = TestPool::start().await;
-    let routes: [(&str, &str); 9] = [
+    let routes: [(&str, &str); 10] = [
         ("GET", "/api/pool/status"),
         ("POST", "/api/pool/claim"),
         ("POST", "/api/pool/replenish"),
         ("POST", "/api/pool/drain"),
         ("POST", "/api/pool/reconcile"),
         ("POST", "/api/pool/tick"),
+        ("POST", "/api/pool/keepalive"),
         ("DELETE", "/api/pool/instances/abc"),
         ("DELETE", "/api/pool/crashed/abc"),
         ("GET", "/api/pool/replenish/stream"),

@@ -40,6 +40,7 @@ const ROUTES: &[(&str, &str, Access)] = &[
     ("POST", "/api/pool/drain", Access::Operator),
     ("POST", "/api/pool/reconcile", Access::Operator),
     ("POST", "/api/pool/tick", Access::Operator),
+    ("POST", "/api/pool/keepalive", Access::Operator),
     ("DELETE", "/api/pool/instances", Access::Operator),
     ("DELETE", "/api/pool/instances/{id}", Access::Operator),
     (

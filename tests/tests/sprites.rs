@@ -11,8 +11,10 @@ use agentpool_core::domain::InstanceStatus::{self, *};
 use agentpool_core::heartbeat::{self, Round};
 use agentpool_core::providers::sprites::SpritesProvider;
 use agentpool_core::Settings;
-use agentpool_tests::fakes::{Controls, Fault, Scope, SpritesConfig, SpritesFake};
-use agentpool_tests::{wait_until, TestPool};
+use agentpool_tests::fakes::{
+    AgentMailConfig, AgentMailFake, Controls, Fault, Scope, SpritesConfig, SpritesFake,
+};
+use agentpool_tests::{clean, scheduler_bin, wait_until, Guarded, TestPool};
 use reqwest::StatusCode;
 use serde_json::{json, Value};
 
@@ -298,6 +300,155 @@ async fn the_local_provider_recycles_by_restarting_its_agent_clean() {
     assert_ne!(second["conversationId"], first["conversationId"]);
 }
 
+/// A local recycling pool whose claims by template make an AgentMail inbox (a `pool` tool); the
+/// wallet is the instance's own, from its creation.
+async fn recycling_pool_with_mail(mail: &AgentMailFake) -> (TestPool, String) {
+    let url = mail.url();
+    let t = TestPool::with(
+        &[
+            ("POOL_MIN_IDLE", "1"),
+            ("LOCAL_RECYCLE", "true"),
+            ("TOOLS_AT_CREATION", "base"),
+            ("AGENTMAIL_API_URL", &url),
+            ("AGENTMAIL_API_KEY", mail.api_key()),
+            ("AGENTMAIL_DOMAIN", mail.domain()),
+            ("OUTBOUND_TIMEOUT_MS", "2000"),
+        ],
+        &[],
+    )
+    .await;
+    t.fill(1).await;
+    let (status, template) = t
+        .post(
+            "/api/templates",
+            json!({"slug": "mailer", "agentName": "Mailer", "instructions": "Answer mail.",
+                   "tools": [{"id": "email", "provisioning": "pool"}]}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{template}");
+    let template_id = template["id"].as_str().unwrap().to_string();
+    (t, template_id)
+}
+
+async fn tools_of(t: &TestPool, id: &str) -> Vec<(String, String)> {
+    sqlx::query_as(
+        "SELECT tool_id, resource_id FROM instance_services WHERE instance_id = $1 ORDER BY tool_id",
+    )
+    .bind(id)
+    .fetch_all(&t.pool.db)
+    .await
+    .unwrap()
+}
+
+/// Nothing of the previous user survives a recycle, tool resources included: the inbox the
+/// claim made is destroyed at AgentMail and forgotten, the wallet the instance was built with
+/// stays, the restarted runtime holds none of the claim's variables, and the next claim by the
+/// same template gets a fresh inbox.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_recycle_destroys_the_tools_the_claim_made_and_keeps_the_instance_s_own() {
+    let mail = AgentMailFake::start(AgentMailConfig::default()).await;
+    let (t, template_id) = recycling_pool_with_mail(&mail).await;
+    let id = t.ids(Idle).await.pop().expect("idle");
+    let built_with = tools_of(&t, &id).await;
+    assert_eq!(
+        built_with
+            .iter()
+            .map(|(tool, _)| tool.as_str())
+            .collect::<Vec<_>>(),
+        ["wallet"]
+    );
+
+    let (status, first) = t
+        .post("/api/pool/claim", json!({"templateId": template_id}))
+        .await;
+    assert_eq!(status, StatusCode::OK, "{first}");
+    assert_eq!(first["instanceId"], id.as_str());
+    let inboxes = mail.inboxes();
+    assert_eq!(inboxes.len(), 1, "{inboxes:?}");
+    let first_inbox = inboxes[0].inbox_id.clone();
+    assert!(tools_of(&t, &id)
+        .await
+        .contains(&("email".to_string(), first_inbox.clone())));
+
+    let (status, body) = t.delete(&format!("/api/pool/instances/{id}")).await;
+    assert_eq!(status, StatusCode::ACCEPTED, "{body}");
+    wait_status(&t, &id, Idle).await;
+    assert!(mail.inboxes().is_empty(), "{:?}", mail.inboxes());
+    assert_eq!(
+        tools_of(&t, &id).await,
+        built_with,
+        "only the instance's own"
+    );
+    // The restarted runtime was handed none of the claim's variables, nor started with them.
+    let url = t.instance(&id).await.and_then(|i| i.url).expect("url");
+    let env: Value = t
+        .http
+        .get(format!("{url}/stub/env"))
+        .bearer_auth(t.gateway_token(&id).await)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(env["env"], json!({}), "{env}");
+    assert!(
+        !env["startedWith"].to_string().contains("AGENTMAIL"),
+        "{env}"
+    );
+
+    let (status, second) = t
+        .post("/api/pool/claim", json!({"templateId": template_id}))
+        .await;
+    assert_eq!(status, StatusCode::OK, "{second}");
+    assert_eq!(second["instanceId"], id.as_str(), "the recycled instance");
+    // A new inbox (the first one was deleted above), recorded against this claim. Its address is
+    // the instance's name, as every tool resource of the instance is named.
+    let inboxes = mail.inboxes();
+    assert_eq!(inboxes.len(), 1, "{inboxes:?}");
+    let made: Vec<(String, String)> = sqlx::query_as(
+        "SELECT tool_id, resource_id FROM instance_services WHERE instance_id = $1 AND made_at_claim",
+    )
+    .bind(&id)
+    .fetch_all(&t.pool.db)
+    .await
+    .unwrap();
+    assert_eq!(made, [("email".to_string(), inboxes[0].inbox_id.clone())]);
+}
+
+/// A claim-time resource that cannot be destroyed keeps the instance from the pool: it goes to
+/// `destroying` (whose teardown destroys what is left), never back to idle with it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_claim_s_tool_that_cannot_be_destroyed_destroys_the_instance_instead() {
+    let mail = AgentMailFake::start(AgentMailConfig::default()).await;
+    let (t, template_id) = recycling_pool_with_mail(&mail).await;
+    let (status, first) = t
+        .post("/api/pool/claim", json!({"templateId": template_id}))
+        .await;
+    assert_eq!(status, StatusCode::OK, "{first}");
+    let id = first["instanceId"].as_str().unwrap().to_string();
+    let pid = t.pid_of(&id).expect("running");
+    mail.inject(
+        Fault::ServerError,
+        Scope::Next {
+            op: Some("DELETE /v0/inboxes/{inbox_id}".into()),
+            count: 1000,
+        },
+    );
+    let (status, body) = t.delete(&format!("/api/pool/instances/{id}")).await;
+    assert_eq!(status, StatusCode::ACCEPTED, "{body}");
+    assert_eq!(body["status"], "recycling");
+    wait_status(&t, &id, Destroying).await;
+    let to: Vec<String> = t.events(&id).await.into_iter().map(|(_, to)| to).collect();
+    assert!(!to[4..].contains(&"idle".to_string()), "{to:?}");
+    assert_eq!(t.pid_of(&id), Some(pid), "not restored for nothing");
+    assert_eq!(mail.inboxes().len(), 1, "still there");
+    mail.clear_faults();
+    t.tick().await;
+    assert!(t.instance(&id).await.is_none(), "destroyed");
+    assert!(mail.inboxes().is_empty(), "{:?}", mail.inboxes());
+}
+
 /// Without recycling, `DELETE /api/pool/instances/:id` destroys, as before.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_provider_that_cannot_recycle_destroys_on_release() {
@@ -393,6 +544,66 @@ async fn silent_sprites_are_woken_then_given_up() {
     assert_eq!(given_up, expected, "{second:?}");
     assert_eq!(t.instance(&idle_id).await.unwrap().status, Destroying);
     assert_eq!(t.instance(&claimed_id).await.unwrap().status, Crashed);
+}
+
+/// Keep-alive where no replica runs a timer (Lambda): `agentpool-scheduler` over HTTP sends each
+/// interval's round through `POST /api/pool/keepalive`. This pool's API has no keep-alive loop of
+/// its own (the test's server is the router alone), so every round is the scheduler's.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_scheduler_sends_the_beats_where_no_replica_does() {
+    let fake = SpritesFake::start(SpritesConfig::default()).await;
+    let t = pool(
+        &fake,
+        &[("POOL_MIN_IDLE", "1"), ("HEARTBEAT_INTERVAL_MS", "1000")],
+    )
+    .await;
+    t.fill(1).await;
+    let sent = || async {
+        sqlx::query_scalar::<_, i64>("SELECT count(*) FROM heartbeat_rounds")
+            .fetch_one(&t.pool.db)
+            .await
+            .unwrap()
+    };
+    assert_eq!(sent().await, 0, "no round without the scheduler");
+
+    let log = tempfile::NamedTempFile::new().unwrap();
+    let _scheduler = Guarded(
+        clean(&scheduler_bin())
+            .env("POOL_URL", &t.base)
+            .env("POOL_API_KEY", &t.key)
+            // Ticks far apart: this test is about the beats.
+            .env("TICK_CRON", "0 0 0 1 1 *")
+            .env("HEARTBEAT_INTERVAL_MS", "1000")
+            .env("SCHEDULER_KEEP_ALIVE", "true")
+            .env("LOG_FORMAT", "json")
+            .env("RUST_LOG", "info")
+            .stdout(std::process::Stdio::null())
+            .stderr(log.reopen().unwrap())
+            .spawn()
+            .unwrap(),
+    );
+    let rounds = || {
+        std::fs::read_to_string(log.path())
+            .unwrap_or_default()
+            .lines()
+            .filter_map(|line| serde_json::from_str::<Value>(line).ok())
+            .filter(|line| line["fields"]["message"] == "keep-alive")
+            .map(|line| line["fields"].clone())
+            .collect::<Vec<Value>>()
+    };
+    wait_until(Duration::from_secs(30), || async {
+        rounds()
+            .iter()
+            .filter(|r| r["skipped"] == false && r["pinged"] == 1)
+            .count()
+            >= 2
+    })
+    .await;
+    let sent_by_scheduler = rounds().iter().filter(|r| r["skipped"] == false).count() as i64;
+    assert!(sent().await >= sent_by_scheduler, "{:?}", rounds());
+    let text = std::fs::read_to_string(log.path()).unwrap();
+    assert!(!text.contains("keep-alive failed"), "{text}");
+    assert!(!text.contains(&t.key), "the key in the log");
 }
 
 /// `n` rounds, each in its own interval.

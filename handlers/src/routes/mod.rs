@@ -62,6 +62,7 @@ fn api(state: &AppState) -> OpenApiRouter<AppState> {
         .routes(routes!(pool::drain))
         .routes(routes!(pool::reconcile))
         .routes(routes!(pool::tick))
+        .routes(routes!(pool::keep_alive))
         .routes(routes!(instances::release))
         .routes(routes!(instances::kill))
         .routes(routes!(instances::claimed))

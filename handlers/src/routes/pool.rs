@@ -11,6 +11,7 @@ use agentpool_core::config::{ProviderKind, RailwayLayout, RailwaySource};
 use agentpool_core::creation::{self, Outcome};
 use agentpool_core::domain::{Actor, Instance, InstanceStatus};
 use agentpool_core::gate::Gate;
+use agentpool_core::heartbeat::{self, Round};
 use agentpool_core::operator;
 use agentpool_core::overview::{self, Cursor, PublicAgent};
 use agentpool_core::tick::{self, Mode, TickReport};
@@ -509,4 +510,34 @@ pub async fn tick(
         None => run_tick(&state, Mode::Full).await?,
     };
     with_counts(&state, report).await
+}
+
+/// What `POST /api/pool/keepalive` did.
+#[derive(Serialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct KeepAliveReply {
+    /// No round sent: this interval's was already sent (by a replica's timer, a scheduler, an
+    /// earlier call), or the provider's instances never sleep.
+    skipped: bool,
+    /// The round this call sent.
+    round: Option<Round>,
+}
+
+/// `POST /api/pool/keepalive`: this interval's keep-alive round (`HEARTBEAT_INTERVAL_MS`), for
+/// deployments with no long-running replica whose timer sends it (Lambda, with
+/// `agentpool-scheduler` over HTTP). One round per interval whoever asks.
+#[utoipa::path(post, path = "/api/pool/keepalive", tag = "pool",
+    responses(
+        (status = 200, description = "The round sent, or `skipped` if this interval's was already sent or the provider needs none", body = KeepAliveReply),
+    ))]
+pub async fn keep_alive(State(state): State<AppState>) -> ApiResult<Json<KeepAliveReply>> {
+    let pool = state.pool.clone();
+    // Runs to its end even if the client goes away: the slot is taken.
+    let round = state
+        .finish(async move { heartbeat::beat(&pool).await })
+        .await??;
+    Ok(Json(KeepAliveReply {
+        skipped: round.is_none(),
+        round,
+    }))
 }

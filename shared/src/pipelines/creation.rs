@@ -395,6 +395,7 @@ async fn provision_tool(
         tool.id(),
         &provisioned.resource_id,
         &provisioned.config,
+        services::MadeBy::Creation,
     )
     .await;
     crate::failpoint!("creation.tool_record.after", {

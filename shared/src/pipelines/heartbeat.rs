@@ -1,9 +1,11 @@
 //! Keep-alive for providers whose instances sleep when left alone (seed 002: a sprite idle for
 //! about 30 s is suspended, and its agent's XMTP connection dies with it).
 //!
-//! Every `HEARTBEAT_INTERVAL_MS` each replica calls [`beat`]; the interval is a numbered slot,
-//! and only the replica whose insert of that slot into `heartbeat_rounds` wins pings the fleet,
-//! so three replicas send as many beats as one. A ping is a request to the runtime through its
+//! Every `HEARTBEAT_INTERVAL_MS` each replica calls [`beat`] (`serve`'s own timer, and
+//! `agentpool-scheduler` in-process or through `POST /api/pool/keepalive` for deployments with no
+//! long-running replica, such as Lambda); the interval is a numbered slot, and only the caller
+//! whose insert of that slot into `heartbeat_rounds` wins pings the fleet, so three replicas and
+//! a scheduler send as many beats as one. A ping is a request to the runtime through its
 //! public URL (what keeps a sprite awake). Seed 002's escalation: after three failed pings in a
 //! row the instance is woken (an exec of `true`) and pinged again; still silent, an idle one is
 //! destroyed and a claimed one is crashed (the tick's usual rules take it from there).
@@ -23,9 +25,10 @@ const FAILED_PINGS: i32 = 3;
 const WAKE_POLL: std::time::Duration = std::time::Duration::from_millis(50);
 
 /// What one round of beats did.
-#[derive(Debug, Default, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Default, Clone, PartialEq, Eq, Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct Round {
+    /// The interval's number: Unix time in ms divided by `HEARTBEAT_INTERVAL_MS`.
     pub slot: i64,
     pub pinged: usize,
     pub failed: usize,
@@ -64,6 +67,10 @@ pub async fn beat(pool: &Pool) -> Result<Option<Round>> {
     let Some(slot) = slot else {
         return Ok(None);
     };
+    crate::failpoint!(
+        "heartbeat.slot.after",
+        return Err(crate::failpoint::db_error().into())
+    );
     sqlx::query("DELETE FROM heartbeat_rounds WHERE slot < $1")
         .bind(slot - 1000)
         .execute(&pool.db)
@@ -100,8 +107,14 @@ pub async fn beat(pool: &Pool) -> Result<Option<Round>> {
             Outcome::Dead => {
                 round.failed += 1;
                 round.woken += 1;
-                give_up(pool, &target).await?;
-                round.given_up.push(target.id);
+                // One that cannot be given up now is pinged, woken and given up again next
+                // round; the others still go.
+                match give_up(pool, &target).await {
+                    Ok(()) => round.given_up.push(target.id),
+                    Err(e) => {
+                        tracing::warn!(instance_id = %target.id, error = %e, "giving up a silent instance")
+                    }
+                }
             }
         }
     }
@@ -118,12 +131,13 @@ enum Outcome {
 }
 
 async fn answers(pool: &Pool, target: &Target) -> bool {
-    !matches!(
-        pool.runtime
-            .health(&target.url, &target.gateway_token)
-            .await,
-        Health::Unreachable
-    )
+    crate::failpoint!("heartbeat.ping.before", return false);
+    let health = pool
+        .runtime
+        .health(&target.url, &target.gateway_token)
+        .await;
+    crate::failpoint!("heartbeat.ping.after", return false);
+    !matches!(health, Health::Unreachable)
 }
 
 async fn keep_alive(pool: &Pool, target: &Target) -> Outcome {
@@ -148,7 +162,26 @@ async fn keep_alive(pool: &Pool, target: &Target) -> Outcome {
         resource_id: Some(target.resource_id.clone()),
         details: target.details.clone(),
     };
-    if let Some(Err(e)) = pool.provider.wake(&resource).await {
+    let woken = async {
+        crate::failpoint!(
+            "heartbeat.wake.before",
+            return Some(Err(crate::error::Error::provider(
+                pool.provider.kind().as_str(),
+                "failpoint: wake failed",
+            )))
+        );
+        let woken = pool.provider.wake(&resource).await;
+        crate::failpoint!(
+            "heartbeat.wake.after",
+            return Some(Err(crate::error::Error::provider(
+                pool.provider.kind().as_str(),
+                "failpoint: wake failed",
+            )))
+        );
+        woken
+    }
+    .await;
+    if let Some(Err(e)) = woken {
         tracing::warn!(instance_id = %target.id, error = %e, "waking a silent instance");
     }
     // A woken runtime takes a moment to listen again: asked until one health timeout passed.
@@ -197,7 +230,15 @@ async fn give_up(pool: &Pool, target: &Target) -> Result<()> {
         since: target.status_since,
         reason: format!("silent to {FAILED_PINGS} keep-alive pings and after waking"),
     }];
+    crate::failpoint!(
+        "heartbeat.give_up.before",
+        return Err(crate::failpoint::db_error().into())
+    );
     instances::transition(&pool.db, target.status, to, &moves, Actor::Tick).await?;
+    crate::failpoint!(
+        "heartbeat.give_up.after",
+        return Err(crate::failpoint::db_error().into())
+    );
     tracing::warn!(instance_id = %target.id, %to, "keep-alive gave up");
     Ok(())
 }

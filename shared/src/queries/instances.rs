@@ -317,7 +317,7 @@ pub async fn start_recycle(db: &PgPool, id: &str) -> Result<DateTime<Utc>> {
 
 /// `recycling → idle` for the recycler that started it (same `status_since`): the user's fields
 /// cleared, the new URL and gateway token recorded. False if the row moved meanwhile (the tick
-/// destroyed a recycle past its time).
+/// destroyed a recycle past its time), or still holds a tool resource a claim made.
 pub async fn finish_recycle(
     db: &PgPool,
     id: &str,
@@ -332,8 +332,12 @@ pub async fn finish_recycle(
                   agent_name = NULL, instructions = NULL, join_url = NULL,
                   conversation_id = NULL, invite_url = NULL, claimed_at = NULL,
                   health_failures = 0, failing_since = NULL, absent_since = NULL,
-                  ping_failures = 0
+                  ping_failures = 0, template_id = NULL
             WHERE id = $1 AND status = 'recycling' AND status_since = $2
+              -- Never idle with a resource of the previous claim (the recycler forgets each
+              -- it destroyed; one left means it was not).
+              AND NOT EXISTS (SELECT 1 FROM instance_services s
+                               WHERE s.instance_id = $1 AND s.made_at_claim)
            RETURNING id
          ),
          e AS (

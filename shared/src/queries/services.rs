@@ -15,22 +15,32 @@ pub struct Owned {
     pub resource_id: String,
 }
 
+/// Who made a resource: the instance's creation (it belongs to the clean instance and stays
+/// through a recycle) or a claim (the user's: a recycle destroys it).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MadeBy {
+    Creation,
+    Claim,
+}
+
 pub async fn record(
     db: &PgPool,
     instance_id: &str,
     tool_id: &str,
     resource_id: &str,
     config: &Value,
+    made_by: MadeBy,
 ) -> Result<()> {
     sqlx::query(
-        "INSERT INTO instance_services (instance_id, tool_id, resource_id, config)
-         VALUES ($1, $2, $3, $4)
+        "INSERT INTO instance_services (instance_id, tool_id, resource_id, config, made_at_claim)
+         VALUES ($1, $2, $3, $4, $5)
          ON CONFLICT (instance_id, tool_id, resource_id) DO UPDATE SET status = 'active'",
     )
     .bind(instance_id)
     .bind(tool_id)
     .bind(resource_id)
     .bind(config)
+    .bind(made_by == MadeBy::Claim)
     .execute(db)
     .await?;
     Ok(())
@@ -61,6 +71,57 @@ pub async fn forget(
     .execute(db)
     .await?;
     Ok(())
+}
+
+/// The tool resources a claim made on an instance (not those it was created with), for a
+/// recycle to destroy.
+pub async fn made_at_claim(db: &PgPool, instance_id: &str) -> Result<Vec<Owned>> {
+    Ok(sqlx::query_as(
+        "SELECT instance_id, tool_id, resource_id FROM instance_services
+          WHERE instance_id = $1 AND made_at_claim
+          ORDER BY id",
+    )
+    .bind(instance_id)
+    .fetch_all(db)
+    .await?)
+}
+
+/// Forgets a claim-time resource a recycle destroyed, fenced by the recycle's `status_since`:
+/// false if the row moved on meanwhile (then its new owner, the teardown, forgets it).
+pub async fn forget_recycled(
+    db: &PgPool,
+    instance_id: &str,
+    since: chrono::DateTime<chrono::Utc>,
+    tool_id: &str,
+    resource_id: &str,
+) -> Result<bool> {
+    let forgotten: Option<String> = sqlx::query_scalar(
+        "WITH i AS (
+           SELECT id FROM instances
+            WHERE id = $1 AND status = 'recycling' AND status_since = $2
+            FOR UPDATE
+         ),
+         d AS (
+           DELETE FROM instance_services s
+            USING i
+            WHERE s.instance_id = i.id AND s.tool_id = $3 AND s.resource_id = $4
+           RETURNING s.instance_id
+         ),
+         e AS (
+           INSERT INTO instance_events (instance_id, from_status, to_status, reason, actor)
+           SELECT d.instance_id, 'recycling', 'recycling',
+                  $3 || ' destroyed: made by the previous claim', 'operator'
+             FROM d
+         )
+         SELECT id FROM i",
+    )
+    .bind(instance_id)
+    .bind(since)
+    .bind(tool_id)
+    .bind(resource_id)
+    .fetch_optional(db)
+    .await?;
+    Ok(forgotten.is_some())
 }
 
 /// Gives up a resource whose tool is not configured: it leaves the instance (whose teardown may

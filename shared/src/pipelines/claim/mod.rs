@@ -503,6 +503,7 @@ async fn make_tool(
         tool.id(),
         &provisioned.resource_id,
         &provisioned.config,
+        services::MadeBy::Claim,
     )
     .await;
     crate::failpoint!(

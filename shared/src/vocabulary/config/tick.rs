@@ -137,6 +137,11 @@ pub struct SchedulerSettings {
     /// The API `agentpool-scheduler` ticks over HTTP (`POST {POOL_URL}/api/pool/tick`, with
     /// `POOL_API_KEY`), for deployments where only the API reaches the database.
     pub pool_url: Option<String>,
+    /// Whether `agentpool-scheduler` also sends the keep-alive rounds, every
+    /// `HEARTBEAT_INTERVAL_MS` (in-process, or `POST {POOL_URL}/api/pool/keepalive`): for
+    /// deployments with no long-running replica whose timer sends them (Lambda). Unset: when the
+    /// provider it is configured with (`POOL_PROVIDER`) keeps its instances alive.
+    pub scheduler_keep_alive: Option<bool>,
 }
 
 impl SchedulerSettings {
