@@ -927,7 +927,9 @@ async fn settled(db: &PgPool, outside: &Outside, prefix: &str) -> Result<(), Str
     .await
     .unwrap_or(-1);
     if abandoned != 0 {
-        return Err(format!("{abandoned} abandoned resources of configured tools"));
+        return Err(format!(
+            "{abandoned} abandoned resources of configured tools"
+        ));
     }
     let services: BTreeSet<String> = outside
         .railway

@@ -66,7 +66,10 @@ fn every_focused_failpoint_is_swept() {
         .into_iter()
         .filter(|f| !FAILPOINTS.contains(f))
         .collect();
-    assert!(unknown.is_empty(), "focus targets no failpoint: {unknown:?}");
+    assert!(
+        unknown.is_empty(),
+        "focus targets no failpoint: {unknown:?}"
+    );
 }
 
 fn check(verdicts: &[sweep::Verdict]) {

@@ -1,8 +1,8 @@
 //! The situations the sweep's main driving meets seldom or never on replica A (the one with the
 //! failpoint), each driven on A after the main driving: a claim whose tool fails, a claim whose
-//! runtime died, a slow creation and a failing one, and a tick that has orphans, a shifted
-//! listing, a crashed runtime, an abandoned resource and a teardown with an unconfigured tool to
-//! deal with. Every case meets each situation once; a case whose failpoint only a situation
+//! runtime died, an abandoned resource whose tool is back, a slow creation and a failing one, and
+//! a tick that has orphans, a shifted listing, a crashed runtime and a teardown with an
+//! unconfigured tool to deal with. Every case meets each situation once; a case whose failpoint only a situation
 //! reaches meets it again (up to [`ROUNDS`] times) until A's log shows the failpoint fired, since
 //! B's ticks race A's for what the tick cleans up.
 
@@ -47,15 +47,17 @@ pub(super) struct Driven {
 enum Situation {
     ToolFailsAtClaim,
     RuntimeDeadAtClaim,
+    AbandonedComesBack,
     SlowCreation,
     CreationFails,
     TickCleansUp,
 }
 
 impl Situation {
-    const ALL: [Situation; 5] = [
+    const ALL: [Situation; 6] = [
         Situation::ToolFailsAtClaim,
         Situation::RuntimeDeadAtClaim,
+        Situation::AbandonedComesBack,
         Situation::SlowCreation,
         Situation::CreationFails,
         Situation::TickCleansUp,
@@ -78,6 +80,10 @@ impl Situation {
                 "claim.save_variables.before",
                 "claim.save_variables.after",
             ],
+            Situation::AbandonedComesBack => &[
+                "teardown.abandoned_destroy.before",
+                "teardown.abandoned_destroy.after",
+            ],
             Situation::SlowCreation => &["creation.heartbeat.before", "creation.heartbeat.after"],
             Situation::CreationFails => &[
                 "creation.roll_back.before",
@@ -95,8 +101,6 @@ impl Situation {
                 "tick.transition.after",
                 "teardown.services_abandon.before",
                 "teardown.services_abandon.after",
-                "teardown.abandoned_destroy.before",
-                "teardown.abandoned_destroy.after",
                 "teardown.record_failures.after",
                 "teardown.provider_destroy.after",
             ],
@@ -129,9 +133,8 @@ pub(super) async fn drive(f: &Focus<'_>) -> Driven {
             }
             match situation {
                 Situation::ToolFailsAtClaim => tool_fails_at_claim(f, round, &mut driven).await,
-                Situation::RuntimeDeadAtClaim => {
-                    runtime_dead_at_claim(f, round, &mut driven).await
-                }
+                Situation::RuntimeDeadAtClaim => runtime_dead_at_claim(f, round, &mut driven).await,
+                Situation::AbandonedComesBack => abandoned_comes_back(f, round, &mut driven).await,
                 Situation::SlowCreation => slow_creation(f, &mut driven).await,
                 Situation::CreationFails => creation_fails(f, &mut driven).await,
                 Situation::TickCleansUp => tick_cleans_up(f, round, &mut driven).await,
@@ -266,30 +269,13 @@ async fn creation_fails(f: &Focus<'_>, driven: &mut Driven) {
     f.outside.railway.clear_faults();
 }
 
-/// What a full tick on A has to clean up: a service and a key of ours that no row owns (made
-/// behind the pool's back, or left by a crash), a key listing that shifts while read (a live key
-/// looks absent), an inbox abandoned earlier whose tool is configured again, an idle runtime that
-/// crashed, and an operator's delete of an instance that holds a resource of a tool this
-/// deployment no longer configures (Bankr: its key removed) and whose key's first delete fails.
-async fn tick_cleans_up(f: &Focus<'_>, round: usize, driven: &mut Driven) {
-    let outside = f.outside;
-    let project = outside.railway.shared_ids().project_id;
-    outside
-        .railway
-        .create_service_behind_our_back(&project, &format!("{}orphan{round}", f.prefix));
-    outside
-        .openrouter
-        .create_key_behind_our_back(&format!("{}orphan{round}", f.prefix));
-    outside.openrouter.inject(
-        Fault::ShiftedPage { by: 1 },
-        Scope::Next {
-            op: Some("GET /api/v1/keys".into()),
-            count: 1,
-        },
-    );
+/// An inbox abandoned earlier (its instance torn down while AgentMail was not configured) whose
+/// tool is configured again: a full tick on A deletes it and forgets it.
+async fn abandoned_comes_back(f: &Focus<'_>, round: usize, driven: &mut Driven) {
     // Abandoned under an older name prefix, so that only the abandoned pass (not the orphan
     // pass, which lists by today's prefix) deletes it.
-    let inbox = outside
+    let inbox = f
+        .outside
         .agentmail
         .create_inbox_behind_our_back(&format!("old{}{round}", f.prefix));
     if let Err(e) = sqlx::query(
@@ -306,6 +292,17 @@ async fn tick_cleans_up(f: &Focus<'_>, round: usize, driven: &mut Driven) {
             .violations
             .push(format!("planting an abandoned inbox: {e}"));
     }
+    full_tick_on_a(f, driven).await;
+}
+
+/// What a full tick on A has to clean up: an idle runtime that crashed; an operator's delete (on
+/// A, whose kicked tick tears it down) of an instance that holds a resource of a tool this
+/// deployment no longer configures (Bankr: its key removed), whose service's first delete fails;
+/// then, planted just before A's full tick, so that B's ticks seldom come first: a service and a
+/// key of ours that no row owns (made behind the pool's back, or left by a crash), and a key
+/// listing that shifts while read (a live key looks absent).
+async fn tick_cleans_up(f: &Focus<'_>, round: usize, driven: &mut Driven) {
+    let outside = f.outside;
     if idle_at_least(f, 2, driven, "a tick's clean-up").await {
         let newest: Vec<(String, String)> = sqlx::query_as(
             "SELECT i.id, f.resource_id FROM instances i
@@ -330,10 +327,12 @@ async fn tick_cleans_up(f: &Focus<'_>, round: usize, driven: &mut Driven) {
                     .violations
                     .push(format!("planting a Bankr resource: {e}"));
             }
-            outside.openrouter.inject(
-                Fault::EchoError,
+            // Refused, not retried: the teardown is tried again by a later tick, after its tools
+            // were dealt with.
+            outside.railway.inject(
+                Fault::GraphqlError,
                 Scope::Next {
-                    op: Some("DELETE /api/v1/keys/{hash}".into()),
+                    op: Some("serviceDelete".into()),
                     count: 1,
                 },
             );
@@ -347,8 +346,23 @@ async fn tick_cleans_up(f: &Focus<'_>, round: usize, driven: &mut Driven) {
             }
         }
     }
+    let project = outside.railway.shared_ids().project_id;
+    outside
+        .railway
+        .create_service_behind_our_back(&project, &format!("{}orphan{round}", f.prefix));
+    outside
+        .openrouter
+        .create_key_behind_our_back(&format!("{}orphan{round}", f.prefix));
+    outside.openrouter.inject(
+        Fault::ShiftedPage { by: 1 },
+        Scope::Next {
+            op: Some("GET /api/v1/keys".into()),
+            count: 1,
+        },
+    );
     full_tick_on_a(f, driven).await;
     outside.openrouter.clear_faults();
+    outside.railway.clear_faults();
 }
 
 /// `POST /api/pool/tick` on A until it is not skipped (B's tick held the lock), a few times.
@@ -368,12 +382,14 @@ async fn full_tick_on_a(f: &Focus<'_>, driven: &mut Driven) {
         };
         let status = reply.status();
         let body: Value = reply.json().await.unwrap_or(Value::Null);
+        if std::env::var_os("SWEEP_VERBOSE").is_some() {
+            eprintln!("  {}: A's tick: {status} {body}", f.failpoint);
+        }
         if status.is_success() && body["skipped"] == json!(true) {
             tokio::time::sleep(Duration::from_millis(100)).await;
             continue;
         }
-        if !status.is_success() && !body["error"]["code"].is_string() && !body["code"].is_string()
-        {
+        if !status.is_success() && !body["error"]["code"].is_string() && !body["code"].is_string() {
             driven
                 .violations
                 .push(format!("POST /api/pool/tick: {status} that says nothing"));
