@@ -3,7 +3,10 @@
 //! `agentpool serve` replicas and the stateful fakes at realistic latency (scaled): claims (with
 //! `Idempotency-Key`s, retried on the other replica when a connection breaks; one by a template
 //! whose two pool tools the claim makes on the instance it takes), a dashboard login
-//! and logout, an operator's delete, a replenish, a kicked tick, and the replicas' own ticks.
+//! and logout, an operator's delete, a replenish, a kicked tick, and the replicas' own ticks; then
+//! the situations the driving seldom brings to A, driven on A (`focus`: a claim whose tool or
+//! runtime fails, a slow and a failing creation, a tick with orphans, a crashed runtime, abandoned
+//! resources), met again until A reaches the case's failpoint when it is one they are there for.
 //! Replica A runs with the failpoint; a killed A is restarted without it. Once the pool settles,
 //! [`Verdict::violations`] lists every invariant broken:
 //!

@@ -6,8 +6,8 @@
 //!
 //! which writes `docs/failpoints.md` (`SWEEP_JOBS`, default 3: cases at once; `SWEEP_FILTER`: only
 //! the failpoints whose name contains it, or one of its comma-separated parts, and then no report
-//! is written). It fails when a case
-//! broke an invariant, and when a case never reached its failpoint on replica A.
+//! is written). It fails when a case broke an invariant, and when a case never reached its
+//! failpoint on replica A (then it tested nothing).
 
 use std::collections::BTreeSet;
 use std::time::Instant;
