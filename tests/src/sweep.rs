@@ -3,10 +3,14 @@
 //! `agentpool serve` replicas and the stateful fakes at realistic latency (scaled): claims (with
 //! `Idempotency-Key`s, retried on the other replica when a connection breaks; one by a template
 //! whose two pool tools the claim makes on the instance it takes), a dashboard login
-//! and logout, an operator's delete, a replenish, a kicked tick, and the replicas' own ticks.
+//! and logout, an operator's delete, a replenish, a kicked tick, and the replicas' own ticks; then
+//! the situations the driving seldom brings to A, driven on A (`focus`: a claim whose tool or
+//! runtime fails, a slow and a failing creation, a tick with orphans, a crashed runtime, abandoned
+//! resources), met again until A reaches the case's failpoint when it is one they are there for.
 //! Recycling and keep-alive (`recycle.*`, `heartbeat.*`) need a provider that restores and whose
-//! instances sleep: those cases run on the Sprites fake, where the operator's delete recycles the
-//! template's claim, a second release meets failing restores, and one idle sprite falls silent.
+//! instances sleep: those cases run on the Sprites fake (without the focus situations, which are
+//! Railway's), where the operator's delete recycles the template's claim, a second release meets
+//! failing restores, and one idle sprite falls silent.
 //! Replica A runs with the failpoint; a killed A is restarted without it. Once the pool settles,
 //! [`Verdict::violations`] lists every invariant broken:
 //!
@@ -34,6 +38,9 @@ use crate::fakes::{Controls, Fault, Scope, SpritesConfig, SpritesFake};
 use crate::latency::LatencyProfile;
 use crate::outside::Outside;
 use crate::{agentpool_bin, free_port, set_vars, TestDb};
+
+mod focus;
+pub use focus::targeted as focused_failpoints;
 
 /// Every failpoint in the code, by the step it marks (see `shared/src/vocabulary/failpoint.rs`).
 /// `shared`'s test `every_failpoint_is_swept` keeps this list and the code in step.
@@ -374,7 +381,8 @@ pub async fn run_case(failpoint: &'static str, action: Action) -> Verdict {
             ("POOL_API_KEY", API_KEY.into()),
             ("POOL_NAME_PREFIX", prefix.clone()),
             ("POOL_MIN_IDLE", MIN_IDLE.to_string()),
-            ("POOL_MAX_TOTAL", "16".into()),
+            // Room for the focus phase's claims and creations (`focus`) besides the driving's.
+            ("POOL_MAX_TOTAL", "20".into()),
             ("RAILWAY_VOLUME_MOUNT", "/data".into()),
             // Idle instances hold the base tools; the template's are made by its claim.
             ("TOOLS_AT_CREATION", "base".into()),
@@ -619,6 +627,26 @@ pub async fn run_case(failpoint: &'static str, action: Action) -> Verdict {
         }
     }
     answers.extend(second);
+    phase("second claims");
+    // The situations the driving above seldom brings to A (see `focus`); Railway's, so not in
+    // the Sprites cases.
+    if sprites.is_none() {
+        let focused = focus::drive(&focus::Focus {
+            http: &http,
+            bases: &bases,
+            db: &db.pool,
+            outside: &outside,
+            prefix: &prefix,
+            a_log: &a_log,
+            failpoint,
+            template_id: template_id.as_deref(),
+            claim_limit: times.claim_timeout + times.tick * 2,
+        })
+        .await;
+        answers.extend(focused.answers);
+        kept.extend(focused.kept);
+        violations.extend(focused.violations);
+    }
 
     if let Some(fake) = &sprites {
         silence_one(&http, &bases[0], &db.pool, fake, &prefix).await;
@@ -699,9 +727,7 @@ pub async fn run_case(failpoint: &'static str, action: Action) -> Verdict {
             "{conversations} conversations served by two agents"
         ));
     }
-    let fired = std::fs::read_to_string(&a_log)
-        .unwrap_or_default()
-        .contains(&format!("failpoint=\"{failpoint}\""));
+    let fired = focus::reached(&a_log, failpoint);
     {
         let r = replicas.lock().unwrap_or_else(|e| e.into_inner());
         violations.extend(r.unexpected_exits.iter().cloned());
@@ -1112,6 +1138,18 @@ async fn settled(
         }
         None => outside.agrees_with(db, prefix).await?,
     }
+    // An abandoned resource whose tool is configured is the tick's to delete.
+    let abandoned: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM abandoned_resources WHERE tool_id IN ('openrouter', 'email', 'sms')",
+    )
+    .fetch_one(db)
+    .await
+    .unwrap_or(-1);
+    if abandoned != 0 {
+        return Err(format!(
+            "{abandoned} abandoned resources of configured tools"
+        ));
+    }
     let services: BTreeSet<String> = outside
         .railway
         .services()
@@ -1234,6 +1272,20 @@ pub async fn run_all(cases: Vec<(&'static str, Action)>, jobs: usize) -> Vec<Ver
         .await
 }
 
+/// The cases whose failpoint replica A never reached, as `failpoint × action`.
+pub fn unreached(verdicts: &[Verdict]) -> Vec<String> {
+    let mut unreached: Vec<(&str, Action)> = verdicts
+        .iter()
+        .filter(|v| !v.fired)
+        .map(|v| (v.failpoint, v.action))
+        .collect();
+    unreached.sort();
+    unreached
+        .into_iter()
+        .map(|(f, a)| format!("`{f}` × {}", a.name()))
+        .collect()
+}
+
 /// The report: failpoints × actions, passed or failed, whether the failpoint fired, settle time.
 pub fn report(verdicts: &[Verdict], elapsed: Duration) -> String {
     let mut by: HashMap<(&str, Action), &Verdict> = HashMap::new();
@@ -1257,14 +1309,20 @@ pub fn report(verdicts: &[Verdict], elapsed: Duration) -> String {
          production latency × {SCALE} (the pool's timeouts scaled alike). Six claims (with \
          `Idempotency-Key`s, retried on the other replica when a connection breaks; one by a \
          template whose two pool tools the claim makes), dashboard \
-         logins and logouts, an operator's delete, a replenish and kicked ticks, then the pool \
+         logins and logouts, an operator's delete, a replenish and kicked ticks; then, on A, a \
+         template claim whose inbox is refused, a claim whose next instance's runtime died, a \
+         slow creation and one whose service is refused, and a full tick that finds an orphan \
+         service and key, a shifted key listing, a crashed idle runtime, an abandoned inbox \
+         whose tool is back and an operator's delete of an instance holding a resource of a \
+         tool no longer configured (each met again, up to 4 times, in the cases of the \
+         failpoints it is there for, until A reaches them); then the pool \
          settles and the invariants are checked: no instance handed to two claims (a \
          recycled one once per life), no \
          conversation served by two agents, no resource of a claimed healthy agent destroyed, \
          every service, volume, key, inbox and number owned by a row or deleted, no row in a \
          transient state past its timeout plus two ticks, every claim answered (a success or a \
          JSON error) within the claim deadline plus two ticks. The cases of `recycle.*` and \
-         `heartbeat.*` run on the Sprites fake instead of Railway's: the template's claim is \
+         `heartbeat.*` run on the Sprites fake instead of Railway's, without the situations on A: the template's claim is \
          recycled (its pool tools destroyed), a second claim's recycle fails on its restore \
          (destroyed instead), and one idle sprite falls silent, execs failing, so the beats \
          wake it in vain and give it up; no row may stay `recycling` past `RECYCLE_TIMEOUT_MS` \
@@ -1278,6 +1336,15 @@ pub fn report(verdicts: &[Verdict], elapsed: Duration) -> String {
         verdicts.len() - passed,
         elapsed.as_secs_f64()
     ));
+    let unreached = unreached(verdicts);
+    if unreached.is_empty() {
+        out.push_str("Every case reached its failpoint on replica A.\n\n");
+    } else {
+        out.push_str(&format!(
+            "**Not reached on replica A, so these cases tested nothing: {}.**\n\n",
+            unreached.join(", ")
+        ));
+    }
     out.push_str("A cell: `passed`/`FAILED`, then the settle time (from the end of the driving to a settled pool); `(not reached)` when the scenario never came to that line on replica A.\n\n");
     out.push_str("| failpoint | error | delay | kill |\n|---|---|---|---|\n");
     for failpoint in FAILPOINTS {

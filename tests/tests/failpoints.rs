@@ -5,7 +5,9 @@
 //! ```
 //!
 //! which writes `docs/failpoints.md` (`SWEEP_JOBS`, default 3: cases at once; `SWEEP_FILTER`: only
-//! the failpoints whose name contains it, and then no report is written).
+//! the failpoints whose name contains it, or one of its comma-separated parts, and then no report
+//! is written). It fails when a case broke an invariant, and when a case never reached its
+//! failpoint on replica A (then it tested nothing).
 
 use std::collections::BTreeSet;
 use std::time::Instant;
@@ -55,6 +57,18 @@ fn every_failpoint_in_the_code_is_swept() {
         swept.difference(&in_code).collect::<Vec<_>>(),
         Vec::<&String>::new(),
         "failpoints the sweep lists that the code lacks"
+    );
+}
+
+#[test]
+fn every_focused_failpoint_is_swept() {
+    let unknown: Vec<&str> = sweep::focused_failpoints()
+        .into_iter()
+        .filter(|f| !FAILPOINTS.contains(f))
+        .collect();
+    assert!(
+        unknown.is_empty(),
+        "focus targets no failpoint: {unknown:?}"
     );
 }
 
@@ -114,7 +128,11 @@ async fn the_whole_sweep() {
         .unwrap_or(3);
     let cases: Vec<(&'static str, Action)> = FAILPOINTS
         .iter()
-        .filter(|f| filter.as_deref().is_none_or(|part| f.contains(part)))
+        .filter(|f| {
+            filter
+                .as_deref()
+                .is_none_or(|parts| parts.split(',').any(|part| f.contains(part.trim())))
+        })
         .flat_map(|f| Action::ALL.map(|a| (*f, a)))
         .collect();
     let started = Instant::now();
@@ -126,4 +144,13 @@ async fn the_whole_sweep() {
         eprintln!("report written to {}", path.display());
     }
     check(&verdicts);
+    // A case whose failpoint A never reached tested nothing: the scenario (or its focus on A,
+    // `sweep::focus`) must be made to reach it.
+    let unreached = sweep::unreached(&verdicts);
+    assert!(
+        unreached.is_empty(),
+        "{} cases never reached their failpoint: {}",
+        unreached.len(),
+        unreached.join(", ")
+    );
 }

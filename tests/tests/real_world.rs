@@ -545,6 +545,39 @@ async fn a_shifting_or_empty_tool_listing_loses_no_agent() {
     outside.agrees_with(&t.pool.db, "shift-").await.unwrap();
 }
 
+// Found by the failpoint sweep: a shifted key listing showed an orphan key on two pages, and the
+// tick deleted it twice and reported it twice.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_orphan_a_shifted_listing_shows_twice_is_deleted_once() {
+    let outside = agentpool_tests::outside::Outside::start(10).await;
+    let t = outside_pool(&outside, "twice-", 0).await;
+    outside.openrouter.create_key_behind_our_back("twice-first");
+    let second = outside
+        .openrouter
+        .create_key_behind_our_back("twice-second");
+    // The first page starts one later ([second]), the next at offset 1 ([second] again).
+    outside.openrouter.inject(
+        Fault::ShiftedPage { by: 1 },
+        Scope::Next {
+            op: Some("GET /api/v1/keys".into()),
+            count: 1,
+        },
+    );
+    let report = t.tick_with(Mode::Reconcile).await;
+    assert_eq!(
+        report.tool_orphans_deleted,
+        vec![format!("openrouter:{}", second.hash)],
+        "{report:?}"
+    );
+    assert_eq!(
+        outside
+            .openrouter
+            .stats()
+            .requests_for("DELETE /api/v1/keys/{hash}"),
+        1
+    );
+}
+
 /// `GET /api/pool/status` with `key`, through a proxy that says the client is `forwarded`.
 async fn status_as(t: &TestPool, key: &str, forwarded: &str) -> reqwest::Response {
     t.http

@@ -138,7 +138,14 @@ pub async fn take(
                 Ok(None) => {}
                 Ok(Some(listed)) => {
                     tools_listed.insert(tool.id().to_string());
-                    tool_resources.extend(listed.into_iter().map(|l| ToolResource {
+                    // A listing paged by offset that shifts while read (a resource made before
+                    // the page being read) shows one resource on two pages: it is one resource,
+                    // judged and deleted once.
+                    let mut seen = HashSet::new();
+                    let listed = listed
+                        .into_iter()
+                        .filter(|l| seen.insert(l.resource_id.clone()));
+                    tool_resources.extend(listed.map(|l| ToolResource {
                         tool_id: tool.id().to_string(),
                         resource_id: l.resource_id,
                         name: l.name,
