@@ -125,8 +125,83 @@ fn modules(text: &[u8]) -> Option<(usize, Vec<bool>)> {
 
 /// `qrcode`'s penalty score of a masked normal QR code (`Canvas::compute_total_penalty_scores`),
 /// rule for rule: runs of five or more, 2×2 blocks, finder-like patterns, and the balance of dark
-/// and light.
+/// and light. Codes up to 64 modules wide (invite URLs are) are scored a line at a time on bits.
 fn penalty(dark: &[bool], width: usize) -> i64 {
+    if width <= 64 {
+        penalty_bits(dark, width)
+    } else {
+        penalty_modules(dark, width)
+    }
+}
+
+/// The finder-like pattern `#.###.#`, module `k` at bit `k`.
+const FINDER: [bool; 7] = [true, false, true, true, true, false, true];
+
+/// [`penalty`] with each row and each column as the bits of a `u64` (bit `x` is module `x`).
+fn penalty_bits(dark: &[bool], width: usize) -> i64 {
+    let mut rows = [0u64; 64];
+    let mut cols = [0u64; 64];
+    for y in 0..width {
+        for x in 0..width {
+            if dark[y * width + x] {
+                rows[y] |= 1 << x;
+                cols[x] |= 1 << y;
+            }
+        }
+    }
+    let full: u64 = if width == 64 { !0 } else { (1 << width) - 1 };
+    let mut score: i64 = 0;
+    for lines in [&rows[..width], &cols[..width]] {
+        for &line in lines {
+            // Runs: a run ends where the next module differs, and at the line's end.
+            let mut ends = ((line ^ (line >> 1)) & (full >> 1)) | (1 << (width - 1));
+            let mut start = 0;
+            while ends != 0 {
+                let end = ends.trailing_zeros() as usize;
+                let run = (end + 1 - start) as i64;
+                if run >= 5 {
+                    score += run - 2;
+                }
+                start = end + 1;
+                ends &= ends - 1;
+            }
+            // Finder-like patterns starting at each bit of `found`.
+            let mut found = full >> 6;
+            for (k, &is_dark) in FINDER.iter().enumerate() {
+                let shifted = line >> k;
+                found &= if is_dark { shifted } else { !shifted };
+            }
+            while found != 0 {
+                let j = found.trailing_zeros() as usize;
+                found &= found - 1;
+                let low = j.saturating_sub(4);
+                let before = ((1u64 << (j - low)) - 1) << low;
+                let high = (j + 11).min(width);
+                let after = if high > j + 7 {
+                    ((1u64 << (high - j - 7)) - 1) << (j + 7)
+                } else {
+                    0
+                };
+                if line & before == 0 || line & after == 0 {
+                    score += 40;
+                }
+            }
+        }
+        score -= 360;
+    }
+    // 2×2 blocks of one colour, by their top-left module.
+    for pair in rows[..width].windows(2) {
+        let (a, b) = (pair[0], pair[1]);
+        let same = !(a ^ (a >> 1)) & !(b ^ (b >> 1)) & !(a ^ b) & (full >> 1);
+        score += 3 * i64::from(same.count_ones());
+    }
+    let darks: usize = rows[..width].iter().map(|r| r.count_ones() as usize).sum();
+    let ratio = (darks * 200 / (width * width)) as i64;
+    score + (ratio - 100).abs()
+}
+
+/// [`penalty`] module by module, for codes wider than 64 modules.
+fn penalty_modules(dark: &[bool], width: usize) -> i64 {
     let at = |x: usize, y: usize| dark[y * width + x];
     let mut score: i64 = 0;
     for horizontal in [true, false] {
@@ -146,7 +221,6 @@ fn penalty(dark: &[bool], width: usize) -> i64 {
             }
             // `#.###.#` with no dark module in the four before it or in the four after it.
             for j in 0..width.saturating_sub(6) {
-                const FINDER: [bool; 7] = [true, false, true, true, true, false, true];
                 if (0..7).any(|k| line(i, j + k) != FINDER[k]) {
                     continue;
                 }
@@ -195,6 +269,9 @@ mod tests {
             let (width, dark) = modules(text.as_bytes()).unwrap();
             assert_eq!(width, code.width(), "{text}");
             assert!(dark == expected, "modules differ for {text:?}");
+            if width <= 64 {
+                assert_eq!(penalty_bits(&dark, width), penalty_modules(&dark, width));
+            }
         }
     }
 }
