@@ -53,24 +53,225 @@ const PNG_QUIET_ZONE: u32 = 4;
 
 /// The text as a QR code, as a `data:image/png;base64,…` URL (seed 001's `qrDataUrl`); `None`
 /// when it does not fit in a QR code.
+///
+/// Drawn on every claim, so drawn cheaply: the modules by [`modules`] and the pixels a row at a
+/// time. (`QrCode::new` and `ImageBuffer::from_fn` took about a third of a replica's CPU under
+/// claims, most of it the penalty scores of the eight masks.)
 pub fn png_data_url(text: &str) -> Option<String> {
-    let code = QrCode::new(text.as_bytes()).ok()?;
-    let modules = code.width() as u32;
-    let colors = code.to_colors();
-    let side = (modules + 2 * PNG_QUIET_ZONE) * PNG_SCALE;
-    let image = image::GrayImage::from_fn(side, side, |x, y| {
-        let (mx, my) = (x / PNG_SCALE, y / PNG_SCALE);
-        let inside = PNG_QUIET_ZONE..PNG_QUIET_ZONE + modules;
-        let dark = inside.contains(&mx)
-            && inside.contains(&my)
-            && colors[((my - PNG_QUIET_ZONE) * modules + (mx - PNG_QUIET_ZONE)) as usize]
-                == qrcode::Color::Dark;
-        image::Luma([if dark { 0 } else { 255 }])
-    });
+    let (modules, dark) = modules(text.as_bytes())?;
+    let side = (modules + 2 * PNG_QUIET_ZONE as usize) * PNG_SCALE as usize;
+    let scale = PNG_SCALE as usize;
+    let border = PNG_QUIET_ZONE as usize * scale;
+    let mut pixels = vec![255u8; side * side];
+    let mut row = vec![255u8; side];
+    for my in 0..modules {
+        for (mx, &is_dark) in dark[my * modules..(my + 1) * modules].iter().enumerate() {
+            let start = border + mx * scale;
+            row[start..start + scale].fill(if is_dark { 0 } else { 255 });
+        }
+        let top = border + my * scale;
+        for y in top..top + scale {
+            pixels[y * side..(y + 1) * side].copy_from_slice(&row);
+        }
+    }
+    let image = image::GrayImage::from_raw(side as u32, side as u32, pixels)?;
     let mut png = std::io::Cursor::new(Vec::new());
     image.write_to(&mut png, image::ImageFormat::Png).ok()?;
     Some(format!(
         "data:image/png;base64,{}",
         base64::engine::general_purpose::STANDARD.encode(png.into_inner())
     ))
+}
+
+/// The modules of the text's QR code, row by row (`true` is dark), and its width: the very code
+/// `QrCode::new` makes (error correction M, the mask of the lowest penalty score, the first such
+/// on a tie), with the penalty scores computed on a plain grid instead of through `Canvas::get`
+/// (which `qrcode` 0.14 does per module, boxing a closure per position for the finder score).
+fn modules(text: &[u8]) -> Option<(usize, Vec<bool>)> {
+    use qrcode::canvas::{Canvas, MaskPattern};
+    const MASKS: [MaskPattern; 8] = [
+        MaskPattern::Checkerboard,
+        MaskPattern::HorizontalLines,
+        MaskPattern::VerticalLines,
+        MaskPattern::DiagonalLines,
+        MaskPattern::LargeCheckerboard,
+        MaskPattern::Fields,
+        MaskPattern::Diamonds,
+        MaskPattern::Meadow,
+    ];
+    let level = qrcode::EcLevel::M;
+    let bits = qrcode::bits::encode_auto(text, level).ok()?;
+    let version = bits.version();
+    let (data, ec) = qrcode::ec::construct_codewords(&bits.into_bytes(), version, level).ok()?;
+    let mut canvas = Canvas::new(version, level);
+    canvas.draw_all_functional_patterns();
+    canvas.draw_data(&data, &ec);
+    let width = usize::try_from(version.width()).ok()?;
+    MASKS
+        .iter()
+        .map(|&mask| {
+            let mut masked = canvas.clone();
+            masked.apply_mask(mask);
+            let dark: Vec<bool> = masked
+                .into_colors()
+                .into_iter()
+                .map(|c| c == qrcode::Color::Dark)
+                .collect();
+            (penalty(&dark, width), dark)
+        })
+        .min_by_key(|(score, _)| *score)
+        .map(|(_, dark)| (width, dark))
+}
+
+/// `qrcode`'s penalty score of a masked normal QR code (`Canvas::compute_total_penalty_scores`),
+/// rule for rule: runs of five or more, 2×2 blocks, finder-like patterns, and the balance of dark
+/// and light. Codes up to 64 modules wide (invite URLs are) are scored a line at a time on bits.
+fn penalty(dark: &[bool], width: usize) -> i64 {
+    if width <= 64 {
+        penalty_bits(dark, width)
+    } else {
+        penalty_modules(dark, width)
+    }
+}
+
+/// The finder-like pattern `#.###.#`, module `k` at bit `k`.
+const FINDER: [bool; 7] = [true, false, true, true, true, false, true];
+
+/// [`penalty`] with each row and each column as the bits of a `u64` (bit `x` is module `x`).
+fn penalty_bits(dark: &[bool], width: usize) -> i64 {
+    let mut rows = [0u64; 64];
+    let mut cols = [0u64; 64];
+    for y in 0..width {
+        for x in 0..width {
+            if dark[y * width + x] {
+                rows[y] |= 1 << x;
+                cols[x] |= 1 << y;
+            }
+        }
+    }
+    let full: u64 = if width == 64 { !0 } else { (1 << width) - 1 };
+    let mut score: i64 = 0;
+    for lines in [&rows[..width], &cols[..width]] {
+        for &line in lines {
+            // Runs: a run ends where the next module differs, and at the line's end.
+            let mut ends = ((line ^ (line >> 1)) & (full >> 1)) | (1 << (width - 1));
+            let mut start = 0;
+            while ends != 0 {
+                let end = ends.trailing_zeros() as usize;
+                let run = (end + 1 - start) as i64;
+                if run >= 5 {
+                    score += run - 2;
+                }
+                start = end + 1;
+                ends &= ends - 1;
+            }
+            // Finder-like patterns starting at each bit of `found`.
+            let mut found = full >> 6;
+            for (k, &is_dark) in FINDER.iter().enumerate() {
+                let shifted = line >> k;
+                found &= if is_dark { shifted } else { !shifted };
+            }
+            while found != 0 {
+                let j = found.trailing_zeros() as usize;
+                found &= found - 1;
+                let low = j.saturating_sub(4);
+                let before = ((1u64 << (j - low)) - 1) << low;
+                let high = (j + 11).min(width);
+                let after = if high > j + 7 {
+                    ((1u64 << (high - j - 7)) - 1) << (j + 7)
+                } else {
+                    0
+                };
+                if line & before == 0 || line & after == 0 {
+                    score += 40;
+                }
+            }
+        }
+        score -= 360;
+    }
+    // 2×2 blocks of one colour, by their top-left module.
+    for pair in rows[..width].windows(2) {
+        let (a, b) = (pair[0], pair[1]);
+        let same = !(a ^ (a >> 1)) & !(b ^ (b >> 1)) & !(a ^ b) & (full >> 1);
+        score += 3 * i64::from(same.count_ones());
+    }
+    let darks: usize = rows[..width].iter().map(|r| r.count_ones() as usize).sum();
+    let ratio = (darks * 200 / (width * width)) as i64;
+    score + (ratio - 100).abs()
+}
+
+/// [`penalty`] module by module, for codes wider than 64 modules.
+fn penalty_modules(dark: &[bool], width: usize) -> i64 {
+    let at = |x: usize, y: usize| dark[y * width + x];
+    let mut score: i64 = 0;
+    for horizontal in [true, false] {
+        let line = |i: usize, j: usize| if horizontal { at(j, i) } else { at(i, j) };
+        for i in 0..width {
+            // Runs of one colour: five or more cost their length less two.
+            let mut run = 1i64;
+            for j in 1..=width {
+                if j < width && line(i, j) == line(i, j - 1) {
+                    run += 1;
+                } else {
+                    if run >= 5 {
+                        score += run - 2;
+                    }
+                    run = 1;
+                }
+            }
+            // `#.###.#` with no dark module in the four before it or in the four after it.
+            for j in 0..width.saturating_sub(6) {
+                if (0..7).any(|k| line(i, j + k) != FINDER[k]) {
+                    continue;
+                }
+                let before = (j.saturating_sub(4)..j).any(|k| line(i, k));
+                let after = (j + 7..(j + 11).min(width)).any(|k| line(i, k));
+                if !before || !after {
+                    score += 40;
+                }
+            }
+        }
+        // The nine lines through the three finder patterns, which every code has.
+        score -= 360;
+    }
+    for y in 0..width - 1 {
+        for x in 0..width - 1 {
+            let c = at(x, y);
+            if at(x + 1, y) == c && at(x, y + 1) == c && at(x + 1, y + 1) == c {
+                score += 3;
+            }
+        }
+    }
+    let ratio = (dark.iter().filter(|d| **d).count() * 200 / dark.len()) as i64;
+    score + (ratio - 100).abs()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The modules are `QrCode::new`'s, mask included, for texts of many lengths (versions).
+    #[test]
+    fn modules_are_those_of_qrcode() {
+        let mut texts: Vec<String> = (0..40)
+            .map(|i| format!("https://convos.example/v2?i={}", "a1B-".repeat(i)))
+            .collect();
+        texts.push("https://dev.convos.org/v2?i=existing-conversation".into());
+        texts.push("x".into());
+        texts.push("0123456789".repeat(30));
+        for text in texts {
+            let code = QrCode::new(text.as_bytes()).unwrap();
+            let expected: Vec<bool> = code
+                .to_colors()
+                .into_iter()
+                .map(|c| c == qrcode::Color::Dark)
+                .collect();
+            let (width, dark) = modules(text.as_bytes()).unwrap();
+            assert_eq!(width, code.width(), "{text}");
+            assert!(dark == expected, "modules differ for {text:?}");
+            if width <= 64 {
+                assert_eq!(penalty_bits(&dark, width), penalty_modules(&dark, width));
+            }
+        }
+    }
 }

@@ -56,14 +56,19 @@ pub fn ratios(report: &Report) -> BTreeMap<String, f64> {
 /// Every ratio a report holds, by a name that stays the same from run to run.
 fn ratios_of(json: &Value) -> BTreeMap<String, f64> {
     let mut ratios = BTreeMap::new();
-    for cell in json["limit"].as_array().into_iter().flatten() {
-        let clients = cell["clients"].as_u64().unwrap_or(0);
-        for (field, what) in [
-            ("claimSqlShare", "claim SQL ÷ minimal claim"),
-            ("httpShare", "HTTP claims ÷ minimal claim"),
-        ] {
-            if let Some(share) = cell[field].as_f64() {
-                ratios.insert(format!("{what}, {clients} clients"), share);
+    for (cells, placement) in [
+        ("limit", ""),
+        ("limitPostgresApart", ", Postgres on a core of its own"),
+    ] {
+        for cell in json[cells].as_array().into_iter().flatten() {
+            let clients = cell["clients"].as_u64().unwrap_or(0);
+            for (field, what) in [
+                ("claimSqlShare", "claim SQL ÷ minimal claim"),
+                ("httpShare", "HTTP claims ÷ minimal claim"),
+            ] {
+                if let Some(share) = cell[field].as_f64() {
+                    ratios.insert(format!("{what}, {clients} clients{placement}"), share);
+                }
             }
         }
     }

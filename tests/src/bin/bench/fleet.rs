@@ -33,6 +33,18 @@ pub fn proc_status_kib_in(path: &str, field: &str) -> Option<u64> {
         .and_then(|rest| rest.trim().trim_end_matches("kB").trim().parse().ok())
 }
 
+/// `NAME=VALUE` pairs, comma-separated, from the benchmark's variable `var` (`BENCH_REPLICA_ENV`,
+/// `BENCH_STUB_ENV`): settings to try on the replicas or the stub agent (`TOKIO_WORKER_THREADS=1`)
+/// without a rebuild. Unset in the committed report's runs.
+pub fn extra_env(var: &str) -> Vec<(String, String)> {
+    std::env::var(var)
+        .unwrap_or_default()
+        .split(',')
+        .filter_map(|pair| pair.split_once('='))
+        .map(|(k, v)| (k.trim().to_string(), v.trim().to_string()))
+        .collect()
+}
+
 /// One stub agent answering for every instance of the benchmark at once.
 pub struct SharedStub {
     pub url: String,
@@ -55,6 +67,7 @@ impl SharedStub {
             .env("OPENCLAW_GATEWAY_TOKEN", &token)
             .env("STUB_SHARED", "true")
             .env("RUST_LOG", "warn")
+            .envs(extra_env("BENCH_STUB_ENV"))
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::null())
@@ -137,13 +150,24 @@ impl Replica {
         env: &[(&str, &str)],
         log: Stdio,
     ) -> anyhow::Result<(Self, Instant)> {
+        Self::spawn_bin(agentpool_bin(), database_url, wrapper, env, log)
+    }
+
+    /// As [`Replica::spawn_with`], of another build of `agentpool` (`--ab`).
+    pub fn spawn_bin(
+        bin: &std::path::Path,
+        database_url: &str,
+        wrapper: &[&str],
+        env: &[(&str, &str)],
+        log: Stdio,
+    ) -> anyhow::Result<(Self, Instant)> {
         let port = free_port();
         let started = Instant::now();
         let mut command = match wrapper.split_first() {
-            None => Command::new(agentpool_bin()),
+            None => Command::new(bin),
             Some((program, args)) => {
                 let mut command = Command::new(program);
-                command.args(args).arg(agentpool_bin());
+                command.args(args).arg(bin);
                 command
             }
         };
@@ -157,6 +181,7 @@ impl Replica {
             .env("POOL_MIN_IDLE", "0")
             .env("POOL_MAX_TOTAL", "1000000")
             .env("PATH", std::env::var_os("PATH").unwrap_or_default())
+            .envs(extra_env("BENCH_REPLICA_ENV"))
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(log)

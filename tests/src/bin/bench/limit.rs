@@ -276,3 +276,94 @@ fn round1(x: f64) -> f64 {
 fn round3(x: f64) -> f64 {
     (x * 1000.0).round() / 1000.0
 }
+
+/// The same rounds with Postgres on a core of its own and everything else (pgbench's client, the
+/// replica, a stub agent started for it, the load generator) on the others: the shape of
+/// production, where Postgres has a machine of its own, as far as one machine can show it. On
+/// the shared machine the processes around a claim take CPU from Postgres, which caps the HTTP
+/// share however lean the handler is. Empty with fewer than two cores.
+pub async fn measure_postgres_apart(
+    db: &PgPool,
+    database_url: &str,
+    postgres_pid: u32,
+    scale: Scale,
+) -> anyhow::Result<Vec<LimitCell>> {
+    let Some(_pinned) = Pinned::apply(postgres_pid)? else {
+        eprintln!("bench: one core only; no run with Postgres apart");
+        return Ok(Vec::new());
+    };
+    // Started after the pinning, so that its runtime sizes itself for the cores it has.
+    let stub = SharedStub::start().await?;
+    measure(db, database_url, &stub, scale).await
+}
+
+/// Cores given to Postgres and to the rest while alive; every core again when dropped.
+struct Pinned {
+    everything: String,
+    postgres_pid: u32,
+}
+
+impl Pinned {
+    fn apply(postgres_pid: u32) -> anyhow::Result<Option<Self>> {
+        let cores = std::thread::available_parallelism()?.get();
+        if cores < 2 {
+            return Ok(None);
+        }
+        let everything = format!("0-{}", cores - 1);
+        let rest = format!("1-{}", cores - 1);
+        let pinned = Self {
+            everything,
+            postgres_pid,
+        };
+        // The postmaster and its backends; backends forked later inherit the postmaster's cores.
+        for pid in family(postgres_pid) {
+            taskset("0", pid)?;
+        }
+        // This process (every thread), and so whatever it starts from now on.
+        taskset(&rest, std::process::id())?;
+        Ok(Some(pinned))
+    }
+}
+
+impl Drop for Pinned {
+    fn drop(&mut self) {
+        for pid in family(self.postgres_pid)
+            .into_iter()
+            .chain([std::process::id()])
+        {
+            if let Err(e) = taskset(&self.everything, pid) {
+                eprintln!("bench: giving process {pid} every core again: {e}");
+            }
+        }
+    }
+}
+
+/// `pid` and its children.
+fn family(pid: u32) -> Vec<u32> {
+    let children = std::fs::read_dir("/proc")
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|&p| {
+            agentpool_tests::proc_stat(p)
+                .and_then(|f| f.get(1)?.parse::<u32>().ok())
+                .is_some_and(|parent| parent == pid)
+        });
+    std::iter::once(pid).chain(children).collect()
+}
+
+/// `taskset -a -p -c CORES PID`: every thread of `pid` on `cores`. A process that ended in the
+/// meantime (a backend closing) is no error.
+fn taskset(cores: &str, pid: u32) -> anyhow::Result<()> {
+    let output = std::process::Command::new("taskset")
+        .args(["-a", "-p", "-c", cores, &pid.to_string()])
+        .output()
+        .context("running taskset")?;
+    anyhow::ensure!(
+        output.status.success() || !Path::new(&format!("/proc/{pid}")).exists(),
+        "taskset -c {cores} {pid}: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    Ok(())
+}

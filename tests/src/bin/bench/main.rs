@@ -7,13 +7,21 @@
 //! cargo run --release -p agentpool-tests --bin agentpool-bench -- --fleet-tick [--out DIR]
 //! cargo run --release -p agentpool-tests --bin agentpool-bench -- --cadence-only
 //! cargo run --release -p agentpool-tests --bin agentpool-bench -- --sprites   # seed 002's figures only
+//! cargo run --release -p agentpool-tests --bin agentpool-bench -- --limit-only [--rounds N] [--profile]
+//! cargo run --release -p agentpool-tests --bin agentpool-bench -- --limit-only --ab [--rounds N]
 //! ```
+//!
+//! `--limit-only` measures only the claim against its limit (shared cores, then Postgres on a
+//! core of its own), with the profile if asked, and prints it: nothing is written. For trying a
+//! setting on the replicas or the stub agent without a rebuild, `BENCH_REPLICA_ENV` and
+//! `BENCH_STUB_ENV` (`NAME=VALUE,...`) add to their environment.
 //!
 //! `--cadence-only` measures only the full tick's cadence under continuous claims (about two
 //! minutes) and writes `benchmarks-cadence.md` and `.json`.
 //!
 //! Figures are measured and reported, never asserted: the targets are in the report.
 
+mod ab;
 mod cadence;
 mod claims;
 mod compare;
@@ -80,6 +88,9 @@ pub struct Report {
     pub command: String,
     pub scale: Scale,
     pub limit: Vec<limit::LimitCell>,
+    /// The same with Postgres on a core of its own and the rest on the others.
+    #[serde(default)]
+    pub limit_postgres_apart: Vec<limit::LimitCell>,
     /// Where an HTTP claim's time goes (`--profile`).
     pub profile: Option<profile::Profile>,
     pub claims_http: Vec<claims::HttpCell>,
@@ -110,6 +121,8 @@ fn main() -> anyhow::Result<()> {
     let mut only_fleet_tick = false;
     let mut cadence_only = false;
     let mut only_sprites = false;
+    let mut only_limit = false;
+    let mut ab = false;
     let mut args = std::env::args().skip(1);
     while let Some(arg) = args.next() {
         match arg.as_str() {
@@ -120,10 +133,18 @@ fn main() -> anyhow::Result<()> {
             "--fleet-tick" => only_fleet_tick = true,
             "--cadence-only" => cadence_only = true,
             "--sprites" => only_sprites = true,
+            "--limit-only" => only_limit = true,
+            "--ab" => ab = true,
+            "--rounds" => {
+                scale.limit_rounds = args
+                    .next()
+                    .and_then(|n| n.parse().ok())
+                    .context("--rounds needs a number")?
+            }
             other => {
                 anyhow::bail!(
                     "unknown argument {other:?}; use --out DIR, --quick, --profile, --templates, \
-                     --fleet-tick, --cadence-only and/or --sprites"
+                     --fleet-tick, --cadence-only, --sprites, --limit-only and/or --rounds N"
                 )
             }
         }
@@ -140,6 +161,9 @@ fn main() -> anyhow::Result<()> {
     }
     if only_sprites {
         return runtime.block_on(run_sprites());
+    }
+    if only_limit {
+        return runtime.block_on(run_limit(scale, with_profile, ab));
     }
     runtime.block_on(run(out, scale, with_profile, only_fleet_tick))
 }
@@ -185,6 +209,44 @@ async fn run_sprites() -> anyhow::Result<()> {
     let mut md = String::new();
     report::sprites_section(&mut md, &figures?);
     println!("{md}");
+    Ok(())
+}
+
+/// `--limit-only`: the claim against its limit, both placements, printed.
+///
+/// With `--ab`, only two replicas side by side ([`ab`]).
+async fn run_limit(scale: Scale, with_profile: bool, ab: bool) -> anyhow::Result<()> {
+    let pg_root = tempfile::Builder::new()
+        .prefix("agentpool-bench-pg-")
+        .tempdir()?;
+    let root = pg_root.path().to_path_buf();
+    let postgres = tokio::task::spawn_blocking(move || EmbeddedPostgres::start(&root))
+        .await?
+        .context("starting postgres")?;
+    create_database(&postgres.url("postgres"), "bench").await?;
+    let url = postgres.url("bench");
+    let pool = db::open(&url, 80).await?;
+    let stub = fleet::SharedStub::start().await?;
+    if ab {
+        ab::run(&pool, &url, &stub, scale.limit_rounds, scale.claims).await?;
+        pool.close().await;
+        drop(stub);
+        tokio::task::spawn_blocking(move || postgres.stop()).await??;
+        return Ok(());
+    }
+    let limit = limit::measure(&pool, &url, &stub, scale).await?;
+    let profile = if with_profile {
+        Some(profile::measure(&pool, &url, &stub).await?)
+    } else {
+        None
+    };
+    drop(stub);
+    let apart = limit::measure_postgres_apart(&pool, &url, postgres.pid() as u32, scale).await?;
+    let mut md = String::new();
+    report::limit_section(&mut md, scale, &limit, &apart, profile.as_ref());
+    println!("{md}");
+    pool.close().await;
+    tokio::task::spawn_blocking(move || postgres.stop()).await??;
     Ok(())
 }
 
@@ -251,6 +313,9 @@ async fn run(
     let stub = fleet::SharedStub::start().await?;
     eprintln!("bench: postgres and stub agent up; the claim against its limit");
     let limit = limit::measure(&pool, &url, &stub, scale).await?;
+    eprintln!("bench: the claim against its limit, Postgres on a core of its own");
+    let limit_postgres_apart =
+        limit::measure_postgres_apart(&pool, &url, postgres.pid() as u32, scale).await?;
     let profile = if with_profile {
         eprintln!("bench: profile of a replica under claims");
         Some(profile::measure(&pool, &url, &stub).await?)
@@ -281,9 +346,16 @@ async fn run(
     let last = compare::last_committed(&out);
     let mut report = Report {
         machine: report::Machine::detect(&pool).await,
-        command: "cargo run --release -p agentpool-tests --bin agentpool-bench".into(),
+        command: std::iter::once(
+            "cargo run --release -p agentpool-tests --bin agentpool-bench".to_string(),
+        )
+        .chain(std::env::args().skip(1).map(|a| format!("-- {a}")).take(1))
+        .chain(std::env::args().skip(2))
+        .collect::<Vec<_>>()
+        .join(" "),
         scale,
         limit,
+        limit_postgres_apart,
         profile,
         claims_http,
         claim_strategies,

@@ -80,7 +80,8 @@ pub fn markdown(report: &Report) -> String {
     let _ = writeln!(
         md,
         "Machine: {} × {}, {} GiB RAM, Linux {}, PostgreSQL {} (local, fsync off), commit {}, {}. \
-         Everything (Postgres, replicas, stub agent, load generator) shares these cores. \
+         Everything (Postgres, replicas, stub agent, load generator) shares these cores, except \
+         in the run of the claim against its limit labelled *Postgres on a core of its own*. \
          The run took {:.0} s.\n",
         m.cores,
         m.cpu,
@@ -124,6 +125,18 @@ pub fn markdown(report: &Report) -> String {
             cell.claim_sql_per_second,
             cell.minimal_per_second,
             verdict(cell.claim_sql_share >= sql)
+        );
+    }
+    for cell in &report.limit_postgres_apart {
+        let want = if cell.clients == 1 { 0.70 } else { 0.85 };
+        let _ = writeln!(
+            md,
+            "| the same, Postgres on a core of its own, {} client(s) | {:.1} % ({:.0} vs {:.0} claims/s) | {} |",
+            cell.clients,
+            cell.http_share * 100.0,
+            cell.http_per_second,
+            cell.minimal_per_second,
+            verdict(cell.http_share >= want)
         );
     }
     if let Some(cell) = http(1, 16) {
@@ -197,73 +210,13 @@ pub fn markdown(report: &Report) -> String {
         verdict(p.start_to_first_response_median_ms <= 100.0)
     );
 
-    let _ = writeln!(md, "## The claim against its limit\n");
-    let _ = writeln!(
-        md,
-        "The *minimal claim* is the two statements no claim can do without — take the oldest idle \
-         row with `FOR UPDATE SKIP LOCKED` and record the event; confirm it, fenced by the claim \
-         token, and record the event — on two tables with only the indexes they need, run by \
-         pgbench (prepared statements, as sqlx runs them). *Claim SQL* is the project's own two \
-         statements (`shared/src/pipelines/claim/mod.rs`) on the project's schema, also by pgbench. *HTTP* \
-         is `POST /api/pool/claim` through one `agentpool serve` replica, stub agent included. \
-         The three run one after the other in each of {} rounds (pgbench {} s each, {} HTTP \
-         claims), each round opening with a different one, on the same Postgres; figures are medians over the rounds, and a share \
-         is the median of each round's own ratio. The machine is shared, so claims a second move \
-         from run to run; the shares, measured seconds apart, are what to compare.\n",
-        report.scale.limit_rounds,
-        report.scale.limit_seconds,
-        report.scale.claims
+    limit_section(
+        &mut md,
+        report.scale,
+        &report.limit,
+        &report.limit_postgres_apart,
+        report.profile.as_ref(),
     );
-    let _ = writeln!(
-        md,
-        "| clients | minimal claims/s | claim SQL claims/s | HTTP claims/s | claim SQL share | HTTP share | rounds [minimal, claim SQL, HTTP] |\n|---|---|---|---|---|---|---|"
-    );
-    for c in &report.limit {
-        let _ = writeln!(
-            md,
-            "| {} | {:.0} | {:.0} | {:.0} | {:.1} % | {:.1} % | {:?} |",
-            c.clients,
-            c.minimal_per_second,
-            c.claim_sql_per_second,
-            c.http_per_second,
-            c.claim_sql_share * 100.0,
-            c.http_share * 100.0,
-            c.runs
-        );
-    }
-    if let Some(profile) = &report.profile {
-        let _ = writeln!(md, "\n### Where an HTTP claim's time goes\n");
-        let _ = writeln!(
-            md,
-            "One replica under 16 clients (`--profile`): `perf record -F 1999` on the replica, \
-             flat, by shared object and symbol ({} samples); statements the replica ran per \
-             claim, from its own `sqlx::query` log lines: {}; allocations per claim under \
-             `heaptrack`: {}.\n",
-            profile.cpu_samples.map_or("?".into(), |n| n.to_string()),
-            profile
-                .statements_per_claim
-                .map_or("not measured".into(), |n| n.to_string()),
-            profile
-                .allocations_per_claim
-                .map_or("not measured".into(), |n| n.to_string()),
-        );
-        let _ = writeln!(md, "```text");
-        for line in &profile.cpu_by_object {
-            let _ = writeln!(md, "{line}");
-        }
-        let _ = writeln!(md, "```\n\nBy crate (the binary's symbols summed by their first path segment; other objects as they are):\n\n```text");
-        for (name, share) in &profile.cpu_by_crate {
-            let _ = writeln!(md, "{share:6.2}% {name}");
-        }
-        let _ = writeln!(md, "```\n\nTop symbols:\n\n```text");
-        for line in &profile.cpu_top {
-            let _ = writeln!(md, "{line}");
-        }
-        let _ = writeln!(md, "```");
-        for note in &profile.notes {
-            let _ = writeln!(md, "\n{note}");
-        }
-    }
     let _ = writeln!(md, "\n## Regressions\n");
     match &report.compared_with {
         None => {
@@ -527,4 +480,97 @@ pub fn sprites_section(md: &mut String, f: &crate::sprites::SpritesFigures) {
         f.refill_with_recycling_ms,
         F::real_seconds(f.refill_with_recycling_ms),
     );
+}
+
+/// The claim against its limit: both placements, and the profile where there is one.
+pub fn limit_section(
+    md: &mut String,
+    scale: crate::Scale,
+    limit: &[crate::limit::LimitCell],
+    apart: &[crate::limit::LimitCell],
+    profile: Option<&crate::profile::Profile>,
+) {
+    let _ = writeln!(md, "## The claim against its limit\n");
+    let _ = writeln!(
+        md,
+        "The *minimal claim* is the two statements no claim can do without — take the oldest idle \
+         row with `FOR UPDATE SKIP LOCKED` and record the event; confirm it, fenced by the claim \
+         token, and record the event — on two tables with only the indexes they need, run by \
+         pgbench (prepared statements, as sqlx runs them). *Claim SQL* is the project's own two \
+         statements (`shared/src/pipelines/claim/mod.rs`) on the project's schema, also by pgbench. *HTTP* \
+         is `POST /api/pool/claim` through one `agentpool serve` replica, stub agent included. \
+         The three run one after the other in each of {} rounds (pgbench {} s each, {} HTTP \
+         claims), each round opening with a different one, on the same Postgres; figures are medians over the rounds, and a share \
+         is the median of each round's own ratio. The machine is shared, so claims a second move \
+         from run to run; the shares, measured seconds apart, are what to compare.\n",
+        scale.limit_rounds,
+        scale.limit_seconds,
+        scale.claims
+    );
+    limit_table(md, limit);
+    if !apart.is_empty() {
+        let _ = writeln!(
+            md,
+            "\nThe same rounds with **Postgres on a core of its own** (`taskset`: the postmaster and its \
+             backends on core 0; pgbench's client, the replica, a stub agent started for it and the \
+             load generator on the other core), the shape of production, where Postgres has a \
+             machine of its own, as far as one machine can show it. On the shared machine the \
+             processes around an HTTP claim take CPU from Postgres; here they take it from pgbench's \
+             client instead, and the replica, the stub agent and the load generator share one core.\n"
+        );
+        limit_table(md, apart);
+    }
+    if let Some(profile) = profile {
+        let _ = writeln!(md, "\n### Where an HTTP claim's time goes\n");
+        let _ = writeln!(
+            md,
+            "One replica under 16 clients (`--profile`): `perf record -F 1999` on the replica, \
+             flat, by shared object and symbol ({} samples); statements the replica ran per \
+             claim, from its own `sqlx::query` log lines: {}; allocations per claim under \
+             `heaptrack`: {}.\n",
+            profile.cpu_samples.map_or("?".into(), |n| n.to_string()),
+            profile
+                .statements_per_claim
+                .map_or("not measured".into(), |n| n.to_string()),
+            profile
+                .allocations_per_claim
+                .map_or("not measured".into(), |n| n.to_string()),
+        );
+        let _ = writeln!(md, "```text");
+        for line in &profile.cpu_by_object {
+            let _ = writeln!(md, "{line}");
+        }
+        let _ = writeln!(md, "```\n\nBy crate (the binary's symbols summed by their first path segment; other objects as they are):\n\n```text");
+        for (name, share) in &profile.cpu_by_crate {
+            let _ = writeln!(md, "{share:6.2}% {name}");
+        }
+        let _ = writeln!(md, "```\n\nTop symbols:\n\n```text");
+        for line in &profile.cpu_top {
+            let _ = writeln!(md, "{line}");
+        }
+        let _ = writeln!(md, "```");
+        for note in &profile.notes {
+            let _ = writeln!(md, "\n{note}");
+        }
+    }
+}
+
+fn limit_table(md: &mut String, cells: &[crate::limit::LimitCell]) {
+    let _ = writeln!(
+        md,
+        "| clients | minimal claims/s | claim SQL claims/s | HTTP claims/s | claim SQL share | HTTP share | rounds [minimal, claim SQL, HTTP] |\n|---|---|---|---|---|---|---|"
+    );
+    for c in cells {
+        let _ = writeln!(
+            md,
+            "| {} | {:.0} | {:.0} | {:.0} | {:.1} % | {:.1} % | {:?} |",
+            c.clients,
+            c.minimal_per_second,
+            c.claim_sql_per_second,
+            c.http_per_second,
+            c.claim_sql_share * 100.0,
+            c.http_share * 100.0,
+            c.runs
+        );
+    }
 }
