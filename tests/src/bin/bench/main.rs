@@ -168,6 +168,24 @@ fn main() -> anyhow::Result<()> {
     runtime.block_on(run(out, scale, with_profile, only_fleet_tick))
 }
 
+/// A throwaway Postgres for one run, and the directory it lives in (removed when dropped, after
+/// [`stop_postgres`]).
+async fn start_postgres() -> anyhow::Result<(EmbeddedPostgres, tempfile::TempDir)> {
+    let root = tempfile::Builder::new()
+        .prefix("agentpool-bench-pg-")
+        .tempdir()?;
+    let dir = root.path().to_path_buf();
+    let postgres = tokio::task::spawn_blocking(move || EmbeddedPostgres::start(&dir))
+        .await?
+        .context("starting postgres")?;
+    Ok((postgres, root))
+}
+
+async fn stop_postgres(postgres: EmbeddedPostgres) -> anyhow::Result<()> {
+    tokio::task::spawn_blocking(move || postgres.stop()).await??;
+    Ok(())
+}
+
 /// Template claims per kind.
 fn template_claims(scale: Scale) -> usize {
     (scale.cold_starts * 2).max(6)
@@ -176,13 +194,7 @@ fn template_claims(scale: Scale) -> usize {
 /// `--templates`: only issue 17's figures, written to `benchmarks-templates.md` (the full run puts
 /// them in `benchmarks.md`).
 async fn run_templates(out: PathBuf, scale: Scale) -> anyhow::Result<()> {
-    let pg_root = tempfile::Builder::new()
-        .prefix("agentpool-bench-pg-")
-        .tempdir()?;
-    let root = pg_root.path().to_path_buf();
-    let postgres = tokio::task::spawn_blocking(move || EmbeddedPostgres::start(&root))
-        .await?
-        .context("starting postgres")?;
+    let (postgres, _pg_root) = start_postgres().await?;
     create_database(&postgres.url("postgres"), "bench").await?;
     let url = postgres.url("bench");
     db::open(&url, 4).await?.close().await;
@@ -191,21 +203,15 @@ async fn run_templates(out: PathBuf, scale: Scale) -> anyhow::Result<()> {
     std::fs::create_dir_all(&out)?;
     std::fs::write(out.join("benchmarks-templates.md"), &markdown)?;
     println!("{markdown}");
-    tokio::task::spawn_blocking(move || postgres.stop()).await??;
+    stop_postgres(postgres).await?;
     Ok(())
 }
 
 /// `--sprites`: only seed 002's figures, printed (the report is not rewritten).
 async fn run_sprites() -> anyhow::Result<()> {
-    let pg_root = tempfile::Builder::new()
-        .prefix("agentpool-bench-pg-")
-        .tempdir()?;
-    let root = pg_root.path().to_path_buf();
-    let postgres = tokio::task::spawn_blocking(move || EmbeddedPostgres::start(&root))
-        .await?
-        .context("starting postgres")?;
+    let (postgres, _pg_root) = start_postgres().await?;
     let figures = sprites::measure(&postgres.url("postgres")).await;
-    tokio::task::spawn_blocking(move || postgres.stop()).await??;
+    stop_postgres(postgres).await?;
     let mut md = String::new();
     report::sprites_section(&mut md, &figures?);
     println!("{md}");
@@ -216,13 +222,7 @@ async fn run_sprites() -> anyhow::Result<()> {
 ///
 /// With `--ab`, only two replicas side by side ([`ab`]).
 async fn run_limit(scale: Scale, with_profile: bool, ab: bool) -> anyhow::Result<()> {
-    let pg_root = tempfile::Builder::new()
-        .prefix("agentpool-bench-pg-")
-        .tempdir()?;
-    let root = pg_root.path().to_path_buf();
-    let postgres = tokio::task::spawn_blocking(move || EmbeddedPostgres::start(&root))
-        .await?
-        .context("starting postgres")?;
+    let (postgres, _pg_root) = start_postgres().await?;
     create_database(&postgres.url("postgres"), "bench").await?;
     let url = postgres.url("bench");
     let pool = db::open(&url, 80).await?;
@@ -231,7 +231,7 @@ async fn run_limit(scale: Scale, with_profile: bool, ab: bool) -> anyhow::Result
         ab::run(&pool, &url, &stub, scale.limit_rounds, scale.claims).await?;
         pool.close().await;
         drop(stub);
-        tokio::task::spawn_blocking(move || postgres.stop()).await??;
+        stop_postgres(postgres).await?;
         return Ok(());
     }
     let limit = limit::measure(&pool, &url, &stub, scale).await?;
@@ -246,19 +246,13 @@ async fn run_limit(scale: Scale, with_profile: bool, ab: bool) -> anyhow::Result
     report::limit_section(&mut md, scale, &limit, &apart, profile.as_ref());
     println!("{md}");
     pool.close().await;
-    tokio::task::spawn_blocking(move || postgres.stop()).await??;
+    stop_postgres(postgres).await?;
     Ok(())
 }
 
 /// Postgres of its own for the cadence figure alone.
 async fn run_cadence(out: PathBuf) -> anyhow::Result<()> {
-    let pg_root = tempfile::Builder::new()
-        .prefix("agentpool-bench-pg-")
-        .tempdir()?;
-    let root = pg_root.path().to_path_buf();
-    let postgres = tokio::task::spawn_blocking(move || EmbeddedPostgres::start(&root))
-        .await?
-        .context("starting postgres")?;
+    let (postgres, _pg_root) = start_postgres().await?;
     create_database(&postgres.url("postgres"), "cadence").await?;
     eprintln!("bench: the full tick's cadence under continuous claims");
     let figures = cadence::measure(&postgres.url("cadence")).await?;
@@ -281,7 +275,7 @@ async fn run_cadence(out: PathBuf) -> anyhow::Result<()> {
     );
     std::fs::write(out.join("benchmarks-cadence.md"), &markdown)?;
     println!("{markdown}");
-    tokio::task::spawn_blocking(move || postgres.stop()).await??;
+    stop_postgres(postgres).await?;
     Ok(())
 }
 
@@ -292,13 +286,7 @@ async fn run(
     only_fleet_tick: bool,
 ) -> anyhow::Result<()> {
     let started = Instant::now();
-    let pg_root = tempfile::Builder::new()
-        .prefix("agentpool-bench-pg-")
-        .tempdir()?;
-    let root = pg_root.path().to_path_buf();
-    let postgres = tokio::task::spawn_blocking(move || EmbeddedPostgres::start(&root))
-        .await?
-        .context("starting postgres")?;
+    let (postgres, _pg_root) = start_postgres().await?;
     create_database(&postgres.url("postgres"), "bench").await?;
     let url = postgres.url("bench");
     let pool = db::open(&url, 80).await?;
@@ -306,7 +294,7 @@ async fn run(
         let figures = fleet_tick::measure(&pool, &url).await?;
         fleet_tick::write(&out, &figures)?;
         pool.close().await;
-        tokio::task::spawn_blocking(move || postgres.stop()).await??;
+        stop_postgres(postgres).await?;
         return Ok(());
     }
 
@@ -390,6 +378,6 @@ async fn run(
 
     drop(stub);
     pool.close().await;
-    tokio::task::spawn_blocking(move || postgres.stop()).await??;
+    stop_postgres(postgres).await?;
     Ok(())
 }
