@@ -402,10 +402,14 @@ async fn a_recycle_destroys_the_tools_the_claim_made_and_keeps_the_instance_s_ow
         .await;
     assert_eq!(status, StatusCode::OK, "{second}");
     assert_eq!(second["instanceId"], id.as_str(), "the recycled instance");
-    // A new inbox (the first one was deleted above), recorded against this claim. Its address is
-    // the instance's name, as every tool resource of the instance is named.
+    // A new inbox (the first one was deleted above), recorded against this claim, at an address
+    // of its own: mail still sent to the previous user's address never reaches the next user.
     let inboxes = mail.inboxes();
     assert_eq!(inboxes.len(), 1, "{inboxes:?}");
+    assert_ne!(
+        inboxes[0].inbox_id, first_inbox,
+        "the previous user's address"
+    );
     let made: Vec<(String, String)> = sqlx::query_as(
         "SELECT tool_id, resource_id FROM instance_services WHERE instance_id = $1 AND made_at_claim",
     )

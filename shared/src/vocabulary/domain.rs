@@ -143,6 +143,21 @@ pub fn claimed_name(prefix: &str, agent_name: &str, instance_id: &str) -> Option
     (!slug.is_empty()).then(|| format!("{prefix}{slug}-{instance_id}"))
 }
 
+/// The name of a tool resource a claim makes for the instance named `instance_name`: that name and
+/// a mark of the claim. What one user was given (an inbox's address) is then never given again to
+/// the next user of a recycled instance, and the tick still knows whose it is
+/// ([`instance_name_of`]).
+pub fn claim_resource_name(instance_name: &str, claim_token: uuid::Uuid) -> String {
+    let mark = claim_token.simple().to_string();
+    format!("{instance_name}-{}", &mark[..8])
+}
+
+/// The names of the instances a tool resource named `name` may belong to: its own name (made at
+/// creation) or that name without a claim's mark ([`claim_resource_name`]).
+pub fn instance_name_of(name: &str) -> [&str; 2] {
+    [name, name.rsplit_once('-').map_or(name, |(base, _)| base)]
+}
+
 /// 32 random bytes as 64 hex chars.
 pub fn new_gateway_token() -> String {
     let mut bytes = [0u8; 32];

@@ -1,5 +1,6 @@
-//! An AgentMail inbox per instance. The instance id is the inbox's `client_id`: the same
-//! `client_id` returns the same inbox, so a creation is safe to send again after a lost reply.
+//! An AgentMail inbox per instance, or per claim when a template's claim makes it. Its name is
+//! the inbox's `client_id`: the same `client_id` returns the same inbox, so a creation is safe to
+//! send again after a lost reply, and a claim's name (marked with the claim) makes a new inbox.
 
 use std::sync::Arc;
 
@@ -63,7 +64,7 @@ impl Tool for AgentMail {
         let mut body = json!({
             "username": target.name,
             "display_name": target.name,
-            "client_id": target.instance_id,
+            "client_id": target.name,
         });
         if let Some(domain) = &self.domain {
             body["domain"] = json!(domain);

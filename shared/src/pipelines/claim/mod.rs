@@ -417,7 +417,10 @@ async fn claim_tools(
         .into_iter()
         .map(|o| o.tool_id)
         .collect();
-    let name = format!("{}{}", pool.settings.pool.pool_name_prefix, taken.id);
+    let name = crate::domain::claim_resource_name(
+        &format!("{}{}", pool.settings.pool.pool_name_prefix, taken.id),
+        token,
+    );
     let target = Target {
         instance_id: &taken.id,
         name: &name,

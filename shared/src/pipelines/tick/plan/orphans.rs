@@ -64,7 +64,8 @@ pub struct Rename {
     pub name: String,
 }
 
-/// Tool resources no row records. One named for a `starting` or `claiming` instance is left alone:
+/// Tool resources no row records. One named for a `starting` or `claiming` instance (or for its
+/// claim) is left alone:
 /// its creator (or its claim, adding the template's tools) may be between making it and recording
 /// it. A duplicate made by a retried creation, or one whose
 /// instance is gone, is an orphan.
@@ -84,10 +85,12 @@ pub fn tools(snapshot: &Snapshot) -> Vec<ToolResource> {
         .iter()
         .filter(|r| !recorded.contains(&(r.tool_id.as_str(), r.resource_id.as_str())))
         .filter(|r| {
-            !matches!(
-                status.get(r.name.as_str()),
-                Some(InstanceStatus::Starting | InstanceStatus::Claiming)
-            )
+            !crate::domain::instance_name_of(&r.name).iter().any(|name| {
+                matches!(
+                    status.get(name),
+                    Some(InstanceStatus::Starting | InstanceStatus::Claiming)
+                )
+            })
         })
         .cloned()
         .collect()
@@ -125,7 +128,14 @@ mod tests {
             key("recorded", "ap-a"),
             key("duplicate", "ap-a"),
             key("being-made", "ap-b"),
-            key("added-at-claim", "ap-c"),
+            key(
+                "added-at-claim",
+                &crate::domain::claim_resource_name("ap-c", uuid::Uuid::new_v4()),
+            ),
+            key(
+                "a-past-claim-s",
+                &crate::domain::claim_resource_name("ap-a", uuid::Uuid::new_v4()),
+            ),
             key("left-behind", "ap-gone"),
         ];
         fixture
@@ -136,7 +146,7 @@ mod tests {
             .into_iter()
             .map(|r| r.resource_id)
             .collect();
-        assert_eq!(orphans, vec!["duplicate", "left-behind"]);
+        assert_eq!(orphans, vec!["duplicate", "a-past-claim-s", "left-behind"]);
     }
 
     /// A claimed agent's resource renamed after it is still its row's: known by its id.
