@@ -318,6 +318,19 @@ impl Settings {
             ));
         }
         self.check_build_from_source()?;
+        // A recycle keeps what the instance was created with: an inbox or a number made then
+        // would pass, with its mail and messages, from one user to the next.
+        let recycles = match self.providers.pool_provider {
+            ProviderKind::Sprites => true,
+            ProviderKind::Local => self.providers.local.local_recycle,
+            ProviderKind::Railway => false,
+        };
+        if recycles && self.creation.tools_at_creation == ToolsAtCreation::All {
+            return Err(ConfigError::new(
+                "TOOLS_AT_CREATION",
+                "must be base where used agents are recycled (POOL_PROVIDER=sprites, LOCAL_RECYCLE): an inbox or number made at creation would pass from one user to the next; with base a claim makes them and a recycle destroys them",
+            ));
+        }
         if self.creation.create_timeout_ms >= self.tick.pool_stuck_timeout_ms {
             return Err(ConfigError::new(
                 "CREATE_TIMEOUT_MS",
@@ -566,6 +579,24 @@ mod tests {
         assert_eq!(err.setting, "DATABASE_MAX_CONNECTIONS", "{err}");
         let err = Settings::from_vars(vars(&[("POOL_NAME_PREFIX", "Pool_")])).unwrap_err();
         assert_eq!(err.setting, "POOL_NAME_PREFIX", "{err}");
+    }
+
+    #[test]
+    fn recycled_agents_get_their_users_tools_at_claim() {
+        let recycling: [&[(&str, &str)]; 2] = [
+            &[("POOL_PROVIDER", "local"), ("LOCAL_RECYCLE", "true")],
+            &[
+                ("POOL_PROVIDER", "sprites"),
+                ("SPRITE_TOKEN", "sprite-token"),
+            ],
+        ];
+        for provider in recycling {
+            let all = [provider, &[("TOOLS_AT_CREATION", "all")]].concat();
+            let err = Settings::from_vars(vars(&all)).unwrap_err();
+            assert_eq!(err.setting, "TOOLS_AT_CREATION", "{provider:?}: {err}");
+            Settings::from_vars(vars(provider)).unwrap();
+        }
+        Settings::from_vars(vars(&[("TOOLS_AT_CREATION", "all")])).unwrap();
     }
 
     #[test]
