@@ -86,7 +86,7 @@ impl Presented {
 /// Identifies the caller; a wrong or malformed key is an error, no key is `Anonymous`. Wrong keys
 /// earn their client the dashboard login's growing delay (per client, across replicas), during
 /// which even the right key is refused: a guess made then must not learn that it was right. A
-/// right key costs one read; a wrong one is counted.
+/// right key costs no statement unless its client has a record; a wrong one is counted.
 pub async fn identify(state: &AppState, presented: Presented) -> Result<Caller, ApiError> {
     let Presented { key, client } = presented;
     let Some(given) = key else {

@@ -1,5 +1,7 @@
 //! Serving over HTTP with this process's own tick loop, and stopping cleanly.
 
+use agentpool_core::access;
+
 use crate::state::AppState;
 
 /// Serves with this process's tick loop until SIGTERM or SIGINT; then stops accepting requests,
@@ -15,6 +17,14 @@ pub async fn until_signal(
     let ticks = tokio::spawn({
         let shutdown = shutdown.clone();
         async move { kicker.run_loop(pool, every, shutdown).await }
+    });
+    tokio::spawn({
+        let (db, records, shutdown) = (
+            state.pool.db.clone(),
+            state.records.clone(),
+            shutdown.clone(),
+        );
+        async move { access::follow_records(&db, &records, &shutdown).await }
     });
     if state.pool.provider.keeps_alive() {
         let pool = state.pool.clone();

@@ -7,7 +7,7 @@ use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use agentpool_core::access::SessionKey;
+use agentpool_core::access::{Records, SessionKey};
 use agentpool_core::beats::Beats;
 use agentpool_core::config::Secret;
 use agentpool_core::tick::{self, Mode};
@@ -27,6 +27,9 @@ pub struct AppState {
     pub shutdown: CancellationToken,
     /// Runtimes' pushed heartbeats, gathered here and written once a second.
     pub beats: Arc<Beats>,
+    /// The clients with a record of wrong keys, while this process follows them
+    /// ([`crate::serve::until_signal`]); a right key from any other client is let in unread.
+    pub records: Arc<Records>,
 }
 
 impl AppState {
@@ -39,6 +42,7 @@ impl AppState {
             tasks: TaskTracker::new(),
             shutdown: CancellationToken::new(),
             beats: Arc::default(),
+            records: Arc::default(),
         }
     }
 

@@ -18,8 +18,10 @@ use rand::distributions::{Alphanumeric, DistString};
 use reqwest::StatusCode;
 use serde_json::Value;
 use sqlx::PgPool;
+use tokio_util::sync::CancellationToken;
 
 use agentpool::AppState;
+use agentpool_core::access::{self, Records};
 use agentpool_core::calls::Tally;
 use agentpool_core::config::Secret;
 use agentpool_core::db::embedded::{create_database, EmbeddedPostgres};
@@ -419,6 +421,19 @@ impl TestPool {
             Secret::new(self.key.clone()),
         ))
         .await
+    }
+
+    /// Another replica that follows the records of wrong keys as `agentpool serve` does, once
+    /// it knows them; with the set it keeps.
+    pub async fn following_replica(&self) -> (String, Arc<Records>) {
+        let state = AppState::new(self.pool.clone(), Secret::new(self.key.clone()));
+        let records = state.records.clone();
+        tokio::spawn({
+            let (db, records) = (self.pool.db.clone(), records.clone());
+            async move { access::follow_records(&db, &records, &CancellationToken::new()).await }
+        });
+        wait_until(Duration::from_secs(30), || async { records.known() }).await;
+        (serve(state).await, records)
     }
 
     pub async fn tick(&self) -> TickReport {

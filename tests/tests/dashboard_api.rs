@@ -3,7 +3,7 @@
 //! (`dashboard.rs` drives the same pages in a real browser.)
 
 use agentpool_core::domain::InstanceStatus::*;
-use agentpool_tests::TestPool;
+use agentpool_tests::{wait_until, TestPool};
 use reqwest::header::{HeaderMap, LOCATION, SET_COOKIE};
 use reqwest::{redirect, Client, StatusCode};
 use serde_json::{json, Value};
@@ -655,4 +655,116 @@ async fn a_claim_that_misses_raises_the_demand_target() {
         target.reason
     );
     assert_eq!(report.created.len(), 2, "{report:?}");
+}
+
+/// `GET /api/pool/status` on `base` with `key`, through the trusted proxy, from `client`.
+async fn status_from(t: &TestPool, base: &str, key: &str, client: &str) -> StatusCode {
+    t.http
+        .get(format!("{base}/api/pool/status"))
+        .bearer_auth(key)
+        .header("x-forwarded-for", client)
+        // Bounded, so that a request stuck behind the lock below fails the test instead of
+        // hanging it.
+        .timeout(std::time::Duration::from_secs(20))
+        .send()
+        .await
+        .map(|response| response.status())
+        .unwrap_or(StatusCode::GATEWAY_TIMEOUT)
+}
+
+// A replica that follows the records of wrong keys lets a right key in without a statement when
+// its client has none (the claim's third statement, gone); a record made anywhere, even while the
+// replica's connection is lost, reaches it; its own wrong keys count at once.
+#[tokio::test]
+async fn a_following_replica_reads_no_record_for_a_right_key_unless_its_client_has_one() {
+    let t = TestPool::with(
+        &[("POOL_MIN_IDLE", "0"), ("TRUSTED_PROXIES", "127.0.0.1")],
+        &[],
+    )
+    .await;
+    let (follower, records) = t.following_replica().await;
+    let wait = std::time::Duration::from_secs(30);
+
+    // The table locked: any read of a record would wait for as long as the lock is held.
+    let mut lock = t.pool.db.begin().await.unwrap();
+    sqlx::query("LOCK TABLE admin_login_attempts IN ACCESS EXCLUSIVE MODE")
+        .execute(&mut *lock)
+        .await
+        .unwrap();
+    assert_eq!(
+        status_from(&t, &follower, &t.key, "192.0.2.1").await,
+        StatusCode::OK
+    );
+    lock.rollback().await.unwrap();
+
+    // A record made elsewhere (another replica's counting) is heard, and so is its forgetting.
+    sqlx::query(
+        "INSERT INTO admin_login_attempts (client, attempts, blocked_until)
+         VALUES ('192.0.2.7', 5, now() + interval '1 hour')",
+    )
+    .execute(&t.pool.db)
+    .await
+    .unwrap();
+    wait_until(wait, || async {
+        status_from(&t, &follower, &t.key, "192.0.2.7").await == StatusCode::TOO_MANY_REQUESTS
+    })
+    .await;
+    sqlx::query("DELETE FROM admin_login_attempts WHERE client = '192.0.2.7'")
+        .execute(&t.pool.db)
+        .await
+        .unwrap();
+    wait_until(wait, || async {
+        status_from(&t, &follower, &t.key, "192.0.2.7").await == StatusCode::OK
+    })
+    .await;
+
+    // Its own wrong keys: the right key right after waits, heard or not.
+    for expected in [StatusCode::UNAUTHORIZED, StatusCode::UNAUTHORIZED] {
+        let wrong = status_from(&t, &follower, "wrong-key-0123456789abcdef", "192.0.2.9").await;
+        assert_eq!(wrong, expected);
+    }
+    assert_eq!(
+        status_from(&t, &follower, &t.key, "192.0.2.9").await,
+        StatusCode::TOO_MANY_REQUESTS
+    );
+
+    // Its connection cut, and a record made at once (its announcement lost with the connection):
+    // the replica reads while it does not know, and knows again, the record included, once it
+    // follows anew.
+    let cut: i64 = sqlx::query_scalar(
+        "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity
+          WHERE datname = current_database() AND application_name = $1",
+    )
+    .bind(agentpool_core::sessions::FOLLOWER_NAME)
+    .fetch_one(&t.pool.db)
+    .await
+    .unwrap();
+    assert_eq!(cut, 1);
+    sqlx::query(
+        "INSERT INTO admin_login_attempts (client, attempts, blocked_until)
+         VALUES ('192.0.2.8', 5, now() + interval '1 hour')",
+    )
+    .execute(&t.pool.db)
+    .await
+    .unwrap();
+    wait_until(wait, || async {
+        status_from(&t, &follower, &t.key, "192.0.2.8").await == StatusCode::TOO_MANY_REQUESTS
+    })
+    .await;
+    wait_until(wait, || async {
+        let following: i64 = sqlx::query_scalar(
+            "SELECT count(*) FROM pg_stat_activity
+              WHERE datname = current_database() AND application_name = $1",
+        )
+        .bind(agentpool_core::sessions::FOLLOWER_NAME)
+        .fetch_one(&t.pool.db)
+        .await
+        .unwrap();
+        following == 1 && records.known()
+    })
+    .await;
+    assert_eq!(
+        status_from(&t, &follower, &t.key, "192.0.2.8").await,
+        StatusCode::TOO_MANY_REQUESTS
+    );
 }

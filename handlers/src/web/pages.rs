@@ -457,6 +457,7 @@ pub async fn login(
     );
     let login = access::login(
         &state.pool,
+        &state.records,
         &state.session_key,
         &state.api_key,
         &client,

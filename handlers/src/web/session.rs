@@ -141,10 +141,9 @@ fn too_many(wait: Duration) -> ApiError {
 }
 
 /// A right API key from `client`: refused (429) while the client waits out its wrong keys, since
-/// a guess made then must not learn that it was right; else its wrong keys are forgotten. One
-/// read when the client has no record, the common case.
+/// a guess made then must not learn that it was right; else its wrong keys are forgotten.
 pub async fn let_right_key_in(state: &AppState, client: &str) -> ApiResult<()> {
-    match access::right_key(&state.pool, client).await? {
+    match access::right_key(&state.pool, &state.records, client).await? {
         None => Ok(()),
         Some(wait) => Err(too_many(wait)),
     }
@@ -153,10 +152,12 @@ pub async fn let_right_key_in(state: &AppState, client: &str) -> ApiResult<()> {
 /// A wrong API key from `client`, counted as a wrong login is: the answer is 401, or 429 while the
 /// client must wait.
 pub async fn count_wrong_key(state: &AppState, client: &str) -> ApiResult<ApiError> {
-    Ok(match access::wrong_key(&state.pool, client).await? {
-        Some(wait) => too_many(wait),
-        None => ApiError::unauthorized("invalid API key"),
-    })
+    Ok(
+        match access::wrong_key(&state.pool, &state.records, client).await? {
+            Some(wait) => too_many(wait),
+            None => ApiError::unauthorized("invalid API key"),
+        },
+    )
 }
 
 /// Who is trying keys, for the growing delay: the connection's peer, unless it is one of

@@ -7,12 +7,14 @@
 //! live, so a logout on one replica is a logout on all. The CSRF token of a session is another MAC
 //! of its id: nothing more to store, and it cannot be derived from the cookie without the key.
 
+use std::collections::HashSet;
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use hmac::{Hmac, Mac};
 use rand::RngCore;
 use sha2::{Digest, Sha256};
+use sqlx::postgres::{PgListener, PgPoolOptions};
 use sqlx::PgPool;
 
 use crate::config::secrets_match;
@@ -229,6 +231,57 @@ pub async fn standing(db: &PgPool, client: &str) -> Result<Option<Duration>> {
     Ok(wait.map(Duration::from_secs_f64))
 }
 
+/// The channel on which Postgres announces each record of wrong keys made (`+client`) or
+/// forgotten (`-client`), at commit (migration 0017).
+const RECORDS_CHANNEL: &str = "agentpool_wrong_keys";
+
+/// The following connection's `application_name`, to tell it apart in `pg_stat_activity`.
+pub const FOLLOWER_NAME: &str = "agentpool-follower";
+
+/// A change to the clients with a record of wrong keys, as announced.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RecordChange {
+    Made(String),
+    Forgotten(String),
+}
+
+impl RecordChange {
+    pub fn parse(payload: &str) -> Option<Self> {
+        if let Some(client) = payload.strip_prefix('+') {
+            return Some(Self::Made(client.to_string()));
+        }
+        payload
+            .strip_prefix('-')
+            .map(|client| Self::Forgotten(client.to_string()))
+    }
+}
+
+/// Listens for [`RecordChange`]s on a connection of its own, outside `db`'s pool (it is held
+/// for as long as the replica runs), then reads every client with a record: a change committed
+/// after the read is announced, so nothing falls between the two.
+pub async fn follow_records(db: &PgPool) -> Result<(PgListener, HashSet<String>)> {
+    let own = PgPoolOptions::new()
+        .max_connections(1)
+        .acquire_timeout(Duration::from_secs(5))
+        .connect_lazy_with(
+            (*db.connect_options())
+                .clone()
+                .application_name(FOLLOWER_NAME),
+        );
+    let mut listener = PgListener::connect_with(&own).await?;
+    listener.listen(RECORDS_CHANNEL).await?;
+    let clients: Vec<String> = sqlx::query_scalar("SELECT client FROM admin_login_attempts")
+        .fetch_all(&mut listener)
+        .await?;
+    Ok((listener, clients.into_iter().collect()))
+}
+
+/// One round trip on a following connection: an answer shows that it still hears announcements.
+pub async fn still_following(listener: &mut PgListener) -> Result<()> {
+    sqlx::query("SELECT 1").execute(listener).await?;
+    Ok(())
+}
+
 /// A right key: the client's wrong ones are forgotten.
 pub async fn forget_attempts(db: &PgPool, client: &str) -> Result<()> {
     crate::failpoint!(
@@ -255,6 +308,20 @@ mod tests {
         let delays: Vec<u64> = (1..=12).map(|n| delay_after(n).as_secs()).collect();
         assert_eq!(delays, [0, 1, 2, 4, 8, 16, 32, 64, 128, 256, 300, 300]);
         assert_eq!(delay_after(i32::MAX), MAX_DELAY);
+    }
+
+    #[test]
+    fn announcements_read_as_records_made_and_forgotten() {
+        assert_eq!(
+            RecordChange::parse("+203.0.113.9"),
+            Some(RecordChange::Made("203.0.113.9".into()))
+        );
+        assert_eq!(
+            RecordChange::parse("-2001:db8::1"),
+            Some(RecordChange::Forgotten("2001:db8::1".into()))
+        );
+        assert_eq!(RecordChange::parse("203.0.113.9"), None);
+        assert_eq!(RecordChange::parse(""), None);
     }
 
     #[test]
