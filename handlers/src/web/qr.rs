@@ -54,32 +54,46 @@ const PNG_QUIET_ZONE: u32 = 4;
 /// The text as a QR code, as a `data:image/png;base64,…` URL (seed 001's `qrDataUrl`); `None`
 /// when it does not fit in a QR code.
 ///
-/// Drawn on every claim, so drawn cheaply: the modules by [`modules`] and the pixels a row at a
-/// time. (`QrCode::new` and `ImageBuffer::from_fn` took about a third of a replica's CPU under
-/// claims, most of it the penalty scores of the eight masks.)
+/// Drawn on every claim, so drawn cheaply: the modules by [`modules`], and a PNG of one bit per
+/// pixel, a row at a time, which is an eighth of the bytes to filter, compress and checksum that
+/// an 8-bit image was. (`QrCode::new` and `ImageBuffer::from_fn` took about a third of a
+/// replica's CPU under claims, most of it the penalty scores of the eight masks.)
 pub fn png_data_url(text: &str) -> Option<String> {
     let (modules, dark) = modules(text.as_bytes())?;
-    let side = (modules + 2 * PNG_QUIET_ZONE as usize) * PNG_SCALE as usize;
     let scale = PNG_SCALE as usize;
+    let side = (modules + 2 * PNG_QUIET_ZONE as usize) * scale;
     let border = PNG_QUIET_ZONE as usize * scale;
-    let mut pixels = vec![255u8; side * side];
-    let mut row = vec![255u8; side];
+    // Grey at one bit: 1 is white. Bits fill each byte from its high end; a row is whole bytes.
+    let stride = side.div_ceil(8);
+    let mut pixels = vec![0xffu8; stride * side];
+    let mut row = vec![0xffu8; stride];
     for my in 0..modules {
-        for (mx, &is_dark) in dark[my * modules..(my + 1) * modules].iter().enumerate() {
+        row.fill(0xff);
+        for (mx, _) in dark[my * modules..(my + 1) * modules]
+            .iter()
+            .enumerate()
+            .filter(|(_, &is_dark)| is_dark)
+        {
             let start = border + mx * scale;
-            row[start..start + scale].fill(if is_dark { 0 } else { 255 });
+            for x in start..start + scale {
+                row[x / 8] &= !(0x80 >> (x % 8));
+            }
         }
         let top = border + my * scale;
         for y in top..top + scale {
-            pixels[y * side..(y + 1) * side].copy_from_slice(&row);
+            pixels[y * stride..(y + 1) * stride].copy_from_slice(&row);
         }
     }
-    let image = image::GrayImage::from_raw(side as u32, side as u32, pixels)?;
-    let mut png = std::io::Cursor::new(Vec::new());
-    image.write_to(&mut png, image::ImageFormat::Png).ok()?;
+    let mut png = Vec::with_capacity(stride * side / 4);
+    let mut encoder = png::Encoder::new(&mut png, side as u32, side as u32);
+    encoder.set_color(png::ColorType::Grayscale);
+    encoder.set_depth(png::BitDepth::One);
+    let mut writer = encoder.write_header().ok()?;
+    writer.write_image_data(&pixels).ok()?;
+    writer.finish().ok()?;
     Some(format!(
         "data:image/png;base64,{}",
-        base64::engine::general_purpose::STANDARD.encode(png.into_inner())
+        base64::engine::general_purpose::STANDARD.encode(&png)
     ))
 }
 
@@ -271,6 +285,39 @@ mod tests {
             assert!(dark == expected, "modules differ for {text:?}");
             if width <= 64 {
                 assert_eq!(penalty_bits(&dark, width), penalty_modules(&dark, width));
+            }
+        }
+    }
+
+    /// Each pixel of the PNG is its module's colour, the quiet zone white.
+    #[test]
+    fn the_png_shows_the_modules_at_their_scale() {
+        for text in ["x", "https://convos.example/v2?i=a1B-a1B-a1B-a1B-a1B-a1B"] {
+            let url = png_data_url(text).unwrap();
+            let encoded = url.strip_prefix("data:image/png;base64,").unwrap();
+            let bytes = base64::engine::general_purpose::STANDARD
+                .decode(encoded)
+                .unwrap();
+            let mut decoder = png::Decoder::new(std::io::Cursor::new(bytes));
+            decoder.set_transformations(png::Transformations::EXPAND);
+            let mut reader = decoder.read_info().unwrap();
+            let mut pixels = vec![0; reader.output_buffer_size().unwrap()];
+            let info = reader.next_frame(&mut pixels).unwrap();
+            assert_eq!(info.color_type, png::ColorType::Grayscale);
+            let (width, dark) = modules(text.as_bytes()).unwrap();
+            let (scale, quiet) = (PNG_SCALE as usize, PNG_QUIET_ZONE as usize);
+            let side = (width + 2 * quiet) * scale;
+            assert_eq!((info.width as usize, info.height as usize), (side, side));
+            for y in 0..side {
+                for x in 0..side {
+                    let (mx, my) = (
+                        (x / scale).wrapping_sub(quiet),
+                        (y / scale).wrapping_sub(quiet),
+                    );
+                    let is_dark = mx < width && my < width && dark[my * width + mx];
+                    let pixel = pixels[y * info.line_size + x];
+                    assert_eq!(pixel, if is_dark { 0 } else { 255 }, "{text}: ({x}, {y})");
+                }
             }
         }
     }

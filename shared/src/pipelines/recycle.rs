@@ -29,7 +29,6 @@ use tracing::Instrument;
 use crate::domain::{new_gateway_token, Actor, Health, InstanceStatus};
 use crate::error::{Error, Result};
 use crate::instances::{self, Move};
-use crate::outbound::Failure;
 use crate::providers::ResourceRef;
 use crate::{services, Pool};
 
@@ -182,12 +181,20 @@ async fn drop_claim_tools(pool: &Pool, id: &str, since: DateTime<Utc>) -> Result
         };
         crate::failpoint!(
             "recycle.tool_destroy.before",
-            return Err(Error::outbound(tool.step(), "delete", Failure::Connection))
+            return Err(Error::outbound(
+                tool.step(),
+                "delete",
+                crate::outbound::Failure::Connection
+            ))
         );
         tool.destroy(&owned.resource_id).await?;
         crate::failpoint!(
             "recycle.tool_destroy.after",
-            return Err(Error::outbound(tool.step(), "delete", Failure::Connection))
+            return Err(Error::outbound(
+                tool.step(),
+                "delete",
+                crate::outbound::Failure::Connection
+            ))
         );
         let forgotten =
             services::forget_recycled(&pool.db, id, since, &owned.tool_id, &owned.resource_id)
