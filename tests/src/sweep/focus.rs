@@ -102,7 +102,9 @@ impl Situation {
                 "teardown.services_abandon.before",
                 "teardown.services_abandon.after",
                 "teardown.record_failures.after",
+                "teardown.provider_destroy.before",
                 "teardown.provider_destroy.after",
+                "tick.health.before",
             ],
         }
     }
