@@ -553,6 +553,21 @@ impl TestPool {
             .expect("stats json")
     }
 
+    /// A stub agent's `GET /stub/env` (asked with the instance's gateway token): the variables
+    /// it was handed and those it was started with.
+    pub async fn stub_env(&self, id: &str) -> Value {
+        let url = self.instance(id).await.and_then(|i| i.url).expect("url");
+        self.http
+            .get(format!("{url}/stub/env"))
+            .bearer_auth(self.gateway_token(id).await)
+            .send()
+            .await
+            .expect("env")
+            .json()
+            .await
+            .expect("env json")
+    }
+
     /// Every row of `instance_events`, for "nothing was written" checks.
     pub async fn event_count(&self) -> i64 {
         sqlx::query_scalar("SELECT count(*) FROM instance_events")

@@ -86,17 +86,7 @@ async fn a_claim_creates_and_joins_through_the_convos_protocol() {
 }
 
 async fn refused(t: &TestPool, id: &str) -> u64 {
-    let url = t.instance(id).await.unwrap().url.unwrap();
-    let stats: Value = t
-        .http
-        .get(format!("{url}/stub/stats"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    stats["refused"].as_u64().unwrap()
+    t.stub_stats(id).await["refused"].as_u64().unwrap()
 }
 
 /// A Convos gateway just booted refuses for a while; the claim tries it again, spaced out, and

@@ -380,17 +380,7 @@ async fn a_recycle_destroys_the_tools_the_claim_made_and_keeps_the_instance_s_ow
         "only the instance's own"
     );
     // The restarted runtime was handed none of the claim's variables, nor started with them.
-    let url = t.instance(&id).await.and_then(|i| i.url).expect("url");
-    let env: Value = t
-        .http
-        .get(format!("{url}/stub/env"))
-        .bearer_auth(t.gateway_token(&id).await)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let env = t.stub_env(&id).await;
     assert_eq!(env["env"], json!({}), "{env}");
     assert!(
         !env["startedWith"].to_string().contains("AGENTMAIL"),

@@ -119,17 +119,7 @@ async fn a_claim_by_template_adds_exactly_its_pool_tools_to_a_running_instance()
     assert!(!before.variables.contains_key("AGENTMAIL_INBOX_ID"));
 
     // And handed to the running runtime through the contract.
-    let url = row.url.unwrap();
-    let env: Value = t
-        .http
-        .get(format!("{url}/stub/env"))
-        .bearer_auth(t.gateway_token(&id).await)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let env = t.stub_env(&id).await;
     assert_eq!(
         env["env"]["AGENTMAIL_INBOX_ID"],
         inboxes[0].inbox_id.as_str()
