@@ -8,9 +8,10 @@
 //! runtime fails, a slow and a failing creation, a tick with orphans, a crashed runtime, abandoned
 //! resources), met again until A reaches the case's failpoint when it is one they are there for.
 //! Recycling and keep-alive (`recycle.*`, `heartbeat.*`) need a provider that restores and whose
-//! instances sleep: those cases run on the Sprites fake (without the focus situations, which are
-//! Railway's), where the operator's delete recycles the template's claim, a second release meets
-//! failing restores, and one idle sprite falls silent.
+//! instances sleep: those cases run on the Sprites fake (with its own focus situation instead of
+//! Railway's: a sprite falling silent while only A sends keep-alive rounds), where the operator's
+//! delete recycles the template's claim, a second release meets failing restores, and one idle
+//! sprite falls silent.
 //! Replica A runs with the failpoint; a killed A is restarted without it. Once the pool settles,
 //! [`Verdict::violations`] lists every invariant broken:
 //!
@@ -328,6 +329,7 @@ struct Times {
     tick: Duration,
     delay: Duration,
     recycle_timeout: Duration,
+    heartbeat_interval: Duration,
 }
 
 /// Runs one case. `bin` is an `agentpool` built with the `failpoints` feature.
@@ -344,6 +346,9 @@ pub async fn run_case(failpoint: &'static str, action: Action) -> Verdict {
         // Past every caller's timeout: the claim's deadline, a creation's, the tick's budget.
         delay: setting(&profile, "CLAIM_TIMEOUT_MS") * 2,
         recycle_timeout: Duration::from_millis(120_000).mul_f64(SCALE),
+        // Seed 002's 20 s, and a few times faster still: a silent sprite is given up by the
+        // beats before the tick's health checks condemn it.
+        heartbeat_interval: Duration::from_millis((20_000.0 / 2.0 * SCALE).round() as u64),
     };
     let case_started = Instant::now();
     let phase = |what: &str| {
@@ -400,9 +405,10 @@ pub async fn run_case(failpoint: &'static str, action: Action) -> Verdict {
                 ("SPRITE_TOKEN", fake.token().to_string()),
                 ("SPRITES_SETUP_COMMANDS", r#"["echo build"]"#.to_string()),
                 ("POOL_ENVIRONMENT", "dev".to_string()),
-                // Seed 002's 20 s, and a few times faster still: a silent sprite is given up
-                // by the beats before the tick's health checks condemn it.
-                ("HEARTBEAT_INTERVAL_MS", scaled(20_000.0 / 2.0)),
+                (
+                    "HEARTBEAT_INTERVAL_MS",
+                    times.heartbeat_interval.as_millis().to_string(),
+                ),
                 ("RECYCLE_TIMEOUT_MS", scaled(120_000.0)),
             ]
             .map(|(k, v)| (k.to_string(), v)),
@@ -628,25 +634,24 @@ pub async fn run_case(failpoint: &'static str, action: Action) -> Verdict {
     }
     answers.extend(second);
     phase("second claims");
-    // The situations the driving above seldom brings to A (see `focus`); Railway's, so not in
-    // the Sprites cases.
-    if sprites.is_none() {
-        let focused = focus::drive(&focus::Focus {
-            http: &http,
-            bases: &bases,
-            db: &db.pool,
-            outside: &outside,
-            prefix: &prefix,
-            a_log: &a_log,
-            failpoint,
-            template_id: template_id.as_deref(),
-            claim_limit: times.claim_timeout + times.tick * 2,
-        })
-        .await;
-        answers.extend(focused.answers);
-        kept.extend(focused.kept);
-        violations.extend(focused.violations);
-    }
+    // The situations the driving above seldom brings to A (see `focus`), its provider's.
+    let focused = focus::drive(&focus::Focus {
+        http: &http,
+        bases: &bases,
+        db: &db.pool,
+        outside: &outside,
+        prefix: &prefix,
+        a_log: &a_log,
+        failpoint,
+        template_id: template_id.as_deref(),
+        claim_limit: times.claim_timeout + times.tick * 2,
+        sprites: sprites.as_ref(),
+        heartbeat_interval: times.heartbeat_interval,
+    })
+    .await;
+    answers.extend(focused.answers);
+    kept.extend(focused.kept);
+    violations.extend(focused.violations);
 
     if let Some(fake) = &sprites {
         silence_one(&http, &bases[0], &db.pool, fake, &prefix).await;
@@ -1322,11 +1327,14 @@ pub fn report(verdicts: &[Verdict], elapsed: Duration) -> String {
          every service, volume, key, inbox and number owned by a row or deleted, no row in a \
          transient state past its timeout plus two ticks, every claim answered (a success or a \
          JSON error) within the claim deadline plus two ticks. The cases of `recycle.*` and \
-         `heartbeat.*` run on the Sprites fake instead of Railway's, without the situations on A: the template's claim is \
-         recycled (its pool tools destroyed), a second claim's recycle fails on its restore \
-         (destroyed instead), and one idle sprite falls silent, execs failing, so the beats \
-         wake it in vain and give it up; no row may stay `recycling` past `RECYCLE_TIMEOUT_MS` \
-         plus two ticks.\n\n"
+         `heartbeat.*` run on the Sprites fake instead of Railway's, with a situation of their \
+         own on A instead of those: the template's claim is recycled (its pool tools \
+         destroyed), a second claim's recycle fails on its restore (destroyed instead); then, \
+         the replicas' keep-alive timers held off, an idle sprite's machine is lost and A's \
+         rounds fail its pings, wake it in vain and give it up (met again, up to 4 times, in \
+         the cases of `heartbeat.*`, until A reaches them); and one idle sprite falls silent, \
+         execs failing, so the racing replicas' beats wake it in vain and give it up; no row \
+         may stay `recycling` past `RECYCLE_TIMEOUT_MS` plus two ticks.\n\n"
     ));
     out.push_str(&format!(
         "**{} failpoints, {} cases, {passed} passed, {} failed; {fired} cases reached their \

@@ -125,6 +125,8 @@ struct Sprite {
     last_active: Instant,
     /// A restore in progress: execs fail until it is over.
     restoring: bool,
+    /// Its machine is lost ([`SpritesFake::lose`]): execs fail and its service stays down.
+    lost: bool,
     /// Bumped at every start and stop, so a late start of an older generation does nothing.
     generation: u64,
 }
@@ -391,6 +393,21 @@ impl SpritesFake {
         }
     }
 
+    /// Stops a sprite's service for good, as when its machine is lost: its execs fail (so no
+    /// wake brings it back) and nothing starts the service again; its other requests, its
+    /// delete among them, are answered as before. False if there is no such sprite.
+    pub fn lose(&self, name: &str) -> bool {
+        let mut world = self.inner.world();
+        match world.sprites.iter_mut().find(|s| s.name == name) {
+            Some(sprite) => {
+                sprite.lost = true;
+                stop(sprite);
+                true
+            }
+            None => false,
+        }
+    }
+
     /// A sprite nobody asked this fake for (another pool, or a create whose reply was lost).
     pub fn create_behind_our_back(&self, name: &str) -> Result<(), String> {
         let sprite = new_sprite(name)?;
@@ -439,6 +456,7 @@ fn new_sprite(name: &str) -> Result<Sprite, String> {
         running: None,
         last_active: Instant::now(),
         restoring: false,
+        lost: false,
         generation: 0,
     })
 }
@@ -474,7 +492,10 @@ fn start_service(inner: &Arc<Inner>, world: &mut World, name: &str) {
     let Some(sprite) = world.sprites.iter_mut().find(|s| s.name == name) else {
         return;
     };
-    if sprite.running.is_some() || !sprite.services.iter().any(|s| s.http_port.is_some()) {
+    if sprite.running.is_some()
+        || sprite.lost
+        || !sprite.services.iter().any(|s| s.http_port.is_some())
+    {
         return;
     }
     let stub_env = inner
@@ -928,6 +949,13 @@ async fn exec(
                 StatusCode::SERVICE_UNAVAILABLE,
                 "sprite_unavailable",
                 "sprite is restoring",
+            );
+        }
+        if sprite.lost {
+            return inner.coded(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "sprite_unavailable",
+                "sprite's machine is lost",
             );
         }
         touch(&mut world, &name);

@@ -2,9 +2,11 @@
 //! failpoint), each driven on A after the main driving: a claim whose tool fails, a claim whose
 //! runtime died, an abandoned resource whose tool is back, a slow creation and a failing one, and
 //! a tick that has orphans, a shifted listing, a crashed runtime and a teardown with an
-//! unconfigured tool to deal with. Every case meets each situation once; a case whose failpoint only a situation
-//! reaches meets it again (up to [`ROUNDS`] times) until A's log shows the failpoint fired, since
-//! B's ticks race A's for what the tick cleans up.
+//! unconfigured tool to deal with; on the Sprites fake instead, a sprite falling silent for good
+//! while only A sends keep-alive rounds. Every case meets each situation of its provider once; a
+//! case whose failpoint only a situation reaches meets it again (up to [`ROUNDS`] times) until
+//! A's log shows the failpoint fired, since B's ticks race A's for what the tick cleans up, and
+//! B's keep-alive timer can still slip into a slot freed for A.
 
 use std::path::Path;
 use std::time::Duration;
@@ -12,13 +14,19 @@ use std::time::Duration;
 use serde_json::{json, Value};
 use sqlx::PgPool;
 
-use crate::fakes::{Controls, Fault, Scope};
+use crate::fakes::{Controls, Fault, Scope, SpritesFake};
 use crate::outside::Outside;
 
 use super::{claim, count, wait_for, Answer, API_KEY};
 
 /// How often a situation is met at most, for a case whose failpoint it targets.
 const ROUNDS: usize = 4;
+/// A's keep-alive rounds at most in one silent sprite: three failed pings wake it, and a
+/// failpoint's three errors (on the slot, or on giving up) can each cost a round.
+const BEATS: usize = 10;
+/// How long the replicas' keep-alive timers are held off at most: past a situation whose rounds
+/// each stall on a delayed failpoint.
+const HELD: Duration = Duration::from_secs(30);
 
 /// What the focus phase needs of the case.
 pub(super) struct Focus<'a> {
@@ -32,6 +40,10 @@ pub(super) struct Focus<'a> {
     pub template_id: Option<&'a str>,
     /// A claim's answer is due within this.
     pub claim_limit: Duration,
+    /// The Sprites fake, in the cases that run on it (then only its situations are met).
+    pub sprites: Option<&'a SpritesFake>,
+    /// The replicas' `HEARTBEAT_INTERVAL_MS`, which numbers the keep-alive slots.
+    pub heartbeat_interval: Duration,
 }
 
 /// What the focus phase did: the claims' answers, the instances claimed (healthy, kept), and
@@ -51,10 +63,11 @@ enum Situation {
     SlowCreation,
     CreationFails,
     TickCleansUp,
+    SpriteFallsSilent,
 }
 
 impl Situation {
-    const ALL: [Situation; 6] = [
+    const RAILWAY: [Situation; 6] = [
         Situation::ToolFailsAtClaim,
         Situation::RuntimeDeadAtClaim,
         Situation::AbandonedComesBack,
@@ -62,6 +75,7 @@ impl Situation {
         Situation::CreationFails,
         Situation::TickCleansUp,
     ];
+    const SPRITES: [Situation; 1] = [Situation::SpriteFallsSilent];
 
     /// The failpoints this situation is there for: a case of one of them meets it until A
     /// reached its failpoint.
@@ -106,14 +120,26 @@ impl Situation {
                 "teardown.provider_destroy.after",
                 "tick.health.before",
             ],
+            // All of keep-alive's: the driving's silent sprite (`sweep::silence_one`) is given
+            // up by whichever replica wins the slots, which A's timer may never do.
+            Situation::SpriteFallsSilent => &[
+                "heartbeat.slot.after",
+                "heartbeat.ping.before",
+                "heartbeat.ping.after",
+                "heartbeat.wake.before",
+                "heartbeat.wake.after",
+                "heartbeat.give_up.before",
+                "heartbeat.give_up.after",
+            ],
         }
     }
 }
 
 /// Every failpoint some situation is there for (a test keeps them among the sweep's).
 pub fn targeted() -> Vec<&'static str> {
-    Situation::ALL
+    Situation::RAILWAY
         .iter()
+        .chain(&Situation::SPRITES)
         .flat_map(|s| s.targets().iter().copied())
         .collect()
 }
@@ -125,10 +151,15 @@ pub(super) fn reached(a_log: &Path, failpoint: &str) -> bool {
         .contains(&format!("failpoint=\"{failpoint}\""))
 }
 
-/// Meets every situation once on A, and the one the case's failpoint needs until A reached it.
+/// Meets every situation of the case's provider once on A, and the one the case's failpoint
+/// needs until A reached it.
 pub(super) async fn drive(f: &Focus<'_>) -> Driven {
     let mut driven = Driven::default();
-    for situation in Situation::ALL {
+    let situations: &[Situation] = match f.sprites {
+        Some(_) => &Situation::SPRITES,
+        None => &Situation::RAILWAY,
+    };
+    for &situation in situations {
         for round in 0..ROUNDS {
             if std::env::var_os("SWEEP_VERBOSE").is_some() {
                 eprintln!("  {}: {situation:?}, round {round}", f.failpoint);
@@ -140,6 +171,7 @@ pub(super) async fn drive(f: &Focus<'_>) -> Driven {
                 Situation::SlowCreation => slow_creation(f, &mut driven).await,
                 Situation::CreationFails => creation_fails(f, &mut driven).await,
                 Situation::TickCleansUp => tick_cleans_up(f, round, &mut driven).await,
+                Situation::SpriteFallsSilent => sprite_falls_silent(f, &mut driven).await,
             }
             if !situation.targets().contains(&f.failpoint) || reached(f.a_log, f.failpoint) {
                 break;
@@ -397,5 +429,156 @@ async fn full_tick_on_a(f: &Focus<'_>, driven: &mut Driven) {
                 .push(format!("POST /api/pool/tick: {status} that says nothing"));
         }
         return;
+    }
+}
+
+/// An idle sprite's machine is lost (its service down, its execs failing) while only A sends
+/// keep-alive rounds: A's rounds fail its pings, wake it in vain and give it up. The replicas'
+/// timers are held off meanwhile, since whichever wins a slot pings the fleet, and a timer whose
+/// phase trails the other's never wins one.
+async fn sprite_falls_silent(f: &Focus<'_>, driven: &mut Driven) {
+    let Some(fake) = f.sprites else { return };
+    if !idle_at_least(f, 1, driven, "a silent sprite").await {
+        return;
+    }
+    let silent: Option<(String, String)> = sqlx::query_as(
+        "SELECT i.id, f.resource_id FROM instances i JOIN instance_infra f ON f.instance_id = i.id
+          WHERE i.status = 'idle' ORDER BY i.status_since, i.id LIMIT 1",
+    )
+    .fetch_optional(f.db)
+    .await
+    .unwrap_or(None);
+    let Some((id, sprite)) = silent else { return };
+    let slots = Slots::hold(f, driven).await;
+    fake.lose(&sprite);
+    for _ in 0..BEATS {
+        if !slots.beat_on_a(f, driven).await
+            || count(f.db, &format!("id = '{id}' AND status = 'idle'")).await == 0
+        {
+            break;
+        }
+    }
+    slots.release(driven).await;
+}
+
+/// The keep-alive slots of the coming [`HELD`], taken by the sweep as a scheduler that sent
+/// their rounds would take them, so that neither replica's timer sends one; each round asked of
+/// A frees the current slot just before.
+struct Slots<'a> {
+    db: &'a PgPool,
+    interval_ms: i64,
+}
+
+impl<'a> Slots<'a> {
+    /// The slot `now()` falls in, as `heartbeat::beat` numbers it.
+    const NOW: &'static str = "floor(extract(epoch FROM now()) * 1000 / $1)::bigint";
+
+    async fn hold(f: &Focus<'a>, driven: &mut Driven) -> Slots<'a> {
+        let interval_ms = i64::try_from(f.heartbeat_interval.as_millis())
+            .unwrap_or(i64::MAX)
+            .max(1);
+        let count = i64::try_from(HELD.as_millis()).unwrap_or(i64::MAX) / interval_ms;
+        let held = sqlx::query(&format!(
+            "INSERT INTO heartbeat_rounds (slot) SELECT {} + n FROM generate_series(0, $2) n
+             ON CONFLICT DO NOTHING",
+            Self::NOW
+        ))
+        .bind(interval_ms)
+        .bind(count)
+        .execute(f.db)
+        .await;
+        if let Err(e) = held {
+            driven
+                .violations
+                .push(format!("holding the keep-alive slots: {e}"));
+        }
+        Slots {
+            db: f.db,
+            interval_ms,
+        }
+    }
+
+    /// `POST /api/pool/keepalive` on A, the current slot freed for it; asked again while the
+    /// round was skipped (B's timer came between, or the slot ended) or refused for a while (the
+    /// driving's wrong logins make this client wait). False if A did not answer (a kill: the
+    /// released timers of the restarted A and of B take it from there).
+    async fn beat_on_a(&self, f: &Focus<'_>, driven: &mut Driven) -> bool {
+        for _ in 0..20 {
+            let freed = sqlx::query(&format!(
+                "DELETE FROM heartbeat_rounds WHERE slot = {}",
+                Self::NOW
+            ))
+            .bind(self.interval_ms)
+            .execute(self.db)
+            .await;
+            if let Err(e) = freed {
+                driven
+                    .violations
+                    .push(format!("freeing a keep-alive slot: {e}"));
+                return false;
+            }
+            let sent = f
+                .http
+                .post(format!("{}/api/pool/keepalive", f.bases[0]))
+                .bearer_auth(API_KEY)
+                .timeout(Duration::from_secs(30))
+                .send()
+                .await;
+            let verbose = std::env::var_os("SWEEP_VERBOSE").is_some();
+            let reply = match sent {
+                Ok(reply) => reply,
+                Err(e) => {
+                    if verbose {
+                        eprintln!("  {}: A's keep-alive: {e}", f.failpoint);
+                    }
+                    return false;
+                }
+            };
+            let status = reply.status();
+            let wait = reply
+                .headers()
+                .get(reqwest::header::RETRY_AFTER)
+                .and_then(|v| v.to_str().ok())
+                .and_then(|v| v.parse().ok())
+                .map(Duration::from_secs);
+            let body: Value = reply.json().await.unwrap_or(Value::Null);
+            if verbose {
+                eprintln!("  {}: A's keep-alive: {status} {body}", f.failpoint);
+            }
+            if status.is_success() && body["skipped"] == json!(true) {
+                continue;
+            }
+            if let (reqwest::StatusCode::TOO_MANY_REQUESTS, Some(wait)) = (status, wait) {
+                // Nothing to await but the time the reply names.
+                tokio::time::sleep(wait.min(HELD / 4)).await;
+                continue;
+            }
+            if !status.is_success()
+                && !body["error"]["code"].is_string()
+                && !body["code"].is_string()
+            {
+                driven.violations.push(format!(
+                    "POST /api/pool/keepalive: {status} that says nothing"
+                ));
+            }
+            return true;
+        }
+        true
+    }
+
+    /// The slots still ahead given back to the replicas' timers.
+    async fn release(self, driven: &mut Driven) {
+        let released = sqlx::query(&format!(
+            "DELETE FROM heartbeat_rounds WHERE slot > {}",
+            Self::NOW
+        ))
+        .bind(self.interval_ms)
+        .execute(self.db)
+        .await;
+        if let Err(e) = released {
+            driven
+                .violations
+                .push(format!("releasing the keep-alive slots: {e}"));
+        }
     }
 }
