@@ -103,10 +103,122 @@ pub fn png_data_url(text: &str) -> Option<String> {
 
 /// The modules of the text's QR code, row by row (`true` is dark), and its width: the very code
 /// `QrCode::new` makes (error correction M, the mask of the lowest penalty score, the first such
-/// on a tie), with the penalty scores computed on a plain grid instead of through `Canvas::get`
-/// (which `qrcode` 0.14 does per module, boxing a closure per position for the finder score).
+/// on a tie). Codes up to 64 modules wide (invite URLs are) are masked and scored a row at a time
+/// on the bits of a `u64`: `qrcode` 0.14 masks module by module and scores through
+/// `Canvas::get`, boxing a closure per position, which under claims was most of a replica's CPU.
 fn modules(text: &[u8]) -> Option<(usize, Vec<bool>)> {
-    use qrcode::canvas::{Canvas, MaskPattern};
+    use qrcode::canvas::{Canvas, Module};
+    let level = qrcode::EcLevel::M;
+    let bits = qrcode::bits::encode_auto(text, level).ok()?;
+    let version = bits.version();
+    let (data, ec) = qrcode::ec::construct_codewords(&bits.into_bytes(), version, level).ok()?;
+    let mut canvas = Canvas::new(version, level);
+    canvas.draw_all_functional_patterns();
+    canvas.draw_data(&data, &ec);
+    let width = usize::try_from(version.width()).ok()?;
+    if width > 64 {
+        return Some((width, modules_wide(&canvas, width)));
+    }
+    // The unmasked code: the modules a mask inverts (data and error correction), and the dark
+    // ones. The format information is reserved light here; each mask writes its own below.
+    let (mut plain, mut maskable) = ([0u64; 64], [0u64; 64]);
+    for y in 0..width {
+        for x in 0..width {
+            let (is_maskable, is_dark) = match canvas.get(x as i16, y as i16) {
+                Module::Unmasked(c) => (true, c == qrcode::Color::Dark),
+                Module::Empty => (true, false),
+                Module::Masked(c) => (false, c == qrcode::Color::Dark),
+            };
+            plain[y] |= u64::from(is_dark) << x;
+            maskable[y] |= u64::from(is_maskable) << x;
+        }
+    }
+    let mut best: Option<(i64, [u64; 64])> = None;
+    for (mask, format) in FORMAT_M.iter().enumerate() {
+        let mut rows = plain;
+        for (y, row) in rows[..width].iter_mut().enumerate() {
+            let inverted = (0..width).fold(0u64, |b, x| b | u64::from(inverts(mask, x, y)) << x);
+            *row ^= inverted & maskable[y];
+        }
+        let at = |c: i16| usize::try_from(c.rem_euclid(width as i16)).unwrap_or_default();
+        for (i, (&main, &side)) in FORMAT_MAIN.iter().zip(&FORMAT_SIDE).enumerate() {
+            if format & (1 << (14 - i)) != 0 {
+                for (x, y) in [main, side] {
+                    rows[at(y)] |= 1 << at(x);
+                }
+            }
+        }
+        let score = penalty_bits(&rows[..width], width);
+        if best.as_ref().is_none_or(|(lowest, _)| score < *lowest) {
+            best = Some((score, rows));
+        }
+    }
+    let (_, rows) = best?;
+    let dark = (0..width * width)
+        .map(|i| rows[i / width] >> (i % width) & 1 == 1)
+        .collect();
+    Some((width, dark))
+}
+
+/// Whether mask pattern `mask` (0–7, as numbered in the format information) inverts module
+/// (`x`, `y`).
+fn inverts(mask: usize, x: usize, y: usize) -> bool {
+    match mask {
+        0 => (x + y).is_multiple_of(2),
+        1 => y.is_multiple_of(2),
+        2 => x.is_multiple_of(3),
+        3 => (x + y).is_multiple_of(3),
+        4 => (y / 2 + x / 3).is_multiple_of(2),
+        5 => (x * y) % 2 + (x * y) % 3 == 0,
+        6 => ((x * y) % 2 + (x * y) % 3).is_multiple_of(2),
+        _ => ((x + y) % 2 + (x * y) % 3).is_multiple_of(2),
+    }
+}
+
+/// The format information of error correction level M with masks 0 to 7, BCH-coded (ISO/IEC
+/// 18004, table C.1), and where its 15 bits go, the most significant first: beside the top-left
+/// finder, and split between the other two (a negative coordinate counts from the far edge).
+const FORMAT_M: [u16; 8] = [
+    0x5412, 0x5125, 0x5e7c, 0x5b4b, 0x45f9, 0x40ce, 0x4f97, 0x4aa0,
+];
+const FORMAT_MAIN: [(i16, i16); 15] = [
+    (0, 8),
+    (1, 8),
+    (2, 8),
+    (3, 8),
+    (4, 8),
+    (5, 8),
+    (7, 8),
+    (8, 8),
+    (8, 7),
+    (8, 5),
+    (8, 4),
+    (8, 3),
+    (8, 2),
+    (8, 1),
+    (8, 0),
+];
+const FORMAT_SIDE: [(i16, i16); 15] = [
+    (8, -1),
+    (8, -2),
+    (8, -3),
+    (8, -4),
+    (8, -5),
+    (8, -6),
+    (8, -7),
+    (-8, 8),
+    (-7, 8),
+    (-6, 8),
+    (-5, 8),
+    (-4, 8),
+    (-3, 8),
+    (-2, 8),
+    (-1, 8),
+];
+
+/// [`modules`] of codes wider than 64 modules, through `qrcode`'s own masking.
+fn modules_wide(canvas: &qrcode::canvas::Canvas, width: usize) -> Vec<bool> {
+    use qrcode::canvas::MaskPattern;
     const MASKS: [MaskPattern; 8] = [
         MaskPattern::Checkerboard,
         MaskPattern::HorizontalLines,
@@ -117,14 +229,6 @@ fn modules(text: &[u8]) -> Option<(usize, Vec<bool>)> {
         MaskPattern::Diamonds,
         MaskPattern::Meadow,
     ];
-    let level = qrcode::EcLevel::M;
-    let bits = qrcode::bits::encode_auto(text, level).ok()?;
-    let version = bits.version();
-    let (data, ec) = qrcode::ec::construct_codewords(&bits.into_bytes(), version, level).ok()?;
-    let mut canvas = Canvas::new(version, level);
-    canvas.draw_all_functional_patterns();
-    canvas.draw_data(&data, &ec);
-    let width = usize::try_from(version.width()).ok()?;
     MASKS
         .iter()
         .map(|&mask| {
@@ -135,36 +239,26 @@ fn modules(text: &[u8]) -> Option<(usize, Vec<bool>)> {
                 .into_iter()
                 .map(|c| c == qrcode::Color::Dark)
                 .collect();
-            (penalty(&dark, width), dark)
+            (penalty_modules(&dark, width), dark)
         })
         .min_by_key(|(score, _)| *score)
-        .map(|(_, dark)| (width, dark))
-}
-
-/// `qrcode`'s penalty score of a masked normal QR code (`Canvas::compute_total_penalty_scores`),
-/// rule for rule: runs of five or more, 2×2 blocks, finder-like patterns, and the balance of dark
-/// and light. Codes up to 64 modules wide (invite URLs are) are scored a line at a time on bits.
-fn penalty(dark: &[bool], width: usize) -> i64 {
-    if width <= 64 {
-        penalty_bits(dark, width)
-    } else {
-        penalty_modules(dark, width)
-    }
+        .map(|(_, dark)| dark)
+        .unwrap_or_default()
 }
 
 /// The finder-like pattern `#.###.#`, module `k` at bit `k`.
 const FINDER: [bool; 7] = [true, false, true, true, true, false, true];
 
-/// [`penalty`] with each row and each column as the bits of a `u64` (bit `x` is module `x`).
-fn penalty_bits(dark: &[bool], width: usize) -> i64 {
-    let mut rows = [0u64; 64];
+/// `qrcode`'s penalty score of a masked normal QR code (`Canvas::compute_total_penalty_scores`),
+/// rule for rule: runs of five or more, 2×2 blocks, finder-like patterns, and the balance of dark
+/// and light; each row, and each column, as the bits of a `u64` (bit `x` is module `x`).
+fn penalty_bits(rows: &[u64], width: usize) -> i64 {
     let mut cols = [0u64; 64];
-    for y in 0..width {
-        for x in 0..width {
-            if dark[y * width + x] {
-                rows[y] |= 1 << x;
-                cols[x] |= 1 << y;
-            }
+    for (y, &row) in rows.iter().enumerate() {
+        let mut dark = row;
+        while dark != 0 {
+            cols[dark.trailing_zeros() as usize] |= 1 << y;
+            dark &= dark - 1;
         }
     }
     let full: u64 = if width == 64 { !0 } else { (1 << width) - 1 };
@@ -218,7 +312,7 @@ fn penalty_bits(dark: &[bool], width: usize) -> i64 {
     score + (ratio - 100).abs()
 }
 
-/// [`penalty`] module by module, for codes wider than 64 modules.
+/// [`penalty_bits`] module by module, for codes wider than 64 modules.
 fn penalty_modules(dark: &[bool], width: usize) -> i64 {
     let at = |x: usize, y: usize| dark[y * width + x];
     let mut score: i64 = 0;
@@ -277,6 +371,8 @@ mod tests {
         texts.push("https://dev.convos.org/v2?i=existing-conversation".into());
         texts.push("x".into());
         texts.push("0123456789".repeat(30));
+        // Wider than 64 modules (version 15).
+        texts.push("x".repeat(400));
         for text in texts {
             let code = QrCode::new(text.as_bytes()).unwrap();
             let expected: Vec<bool> = code
@@ -288,7 +384,11 @@ mod tests {
             assert_eq!(width, code.width(), "{text}");
             assert!(dark == expected, "modules differ for {text:?}");
             if width <= 64 {
-                assert_eq!(penalty_bits(&dark, width), penalty_modules(&dark, width));
+                let rows: Vec<u64> = dark
+                    .chunks(width)
+                    .map(|row| (0..width).fold(0, |b, x| b | u64::from(row[x]) << x))
+                    .collect();
+                assert_eq!(penalty_bits(&rows, width), penalty_modules(&dark, width));
             }
         }
     }
