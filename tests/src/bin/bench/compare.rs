@@ -70,6 +70,16 @@ fn ratios_of(json: &Value) -> BTreeMap<String, f64> {
                     ratios.insert(format!("{what}, {clients} clients{placement}"), share);
                 }
             }
+            // The replica against the bare server of the same run: this code's own overhead,
+            // whatever the machine.
+            if let (Some(http), Some(ceiling)) =
+                (cell["httpShare"].as_f64(), cell["ceilingShare"].as_f64())
+            {
+                ratios.insert(
+                    format!("HTTP claims ÷ ceiling, {clients} clients{placement}"),
+                    http / ceiling,
+                );
+            }
         }
     }
     ratios

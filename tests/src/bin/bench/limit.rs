@@ -12,6 +12,7 @@ use anyhow::Context;
 use serde::{Deserialize, Serialize};
 use sqlx::PgPool;
 
+use crate::ceiling::BareServer;
 use crate::claims::{claim_over_http, fill, load, TickLock};
 use crate::fleet::{Replica, SharedStub};
 use crate::Scale;
@@ -43,7 +44,8 @@ CREATE TABLE minimal.events (
     at          TIMESTAMPTZ NOT NULL DEFAULT clock_timestamp()
 );";
 
-const MINIMAL_CLAIM: &str = r"WITH t AS (
+/// The minimal claim's first statement: take the oldest idle row and record the event.
+pub const MINIMAL_TAKE: &str = "WITH t AS (
   UPDATE minimal.instances SET status = 'claiming', claim_token = gen_random_uuid(), status_since = now()
    WHERE id = (SELECT id FROM minimal.instances WHERE status = 'idle'
                 ORDER BY created_at, id LIMIT 1 FOR UPDATE SKIP LOCKED)
@@ -52,15 +54,27 @@ const MINIMAL_CLAIM: &str = r"WITH t AS (
   INSERT INTO minimal.events (instance_id, from_status, to_status, reason, actor)
   SELECT id, 'idle', 'claiming', 'claim started', 'claim' FROM t
 )
-SELECT id, claim_token AS tok FROM t \gset
-WITH t AS (
+SELECT id, url, gateway_token, claim_token FROM t";
+
+/// Its second: confirm the row, fenced by the claim token (`$1` id, `$2` token), and record the
+/// event.
+pub const MINIMAL_FINISH: &str = "WITH t AS (
   UPDATE minimal.instances SET status = 'claimed', claim_token = NULL, status_since = now()
-   WHERE id = :id AND claim_token = :tok AND status = 'claiming'
+   WHERE id = $1 AND claim_token = $2 AND status = 'claiming'
   RETURNING id
+), e AS (
+  INSERT INTO minimal.events (instance_id, from_status, to_status, reason, actor)
+  SELECT id, 'claiming', 'claimed', 'provisioned', 'claim' FROM t
 )
-INSERT INTO minimal.events (instance_id, from_status, to_status, reason, actor)
-SELECT id, 'claiming', 'claimed', 'provisioned', 'claim' FROM t;
-";
+SELECT id FROM t";
+
+/// Both as a pgbench script: the first's columns become variables for the second.
+fn minimal_script() -> String {
+    let finish = MINIMAL_FINISH
+        .replace("$1", ":id")
+        .replace("$2", ":claim_token");
+    format!("{MINIMAL_TAKE} \\gset\n{finish};\n")
+}
 
 /// `shared/src/pipelines/claim/mod.rs`'s two statements as a claim without an `Idempotency-Key` runs them
 /// (`take_idle`, then `finish`), with the runtime's reply as literals.
@@ -105,8 +119,12 @@ pub struct LimitCell {
     /// Medians of each round's ratio to that round's minimal claim.
     pub claim_sql_share: f64,
     pub http_share: f64,
-    /// Every round's `[minimal, claim SQL, HTTP]` claims a second.
-    pub runs: Vec<[f64; 3]>,
+    /// The minimal claim served over HTTP by a server that does nothing else
+    /// ([`crate::ceiling`]), and its share: what the shape leaves for any implementation.
+    pub ceiling_per_second: f64,
+    pub ceiling_share: f64,
+    /// Every round's `[minimal, claim SQL, HTTP, ceiling]` claims a second.
+    pub runs: Vec<[f64; 4]>,
 }
 
 pub async fn measure(
@@ -121,7 +139,7 @@ pub async fn measure(
         .tempdir()?;
     let minimal_script = scripts.path().join("minimal.sql");
     let project_script = scripts.path().join("project.sql");
-    std::fs::write(&minimal_script, MINIMAL_CLAIM)?;
+    std::fs::write(&minimal_script, self::minimal_script())?;
     std::fs::write(&project_script, PROJECT_CLAIM)?;
     let pgbench = agentpool_core::db::embedded::find_bin_dir()?.join("pgbench");
 
@@ -131,7 +149,7 @@ pub async fn measure(
         .timeout(Duration::from_secs(30))
         .build()?;
     let replica = Replica::start(database_url, &http).await?;
-    let base = Arc::new(replica.base.clone());
+    let bare = BareServer::start(database_url)?;
     let mut cells = Vec::new();
     for clients in CLIENTS {
         let claims = scale.claims;
@@ -139,49 +157,44 @@ pub async fn measure(
         let rows = scale.limit_seconds * 20_000;
         let mut runs = Vec::new();
         for round in 0..scale.limit_rounds {
-            fill_minimal(db, rows).await?;
             // Each round opens with a different one, so that a drift in the machine's load
             // does not favour one side.
-            let mut order = [0usize, 1, 2];
-            order.rotate_left(round % 3);
-            let mut run = [0.0; 3];
+            let mut order = [0usize, 1, 2, 3];
+            order.rotate_left(round % 4);
+            let mut run = [0.0; 4];
             for which in order {
                 run[which] = match which {
                     0 => {
+                        fill_minimal(db, stub, rows).await?;
                         pgbench_run(&pgbench, database_url, &minimal_script, clients, scale).await?
                     }
                     1 => {
                         fill(db, stub, rows).await?;
                         pgbench_run(&pgbench, database_url, &project_script, clients, scale).await?
                     }
-                    _ => {
+                    2 => {
                         let warmup = (clients * 4).max(50);
                         fill(db, stub, warmup + claims).await?;
-                        let claim = {
-                            let (http, base) = (http.clone(), base.clone());
-                            move |_| {
-                                let (http, base) = (http.clone(), base.clone());
-                                async move { claim_over_http(&http, &base).await }
-                            }
-                        };
-                        load(clients, warmup, None, claim.clone()).await;
-                        let load = load(clients, claims, None, claim).await;
-                        let errors = load.samples.iter().filter(|(_, o)| o.is_err()).count();
-                        anyhow::ensure!(errors == 0, "{errors} HTTP claims failed");
-                        claims as f64 / load.elapsed.as_secs_f64()
+                        http_run(&http, &replica.base, clients, warmup, claims).await?
+                    }
+                    _ => {
+                        let warmup = (clients * 4).max(50);
+                        fill_minimal(db, stub, warmup + claims).await?;
+                        http_run(&http, &bare.base, clients, warmup, claims).await?
                     }
                 };
             }
             eprintln!(
-                "bench: limit, {clients:>2} clients, round {}: minimal {:.0}/s, claim SQL {:.0}/s, HTTP {:.0}/s",
+                "bench: limit, {clients:>2} clients, round {}: minimal {:.0}/s, claim SQL {:.0}/s, HTTP {:.0}/s, ceiling {:.0}/s",
                 round + 1,
                 run[0],
                 run[1],
-                run[2]
+                run[2],
+                run[3]
             );
             runs.push(run);
         }
-        let median_of = |f: &dyn Fn(&[f64; 3]) -> f64| median(runs.iter().map(f).collect());
+        let median_of = |f: &dyn Fn(&[f64; 4]) -> f64| median(runs.iter().map(f).collect());
         cells.push(LimitCell {
             clients,
             rounds: runs.len(),
@@ -190,13 +203,12 @@ pub async fn measure(
             http_per_second: round1(median_of(&|r| r[2])),
             claim_sql_share: round3(median_of(&|r| r[1] / r[0])),
             http_share: round3(median_of(&|r| r[2] / r[0])),
-            runs: runs
-                .iter()
-                .map(|r| [round1(r[0]), round1(r[1]), round1(r[2])])
-                .collect(),
+            ceiling_per_second: round1(median_of(&|r| r[3])),
+            ceiling_share: round3(median_of(&|r| r[3] / r[0])),
+            runs: runs.iter().map(|r| r.map(round1)).collect(),
         });
     }
-    drop(replica);
+    drop((replica, bare));
     lock.release().await?;
     sqlx::raw_sql("DROP SCHEMA minimal CASCADE")
         .execute(db)
@@ -204,16 +216,19 @@ pub async fn measure(
     Ok(cells)
 }
 
-async fn fill_minimal(db: &PgPool, count: usize) -> anyhow::Result<()> {
+/// `count` idle rows of the minimal schema whose runtime is `stub` (the ceiling's server asks it).
+async fn fill_minimal(db: &PgPool, stub: &SharedStub, count: usize) -> anyhow::Result<()> {
     sqlx::raw_sql("TRUNCATE minimal.instances, minimal.events")
         .execute(db)
         .await?;
     sqlx::query(
         "INSERT INTO minimal.instances (id, url, status, gateway_token, created_at)
-         SELECT 'b' || lpad(g::text, 11, '0'), 'http://127.0.0.1:9', 'idle', 'token',
+         SELECT 'b' || lpad(g::text, 11, '0'), $1, 'idle', $2,
                 timestamptz '2026-01-01' + g * interval '1 millisecond'
-           FROM generate_series(1, $1) g",
+           FROM generate_series(1, $3) g",
     )
+    .bind(&stub.url)
+    .bind(&stub.token)
     .bind(count as i64)
     .execute(db)
     .await?;
@@ -258,6 +273,28 @@ async fn pgbench_run(
         .find_map(|l| l.strip_prefix("tps = "))
         .and_then(|rest| rest.split_whitespace().next()?.parse().ok())
         .with_context(|| format!("no tps in pgbench's output: {stdout}"))
+}
+
+/// `claims` HTTP claims through `base` on `clients` connections after a warm-up; claims a second.
+async fn http_run(
+    http: &reqwest::Client,
+    base: &str,
+    clients: usize,
+    warmup: usize,
+    claims: usize,
+) -> anyhow::Result<f64> {
+    let claim = {
+        let (http, base) = (http.clone(), Arc::new(base.to_owned()));
+        move |_| {
+            let (http, base) = (http.clone(), base.clone());
+            async move { claim_over_http(&http, &base).await }
+        }
+    };
+    load(clients, warmup, None, claim.clone()).await;
+    let load = load(clients, claims, None, claim).await;
+    let errors = load.samples.iter().filter(|(_, o)| o.is_err()).count();
+    anyhow::ensure!(errors == 0, "{errors} HTTP claims through {base} failed");
+    Ok(claims as f64 / load.elapsed.as_secs_f64())
 }
 
 fn median(mut values: Vec<f64>) -> f64 {

@@ -23,6 +23,7 @@
 
 mod ab;
 mod cadence;
+mod ceiling;
 mod claims;
 mod compare;
 mod fleet;
@@ -123,6 +124,10 @@ fn main() -> anyhow::Result<()> {
     let mut only_sprites = false;
     let mut only_limit = false;
     let mut ab = false;
+    let mut args = std::env::args().skip(1);
+    if let Some(database_url) = args.next().filter(|a| a == ceiling::ARG).and(args.next()) {
+        return ceiling::serve(&database_url);
+    }
     let mut args = std::env::args().skip(1);
     while let Some(arg) = args.next() {
         match arg.as_str() {

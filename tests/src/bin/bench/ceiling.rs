@@ -1,0 +1,123 @@
+//! The ceiling of the claim's shape: the minimal claim served over HTTP by a server that does
+//! nothing else — take the row, ask the runtime's `/pool/provision`, confirm — in a process of its
+//! own, between the same load generator, Postgres and stub agent as a replica. An HTTP claim
+//! crosses two more process boundaries than pgbench's minimal claim (the client's request, the
+//! runtime's provision); this server's share of the minimal claim is what those crossings leave
+//! for any implementation on this machine, and the replica's share is to be read against it.
+
+use std::io::{BufRead, BufReader};
+use std::process::{Command, Stdio};
+
+use anyhow::Context;
+use axum::extract::State;
+use axum::http::StatusCode;
+use axum::routing::post;
+use axum::{Json, Router};
+use serde_json::{json, Value};
+use sqlx::postgres::PgPoolOptions;
+use sqlx::PgPool;
+use uuid::Uuid;
+
+use agentpool_tests::Guarded;
+
+use crate::limit::{MINIMAL_FINISH, MINIMAL_TAKE};
+
+/// The argument that makes `agentpool-bench` this server, then the database's URL.
+pub const ARG: &str = "--bare-claim-server";
+
+/// The server, started from this binary; it answers at `base` until dropped.
+pub struct BareServer {
+    pub base: String,
+    _process: Guarded,
+}
+
+impl BareServer {
+    pub fn start(database_url: &str) -> anyhow::Result<Self> {
+        let mut child = Command::new(std::env::current_exe()?)
+            .args([ARG, database_url])
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .context("starting the bare claim server")?;
+        let stdout = child.stdout.take().context("bare claim server stdout")?;
+        let process = Guarded(child);
+        let mut line = String::new();
+        BufReader::new(stdout).read_line(&mut line)?;
+        let addr = line
+            .trim()
+            .strip_prefix("LISTENING ")
+            .with_context(|| format!("bare claim server said {line:?}"))?;
+        Ok(Self {
+            base: format!("http://{addr}"),
+            _process: process,
+        })
+    }
+}
+
+#[derive(Clone)]
+struct Bare {
+    db: PgPool,
+    http: reqwest::Client,
+}
+
+/// The server's process: `POST /api/pool/claim` (the path the load generator's claims take).
+pub fn serve(database_url: &str) -> anyhow::Result<()> {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
+    runtime.block_on(async {
+        let bare = Bare {
+            db: PgPoolOptions::new()
+                .max_connections(20)
+                .connect(database_url)
+                .await?,
+            http: reqwest::Client::new(),
+        };
+        let app = Router::new()
+            .route("/api/pool/claim", post(claim))
+            .with_state(bare);
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+        println!("LISTENING {}", listener.local_addr()?);
+        axum::serve(listener, app).await?;
+        Ok(())
+    })
+}
+
+type Failed = (StatusCode, String);
+
+fn failed(e: impl std::fmt::Display) -> Failed {
+    (StatusCode::INTERNAL_SERVER_ERROR, e.to_string())
+}
+
+async fn claim(State(bare): State<Bare>, Json(body): Json<Value>) -> Result<Json<Value>, Failed> {
+    let (id, url, gateway_token, claim_token): (String, String, String, Uuid) =
+        sqlx::query_as(MINIMAL_TAKE)
+            .fetch_one(&bare.db)
+            .await
+            .map_err(failed)?;
+    let provisioned: Value = bare
+        .http
+        .post(format!("{url}/pool/provision"))
+        .bearer_auth(gateway_token)
+        .json(&json!({"agentName": body["agentName"], "instructions": body["instructions"]}))
+        .send()
+        .await
+        .and_then(reqwest::Response::error_for_status)
+        .map_err(failed)?
+        .json()
+        .await
+        .map_err(failed)?;
+    let confirmed: Option<String> = sqlx::query_scalar(MINIMAL_FINISH)
+        .bind(&id)
+        .bind(claim_token)
+        .fetch_optional(&bare.db)
+        .await
+        .map_err(failed)?;
+    confirmed.ok_or_else(|| failed("the claim token no longer held the row"))?;
+    Ok(Json(json!({
+        "instanceId": id,
+        "inviteUrl": provisioned["inviteUrl"],
+        "conversationId": provisioned["conversationId"],
+    })))
+}
