@@ -117,18 +117,14 @@ pub fn markdown(report: &Report) -> String {
             cell.minimal_per_second,
             verdict(cell.http_share >= want)
         );
-        let _ = writeln!(
-            md,
-            "| (for reference) the ceiling of the shape at {} client(s): the minimal claim over HTTP, doing nothing else | {:.1} % ({:.0} claims/s); HTTP claims are {:.1} % of it | {} |",
-            cell.clients,
-            cell.ceiling_share * 100.0,
-            cell.ceiling_per_second,
-            cell.http_per_second / cell.ceiling_per_second * 100.0,
-            if cell.ceiling_share >= want {
-                "the target is within the shape's reach"
-            } else {
-                "**the target is beyond the shape on this machine**"
-            }
+        ceiling_line(
+            &mut md,
+            &format!(
+                "the ceiling of the shape at {} client(s): the minimal claim over HTTP, doing nothing else",
+                cell.clients
+            ),
+            cell,
+            want,
         );
         let _ = writeln!(
             md,
@@ -151,18 +147,14 @@ pub fn markdown(report: &Report) -> String {
             cell.minimal_per_second,
             verdict(cell.http_share >= want)
         );
-        let _ = writeln!(
-            md,
-            "| (for reference) its ceiling, Postgres on a core of its own, {} client(s) | {:.1} % ({:.0} claims/s); HTTP claims are {:.1} % of it | {} |",
-            cell.clients,
-            cell.ceiling_share * 100.0,
-            cell.ceiling_per_second,
-            cell.http_per_second / cell.ceiling_per_second * 100.0,
-            if cell.ceiling_share >= want {
-                "the target is within the shape's reach"
-            } else {
-                "**the target is beyond the shape on this machine**"
-            }
+        ceiling_line(
+            &mut md,
+            &format!(
+                "its ceiling, Postgres on a core of its own, {} client(s)",
+                cell.clients
+            ),
+            cell,
+            want,
         );
     }
     if let Some(cell) = http(1, 16) {
@@ -505,6 +497,23 @@ pub fn sprites_section(md: &mut String, f: &crate::sprites::SpritesFigures) {
         F::real_seconds(f.refill_without_recycling_ms),
         f.refill_with_recycling_ms,
         F::real_seconds(f.refill_with_recycling_ms),
+    );
+}
+
+/// A row of the targets: the shape's ceiling beside a target of share `want`, and whether the
+/// target is within its reach at all.
+fn ceiling_line(md: &mut String, what: &str, cell: &crate::limit::LimitCell, want: f64) {
+    let _ = writeln!(
+        md,
+        "| (for reference) {what} | {:.1} % ({:.0} claims/s); HTTP claims are {:.1} % of it | {} |",
+        cell.ceiling_share * 100.0,
+        cell.ceiling_per_second,
+        cell.http_per_second / cell.ceiling_per_second * 100.0,
+        if cell.ceiling_share >= want {
+            "the target is within the shape's reach"
+        } else {
+            "**the target is beyond the shape on this machine**"
+        }
     );
 }
 
