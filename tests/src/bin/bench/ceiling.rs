@@ -5,7 +5,6 @@
 //! runtime's provision); this server's share of the minimal claim is what those crossings leave
 //! for any implementation on this machine, and the replica's share is to be read against it.
 
-use std::io::{BufRead, BufReader};
 use std::process::{Command, Stdio};
 
 use anyhow::Context;
@@ -20,6 +19,7 @@ use uuid::Uuid;
 
 use agentpool_tests::Guarded;
 
+use crate::fleet::listening;
 use crate::limit::{MINIMAL_FINISH, MINIMAL_TAKE};
 
 /// The argument that makes `agentpool-bench` this server, then the database's URL.
@@ -32,22 +32,17 @@ pub struct BareServer {
 }
 
 impl BareServer {
-    pub fn start(database_url: &str) -> anyhow::Result<Self> {
-        let mut child = Command::new(std::env::current_exe()?)
+    pub async fn start(database_url: &str) -> anyhow::Result<Self> {
+        let child = Command::new(std::env::current_exe()?)
             .args([ARG, database_url])
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
             .spawn()
             .context("starting the bare claim server")?;
-        let stdout = child.stdout.take().context("bare claim server stdout")?;
-        let process = Guarded(child);
-        let mut line = String::new();
-        BufReader::new(stdout).read_line(&mut line)?;
-        let addr = line
-            .trim()
-            .strip_prefix("LISTENING ")
-            .with_context(|| format!("bare claim server said {line:?}"))?;
+        // Guarded first: a server that never says where it listens is stopped too.
+        let mut process = Guarded(child);
+        let addr = listening(&mut process.0, "bare claim server").await?;
         Ok(Self {
             base: format!("http://{addr}"),
             _process: process,

@@ -65,20 +65,11 @@ fn ratios_of(json: &Value) -> BTreeMap<String, f64> {
             for (field, what) in [
                 ("claimSqlShare", "claim SQL ÷ minimal claim"),
                 ("httpShare", "HTTP claims ÷ minimal claim"),
+                ("httpCeilingShare", "HTTP claims ÷ ceiling"),
             ] {
                 if let Some(share) = cell[field].as_f64() {
                     ratios.insert(format!("{what}, {clients} clients{placement}"), share);
                 }
-            }
-            // The replica against the bare server of the same run: this code's own overhead,
-            // whatever the machine.
-            if let (Some(http), Some(ceiling)) =
-                (cell["httpShare"].as_f64(), cell["ceilingShare"].as_f64())
-            {
-                ratios.insert(
-                    format!("HTTP claims ÷ ceiling, {clients} clients{placement}"),
-                    http / ceiling,
-                );
             }
         }
     }

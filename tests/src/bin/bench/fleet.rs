@@ -73,27 +73,36 @@ impl SharedStub {
             .stderr(Stdio::null())
             .spawn()
             .context("starting the stub agent")?;
-        let stdout = child.stdout.take().context("stub agent stdout")?;
-        let (line, stdout) = tokio::task::spawn_blocking(move || {
-            let mut reader = BufReader::new(stdout);
-            let mut line = String::new();
-            reader
-                .read_line(&mut line)
-                .map(|_| (line, reader.into_inner()))
-        })
-        .await??;
-        let addr = line
-            .trim()
-            .strip_prefix("LISTENING ")
-            .with_context(|| format!("stub agent said {line:?}"))?;
-        // Kept open: the agent may still write, and a closed pipe would fail its writes.
-        child.stdout = Some(stdout);
+        let addr = listening(&mut child, "stub agent").await?;
         Ok(Self {
             url: format!("http://{addr}"),
             token,
             process: Guarded(child),
         })
     }
+}
+
+/// The address a child started with piped stdout says it listens on (its first line,
+/// `LISTENING <addr>`).
+pub async fn listening(child: &mut std::process::Child, what: &str) -> anyhow::Result<String> {
+    let stdout = child
+        .stdout
+        .take()
+        .with_context(|| format!("{what} stdout"))?;
+    let (line, stdout) = tokio::task::spawn_blocking(move || {
+        let mut reader = BufReader::new(stdout);
+        let mut line = String::new();
+        reader
+            .read_line(&mut line)
+            .map(|_| (line, reader.into_inner()))
+    })
+    .await??;
+    // Kept open: the child may still write, and a closed pipe would fail its writes.
+    child.stdout = Some(stdout);
+    line.trim()
+        .strip_prefix("LISTENING ")
+        .map(str::to_owned)
+        .with_context(|| format!("{what} said {line:?}"))
 }
 
 /// CPU seconds (user + system) a process has used, from `/proc/<pid>/stat`; with `family`, also

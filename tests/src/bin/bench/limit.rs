@@ -123,6 +123,9 @@ pub struct LimitCell {
     /// ([`crate::ceiling`]), and its share: what the shape leaves for any implementation.
     pub ceiling_per_second: f64,
     pub ceiling_share: f64,
+    /// The median of each round's HTTP claims ÷ ceiling: the replica's own overhead, whatever
+    /// the machine.
+    pub http_ceiling_share: f64,
     /// Every round's `[minimal, claim SQL, HTTP, ceiling]` claims a second.
     pub runs: Vec<[f64; 4]>,
 }
@@ -149,7 +152,7 @@ pub async fn measure(
         .timeout(Duration::from_secs(30))
         .build()?;
     let replica = Replica::start(database_url, &http).await?;
-    let bare = BareServer::start(database_url)?;
+    let bare = BareServer::start(database_url).await?;
     let mut cells = Vec::new();
     for clients in CLIENTS {
         let claims = scale.claims;
@@ -205,6 +208,7 @@ pub async fn measure(
             http_share: round3(median_of(&|r| r[2] / r[0])),
             ceiling_per_second: round1(median_of(&|r| r[3])),
             ceiling_share: round3(median_of(&|r| r[3] / r[0])),
+            http_ceiling_share: round3(median_of(&|r| r[2] / r[3])),
             runs: runs.iter().map(|r| r.map(round1)).collect(),
         });
     }

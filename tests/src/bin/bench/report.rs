@@ -508,7 +508,7 @@ fn ceiling_line(md: &mut String, what: &str, cell: &crate::limit::LimitCell, wan
         "| (for reference) {what} | {:.1} % ({:.0} claims/s); HTTP claims are {:.1} % of it | {} |",
         cell.ceiling_share * 100.0,
         cell.ceiling_per_second,
-        cell.http_per_second / cell.ceiling_per_second * 100.0,
+        cell.http_ceiling_share * 100.0,
         if cell.ceiling_share >= want {
             "the target is within the shape's reach"
         } else {
