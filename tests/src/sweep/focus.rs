@@ -504,17 +504,7 @@ impl<'a> Slots<'a> {
     /// released timers of the restarted A and of B take it from there).
     async fn beat_on_a(&self, f: &Focus<'_>, driven: &mut Driven) -> bool {
         for _ in 0..20 {
-            let freed = sqlx::query(&format!(
-                "DELETE FROM heartbeat_rounds WHERE slot = {}",
-                Self::NOW
-            ))
-            .bind(self.interval_ms)
-            .execute(self.db)
-            .await;
-            if let Err(e) = freed {
-                driven
-                    .violations
-                    .push(format!("freeing a keep-alive slot: {e}"));
+            if !self.free("=", "freeing a keep-alive slot", driven).await {
                 return false;
             }
             let sent = f
@@ -568,17 +558,23 @@ impl<'a> Slots<'a> {
 
     /// The slots still ahead given back to the replicas' timers.
     async fn release(self, driven: &mut Driven) {
-        let released = sqlx::query(&format!(
-            "DELETE FROM heartbeat_rounds WHERE slot > {}",
+        self.free(">", "releasing the keep-alive slots", driven)
+            .await;
+    }
+
+    /// Deletes the slots `slot <compare> (the current one)`; false, with a violation named
+    /// `what`, if the database refused.
+    async fn free(&self, compare: &str, what: &str, driven: &mut Driven) -> bool {
+        let freed = sqlx::query(&format!(
+            "DELETE FROM heartbeat_rounds WHERE slot {compare} {}",
             Self::NOW
         ))
         .bind(self.interval_ms)
         .execute(self.db)
         .await;
-        if let Err(e) = released {
-            driven
-                .violations
-                .push(format!("releasing the keep-alive slots: {e}"));
+        if let Err(e) = &freed {
+            driven.violations.push(format!("{what}: {e}"));
         }
+        freed.is_ok()
     }
 }
