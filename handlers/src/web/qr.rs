@@ -137,8 +137,7 @@ fn modules(text: &[u8]) -> Option<(usize, Vec<bool>)> {
     for (mask, format) in FORMAT_M.iter().enumerate() {
         let mut rows = plain;
         for (y, row) in rows[..width].iter_mut().enumerate() {
-            let inverted = (0..width).fold(0u64, |b, x| b | u64::from(inverts(mask, x, y)) << x);
-            *row ^= inverted & maskable[y];
+            *row ^= MASK_ROWS[mask][y % MASK_PERIOD] & maskable[y];
         }
         let at = |c: i16| usize::try_from(c.rem_euclid(width as i16)).unwrap_or_default();
         for (i, (&main, &side)) in FORMAT_MAIN.iter().zip(&FORMAT_SIDE).enumerate() {
@@ -160,9 +159,35 @@ fn modules(text: &[u8]) -> Option<(usize, Vec<bool>)> {
     Some((width, dark))
 }
 
+/// Every mask pattern repeats itself down the code every 12 rows (the least common multiple of
+/// the periods 2, 3, 4 and 6 of its terms in `y`).
+const MASK_PERIOD: usize = 12;
+
+/// The modules each mask inverts, row `y % 12` of a code up to 64 modules wide, bit `x` for
+/// module `x`: looked up, not evaluated module by module for each of the eight masks.
+const MASK_ROWS: [[u64; MASK_PERIOD]; 8] = {
+    let mut rows = [[0u64; MASK_PERIOD]; 8];
+    let mut mask = 0;
+    while mask < 8 {
+        let mut y = 0;
+        while y < MASK_PERIOD {
+            let mut x = 0;
+            while x < 64 {
+                if inverts(mask, x, y) {
+                    rows[mask][y] |= 1 << x;
+                }
+                x += 1;
+            }
+            y += 1;
+        }
+        mask += 1;
+    }
+    rows
+};
+
 /// Whether mask pattern `mask` (0–7, as numbered in the format information) inverts module
 /// (`x`, `y`).
-fn inverts(mask: usize, x: usize, y: usize) -> bool {
+const fn inverts(mask: usize, x: usize, y: usize) -> bool {
     match mask {
         0 => (x + y).is_multiple_of(2),
         1 => y.is_multiple_of(2),
@@ -254,29 +279,17 @@ const FINDER: [bool; 7] = [true, false, true, true, true, false, true];
 /// and light; each row, and each column, as the bits of a `u64` (bit `x` is module `x`).
 fn penalty_bits(rows: &[u64], width: usize) -> i64 {
     let mut cols = [0u64; 64];
-    for (y, &row) in rows.iter().enumerate() {
-        let mut dark = row;
-        while dark != 0 {
-            cols[dark.trailing_zeros() as usize] |= 1 << y;
-            dark &= dark - 1;
-        }
-    }
+    cols[..width].copy_from_slice(rows);
+    transpose(&mut cols);
     let full: u64 = if width == 64 { !0 } else { (1 << width) - 1 };
     let mut score: i64 = 0;
-    for lines in [&rows[..width], &cols[..width]] {
+    for lines in [rows, &cols[..width]] {
         for &line in lines {
-            // Runs: a run ends where the next module differs, and at the line's end.
-            let mut ends = ((line ^ (line >> 1)) & (full >> 1)) | (1 << (width - 1));
-            let mut start = 0;
-            while ends != 0 {
-                let end = ends.trailing_zeros() as usize;
-                let run = (end + 1 - start) as i64;
-                if run >= 5 {
-                    score += run - 2;
-                }
-                start = end + 1;
-                ends &= ends - 1;
-            }
+            // Runs of five or more cost their length less two: one for each of their L - 4
+            // windows of five alike (bit j: modules j to j + 4), and two for where they start.
+            let alike = !(line ^ (line >> 1)) & (full >> 1);
+            let five = alike & (alike >> 1) & (alike >> 2) & (alike >> 3);
+            score += i64::from(five.count_ones() + 2 * (five & !(five << 1)).count_ones());
             // Finder-like patterns starting at each bit of `found`.
             let mut found = full >> 6;
             for (k, &is_dark) in FINDER.iter().enumerate() {
@@ -310,6 +323,24 @@ fn penalty_bits(rows: &[u64], width: usize) -> i64 {
     let darks: usize = rows[..width].iter().map(|r| r.count_ones() as usize).sum();
     let ratio = (darks * 200 / (width * width)) as i64;
     score + (ratio - 100).abs()
+}
+
+/// The 64 × 64 bit matrix transposed in place (bit `x` of row `y` becomes bit `y` of row `x`):
+/// six rounds that each swap the two off-diagonal blocks of every block of twice their size.
+fn transpose(rows: &mut [u64; 64]) {
+    let mut half = 32;
+    let mut low: u64 = 0x0000_0000_ffff_ffff;
+    while half != 0 {
+        let mut k = 0;
+        while k < 64 {
+            let swap = ((rows[k] >> half) ^ rows[k + half]) & low;
+            rows[k] ^= swap << half;
+            rows[k + half] ^= swap;
+            k = (k + half + 1) & !half;
+        }
+        half >>= 1;
+        low ^= low << half;
+    }
 }
 
 /// [`penalty_bits`] module by module, for codes wider than 64 modules.
@@ -389,6 +420,25 @@ mod tests {
                     .map(|row| (0..width).fold(0, |b, x| b | u64::from(row[x]) << x))
                     .collect();
                 assert_eq!(penalty_bits(&rows, width), penalty_modules(&dark, width));
+            }
+        }
+    }
+
+    /// Bit `x` of row `y` becomes bit `y` of row `x`, for every bit of a matrix with no symmetry.
+    #[test]
+    fn transpose_moves_every_bit() {
+        let mut state: u64 = 0x9e37_79b9_7f4a_7c15;
+        let rows: [u64; 64] = std::array::from_fn(|_| {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            state
+        });
+        let mut cols = rows;
+        transpose(&mut cols);
+        for (y, row) in rows.iter().enumerate() {
+            for (x, col) in cols.iter().enumerate() {
+                assert_eq!(row >> x & 1, col >> y & 1, "({x}, {y})");
             }
         }
     }
