@@ -13,7 +13,6 @@ use axum::http::StatusCode;
 use axum::routing::post;
 use axum::{Json, Router};
 use serde_json::{json, Value};
-use sqlx::postgres::PgPoolOptions;
 use sqlx::PgPool;
 use uuid::Uuid;
 
@@ -21,6 +20,9 @@ use agentpool_tests::Guarded;
 
 use crate::fleet::listening;
 use crate::limit::{MINIMAL_FINISH, MINIMAL_TAKE};
+
+/// `DATABASE_MAX_CONNECTIONS`'s default, which the replicas of the benchmark run with.
+const REPLICA_POOL: u32 = 10;
 
 /// The argument that makes `agentpool-bench` this server, then the database's URL.
 pub const ARG: &str = "--bare-claim-server";
@@ -63,10 +65,10 @@ pub fn serve(database_url: &str) -> anyhow::Result<()> {
         .build()?;
     runtime.block_on(async {
         let bare = Bare {
-            db: PgPoolOptions::new()
-                .max_connections(20)
-                .connect(database_url)
-                .await?,
+            // The replica's own pool (its options, its default size): sqlx's defaults would
+            // ping each connection on every acquire, a round trip per statement the replica
+            // does not make, and the ceiling would sit lower than the shape's.
+            db: agentpool_core::db::connect(database_url, REPLICA_POOL).await?,
             http: reqwest::Client::new(),
         };
         let app = Router::new()
