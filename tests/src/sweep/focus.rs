@@ -1,6 +1,6 @@
 //! The situations the sweep's main driving meets seldom or never on replica A (the one with the
 //! failpoint), each driven on A after the main driving: a claim whose tool fails, a claim whose
-//! runtime died, an abandoned resource whose tool is back, a slow creation and a failing one, and
+//! runtime died, a claim that finds every idle instance taken, an abandoned resource whose tool is back, a slow creation and a failing one, and
 //! a tick that has orphans, a shifted listing, a crashed runtime and a teardown with an
 //! unconfigured tool to deal with; on the Sprites fake instead, a sprite falling silent for good
 //! while only A sends keep-alive rounds. Every case meets each situation of its provider once; a
@@ -59,6 +59,7 @@ pub(super) struct Driven {
 enum Situation {
     ToolFailsAtClaim,
     RuntimeDeadAtClaim,
+    NoneIdleAtClaim,
     AbandonedComesBack,
     SlowCreation,
     CreationFails,
@@ -67,9 +68,10 @@ enum Situation {
 }
 
 impl Situation {
-    const RAILWAY: [Situation; 6] = [
+    const RAILWAY: [Situation; 7] = [
         Situation::ToolFailsAtClaim,
         Situation::RuntimeDeadAtClaim,
+        Situation::NoneIdleAtClaim,
         Situation::AbandonedComesBack,
         Situation::SlowCreation,
         Situation::CreationFails,
@@ -94,6 +96,7 @@ impl Situation {
                 "claim.save_variables.before",
                 "claim.save_variables.after",
             ],
+            Situation::NoneIdleAtClaim => &["claim.count_miss.before"],
             Situation::AbandonedComesBack => &[
                 "teardown.abandoned_destroy.before",
                 "teardown.abandoned_destroy.after",
@@ -167,6 +170,7 @@ pub(super) async fn drive(f: &Focus<'_>) -> Driven {
             match situation {
                 Situation::ToolFailsAtClaim => tool_fails_at_claim(f, round, &mut driven).await,
                 Situation::RuntimeDeadAtClaim => runtime_dead_at_claim(f, round, &mut driven).await,
+                Situation::NoneIdleAtClaim => none_idle_at_claim(f, round, &mut driven).await,
                 Situation::AbandonedComesBack => abandoned_comes_back(f, round, &mut driven).await,
                 Situation::SlowCreation => slow_creation(f, &mut driven).await,
                 Situation::CreationFails => creation_fails(f, &mut driven).await,
@@ -249,6 +253,33 @@ async fn runtime_dead_at_claim(f: &Focus<'_>, round: usize, driven: &mut Driven)
     }
     let body = claim_body(f, "focus-dead");
     claim_on_a(f, &format!("focus-dead-{round}"), &body, driven).await;
+}
+
+/// Every idle instance is being taken by other claims (the test holds their rows locked, as a
+/// claim between its take and its commit does): a claim on A skips them all, answers that none
+/// is idle and counts the miss. Whether the driving above ever left A facing an empty pool
+/// depends on how its claims and creations interleave.
+async fn none_idle_at_claim(f: &Focus<'_>, round: usize, driven: &mut Driven) {
+    let locked = async {
+        let mut others = f.db.begin().await?;
+        sqlx::query("SELECT id FROM instances WHERE status = 'idle' FOR UPDATE")
+            .execute(&mut *others)
+            .await?;
+        Ok::<_, sqlx::Error>(others)
+    };
+    let others = match locked.await {
+        Ok(others) => others,
+        Err(e) => {
+            driven
+                .violations
+                .push(format!("locking the idle rows: {e}"));
+            return;
+        }
+    };
+    let body = json!({"agentName": "focus-none-idle", "instructions": "Sweep."});
+    claim_on_a(f, &format!("focus-none-idle-{round}"), &body, driven).await;
+    // Nothing was written: the rows are only let go.
+    let _ = others.rollback().await;
 }
 
 /// `POST /api/pool/replenish {"count": 1}` on A (then B, if A died): a creation made by A.
