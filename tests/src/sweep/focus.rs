@@ -1,12 +1,12 @@
 //! The situations the sweep's main driving meets seldom or never on replica A (the one with the
 //! failpoint), each driven on A after the main driving: a claim whose tool fails, a claim whose
-//! runtime died, a claim that finds every idle instance taken, an abandoned resource whose tool is back, a slow creation and a failing one, and
-//! a tick that has orphans, a shifted listing, a crashed runtime and a teardown with an
-//! unconfigured tool to deal with; on the Sprites fake instead, a sprite falling silent for good
-//! while only A sends keep-alive rounds. Every case meets each situation of its provider once; a
-//! case whose failpoint only a situation reaches meets it again (up to [`ROUNDS`] times) until
-//! A's log shows the failpoint fired, since B's ticks race A's for what the tick cleans up, and
-//! B's keep-alive timer can still slip into a slot freed for A.
+//! runtime died, a claim that finds every idle instance taken, an abandoned resource whose tool is
+//! back, a slow creation and a failing one, and a tick that has orphans, a shifted listing, a
+//! crashed runtime and a teardown with an unconfigured tool to deal with; on the Sprites fake
+//! instead, a sprite falling silent for good while only A sends keep-alive rounds. Every case meets
+//! each situation of its provider once; a case whose failpoint only a situation reaches meets it
+//! again (up to [`ROUNDS`] times) until A's log shows the failpoint fired, since B's ticks race A's
+//! for what the tick cleans up, and B's keep-alive timer can still slip into a slot freed for A.
 
 use std::path::Path;
 use std::time::Duration;

@@ -12,8 +12,11 @@ pub struct DbSettings {
 }
 
 impl DbSettings {
+    /// `DATABASE_MAX_CONNECTIONS` when unset.
+    pub const DEFAULT_MAX_CONNECTIONS: u32 = 10;
+
     fn default_max_connections() -> u32 {
-        10
+        Self::DEFAULT_MAX_CONNECTIONS
     }
 }
 

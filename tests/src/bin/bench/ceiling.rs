@@ -21,9 +21,6 @@ use agentpool_tests::Guarded;
 use crate::fleet::listening;
 use crate::limit::{MINIMAL_FINISH, MINIMAL_TAKE};
 
-/// `DATABASE_MAX_CONNECTIONS`'s default, which the replicas of the benchmark run with.
-const REPLICA_POOL: u32 = 10;
-
 /// The argument that makes `agentpool-bench` this server, then the database's URL.
 pub const ARG: &str = "--bare-claim-server";
 
@@ -68,7 +65,11 @@ pub fn serve(database_url: &str) -> anyhow::Result<()> {
             // The replica's own pool (its options, its default size): sqlx's defaults would
             // ping each connection on every acquire, a round trip per statement the replica
             // does not make, and the ceiling would sit lower than the shape's.
-            db: agentpool_core::db::connect(database_url, REPLICA_POOL).await?,
+            db: agentpool_core::db::connect(
+                database_url,
+                agentpool_core::config::DbSettings::DEFAULT_MAX_CONNECTIONS,
+            )
+            .await?,
             http: reqwest::Client::new(),
         };
         let app = Router::new()
