@@ -391,7 +391,11 @@ pub async fn run_case(failpoint: &'static str, action: Action) -> Verdict {
             ("RAILWAY_VOLUME_MOUNT", "/data".into()),
             // Idle instances hold the base tools; the template's are made by its claim.
             ("TOOLS_AT_CREATION", "base".into()),
-            ("RUST_LOG", "warn".into()),
+            // `SWEEP_RUST_LOG` (e.g. `warn,agentpool_core::pipelines::tick=debug`) to follow a case.
+            (
+                "RUST_LOG",
+                std::env::var("SWEEP_RUST_LOG").unwrap_or_else(|_| "warn".into()),
+            ),
         ]
         .map(|(k, v)| (k.to_string(), v)),
     );
@@ -475,19 +479,32 @@ pub async fn run_case(failpoint: &'static str, action: Action) -> Verdict {
         );
         tokio::spawn(async move {
             // Each row once, at the oldest it was seen.
-            let mut seen: BTreeMap<String, (String, f64)> = BTreeMap::new();
+            let mut seen: BTreeMap<String, Overdue> = BTreeMap::new();
             while !stop.is_cancelled() {
-                for (id, status, age) in transient_overdue(&db, limits).await {
-                    let entry = seen.entry(id).or_insert((status.clone(), age));
-                    if age >= entry.1 {
-                        *entry = (status, age);
+                for row in transient_overdue(&db, limits).await {
+                    match seen.get(&row.id) {
+                        Some(known) if known.age > row.age => {}
+                        _ => {
+                            seen.insert(row.id.clone(), row);
+                        }
                     }
                 }
                 tokio::time::sleep(Duration::from_millis(100)).await;
             }
-            seen.into_iter()
-                .map(|(id, (status, age))| {
-                    format!("{id} {status} for {age:.1} s, past its timeout plus two ticks")
+            seen.into_values()
+                .map(|row| {
+                    let creator = match row.creator_silent {
+                        Some(s) if row.status == "starting" => {
+                            format!("; its creator silent for {s:.1} s")
+                        }
+                        None if row.status == "starting" => "; its creator forgotten".into(),
+                        _ => String::new(),
+                    };
+                    format!(
+                        "{} {} for {:.1} s, past its timeout plus two ticks (in that state {:.1} \
+                         s{creator})",
+                        row.id, row.status, row.age, row.in_state
+                    )
                 })
                 .collect::<Vec<_>>()
         })
@@ -736,8 +753,9 @@ pub async fn run_case(failpoint: &'static str, action: Action) -> Verdict {
     {
         let r = replicas.lock().unwrap_or_else(|e| e.into_inner());
         violations.extend(r.unexpected_exits.iter().cloned());
-        if !violations.is_empty() {
-            // Kept for whoever reads the failure.
+        // Kept for whoever reads the failure, or asked for the replicas' logs.
+        let asked = std::env::var_os("SWEEP_RUST_LOG").is_some();
+        if !violations.is_empty() || asked {
             let kept_logs = std::env::temp_dir().join(format!(
                 "agentpool-sweep-{}-{}",
                 failpoint,
@@ -746,7 +764,9 @@ pub async fn run_case(failpoint: &'static str, action: Action) -> Verdict {
             let _ = std::fs::create_dir_all(&kept_logs);
             let _ = std::fs::copy(&r.a.log, kept_logs.join("a.log"));
             let _ = std::fs::copy(&r.b.log, kept_logs.join("b.log"));
-            violations.push(format!("logs in {}", kept_logs.display()));
+            if !violations.is_empty() {
+                violations.push(format!("logs in {}", kept_logs.display()));
+            }
         }
     }
     Verdict {
@@ -1075,11 +1095,22 @@ async fn dashboard_round(http: &reqwest::Client, base: &str) -> Vec<String> {
     notes
 }
 
+/// A row past its transient state's timeout plus two ticks. `age`: since its last sign of life
+/// (its creator's, for a `starting` row without a resource).
+#[derive(sqlx::FromRow)]
+struct Overdue {
+    id: String,
+    status: String,
+    age: f64,
+    in_state: f64,
+    creator_silent: Option<f64>,
+}
+
 /// Rows past their transient state's timeout plus two ticks, as the database's clock says.
 async fn transient_overdue(
     db: &PgPool,
     limits: (Duration, Duration, Duration, Duration, Duration),
-) -> Vec<(String, String, f64)> {
+) -> Vec<Overdue> {
     let ms = |d: Duration| d.as_millis() as i64;
     sqlx::query_as(
         "SELECT i.id, i.status,
@@ -1087,7 +1118,9 @@ async fn transient_overdue(
                    WHEN i.status = 'starting' AND f.instance_id IS NULL
                         THEN greatest(i.status_since, c.alive_at)
                    WHEN i.status = 'destroying' THEN greatest(i.status_since, i.next_attempt_at)
-                   ELSE i.status_since END)::float8
+                   ELSE i.status_since END)::float8 AS age,
+                extract(epoch FROM now() - i.status_since)::float8 AS in_state,
+                extract(epoch FROM now() - c.alive_at)::float8 AS creator_silent
            FROM instances i LEFT JOIN creators c ON c.id = i.creator_id
                 LEFT JOIN instance_infra f ON f.instance_id = i.id
           WHERE (i.status = 'claiming'

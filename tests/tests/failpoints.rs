@@ -6,8 +6,10 @@
 //!
 //! which writes `docs/failpoints.md` (`SWEEP_JOBS`, default 3: cases at once; `SWEEP_FILTER`: only
 //! the failpoints whose name contains it, or one of its comma-separated parts, and then no report
-//! is written). It fails when a case broke an invariant, and when a case never reached its
-//! failpoint on replica A (then it tested nothing).
+//! is written; `SWEEP_VERBOSE`: each case's phases; `SWEEP_RUST_LOG`: the replicas' `RUST_LOG`,
+//! `warn` unless set, and then their logs are kept in `$TMPDIR/agentpool-sweep-<case>`). It fails
+//! when a case broke an invariant, and when a case never reached its failpoint on replica A (then
+//! it tested nothing).
 
 use std::collections::BTreeSet;
 use std::time::Instant;

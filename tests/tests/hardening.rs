@@ -831,3 +831,54 @@ async fn a_tick_ends_within_its_budget_and_one_call_whatever_its_listing_and_cre
     .unwrap();
     assert_eq!(cut, 2);
 }
+
+// 13. What a tick decided is written even when its listings took its budget.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tick_whose_listing_takes_its_budget_still_applies_what_it_decided() {
+    let (t, faulty) = faulty(&[
+        ("POOL_MIN_IDLE", "2"),
+        ("TICK_BUDGET_MS", "500"),
+        ("HEALTH_TIMEOUT_MS", "100"),
+        ("OUTBOUND_TIMEOUT_MS", "5000"),
+    ])
+    .await;
+    t.fill(2).await;
+    // A creator that reserved a row and died, silent past CREATE_TIMEOUT_MS (2 minutes).
+    let batch = agentpool_core::creation::reserve(
+        &t.pool,
+        1,
+        agentpool_core::domain::Actor::Operator,
+        "creator about to die",
+    )
+    .await
+    .unwrap();
+    let orphaned = batch.rows[0].id.clone();
+    drop(batch);
+    sqlx::query("UPDATE instances SET status_since = now() - interval '3 minutes' WHERE id = $1")
+        .bind(&orphaned)
+        .execute(&t.pool.db)
+        .await
+        .unwrap();
+    sqlx::query("UPDATE creators SET alive_at = now() - interval '3 minutes'")
+        .execute(&t.pool.db)
+        .await
+        .unwrap();
+    // The provider's listing answers, past the whole budget but within one call's timeout (a
+    // large Railway project, paged): the tick has its evidence and no budget left.
+    faulty.slow_lists(Duration::from_millis(800));
+    let report = t.tick().await;
+    assert_eq!(report.cut_short, Some(CutShort::Budget), "{report:?}");
+    assert!(
+        report
+            .transitions
+            .iter()
+            .any(|m| m.id == orphaned && (m.from, m.to) == (Starting, Destroying)),
+        "decided and not written: {report:?}"
+    );
+    assert_eq!(t.ids(Destroying).await, vec![orphaned.clone()]);
+    // Its destroy, outside work, waits for a tick with budget.
+    assert!(report.destroyed.is_empty(), "{report:?}");
+    faulty.slow_lists(Duration::ZERO);
+    let report = t.tick().await;
+    assert!(report.destroyed.contains(&orphaned), "{report:?}");
+}

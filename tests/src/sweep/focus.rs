@@ -2,8 +2,8 @@
 //! failpoint), each driven on A after the main driving: a claim whose tool fails, a claim whose
 //! runtime died, a claim that finds every idle instance taken, an abandoned resource whose tool is
 //! back, a slow creation and a failing one, and a tick that has orphans, a shifted listing, a
-//! crashed runtime and a teardown with an unconfigured tool to deal with; on the Sprites fake
-//! instead, a sprite falling silent for good while only A sends keep-alive rounds. Every case meets
+//! crashed runtime and a teardown with an unconfigured tool to deal with, and an operator's delete
+//! of an idle instance; on the Sprites fake instead, a sprite falling silent for good while only A sends keep-alive rounds. Every case meets
 //! each situation of its provider once; a case whose failpoint only a situation reaches meets it
 //! again (up to [`ROUNDS`] times) until A's log shows the failpoint fired, since B's ticks race A's
 //! for what the tick cleans up, and B's keep-alive timer can still slip into a slot freed for A.
@@ -64,11 +64,12 @@ enum Situation {
     SlowCreation,
     CreationFails,
     TickCleansUp,
+    OperatorDeletes,
     SpriteFallsSilent,
 }
 
 impl Situation {
-    const RAILWAY: [Situation; 7] = [
+    const RAILWAY: [Situation; 8] = [
         Situation::ToolFailsAtClaim,
         Situation::RuntimeDeadAtClaim,
         Situation::NoneIdleAtClaim,
@@ -76,6 +77,7 @@ impl Situation {
         Situation::SlowCreation,
         Situation::CreationFails,
         Situation::TickCleansUp,
+        Situation::OperatorDeletes,
     ];
     const SPRITES: [Situation; 1] = [Situation::SpriteFallsSilent];
 
@@ -123,6 +125,9 @@ impl Situation {
                 "teardown.provider_destroy.after",
                 "tick.health.before",
             ],
+            Situation::OperatorDeletes => {
+                &["teardown.row_delete.before", "teardown.row_delete.after"]
+            }
             // All of keep-alive's: the driving's silent sprite (`sweep::silence_one`) is given
             // up by whichever replica wins the slots, which A's timer may never do.
             Situation::SpriteFallsSilent => &[
@@ -175,6 +180,7 @@ pub(super) async fn drive(f: &Focus<'_>) -> Driven {
                 Situation::SlowCreation => slow_creation(f, &mut driven).await,
                 Situation::CreationFails => creation_fails(f, &mut driven).await,
                 Situation::TickCleansUp => tick_cleans_up(f, round, &mut driven).await,
+                Situation::OperatorDeletes => operator_deletes(f, &mut driven).await,
                 Situation::SpriteFallsSilent => sprite_falls_silent(f, &mut driven).await,
             }
             if !situation.targets().contains(&f.failpoint) || reached(f.a_log, f.failpoint) {
@@ -428,6 +434,31 @@ async fn tick_cleans_up(f: &Focus<'_>, round: usize, driven: &mut Driven) {
     full_tick_on_a(f, driven).await;
     outside.openrouter.clear_faults();
     outside.railway.clear_faults();
+}
+
+/// An operator deletes an idle instance on A, whose kicked tick (else the full tick after it, if
+/// B's tick held the lock) tears it down and deletes its row. The driving's delete, of a claimed
+/// instance, is torn down by whichever replica's tick comes first.
+async fn operator_deletes(f: &Focus<'_>, driven: &mut Driven) {
+    if !idle_at_least(f, 1, driven, "an operator's delete").await {
+        return;
+    }
+    let newest: Option<String> = sqlx::query_scalar(
+        "SELECT id FROM instances WHERE status = 'idle' ORDER BY created_at DESC, id DESC LIMIT 1",
+    )
+    .fetch_optional(f.db)
+    .await
+    .unwrap_or(None);
+    let Some(id) = newest else { return };
+    let request = |base: &str| {
+        f.http
+            .delete(format!("{base}/api/pool/instances/{id}"))
+            .bearer_auth(API_KEY)
+    };
+    if let Some(note) = super::answered_somewhere(f.bases, 0, request).await {
+        driven.violations.push(format!("DELETE: {note}"));
+    }
+    full_tick_on_a(f, driven).await;
 }
 
 /// `POST /api/pool/tick` on A until it is not skipped (B's tick held the lock), a few times.
