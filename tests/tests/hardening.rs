@@ -789,7 +789,7 @@ async fn full_ticks_keep_their_interval_under_continuous_claims() {
     );
 }
 
-// 12. The budget bounds the whole tick: listings and creations too.
+// 12. The budget bounds the tick: its listings, and its wait for its creations, which go on.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_tick_ends_within_its_budget_and_one_call_whatever_its_listing_and_creations_do() {
     let (t, faulty) = faulty(&[
@@ -797,6 +797,7 @@ async fn a_tick_ends_within_its_budget_and_one_call_whatever_its_listing_and_cre
         ("TICK_BUDGET_MS", "500"),
         ("HEALTH_TIMEOUT_MS", "100"),
         ("OUTBOUND_TIMEOUT_MS", "300"),
+        ("CREATE_TIMEOUT_MS", "2000"),
     ])
     .await;
     t.fill(2).await;
@@ -807,8 +808,9 @@ async fn a_tick_ends_within_its_budget_and_one_call_whatever_its_listing_and_cre
     assert_eq!(t.count(Idle).await, 2, "an unread listing judged nothing");
     faulty.release_lists();
 
-    // A creation that never ends: the tick that started it ends anyway, and the row it reserved
-    // goes to destroying rather than waiting for its creator.
+    // Creations that never end: the tick that started them ends anyway and lists them as still
+    // creating. Their rows stay `starting`, their creator beating, until the creation's own
+    // timeout fails them.
     faulty.slow_creates(Duration::from_secs(3600));
     sqlx::query(
         "UPDATE instances SET status = 'destroying', next_attempt_at = now() + interval '1 hour'
@@ -818,18 +820,29 @@ async fn a_tick_ends_within_its_budget_and_one_call_whatever_its_listing_and_cre
     .await
     .unwrap();
     let report = t.tick().await;
-    assert_eq!(report.cut_short, Some(CutShort::Budget), "{report:?}");
     assert!(report.created.is_empty(), "{report:?}");
-    assert_eq!(t.count(Starting).await, 0);
-    let cut: i64 = sqlx::query_scalar(
+    assert_eq!(report.creating.len(), 2, "{report:?}");
+    let creating = t.ids(Starting).await;
+    assert_eq!(creating.len(), 2);
+    let report = t.tick().await;
+    assert!(
+        report.transitions.is_empty() && report.creating.is_empty(),
+        "slow is not abandoned, and nothing more is wanted: {report:?}"
+    );
+    wait_until(Duration::from_secs(30), || async {
+        t.count(Starting).await == 0
+    })
+    .await;
+    let timed_out: i64 = sqlx::query_scalar(
         "SELECT count(*) FROM instance_events
-          WHERE from_status = 'starting' AND to_status = 'destroying'
-            AND reason = 'creation cut: past the budget'",
+          WHERE instance_id = ANY($1) AND from_status = 'starting' AND to_status = 'destroying'
+            AND reason LIKE 'create failed:%'",
     )
+    .bind(&creating)
     .fetch_one(&t.pool.db)
     .await
     .unwrap();
-    assert_eq!(cut, 2);
+    assert_eq!(timed_out, 2);
 }
 
 // 13. What a tick decided is written even when its listings took its budget.
@@ -881,4 +894,80 @@ async fn a_tick_whose_listing_takes_its_budget_still_applies_what_it_decided() {
     faulty.slow_lists(Duration::ZERO);
     let report = t.tick().await;
     assert!(report.destroyed.contains(&orphaned), "{report:?}");
+}
+
+// 14. A tick whose health checks take its budget still refills the pool.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tick_whose_health_checks_take_its_budget_still_creates_what_the_pool_lacks() {
+    use agentpool_tests::fakes::{Controls, Fault, Scope};
+    let outside = agentpool_tests::outside::Outside::start(40).await;
+    // The tools on their fakes, the runtimes local.
+    let tools: Vec<(String, String)> = outside
+        .settings()
+        .into_iter()
+        .filter(|(k, _)| k != "POOL_PROVIDER" && !k.starts_with("RAILWAY_"))
+        .collect();
+    let mut overrides: Vec<(&str, &str)> = tools
+        .iter()
+        .map(|(k, v)| (k.as_str(), v.as_str()))
+        .collect();
+    overrides.extend([
+        ("POOL_MIN_IDLE", "15"),
+        ("POOL_MAX_TOTAL", "20"),
+        ("TICK_BUDGET_MS", "4000"),
+        ("HEALTH_TIMEOUT_MS", "300"),
+        ("OUTBOUND_TIMEOUT_MS", "1000"),
+        ("HEALTH_INTERVAL_MS", "0"),
+        ("HEALTH_CONCURRENCY", "1"),
+        ("HEALTH_GRACE_MS", "600000"),
+    ]);
+    let t = TestPool::with(&overrides, &[]).await;
+    t.fill(15).await;
+    assert_eq!(t.count(Idle).await, 15);
+    // One is let go: the next tick destroys it and reserves its replacement.
+    let gone = t.ids(Idle).await.remove(0);
+    let (status, body) = t
+        .delete(&format!("/api/pool/instances/{gone}/destroy"))
+        .await;
+    assert_eq!(status, StatusCode::ACCEPTED, "{body}");
+    // The other fourteen answer their checks only at the timeout, one at a time: 4.2 s of checks
+    // for a 4 s budget, as a large fleet that only pulls.
+    for id in t.ids(Idle).await {
+        t.fault(&id, json!({"healthDelayMs": 60000})).await;
+    }
+    // Each tool call takes 150 ms: a creation's three tools take 450 ms before its runtime.
+    for (salt, tool) in [
+        &outside.openrouter as &dyn Controls,
+        &outside.agentmail,
+        &outside.telnyx,
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        tool.inject(
+            Fault::Slow { ms: 150 },
+            Scope::Rate {
+                per_mille: 1000,
+                seed: salt as u64,
+            },
+        );
+    }
+    let report = t.tick().await;
+    assert!(report.destroyed.contains(&gone), "{report:?}");
+    let reserved: Vec<String> = report
+        .created
+        .iter()
+        .chain(&report.creating)
+        .cloned()
+        .collect();
+    assert_eq!(reserved.len(), 1, "its replacement reserved: {report:?}");
+    // Its creation ends, within the tick or past it: the row gets its runtime, never given up.
+    wait_until(Duration::from_secs(30), || async {
+        t.instance(&reserved[0])
+            .await
+            .is_some_and(|i| i.url.is_some())
+    })
+    .await;
+    assert_eq!(t.ids(Starting).await, reserved);
+    assert_eq!(t.count(Destroying).await, 0);
 }

@@ -91,7 +91,8 @@ async fn lambda_serves_http_events_and_ticks_on_a_schedule() {
         json!({
             "skipped": true, "skippedBecause": "slot_taken", "slot": first,
             "transitions": [], "destroyed": [], "orphansDeleted": [], "toolOrphansDeleted": [],
-            "toolResourcesAbandoned": [], "created": [], "renamed": [], "errors": []
+            "toolResourcesAbandoned": [], "created": [], "creating": [], "renamed": [],
+            "errors": []
         })
     );
 

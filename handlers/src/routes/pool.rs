@@ -8,7 +8,7 @@ use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, ToSchema};
 
 use agentpool_core::config::{ProviderKind, RailwayLayout, RailwaySource};
-use agentpool_core::creation::{self, Outcome};
+use agentpool_core::creation;
 use agentpool_core::domain::{Actor, Instance, InstanceStatus};
 use agentpool_core::gate::Gate;
 use agentpool_core::heartbeat::{self, Round};
@@ -412,13 +412,7 @@ async fn create_now(
 ) -> agentpool_core::Result<TickReport> {
     let batch = creation::reserve(pool, count, Actor::Operator, "replenish requested").await?;
     let mut report = TickReport::default();
-    for (row, outcome) in creation::create_all(pool, batch, &Gate::until(stop)).await {
-        match outcome {
-            Outcome::Created => report.created.push(row.id),
-            Outcome::Failed(e) => report.error("creating", Some(&row.id), &e),
-            Outcome::CutShort(why) => report.cut(why),
-        }
-    }
+    report.creations(creation::create_all(pool, batch, &Gate::until(stop)).await);
     Ok(report)
 }
 

@@ -181,20 +181,9 @@ impl From<Error> for Stopped {
 /// found.
 pub async fn create_all(pool: &Pool, batch: Batch, gate: &Gate<'_>) -> Vec<(Reserved, Outcome)> {
     let Batch { rows, creator } = batch;
-    let overrun = pool.settings.tick_overrun();
     let outcomes = futures::stream::iter(rows)
         .map(|row| async move {
-            let creating = create_gated(pool, &row, gate, Arc::new(Unwatched));
-            let outcome = match gate.bounded(overrun, creating).await {
-                Some(outcome) => outcome,
-                None => {
-                    // Cut one call's timeout past a budget, as a creator dying there would be:
-                    // the row goes to `destroying` (destroyed by name), a resource made and not
-                    // yet recorded is found as an orphan.
-                    abandon(pool, &row, "creation cut: past the budget").await;
-                    Outcome::CutShort(CutShort::Budget)
-                }
-            };
+            let outcome = create_gated(pool, &row, gate, Arc::new(Unwatched)).await;
             (row, outcome)
         })
         .buffer_unordered(CONCURRENCY)

@@ -51,16 +51,6 @@ impl<'a> Gate<'a> {
         }
     }
 
-    /// The same deadline and shutdown, without the lease: for work that goes on after the lock is
-    /// released (creations, which are fenced by their own rows, not by the lock).
-    pub fn without_lease(&self) -> Gate<'static> {
-        Gate {
-            deadline: self.deadline,
-            lease: None,
-            stop: self.stop.clone(),
-        }
-    }
-
     /// The same gate closing `margin` before its deadline, for work that may take that long once
     /// started and must end within the deadline.
     pub fn closing_early(&self, margin: Duration) -> Self {

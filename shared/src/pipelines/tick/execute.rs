@@ -11,7 +11,7 @@ use futures::StreamExt;
 use rand::Rng;
 use tracing::Instrument;
 
-use crate::creation::{self, Outcome};
+use crate::creation;
 use crate::domain::{Actor, InstanceStatus};
 use crate::error::Error;
 use crate::gate::{CutShort, Gate};
@@ -33,7 +33,7 @@ const IDEMPOTENCY_RETENTION: &str = "24 hours";
 
 /// Carries out `plan`; stops at the first step the gate refuses, and says why.
 /// The rows to create are only reserved here, into `batch`: the caller creates them once it has
-/// released the tick lock ([`create_reserved`]).
+/// released the tick lock.
 pub async fn run(
     pool: &Pool,
     snapshot: &Snapshot,
@@ -77,11 +77,24 @@ pub async fn run(
             services: Vec::new(),
         })
         .collect();
-    destroy_instances(pool, targets, gate, report).await?;
-    delete_orphans(pool, &plan, gate, report).await?;
-    delete_tool_orphans(pool, &plan, gate, report).await?;
-    rename_claimed(pool, &by_id, &plan, gate, report).await?;
+    let outside = async {
+        destroy_instances(pool, targets, gate, report).await?;
+        delete_orphans(pool, &plan, gate, report).await?;
+        delete_tool_orphans(pool, &plan, gate, report).await?;
+        rename_claimed(pool, &by_id, &plan, gate, report).await
+    };
+    let cut = match outside.await {
+        Ok(()) => None,
+        Err(CutShort::Budget) => Some(CutShort::Budget),
+        Err(why) => return Err(why),
+    };
+    // Reserved even past the budget, after the destroys that make room: one statement, and the
+    // creations go on after the tick (`tick::run_until`), so that a tick whose checks took its
+    // budget still refills the pool.
     *batch = reserve_instances(pool, plan.create, gate, report).await?;
+    if let Some(why) = cut {
+        return Err(why);
+    }
     if mode != Mode::Kick {
         destroy_abandoned(pool, gate, report).await?;
     }
@@ -560,7 +573,7 @@ async fn reserve_instances(
     if wanted == 0 {
         return Ok(None);
     }
-    gate.admit().await?;
+    gate.admit().await.or_else(allow_budget)?;
     match creation::reserve(pool, wanted, Actor::Tick, "replenish").await {
         Ok(batch) => Ok(Some(batch)),
         Err(e) => {
@@ -568,24 +581,6 @@ async fn reserve_instances(
             Ok(None)
         }
     }
-}
-
-/// Creates what a tick reserved, outside its lock: the gate has the tick's deadline and shutdown.
-pub async fn create_reserved(
-    pool: &Pool,
-    batch: creation::Batch,
-    gate: &Gate<'_>,
-    report: &mut TickReport,
-) -> Result<(), CutShort> {
-    let mut cut = None;
-    for (row, outcome) in creation::create_all(pool, batch, gate).await {
-        match outcome {
-            Outcome::Created => report.created.push(row.id),
-            Outcome::Failed(e) => report.error("creating", Some(&row.id), &e),
-            Outcome::CutShort(why) => cut = Some(why),
-        }
-    }
-    cut.map_or(Ok(()), Err)
 }
 
 /// Abandoned resources whose tool is configured again are destroyed and forgotten; the others

@@ -18,9 +18,11 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::Sizing;
+use crate::creation::{self, Outcome};
 use crate::domain::InstanceStatus;
 use crate::error::{Error, Result};
 use crate::gate::{CutShort, Gate};
+use crate::instances::Reserved;
 use crate::pool_size::{self, PoolSize};
 use crate::samples;
 pub use crate::samples::{Day, Sample};
@@ -92,6 +94,9 @@ pub struct TickReport {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub abandoned: Option<usize>,
     pub created: Vec<String>,
+    /// The rows of this tick's batch of creations when the batch had not ended by the tick's end
+    /// (ids): each stays `starting` while its creator beats, and later ticks see how it went.
+    pub creating: Vec<String>,
     /// Claimed agents whose resource this tick called after them (ids).
     pub renamed: Vec<String>,
     /// The pool's target this tick, and why (absent from a skipped tick).
@@ -123,6 +128,17 @@ impl TickReport {
             instance_id: instance_id.map(str::to_string),
             message: format!("{doing}: {}", error.public_message()),
         });
+    }
+
+    /// Records what became of the rows of a batch of creations.
+    pub fn creations(&mut self, outcomes: Vec<(Reserved, Outcome)>) {
+        for (row, outcome) in outcomes {
+            match outcome {
+                Outcome::Created => self.created.push(row.id),
+                Outcome::Failed(e) => self.error("creating", Some(&row.id), &e),
+                Outcome::CutShort(why) => self.cut(why),
+            }
+        }
     }
 
     pub fn cut(&mut self, why: CutShort) {
@@ -201,7 +217,8 @@ pub async fn run(pool: &Pool, mode: Mode) -> Result<TickReport> {
 /// skips only another full tick: one that finds a kicked tick at work waits for it (up to the
 /// budget), so that kicks under steady claims cannot starve the fleet's health checks, listings
 /// and clean-up. Creations run after the lock is released: the rows are reserved under it (so
-/// the next tick counts them), and a tick waits on no provider's creation while it holds it.
+/// the next tick counts them), and a tick waits on no provider's creation while it holds it, nor
+/// on one past its bound.
 pub async fn run_until(pool: &Pool, mode: Mode, stop: &CancellationToken) -> Result<TickReport> {
     // The wait for the lock counts against the budget too.
     let started = Instant::now();
@@ -229,7 +246,6 @@ pub async fn run_until(pool: &Pool, mode: Mode, stop: &CancellationToken) -> Res
         started + pool.settings.tick.tick_budget(),
         stop.clone(),
     );
-    let creations = gate.without_lease();
     let span = tracing::info_span!("tick", ?mode);
     // Outside the work: rows it reserved are created even if the work is cut after reserving them
     // (else they would wait, creator silent, to be reaped).
@@ -322,9 +338,23 @@ pub async fn run_until(pool: &Pool, mode: Mode, stop: &CancellationToken) -> Res
     let mut report = outcome?;
     if let Some(batch) = batch {
         crate::failpoint!("tick.create_reserved.before");
-        let creating = execute::create_reserved(pool, batch, &creations, &mut report);
-        if let Err(why) = tracing::Instrument::instrument(creating, span).await {
-            report.cut(why);
+        // A creation takes as long as its provider and tools do (a build from source: minutes),
+        // not as long as the tick may: it goes on past the tick's end, its rows kept from the
+        // reaper by its creator's heartbeat and each of its steps bounded by CREATE_TIMEOUT_MS,
+        // and stops starting steps on shutdown. The tick reports it if it ends within the tick's
+        // bound. (On Lambda what goes on is frozen with the function and reaped if not thawed.)
+        let ids: Vec<String> = batch.rows.iter().map(|row| row.id.clone()).collect();
+        let bound = started + pool.settings.tick_bound();
+        let (pool, stop) = (pool.clone(), stop.clone());
+        let creating = tokio::spawn(tracing::Instrument::instrument(
+            async move { creation::create_all(&pool, batch, &Gate::until(stop)).await },
+            span,
+        ));
+        match tokio::time::timeout_at(bound, creating).await {
+            Ok(Ok(outcomes)) => report.creations(outcomes),
+            Err(_) => report.creating = ids,
+            // Its creator fell silent with it: the tick reaps its rows.
+            Ok(Err(e)) => tracing::error!(error = %e, "a batch of creations panicked"),
         }
     }
     report.duration_ms = Some(started.elapsed().as_millis() as u64);

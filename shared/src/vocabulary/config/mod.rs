@@ -343,9 +343,8 @@ impl Settings {
         Ok(())
     }
 
-    /// A creation from source waits for its build (minutes), within `CREATE_TIMEOUT_MS`; the
-    /// tick's creations are cut past its budget. Either too short for the build, and no instance
-    /// built from source ever becomes idle.
+    /// A creation from source waits for its build (minutes), within `CREATE_TIMEOUT_MS`: shorter
+    /// than the build, and no instance built from source ever becomes idle.
     fn check_build_from_source(&self) -> Result<(), ConfigError> {
         let railway = &self.providers.railway;
         if self.providers.pool_provider != ProviderKind::Railway
@@ -360,15 +359,6 @@ impl Settings {
                 "CREATE_TIMEOUT_MS",
                 format!(
                     "({create} ms) must be longer than RAILWAY_BUILD_TIMEOUT_MS ({build} ms): a creation from RAILWAY_SOURCE_REPO waits for its build"
-                ),
-            ));
-        }
-        let budget = self.tick.tick_budget_ms;
-        if budget < create {
-            return Err(ConfigError::new(
-                "TICK_BUDGET_MS",
-                format!(
-                    "({budget} ms) must be at least CREATE_TIMEOUT_MS ({create} ms) when building from RAILWAY_SOURCE_REPO: the tick cuts its creations at its budget"
                 ),
             ));
         }
@@ -497,15 +487,8 @@ mod tests {
             "CREATE_TIMEOUT_MS",
             "2 min is no build's time"
         );
-        assert_eq!(
-            refused(&[("CREATE_TIMEOUT_MS", "720000")]),
-            "TICK_BUDGET_MS",
-            "the tick would cut every creation"
-        );
-        let fits = [
-            ("CREATE_TIMEOUT_MS", "720000"),
-            ("TICK_BUDGET_MS", "720000"),
-        ];
+        // The tick's budget does not bound its creations: the default one goes with any build.
+        let fits = [("CREATE_TIMEOUT_MS", "720000")];
         let all: Vec<(&str, &str)> = source.iter().chain(&fits).copied().collect();
         let s = Settings::from_vars(vars(&all)).unwrap();
         assert_eq!(
