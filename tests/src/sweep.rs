@@ -1349,10 +1349,11 @@ pub fn report(verdicts: &[Verdict], elapsed: Duration) -> String {
          template whose two pool tools the claim makes), dashboard \
          logins and logouts, an operator's delete, a replenish and kicked ticks; then, on A, a \
          template claim whose inbox is refused, a claim whose next instance's runtime died, a \
-         slow creation and one whose service is refused, and a full tick that finds an orphan \
-         service and key, a shifted key listing, a crashed idle runtime, an abandoned inbox \
-         whose tool is back and an operator's delete of an instance holding a resource of a \
-         tool no longer configured (each met again, up to 4 times, in the cases of the \
+         claim that finds every idle instance taken, a slow creation and one whose service is \
+         refused, a full tick that finds an orphan service and key, a shifted key listing, a \
+         crashed idle runtime, an abandoned inbox whose tool is back and an operator's delete \
+         of an instance holding a resource of a tool no longer configured, and an operator's \
+         delete of an idle instance (each met again, up to 4 times, in the cases of the \
          failpoints it is there for, until A reaches them); then the pool \
          settles and the invariants are checked: no instance handed to two claims (a \
          recycled one once per life), no \

@@ -307,7 +307,29 @@ async fn while_the_listing_fails_nothing_is_crashed_and_the_pool_still_fills() {
 async fn a_starting_row_whose_creator_died_is_destroyed_after_the_create_timeout() {
     let t = TestPool::start().await;
     t.fill(3).await;
-    // A creator that reserved a row and died before creating anything: its heartbeat stops.
+    let orphaned = row_of_a_dead_creator(&t).await;
+    let report = t.tick().await;
+    assert!(
+        report.transitions.is_empty(),
+        "its creator may still be at work: {report:?}"
+    );
+    silent_for_long(&t, &orphaned).await;
+    let report = t.tick().await;
+    let moved = report
+        .transitions
+        .iter()
+        .find(|m| m.id == orphaned)
+        .unwrap_or_else(|| panic!("not recovered: {report:?}"));
+    assert_eq!((moved.from, moved.to), (Starting, Destroying));
+    assert!(
+        moved.reason.starts_with("creation interrupted"),
+        "{moved:?}"
+    );
+    assert!(report.destroyed.contains(&orphaned), "{report:?}");
+}
+
+/// A row whose creator reserved it and died before creating anything: its heartbeat stopped.
+async fn row_of_a_dead_creator(t: &TestPool) -> String {
     let batch = agentpool_core::creation::reserve(
         &t.pool,
         1,
@@ -316,16 +338,14 @@ async fn a_starting_row_whose_creator_died_is_destroyed_after_the_create_timeout
     )
     .await
     .unwrap();
-    let orphaned = batch.rows[0].clone();
-    drop(batch);
-    let report = t.tick().await;
-    assert!(
-        report.transitions.is_empty(),
-        "its creator may still be at work: {report:?}"
-    );
-    // Silent past CREATE_TIMEOUT_MS (2 minutes), far short of POOL_STUCK_TIMEOUT_MS (15).
+    batch.rows[0].id.clone()
+}
+
+/// Dates the row and every creator back past CREATE_TIMEOUT_MS (2 minutes), far short of
+/// POOL_STUCK_TIMEOUT_MS (15).
+async fn silent_for_long(t: &TestPool, id: &str) {
     sqlx::query("UPDATE instances SET status_since = now() - interval '3 minutes' WHERE id = $1")
-        .bind(&orphaned.id)
+        .bind(id)
         .execute(&t.pool.db)
         .await
         .unwrap();
@@ -333,18 +353,6 @@ async fn a_starting_row_whose_creator_died_is_destroyed_after_the_create_timeout
         .execute(&t.pool.db)
         .await
         .unwrap();
-    let report = t.tick().await;
-    let moved = report
-        .transitions
-        .iter()
-        .find(|m| m.id == orphaned.id)
-        .unwrap_or_else(|| panic!("not recovered: {report:?}"));
-    assert_eq!((moved.from, moved.to), (Starting, Destroying));
-    assert!(
-        moved.reason.starts_with("creation interrupted"),
-        "{moved:?}"
-    );
-    assert!(report.destroyed.contains(&orphaned.id), "{report:?}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -856,26 +864,8 @@ async fn a_tick_whose_listing_takes_its_budget_still_applies_what_it_decided() {
     ])
     .await;
     t.fill(2).await;
-    // A creator that reserved a row and died, silent past CREATE_TIMEOUT_MS (2 minutes).
-    let batch = agentpool_core::creation::reserve(
-        &t.pool,
-        1,
-        agentpool_core::domain::Actor::Operator,
-        "creator about to die",
-    )
-    .await
-    .unwrap();
-    let orphaned = batch.rows[0].id.clone();
-    drop(batch);
-    sqlx::query("UPDATE instances SET status_since = now() - interval '3 minutes' WHERE id = $1")
-        .bind(&orphaned)
-        .execute(&t.pool.db)
-        .await
-        .unwrap();
-    sqlx::query("UPDATE creators SET alive_at = now() - interval '3 minutes'")
-        .execute(&t.pool.db)
-        .await
-        .unwrap();
+    let orphaned = row_of_a_dead_creator(&t).await;
+    silent_for_long(&t, &orphaned).await;
     // The provider's listing answers, past the whole budget but within one call's timeout (a
     // large Railway project, paged): the tick has its evidence and no budget left.
     faulty.slow_lists(Duration::from_millis(800));
