@@ -128,6 +128,7 @@ impl Kicker {
                     Ok(report) if !report.skipped => tracing::debug!(
                         ?mode,
                         created = report.created.len(),
+                        creating = report.creating.len(),
                         destroyed = report.destroyed.len(),
                         transitions = report.transitions.len(),
                         cut_short = ?report.cut_short,

@@ -177,6 +177,7 @@ async fn tick_once(
                 skipped = report["skipped"].as_bool().unwrap_or(false),
                 skipped_because = report["skippedBecause"].as_str(),
                 created = count("created"),
+                creating = count("creating"),
                 destroyed = count("destroyed"),
                 transitions = count("transitions"),
                 errors = count("errors"),
