@@ -44,25 +44,19 @@ impl Outside {
     /// seeded stream of delays.
     pub fn set_latency(&self, profile: &LatencyProfile) {
         self.railway.set_latency(profile);
-        for (stream, tool) in [
-            &self.openrouter as &dyn Controls,
-            &self.agentmail,
-            &self.telnyx,
-        ]
-        .into_iter()
-        .enumerate()
-        {
+        for (stream, tool) in self.tools().into_iter().enumerate() {
             tool.set_latency(Some(profile.draws(profile.tool_call, 2 + stream as u64)));
         }
     }
 
     pub fn controls(&self) -> [&dyn Controls; 4] {
-        [
-            &self.railway,
-            &self.openrouter,
-            &self.agentmail,
-            &self.telnyx,
-        ]
+        let [openrouter, agentmail, telnyx] = self.tools();
+        [&self.railway, openrouter, agentmail, telnyx]
+    }
+
+    /// The tools' fakes, without Railway's.
+    pub fn tools(&self) -> [&dyn Controls; 3] {
+        [&self.openrouter, &self.agentmail, &self.telnyx]
     }
 
     /// Railway (one shared project) and every tool, pointed at the fakes, every tool made at

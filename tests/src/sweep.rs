@@ -628,11 +628,7 @@ pub async fn run_case(failpoint: &'static str, action: Action) -> Verdict {
         kept.extend(handed.iter().filter(|i| !released.contains(i)).cloned());
     } else if let Some((deleted, rest)) = handed.split_first() {
         kept.extend(rest.iter().cloned());
-        let request = |base: &str| {
-            http.delete(format!("{base}/api/pool/instances/{deleted}"))
-                .bearer_auth(API_KEY)
-        };
-        if let Some(note) = answered_somewhere(&bases, 0, request).await {
+        if let Some(note) = delete_on_a(&http, &bases, deleted).await {
             violations.push(format!("DELETE: {note}"));
         }
     }
@@ -811,16 +807,9 @@ async fn recycle_round(
         Some(Answer::Claimed { instance, .. }) => Some(instance),
         _ => claimed.first().copied(),
     };
-    let release = |id: &str| {
-        let id = id.to_string();
-        move |base: &str| {
-            http.delete(format!("{base}/api/pool/instances/{id}"))
-                .bearer_auth(API_KEY)
-        }
-    };
     if let Some(id) = template_claim {
         released.push(id.clone());
-        if let Some(note) = answered_somewhere(bases, 0, release(id)).await {
+        if let Some(note) = delete_on_a(http, bases, id).await {
             notes.push(format!("DELETE (recycle): {note}"));
         }
         // Its recycle ends (idle, or destroyed) before the next one starts.
@@ -838,7 +827,7 @@ async fn recycle_round(
                 count: 20,
             },
         );
-        if let Some(note) = answered_somewhere(bases, 0, release(id)).await {
+        if let Some(note) = delete_on_a(http, bases, id).await {
             notes.push(format!("DELETE (failed recycle): {note}"));
         }
         wait_for(times.recycle_timeout + times.tick * 4, || async {
@@ -1008,6 +997,15 @@ async fn answered_somewhere(
     answered(request(&bases[1 - first]))
         .await
         .map(|again| format!("{note}; then {again}"))
+}
+
+/// `DELETE /api/pool/instances/:id` on A (then B, if A died): `None` if answered, else why not.
+async fn delete_on_a(http: &reqwest::Client, bases: &[String; 2], id: &str) -> Option<String> {
+    let request = |base: &str| {
+        http.delete(format!("{base}/api/pool/instances/{id}"))
+            .bearer_auth(API_KEY)
+    };
+    answered_somewhere(bases, 0, request).await
 }
 
 /// `None` if a request got an answer (a success, or an error that says what it is); else why not.

@@ -889,7 +889,7 @@ async fn a_tick_whose_listing_takes_its_budget_still_applies_what_it_decided() {
 // 14. A tick whose health checks take its budget still refills the pool.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_tick_whose_health_checks_take_its_budget_still_creates_what_the_pool_lacks() {
-    use agentpool_tests::fakes::{Controls, Fault, Scope};
+    use agentpool_tests::fakes::{Fault, Scope};
     let outside = agentpool_tests::outside::Outside::start(40).await;
     // The tools on their fakes, the runtimes local.
     let tools: Vec<(String, String)> = outside
@@ -926,14 +926,7 @@ async fn a_tick_whose_health_checks_take_its_budget_still_creates_what_the_pool_
         t.fault(&id, json!({"healthDelayMs": 60000})).await;
     }
     // Each tool call takes 150 ms: a creation's three tools take 450 ms before its runtime.
-    for (salt, tool) in [
-        &outside.openrouter as &dyn Controls,
-        &outside.agentmail,
-        &outside.telnyx,
-    ]
-    .into_iter()
-    .enumerate()
-    {
+    for (salt, tool) in outside.tools().into_iter().enumerate() {
         tool.inject(
             Fault::Slow { ms: 150 },
             Scope::Rate {

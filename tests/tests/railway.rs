@@ -311,6 +311,14 @@ async fn a_replenish_longer_than_the_create_timeout_loses_nothing_to_the_tick() 
         t.count(Starting).await == 0 && t.count(Destroying).await == 0
     })
     .await;
+    let deploys_failed: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM instance_events
+          WHERE to_status = 'destroying' AND reason = 'deploy failed'",
+    )
+    .fetch_one(&t.pool.db)
+    .await
+    .unwrap();
+    assert_eq!(t.count(Idle).await + deploys_failed, 20);
     assert_eq!(interrupted(&t).await, Vec::<String>::new());
     outside.agrees_with(&t.pool.db, "q-").await.unwrap();
 }

@@ -1,12 +1,13 @@
 //! The situations the sweep's main driving meets seldom or never on replica A (the one with the
 //! failpoint), each driven on A after the main driving: a claim whose tool fails, a claim whose
 //! runtime died, a claim that finds every idle instance taken, an abandoned resource whose tool is
-//! back, a slow creation and a failing one, and a tick that has orphans, a shifted listing, a
-//! crashed runtime and a teardown with an unconfigured tool to deal with, and an operator's delete
-//! of an idle instance; on the Sprites fake instead, a sprite falling silent for good while only A sends keep-alive rounds. Every case meets
-//! each situation of its provider once; a case whose failpoint only a situation reaches meets it
-//! again (up to [`ROUNDS`] times) until A's log shows the failpoint fired, since B's ticks race A's
-//! for what the tick cleans up, and B's keep-alive timer can still slip into a slot freed for A.
+//! back, a slow creation and a failing one, a tick that has orphans, a shifted listing, a crashed
+//! runtime and a teardown with an unconfigured tool to deal with, and an operator's delete of an
+//! idle instance; on the Sprites fake instead, a sprite falling silent for good while only A sends
+//! keep-alive rounds. Every case meets each situation of its provider once; a case whose failpoint
+//! only a situation reaches meets it again (up to [`ROUNDS`] times) until A's log shows the
+//! failpoint fired, since B's ticks race A's for what the tick cleans up, and B's keep-alive timer
+//! can still slip into a slot freed for A.
 
 use std::path::Path;
 use std::time::Duration;
@@ -407,12 +408,7 @@ async fn tick_cleans_up(f: &Focus<'_>, round: usize, driven: &mut Driven) {
                     count: 1,
                 },
             );
-            let request = |base: &str| {
-                f.http
-                    .delete(format!("{base}/api/pool/instances/{deleted}"))
-                    .bearer_auth(API_KEY)
-            };
-            if let Some(note) = super::answered_somewhere(f.bases, 0, request).await {
+            if let Some(note) = super::delete_on_a(f.http, f.bases, deleted).await {
                 driven.violations.push(format!("DELETE: {note}"));
             }
         }
@@ -450,12 +446,7 @@ async fn operator_deletes(f: &Focus<'_>, driven: &mut Driven) {
     .await
     .unwrap_or(None);
     let Some(id) = newest else { return };
-    let request = |base: &str| {
-        f.http
-            .delete(format!("{base}/api/pool/instances/{id}"))
-            .bearer_auth(API_KEY)
-    };
-    if let Some(note) = super::answered_somewhere(f.bases, 0, request).await {
+    if let Some(note) = super::delete_on_a(f.http, f.bases, &id).await {
         driven.violations.push(format!("DELETE: {note}"));
     }
     full_tick_on_a(f, driven).await;

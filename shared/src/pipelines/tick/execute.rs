@@ -31,9 +31,9 @@ const MAX_BACKOFF: Duration = Duration::from_secs(600);
 /// How long an `Idempotency-Key` keeps its reply.
 const IDEMPOTENCY_RETENTION: &str = "24 hours";
 
-/// Carries out `plan`; stops at the first step the gate refuses, and says why.
-/// The rows to create are only reserved here, into `batch`: the caller creates them once it has
-/// released the tick lock.
+/// Carries out `plan`; stops at the first step the gate refuses, and says why. Past the budget
+/// it still writes what the snapshot decided and reserves the rows to create, only into `batch`:
+/// the caller creates them once it has released the tick lock.
 pub async fn run(
     pool: &Pool,
     snapshot: &Snapshot,
