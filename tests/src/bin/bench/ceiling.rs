@@ -27,7 +27,7 @@ pub const ARG: &str = "--bare-claim-server";
 /// The server, started from this binary; it answers at `base` until dropped.
 pub struct BareServer {
     pub base: String,
-    _process: Guarded,
+    process: Guarded,
 }
 
 impl BareServer {
@@ -44,8 +44,12 @@ impl BareServer {
         let addr = listening(&mut process.0, "bare claim server").await?;
         Ok(Self {
             base: format!("http://{addr}"),
-            _process: process,
+            process,
         })
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.process.0.id()
     }
 }
 

@@ -14,7 +14,7 @@ use sqlx::PgPool;
 
 use crate::ceiling::BareServer;
 use crate::claims::{claim_over_http, fill, load, TickLock};
-use crate::fleet::{Replica, SharedStub};
+use crate::fleet::{cpu_seconds, Replica, SharedStub};
 use crate::Scale;
 
 pub const CLIENTS: [usize; 2] = [1, 16];
@@ -126,6 +126,13 @@ pub struct LimitCell {
     /// The median of each round's HTTP claims ÷ ceiling: the replica's own overhead, whatever
     /// the machine.
     pub http_ceiling_share: f64,
+    /// Medians over the rounds of the CPU (user and system) one claim cost the replica's process
+    /// and the ceiling's server, in ms: the gap between the two is what the replica does beyond
+    /// the shape, and at one client it is on every claim's path.
+    #[serde(default)]
+    pub http_cpu_ms: f64,
+    #[serde(default)]
+    pub ceiling_cpu_ms: f64,
     /// Every round's `[minimal, claim SQL, HTTP, ceiling]` claims a second.
     pub runs: Vec<[f64; 4]>,
 }
@@ -159,6 +166,7 @@ pub async fn measure(
         // More rows than the fastest run on this kind of machine takes in that time.
         let rows = scale.limit_seconds * 20_000;
         let mut runs = Vec::new();
+        let (mut http_cpu, mut ceiling_cpu) = (Vec::new(), Vec::new());
         for round in 0..scale.limit_rounds {
             // Each round opens with a different one, so that a drift in the machine's load
             // does not favour one side.
@@ -178,12 +186,26 @@ pub async fn measure(
                     2 => {
                         let warmup = (clients * 4).max(50);
                         fill(db, stub, warmup + claims).await?;
-                        http_run(&http, &replica.base, clients, warmup, claims).await?
+                        let (rate, cpu) = http_run(
+                            &http,
+                            &replica.base,
+                            replica.process.0.id(),
+                            clients,
+                            warmup,
+                            claims,
+                        )
+                        .await?;
+                        http_cpu.push(cpu);
+                        rate
                     }
                     _ => {
                         let warmup = (clients * 4).max(50);
                         fill_minimal(db, stub, warmup + claims).await?;
-                        http_run(&http, &bare.base, clients, warmup, claims).await?
+                        let (rate, cpu) =
+                            http_run(&http, &bare.base, bare.pid(), clients, warmup, claims)
+                                .await?;
+                        ceiling_cpu.push(cpu);
+                        rate
                     }
                 };
             }
@@ -209,6 +231,8 @@ pub async fn measure(
             ceiling_per_second: round1(median_of(&|r| r[3])),
             ceiling_share: round3(median_of(&|r| r[3] / r[0])),
             http_ceiling_share: round3(median_of(&|r| r[2] / r[3])),
+            http_cpu_ms: round3(median(http_cpu)),
+            ceiling_cpu_ms: round3(median(ceiling_cpu)),
             runs: runs.iter().map(|r| r.map(round1)).collect(),
         });
     }
@@ -279,14 +303,16 @@ async fn pgbench_run(
         .with_context(|| format!("no tps in pgbench's output: {stdout}"))
 }
 
-/// `claims` HTTP claims through `base` on `clients` connections after a warm-up; claims a second.
+/// `claims` HTTP claims through `base` (served by process `pid`) on `clients` connections after a
+/// warm-up; claims a second, and the server's CPU ms per claim.
 async fn http_run(
     http: &reqwest::Client,
     base: &str,
+    pid: u32,
     clients: usize,
     warmup: usize,
     claims: usize,
-) -> anyhow::Result<f64> {
+) -> anyhow::Result<(f64, f64)> {
     let claim = {
         let (http, base) = (http.clone(), Arc::new(base.to_owned()));
         move |_| {
@@ -295,10 +321,12 @@ async fn http_run(
         }
     };
     load(clients, warmup, None, claim.clone()).await;
+    let before = cpu_seconds(pid, false);
     let load = load(clients, claims, None, claim).await;
+    let cpu_ms = (cpu_seconds(pid, false) - before) * 1000.0 / claims as f64;
     let errors = load.samples.iter().filter(|(_, o)| o.is_err()).count();
     anyhow::ensure!(errors == 0, "{errors} HTTP claims through {base} failed");
-    Ok(claims as f64 / load.elapsed.as_secs_f64())
+    Ok((claims as f64 / load.elapsed.as_secs_f64(), cpu_ms))
 }
 
 fn median(mut values: Vec<f64>) -> f64 {

@@ -542,7 +542,10 @@ pub fn limit_section(
          The four run one after the other in each of {} rounds (pgbench {} s each, {} HTTP \
          claims), each round opening with a different one, on the same Postgres; figures are medians over the rounds, and a share \
          is the median of each round's own ratio. The machine is shared, so claims a second move \
-         from run to run; the shares, measured seconds apart, are what to compare.\n",
+         from run to run; the shares, measured seconds apart, are what to compare. *CPU ms per \
+         claim* is what the replica's process and the ceiling's server used (user and system, \
+         from `/proc`) over the measured claims, median over the rounds: their difference is the \
+         replica's own work beyond the shape's, on every claim's path at one client.\n",
         scale.limit_rounds,
         scale.limit_seconds,
         scale.claims
@@ -598,12 +601,12 @@ pub fn limit_section(
 fn limit_table(md: &mut String, cells: &[crate::limit::LimitCell]) {
     let _ = writeln!(
         md,
-        "| clients | minimal claims/s | claim SQL claims/s | HTTP claims/s | ceiling claims/s | claim SQL share | HTTP share | ceiling share | rounds [minimal, claim SQL, HTTP, ceiling] |\n|---|---|---|---|---|---|---|---|---|"
+        "| clients | minimal claims/s | claim SQL claims/s | HTTP claims/s | ceiling claims/s | claim SQL share | HTTP share | ceiling share | CPU ms per claim: replica / ceiling's server | rounds [minimal, claim SQL, HTTP, ceiling] |\n|---|---|---|---|---|---|---|---|---|---|"
     );
     for c in cells {
         let _ = writeln!(
             md,
-            "| {} | {:.0} | {:.0} | {:.0} | {:.0} | {:.1} % | {:.1} % | {:.1} % | {:?} |",
+            "| {} | {:.0} | {:.0} | {:.0} | {:.0} | {:.1} % | {:.1} % | {:.1} % | {:.3} / {:.3} | {:?} |",
             c.clients,
             c.minimal_per_second,
             c.claim_sql_per_second,
@@ -612,6 +615,8 @@ fn limit_table(md: &mut String, cells: &[crate::limit::LimitCell]) {
             c.claim_sql_share * 100.0,
             c.http_share * 100.0,
             c.ceiling_share * 100.0,
+            c.http_cpu_ms,
+            c.ceiling_cpu_ms,
             c.runs
         );
     }
