@@ -714,6 +714,22 @@ pub fn free_port() -> u16 {
         .port()
 }
 
+/// Has the kernel kill what `command` starts when the thread that starts it exits: a backstop to
+/// [`Guarded`] and `kill_on_drop` for a test process killed outright (a sweep stopped by hand, a
+/// timeout), which runs no destructor. Only for a command started on a thread that outlives its
+/// child (a tokio runtime's worker, a test's own thread), never from `spawn_blocking`, whose
+/// threads exit after seconds idle and would take the child with them.
+pub fn dies_with_spawning_thread(command: &mut Command) {
+    use std::os::unix::process::CommandExt;
+    // SAFETY: prctl is async-signal-safe; nothing else runs between fork and exec.
+    unsafe {
+        command.pre_exec(|| {
+            nix::sys::prctl::set_pdeathsig(nix::sys::signal::Signal::SIGKILL)
+                .map_err(std::io::Error::from)
+        });
+    }
+}
+
 /// A child process killed and reaped when this is dropped, passed test or failed.
 pub struct Guarded(pub std::process::Child);
 

@@ -287,6 +287,9 @@ impl Replicas {
         if let Some(spec) = failpoints {
             command.env("FAILPOINTS", spec);
         }
+        // Started from the test's runtime (its thread, its workers), which lives as long as the
+        // case: a sweep killed outright takes its replicas with it.
+        crate::dies_with_spawning_thread(&mut command);
         command.spawn().expect("spawn replica")
     }
 

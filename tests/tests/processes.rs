@@ -1,6 +1,7 @@
 //! The real binaries: `agentpool dev`, `serve`, `tick`, `migrate` and `agentpool-scheduler`.
 
 use std::io::{BufRead, BufReader};
+use std::os::unix::process::ExitStatusExt;
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
@@ -453,4 +454,22 @@ async fn the_scheduler_lets_its_running_tick_end_on_sigterm() {
     let mut scheduler = clean(&scheduler_bin());
     scheduler.env("TICK_INTERVAL_MS", "1000");
     sigterm_lets_the_running_tick_end(scheduler).await;
+}
+
+/// The backstop the failpoint sweep, the fakes and the benchmark put on what they start: when the
+/// thread that started a process is gone (as every thread is when the test process is killed
+/// outright), the kernel kills the process.
+#[test]
+fn a_process_started_with_the_backstop_dies_with_its_starting_thread() {
+    let started = std::thread::spawn(|| {
+        let mut command = Command::new("sleep");
+        command.arg("600");
+        agentpool_tests::dies_with_spawning_thread(&mut command);
+        command.spawn().unwrap()
+    })
+    .join()
+    .unwrap();
+    let mut child = Guarded(started);
+    let status = wait_exit(&mut child.0, Duration::from_secs(30));
+    assert_eq!(status.signal(), Some(Signal::SIGKILL as i32), "{status:?}");
 }

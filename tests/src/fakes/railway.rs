@@ -1214,13 +1214,7 @@ async fn run_deployment(
             // A backstop to the kill in Drop: a runtime shutting down drops this runner.
             .kill_on_drop(true);
         // And if the test process dies outright, the kernel stops the stub with it.
-        // SAFETY: prctl is async-signal-safe; nothing else runs between fork and exec.
-        unsafe {
-            command.pre_exec(|| {
-                nix::sys::prctl::set_pdeathsig(nix::sys::signal::Signal::SIGKILL)
-                    .map_err(std::io::Error::from)
-            });
-        }
+        crate::dies_with_spawning_thread(command.as_std_mut());
         match command.spawn() {
             Ok(child) => {
                 deployment.pid = child.id();

@@ -518,13 +518,8 @@ fn start_service(inner: &Arc<Inner>, world: &mut World, name: &str) {
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
         .kill_on_drop(true);
-    // SAFETY: prctl is async-signal-safe; nothing else runs between fork and exec.
-    unsafe {
-        command.pre_exec(|| {
-            nix::sys::prctl::set_pdeathsig(nix::sys::signal::Signal::SIGKILL)
-                .map_err(std::io::Error::from)
-        });
-    }
+    // And if the test process dies outright, the kernel stops the stub with it.
+    crate::dies_with_spawning_thread(command.as_std_mut());
     let (done, exited) = watch::channel(false);
     let Ok(mut child) = command.spawn() else {
         return;

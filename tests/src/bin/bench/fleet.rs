@@ -180,6 +180,9 @@ impl Replica {
                 command
             }
         };
+        // Started from the benchmark's runtime, which lives as long as the run: a benchmark
+        // killed outright takes its replicas with it.
+        agentpool_tests::dies_with_spawning_thread(&mut command);
         let child = command
             .arg("serve")
             .env_clear()
