@@ -4,13 +4,13 @@
 //! `BENCH_B_BIN` (default: the same binary) with `BENCH_B_ENV`. Printed, never written.
 
 use std::process::Stdio;
-use std::sync::Arc;
 use std::time::Duration;
 
 use sqlx::PgPool;
 
-use crate::claims::{claim_over_http, fill, load, TickLock};
-use crate::fleet::{cpu_seconds, extra_env, Replica, SharedStub};
+use crate::claims::{fill, TickLock};
+use crate::fleet::{extra_env, Replica, SharedStub};
+use crate::limit::http_run;
 
 pub async fn run(
     db: &PgPool,
@@ -44,22 +44,17 @@ pub async fn run(
                 let replica = if which == 0 { &a } else { &b };
                 let warmup = (clients * 4).max(50);
                 fill(db, stub, warmup + claims).await?;
-                let base = Arc::new(replica.base.clone());
-                let claim = {
-                    let (http, base) = (http.clone(), base.clone());
-                    move |_| {
-                        let (http, base) = (http.clone(), base.clone());
-                        async move { claim_over_http(&http, &base).await }
-                    }
-                };
-                load(clients, warmup, None, claim.clone()).await;
-                let before = cpu_seconds(replica.process.0.id(), false);
-                let done = load(clients, claims, None, claim).await;
-                let used = cpu_seconds(replica.process.0.id(), false) - before;
-                let errors = done.samples.iter().filter(|(_, o)| o.is_err()).count();
-                anyhow::ensure!(errors == 0, "{errors} HTTP claims failed");
-                rates[which].push(claims as f64 / done.elapsed.as_secs_f64());
-                cpu[which].push(used * 1000.0 / claims as f64);
+                let (rate, cpu_ms) = http_run(
+                    &http,
+                    &replica.base,
+                    replica.process.0.id(),
+                    clients,
+                    warmup,
+                    claims,
+                )
+                .await?;
+                rates[which].push(rate);
+                cpu[which].push(cpu_ms);
             }
         }
         let ratios: Vec<f64> = rates[0].iter().zip(&rates[1]).map(|(a, b)| b / a).collect();

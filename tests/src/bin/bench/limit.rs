@@ -305,7 +305,7 @@ async fn pgbench_run(
 
 /// `claims` HTTP claims through `base` (served by process `pid`) on `clients` connections after a
 /// warm-up; claims a second, and the server's CPU ms per claim.
-async fn http_run(
+pub async fn http_run(
     http: &reqwest::Client,
     base: &str,
     pid: u32,
