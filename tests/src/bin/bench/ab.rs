@@ -8,9 +8,9 @@ use std::time::Duration;
 
 use sqlx::PgPool;
 
-use crate::claims::{fill, TickLock};
+use crate::claims::TickLock;
 use crate::fleet::{extra_env, Replica, SharedStub};
-use crate::limit::http_run;
+use crate::limit::replica_run;
 
 pub async fn run(
     db: &PgPool,
@@ -42,17 +42,7 @@ pub async fn run(
             for i in 0..2 {
                 let which = (i + round) % 2;
                 let replica = if which == 0 { &a } else { &b };
-                let warmup = (clients * 4).max(50);
-                fill(db, stub, warmup + claims).await?;
-                let (rate, cpu_ms) = http_run(
-                    &http,
-                    &replica.base,
-                    replica.process.0.id(),
-                    clients,
-                    warmup,
-                    claims,
-                )
-                .await?;
+                let (rate, cpu_ms) = replica_run(db, stub, &http, replica, clients, claims).await?;
                 rates[which].push(rate);
                 cpu[which].push(cpu_ms);
             }

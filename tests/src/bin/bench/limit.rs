@@ -184,22 +184,13 @@ pub async fn measure(
                         pgbench_run(&pgbench, database_url, &project_script, clients, scale).await?
                     }
                     2 => {
-                        let warmup = (clients * 4).max(50);
-                        fill(db, stub, warmup + claims).await?;
-                        let (rate, cpu) = http_run(
-                            &http,
-                            &replica.base,
-                            replica.process.0.id(),
-                            clients,
-                            warmup,
-                            claims,
-                        )
-                        .await?;
+                        let (rate, cpu) =
+                            replica_run(db, stub, &http, &replica, clients, claims).await?;
                         http_cpu.push(cpu);
                         rate
                     }
                     _ => {
-                        let warmup = (clients * 4).max(50);
+                        let warmup = warmup(clients);
                         fill_minimal(db, stub, warmup + claims).await?;
                         let (rate, cpu) =
                             http_run(&http, &bare.base, bare.pid(), clients, warmup, claims)
@@ -303,9 +294,37 @@ async fn pgbench_run(
         .with_context(|| format!("no tps in pgbench's output: {stdout}"))
 }
 
+/// Claims before the measured ones: every connection opened and every path warm.
+fn warmup(clients: usize) -> usize {
+    (clients * 4).max(50)
+}
+
+/// `claims` HTTP claims through `replica`, on as many idle rows of the project's schema (and the
+/// warm-up's); claims a second, and the replica's CPU ms per claim.
+pub async fn replica_run(
+    db: &PgPool,
+    stub: &SharedStub,
+    http: &reqwest::Client,
+    replica: &Replica,
+    clients: usize,
+    claims: usize,
+) -> anyhow::Result<(f64, f64)> {
+    let warmup = warmup(clients);
+    fill(db, stub, warmup + claims).await?;
+    http_run(
+        http,
+        &replica.base,
+        replica.process.0.id(),
+        clients,
+        warmup,
+        claims,
+    )
+    .await
+}
+
 /// `claims` HTTP claims through `base` (served by process `pid`) on `clients` connections after a
 /// warm-up; claims a second, and the server's CPU ms per claim.
-pub async fn http_run(
+async fn http_run(
     http: &reqwest::Client,
     base: &str,
     pid: u32,
